@@ -1,0 +1,67 @@
+"""
+Settings and the parsers for the human-friendly values operators type.
+"""
+
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """
+    Parse a byte count such as C{"300M"}, C{"50G"} or C{"1024"}.
+
+    Suffixes are binary (C{K} = 1024), because operators size caches against
+    disks and C{df -h} counts that way.
+
+    @raise ValueError: when C{text} is not a size.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (examples: 1024, 300M, 50G)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse a duration such as C{"30"}, C{"30s"}, C{"24h"} or C{"7d"} into seconds.
+
+    @raise ValueError: when C{text} is not a duration.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (examples: 30, 30s, 24h, 7d)")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit or ""]
+
+
+@frozen
+class Settings:
+    """
+    Everything the service is configured with, validated.
+
+    @ivar origin: the origin base URL, always ending in C{/}.
+    @ivar public_url: base for C{download_url}, or L{None} to derive it from
+        each request's Host header.
+    @ivar miss: C{"stream"} (serve while filling) or C{"redirect"} (302 to
+        the origin and sync in the background).
+    """
+
+    origin: str
+    cache_dir: str = "cachetier-cache"
+    listen: tuple[str, ...] = ("tcp:8080",)
+    public_url: str | None = None
+    miss: str = "stream"
+    max_concurrent_syncs: int = 8
+    origin_timeout: float = 30.0
+    cache_control_max_age: int = 86400
+    negative_ttl: float = 60.0

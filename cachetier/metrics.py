@@ -1,0 +1,66 @@
+"""
+Prometheus metrics, one registry per service so tests and several services
+in one process never share counters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    """
+    The collectors the service updates.  Gauges that mirror state (objects
+    cached, syncs in flight) read it when scraped; see L{watch}.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "cachetier_requests",
+            "File requests by cache outcome (hit, miss, stale, not_found, error...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.bytes_served = Counter(
+            "cachetier_served_bytes", "Body bytes sent to listeners.", registry=r
+        )
+        self.origin_requests = Counter(
+            "cachetier_origin_requests", "GET requests sent to the origin.", registry=r
+        )
+        self.origin_bytes = Counter(
+            "cachetier_origin_bytes", "Body bytes received from the origin.", registry=r
+        )
+        self.sync_failures = Counter(
+            "cachetier_sync_failures", "Failed syncs by reason.", ["reason"], registry=r
+        )
+        self.syncs_in_flight = Gauge(
+            "cachetier_syncs_in_flight", "Downloads from the origin under way.", registry=r
+        )
+        self.syncs_queued = Gauge(
+            "cachetier_syncs_queued", "Downloads waiting for a free slot.", registry=r
+        )
+        self.cached_objects = Gauge(
+            "cachetier_cached_objects", "Complete objects in the cache.", registry=r
+        )
+        self.cached_bytes = Gauge(
+            "cachetier_cached_bytes", "Bytes of complete objects in the cache.", registry=r
+        )
+
+    def watch(
+        self,
+        objects: Callable[[], float],
+        cached_bytes: Callable[[], float],
+        in_flight: Callable[[], float],
+        queued: Callable[[], float],
+    ) -> None:
+        """
+        Have the state gauges read their values when scraped.
+        """
+        self.cached_objects.set_function(objects)
+        self.cached_bytes.set_function(cached_bytes)
+        self.syncs_in_flight.set_function(in_flight)
+        self.syncs_queued.set_function(queued)

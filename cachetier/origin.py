@@ -1,0 +1,244 @@
+"""
+Talking to the origin: one treq GET per sync, streamed, with deadlines.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, Callable
+
+from attrs import frozen
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss, stringToDatetime
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from .names import origin_url
+from .store import ObjectHeaders
+
+_PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+NOT_FOUND_CODES = frozenset({403, 404, 410})
+
+
+class OriginError(Exception):
+    """
+    The origin could not give us a good body.
+
+    @ivar reason: a short, stable code for metrics and the status API
+        (C{timeout}, C{connection}, C{http_503}, C{truncated}, ...).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotFoundAtOrigin(Exception):
+    """
+    The origin answered 403, 404 or 410 for a name.
+    """
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the origin answered {code}")
+        self.code = code
+
+
+@frozen
+class OriginResponse:
+    """
+    A 200 from the origin whose body has not been read yet.
+
+    @ivar length: the promised Content-Length, or L{None} when not given.
+    @ivar md5: the digest the body must have, when the origin gave one
+        (Content-MD5, or an S3-style ETag that is a plain MD5).
+    """
+
+    headers: ObjectHeaders
+    length: int | None
+    md5: bytes | None
+    response: Any
+
+
+def _header(response: Any, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[-1].decode("latin-1") if values else None
+
+
+def _expected_md5(response: Any, etag: str | None) -> bytes | None:
+    content_md5 = _header(response, b"content-md5")
+    if content_md5:
+        try:
+            digest = base64.b64decode(content_md5, validate=True)
+        except binascii.Error:
+            digest = b""
+        if len(digest) == 16:
+            return digest
+    if etag:
+        match = _PLAIN_MD5_ETAG.match(etag)
+        if match:
+            return bytes.fromhex(match.group(1))
+    return None
+
+
+def parse_response(response: Any) -> OriginResponse:
+    """
+    Read what a 200 response promises about its body.
+    """
+    etag = _header(response, b"etag")
+    last_modified: float | None = None
+    raw_lm = _header(response, b"last-modified")
+    if raw_lm:
+        try:
+            last_modified = float(stringToDatetime(raw_lm.encode("latin-1")))
+        except ValueError:
+            last_modified = None
+    content_type = _header(response, b"content-type") or "application/octet-stream"
+    length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+    return OriginResponse(
+        headers=ObjectHeaders(content_type=content_type, etag=etag, last_modified=last_modified),
+        length=length,
+        md5=_expected_md5(response, etag),
+        response=response,
+    )
+
+
+class _BodyReceiver(Protocol):
+    """
+    Hands each body chunk to C{write} as it arrives; gives up when the origin
+    is silent for C{idle} seconds.
+    """
+
+    def __init__(
+        self, write: Callable[[bytes], None], done: Deferred[None], clock: IReactorTime, idle: float
+    ) -> None:
+        self._write = write
+        self._done = done
+        self._clock = clock
+        self._idle = idle
+        self._timer: IDelayedCall | None = None
+        self._error: OriginError | None = None
+
+    def connectionMade(self) -> None:
+        self._timer = self._clock.callLater(self._idle, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.abort(OriginError("timeout", f"the origin sent nothing for {self._idle:g}s"))
+
+    def abort(self, error: OriginError) -> None:
+        self._error = error
+        self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._timer is not None:
+            self._timer.reset(self._idle)
+        try:
+            self._write(data)
+        except OSError as e:
+            self.abort(OriginError("write_error", f"writing to the cache failed: {e.strerror}"))
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._done.called:
+            # Cancelled: Deferred.cancel has already failed it.
+            return
+        if self._error is not None:
+            self._done.errback(self._error)
+        elif reason.check(ResponseDone):
+            self._done.callback(None)
+        elif reason.check(PotentialDataLoss):
+            self._done.errback(
+                OriginError("unframed", "the origin closed the body without a length to check")
+            )
+        else:
+            self._done.errback(OriginError("truncated", "the origin connection broke mid-body"))
+
+
+class Origin:
+    """
+    The configured origin, reached through an injected treq client.
+
+    @param base: the origin base URL (see L{cachetier.names.normalise_base}).
+    @param timeout: seconds allowed to receive the response headers, and
+        the longest silence tolerated inside a body.
+    """
+
+    def __init__(self, base: str, client: HTTPClient, clock: IReactorTime, timeout: float) -> None:
+        self.base = base
+        self._client = client
+        self._clock = clock
+        self._timeout = timeout
+
+    def url_for(self, name: str) -> str:
+        return origin_url(self.base, name)
+
+    async def get(self, name: str) -> OriginResponse:
+        """
+        Start a GET of C{name} and wait for a 200's headers.
+
+        @raise NotFoundAtOrigin: for 403, 404 and 410.
+        @raise OriginError: for any other status, a timeout or a connection
+            failure.
+        """
+        d = self._client.get(self.url_for(name), unbuffered=True)
+        d.addTimeout(self._timeout, self._clock)
+        try:
+            response = await d
+        except TimeoutError:
+            raise OriginError(
+                "timeout", f"the origin did not answer within {self._timeout:g}s"
+            ) from None
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
+        if response.code in NOT_FOUND_CODES:
+            response.deliverBody(_Discard())
+            raise NotFoundAtOrigin(response.code)
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
+        return parse_response(response)
+
+    def stream(self, response: OriginResponse, write: Callable[[bytes], None]) -> Deferred[None]:
+        """
+        Deliver the body of C{response} to C{write}, chunk by chunk, never
+        holding more than one chunk in memory.
+
+        @return: a L{Deferred} that fires when the body is complete, fails
+            with L{OriginError}, and aborts the download when cancelled.
+        """
+        receiver: _BodyReceiver
+
+        def cancel(d: Deferred[None]) -> None:
+            receiver.abort(OriginError("cancelled", "the download was cancelled"))
+
+        done: Deferred[None] = Deferred(cancel)
+        receiver = _BodyReceiver(write, done, self._clock, self._timeout)
+        response.response.deliverBody(receiver)
+        return done
+
+
+class _Discard(Protocol):
+    """
+    Reads and drops an unwanted error body so the connection can be reused.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ResponseFailed):
+        return "; ".join(str(r.value) for r in error.reasons) or "response failed"
+    return str(error) or type(error).__name__

@@ -1,0 +1,414 @@
+"""
+Single-flight downloads from the origin into the store.
+
+A L{Fill} is the one download of one name.  Readers follow it while it runs:
+each gets its own duplicate of the temp file's descriptor and reads with
+C{pread} as bytes land, so the first byte goes out as soon as the origin
+sends it, readers go at their own pace, and a publish (a rename) or a
+failure (an unlink) never pulls the file from under a reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Protocol, TypeVar
+
+from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .metrics import Metrics
+from .origin import NotFoundAtOrigin, Origin, OriginError, OriginResponse
+from .store import CacheStore, ObjectHeaders, StoredObject
+
+log = Logger()
+
+T = TypeVar("T")
+RunInThread = Callable[..., "Deferred[Any]"]
+
+# How many failed names to remember at most; a flood of random names must
+# not grow memory without bound.
+_MAX_REMEMBERED = 100_000
+
+
+@frozen
+class FileStatus:
+    """
+    What the cache knows of one name right now.
+
+    @ivar state: C{cached}, C{syncing}, C{missing}, C{not_found} or C{error}.
+    """
+
+    name: str
+    state: str
+    stored: StoredObject | None = None
+    fill: Fill | None = None
+    error: Exception | None = None
+
+
+class Follower(Protocol):
+    def fill_progressed(self) -> None:
+        """
+        The fill has more bytes on disk, or has ended (see L{Fill.state}).
+        """
+
+
+class Fill:
+    """
+    One in-flight download of C{name}.
+
+    @ivar state: C{queued}, C{fetching}, C{publishing}, C{done} or C{failed}.
+    @ivar written: bytes on disk so far.
+    @ivar length: the Content-Length the origin promised, if any.
+    @ivar headers: what the origin said about the body, once it answered.
+    @ivar error: why the fill failed (a L{NotFoundAtOrigin} or
+        L{OriginError}), once it has.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = "queued"
+        self.written = 0
+        self.length: int | None = None
+        self.headers: ObjectHeaders | None = None
+        self.error: Exception | None = None
+        self.stored: StoredObject | None = None
+        self.started_at = time.monotonic()
+        self._fd = -1
+        self._md5: Any = None
+        self._expected_md5: bytes | None = None
+        self._start_waiters: list[Deferred[Fill]] = []
+        self._done_waiters: list[Deferred[StoredObject]] = []
+        self._followers: set[Follower] = set()
+        self._waiting: set[Follower] = set()
+
+    # --- for readers -----------------------------------------------------
+
+    @property
+    def readable(self) -> bool:
+        """
+        Whether readers can still open this fill's bytes.
+        """
+        return self._fd >= 0
+
+    def when_started(self) -> Deferred[Fill]:
+        """
+        Fires with this fill once the origin's headers are in, or fails
+        with the fill's error.
+        """
+        if self.state != "queued" or self.error is not None:
+            return self._settled(self, self.headers is not None)
+        d: Deferred[Fill] = Deferred()
+        self._start_waiters.append(d)
+        return d
+
+    def when_done(self) -> Deferred[StoredObject]:
+        """
+        Fires with the published object, or fails with the fill's error.
+        """
+        if self.state in ("done", "failed"):
+            return self._settled(self.stored, self.state == "done")
+        d: Deferred[StoredObject] = Deferred()
+        self._done_waiters.append(d)
+        return d
+
+    def _settled(self, value: T, ok: bool) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+        if ok:
+            d.callback(value)
+        else:
+            assert self.error is not None
+            d.errback(self.error)
+        return d
+
+    def follow(self, follower: Follower) -> int:
+        """
+        Start following: returns a descriptor of the body that stays valid
+        after the fill ends, which the follower must close.
+        """
+        self._followers.add(follower)
+        return os.dup(self._fd)
+
+    def unfollow(self, follower: Follower) -> None:
+        self._followers.discard(follower)
+        self._waiting.discard(follower)
+
+    def wait(self, follower: Follower) -> None:
+        """
+        Call C{follower.fill_progressed} once when more bytes arrive or the
+        fill ends.
+        """
+        self._waiting.add(follower)
+
+    # --- for the syncer --------------------------------------------------
+
+    def begin(self, response: OriginResponse, fd: int) -> None:
+        self.state = "fetching"
+        self.length = response.length
+        self.headers = response.headers
+        self._fd = fd
+        self._expected_md5 = response.md5
+        if response.md5 is not None:
+            self._md5 = hashlib.md5(usedforsecurity=False)
+        for d in self._take(self._start_waiters):
+            d.callback(self)
+
+    def write(self, data: bytes) -> None:
+        """
+        Append a chunk to the temp file and wake the readers waiting for it.
+        """
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        if self._md5 is not None:
+            self._md5.update(data)
+        self.written += len(data)
+        waiting, self._waiting = self._waiting, set()
+        for follower in waiting:
+            follower.fill_progressed()
+
+    def check_complete(self) -> None:
+        """
+        @raise OriginError: when the body is shorter or longer than promised,
+            or does not match the origin's MD5.
+        """
+        if self.length is not None and self.written != self.length:
+            raise OriginError(
+                "truncated",
+                f"the origin promised {self.length} bytes and sent {self.written}",
+            )
+        if self._md5 is not None and self._md5.digest() != self._expected_md5:
+            raise OriginError("checksum", "the body does not match the origin's MD5")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def finish(self, stored: StoredObject) -> None:
+        self.state = "done"
+        self.stored = stored
+        self._end()
+        for d in self._take(self._done_waiters):
+            d.callback(stored)
+
+    def fail(self, error: Exception) -> None:
+        self.state = "failed"
+        self.error = error
+        self._end()
+        for waiters in (self._start_waiters, self._done_waiters):
+            for d in self._take(waiters):
+                d.errback(error)
+
+    def _end(self) -> None:
+        self._waiting.clear()
+        for follower in list(self._followers):
+            follower.fill_progressed()
+
+    @staticmethod
+    def _take(waiters: list[Deferred[T]]) -> list[Deferred[T]]:
+        # A waiter whose request went away was cancelled: skip it.
+        taken = [d for d in waiters if not d.called]
+        waiters.clear()
+        return taken
+
+
+class Syncer:
+    """
+    Owns every download: at most one per name, at most C{max_concurrent} at
+    once (the rest queue), and a short memory of recent failures so a
+    missing or failing name does not send a request per listener.
+
+    @param run_in_thread: runs a blocking callable off the reactor thread
+        and returns a L{Deferred} of its result (the fsyncs of a publish).
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        store: CacheStore,
+        clock: IReactorTime,
+        run_in_thread: RunInThread,
+        max_concurrent: int = 8,
+        negative_ttl: float = 60.0,
+        error_ttl: float = 5.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.origin = origin
+        self.store = store
+        self._clock = clock
+        self._run_in_thread = run_in_thread
+        self._slots = DeferredSemaphore(max_concurrent)
+        self._negative_ttl = negative_ttl
+        self._error_ttl = error_ttl
+        self.metrics = metrics or Metrics()
+        self._fills: dict[str, Fill] = {}
+        self._tasks: dict[str, Deferred[None]] = {}
+        self._failures: OrderedDict[str, tuple[float, Exception]] = OrderedDict()
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.limit - self._slots.tokens
+
+    @property
+    def queued(self) -> int:
+        return len(self._slots.waiting)
+
+    def fill_for(self, name: str) -> Fill | None:
+        """
+        The download of C{name} under way, if there is one.
+        """
+        return self._fills.get(name)
+
+    def recent_failure(self, name: str) -> Exception | None:
+        """
+        Why the last sync of C{name} failed, while that is still remembered.
+        """
+        entry = self._failures.get(name)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock.seconds():
+            del self._failures[name]
+            return None
+        return entry[1]
+
+    def status(self, name: str, start: bool = True) -> FileStatus:
+        """
+        Where C{name} stands; with C{start}, begin syncing it if it is
+        neither cached, under way nor recently failed.
+        """
+        stored = self.store.get(name)
+        if stored is not None:
+            return FileStatus(name, "cached", stored=stored)
+        fill = self._fills.get(name)
+        if fill is None:
+            failure = self.recent_failure(name)
+            if isinstance(failure, NotFoundAtOrigin):
+                return FileStatus(name, "not_found", error=failure)
+            if failure is not None:
+                return FileStatus(name, "error", error=failure)
+            if not start:
+                return FileStatus(name, "missing")
+            fill = self.start(name)
+        if fill.state == "done":
+            return FileStatus(name, "cached", stored=fill.stored)
+        if fill.state == "failed":
+            return self.status(name, start=False)
+        return FileStatus(name, "syncing", fill=fill)
+
+    def start(self, name: str) -> Fill:
+        """
+        Join the download of C{name}, starting one if none is under way.
+        The caller checks the store first.
+        """
+        fill = self._fills.get(name)
+        if fill is None:
+            fill = self._fills[name] = Fill(name)
+            self._failures.pop(name, None)
+            task = Deferred.fromCoroutine(self._run(fill))
+            if not task.called:
+                self._tasks[name] = task
+        return fill
+
+    def stop(self) -> Deferred[Any]:
+        """
+        Cancel every download; fires when all have wound down.
+        """
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        return DeferredList(tasks, consumeErrors=True)
+
+    async def _run(self, fill: Fill) -> None:
+        try:
+            await self._slots.acquire()
+        except CancelledError:
+            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            return
+        try:
+            await self._download(fill)
+        finally:
+            self._slots.release()
+
+    async def _download(self, fill: Fill) -> None:
+        name = fill.name
+        temp_path = None
+        started = self._clock.seconds()
+        try:
+            self.metrics.origin_requests.inc()
+            response = await self.origin.get(name)
+            fd, temp_path = self.store.new_temp()
+            fill.begin(response, fd)
+
+            def write(data: bytes) -> None:
+                fill.write(data)
+                self.metrics.origin_bytes.inc(len(data))
+
+            await self.origin.stream(response, write)
+            fill.check_complete()
+            fill.state = "publishing"
+            stored = await self._run_in_thread(
+                self.store.commit, name, fd, temp_path, fill.written, response.headers
+            )
+            temp_path = None
+            self.store.install(stored)
+        except (NotFoundAtOrigin, OriginError) as e:
+            self._ended(fill, e, temp_path)
+        except CancelledError:
+            self._ended(fill, OriginError("cancelled", "the download was cancelled"), temp_path)
+        except OSError as e:
+            self._ended(fill, OriginError("write_error", f"cache write failed: {e.strerror}"), temp_path)
+        except Exception:
+            log.failure("sync of {name} failed unexpectedly", name=name)
+            self._ended(fill, OriginError("internal", "internal error"), temp_path)
+        else:
+            log.info(
+                "synced {name} ({size} bytes) in {secs:.2f}s",
+                name=name,
+                size=stored.size,
+                secs=self._clock.seconds() - started,
+                result="ok",
+            )
+            self._forget(fill)
+            fill.finish(stored)
+
+    def _ended(self, fill: Fill, error: Exception, temp_path: str | None = None) -> None:
+        if temp_path is not None:
+            self.store.discard_temp(temp_path)
+        if isinstance(error, NotFoundAtOrigin):
+            reason, ttl = "not_found", self._negative_ttl
+        else:
+            assert isinstance(error, OriginError)
+            reason, ttl = error.reason, self._error_ttl
+            self.metrics.sync_failures.labels(reason=reason).inc()
+        if reason != "cancelled":
+            self._remember(fill.name, error, ttl)
+        log.info(
+            "sync of {name} failed: {reason}: {why}",
+            name=fill.name,
+            reason=reason,
+            why=str(error),
+            result=reason,
+        )
+        self._forget(fill)
+        fill.fail(error)
+
+    def _forget(self, fill: Fill) -> None:
+        fill.close()
+        if self._fills.get(fill.name) is fill:
+            del self._fills[fill.name]
+            self._tasks.pop(fill.name, None)
+
+    def _remember(self, name: str, error: Exception, ttl: float) -> None:
+        now = self._clock.seconds()
+        self._failures.pop(name, None)
+        self._failures[name] = (now + ttl, error)
+        while self._failures:
+            oldest_name, (expires, _) = next(iter(self._failures.items()))
+            if expires > now and len(self._failures) <= _MAX_REMEMBERED:
+                break
+            del self._failures[oldest_name]

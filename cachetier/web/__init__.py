@@ -1,0 +1,52 @@
+"""
+The resource tree, built in one place.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.twisted import MetricsResource
+from twisted.web.resource import Resource
+
+from ..config import Settings
+from ..metrics import Metrics
+from ..store import CacheStore
+from ..sync import Syncer
+from ._json import NotFound
+from ._site import CacheSite
+from .api import FileStatusResource
+from .compat import DownloadResource, VerifyResource
+from .files import FilesResource
+from .health import HealthResource, StatusPage
+
+__all__ = ["CacheSite", "build_root"]
+
+
+class _Branch(Resource):
+    """
+    An inner node: its children, or the JSON 404.
+    """
+
+    def getChild(self, path: bytes, request: object) -> Resource:
+        return NotFound()
+
+
+def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: Metrics) -> Resource:
+    """
+    Every route of the service (see the HTTP contract in DESIGN.md).
+    """
+    root = _Branch()
+    root.putChild(b"", StatusPage(store, syncer))
+    root.putChild(
+        b"files",
+        FilesResource(store, syncer, settings.miss, settings.cache_control_max_age),
+    )
+    api = _Branch()
+    v1 = _Branch()
+    root.putChild(b"api", api)
+    api.putChild(b"v1", v1)
+    v1.putChild(b"files", FileStatusResource(syncer, settings.public_url))
+    root.putChild(b"verify", VerifyResource(syncer))
+    root.putChild(b"download", DownloadResource(syncer, settings.public_url))
+    root.putChild(b"healthz", HealthResource(store, syncer))
+    root.putChild(b"metrics", MetricsResource(metrics.registry))
+    return root

@@ -1,0 +1,61 @@
+"""
+The one way the service answers in JSON, errors included.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.error import UnsupportedMethod
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+
+def render_json(request: IRequest, body: Any, code: int = 200) -> bytes:
+    """
+    Set the status and headers of a JSON answer and return its body.
+    """
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def render_error(request: IRequest, code: int, error: str, message: str) -> bytes:
+    """
+    An error in the contract's one shape: C{{"error": code, "message": text}}.
+    """
+    return render_json(request, {"error": error, "message": message}, code)
+
+
+class JSONResource(Resource):
+    """
+    A resource whose method errors are JSON too: C{render_<METHOD>} defines
+    what it accepts, anything else is a 405 naming the allowed methods.
+    """
+
+    def render(self, request: IRequest) -> bytes | int:
+        try:
+            return super().render(request)
+        except UnsupportedMethod as e:
+            allowed = sorted(m.decode("ascii") for m in e.allowedMethods)
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            method = request.method.decode("latin-1")
+            return render_error(
+                request,
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed here; use {', '.join(allowed)}",
+            )
+
+
+class NotFound(JSONResource):
+    """
+    The JSON 404 for any path the service does not have.
+    """
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return render_error(request, 404, "not_found", "there is nothing at this path")

@@ -1,0 +1,356 @@
+"""
+C{/files/<name>}: the media itself.
+
+A cached object goes out through L{static.File}'s own producers, so Range,
+multiple ranges, 416 and HEAD keep Twisted's tested code; this module adds
+the validators (ETag, Last-Modified, If-Range) that L{static.File} lacks.
+A miss follows the in-flight download with L{FillProducer}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server, static
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from ..names import InvalidName
+from ..origin import NotFoundAtOrigin, OriginError
+from ..store import CacheStore, StoredObject
+from ..sync import Fill, Syncer
+from ._json import JSONResource, render_error
+from ._site import name_of
+
+log = Logger()
+
+
+def _opaque(tag: bytes) -> bytes:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def _not_modified(request: IRequest, etag: bytes | None, last_modified: float | None) -> bool:
+    """
+    Whether the request's validators match, per RFC 9110 13.2.2: when
+    If-None-Match is present, If-Modified-Since is ignored.
+    """
+    if_none_match = request.getHeader(b"if-none-match")
+    if if_none_match is not None:
+        if if_none_match.strip() == b"*":
+            return True
+        return etag is not None and _opaque(etag) in {
+            _opaque(t) for t in if_none_match.split(b",")
+        }
+    since = request.getHeader(b"if-modified-since")
+    if since is None or last_modified is None:
+        return False
+    try:
+        return http.stringToDatetime(since.split(b";", 1)[0]) >= int(last_modified)
+    except ValueError:
+        return False
+
+
+def _range_still_valid(request: IRequest, etag: bytes | None, last_modified: float | None) -> bool:
+    """
+    Whether a Range request's If-Range (if any) still names this version.
+    A player resuming a download of a replaced file must get all of the new
+    one, not a splice of two versions.
+    """
+    if_range = request.getHeader(b"if-range")
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith((b'"', b"W/")):
+        # If-Range takes a strong comparison only.
+        return etag is not None and not if_range.startswith(b"W/") and if_range == etag
+    try:
+        return last_modified is not None and http.stringToDatetime(if_range) == int(last_modified)
+    except ValueError:
+        return False
+
+
+class MediaFile(static.File):
+    """
+    A L{static.File} whose metadata comes from the cache, not from a stat
+    or the file's extension.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        size: int | None,
+        content_type: str,
+        etag: str | None,
+        last_modified: float | None,
+        cache_control: bytes,
+    ) -> None:
+        static.File.__init__(self, path)
+        self.type = content_type
+        self.encoding = None
+        self._size = size
+        self._etag = etag.encode("latin-1") if etag is not None else None
+        self._last_modified = last_modified
+        self._cache_control = cache_control
+
+    def getFileSize(self) -> int | None:
+        return self._size
+
+    def render_GET(self, request: IRequest) -> bytes | int:
+        if self._size is not None:
+            request.setHeader(b"accept-ranges", b"bytes")
+        if self._etag is not None:
+            request.setHeader(b"etag", self._etag)
+        if self._last_modified is not None:
+            request.setHeader(b"last-modified", http.datetimeToString(int(self._last_modified)))
+        request.setHeader(b"cache-control", self._cache_control)
+        if _not_modified(request, self._etag, self._last_modified):
+            request.setResponseCode(http.NOT_MODIFIED)
+            return b""
+        if request.method == b"HEAD":
+            if self._size is not None:
+                self._setContentHeaders(request)
+            else:
+                request.setHeader(b"content-type", self.type.encode("latin-1"))
+            return b""
+        if not _range_still_valid(request, self._etag, self._last_modified):
+            request.requestHeaders.removeHeader(b"range")
+        producer = self.makeProducer(request, self.openForReading())
+        producer.start()
+        return server.NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+
+class StoredFile(MediaFile):
+    """
+    A complete cached object, served by L{static.File}'s producers.
+    """
+
+    def __init__(self, obj: StoredObject, cache_control: bytes) -> None:
+        MediaFile.__init__(
+            self, obj.path, obj.size, obj.content_type, obj.etag, obj.last_modified, cache_control
+        )
+
+
+class FillFile(MediaFile):
+    """
+    An object still downloading: the same headers and ranges as a stored
+    one, with a body that follows the download.
+    """
+
+    def __init__(self, fill: Fill, cache_control: bytes) -> None:
+        headers = fill.headers
+        assert headers is not None
+        MediaFile.__init__(
+            self,
+            fill.name,
+            fill.length,
+            headers.content_type,
+            headers.etag,
+            headers.last_modified,
+            cache_control,
+        )
+        self.fill = fill
+
+    def openForReading(self) -> None:
+        # FillProducer follows the fill itself.
+        return None
+
+    def makeProducer(self, request: IRequest, fileForReading: None) -> FillProducer:
+        offset, size = 0, self._size
+        ranges = None
+        byte_range = request.getHeader(b"range")
+        if byte_range is not None and size is not None:
+            try:
+                ranges = self._parseRangeHeader(byte_range)
+            except ValueError:
+                ranges = None
+        # Several ranges of a body still arriving are answered whole, as
+        # RFC 9110 allows: the multipart producer needs the bytes at hand.
+        if ranges is not None and len(ranges) == 1:
+            offset, size = self._doSingleRangeRequest(request, ranges[0])
+        else:
+            request.setResponseCode(http.OK)
+        if size is not None:
+            self._setContentHeaders(request, size)
+        else:
+            request.setHeader(b"content-type", self.type.encode("latin-1"))
+        return FillProducer(request, self.fill, offset, size)
+
+
+@implementer(IPushProducer)
+class FillProducer:
+    """
+    Streams a byte range of an in-flight download to one request, as fast
+    as the bytes land and the client takes them.
+
+    Memory stays at one chunk whatever the client's speed: a paused
+    producer reads nothing, and the bytes wait on disk, not in a buffer.
+    If the download fails, the connection is aborted so the client can
+    never take a short body for a whole one.
+
+    @param size: bytes to send from C{offset}, or L{None} for "until the
+        download ends" (an origin that sent no length).
+    """
+
+    chunk_size = 256 * 1024
+
+    def __init__(self, request: Any, fill: Fill, offset: int, size: int | None) -> None:
+        self.request: Any = request
+        self.fill = fill
+        self.position = offset
+        self.end = None if size is None else offset + size
+        self._fd = -1
+        self._paused = False
+        self._pumping = False
+
+    def start(self) -> None:
+        self._fd = self.fill.follow(self)
+        self.request.registerProducer(self, True)
+        self._pump()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._close()
+
+    def fill_progressed(self) -> None:
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._send()
+        finally:
+            self._pumping = False
+
+    def _send(self) -> None:
+        while self.request is not None:
+            if self.fill.state == "failed":
+                self._abort()
+                return
+            if self._paused:
+                return
+            limit = self.fill.written if self.end is None else min(self.end, self.fill.written)
+            if self.position >= limit:
+                if self.end is not None and self.position >= self.end:
+                    self._finish()
+                elif self.fill.state == "done":
+                    self._finish()
+                else:
+                    self.fill.wait(self)
+                return
+            data = os.pread(self._fd, min(self.chunk_size, limit - self.position), self.position)
+            self.position += len(data)
+            self.request.write(data)
+
+    def _finish(self) -> None:
+        request = self.request
+        self._close()
+        request.unregisterProducer()
+        request.finish()
+
+    def _abort(self) -> None:
+        request = self.request
+        self._close()
+        request.unregisterProducer()
+        request.transport.abortConnection()
+
+    def _close(self) -> None:
+        self.request = None
+        self.fill.unfollow(self)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class FilesResource(JSONResource):
+    """
+    C{GET|HEAD /files/<name>}: from the cache when it has the file;
+    otherwise streamed from the download it starts (C{miss="stream"}) or
+    redirected to the origin (C{miss="redirect"}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, store: CacheStore, syncer: Syncer, miss: str, max_age: int) -> None:
+        super().__init__()
+        self.store = store
+        self.syncer = syncer
+        self.miss = miss
+        self.cache_control = b"public, max-age=%d" % (max_age,)
+
+    def render_GET(self, request: Any) -> bytes | int:
+        try:
+            name = name_of(request)
+        except InvalidName as e:
+            request.outcome = "bad_name"
+            return render_error(request, 400, "bad_name", str(e))
+        request.cache_name = name
+        obj = self.store.get(name)
+        if obj is not None:
+            request.outcome = "hit"
+            return StoredFile(obj, self.cache_control).render(request)
+        if self.miss == "redirect":
+            return self._redirect(request, name)
+        status = self.syncer.status(name)
+        if status.state == "cached":
+            request.outcome = "hit"
+            assert status.stored is not None
+            return StoredFile(status.stored, self.cache_control).render(request)
+        if status.fill is None:
+            return self._failed(request, status.error)
+        request.outcome = "miss"
+        started = status.fill.when_started()
+        request.notifyFinish().addErrback(lambda _: started.cancel())
+        started.addCallbacks(self._follow, self._start_failed, (request,), None, (request,))
+        return server.NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+    def _redirect(self, request: Any, name: str) -> bytes:
+        status = self.syncer.status(name)
+        if status.state == "not_found":
+            return self._failed(request, status.error)
+        request.outcome = "redirect"
+        request.redirect(self.syncer.origin.url_for(name).encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+    def _follow(self, fill: Fill, request: Any) -> None:
+        if fill.state == "done" and fill.stored is not None:
+            body = StoredFile(fill.stored, self.cache_control).render(request)
+        else:
+            body = FillFile(fill, self.cache_control).render(request)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _start_failed(self, failure: Failure, request: Any) -> None:
+        if failure.check(CancelledError):
+            return
+        request.write(self._failed(request, failure.value))
+        request.finish()
+
+    def _failed(self, request: Any, error: Exception | None) -> bytes:
+        if isinstance(error, NotFoundAtOrigin):
+            request.outcome = "not_found"
+            return render_error(
+                request, 404, "not_found", f"the origin has no such file ({error.code})"
+            )
+        request.outcome = "error"
+        reason = error.reason if isinstance(error, OriginError) else "error"
+        return render_error(request, 502, "origin_error", f"{reason}: {error}")

@@ -1,0 +1,69 @@
+"""
+Operator endpoints: C{/healthz} (JSON), C{/metrics} (Prometheus) and the
+status page at C{/}.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from ..store import CacheStore
+from ..sync import Syncer
+from ._json import JSONResource, render_json
+
+
+def health(store: CacheStore, syncer: Syncer) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "origin": syncer.origin.base,
+        "cached_objects": len(store),
+        "cached_bytes": store.total_bytes,
+        "syncs_in_flight": syncer.in_flight,
+        "syncs_queued": syncer.queued,
+    }
+
+
+class HealthResource(JSONResource):
+    """
+    C{GET /healthz}: 200 and a JSON summary while the service is up.
+    """
+
+    isLeaf = True
+
+    def __init__(self, store: CacheStore, syncer: Syncer) -> None:
+        super().__init__()
+        self.store = store
+        self.syncer = syncer
+
+    def render_GET(self, request: IRequest) -> bytes:
+        return render_json(request, health(self.store, self.syncer))
+
+
+class StatusPage(JSONResource):
+    """
+    C{GET /}: a page a person can read.
+    """
+
+    isLeaf = True
+
+    def __init__(self, store: CacheStore, syncer: Syncer) -> None:
+        super().__init__()
+        self.store = store
+        self.syncer = syncer
+
+    def render_GET(self, request: IRequest) -> bytes:
+        rows = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in health(self.store, self.syncer).items()
+        )
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return (
+            "<!DOCTYPE html><html><head><title>cachetier</title></head><body>"
+            f"<h1>cachetier</h1><table>{rows}</table>"
+            '<p><a href="/healthz">/healthz</a> · <a href="/metrics">/metrics</a></p>'
+            "</body></html>"
+        ).encode("utf-8")

@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cachetier",
+    version="0.1.0",
+    description="A pull-through cache tier for large static media, on Twisted.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cachetier", "cachetier.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/cachetier_plugin.py"]},
+    install_requires=[
+        # The server: twistd plugin, web, endpoints, TLS serving.
+        "twisted[tls]>=24.7",
+        # Every origin request; streaming bodies with unbuffered=True.
+        "treq>=23.11",
+        # Lets the client helper share code between Twisted and asyncio.
+        "txaio>=23.1",
+        # Verifies the origin's TLS certificate (hostname checks).
+        "service-identity>=23.1",
+        "pyopenssl>=24.0",
+        # Value types (settings, stored objects).
+        "attrs>=23.1",
+        # /metrics, in the text format Prometheus scrapes.
+        "prometheus-client>=0.19",
+    ],
+    extras_require={
+        "dev": [
+            # Property tests of the naming rules.
+            "hypothesis>=6.100",
+            # The original client, to prove wire compatibility with it.
+            "cache-tier==1.0.4",
+        ],
+    },
+)

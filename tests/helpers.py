@@ -1,0 +1,288 @@
+"""
+The test origin, and the plumbing to run cachetier against it on loopback.
+
+L{TestOrigin} is a real Twisted web server that counts requests per name,
+throttles, fails with any status, lies about Content-Length, dies mid-body,
+hangs, and changes files, so every failure the cache must survive can be
+staged over a real socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+from collections import Counter
+from typing import Any
+from urllib.parse import unquote
+
+from attrs import define, field
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web import http, server
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from cachetier.config import Settings
+from cachetier.tap import Assembly, assemble
+
+
+@define
+class OriginFile:
+    """
+    One file the test origin serves, and how it misbehaves.
+
+    @ivar lie_length: a Content-Length to claim instead of the true one.
+    @ivar die_after: abort the connection after this many body bytes.
+    @ivar chunked: send no Content-Length (HTTP/1.1 chunked).
+    @ivar content_md5: send a Content-MD5 header (this digest, base64).
+    """
+
+    body: bytes
+    content_type: str = "audio/mpeg"
+    etag: str | None = None
+    last_modified: int = 1_700_000_000
+    lie_length: int | None = None
+    die_after: int | None = None
+    chunked: bool = False
+    content_md5: bytes | None = None
+    extra_headers: dict[str, str] = field(factory=dict)
+
+
+def body_of(size: int, seed: str = "x") -> bytes:
+    """
+    C{size} bytes that differ per position and per seed, so a byte in the
+    wrong place or from the wrong file is caught by a comparison.
+    """
+    block = hashlib.sha256(seed.encode()).digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+class TestOrigin(Resource):
+    """
+    A misbehaving-on-demand origin.
+
+    @ivar counts: GET requests per name.
+    @ivar rate: bytes per second per response, or L{None} for full speed.
+    @ivar status: names answered with this status instead of the file.
+    @ivar hang: names that never get an answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, OriginFile] = {}
+        self.counts: Counter[str] = Counter()
+        self.requests: list[tuple[bytes, str, http.Headers]] = []
+        self.rate: float | None = None
+        self.status: dict[str, int] = {}
+        self.hang: set[str] = set()
+        self._hanging: list[Any] = []
+
+    def put(self, name: str, body: bytes, **kwargs: Any) -> OriginFile:
+        """
+        Create or change a file; a changed file gets a new ETag.
+        """
+        kwargs.setdefault("etag", '"v-%s"' % hashlib.sha1(body).hexdigest()[:16])
+        f = self.files[name] = OriginFile(body=body, **kwargs)
+        return f
+
+    def put_with_md5(self, name: str, body: bytes, **kwargs: Any) -> OriginFile:
+        return self.put(name, body, content_md5=hashlib.md5(body).digest(), **kwargs)
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        name = unquote(request.path.decode("utf-8")[1:])
+        self.counts[name] += 1
+        self.requests.append((request.method, name, request.requestHeaders.copy()))
+        if name in self.hang:
+            self._hanging.append(request)
+            return server.NOT_DONE_YET
+        if name in self.status:
+            request.setResponseCode(self.status[name])
+            return b"origin says no"
+        f = self.files.get(name)
+        if f is None:
+            request.setResponseCode(404)
+            return b"no such file"
+        request.setHeader(b"content-type", f.content_type.encode())
+        if f.etag:
+            request.setHeader(b"etag", f.etag.encode())
+        request.setHeader(b"last-modified", http.datetimeToString(f.last_modified))
+        if f.content_md5 is not None:
+            request.setHeader(b"content-md5", base64.b64encode(f.content_md5))
+        for key, value in f.extra_headers.items():
+            request.setHeader(key.encode(), value.encode())
+        if f.etag and request.setETag(f.etag.encode()) is http.CACHED:
+            return b""
+        if not f.chunked:
+            length = f.lie_length if f.lie_length is not None else len(f.body)
+            request.setHeader(b"content-length", b"%d" % length)
+        if request.method == b"HEAD":
+            return b""
+        _Sender(request, f, self.rate).start()
+        return server.NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+    def release_hanging(self) -> None:
+        """
+        Drop the connections of requests left hanging.
+        """
+        for request in self._hanging:
+            request.transport.abortConnection()
+        self._hanging.clear()
+
+
+@implementer(IPushProducer)
+class _Sender:
+    """
+    Sends a body in timed slices (for throttling) with backpressure, and
+    dies or lies on demand.
+    """
+
+    tick = 0.01
+
+    def __init__(self, request: server.Request, f: OriginFile, rate: float | None) -> None:
+        self.request = request
+        self.file = f
+        self.view = memoryview(f.body)
+        self.sent = 0
+        self.end = len(f.body)
+        if f.die_after is not None:
+            self.end = min(self.end, f.die_after)
+        self.per_tick = int(rate * self.tick) if rate else 256 * 1024
+        self.throttled = bool(rate)
+        self.paused = False
+        self.call: Any = None
+        self.done = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addErrback(lambda _: self._stop())
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.done and not self.paused and self.call is None:
+            self.call = reactor.callLater(self.tick if self.throttled else 0, self._send)
+
+    def _send(self) -> None:
+        self.call = None
+        if self.done:
+            return
+        if self.sent >= self.end:
+            self._end()
+            return
+        chunk = self.view[self.sent : min(self.end, self.sent + self.per_tick)]
+        self.sent += len(chunk)
+        self.request.write(bytes(chunk))
+        self._schedule()
+
+    def _end(self) -> None:
+        self.done = True
+        self.request.unregisterProducer()
+        f = self.file
+        short = f.die_after is not None or (f.lie_length is not None and f.lie_length > len(f.body))
+        if short:
+            self.request.transport.abortConnection()
+        else:
+            self.request.finish()
+
+    def _stop(self) -> None:
+        self.done = True
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+
+def listen(test: TestCase, site: server.Site) -> int:
+    """
+    Listen on 127.0.0.1 on a free port for the length of C{test}.
+    """
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    return port.getHost().port
+
+
+def start_origin(test: TestCase) -> tuple[TestOrigin, str]:
+    """
+    A L{TestOrigin} on loopback, and its base URL.
+    """
+    origin = TestOrigin()
+    port = listen(test, server.Site(origin))
+    test.addCleanup(origin.release_hanging)
+    return origin, f"http://127.0.0.1:{port}/"
+
+
+def start_cachetier(
+    test: TestCase, origin_url: str, cache_dir: str | None = None, **settings: Any
+) -> tuple[Assembly, str]:
+    """
+    A cachetier site on loopback in front of C{origin_url}, and its base URL.
+    """
+    if cache_dir is None:
+        cache_dir = tempfile.mkdtemp(dir=os.getcwd())
+    assembly = assemble(Settings(origin=origin_url, cache_dir=cache_dir, **settings), reactor)
+    port = listen(test, assembly.site)
+    test.addCleanup(assembly.stop)
+    return assembly, f"http://127.0.0.1:{port}/"
+
+
+def http_client(test: TestCase) -> HTTPClient:
+    """
+    A treq client whose connections are closed when C{test} ends.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    test.addCleanup(pool.closeCachedConnections)
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+class _HangUp(Protocol):
+    def __init__(self, request: bytes, enough: int, done: Deferred[bytes]) -> None:
+        self.request = request
+        self.enough = enough
+        self.done = done
+        self.received = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.enough and not self.done.called:
+            self.transport.abortConnection()
+            self.done.callback(self.received)
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.done.called:
+            self.done.callback(self.received)
+
+
+async def read_then_hang_up(base_url: str, path: str, enough: int) -> bytes:
+    """
+    GET C{path} over a raw socket and drop the connection once C{enough}
+    bytes (headers included) have arrived: a listener who goes away.
+    """
+    port = int(base_url.rsplit(":", 1)[1].strip("/"))
+    done: Deferred[bytes] = Deferred()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    await connectProtocol(endpoint, _HangUp(request, enough, done))
+    return await done

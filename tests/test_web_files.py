@@ -1,0 +1,236 @@
+"""
+/files/ over real loopback sockets, against the real test origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from treq import collect, content
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import ResponseFailed
+from twisted.web.http import datetimeToString
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from .helpers import body_of, http_client, read_then_hang_up, start_cachetier, start_origin
+
+
+class FilesTestCase(TestCase):
+    """
+    A test origin, a cachetier in front of it and an HTTP client.
+    """
+
+    settings: dict[str, object] = {}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.client = http_client(self)
+
+    def get(self, name: str, **headers: str) -> Deferred[tuple[int, dict[str, str], bytes]]:
+        return Deferred.fromCoroutine(self._get(name, **headers))
+
+    async def _get(self, name: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        response = await self.client.get(
+            self.url + "files/" + name,
+            headers={k.replace("_", "-"): v for k, v in headers.items()},
+        )
+        body = await content(response)
+        flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+        if response.length is not UNKNOWN_LENGTH:
+            # Twisted's client keeps Content-Length out of the headers.
+            flat["content-length"] = str(response.length)
+        return response.code, flat, body
+
+    async def assert_never_whole(self, name: str) -> None:
+        """
+        The response for C{name} must break (before or after its headers),
+        never end cleanly.
+        """
+        with self.assertRaises(ResponseFailed):
+            response = await self.client.get(self.url + "files/" + name)
+            await content(response)
+
+
+class CachedFileTests(FilesTestCase):
+    async def test_miss_then_hit_is_byte_identical_and_one_origin_request(self) -> None:
+        data = body_of(3 * 1024 * 1024 + 17)
+        self.origin.put("episodes/2024/100.mp3", data)
+        code, headers, body = await self.get("episodes/2024/100.mp3")
+        self.assertEqual((code, hashlib.sha256(body).digest()), (200, hashlib.sha256(data).digest()))
+        self.assertEqual(headers["content-type"], "audio/mpeg")
+        # The fill publishes after the last byte is sent; wait for it.
+        fill = self.cache.syncer.fill_for("episodes/2024/100.mp3")
+        if fill is not None:
+            await fill.when_done()
+        code, headers, body = await self.get("episodes/2024/100.mp3")
+        self.assertEqual((code, body), (200, data))
+        self.assertEqual(self.origin.counts["episodes/2024/100.mp3"], 1)
+        self.assertEqual(headers["content-length"], str(len(data)))
+        self.assertEqual(headers["accept-ranges"], "bytes")
+        self.assertEqual(headers["etag"], self.origin.files["episodes/2024/100.mp3"].etag)
+        self.assertEqual(headers["last-modified"], datetimeToString(1_700_000_000).decode())
+        self.assertEqual(headers["cache-control"], "public, max-age=86400")
+
+    async def _cached(self, name: str, data: bytes) -> None:
+        self.origin.put(name, data)
+        fill = self.cache.syncer.start(name)
+        await fill.when_done()
+
+    async def test_single_range(self) -> None:
+        data = body_of(100_000)
+        await self._cached("a.mp3", data)
+        code, headers, body = await self.get("a.mp3", range="bytes=1000-1999")
+        self.assertEqual((code, body), (206, data[1000:2000]))
+        self.assertEqual(headers["content-range"], "bytes 1000-1999/100000")
+
+    async def test_multiple_ranges(self) -> None:
+        data = body_of(100_000)
+        await self._cached("a.mp3", data)
+        code, headers, body = await self.get("a.mp3", range="bytes=0-9,500-509")
+        self.assertEqual(code, 206)
+        self.assertIn("multipart/byteranges", headers["content-type"])
+        self.assertIn(data[0:10], body)
+        self.assertIn(data[500:510], body)
+
+    async def test_unsatisfiable_range_is_416(self) -> None:
+        await self._cached("a.mp3", body_of(1000))
+        code, headers, _ = await self.get("a.mp3", range="bytes=5000-")
+        self.assertEqual((code, headers["content-range"]), (416, "bytes */1000"))
+
+    async def test_if_none_match_is_304(self) -> None:
+        await self._cached("a.mp3", body_of(1000))
+        etag = self.cache.store.get("a.mp3").etag
+        code, _, body = await self.get("a.mp3", if_none_match=etag)
+        self.assertEqual((code, body), (304, b""))
+        code, _, _ = await self.get("a.mp3", if_none_match='"other"')
+        self.assertEqual(code, 200)
+
+    async def test_if_modified_since_is_304(self) -> None:
+        await self._cached("a.mp3", body_of(1000))
+        code, _, _ = await self.get("a.mp3", if_modified_since=datetimeToString(1_700_000_000).decode())
+        self.assertEqual(code, 304)
+        code, _, _ = await self.get("a.mp3", if_modified_since=datetimeToString(1_600_000_000).decode())
+        self.assertEqual(code, 200)
+
+    async def test_if_range_with_old_etag_gets_the_whole_file(self) -> None:
+        data = body_of(5000)
+        await self._cached("a.mp3", data)
+        code, _, body = await self.get("a.mp3", range="bytes=0-9", if_range='"old"')
+        self.assertEqual((code, body), (200, data))
+        etag = self.cache.store.get("a.mp3").etag
+        code, _, body = await self.get("a.mp3", range="bytes=0-9", if_range=etag)
+        self.assertEqual((code, body), (206, data[:10]))
+
+    async def test_head_has_headers_and_no_body(self) -> None:
+        await self._cached("a.mp3", body_of(1234))
+        response = await self.client.head(self.url + "files/a.mp3")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"1234"])
+        self.assertEqual(await content(response), b"")
+
+
+class MissTests(FilesTestCase):
+    async def test_concurrent_misses_make_one_origin_request(self) -> None:
+        data = body_of(2 * 1024 * 1024)
+        self.origin.put("big.mp3", data)
+        self.origin.rate = 8 * 1024 * 1024
+        results = await gatherResults([self.get("big.mp3") for _ in range(10)])
+        self.assertEqual(self.origin.counts["big.mp3"], 1)
+        for code, _, body in results:
+            self.assertEqual(code, 200)
+            self.assertEqual(body, data)
+
+    async def test_range_of_an_object_still_downloading(self) -> None:
+        data = body_of(1024 * 1024)
+        self.origin.put("big.mp3", data)
+        self.origin.rate = 2 * 1024 * 1024
+        whole = self.get("big.mp3")
+        code, headers, body = await self.get("big.mp3", range="bytes=100-199")
+        self.assertEqual((code, body), (206, data[100:200]))
+        self.assertEqual(headers["content-range"], "bytes 100-199/%d" % len(data))
+        self.assertFalse(whole.called, "the range was answered before the download ended")
+        await whole
+        self.assertEqual(self.origin.counts["big.mp3"], 1)
+
+    async def test_origin_dying_mid_body_aborts_readers_and_publishes_nothing(self) -> None:
+        data = body_of(600_000)
+        self.origin.put("bad.mp3", data, die_after=300_000)
+        await self.assert_never_whole("bad.mp3")
+        self.assertIsNone(self.cache.store.get("bad.mp3"))
+        self.assertEqual(os.listdir(os.path.join(self.cache.store.root, "tmp")), [])
+
+    async def test_origin_lying_about_length_is_never_published(self) -> None:
+        data = body_of(100_000)
+        self.origin.put("liar.mp3", data, lie_length=200_000)
+        await self.assert_never_whole("liar.mp3")
+        self.assertIsNone(self.cache.store.get("liar.mp3"))
+
+    async def test_md5_mismatch_is_never_published(self) -> None:
+        data = body_of(100_000)
+        self.origin.put("corrupt.mp3", data, content_md5=hashlib.md5(b"other").digest())
+        await self.assert_never_whole("corrupt.mp3")
+        self.assertIsNone(self.cache.store.get("corrupt.mp3"))
+
+    async def test_md5_match_is_published(self) -> None:
+        data = body_of(100_000)
+        self.origin.put_with_md5("good.mp3", data)
+        code, _, body = await self.get("good.mp3")
+        self.assertEqual((code, body), (200, data))
+        await deferLater(reactor, 0.05)
+        self.assertIsNotNone(self.cache.store.get("good.mp3"))
+
+    async def test_origin_404_is_json_404_and_remembered(self) -> None:
+        code, headers, body = await self.get("nope.mp3")
+        self.assertEqual(code, 404)
+        self.assertEqual(headers["content-type"], "application/json")
+        self.assertEqual(json.loads(body)["error"], "not_found")
+        await self.get("nope.mp3")
+        self.assertEqual(self.origin.counts["nope.mp3"], 1)
+
+    async def test_origin_500_is_json_502(self) -> None:
+        self.origin.status["err.mp3"] = 500
+        code, _, body = await self.get("err.mp3")
+        self.assertEqual(code, 502)
+        self.assertEqual(json.loads(body)["error"], "origin_error")
+        self.assertIn("http_500", json.loads(body)["message"])
+
+    async def test_chunked_origin_body_is_served_and_published(self) -> None:
+        data = body_of(300_000)
+        self.origin.put("chunked.mp3", data, chunked=True)
+        code, headers, body = await self.get("chunked.mp3")
+        self.assertEqual((code, body), (200, data))
+        self.assertNotIn("content-length", headers)
+        await deferLater(reactor, 0.05)
+        self.assertEqual(self.cache.store.get("chunked.mp3").size, len(data))
+
+    async def test_client_disconnect_does_not_cancel_the_download(self) -> None:
+        data = body_of(1024 * 1024)
+        self.origin.put("big.mp3", data)
+        self.origin.rate = 4 * 1024 * 1024
+        received = await read_then_hang_up(self.url, "/files/big.mp3", 1000)
+        self.assertGreaterEqual(len(received), 1000)
+        fill = self.cache.syncer.fill_for("big.mp3")
+        stored = await fill.when_done()
+        self.assertEqual(stored.size, len(data))
+
+
+class RedirectModeTests(FilesTestCase):
+    settings = {"miss": "redirect"}
+
+    async def test_miss_redirects_to_origin_and_syncs(self) -> None:
+        data = body_of(10_000)
+        self.origin.put("ep 1.mp3", data)
+        response = await self.client.get(self.url + "files/ep%201.mp3", allow_redirects=False)
+        self.assertEqual(response.code, 302)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"), [(self.origin_url + "ep%201.mp3").encode()]
+        )
+        await self.cache.syncer.fill_for("ep 1.mp3").when_done()
+        code, _, body = await self.get("ep%201.mp3")
+        self.assertEqual((code, body), (200, data))
