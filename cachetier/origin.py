@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from attrs import frozen
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -191,14 +191,10 @@ class Origin:
             failure.
         """
         d = self._client.get(self.url_for(name), unbuffered=True)
-        d.addTimeout(self._timeout, self._clock)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
         try:
             response = await d
-        except TimeoutError:
-            raise OriginError(
-                "timeout", f"the origin did not answer within {self._timeout:g}s"
-            ) from None
-        except CancelledError:
+        except (CancelledError, OriginError):
             raise
         except Exception as e:
             raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
@@ -209,6 +205,11 @@ class Origin:
             response.deliverBody(_Discard())
             raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
         return parse_response(response)
+
+    def _timed_out(self, result: object, timeout: float) -> Failure:
+        # A cancelled request fails in whatever way the agent chooses;
+        # say plainly that it was the deadline.
+        return Failure(OriginError("timeout", f"the origin did not answer within {timeout:g}s"))
 
     def stream(self, response: OriginResponse, write: Callable[[bytes], None]) -> Deferred[None]:
         """

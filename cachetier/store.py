@@ -151,6 +151,14 @@ class CacheStore:
         except FileNotFoundError:
             pass
 
+    def data_path(self, name: str, version: str) -> str:
+        """
+        Where version C{version} of C{name}'s body lives: under the root
+        whatever the name holds, because the name only enters as a hash.
+        """
+        key = _key(name)
+        return os.path.join(self._objects, key[:2], f"{key}.{version}")
+
     def commit(
         self, name: str, fd: int, temp_path: str, size: int, headers: ObjectHeaders
     ) -> StoredObject:
@@ -162,11 +170,10 @@ class CacheStore:
         L{install}.
         """
         os.fsync(fd)
-        key = _key(name)
-        directory = os.path.join(self._objects, key[:2])
-        os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
         version = secrets.token_hex(8)
-        data_path = os.path.join(directory, f"{key}.{version}")
+        data_path = self.data_path(name, version)
+        directory = os.path.dirname(data_path)
+        os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
         os.rename(temp_path, data_path)
         now = time.time()
         obj = StoredObject(
@@ -178,7 +185,7 @@ class CacheStore:
             content_type=headers.content_type,
             fetched_at=now,
         )
-        self._write_meta(directory, key, obj)
+        self._write_meta(directory, _key(name), obj)
         return obj
 
     def _write_meta(self, directory: str, key: str, obj: StoredObject) -> None:

@@ -144,8 +144,8 @@ class TestOrigin(Resource):
 @implementer(IPushProducer)
 class _Sender:
     """
-    Sends a body in timed slices (for throttling) with backpressure, and
-    dies or lies on demand.
+    Sends a body with backpressure: as fast as the client takes it, or in
+    timed slices at C{rate} bytes a second; dies or lies on demand.
     """
 
     tick = 0.01
@@ -155,11 +155,8 @@ class _Sender:
         self.file = f
         self.view = memoryview(f.body)
         self.sent = 0
-        self.end = len(f.body)
-        if f.die_after is not None:
-            self.end = min(self.end, f.die_after)
-        self.per_tick = int(rate * self.tick) if rate else 256 * 1024
-        self.throttled = bool(rate)
+        self.end = len(f.body) if f.die_after is None else min(len(f.body), f.die_after)
+        self.rate = rate
         self.paused = False
         self.call: Any = None
         self.done = False
@@ -167,23 +164,21 @@ class _Sender:
     def start(self) -> None:
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addErrback(lambda _: self._stop())
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self.done and not self.paused and self.call is None:
-            self.call = reactor.callLater(self.tick if self.throttled else 0, self._send)
+        self._send()
 
     def _send(self) -> None:
         self.call = None
-        if self.done:
-            return
-        if self.sent >= self.end:
-            self._end()
-            return
-        chunk = self.view[self.sent : min(self.end, self.sent + self.per_tick)]
-        self.sent += len(chunk)
-        self.request.write(bytes(chunk))
-        self._schedule()
+        budget = int(self.rate * self.tick) if self.rate else len(self.view)
+        while not self.done and not self.paused and budget > 0:
+            if self.sent >= self.end:
+                self._end()
+                return
+            chunk = self.view[self.sent : min(self.end, self.sent + 65536, self.sent + budget)]
+            self.sent += len(chunk)
+            budget -= len(chunk)
+            self.request.write(bytes(chunk))
+        if self.rate and not self.done and not self.paused:
+            self.call = reactor.callLater(self.tick, self._send)
 
     def _end(self) -> None:
         self.done = True
@@ -203,10 +198,14 @@ class _Sender:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._schedule()
+        if self.call is None:
+            self._send()
 
     def stopProducing(self) -> None:
         self._stop()

@@ -1,0 +1,130 @@
+"""
+The on-disk store: atomic publish, crash recovery, permissions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachetier.store import CacheStore, ObjectHeaders
+
+HEADERS = ObjectHeaders(content_type="audio/mpeg", etag='"abc"', last_modified=1_700_000_000.0)
+
+
+def publish(store: CacheStore, name: str, body: bytes) -> str:
+    fd, temp = store.new_temp()
+    os.write(fd, body)
+    obj = store.commit(name, fd, temp, len(body), HEADERS)
+    os.close(fd)
+    store.install(obj)
+    return obj.path
+
+
+class StoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.store = CacheStore.open(self.root)
+
+    def reopen(self) -> CacheStore:
+        return CacheStore.open(self.root)
+
+    def test_directories_are_private_and_files_not_world_readable(self) -> None:
+        path = publish(self.store, "a.mp3", b"data")
+        for directory in (self.root, os.path.dirname(path)):
+            self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        for dirpath, _, files in os.walk(self.root):
+            for f in files:
+                mode = stat.S_IMODE(os.stat(os.path.join(dirpath, f)).st_mode)
+                self.assertEqual(mode & 0o077, 0, f)
+
+    def test_restart_keeps_published_objects(self) -> None:
+        publish(self.store, "a.mp3", b"aaaa")
+        publish(self.store, "dir/b.mp3", b"bb")
+        again = self.reopen()
+        self.assertEqual(len(again), 2)
+        self.assertEqual(again.total_bytes, 6)
+        obj = again.get("dir/b.mp3")
+        self.assertEqual((obj.size, obj.etag, obj.content_type), (2, '"abc"', "audio/mpeg"))
+        with open(obj.path, "rb") as f:
+            self.assertEqual(f.read(), b"bb")
+
+    def test_a_name_and_a_name_below_it_can_both_be_cached(self) -> None:
+        publish(self.store, "a", b"1")
+        publish(self.store, "a/b", b"2")
+        self.assertEqual(len(self.reopen()), 2)
+
+    def test_temp_files_are_never_visible_and_removed_at_startup(self) -> None:
+        fd, temp = self.store.new_temp()
+        os.write(fd, b"partial")
+        os.close(fd)
+        self.assertEqual(len(self.store), 0)
+        again = self.reopen()
+        self.assertEqual(len(again), 0)
+        self.assertFalse(os.path.exists(temp))
+
+    def test_crash_after_body_rename_before_metadata(self) -> None:
+        """
+        The body is in place but no metadata names it: startup drops it.
+        """
+        fd, temp = self.store.new_temp()
+        os.write(fd, b"body")
+        os.close(fd)
+        orphan = self.store.data_path("a.mp3", "deadbeef")
+        os.makedirs(os.path.dirname(orphan), exist_ok=True)
+        os.rename(temp, orphan)
+        again = self.reopen()
+        self.assertIsNone(again.get("a.mp3"))
+        self.assertFalse(os.path.exists(orphan))
+
+    def test_crash_during_replacement_keeps_the_old_version(self) -> None:
+        """
+        A new body and a half-written metadata file: the old version wins.
+        """
+        old_path = publish(self.store, "a.mp3", b"old!")
+        directory = os.path.dirname(old_path)
+        new_body = self.store.data_path("a.mp3", "feedface")
+        with open(new_body, "wb") as f:
+            f.write(b"new body")
+        meta = [n for n in os.listdir(directory) if n.endswith(".json")][0]
+        with open(os.path.join(directory, meta + ".tmp"), "w") as f:
+            f.write('{"name": "a.mp3", "da')
+        again = self.reopen()
+        obj = again.get("a.mp3")
+        self.assertEqual(obj.path, old_path)
+        self.assertEqual(sorted(os.listdir(directory)), sorted([meta, os.path.basename(old_path)]))
+
+    def test_metadata_whose_body_disagrees_is_dropped(self) -> None:
+        path = publish(self.store, "a.mp3", b"1234")
+        with open(path, "ab") as f:
+            f.write(b"5")
+        self.assertIsNone(self.reopen().get("a.mp3"))
+
+    def test_corrupt_metadata_is_dropped(self) -> None:
+        path = publish(self.store, "a.mp3", b"1234")
+        meta = [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".json")][0]
+        with open(os.path.join(os.path.dirname(path), meta), "w") as f:
+            json.dump({"name": "a.mp3"}, f)
+        self.assertIsNone(self.reopen().get("a.mp3"))
+
+    def test_replacement_keeps_the_old_bytes_for_open_readers(self) -> None:
+        publish(self.store, "a.mp3", b"old version")
+        reader = open(self.store.get("a.mp3").path, "rb")
+        self.addCleanup(reader.close)
+        publish(self.store, "a.mp3", b"new!")
+        self.assertEqual(reader.read(), b"old version")
+        self.assertEqual(self.store.total_bytes, 4)
+        with open(self.store.get("a.mp3").path, "rb") as f:
+            self.assertEqual(f.read(), b"new!")
+        self.assertEqual(len(self.reopen()), 1)
+
+    def test_remove(self) -> None:
+        path = publish(self.store, "a.mp3", b"1234")
+        self.store.remove("a.mp3")
+        self.assertIsNone(self.store.get("a.mp3"))
+        self.assertEqual(self.store.total_bytes, 0)
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(len(self.reopen()), 0)

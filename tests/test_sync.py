@@ -1,0 +1,159 @@
+"""
+The syncer in memory: StubTreq for the origin, a Clock for time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from cachetier.origin import NotFoundAtOrigin, Origin, OriginError
+from cachetier.store import CacheStore
+from cachetier.sync import Syncer
+
+from .helpers import TestOrigin, body_of
+
+
+class _Stall(Resource):
+    """
+    Sends the headers and C{sent} body bytes of a bigger body, then nothing.
+    """
+
+    isLeaf = True
+
+    def __init__(self, sent: bytes | None) -> None:
+        super().__init__()
+        self.sent = sent
+        self.requests: list[Any] = []
+
+    def render_GET(self, request: Any) -> int:
+        self.requests.append(request)
+        if self.sent is not None:
+            request.setHeader(b"content-length", b"1000000")
+            request.write(self.sent)
+        return server.NOT_DONE_YET
+
+
+class SyncerTests(SynchronousTestCase):
+    def make(self, resource: Resource, **kwargs: Any) -> Syncer:
+        self.clock = Clock()
+        self.treq = StubTreq(resource)
+        self.store = CacheStore.open(os.path.abspath(self.mktemp()))
+        origin = Origin("http://origin.test/", self.treq, self.clock, timeout=30)
+        return Syncer(
+            origin,
+            self.store,
+            self.clock,
+            lambda f, *a: maybeDeferred(f, *a),
+            **kwargs,
+        )
+
+    def test_a_sync_publishes_the_body(self) -> None:
+        origin = TestOrigin()
+        origin.put("a.mp3", body_of(70_000))
+        syncer = self.make(origin)
+        done = syncer.start("a.mp3").when_done()
+        self.treq.flush()
+        stored = self.successResultOf(done)
+        with open(stored.path, "rb") as f:
+            self.assertEqual(f.read(), body_of(70_000))
+        self.assertEqual(syncer.status("a.mp3").state, "cached")
+
+    def test_one_flight_per_name(self) -> None:
+        stall = _Stall(b"x" * 10)
+        syncer = self.make(stall)
+        fills = {id(syncer.start("a.mp3")) for _ in range(5)}
+        fills |= {id(syncer.status("a.mp3").fill) for _ in range(5)}
+        self.treq.flush()
+        self.assertEqual(len(fills), 1)
+        self.assertEqual(len(stall.requests), 1)
+
+    def test_concurrency_cap_queues_the_rest(self) -> None:
+        stall = _Stall(None)
+        syncer = self.make(stall, max_concurrent=2)
+        for n in range(5):
+            syncer.start(f"f{n}")
+        self.assertEqual((syncer.in_flight, syncer.queued), (2, 3))
+        self.assertEqual(len(stall.requests), 2)
+        self.assertEqual(syncer.status("f4", start=False).state, "syncing")
+
+    def test_no_answer_times_out(self) -> None:
+        syncer = self.make(_Stall(None))
+        done = syncer.start("a.mp3").when_done()
+        self.clock.advance(29)
+        self.assertNoResult(done)
+        self.clock.advance(2)
+        failure = self.failureResultOf(done, OriginError)
+        self.assertEqual(failure.value.reason, "timeout")
+        status = syncer.status("a.mp3")
+        self.assertEqual(status.state, "error")
+
+    def test_silence_mid_body_times_out_and_leaves_no_temp(self) -> None:
+        syncer = self.make(_Stall(b"x" * 1000))
+        fill = syncer.start("a.mp3")
+        done = fill.when_done()
+        self.treq.flush()
+        self.assertEqual(fill.written, 1000)
+        self.clock.advance(31)
+        self.treq.flush()
+        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "timeout")
+        self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
+        self.assertIsNone(self.store.get("a.mp3"))
+
+    def test_not_found_is_remembered_for_the_negative_ttl(self) -> None:
+        origin = TestOrigin()
+        syncer = self.make(origin, negative_ttl=60)
+        done = syncer.start("gone.mp3").when_done()
+        self.treq.flush()
+        self.assertEqual(self.failureResultOf(done, NotFoundAtOrigin).value.code, 404)
+        self.assertEqual(syncer.status("gone.mp3").state, "not_found")
+        self.clock.advance(61)
+        origin.put("gone.mp3", b"uploaded")
+        syncer.status("gone.mp3")
+        self.treq.flush()
+        self.assertEqual(syncer.status("gone.mp3").state, "cached")
+        self.assertEqual(origin.counts["gone.mp3"], 2)
+
+    def test_errors_are_remembered_briefly(self) -> None:
+        origin = TestOrigin()
+        origin.status["a.mp3"] = 503
+        syncer = self.make(origin, error_ttl=5)
+        syncer.start("a.mp3")
+        self.treq.flush()
+        status = syncer.status("a.mp3")
+        self.assertEqual((status.state, status.error.reason), ("error", "http_503"))
+        self.assertEqual(syncer.status("a.mp3").state, "error")
+        self.assertEqual(origin.counts["a.mp3"], 1)
+        self.clock.advance(6)
+        del origin.status["a.mp3"]
+        origin.put("a.mp3", b"back")
+        syncer.status("a.mp3")
+        self.treq.flush()
+        self.assertEqual(syncer.status("a.mp3").state, "cached")
+        self.assertEqual(origin.counts["a.mp3"], 2)
+
+    def test_status_without_start_does_not_sync(self) -> None:
+        origin = TestOrigin()
+        origin.put("a.mp3", b"1")
+        syncer = self.make(origin)
+        self.assertEqual(syncer.status("a.mp3", start=False).state, "missing")
+        self.assertEqual(origin.counts["a.mp3"], 0)
+
+    def test_stop_cancels_downloads(self) -> None:
+        syncer = self.make(_Stall(b"x" * 10), max_concurrent=1)
+        first = syncer.start("a").when_done()
+        queued = syncer.start("b").when_done()
+        self.treq.flush()
+        stopped = syncer.stop()
+        self.treq.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(self.failureResultOf(first, OriginError).value.reason, "cancelled")
+        self.assertEqual(self.failureResultOf(queued, OriginError).value.reason, "cancelled")
+        self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
