@@ -5,6 +5,7 @@ The resource tree, built in one place.
 from __future__ import annotations
 
 from prometheus_client.twisted import MetricsResource
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from ..config import Settings
@@ -23,11 +24,14 @@ __all__ = ["CacheSite", "build_root"]
 
 class _Branch(Resource):
     """
-    An inner node: its children, or the JSON 404.
+    An inner node: its children; itself and anything else, the JSON 404.
     """
 
     def getChild(self, path: bytes, request: object) -> Resource:
         return NotFound()
+
+    def render(self, request: IRequest) -> bytes:
+        return NotFound().render(request)
 
 
 def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: Metrics) -> Resource:
