@@ -1,0 +1,125 @@
+"""
+C{twistd -n cachetier} as a real subprocess, used over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from .helpers import body_of, http_client, start_origin
+
+_TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
+
+
+class _Twistd(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.port: Deferred[int] = Deferred()
+        self.ended: Deferred[Any] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = re.search(rb"CacheSite starting on (\d+)", self.output)
+        if match and not self.port.called:
+            self.port.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.port.called:
+            self.port.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(reason.value)
+
+
+class TwistdTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.cache_dir = os.path.abspath(self.mktemp())
+
+    async def start(self) -> str:
+        """
+        Start twistd on a free loopback port; return its base URL.
+        """
+        protocol = _Twistd()
+        args = _TWISTD + [
+            "-n",
+            "--pidfile=",
+            "cachetier",
+            f"--origin={self.origin_url}",
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+        ]
+        process = reactor.spawnProcess(protocol, sys.executable, args, env=os.environ.copy())
+        self.process, self.protocol = process, protocol
+
+        async def stop() -> None:
+            if protocol.ended.called:
+                return
+            process.signalProcess("TERM")
+            await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        port = await protocol.port
+        return f"http://127.0.0.1:{port}/"
+
+    async def test_twistd_serves_and_stops_cleanly(self) -> None:
+        data = body_of(1_500_000)
+        self.origin.put("ep.mp3", data)
+        url = await self.start()
+        response = await self.client.get(url + "files/ep.mp3")
+        self.assertEqual((response.code, await content(response)), (200, data))
+        response = await self.client.get(url + "healthz")
+        self.assertEqual(json.loads(await content(response))["status"], "ok")
+        self.process.signalProcess("TERM")
+        ended = await self.protocol.ended
+        # twistd exits by re-raising the signal it stopped for.
+        self.assertEqual(ended.signal, signal.SIGTERM)
+        self.assertIn(b"Server Shut Down.", self.protocol.output)
+        self.assertIn(b"synced ep.mp3 (1500000 bytes)", self.protocol.output)
+        self.assertRegex(self.protocol.output.decode(), r"GET /files/ep.mp3 200 1500000B miss")
+
+    async def test_kill_9_mid_sync_then_restart_never_serves_partial(self) -> None:
+        data = body_of(4_000_000)
+        self.origin.put("big.mp3", data)
+        self.origin.rate = 1_000_000
+        url = await self.start()
+        response = await self.client.get(url + "api/v1/files/big.mp3")
+        await content(response)
+        for _ in range(100):
+            response = await self.client.get(url + "api/v1/files/big.mp3?sync=0")
+            status = json.loads(await content(response))
+            if status["bytes_synced"] > 500_000:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(status["state"], "syncing")
+        self.process.signalProcess(signal.SIGKILL)
+        await self.protocol.ended
+        self.assertEqual(len(os.listdir(os.path.join(self.cache_dir, "tmp"))), 1)
+
+        self.origin.rate = None
+        url = await self.start()
+        self.assertEqual(os.listdir(os.path.join(self.cache_dir, "tmp")), [])
+        response = await self.client.get(url + "api/v1/files/big.mp3?sync=0")
+        self.assertEqual(json.loads(await content(response))["state"], "missing")
+        response = await self.client.get(url + "files/big.mp3")
+        self.assertEqual((response.code, await content(response)), (200, data))
+        self.assertEqual(self.origin.counts["big.mp3"], 2)
