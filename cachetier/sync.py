@@ -316,12 +316,16 @@ class Syncer:
 
     def stop(self) -> Deferred[Any]:
         """
-        Cancel every download; fires when all have wound down.
+        Cancel every download; fires when all have wound down.  A download
+        that is already publishing (complete and verified) is let finish:
+        its file-system work runs in a thread that cannot be interrupted.
         """
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        return DeferredList(tasks, consumeErrors=True)
+        tasks = list(self._tasks.items())
+        for name, task in tasks:
+            fill = self._fills.get(name)
+            if fill is None or fill.state != "publishing":
+                task.cancel()
+        return DeferredList([task for _, task in tasks], consumeErrors=True)
 
     async def _run(self, fill: Fill) -> None:
         try:

@@ -162,13 +162,19 @@ class _Sender:
         self.done = False
 
     def start(self) -> None:
+        self.started = reactor.seconds()
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addErrback(lambda _: self._stop())
         self._send()
 
+    def _budget(self) -> int:
+        if not self.rate:
+            return self.end - self.sent
+        return int(self.rate * (reactor.seconds() - self.started + self.tick)) - self.sent
+
     def _send(self) -> None:
         self.call = None
-        budget = int(self.rate * self.tick) if self.rate else len(self.view)
+        budget = self._budget()
         while not self.done and not self.paused and budget > 0:
             if self.sent >= self.end:
                 self._end()
@@ -177,7 +183,9 @@ class _Sender:
             self.sent += len(chunk)
             budget -= len(chunk)
             self.request.write(bytes(chunk))
-        if self.rate and not self.done and not self.paused:
+        if self.sent >= self.end and not self.done and not self.paused:
+            self._end()
+        elif self.rate and not self.done and not self.paused:
             self.call = reactor.callLater(self.tick, self._send)
 
     def _end(self) -> None:

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
@@ -42,7 +42,7 @@ class _Stall(Resource):
 
 
 class SyncerTests(SynchronousTestCase):
-    def make(self, resource: Resource, **kwargs: Any) -> Syncer:
+    def make(self, resource: Resource, run_in_thread: Any = None, **kwargs: Any) -> Syncer:
         self.clock = Clock()
         self.treq = StubTreq(resource)
         self.store = CacheStore.open(os.path.abspath(self.mktemp()))
@@ -51,7 +51,7 @@ class SyncerTests(SynchronousTestCase):
             origin,
             self.store,
             self.clock,
-            lambda f, *a: maybeDeferred(f, *a),
+            run_in_thread or (lambda f, *a: maybeDeferred(f, *a)),
             **kwargs,
         )
 
@@ -157,3 +157,24 @@ class SyncerTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(first, OriginError).value.reason, "cancelled")
         self.assertEqual(self.failureResultOf(queued, OriginError).value.reason, "cancelled")
         self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
+
+    def test_stop_lets_a_publish_in_progress_finish(self) -> None:
+        origin = TestOrigin()
+        origin.put("a.mp3", b"complete")
+        pending: list[Deferred[Any]] = []
+
+        def in_thread(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: f(*args))
+            return d
+
+        syncer = self.make(origin, run_in_thread=in_thread)
+        done = syncer.start("a.mp3").when_done()
+        self.treq.flush()
+        stopped = syncer.stop()
+        self.assertNoResult(stopped)
+        pending[0].callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(self.successResultOf(done).size, 8)
+        self.assertIsNotNone(self.store.get("a.mp3"))

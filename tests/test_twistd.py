@@ -81,6 +81,15 @@ class TwistdTests(TestCase):
         port = await protocol.port
         return f"http://127.0.0.1:{port}/"
 
+    async def wait_for_state(self, url: str, name: str, state: str) -> dict[str, Any]:
+        for _ in range(100):
+            response = await self.client.get(url + f"api/v1/files/{name}?sync=0")
+            status: dict[str, Any] = json.loads(await content(response))
+            if status["state"] == state:
+                return status
+            await deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"{name} never reached {state}: {status}")
+
     async def test_twistd_serves_and_stops_cleanly(self) -> None:
         data = body_of(1_500_000)
         self.origin.put("ep.mp3", data)
@@ -89,6 +98,8 @@ class TwistdTests(TestCase):
         self.assertEqual((response.code, await content(response)), (200, data))
         response = await self.client.get(url + "healthz")
         self.assertEqual(json.loads(await content(response))["status"], "ok")
+        # The last byte can reach the listener before the publish is done.
+        await self.wait_for_state(url, "ep.mp3", "cached")
         self.process.signalProcess("TERM")
         ended = await self.protocol.ended
         # twistd exits by re-raising the signal it stopped for.

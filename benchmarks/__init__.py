@@ -1,0 +1,3 @@
+"""
+Measurements of cachetier on loopback.  Never part of CI.
+"""
