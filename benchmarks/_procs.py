@@ -9,11 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
 
 
 def free_port() -> int:
@@ -34,7 +38,9 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], port: int, log_path: str, cpu: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], port: int, log_path: str, cpu: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """
     Run C{args} (pinned to core C{cpu} if given) until the block ends; its
     output goes to C{log_path}.
@@ -79,4 +85,4 @@ def cachetier(port: int, origin_port: int, cache_dir: str, log_path: str, *extra
 
 def origin_requests(log_path: str, name: str) -> int:
     with open(log_path, encoding="utf-8", errors="replace") as f:
-        return sum(1 for line in f if f'"GET /{name} ' in line)
+        return sum(1 for line in f if f"origin GET {name} #" in line)

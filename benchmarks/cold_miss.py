@@ -58,7 +58,10 @@ def main() -> None:
     origin_log = os.path.join(work, "origin.log")
     with _procs.origin(origin_port, [f"{name}={args.size}"], args.rate, origin_log):
         with _procs.cachetier(
-            cache_port, origin_port, os.path.join(work, "cache"), os.path.join(work, "cachetier.log")
+            cache_port,
+            origin_port,
+            os.path.join(work, "cache"),
+            os.path.join(work, "cachetier.log"),
         ):
             started = time.monotonic()
             results = asyncio.run(load(cache_port, "/files/" + name, args.clients))

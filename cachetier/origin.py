@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from attrs import frozen
 from treq.client import HTTPClient
@@ -145,7 +146,7 @@ class _BodyReceiver(Protocol):
         except OSError as e:
             self.abort(OriginError("write_error", f"writing to the cache failed: {e.strerror}"))
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

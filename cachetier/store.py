@@ -25,10 +25,9 @@ import json
 import os
 import secrets
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from attrs import evolve, frozen
-
 from twisted.logger import Logger
 
 log = Logger()

@@ -14,7 +14,8 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
@@ -365,7 +366,9 @@ class Syncer:
         except CancelledError:
             self._ended(fill, OriginError("cancelled", "the download was cancelled"), temp_path)
         except OSError as e:
-            self._ended(fill, OriginError("write_error", f"cache write failed: {e.strerror}"), temp_path)
+            self._ended(
+                fill, OriginError("write_error", f"cache write failed: {e.strerror}"), temp_path
+            )
         except Exception:
             log.failure("sync of {name} failed unexpectedly", name=name)
             self._ended(fill, OriginError("internal", "internal error"), temp_path)

@@ -58,8 +58,18 @@ class Options(usage.Options):
     optParameters = [
         ["origin", None, None, "Origin base URL (http:// or https://). Required."],
         ["cache-dir", None, "cachetier-cache", "Directory for cached files (created 0700)."],
-        ["public-url", None, None, "Base URL for download_url (default: from each request's Host)."],
-        ["miss", None, "stream", "On a miss: 'stream' from the download, or 'redirect' to the origin."],
+        [
+            "public-url",
+            None,
+            None,
+            "Base URL for download_url (default: from each request's Host).",
+        ],
+        [
+            "miss",
+            None,
+            "stream",
+            "On a miss: 'stream' from the download, or 'redirect' to the origin.",
+        ],
         ["max-concurrent-syncs", None, "8", "Origin downloads at once; the rest queue."],
         ["origin-timeout", None, "30s", "Origin connect, answer and idle timeout."],
         ["cache-control-max-age", None, "1d", "max-age of the Cache-Control sent with files."],
@@ -112,9 +122,13 @@ class Options(usage.Options):
             listen=listen,
             public_url=public_url,
             miss=self["miss"],
-            max_concurrent_syncs=_positive_int("max-concurrent-syncs", self["max-concurrent-syncs"]),
+            max_concurrent_syncs=_positive_int(
+                "max-concurrent-syncs", self["max-concurrent-syncs"]
+            ),
             origin_timeout=_duration("origin-timeout", self["origin-timeout"]),
-            cache_control_max_age=int(_duration("cache-control-max-age", self["cache-control-max-age"])),
+            cache_control_max_age=int(
+                _duration("cache-control-max-age", self["cache-control-max-age"])
+            ),
             negative_ttl=_duration("negative-ttl", self["negative-ttl"]),
         )
 

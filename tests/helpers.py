@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from twisted.web import http, server
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -32,6 +33,8 @@ from zope.interface import implementer
 
 from cachetier.config import Settings
 from cachetier.tap import Assembly, assemble
+
+log = Logger()
 
 
 @define
@@ -91,7 +94,7 @@ class TestOrigin(Resource):
         """
         Create or change a file; a changed file gets a new ETag.
         """
-        kwargs.setdefault("etag", '"v-%s"' % hashlib.sha1(body).hexdigest()[:16])
+        kwargs.setdefault("etag", f'"v-{hashlib.sha1(body).hexdigest()[:16]}"')
         f = self.files[name] = OriginFile(body=body, **kwargs)
         return f
 
@@ -101,6 +104,12 @@ class TestOrigin(Resource):
     def render_GET(self, request: server.Request) -> bytes | int:
         name = unquote(request.path.decode("utf-8")[1:])
         self.counts[name] += 1
+        log.info(
+            "origin {method} {name} #{count}",
+            method=request.method.decode(),
+            name=name,
+            count=self.counts[name],
+        )
         self.requests.append((request.method, name, request.requestHeaders.copy()))
         if name in self.hang:
             self._hanging.append(request)

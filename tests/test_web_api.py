@@ -132,7 +132,11 @@ class ErrorContractTests(APITestCase):
             self.assertEqual((code, body["error"]), (404, "not_found"), path)
 
     async def test_wrong_methods_are_json_405(self) -> None:
-        for method, path in (("POST", "files/a.mp3"), ("DELETE", "api/v1/files/a.mp3"), ("PUT", "healthz")):
+        for method, path in (
+            ("POST", "files/a.mp3"),
+            ("DELETE", "api/v1/files/a.mp3"),
+            ("PUT", "healthz"),
+        ):
             code, headers, body = await self.call(method, path)
             self.assertEqual((code, body["error"]), (405, "method_not_allowed"), path)
             self.assertIn(b"GET", headers.getRawHeaders(b"allow")[0])
@@ -155,12 +159,16 @@ class CompatTests(APITestCase):
         self.origin.put("d.mp3", b"x" * 100)
         response = await self.client.get(self.url + "download/d.mp3", allow_redirects=False)
         self.assertEqual(response.code, 302)
-        self.assertEqual(response.headers.getRawHeaders(b"location"), [f"{self.origin_url}d.mp3".encode()])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"), [f"{self.origin_url}d.mp3".encode()]
+        )
         fill = self.cache.syncer.fill_for("d.mp3")
         if fill is not None:
             await fill.when_done()
         response = await self.client.get(self.url + "download/d.mp3", allow_redirects=False)
-        self.assertEqual(response.headers.getRawHeaders(b"location"), [f"{self.url}files/d.mp3".encode()])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"), [f"{self.url}files/d.mp3".encode()]
+        )
 
     async def test_upstream_cache_tier_client_works_unchanged(self) -> None:
         from cache_tier import CacheTierClient
@@ -173,7 +181,9 @@ class CompatTests(APITestCase):
         if fill is not None:
             await fill.when_done()
         self.assertTrue(await deferToThread(client.verify_file, "upstream.mp3"))
-        self.assertEqual(client.build_download_url("upstream.mp3"), self.url + "download/upstream.mp3")
+        self.assertEqual(
+            client.build_download_url("upstream.mp3"), self.url + "download/upstream.mp3"
+        )
         self.assertFalse(await deferToThread(client.verify_file, "never-there.mp3"))
         self.assertEqual(self.origin.counts["upstream.mp3"], 1)
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 
-from treq import collect, content
+from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
@@ -62,7 +62,9 @@ class CachedFileTests(FilesTestCase):
         data = body_of(3 * 1024 * 1024 + 17)
         self.origin.put("episodes/2024/100.mp3", data)
         code, headers, body = await self.get("episodes/2024/100.mp3")
-        self.assertEqual((code, hashlib.sha256(body).digest()), (200, hashlib.sha256(data).digest()))
+        self.assertEqual(
+            (code, hashlib.sha256(body).digest()), (200, hashlib.sha256(data).digest())
+        )
         self.assertEqual(headers["content-type"], "audio/mpeg")
         # The fill publishes after the last byte is sent; wait for it.
         fill = self.cache.syncer.fill_for("episodes/2024/100.mp3")
@@ -113,9 +115,13 @@ class CachedFileTests(FilesTestCase):
 
     async def test_if_modified_since_is_304(self) -> None:
         await self._cached("a.mp3", body_of(1000))
-        code, _, _ = await self.get("a.mp3", if_modified_since=datetimeToString(1_700_000_000).decode())
+        code, _, _ = await self.get(
+            "a.mp3", if_modified_since=datetimeToString(1_700_000_000).decode()
+        )
         self.assertEqual(code, 304)
-        code, _, _ = await self.get("a.mp3", if_modified_since=datetimeToString(1_600_000_000).decode())
+        code, _, _ = await self.get(
+            "a.mp3", if_modified_since=datetimeToString(1_600_000_000).decode()
+        )
         self.assertEqual(code, 200)
 
     async def test_if_range_with_old_etag_gets_the_whole_file(self) -> None:
@@ -153,7 +159,7 @@ class MissTests(FilesTestCase):
         whole = self.get("big.mp3")
         code, headers, body = await self.get("big.mp3", range="bytes=100-199")
         self.assertEqual((code, body), (206, data[100:200]))
-        self.assertEqual(headers["content-range"], "bytes 100-199/%d" % len(data))
+        self.assertEqual(headers["content-range"], f"bytes 100-199/{len(data)}")
         self.assertFalse(whole.called, "the range was answered before the download ended")
         await whole
         self.assertEqual(self.origin.counts["big.mp3"], 1)

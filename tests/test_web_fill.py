@@ -10,8 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cachetier.origin import OriginError, OriginResponse
 from cachetier.store import CacheStore, ObjectHeaders
-from cachetier.web.files import FillProducer
 from cachetier.sync import Fill
+from cachetier.web.files import FillProducer
 
 
 class _FullRequest:

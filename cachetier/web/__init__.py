@@ -4,7 +4,6 @@ The resource tree, built in one place.
 
 from __future__ import annotations
 
-from prometheus_client.twisted import MetricsResource
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
@@ -17,7 +16,7 @@ from ._site import CacheSite
 from .api import FileStatusResource
 from .compat import DownloadResource, VerifyResource
 from .files import FilesResource
-from .health import HealthResource, StatusPage
+from .health import HealthResource, MetricsPage, StatusPage
 
 __all__ = ["CacheSite", "build_root"]
 
@@ -52,5 +51,5 @@ def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: M
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(store, syncer))
-    root.putChild(b"metrics", MetricsResource(metrics.registry))
+    root.putChild(b"metrics", MetricsPage(metrics.registry))
     return root

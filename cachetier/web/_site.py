@@ -58,9 +58,11 @@ class CacheSite(server.Site):
             bytes=sent,
             outcome=request.outcome or "-",
             duration_ms=(time.monotonic() - request.received) * 1000,
-            client=request.getClientAddress().host
-            if hasattr(request.getClientAddress(), "host")
-            else None,
+            client=(
+                request.getClientAddress().host
+                if hasattr(request.getClientAddress(), "host")
+                else None
+            ),
         )
 
 

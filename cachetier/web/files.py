@@ -44,9 +44,7 @@ def _not_modified(request: IRequest, etag: bytes | None, last_modified: float | 
     if if_none_match is not None:
         if if_none_match.strip() == b"*":
             return True
-        return etag is not None and _opaque(etag) in {
-            _opaque(t) for t in if_none_match.split(b",")
-        }
+        return etag is not None and _opaque(etag) in {_opaque(t) for t in if_none_match.split(b",")}
     since = request.getHeader(b"if-modified-since")
     if since is None or last_modified is None:
         return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.iweb import IRequest
 
 from ..store import CacheStore
@@ -66,4 +67,23 @@ class StatusPage(JSONResource):
             f"<h1>cachetier</h1><table>{rows}</table>"
             '<p><a href="/healthz">/healthz</a> · <a href="/metrics">/metrics</a></p>'
             "</body></html>"
-        ).encode("utf-8")
+        ).encode()
+
+
+class MetricsPage(JSONResource):
+    """
+    C{GET /metrics}: the Prometheus text format, rendered in the reactor
+    thread (prometheus_client's own Twisted resource is WSGI, which would
+    read the gauges' state from a pool thread).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self.registry)
