@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from attrs import frozen
+from attrs import field, frozen
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -65,3 +65,15 @@ class Settings:
     origin_timeout: float = 30.0
     cache_control_max_age: int = 86400
     negative_ttl: float = 60.0
+    ttl: float = 86400.0
+    stale_if_error: float = 7 * 86400.0
+    max_size: int | None = None
+    min_free: int = 0
+    max_object_size: int | None = None
+    max_queued_syncs: int = 1000
+    max_syncs_per_second: float = 50.0
+    origin_retries: int = 3
+    breaker_threshold: int = 5
+    breaker_cooloff: float = 30.0
+    # A secret: kept out of repr() so it can never reach a log.
+    admin_token: bytes | None = field(default=None, repr=False)

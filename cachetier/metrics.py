@@ -37,6 +37,26 @@ class Metrics:
         self.sync_failures = Counter(
             "cachetier_sync_failures", "Failed syncs by reason.", ["reason"], registry=r
         )
+        self.syncs_refused = Counter(
+            "cachetier_syncs_refused",
+            "Syncs refused by the flood caps, by reason (queue_full, rate).",
+            ["reason"],
+            registry=r,
+        )
+        self.revalidations = Counter(
+            "cachetier_revalidations",
+            "Revalidations of expired objects by result (not_modified, modified, "
+            "not_found, error).",
+            ["result"],
+            registry=r,
+        )
+        self.evictions = Counter("cachetier_evictions", "Objects evicted to make room.", registry=r)
+        self.purges = Counter("cachetier_purges", "Names purged by the admin API.", registry=r)
+        self.breaker_open = Gauge(
+            "cachetier_origin_breaker_open",
+            "1 while the origin breaker is open or half-open, else 0.",
+            registry=r,
+        )
         self.syncs_in_flight = Gauge(
             "cachetier_syncs_in_flight", "Downloads from the origin under way.", registry=r
         )
@@ -56,6 +76,7 @@ class Metrics:
         cached_bytes: Callable[[], float],
         in_flight: Callable[[], float],
         queued: Callable[[], float],
+        breaker_open: Callable[[], float],
     ) -> None:
         """
         Have the state gauges read their values when scraped.
@@ -64,3 +85,4 @@ class Metrics:
         self.cached_bytes.set_function(cached_bytes)
         self.syncs_in_flight.set_function(in_flight)
         self.syncs_queued.set_function(queued)
+        self.breaker_open.set_function(breaker_open)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -15,16 +17,21 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.http import PotentialDataLoss, stringToDatetime
+from twisted.web.http import PotentialDataLoss, datetimeToString, stringToDatetime
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from .names import origin_url
-from .store import ObjectHeaders
+from .store import ObjectHeaders, StoredObject
+
+log = Logger()
 
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 NOT_FOUND_CODES = frozenset({403, 404, 410})
+_WRITE_ERRORS = {errno.ENOSPC: "no_space", errno.EFBIG: "too_large"}
 
 
 class OriginError(Exception):
@@ -53,7 +60,7 @@ class NotFoundAtOrigin(Exception):
 @frozen
 class OriginResponse:
     """
-    A 200 from the origin whose body has not been read yet.
+    A 200 (whose body has not been read yet) or a 304 from the origin.
 
     @ivar length: the promised Content-Length, or L{None} when not given.
     @ivar md5: the digest the body must have, when the origin gave one
@@ -64,6 +71,33 @@ class OriginResponse:
     length: int | None
     md5: bytes | None
     response: Any
+    not_modified: bool = False
+
+
+def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
+    """
+    The lifetime a shared cache may give a response, and whether it may
+    store it at all.
+
+    @return: C{(s-maxage or max-age or None, no_store)}; C{no-cache} is a
+        lifetime of 0 (store, but revalidate every time).
+    """
+    if not value:
+        return None, False
+    directives: dict[str, str] = {}
+    for part in value.split(","):
+        key, _, arg = part.strip().partition("=")
+        directives[key.strip().lower()] = arg.strip().strip('"')
+    no_store = "no-store" in directives or "private" in directives
+    if "no-cache" in directives:
+        return 0.0, no_store
+    for key in ("s-maxage", "max-age"):
+        if key in directives:
+            try:
+                return max(0.0, float(int(directives[key]))), no_store
+            except ValueError:
+                return 0.0, no_store
+    return None, no_store
 
 
 def _header(response: Any, name: bytes) -> str | None:
@@ -89,7 +123,7 @@ def _expected_md5(response: Any, etag: str | None) -> bytes | None:
 
 def parse_response(response: Any) -> OriginResponse:
     """
-    Read what a 200 response promises about its body.
+    Read what a 200 or 304 response says about the body.
     """
     etag = _header(response, b"etag")
     last_modified: float | None = None
@@ -101,11 +135,19 @@ def parse_response(response: Any) -> OriginResponse:
             last_modified = None
     content_type = _header(response, b"content-type") or "application/octet-stream"
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+    max_age, no_store = parse_cache_control(_header(response, b"cache-control"))
     return OriginResponse(
-        headers=ObjectHeaders(content_type=content_type, etag=etag, last_modified=last_modified),
+        headers=ObjectHeaders(
+            content_type=content_type,
+            etag=etag,
+            last_modified=last_modified,
+            max_age=max_age,
+            no_store=no_store,
+        ),
         length=length,
         md5=_expected_md5(response, etag),
         response=response,
+        not_modified=response.code == 304,
     )
 
 
@@ -144,7 +186,8 @@ class _BodyReceiver(Protocol):
         try:
             self._write(data)
         except OSError as e:
-            self.abort(OriginError("write_error", f"writing to the cache failed: {e.strerror}"))
+            reason = _WRITE_ERRORS.get(e.errno or 0, "write_error")
+            self.abort(OriginError(reason, f"writing to the cache failed: {e.strerror}"))
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._timer is not None:
@@ -165,6 +208,81 @@ class _BodyReceiver(Protocol):
             self._done.errback(OriginError("truncated", "the origin connection broke mid-body"))
 
 
+class Breaker:
+    """
+    Stops calls to a failing origin: after C{threshold} consecutive
+    failures it opens for C{cooloff} seconds, then lets one probe through
+    (half-open); the probe's success closes it, its failure reopens it.
+    """
+
+    def __init__(self, clock: IReactorTime, threshold: int = 5, cooloff: float = 30.0) -> None:
+        self._clock = clock
+        self.threshold = threshold
+        self.cooloff = cooloff
+        self.failures = 0
+        self.state = "closed"
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """
+        Whether a request may go out now; in half-open, the one that may is
+        the probe.
+        """
+        if self.state == "open" and self._clock.seconds() >= self._opened_at + self.cooloff:
+            self.state = "half_open"
+        if self.state == "closed":
+            return True
+        if self.state == "half_open" and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.state = "closed"
+        self._probing = False
+
+    def failed(self) -> None:
+        self.failures += 1
+        self._probing = False
+        if self.state == "half_open" or self.failures >= self.threshold:
+            if self.state != "open":
+                log.warn(
+                    "origin breaker open after {failures} failures; next probe in {cooloff:g}s",
+                    failures=self.failures,
+                    cooloff=self.cooloff,
+                )
+            self.state = "open"
+            self._opened_at = self._clock.seconds()
+
+    def abandoned(self) -> None:
+        """
+        A request that was let through ended with no verdict (cancelled).
+        """
+        self._probing = False
+
+
+RETRYABLE = frozenset({"connection", "timeout"})
+
+
+@frozen
+class RetryPolicy:
+    """
+    How failed origin requests are retried: on connection errors, timeouts
+    and 5xx, up to C{attempts} tries in all, waiting C{base * 2**n} seconds
+    (times a random factor in [0.5, 1), so many syncs do not retry in step)
+    but never past C{budget} seconds since the first try.
+    """
+
+    attempts: int = 3
+    base: float = 0.5
+    budget: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return self.base * (2**attempt) * (0.5 + random.random() / 2)
+
+
 class Origin:
     """
     The configured origin, reached through an injected treq client.
@@ -174,38 +292,105 @@ class Origin:
         the longest silence tolerated inside a body.
     """
 
-    def __init__(self, base: str, client: HTTPClient, clock: IReactorTime, timeout: float) -> None:
+    def __init__(
+        self,
+        base: str,
+        client: HTTPClient,
+        clock: IReactorTime,
+        timeout: float,
+        breaker: Breaker | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.base = base
         self._client = client
         self._clock = clock
         self._timeout = timeout
+        self.breaker = breaker or Breaker(clock)
+        self.retry = retry or RetryPolicy(attempts=1)
 
     def url_for(self, name: str) -> str:
         return origin_url(self.base, name)
 
-    async def get(self, name: str) -> OriginResponse:
+    async def get(self, name: str, validators: StoredObject | None = None) -> OriginResponse:
         """
-        Start a GET of C{name} and wait for a 200's headers.
+        GET C{name} and wait for the headers of a 200 (or, when revalidating
+        C{validators}, a 304), retrying as the L{RetryPolicy} allows.
 
         @raise NotFoundAtOrigin: for 403, 404 and 410.
-        @raise OriginError: for any other status, a timeout or a connection
-            failure.
+        @raise OriginError: for any other status, a timeout, a connection
+            failure, or the breaker being open.
         """
-        d = self._client.get(self.url_for(name), unbuffered=True)
+        started = self._clock.seconds()
+        attempt = 0
+        while True:
+            try:
+                return await self._get_once(name, validators)
+            except OriginError as e:
+                attempt += 1
+                retryable = e.reason in RETRYABLE or e.reason.startswith("http_5")
+                delay = self.retry.delay(attempt - 1)
+                spent = self._clock.seconds() - started
+                if (
+                    not retryable
+                    or attempt >= self.retry.attempts
+                    or spent + delay > self.retry.budget
+                ):
+                    raise
+                log.info(
+                    "retrying {name} in {delay:.2f}s after {reason}",
+                    name=name,
+                    delay=delay,
+                    reason=e.reason,
+                )
+                await deferLater(self._clock, delay, lambda: None)
+
+    async def _get_once(self, name: str, validators: StoredObject | None) -> OriginResponse:
+        if not self.breaker.allow():
+            raise OriginError("breaker_open", "the origin is failing; not contacting it for now")
+        headers = {}
+        if validators is not None:
+            if validators.origin_etag:
+                headers[b"if-none-match"] = [validators.origin_etag.encode("latin-1")]
+            if validators.origin_last_modified:
+                headers[b"if-modified-since"] = [
+                    datetimeToString(int(validators.origin_last_modified))
+                ]
+        d = self._client.get(self.url_for(name), headers=headers, unbuffered=True)
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
         try:
             response = await d
-        except (CancelledError, OriginError):
+        except CancelledError:
+            self.breaker.abandoned()
+            raise
+        except OriginError:
+            self.breaker.failed()
             raise
         except Exception as e:
+            self.breaker.failed()
             raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
+        if response.code >= 500:
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
+        if response.code == 200 or (response.code == 304 and validators is not None):
+            return parse_response(response)
+        await self._discard(response)
         if response.code in NOT_FOUND_CODES:
-            response.deliverBody(_Discard())
             raise NotFoundAtOrigin(response.code)
-        if response.code != 200:
-            response.deliverBody(_Discard())
-            raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
-        return parse_response(response)
+        raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
+
+    async def _discard(self, response: Any) -> None:
+        """
+        Read and drop an error body, so its connection goes back to the pool
+        (or is closed) before the sync reports the error.
+        """
+        done: Deferred[None] = Deferred()
+        response.deliverBody(_Discard(done))
+        done.addTimeout(self._timeout, self._clock)
+        try:
+            await done
+        except Exception:
+            pass
 
     def _timed_out(self, result: object, timeout: float) -> Failure:
         # A cancelled request fails in whatever way the agent chooses;
@@ -225,10 +410,15 @@ class Origin:
         def cancel(d: Deferred[None]) -> None:
             receiver.abort(OriginError("cancelled", "the download was cancelled"))
 
+        def broke(failure: Failure) -> Failure:
+            if failure.check(OriginError) and failure.value.reason in ("timeout", "truncated"):
+                self.breaker.failed()
+            return failure
+
         done: Deferred[None] = Deferred(cancel)
         receiver = _BodyReceiver(write, done, self._clock, self._timeout)
         response.response.deliverBody(receiver)
-        return done
+        return done.addErrback(broke)
 
 
 class _Discard(Protocol):
@@ -236,8 +426,15 @@ class _Discard(Protocol):
     Reads and drops an unwanted error body so the connection can be reused.
     """
 
+    def __init__(self, done: Deferred[None]) -> None:
+        self.done = done
+
     def dataReceived(self, data: bytes) -> None:
         pass
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if not self.done.called:
+            self.done.callback(None)
 
 
 def _describe(error: Exception) -> str:

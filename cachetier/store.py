@@ -20,12 +20,15 @@ place, and readers holding the old body open finish with the old bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from attrs import evolve, frozen
 from twisted.logger import Logger
@@ -46,6 +49,10 @@ class StoredObject:
         origin sent none (so conditional requests always work).
     @ivar last_modified: the origin's Last-Modified as a POSIX time, or the
         fetch time when it sent none.
+    @ivar origin_etag: the validators the origin gave, for revalidation
+    @ivar origin_last_modified: (L{None} when it gave none).
+    @ivar expires_at: when the object stops being fresh and must be
+        revalidated.
     """
 
     name: str
@@ -55,6 +62,9 @@ class StoredObject:
     last_modified: float
     content_type: str
     fetched_at: float
+    expires_at: float
+    origin_etag: str | None = None
+    origin_last_modified: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -65,18 +75,42 @@ class StoredObject:
             "last_modified": self.last_modified,
             "content_type": self.content_type,
             "fetched_at": self.fetched_at,
+            "expires_at": self.expires_at,
+            "origin_etag": self.origin_etag,
+            "origin_last_modified": self.origin_last_modified,
         }
+
+    @classmethod
+    def from_json(cls, directory: str, raw: dict[str, Any]) -> StoredObject:
+        return cls(
+            name=raw["name"],
+            path=os.path.join(directory, raw["data"]),
+            size=raw["size"],
+            etag=raw["etag"],
+            last_modified=raw["last_modified"],
+            content_type=raw["content_type"],
+            fetched_at=raw["fetched_at"],
+            expires_at=raw["expires_at"],
+            origin_etag=raw["origin_etag"],
+            origin_last_modified=raw["origin_last_modified"],
+        )
 
 
 @frozen
 class ObjectHeaders:
     """
     What the origin said about a body, kept with it once it is published.
+
+    @ivar max_age: the lifetime the origin gave (C{s-maxage}, else
+        C{max-age}), or L{None} to use the configured TTL.
+    @ivar no_store: the origin forbids caching (C{no-store} or C{private}).
     """
 
     content_type: str
     etag: str | None = None
     last_modified: float | None = None
+    max_age: float | None = None
+    no_store: bool = False
 
 
 def _key(name: str) -> str:
@@ -99,22 +133,45 @@ class CacheStore:
     file-system work of a publish and may run in a thread; L{install} makes
     the result visible and must run in the reactor thread, as must every
     other method.
+
+    Capacity: published bytes plus the space reserved by downloads in
+    progress never exceed C{max_size}, and reserving never leaves less than
+    C{min_free} bytes free on the file system.  Making room evicts the least
+    recently used objects; their readers finish, since an unlinked file
+    stays readable through open descriptors.
+
+    @param on_evict: called with each object evicted to make room.
+    @param now: the clock for fetch and expiry times (thread-safe: L{commit}
+        reads it from a thread).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(
+        self,
+        root: str,
+        max_size: int | None = None,
+        min_free: int = 0,
+        on_evict: Callable[[StoredObject], None] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._now = now
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, "tmp")
         self._objects = os.path.join(self.root, "objects")
-        self._index: dict[str, StoredObject] = {}
+        # Least recently used first.
+        self._index: OrderedDict[str, StoredObject] = OrderedDict()
         self.total_bytes = 0
+        self.reserved = 0
+        self.max_size = max_size
+        self.min_free = min_free
+        self._on_evict = on_evict
 
     @classmethod
-    def open(cls, root: str) -> CacheStore:
+    def open(cls, root: str, **kwargs: Any) -> CacheStore:
         """
         Create the directories if needed, recover from any crash and load the
         index.
         """
-        store = cls(root)
+        store = cls(root, **kwargs)
         for path in (store.root, store._tmp, store._objects):
             os.makedirs(path, mode=_DIR_MODE, exist_ok=True)
             os.chmod(path, _DIR_MODE)
@@ -125,6 +182,54 @@ class CacheStore:
 
     def get(self, name: str) -> StoredObject | None:
         return self._index.get(name)
+
+    def used(self, obj: StoredObject) -> None:
+        """
+        Mark C{obj} as just served, for least-recently-used eviction.
+        """
+        if obj.name in self._index:
+            self._index.move_to_end(obj.name)
+
+    def names(self) -> list[str]:
+        return list(self._index)
+
+    # --- capacity --------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def reserve(self, size: int, keep: str | None = None) -> Reservation | None:
+        """
+        Set aside C{size} bytes for a download, evicting least recently used
+        objects (never C{keep}) as needed.
+
+        @return: the reservation, or L{None} if that much room cannot be
+            made.
+        """
+        reservation = Reservation(self)
+        return reservation if reservation.grow(size, keep) else None
+
+    def _make_room(self, size: int, keep: str | None) -> bool:
+        if self.max_size is not None and size > self.max_size:
+            return False
+        candidates = iter([n for n in self._index if n != keep])
+        while self._over(size):
+            victim = next(candidates, None)
+            if victim is None:
+                return False
+            obj = self.remove(victim)
+            if obj is not None:
+                log.info("evicted {name} ({size} bytes)", name=obj.name, size=obj.size)
+                if self._on_evict is not None:
+                    self._on_evict(obj)
+        return True
+
+    def _over(self, size: int) -> bool:
+        if self.max_size is not None and self.total_bytes + self.reserved + size > self.max_size:
+            return True
+        # Reserved bytes are not on disk yet; keep room for them too.
+        return self.min_free > 0 and self.free_bytes() - self.reserved - size < self.min_free
 
     def __len__(self) -> int:
         return len(self._index)
@@ -144,6 +249,15 @@ class CacheStore:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         return fd, path
 
+    def write(self, fd: int, data: bytes) -> None:
+        """
+        Append C{data} to a temp file: the one place downloads write, so a
+        full disk or an I/O error surfaces here as L{OSError}.
+        """
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
     def discard_temp(self, path: str) -> None:
         try:
             os.unlink(path)
@@ -159,7 +273,13 @@ class CacheStore:
         return os.path.join(self._objects, key[:2], f"{key}.{version}")
 
     def commit(
-        self, name: str, fd: int, temp_path: str, size: int, headers: ObjectHeaders
+        self,
+        name: str,
+        fd: int,
+        temp_path: str,
+        size: int,
+        headers: ObjectHeaders,
+        lifetime: float,
     ) -> StoredObject:
         """
         Make a complete temp file durable as the next version of C{name}.
@@ -174,7 +294,7 @@ class CacheStore:
         directory = os.path.dirname(data_path)
         os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
         os.rename(temp_path, data_path)
-        now = time.time()
+        now = self._now()
         obj = StoredObject(
             name=name,
             path=data_path,
@@ -183,6 +303,9 @@ class CacheStore:
             last_modified=headers.last_modified or now,
             content_type=headers.content_type,
             fetched_at=now,
+            expires_at=now + lifetime,
+            origin_etag=headers.etag,
+            origin_last_modified=headers.last_modified,
         )
         self._write_meta(directory, _key(name), obj)
         return obj
@@ -203,7 +326,7 @@ class CacheStore:
         """
         Make a committed object visible, retiring the version it replaces.
         """
-        old = self._index.get(obj.name)
+        old = self._index.pop(obj.name, None)
         self._index[obj.name] = obj
         self.total_bytes += obj.size
         if old is not None:
@@ -225,15 +348,15 @@ class CacheStore:
         self._unlink(obj.path)
         return obj
 
-    def touch(self, obj: StoredObject, **changes: object) -> StoredObject:
+    def renewed(self, obj: StoredObject, lifetime: float) -> StoredObject:
         """
-        Rewrite an object's metadata (for example a renewed fetch time)
-        without touching its body.
+        Durably record that the origin confirmed C{obj} (a 304): fresh for
+        C{lifetime} more seconds, body untouched.  Blocking, like
+        L{commit}; L{install} the result.
         """
-        new = evolve(obj, **changes)
-        key = _key(obj.name)
-        self._write_meta(os.path.dirname(obj.path), key, new)
-        self._index[obj.name] = new
+        now = self._now()
+        new = evolve(obj, fetched_at=now, expires_at=now + lifetime)
+        self._write_meta(os.path.dirname(obj.path), _key(obj.name), new)
         return new
 
     @staticmethod
@@ -252,6 +375,9 @@ class CacheStore:
         for bucket in os.scandir(self._objects):
             if bucket.is_dir():
                 self._recover_bucket(bucket.path)
+        # Without access times from before the restart, the oldest fetch is
+        # the first to go.
+        self._index = OrderedDict(sorted(self._index.items(), key=lambda kv: kv[1].fetched_at))
         log.info(
             "cache at {root}: {count} objects, {bytes} bytes",
             root=self.root,
@@ -281,16 +407,7 @@ class CacheStore:
         path = os.path.join(directory, filename)
         try:
             with open(path, "rb") as f:
-                raw = json.load(f)
-            obj = StoredObject(
-                name=raw["name"],
-                path=os.path.join(directory, raw["data"]),
-                size=raw["size"],
-                etag=raw["etag"],
-                last_modified=raw["last_modified"],
-                content_type=raw["content_type"],
-                fetched_at=raw["fetched_at"],
-            )
+                obj = StoredObject.from_json(directory, json.load(f))
             if filename != _key(obj.name) + ".json":
                 raise ValueError("metadata file does not match its name")
             if os.stat(obj.path).st_size != obj.size:
@@ -299,3 +416,35 @@ class CacheStore:
             log.warn("dropping unusable cache entry {path}: {why}", path=path, why=str(e))
             return None
         return obj
+
+
+class Reservation:
+    """
+    Space set aside for one download, grown as it turns out bigger and
+    given back when it ends.
+    """
+
+    def __init__(self, store: CacheStore) -> None:
+        self._store = store
+        self.size = 0
+
+    def grow(self, size: int, keep: str | None = None) -> bool:
+        if not self._store._make_room(size, keep):
+            return False
+        self._store.reserved += size
+        self.size += size
+        return True
+
+    def ensure(self, total: int) -> None:
+        """
+        Make sure C{total} bytes are reserved.
+
+        @raise OSError: C{ENOSPC} when no more room can be made.
+        """
+        needed = total - self.size
+        if needed > 0 and not (self.grow(max(needed, 1 << 20)) or self.grow(needed)):
+            raise OSError(errno.ENOSPC, "the cache is full")
+
+    def release(self) -> None:
+        self._store.reserved -= self.size
+        self.size = 0

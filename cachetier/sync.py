@@ -10,6 +10,7 @@ failure (an unlink) never pulls the file from under a reader.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -36,12 +37,20 @@ RunInThread = Callable[..., "Deferred[Any]"]
 _MAX_REMEMBERED = 100_000
 
 
+class Overloaded(Exception):
+    """
+    Too many syncs are queued or starting; this one was refused, not queued.
+    """
+
+
 @frozen
 class FileStatus:
     """
     What the cache knows of one name right now.
 
     @ivar state: C{cached}, C{syncing}, C{missing}, C{not_found} or C{error}.
+    @ivar stale: a cached object past its lifetime, served while it is
+        revalidated (or while the origin fails, up to stale-if-error).
     """
 
     name: str
@@ -49,6 +58,7 @@ class FileStatus:
     stored: StoredObject | None = None
     fill: Fill | None = None
     error: Exception | None = None
+    stale: bool = False
 
 
 class Follower(Protocol):
@@ -68,10 +78,17 @@ class Fill:
     @ivar headers: what the origin said about the body, once it answered.
     @ivar error: why the fill failed (a L{NotFoundAtOrigin} or
         L{OriginError}), once it has.
+    @ivar revalidating: the cached object this download may replace; the
+        origin is asked whether it changed.
+    @ivar publish: whether the body goes into the cache when complete;
+        cleared by a purge or an origin C{no-store}, in which case readers
+        still get every byte and nothing is kept.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, revalidating: StoredObject | None = None) -> None:
         self.name = name
+        self.revalidating = revalidating
+        self.publish = True
         self.state = "queued"
         self.written = 0
         self.length: int | None = None
@@ -80,10 +97,11 @@ class Fill:
         self.stored: StoredObject | None = None
         self.started_at = time.monotonic()
         self._fd = -1
+        self._write: Callable[[int, bytes], None] | None = None
         self._md5: Any = None
         self._expected_md5: bytes | None = None
         self._start_waiters: list[Deferred[Fill]] = []
-        self._done_waiters: list[Deferred[StoredObject]] = []
+        self._done_waiters: list[Deferred[StoredObject | None]] = []
         self._followers: set[Follower] = set()
         self._waiting: set[Follower] = set()
 
@@ -98,22 +116,23 @@ class Fill:
 
     def when_started(self) -> Deferred[Fill]:
         """
-        Fires with this fill once the origin's headers are in, or fails
-        with the fill's error.
+        Fires with this fill once the origin's headers are in (or the fill
+        ended without a body to follow), or fails with the fill's error.
         """
-        if self.state != "queued" or self.error is not None:
-            return self._settled(self, self.headers is not None)
+        if self.state != "queued":
+            return self._settled(self, self.error is None)
         d: Deferred[Fill] = Deferred()
         self._start_waiters.append(d)
         return d
 
-    def when_done(self) -> Deferred[StoredObject]:
+    def when_done(self) -> Deferred[StoredObject | None]:
         """
-        Fires with the published object, or fails with the fill's error.
+        Fires with the published object (L{None} if nothing was kept), or
+        fails with the fill's error.
         """
         if self.state in ("done", "failed"):
             return self._settled(self.stored, self.state == "done")
-        d: Deferred[StoredObject] = Deferred()
+        d: Deferred[StoredObject | None] = Deferred()
         self._done_waiters.append(d)
         return d
 
@@ -147,11 +166,12 @@ class Fill:
 
     # --- for the syncer --------------------------------------------------
 
-    def begin(self, response: OriginResponse, fd: int) -> None:
+    def begin(self, response: OriginResponse, fd: int, write: Callable[[int, bytes], None]) -> None:
         self.state = "fetching"
         self.length = response.length
         self.headers = response.headers
         self._fd = fd
+        self._write = write
         self._expected_md5 = response.md5
         if response.md5 is not None:
             self._md5 = hashlib.md5(usedforsecurity=False)
@@ -162,9 +182,8 @@ class Fill:
         """
         Append a chunk to the temp file and wake the readers waiting for it.
         """
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        assert self._write is not None
+        self._write(self._fd, data)
         if self._md5 is not None:
             self._md5.update(data)
         self.written += len(data)
@@ -190,10 +209,12 @@ class Fill:
             os.close(self._fd)
             self._fd = -1
 
-    def finish(self, stored: StoredObject) -> None:
+    def finish(self, stored: StoredObject | None) -> None:
         self.state = "done"
         self.stored = stored
         self._end()
+        for d in self._take(self._start_waiters):
+            d.callback(self)
         for d in self._take(self._done_waiters):
             d.callback(stored)
 
@@ -221,11 +242,17 @@ class Fill:
 class Syncer:
     """
     Owns every download: at most one per name, at most C{max_concurrent} at
-    once (the rest queue), and a short memory of recent failures so a
-    missing or failing name does not send a request per listener.
+    once (the rest queue, up to C{max_queued}), at most
+    C{max_new_per_second} new ones a second, and a short memory of recent
+    failures so a missing or failing name does not send a request per
+    listener.
 
     @param run_in_thread: runs a blocking callable off the reactor thread
         and returns a L{Deferred} of its result (the fsyncs of a publish).
+    @param ttl: an object's lifetime when the origin gives none.
+    @param stale_if_error: how long past its lifetime an object may still
+        be served while it cannot be revalidated.
+    @param max_object_size: bigger objects are not cached (L{None}: any).
     """
 
     def __init__(
@@ -234,21 +261,34 @@ class Syncer:
         store: CacheStore,
         clock: IReactorTime,
         run_in_thread: RunInThread,
+        *,
         max_concurrent: int = 8,
+        max_queued: int = 1000,
+        max_new_per_second: float = 50.0,
+        max_object_size: int | None = None,
+        ttl: float = 86400.0,
+        stale_if_error: float = 7 * 86400.0,
         negative_ttl: float = 60.0,
         error_ttl: float = 5.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.origin = origin
         self.store = store
-        self._clock = clock
+        self.clock = clock
         self._run_in_thread = run_in_thread
         self._slots = DeferredSemaphore(max_concurrent)
+        self._max_queued = max_queued
+        self._rate = max_new_per_second
+        self._tokens = self._burst = max(1.0, max_new_per_second)
+        self._refilled_at = clock.seconds()
+        self._max_object_size = max_object_size
+        self._ttl = ttl
+        self._stale_if_error = stale_if_error
         self._negative_ttl = negative_ttl
         self._error_ttl = error_ttl
         self.metrics = metrics or Metrics()
         self._fills: dict[str, Fill] = {}
-        self._tasks: dict[str, Deferred[None]] = {}
+        self._tasks: dict[Fill, Deferred[None]] = {}
         self._failures: OrderedDict[str, tuple[float, Exception]] = OrderedDict()
 
     @property
@@ -272,7 +312,7 @@ class Syncer:
         entry = self._failures.get(name)
         if entry is None:
             return None
-        if entry[0] <= self._clock.seconds():
+        if entry[0] <= self.clock.seconds():
             del self._failures[name]
             return None
         return entry[1]
@@ -280,11 +320,24 @@ class Syncer:
     def status(self, name: str, start: bool = True) -> FileStatus:
         """
         Where C{name} stands; with C{start}, begin syncing it if it is
-        neither cached, under way nor recently failed.
+        neither cached, under way nor recently failed, and begin
+        revalidating it if it is stale.
         """
         stored = self.store.get(name)
         if stored is not None:
-            return FileStatus(name, "cached", stored=stored)
+            now = self.clock.seconds()
+            if now < stored.expires_at:
+                return FileStatus(name, "cached", stored=stored)
+            servable = now <= stored.expires_at + self._stale_if_error
+            if start and name not in self._fills and self.recent_failure(name) is None:
+                try:
+                    # Past stale-if-error the copy is not served, so a 304
+                    # would leave nothing to serve: fetch it whole.
+                    self.start(name, revalidating=stored if servable else None)
+                except Overloaded:
+                    pass
+            if servable:
+                return FileStatus(name, "cached", stored=stored, stale=True)
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
@@ -294,26 +347,71 @@ class Syncer:
                 return FileStatus(name, "error", error=failure)
             if not start:
                 return FileStatus(name, "missing")
-            fill = self.start(name)
+            try:
+                fill = self.start(name)
+            except Overloaded as e:
+                return FileStatus(name, "missing", error=e)
         if fill.state == "done":
-            return FileStatus(name, "cached", stored=fill.stored)
+            if fill.stored is not None:
+                return FileStatus(name, "cached", stored=fill.stored)
+            return FileStatus(name, "missing")
         if fill.state == "failed":
             return self.status(name, start=False)
         return FileStatus(name, "syncing", fill=fill)
 
-    def start(self, name: str) -> Fill:
+    def start(self, name: str, revalidating: StoredObject | None = None) -> Fill:
         """
         Join the download of C{name}, starting one if none is under way.
         The caller checks the store first.
+
+        @raise Overloaded: when a new download would pass the caps.
         """
         fill = self._fills.get(name)
         if fill is None:
-            fill = self._fills[name] = Fill(name)
+            self._admit()
+            fill = self._fills[name] = Fill(name, revalidating)
             self._failures.pop(name, None)
             task = Deferred.fromCoroutine(self._run(fill))
             if not task.called:
-                self._tasks[name] = task
+                self._tasks[fill] = task
         return fill
+
+    def _admit(self) -> None:
+        if self._slots.tokens == 0 and self.queued >= self._max_queued:
+            self.metrics.syncs_refused.labels(reason="queue_full").inc()
+            raise Overloaded(f"{self.queued} syncs are already queued")
+        now = self.clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled_at) * self._rate)
+        self._refilled_at = now
+        if self._tokens < 1:
+            self.metrics.syncs_refused.labels(reason="rate").inc()
+            raise Overloaded(f"more than {self._rate:g} new syncs a second")
+        self._tokens -= 1
+
+    def purge(self, name: str) -> bool:
+        """
+        Forget C{name}: its cached copy, its download (readers finish;
+        nothing is published) and any remembered failure.
+
+        @return: whether there was anything to forget.
+        """
+        removed = self.store.remove(name) is not None
+        fill = self._fills.pop(name, None)
+        if fill is not None:
+            fill.publish = False
+        forgot = self._failures.pop(name, None) is not None
+        if removed or fill is not None or forgot:
+            log.info("purged {name}", name=name)
+            self.metrics.purges.inc()
+            return True
+        return False
+
+    def purge_prefix(self, prefix: str) -> list[str]:
+        """
+        L{purge} every name starting with C{prefix}; returns those purged.
+        """
+        names = set(self.store.names()) | set(self._fills) | set(self._failures)
+        return sorted(n for n in names if n.startswith(prefix) and self.purge(n))
 
     def stop(self) -> Deferred[Any]:
         """
@@ -322,11 +420,13 @@ class Syncer:
         its file-system work runs in a thread that cannot be interrupted.
         """
         tasks = list(self._tasks.items())
-        for name, task in tasks:
-            fill = self._fills.get(name)
-            if fill is None or fill.state != "publishing":
+        for fill, task in tasks:
+            if fill.state != "publishing":
                 task.cancel()
         return DeferredList([task for _, task in tasks], consumeErrors=True)
+
+    def _lifetime(self, headers: ObjectHeaders) -> float:
+        return self._ttl if headers.max_age is None else headers.max_age
 
     async def _run(self, fill: Fill) -> None:
         try:
@@ -342,57 +442,110 @@ class Syncer:
     async def _download(self, fill: Fill) -> None:
         name = fill.name
         temp_path = None
-        started = self._clock.seconds()
+        reservation = None
+        started = self.clock.seconds()
         try:
             self.metrics.origin_requests.inc()
-            response = await self.origin.get(name)
-            fd, temp_path = self.store.new_temp()
-            fill.begin(response, fd)
+            response = await self.origin.get(name, fill.revalidating)
+            if response.not_modified:
+                assert fill.revalidating is not None
+                stored = await self._run_in_thread(
+                    self.store.renewed, fill.revalidating, self._lifetime(response.headers)
+                )
+                if self.store.get(name) == fill.revalidating:
+                    self.store.install(stored)
+                self.metrics.revalidations.labels(result="not_modified").inc()
+            else:
+                length = response.length
+                limit = self._max_object_size
+                if limit is not None and length is not None and length > limit:
+                    raise OriginError(
+                        "too_large", f"{length} bytes is over the --max-object-size of {limit}"
+                    )
+                reservation = self.store.reserve(length or 0, keep=name)
+                if reservation is None:
+                    raise OriginError("no_space", f"no room in the cache for {length} bytes")
+                fd, temp_path = self.store.new_temp()
+                if response.headers.no_store:
+                    fill.publish = False
 
-            def write(data: bytes) -> None:
-                fill.write(data)
-                self.metrics.origin_bytes.inc(len(data))
+                def write(data: bytes) -> None:
+                    total = fill.written + len(data)
+                    if limit is not None and total > limit:
+                        raise OSError(errno.EFBIG, "the body passed --max-object-size")
+                    reservation.ensure(total)
+                    fill.write(data)
+                    self.metrics.origin_bytes.inc(len(data))
 
-            await self.origin.stream(response, write)
-            fill.check_complete()
-            fill.state = "publishing"
-            stored = await self._run_in_thread(
-                self.store.commit, name, fd, temp_path, fill.written, response.headers
-            )
-            temp_path = None
-            self.store.install(stored)
+                fill.begin(response, fd, self.store.write)
+                await self.origin.stream(response, write)
+                fill.check_complete()
+                stored = None
+                if response.headers.no_store and fill.revalidating is not None:
+                    # The origin no longer lets it be cached.
+                    self.store.remove(name)
+                if fill.publish:
+                    fill.state = "publishing"
+                    stored = await self._run_in_thread(
+                        self.store.commit,
+                        name,
+                        fd,
+                        temp_path,
+                        fill.written,
+                        response.headers,
+                        self._lifetime(response.headers),
+                    )
+                    temp_path = None
+                    self.store.install(stored)
+                    if not fill.publish:
+                        # Purged while its files were being committed.
+                        self.store.remove(name)
+                        stored = None
+                if fill.revalidating is not None:
+                    self.metrics.revalidations.labels(result="modified").inc()
         except (NotFoundAtOrigin, OriginError) as e:
             self._ended(fill, e, temp_path)
         except CancelledError:
             self._ended(fill, OriginError("cancelled", "the download was cancelled"), temp_path)
         except OSError as e:
-            self._ended(
-                fill, OriginError("write_error", f"cache write failed: {e.strerror}"), temp_path
-            )
+            self._ended(fill, OriginError("write_error", f"cache write failed: {e}"), temp_path)
         except Exception:
             log.failure("sync of {name} failed unexpectedly", name=name)
             self._ended(fill, OriginError("internal", "internal error"), temp_path)
         else:
+            if temp_path is not None:
+                self.store.discard_temp(temp_path)
             log.info(
                 "synced {name} ({size} bytes) in {secs:.2f}s",
                 name=name,
-                size=stored.size,
-                secs=self._clock.seconds() - started,
-                result="ok",
+                size=fill.written if stored is None else stored.size,
+                secs=self.clock.seconds() - started,
+                result="not_modified" if response.not_modified else "ok",
             )
             self._forget(fill)
             fill.finish(stored)
+        finally:
+            if reservation is not None:
+                reservation.release()
 
     def _ended(self, fill: Fill, error: Exception, temp_path: str | None = None) -> None:
         if temp_path is not None:
             self.store.discard_temp(temp_path)
         if isinstance(error, NotFoundAtOrigin):
             reason, ttl = "not_found", self._negative_ttl
+            if fill.revalidating is not None and self._fills.get(fill.name) is fill:
+                # The origin deleted it: so do we.
+                self.store.remove(fill.name)
         else:
             assert isinstance(error, OriginError)
-            reason, ttl = error.reason, self._error_ttl
+            reason = error.reason
+            ttl = self._negative_ttl if reason == "too_large" else self._error_ttl
             self.metrics.sync_failures.labels(reason=reason).inc()
-        if reason != "cancelled":
+        if fill.revalidating is not None:
+            self.metrics.revalidations.labels(
+                result="not_found" if reason == "not_found" else "error"
+            ).inc()
+        if reason != "cancelled" and self._fills.get(fill.name) is fill:
             self._remember(fill.name, error, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
@@ -406,12 +559,12 @@ class Syncer:
 
     def _forget(self, fill: Fill) -> None:
         fill.close()
+        self._tasks.pop(fill, None)
         if self._fills.get(fill.name) is fill:
             del self._fills[fill.name]
-            self._tasks.pop(fill.name, None)
 
     def _remember(self, name: str, error: Exception, ttl: float) -> None:
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         self._failures.pop(name, None)
         self._failures[name] = (now + ttl, error)
         while self._failures:

@@ -22,10 +22,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from .config import Settings, parse_duration
+from .config import Settings, parse_duration, parse_size
 from .metrics import Metrics
 from .names import normalise_base
-from .origin import Origin
+from .origin import Breaker, Origin, RetryPolicy
 from .store import CacheStore
 from .sync import Syncer
 from .web import CacheSite, build_root
@@ -46,6 +46,33 @@ def _duration(flag: str, text: str) -> float:
         return parse_duration(text)
     except ValueError as e:
         raise usage.UsageError(f"--{flag}: {e}") from None
+
+
+def _size(flag: str, text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise usage.UsageError(f"--{flag}: {e}") from None
+
+
+def _admin_token(path: str | None) -> bytes | None:
+    """
+    The admin token, from a file or the environment: never from the
+    command line, where every user of the machine could read it.
+    """
+    if path is None:
+        token = os.environ.get("CACHETIER_ADMIN_TOKEN", "").encode("utf-8").strip()
+        return token or None
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise usage.UsageError(f"--admin-token-file: cannot read {path}: {e.strerror}") from None
+    if len(token) < 16:
+        raise usage.UsageError("--admin-token-file: the token must be at least 16 characters")
+    return token
 
 
 class Options(usage.Options):
@@ -74,6 +101,32 @@ class Options(usage.Options):
         ["origin-timeout", None, "30s", "Origin connect, answer and idle timeout."],
         ["cache-control-max-age", None, "1d", "max-age of the Cache-Control sent with files."],
         ["negative-ttl", None, "60s", "How long an origin 404/403/410 is remembered."],
+        ["ttl", None, "24h", "Lifetime of a cached file when the origin gives no max-age."],
+        [
+            "stale-if-error",
+            None,
+            "7d",
+            "How long past its lifetime a file is served while the origin fails.",
+        ],
+        ["max-size", None, None, "Most bytes the cache may hold, e.g. 50G (default: no limit)."],
+        ["min-free", None, "0", "Bytes to keep free on the cache's file system, e.g. 5G."],
+        [
+            "max-object-size",
+            None,
+            None,
+            "Bigger files are not cached but redirected to the origin.",
+        ],
+        ["max-queued-syncs", None, "1000", "Syncs that may wait for a slot; more are refused."],
+        ["max-syncs-per-second", None, "50", "New syncs a second; more are refused."],
+        ["origin-retries", None, "3", "Tries per origin request on connection errors and 5xx."],
+        ["breaker-threshold", None, "5", "Consecutive origin failures that open the breaker."],
+        ["breaker-cooloff", None, "30s", "How long the open breaker waits before probing."],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the admin API's bearer token (or set CACHETIER_ADMIN_TOKEN).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -130,6 +183,19 @@ class Options(usage.Options):
                 _duration("cache-control-max-age", self["cache-control-max-age"])
             ),
             negative_ttl=_duration("negative-ttl", self["negative-ttl"]),
+            ttl=_duration("ttl", self["ttl"]),
+            stale_if_error=_duration("stale-if-error", self["stale-if-error"]),
+            max_size=_size("max-size", self["max-size"]),
+            min_free=_size("min-free", self["min-free"]) or 0,
+            max_object_size=_size("max-object-size", self["max-object-size"]),
+            max_queued_syncs=_positive_int("max-queued-syncs", self["max-queued-syncs"]),
+            max_syncs_per_second=float(
+                _positive_int("max-syncs-per-second", self["max-syncs-per-second"])
+            ),
+            origin_retries=_positive_int("origin-retries", self["origin-retries"]),
+            breaker_threshold=_positive_int("breaker-threshold", self["breaker-threshold"]),
+            breaker_cooloff=_duration("breaker-cooloff", self["breaker-cooloff"]),
+            admin_token=_admin_token(self["admin-token-file"]),
         )
 
 
@@ -158,17 +224,35 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
     Open the store and build the syncer and the site; bind nothing.
     """
     metrics = Metrics()
-    store = CacheStore.open(settings.cache_dir)
+    store = CacheStore.open(
+        settings.cache_dir,
+        max_size=settings.max_size,
+        min_free=settings.min_free,
+        on_evict=lambda obj: metrics.evictions.inc(),
+        now=reactor.seconds,
+    )
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     agent = Agent(reactor, connectTimeout=settings.origin_timeout, pool=pool)
-    origin = Origin(settings.origin, HTTPClient(agent), reactor, settings.origin_timeout)
+    origin = Origin(
+        settings.origin,
+        HTTPClient(agent),
+        reactor,
+        settings.origin_timeout,
+        breaker=Breaker(reactor, settings.breaker_threshold, settings.breaker_cooloff),
+        retry=RetryPolicy(attempts=settings.origin_retries),
+    )
     syncer = Syncer(
         origin,
         store,
         reactor,
         partial(deferToThreadPool, reactor, reactor.getThreadPool()),
         max_concurrent=settings.max_concurrent_syncs,
+        max_queued=settings.max_queued_syncs,
+        max_new_per_second=settings.max_syncs_per_second,
+        max_object_size=settings.max_object_size,
+        ttl=settings.ttl,
+        stale_if_error=settings.stale_if_error,
         negative_ttl=settings.negative_ttl,
         metrics=metrics,
     )
@@ -177,6 +261,7 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
         cached_bytes=lambda: store.total_bytes,
         in_flight=lambda: syncer.in_flight,
         queued=lambda: syncer.queued,
+        breaker_open=lambda: 0 if origin.breaker.state == "closed" else 1,
     )
     site = CacheSite(build_root(store, syncer, settings, metrics), metrics, reactor=reactor)
     return Assembly(store, syncer, site, pool)

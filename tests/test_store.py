@@ -18,7 +18,7 @@ HEADERS = ObjectHeaders(content_type="audio/mpeg", etag='"abc"', last_modified=1
 def publish(store: CacheStore, name: str, body: bytes) -> str:
     fd, temp = store.new_temp()
     os.write(fd, body)
-    obj = store.commit(name, fd, temp, len(body), HEADERS)
+    obj = store.commit(name, fd, temp, len(body), HEADERS, lifetime=3600)
     os.close(fd)
     store.install(obj)
     return obj.path

@@ -53,6 +53,7 @@ class FillProducerTests(SynchronousTestCase):
         self.fill.begin(
             OriginResponse(ObjectHeaders("audio/mpeg"), length=1_000_000, md5=None, response=None),
             fd,
+            store.write,
         )
         self.addCleanup(self.fill.close)
         self.data = os.urandom(1_000_000)

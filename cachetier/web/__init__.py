@@ -13,7 +13,7 @@ from ..store import CacheStore
 from ..sync import Syncer
 from ._json import NotFound
 from ._site import CacheSite
-from .api import FileStatusResource
+from .api import FileStatusResource, PurgeResource
 from .compat import DownloadResource, VerifyResource
 from .files import FilesResource
 from .health import HealthResource, MetricsPage, StatusPage
@@ -47,7 +47,8 @@ def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: M
     v1 = _Branch()
     root.putChild(b"api", api)
     api.putChild(b"v1", v1)
-    v1.putChild(b"files", FileStatusResource(syncer, settings.public_url))
+    v1.putChild(b"files", FileStatusResource(syncer, settings.public_url, settings.admin_token))
+    v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token))
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(store, syncer))

@@ -4,13 +4,15 @@ C{/api/v1/files/<name>}: the JSON status of one file.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from ..names import InvalidName
+from ..names import InvalidName, validate_name
 from ..origin import OriginError
-from ..sync import FileStatus, Syncer
+from ..sync import FileStatus, Overloaded, Syncer
+from ._admin import refuse
 from ._json import JSONResource, render_error, render_json
 from ._site import download_url, name_of
 
@@ -33,6 +35,7 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
         "download_url": download,
         "origin_url": origin,
         "error": None,
+        "stale": status.stale,
     }
     if status.stored is not None:
         obj = status.stored
@@ -53,23 +56,39 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
                 content_type=fill.headers.content_type,
             )
     if status.error is not None:
-        reason = status.error.reason if isinstance(status.error, OriginError) else "not_found"
-        body["error"] = f"{reason}: {status.error}"
+        body["error"] = f"{_reason(status.error)}: {status.error}"
     return body
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OriginError):
+        return error.reason
+    return "overloaded" if isinstance(error, Overloaded) else "not_found"
 
 
 class FileStatusResource(JSONResource):
     """
     C{GET /api/v1/files/<name>}: is it cached?  Asking starts a sync unless
-    C{?sync=0}.
+    C{?sync=0}.  C{DELETE} (admin) purges it.
     """
 
     isLeaf = True
 
-    def __init__(self, syncer: Syncer, public_url: str | None) -> None:
+    def __init__(self, syncer: Syncer, public_url: str | None, admin_token: bytes | None) -> None:
         super().__init__()
         self.syncer = syncer
         self.public_url = public_url
+        self.admin_token = admin_token
+
+    def render_DELETE(self, request: IRequest) -> bytes:
+        refusal = refuse(request, self.admin_token)
+        if refusal is not None:
+            return refusal
+        try:
+            name = name_of(request)
+        except InvalidName as e:
+            return render_error(request, 400, "bad_name", str(e))
+        return render_json(request, {"file": name, "purged": self.syncer.purge(name)})
 
     def render_GET(self, request: IRequest) -> bytes:
         try:
@@ -86,3 +105,54 @@ class FileStatusResource(JSONResource):
                 self.syncer.origin.url_for(name),
             ),
         )
+
+
+class PurgeResource(JSONResource):
+    """
+    C{POST /api/v1/purge} (admin) with C{{"files": [names]}} or
+    C{{"prefix": "episodes/2024/"}}.
+    """
+
+    isLeaf = True
+    max_body = 1024 * 1024
+
+    def __init__(self, syncer: Syncer, admin_token: bytes | None) -> None:
+        super().__init__()
+        self.syncer = syncer
+        self.admin_token = admin_token
+
+    def render_POST(self, request: IRequest) -> bytes:
+        refusal = refuse(request, self.admin_token)
+        if refusal is not None:
+            return refusal
+        raw = request.content.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            return render_error(
+                request, 413, "too_large", f"the body is over {self.max_body} bytes"
+            )
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return render_error(request, 400, "bad_json", "the body is not JSON")
+        if not isinstance(body, dict) or len(body.keys() & {"files", "prefix"}) != 1:
+            return render_error(
+                request, 400, "bad_request", 'send {"files": [names]} or {"prefix": "..."}'
+            )
+        if "prefix" in body:
+            prefix = body["prefix"]
+            if not isinstance(prefix, str) or not prefix:
+                return render_error(
+                    request, 400, "bad_request", "prefix must be a non-empty string"
+                )
+            purged = self.syncer.purge_prefix(prefix)
+        else:
+            files = body["files"]
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                return render_error(request, 400, "bad_request", "files must be a list of names")
+            for name in files:
+                try:
+                    validate_name(name)
+                except InvalidName as e:
+                    return render_error(request, 400, "bad_name", f"{name!r}: {e}")
+            purged = [name for name in files if self.syncer.purge(name)]
+        return render_json(request, {"purged": purged, "count": len(purged)})

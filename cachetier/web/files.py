@@ -23,7 +23,7 @@ from zope.interface import implementer
 from ..names import InvalidName
 from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, StoredObject
-from ..sync import Fill, Syncer
+from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
 from ._site import name_of
 
@@ -87,6 +87,7 @@ class MediaFile(static.File):
         etag: str | None,
         last_modified: float | None,
         cache_control: bytes,
+        age: int | None = None,
     ) -> None:
         static.File.__init__(self, path)
         self.type = content_type
@@ -95,6 +96,7 @@ class MediaFile(static.File):
         self._etag = etag.encode("latin-1") if etag is not None else None
         self._last_modified = last_modified
         self._cache_control = cache_control
+        self._age = age
 
     def getFileSize(self) -> int | None:
         return self._size
@@ -107,6 +109,8 @@ class MediaFile(static.File):
         if self._last_modified is not None:
             request.setHeader(b"last-modified", http.datetimeToString(int(self._last_modified)))
         request.setHeader(b"cache-control", self._cache_control)
+        if self._age is not None:
+            request.setHeader(b"age", b"%d" % (self._age,))
         if _not_modified(request, self._etag, self._last_modified):
             request.setResponseCode(http.NOT_MODIFIED)
             return b""
@@ -130,9 +134,16 @@ class StoredFile(MediaFile):
     A complete cached object, served by L{static.File}'s producers.
     """
 
-    def __init__(self, obj: StoredObject, cache_control: bytes) -> None:
+    def __init__(self, obj: StoredObject, cache_control: bytes, now: float) -> None:
         MediaFile.__init__(
-            self, obj.path, obj.size, obj.content_type, obj.etag, obj.last_modified, cache_control
+            self,
+            obj.path,
+            obj.size,
+            obj.content_type,
+            obj.etag,
+            obj.last_modified,
+            cache_control,
+            age=max(0, int(now - obj.fetched_at)),
         )
 
 
@@ -277,9 +288,10 @@ class FillProducer:
 
 class FilesResource(JSONResource):
     """
-    C{GET|HEAD /files/<name>}: from the cache when it has the file;
-    otherwise streamed from the download it starts (C{miss="stream"}) or
-    redirected to the origin (C{miss="redirect"}).
+    C{GET|HEAD /files/<name>}: from the cache when it has the file (stale
+    while it revalidates, or while the origin fails); otherwise streamed
+    from the download it starts (C{miss="stream"}) or redirected to the
+    origin (C{miss="redirect"}).
     """
 
     isLeaf = True
@@ -288,6 +300,7 @@ class FilesResource(JSONResource):
         super().__init__()
         self.store = store
         self.syncer = syncer
+        self.clock = syncer.clock
         self.miss = miss
         self.cache_control = b"public, max-age=%d" % (max_age,)
 
@@ -299,16 +312,15 @@ class FilesResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
         obj = self.store.get(name)
-        if obj is not None:
-            request.outcome = "hit"
-            return StoredFile(obj, self.cache_control).render(request)
-        if self.miss == "redirect":
-            return self._redirect(request, name)
+        now = self.clock.seconds()
+        if obj is not None and now < obj.expires_at:
+            return self._serve(request, obj, "hit", now)
         status = self.syncer.status(name)
         if status.state == "cached":
-            request.outcome = "hit"
             assert status.stored is not None
-            return StoredFile(status.stored, self.cache_control).render(request)
+            return self._serve(request, status.stored, "stale" if status.stale else "hit", now)
+        if self.miss == "redirect" and status.state != "not_found":
+            return self._redirect(request, name)
         if status.fill is None:
             return self._failed(request, status.error)
         request.outcome = "miss"
@@ -319,20 +331,27 @@ class FilesResource(JSONResource):
 
     render_HEAD = render_GET
 
+    def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
+        request.outcome = outcome
+        self.store.used(obj)
+        return StoredFile(obj, self.cache_control, now).render(request)
+
     def _redirect(self, request: Any, name: str) -> bytes:
-        status = self.syncer.status(name)
-        if status.state == "not_found":
-            return self._failed(request, status.error)
         request.outcome = "redirect"
         request.redirect(self.syncer.origin.url_for(name).encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
     def _follow(self, fill: Fill, request: Any) -> None:
-        if fill.state == "done" and fill.stored is not None:
-            body = StoredFile(fill.stored, self.cache_control).render(request)
-        else:
+        if fill.readable:
             body = FillFile(fill, self.cache_control).render(request)
+        elif fill.stored is not None:
+            # A revalidation that ended in a 304, or a publish that won
+            # the race: the object is in the cache.
+            body = self._serve(request, fill.stored, "hit", self.clock.seconds())
+        else:
+            # Passed through (no-store) or purged before this reader came.
+            body = self._failed(request, Overloaded("the download ended; ask again"))
         if body is not server.NOT_DONE_YET:
             request.write(body)
             request.finish()
@@ -349,6 +368,13 @@ class FilesResource(JSONResource):
             return render_error(
                 request, 404, "not_found", f"the origin has no such file ({error.code})"
             )
+        if isinstance(error, OriginError) and error.reason == "too_large":
+            # Not ours to cache: the listener fetches it from the origin.
+            return self._redirect(request, request.cache_name)
+        if isinstance(error, Overloaded):
+            request.outcome = "overloaded"
+            request.setHeader(b"retry-after", b"1")
+            return render_error(request, 503, "overloaded", str(error))
         request.outcome = "error"
         reason = error.reason if isinstance(error, OriginError) else "error"
         return render_error(request, 502, "origin_error", f"{reason}: {error}")

@@ -24,6 +24,8 @@ def health(store: CacheStore, syncer: Syncer) -> dict[str, Any]:
         "cached_bytes": store.total_bytes,
         "syncs_in_flight": syncer.in_flight,
         "syncs_queued": syncer.queued,
+        "origin_breaker": syncer.origin.breaker.state,
+        "origin_consecutive_failures": syncer.origin.breaker.failures,
     }
 
 
