@@ -359,14 +359,13 @@ class Origin:
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
         try:
             response = await d
-        except CancelledError:
-            self.breaker.abandoned()
-            raise
-        except OriginError:
-            self.breaker.failed()
-            raise
         except Exception as e:
+            if _cancelled(e):
+                self.breaker.abandoned()
+                raise CancelledError() from None
             self.breaker.failed()
+            if isinstance(e, OriginError):
+                raise
             raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
         if response.code >= 500:
             self.breaker.failed()
@@ -435,6 +434,18 @@ class _Discard(Protocol):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self.done.called:
             self.done.callback(None)
+
+
+def _cancelled(error: BaseException) -> bool:
+    """
+    Whether C{error} is a cancellation, which the agent may report wrapped
+    (C{ResponseNeverReceived([CancelledError])}).
+    """
+    if isinstance(error, CancelledError):
+        return True
+    return isinstance(error, ResponseFailed) and any(
+        r.check(CancelledError) for r in error.reasons
+    )
 
 
 def _describe(error: Exception) -> str:

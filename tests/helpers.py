@@ -89,6 +89,7 @@ class TestOrigin(Resource):
         self.status: dict[str, int] = {}
         self.hang: set[str] = set()
         self._hanging: list[Any] = []
+        self.port: Any = None
 
     def put(self, name: str, body: bytes, **kwargs: Any) -> OriginFile:
         """
@@ -228,23 +229,26 @@ class _Sender:
         self._stop()
 
 
-def listen(test: TestCase, site: server.Site) -> int:
+def listen(test: TestCase, site: server.Site) -> Any:
     """
     Listen on 127.0.0.1 on a free port for the length of C{test}.
+
+    @return: the listening port.
     """
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    test.addCleanup(port.stopListening)
-    return port.getHost().port
+    test.addCleanup(lambda: port.connected and port.stopListening())
+    return port
 
 
 def start_origin(test: TestCase) -> tuple[TestOrigin, str]:
     """
-    A L{TestOrigin} on loopback, and its base URL.
+    A L{TestOrigin} on loopback, and its base URL.  C{origin.port} is its
+    listening port, for tests that take the origin down.
     """
     origin = TestOrigin()
-    port = listen(test, server.Site(origin))
+    origin.port = listen(test, server.Site(origin))
     test.addCleanup(origin.release_hanging)
-    return origin, f"http://127.0.0.1:{port}/"
+    return origin, f"http://127.0.0.1:{origin.port.getHost().port}/"
 
 
 def start_cachetier(
@@ -258,7 +262,7 @@ def start_cachetier(
     assembly = assemble(Settings(origin=origin_url, cache_dir=cache_dir, **settings), reactor)
     port = listen(test, assembly.site)
     test.addCleanup(assembly.stop)
-    return assembly, f"http://127.0.0.1:{port}/"
+    return assembly, f"http://127.0.0.1:{port.getHost().port}/"
 
 
 def http_client(test: TestCase) -> HTTPClient:

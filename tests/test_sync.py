@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from cachetier.origin import NotFoundAtOrigin, Origin, OriginError
+from cachetier.origin import NotFoundAtOrigin, Origin, OriginError, RetryPolicy
 from cachetier.store import CacheStore
 from cachetier.sync import Syncer
 
@@ -42,11 +42,17 @@ class _Stall(Resource):
 
 
 class SyncerTests(SynchronousTestCase):
-    def make(self, resource: Resource, run_in_thread: Any = None, **kwargs: Any) -> Syncer:
+    def make(
+        self,
+        resource: Resource,
+        run_in_thread: Any = None,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> Syncer:
         self.clock = Clock()
         self.treq = StubTreq(resource)
-        self.store = CacheStore.open(os.path.abspath(self.mktemp()))
-        origin = Origin("http://origin.test/", self.treq, self.clock, timeout=30)
+        self.store = CacheStore.open(os.path.abspath(self.mktemp()), now=self.clock.seconds)
+        origin = Origin("http://origin.test/", self.treq, self.clock, timeout=30, retry=retry)
         return Syncer(
             origin,
             self.store,
@@ -178,3 +184,13 @@ class SyncerTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.successResultOf(done).size, 8)
         self.assertIsNotNone(self.store.get("a.mp3"))
+
+    def test_a_cancelled_request_is_not_retried(self) -> None:
+        stall = _Stall(None)
+        syncer = self.make(stall, retry=RetryPolicy(attempts=3, base=0.1))
+        done = syncer.start("a.mp3").when_done()
+        stopped = syncer.stop()
+        self.successResultOf(stopped)
+        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "cancelled")
+        self.clock.advance(60)
+        self.assertEqual(len(stall.requests), 1)

@@ -1,0 +1,243 @@
+"""
+Lifetimes, revalidation, stale-while-revalidate, stale-if-error and the
+origin breaker, against the real test origin on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cachetier.origin import parse_cache_control
+
+from .helpers import body_of, http_client, start_cachetier, start_origin
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class FreshnessTestCase(TestCase):
+    settings: dict[str, Any] = {"ttl": 0.3}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.client = http_client(self)
+
+    async def cached(self, name: str, data: bytes, **kwargs: Any) -> None:
+        self.origin.put(name, data, **kwargs)
+        await self.cache.syncer.start(name).when_done()
+
+    async def get(self, name: str) -> tuple[int, Any, bytes]:
+        response = await self.client.get(self.url + "files/" + name)
+        return response.code, response.headers, await content(response)
+
+    async def revalidation_done(self, name: str) -> None:
+        fill = self.cache.syncer.fill_for(name)
+        self.assertIsNotNone(fill, "a revalidation should be under way")
+        self.assertIsNotNone(fill.revalidating)
+        await fill.when_done().addErrback(lambda _: None)
+
+    def metric(self, text: str) -> float:
+        from prometheus_client import generate_latest
+
+        for line in generate_latest(self.cache.site.metrics.registry).decode().splitlines():
+            if line.startswith(text + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+class RevalidationTests(FreshnessTestCase):
+    async def test_unchanged_file_is_renewed_by_a_304_without_a_download(self) -> None:
+        data = body_of(200_000)
+        await self.cached("a.mp3", data)
+        before = self.cache.store.get("a.mp3")
+        await sleep(0.35)
+        code, headers, body = await self.get("a.mp3")
+        self.assertEqual((code, body), (200, data))
+        self.assertTrue(headers.hasHeader(b"age"))
+        await self.revalidation_done("a.mp3")
+        method, _, request_headers = self.origin.requests[-1]
+        self.assertEqual(
+            request_headers.getRawHeaders(b"if-none-match"), [before.origin_etag.encode()]
+        )
+        after = self.cache.store.get("a.mp3")
+        self.assertEqual(after.path, before.path)
+        self.assertGreater(after.expires_at, before.expires_at)
+        self.assertEqual(self.metric('cachetier_revalidations_total{result="not_modified"}'), 1)
+        self.assertEqual(self.metric("cachetier_origin_bytes_total"), 200_000)
+
+    async def test_changed_file_is_served_in_its_new_version_after_its_ttl(self) -> None:
+        old, new = body_of(100_000, "old"), body_of(120_000, "new")
+        await self.cached("a.mp3", old)
+        self.origin.put("a.mp3", new)
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual(body, old, "fresh: served from the cache, origin not asked")
+        self.assertEqual(self.origin.counts["a.mp3"], 1)
+        await sleep(0.35)
+        started = time.monotonic()
+        code, _, body = await self.get("a.mp3")
+        self.assertLess(time.monotonic() - started, 0.2)
+        self.assertEqual((code, body), (200, old), "stale while revalidating")
+        await self.revalidation_done("a.mp3")
+        code, headers, body = await self.get("a.mp3")
+        self.assertEqual((code, body), (200, new))
+        self.assertEqual(headers.getRawHeaders(b"etag"), [self.origin.files["a.mp3"].etag.encode()])
+
+    async def test_readers_of_the_old_version_finish_with_the_old_bytes(self) -> None:
+        old, new = body_of(8_000_000, "old"), body_of(8_000_000, "new")
+        await self.cached("a.mp3", old)
+        reader = _PausedReader()
+        port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), reader)
+        await reader.some
+        self.origin.put("a.mp3", new)
+        await sleep(0.35)
+        self.cache.syncer.status("a.mp3")
+        await self.revalidation_done("a.mp3")
+        self.assertEqual((await self.get("a.mp3"))[2], new)
+        reader.transport.resumeProducing()
+        received = await reader.done
+        self.assertTrue(received.endswith(old))
+
+    async def test_a_hanging_origin_never_delays_a_cached_file(self) -> None:
+        data = body_of(50_000)
+        await self.cached("a.mp3", data)
+        await sleep(0.35)
+        self.origin.hang.add("a.mp3")
+        for _ in range(3):
+            started = time.monotonic()
+            code, _, body = await self.get("a.mp3")
+            self.assertLess(time.monotonic() - started, 0.2)
+            self.assertEqual((code, body), (200, data))
+        self.assertEqual(self.origin.counts["a.mp3"], 2, "one revalidation, not one per request")
+
+    async def test_file_deleted_at_origin_is_removed_on_revalidation(self) -> None:
+        await self.cached("a.mp3", b"x" * 1000)
+        del self.origin.files["a.mp3"]
+        await sleep(0.35)
+        await self.get("a.mp3")
+        await self.revalidation_done("a.mp3")
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual((code, json.loads(body)["error"]), (404, "not_found"))
+        self.assertIsNone(self.cache.store.get("a.mp3"))
+
+    async def test_origin_max_age_overrides_the_ttl(self) -> None:
+        await self.cached("long.mp3", b"x" * 10, extra_headers={"Cache-Control": "max-age=3600"})
+        await self.cached("now.mp3", b"y" * 10, extra_headers={"Cache-Control": "no-cache"})
+        await sleep(0.35)
+        await self.get("long.mp3")
+        await self.get("now.mp3")
+        self.assertIsNone(self.cache.syncer.fill_for("long.mp3"))
+        await self.revalidation_done("now.mp3")
+        self.assertEqual((self.origin.counts["long.mp3"], self.origin.counts["now.mp3"]), (1, 2))
+
+    async def test_no_store_is_passed_through_and_never_cached(self) -> None:
+        data = body_of(100_000)
+        self.origin.put("live.mp3", data, extra_headers={"Cache-Control": "no-store"})
+        for count in (1, 2):
+            code, _, body = await self.get("live.mp3")
+            self.assertEqual((code, body), (200, data))
+            fill = self.cache.syncer.fill_for("live.mp3")
+            if fill is not None:
+                await fill.when_done()
+            self.assertIsNone(self.cache.store.get("live.mp3"))
+            self.assertEqual(self.origin.counts["live.mp3"], count)
+
+
+class _PausedReader(Protocol):
+    """
+    GETs /files/a.mp3, then stops reading after the first bytes.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.some: Deferred[None] = Deferred()
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            b"GET /files/a.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.some.called:
+            self.transport.pauseProducing()
+            self.some.callback(None)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.done.callback(self.received)
+
+
+class OriginDownTests(FreshnessTestCase):
+    settings = {
+        "ttl": 0.2,
+        "stale_if_error": 60.0,
+        "origin_retries": 1,
+        "breaker_threshold": 3,
+        "breaker_cooloff": 30.0,
+        "origin_timeout": 2.0,
+    }
+
+    async def test_stale_if_error_breaker_and_fail_fast(self) -> None:
+        data = body_of(1_000_000)
+        await self.cached("cached.mp3", data)
+        # The origin dies: no new connections, and the pooled one is gone.
+        await self.origin.port.stopListening()
+        await self.cache.pool.closeCachedConnections()
+        await sleep(0.25)
+        # Expired, origin down: every request still gets the whole file.
+        for _ in range(3):
+            code, headers, body = await self.get("cached.mp3")
+            self.assertEqual((code, body), (200, data))
+            self.assertGreaterEqual(int(headers.getRawHeaders(b"age")[0]), 0)
+            await sleep(0.01)
+        # Misses feed the breaker until it opens.
+        for n in range(3):
+            code, _, body = await self.get(f"new{n}.mp3")
+            self.assertEqual(code, 502)
+        response = await self.client.get(self.url + "healthz")
+        health = json.loads(await content(response))
+        self.assertEqual(health["origin_breaker"], "open")
+        started = time.monotonic()
+        code, _, body = await self.get("uncached.mp3")
+        elapsed = time.monotonic() - started
+        self.assertEqual(code, 502)
+        self.assertIn("breaker_open", json.loads(body)["message"])
+        self.assertLess(elapsed, 0.05)
+        self.assertEqual(self.metric("cachetier_origin_breaker_open"), 1)
+        self.assertGreaterEqual(self.metric('cachetier_requests_total{outcome="stale"}'), 3)
+
+
+class StaleIfErrorWindowTests(FreshnessTestCase):
+    settings = {"ttl": 0.1, "stale_if_error": 0.2, "origin_retries": 1}
+
+    async def test_past_the_window_the_stale_copy_is_not_served(self) -> None:
+        await self.cached("a.mp3", b"x" * 1000)
+        self.origin.status["a.mp3"] = 503
+        await sleep(0.45)
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual(code, 502)
+        self.assertIn("http_503", json.loads(body)["message"])
+
+
+class CacheControlTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        self.assertEqual(parse_cache_control(None), (None, False))
+        self.assertEqual(parse_cache_control("public, max-age=600"), (600.0, False))
+        self.assertEqual(parse_cache_control("max-age=600, s-maxage=60"), (60.0, False))
+        self.assertEqual(parse_cache_control("no-store"), (None, True))
+        self.assertEqual(parse_cache_control("private, max-age=60"), (60.0, True))
+        self.assertEqual(parse_cache_control("no-cache"), (0.0, False))
+        self.assertEqual(parse_cache_control("max-age=bogus"), (0.0, False))
