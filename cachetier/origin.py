@@ -378,6 +378,13 @@ class Origin:
             raise NotFoundAtOrigin(response.code)
         raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
 
+    def abandon(self, response: OriginResponse) -> None:
+        """
+        Give up on a response's body without reading it: its connection is
+        closed, not left waiting for a reader.
+        """
+        response.response.deliverBody(_Abandon())
+
     async def _discard(self, response: Any) -> None:
         """
         Read and drop an error body, so its connection goes back to the pool
@@ -436,6 +443,11 @@ class _Discard(Protocol):
             self.done.callback(None)
 
 
+class _Abandon(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
 def _cancelled(error: BaseException) -> bool:
     """
     Whether C{error} is a cancellation, which the agent may report wrapped
@@ -443,9 +455,7 @@ def _cancelled(error: BaseException) -> bool:
     """
     if isinstance(error, CancelledError):
         return True
-    return isinstance(error, ResponseFailed) and any(
-        r.check(CancelledError) for r in error.reasons
-    )
+    return isinstance(error, ResponseFailed) and any(r.check(CancelledError) for r in error.reasons)
 
 
 def _describe(error: Exception) -> str:

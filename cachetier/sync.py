@@ -290,6 +290,7 @@ class Syncer:
         self._fills: dict[str, Fill] = {}
         self._tasks: dict[Fill, Deferred[None]] = {}
         self._failures: OrderedDict[str, tuple[float, Exception]] = OrderedDict()
+        self._stopping = False
 
     @property
     def in_flight(self) -> int:
@@ -419,8 +420,10 @@ class Syncer:
         that is already publishing (complete and verified) is let finish:
         its file-system work runs in a thread that cannot be interrupted.
         """
+        self._stopping = True
         tasks = list(self._tasks.items())
-        for fill, task in tasks:
+        # Queued ones first, so no slot freed by a cancellation goes to them.
+        for fill, task in sorted(tasks, key=lambda item: item[0].state != "queued"):
             if fill.state != "publishing":
                 task.cancel()
         return DeferredList([task for _, task in tasks], consumeErrors=True)
@@ -434,103 +437,114 @@ class Syncer:
         except CancelledError:
             self._ended(fill, OriginError("cancelled", "the service stopped"))
             return
+        if self._stopping:
+            self._slots.release()
+            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            return
         try:
             await self._download(fill)
         finally:
             self._slots.release()
 
     async def _download(self, fill: Fill) -> None:
-        name = fill.name
-        temp_path = None
-        reservation = None
         started = self.clock.seconds()
         try:
-            self.metrics.origin_requests.inc()
-            response = await self.origin.get(name, fill.revalidating)
-            if response.not_modified:
-                assert fill.revalidating is not None
-                stored = await self._run_in_thread(
-                    self.store.renewed, fill.revalidating, self._lifetime(response.headers)
-                )
-                if self.store.get(name) == fill.revalidating:
-                    self.store.install(stored)
-                self.metrics.revalidations.labels(result="not_modified").inc()
-            else:
-                length = response.length
-                limit = self._max_object_size
-                if limit is not None and length is not None and length > limit:
-                    raise OriginError(
-                        "too_large", f"{length} bytes is over the --max-object-size of {limit}"
-                    )
-                reservation = self.store.reserve(length or 0, keep=name)
-                if reservation is None:
-                    raise OriginError("no_space", f"no room in the cache for {length} bytes")
-                fd, temp_path = self.store.new_temp()
-                if response.headers.no_store:
-                    fill.publish = False
-
-                def write(data: bytes) -> None:
-                    total = fill.written + len(data)
-                    if limit is not None and total > limit:
-                        raise OSError(errno.EFBIG, "the body passed --max-object-size")
-                    reservation.ensure(total)
-                    fill.write(data)
-                    self.metrics.origin_bytes.inc(len(data))
-
-                fill.begin(response, fd, self.store.write)
-                await self.origin.stream(response, write)
-                fill.check_complete()
-                stored = None
-                if response.headers.no_store and fill.revalidating is not None:
-                    # The origin no longer lets it be cached.
-                    self.store.remove(name)
-                if fill.publish:
-                    fill.state = "publishing"
-                    stored = await self._run_in_thread(
-                        self.store.commit,
-                        name,
-                        fd,
-                        temp_path,
-                        fill.written,
-                        response.headers,
-                        self._lifetime(response.headers),
-                    )
-                    temp_path = None
-                    self.store.install(stored)
-                    if not fill.publish:
-                        # Purged while its files were being committed.
-                        self.store.remove(name)
-                        stored = None
-                if fill.revalidating is not None:
-                    self.metrics.revalidations.labels(result="modified").inc()
+            stored = await self._fetch(fill)
         except (NotFoundAtOrigin, OriginError) as e:
-            self._ended(fill, e, temp_path)
+            self._ended(fill, e)
         except CancelledError:
-            self._ended(fill, OriginError("cancelled", "the download was cancelled"), temp_path)
+            self._ended(fill, OriginError("cancelled", "the download was cancelled"))
         except OSError as e:
-            self._ended(fill, OriginError("write_error", f"cache write failed: {e}"), temp_path)
+            self._ended(fill, OriginError("write_error", f"cache write failed: {e}"))
         except Exception:
-            log.failure("sync of {name} failed unexpectedly", name=name)
-            self._ended(fill, OriginError("internal", "internal error"), temp_path)
+            log.failure("sync of {name} failed unexpectedly", name=fill.name)
+            self._ended(fill, OriginError("internal", "internal error"))
         else:
-            if temp_path is not None:
-                self.store.discard_temp(temp_path)
             log.info(
                 "synced {name} ({size} bytes) in {secs:.2f}s",
-                name=name,
+                name=fill.name,
                 size=fill.written if stored is None else stored.size,
                 secs=self.clock.seconds() - started,
-                result="not_modified" if response.not_modified else "ok",
+                result="not_modified" if fill.headers is None else "ok",
             )
             self._forget(fill)
             fill.finish(stored)
-        finally:
-            if reservation is not None:
-                reservation.release()
 
-    def _ended(self, fill: Fill, error: Exception, temp_path: str | None = None) -> None:
-        if temp_path is not None:
-            self.store.discard_temp(temp_path)
+    async def _fetch(self, fill: Fill) -> StoredObject | None:
+        """
+        Ask the origin for C{fill}'s name and keep what it sends: a renewed
+        object (304), a new one, or nothing (purged, or no-store).  Releases
+        its space reservation and temp file before it returns or raises.
+        """
+        name = fill.name
+        self.metrics.origin_requests.inc()
+        response = await self.origin.get(name, fill.revalidating)
+        if response.not_modified:
+            assert fill.revalidating is not None
+            renewed: StoredObject = await self._run_in_thread(
+                self.store.renewed, fill.revalidating, self._lifetime(response.headers)
+            )
+            self.metrics.revalidations.labels(result="not_modified").inc()
+            if self.store.get(name) != fill.revalidating:
+                return None  # purged or replaced meanwhile
+            self.store.install(renewed)
+            return renewed
+        length, limit = response.length, self._max_object_size
+        if limit is not None and length is not None and length > limit:
+            self.origin.abandon(response)
+            raise OriginError(
+                "too_large", f"{length} bytes is over the --max-object-size of {limit}"
+            )
+        reservation = self.store.reserve(length or 0, keep=name)
+        if reservation is None:
+            self.origin.abandon(response)
+            raise OriginError("no_space", f"no room in the cache for {length} more bytes")
+        fd, temp_path = self.store.new_temp()
+        try:
+
+            def write(data: bytes) -> None:
+                total = fill.written + len(data)
+                if limit is not None and total > limit:
+                    raise OSError(errno.EFBIG, "the body passed --max-object-size")
+                reservation.ensure(total)
+                fill.write(data)
+                self.metrics.origin_bytes.inc(len(data))
+
+            if response.headers.no_store:
+                fill.publish = False
+            fill.begin(response, fd, self.store.write)
+            await self.origin.stream(response, write)
+            fill.check_complete()
+            if fill.revalidating is not None:
+                self.metrics.revalidations.labels(result="modified").inc()
+                if response.headers.no_store:
+                    # The origin no longer lets it be cached.
+                    self.store.remove(name)
+            if not fill.publish:
+                return None
+            fill.state = "publishing"
+            stored: StoredObject = await self._run_in_thread(
+                self.store.commit,
+                name,
+                fd,
+                temp_path,
+                fill.written,
+                response.headers,
+                self._lifetime(response.headers),
+            )
+            temp_path = None
+            self.store.install(stored)
+            if not fill.publish:
+                # Purged while its files were being committed.
+                self.store.remove(name)
+                return None
+            return stored
+        finally:
+            reservation.release()
+            if temp_path is not None:
+                self.store.discard_temp(temp_path)
+
+    def _ended(self, fill: Fill, error: Exception) -> None:
         if isinstance(error, NotFoundAtOrigin):
             reason, ttl = "not_found", self._negative_ttl
             if fill.revalidating is not None and self._fills.get(fill.name) is fill:

@@ -166,9 +166,7 @@ class _PausedReader(Protocol):
         self.done: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(
-            b"GET /files/a.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
+        self.transport.write(b"GET /files/a.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -194,3 +194,11 @@ class SyncerTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "cancelled")
         self.clock.advance(60)
         self.assertEqual(len(stall.requests), 1)
+
+    def test_stop_starts_nothing_queued(self) -> None:
+        stall = _Stall(None)
+        syncer = self.make(stall, max_concurrent=1)
+        fills = [syncer.start(f"q{n}") for n in range(3)]
+        self.successResultOf(syncer.stop())
+        self.assertEqual(len(stall.requests), 1)
+        self.assertEqual([f.error.reason for f in fills], ["cancelled"] * 3)

@@ -375,6 +375,11 @@ class FilesResource(JSONResource):
             request.outcome = "overloaded"
             request.setHeader(b"retry-after", b"1")
             return render_error(request, 503, "overloaded", str(error))
+        if isinstance(error, OriginError) and error.reason == "no_space":
+            # Every byte of the quota is held by downloads in progress.
+            request.outcome = "no_space"
+            request.setHeader(b"retry-after", b"5")
+            return render_error(request, 503, "no_space", str(error))
         request.outcome = "error"
         reason = error.reason if isinstance(error, OriginError) else "error"
         return render_error(request, 502, "origin_error", f"{reason}: {error}")

@@ -1,0 +1,186 @@
+"""
+Disk capacity (quota, reservations, LRU eviction, write failures), the
+object size limit and the flood caps, over real sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from typing import Any
+
+from treq import content
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseFailed
+
+from cachetier.store import CacheStore, ObjectHeaders
+
+from .helpers import body_of, http_client, start_cachetier, start_origin
+
+
+def disk_usage(root: str) -> int:
+    """
+    Bytes of every file under C{root}, as C{du -sb} would count them.
+    """
+    return sum(
+        os.path.getsize(os.path.join(dirpath, f))
+        for dirpath, _, files in os.walk(root)
+        for f in files
+    )
+
+
+class CapacityTestCase(TestCase):
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.client = http_client(self)
+
+    def get(self, name: str) -> Deferred[tuple[int, bytes]]:
+        async def get() -> tuple[int, bytes]:
+            response = await self.client.get(self.url + "files/" + name, allow_redirects=False)
+            return response.code, await content(response)
+
+        return Deferred.fromCoroutine(get())
+
+    async def settle(self, name: str) -> None:
+        fill = self.cache.syncer.fill_for(name)
+        if fill is not None:
+            await fill.when_done().addErrback(lambda _: None)
+
+    def sample_disk(self) -> list[int]:
+        samples: list[int] = []
+        sampler = LoopingCall(lambda: samples.append(disk_usage(self.cache.store.root)))
+        sampler.start(0.005)
+        self.addCleanup(sampler.stop)
+        return samples
+
+
+class EvictionTests(CapacityTestCase):
+    settings = {"max_size": 350_000}
+
+    async def test_least_recently_used_files_are_evicted(self) -> None:
+        for name in ("a", "b", "c", "d", "e"):
+            self.origin.put(name, body_of(100_000, name))
+        samples = self.sample_disk()
+        for name in ("a", "b", "c"):
+            await self.get(name)
+            await self.settle(name)
+        await self.get("a")  # a is now the most recently used
+        await self.get("d")
+        await self.settle("d")
+        self.assertEqual(sorted(self.cache.store.names()), ["a", "c", "d"])
+        await self.get("e")
+        await self.settle("e")
+        self.assertEqual(sorted(self.cache.store.names()), ["a", "d", "e"])
+        self.assertLessEqual(max(samples), 350_000 + 10_000, "metadata files aside")
+        self.assertEqual(self.cache.store.total_bytes, 300_000)
+
+    async def test_concurrent_fills_never_overshoot_the_quota(self) -> None:
+        for name in ("x", "y", "z"):
+            self.origin.put(name, body_of(150_000, name))
+        self.origin.rate = 1_000_000
+        samples = self.sample_disk()
+        results = await gatherResults([self.get(n) for n in ("x", "y", "z")])
+        codes = sorted(code for code, _ in results)
+        self.assertEqual(codes, [200, 200, 503], "the third does not fit next to the first two")
+        refused = [body for code, body in results if code == 503][0]
+        self.assertEqual(json.loads(refused)["error"], "no_space")
+        for name in ("x", "y", "z"):
+            await self.settle(name)
+        self.assertLessEqual(max(samples), 350_000 + 10_000)
+        self.assertEqual(self.cache.store.reserved, 0)
+
+
+class WriteFailureTests(CapacityTestCase):
+    async def test_a_failing_disk_aborts_the_sync_and_keeps_what_is_cached(self) -> None:
+        kept = body_of(50_000, "kept")
+        self.origin.put("kept.mp3", kept)
+        await self.cache.syncer.start("kept.mp3").when_done()
+        store = self.cache.store
+        real_write = store.write
+
+        def full_disk(fd: int, data: bytes) -> None:
+            if os.fstat(fd).st_size + len(data) > 100_000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_write(fd, data)
+
+        store.write = full_disk  # the store's write seam
+        self.origin.put("big.mp3", body_of(1_000_000))
+        with self.assertRaises(ResponseFailed):
+            await self.get("big.mp3")
+        status = self.cache.syncer.status("big.mp3", start=False)
+        self.assertEqual((status.state, status.error.reason), ("error", "no_space"))
+        self.assertEqual(os.listdir(os.path.join(store.root, "tmp")), [])
+        self.assertEqual(await self.get("kept.mp3"), (200, kept))
+
+
+class ObjectSizeTests(CapacityTestCase):
+    settings = {"max_object_size": 100_000}
+
+    async def test_bigger_objects_are_redirected_to_the_origin(self) -> None:
+        self.origin.put("huge.mp4", body_of(200_000))
+        for _ in range(2):
+            response = await self.client.get(self.url + "files/huge.mp4", allow_redirects=False)
+            self.assertEqual(response.code, 302)
+            self.assertEqual(
+                response.headers.getRawHeaders(b"location"),
+                [(self.origin_url + "huge.mp4").encode()],
+            )
+        self.assertEqual(self.origin.counts["huge.mp4"], 1, "the verdict is remembered")
+        self.assertIsNone(self.cache.store.get("huge.mp4"))
+
+
+class FloodTests(CapacityTestCase):
+    settings = {"max_syncs_per_second": 5}
+
+    async def test_a_flood_of_status_calls_is_capped(self) -> None:
+        states = []
+        for n in range(20):
+            response = await self.client.get(self.url + f"api/v1/files/random-{n}.mp3")
+            states.append(json.loads(await content(response)))
+        started = [s for s in states if s["state"] != "missing"]
+        refused = [s for s in states if s["state"] == "missing"]
+        self.assertEqual(len(started), 5)
+        self.assertTrue(all(s["error"].startswith("overloaded") for s in refused))
+        code, body = await self.get("one-more.mp3")
+        self.assertEqual((code, json.loads(body)["error"]), (503, "overloaded"))
+        for n in range(20):
+            await self.settle(f"random-{n}.mp3")
+        self.assertEqual(sum(self.origin.counts.values()), 5)
+
+
+class QueueCapTests(CapacityTestCase):
+    settings = {"max_concurrent_syncs": 1, "max_queued_syncs": 2}
+
+    async def test_syncs_past_the_queue_are_refused(self) -> None:
+        self.origin.hang.update({"q0", "q1", "q2", "q3"})
+        states = []
+        for n in range(4):
+            response = await self.client.get(self.url + f"api/v1/files/q{n}")
+            states.append(json.loads(await content(response))["state"])
+        self.assertEqual(states, ["syncing", "syncing", "syncing", "missing"])
+        self.assertEqual((self.cache.syncer.in_flight, self.cache.syncer.queued), (1, 2))
+
+
+class MinFreeTests(SynchronousTestCase):
+    def test_reservations_keep_min_free_on_the_file_system(self) -> None:
+        store = CacheStore.open(os.path.abspath(self.mktemp()), min_free=1_000_000)
+        free = [1_500_000]
+        store.free_bytes = lambda: free[0]  # a file system with 1.5 MB free
+        fd, temp = store.new_temp()
+        os.write(fd, b"x" * 100)
+        obj = store.commit("old", fd, temp, 100, ObjectHeaders("audio/mpeg"), lifetime=60)
+        os.close(fd)
+        store.install(obj)
+        first = store.reserve(400_000)
+        self.assertIsNotNone(first)
+        self.assertIsNone(store.reserve(400_000, keep="old"))
+        self.assertIsNotNone(store.get("old"))
+        free[0] = 1_900_000
+        self.assertIsNotNone(store.reserve(400_000))
+        self.assertEqual(store.reserved, 800_000)
