@@ -1,0 +1,140 @@
+"""
+The origin client in memory: breaker, retries, conditional GETs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from cachetier.origin import Breaker, NotFoundAtOrigin, Origin, OriginError, RetryPolicy
+from cachetier.store import StoredObject
+
+
+class _Script(Resource):
+    """
+    Answers each GET with the next status of a script (200 at the end).
+    """
+
+    isLeaf = True
+
+    def __init__(self, *codes: int) -> None:
+        super().__init__()
+        self.codes = list(codes)
+        self.seen: list[Any] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.seen.append(request.requestHeaders)
+        code = self.codes.pop(0) if self.codes else 200
+        request.setResponseCode(code)
+        return b"body"
+
+
+class BreakerTests(SynchronousTestCase):
+    def test_opens_probes_and_closes(self) -> None:
+        clock = Clock()
+        breaker = Breaker(clock, threshold=3, cooloff=10)
+        for _ in range(2):
+            self.assertTrue(breaker.allow())
+            breaker.failed()
+        self.assertEqual(breaker.state, "closed")
+        breaker.failed()
+        self.assertEqual(breaker.state, "open")
+        self.assertFalse(breaker.allow())
+        clock.advance(10)
+        self.assertTrue(breaker.allow(), "one probe after the cool-off")
+        self.assertFalse(breaker.allow(), "only one")
+        breaker.failed()
+        self.assertEqual(breaker.state, "open")
+        clock.advance(10)
+        self.assertTrue(breaker.allow())
+        breaker.succeeded()
+        self.assertEqual((breaker.state, breaker.failures), ("closed", 0))
+        self.assertTrue(breaker.allow())
+
+    def test_an_abandoned_probe_frees_the_next_one(self) -> None:
+        clock = Clock()
+        breaker = Breaker(clock, threshold=1, cooloff=1)
+        breaker.failed()
+        clock.advance(1)
+        self.assertTrue(breaker.allow())
+        breaker.abandoned()
+        self.assertTrue(breaker.allow())
+
+
+class OriginTests(SynchronousTestCase):
+    def make(self, resource: Resource, **kwargs: Any) -> Origin:
+        self.clock = Clock()
+        self.treq = StubTreq(resource)
+        return Origin("http://origin.test/", self.treq, self.clock, 30, **kwargs)
+
+    def drive(self, d: Any) -> Deferred[Any]:
+        result = Deferred.fromCoroutine(d)
+        for _ in range(50):
+            self.treq.flush()
+            self.clock.advance(1)
+        return result
+
+    def test_5xx_is_retried_with_backoff_until_success(self) -> None:
+        script = _Script(503, 502)
+        origin = self.make(script, retry=RetryPolicy(attempts=3, base=0.5, budget=10))
+        response = self.successResultOf(self.drive(origin.get("a.mp3")))
+        self.assertEqual(response.response.code, 200)
+        self.assertEqual(len(script.seen), 3)
+
+    def test_retries_are_bounded_in_count(self) -> None:
+        script = _Script(503, 503, 503, 503)
+        origin = self.make(script, retry=RetryPolicy(attempts=3, base=0.5, budget=10))
+        failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
+        self.assertEqual(failure.value.reason, "http_503")
+        self.assertEqual(len(script.seen), 3)
+
+    def test_retries_are_bounded_in_time(self) -> None:
+        script = _Script(*[503] * 10)
+        origin = self.make(script, retry=RetryPolicy(attempts=10, base=1, budget=4))
+        self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
+        # Waits of about 0.5-1, 1-2, then 2-4 would pass the 4 s budget.
+        self.assertLessEqual(len(script.seen), 3)
+
+    def test_not_found_is_not_retried(self) -> None:
+        script = _Script(404)
+        origin = self.make(script, retry=RetryPolicy(attempts=3))
+        self.failureResultOf(self.drive(origin.get("a.mp3")), NotFoundAtOrigin)
+        self.assertEqual(len(script.seen), 1)
+
+    def test_an_open_breaker_fails_at_once_without_a_request(self) -> None:
+        script = _Script(500, 500)
+        origin = self.make(script, breaker=Breaker(Clock(), threshold=2, cooloff=60))
+        for _ in range(2):
+            self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
+        d = Deferred.fromCoroutine(origin.get("a.mp3"))
+        self.assertEqual(self.failureResultOf(d, OriginError).value.reason, "breaker_open")
+        self.assertEqual(len(script.seen), 2)
+
+    def test_revalidation_sends_the_origin_validators(self) -> None:
+        script = _Script(304)
+        origin = self.make(script)
+        cached = StoredObject(
+            name="a.mp3",
+            path="/x",
+            size=1,
+            etag='"abc"',
+            last_modified=1_700_000_000.0,
+            content_type="audio/mpeg",
+            fetched_at=0.0,
+            expires_at=0.0,
+            origin_etag='"abc"',
+            origin_last_modified=1_700_000_000.0,
+        )
+        response = self.successResultOf(self.drive(origin.get("a.mp3", cached)))
+        self.assertTrue(response.not_modified)
+        headers = script.seen[0]
+        self.assertEqual(headers.getRawHeaders(b"if-none-match"), [b'"abc"'])
+        self.assertEqual(
+            headers.getRawHeaders(b"if-modified-since"), [b"Tue, 14 Nov 2023 22:13:20 GMT"]
+        )

@@ -1,0 +1,88 @@
+"""
+Command-line options: every bad value is refused, naming its flag.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachetier.tap import Options
+
+ORIGIN = "--origin=http://127.0.0.1:9/"
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions([ORIGIN, f"--cache-dir={self.mktemp()}", *args])
+        return options
+
+    def assertRefused(self, flag: str, *args: str) -> None:
+        with self.assertRaises(UsageError) as caught:
+            self.parse(*args)
+        self.assertIn(flag, str(caught.exception))
+
+    def test_defaults(self) -> None:
+        settings = self.parse()["settings"]
+        self.assertEqual(settings.origin, "http://127.0.0.1:9/")
+        self.assertEqual(settings.listen, ("tcp:8080",))
+        self.assertEqual(
+            (settings.miss, settings.ttl, settings.stale_if_error), ("stream", 86400, 604800)
+        )
+
+    def test_values(self) -> None:
+        settings = self.parse(
+            "--listen=tcp:8081",
+            "--listen=tcp:8082:interface=127.0.0.1",
+            "--max-size=300M",
+            "--min-free=1G",
+            "--ttl=10m",
+            "--miss=redirect",
+        )["settings"]
+        self.assertEqual(settings.listen, ("tcp:8081", "tcp:8082:interface=127.0.0.1"))
+        self.assertEqual((settings.max_size, settings.min_free), (300 * 2**20, 2**30))
+        self.assertEqual((settings.ttl, settings.miss), (600.0, "redirect"))
+
+    def test_bad_values_name_their_flag(self) -> None:
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions([])
+        self.assertIn("--origin", str(caught.exception))
+        self.assertRefused("--origin", "--origin=ftp://x/")
+        self.assertRefused("--listen", "--listen=tcp:notaport")
+        self.assertRefused("--listen", "--listen=ssl:8443:privateKey=/nonexistent.pem")
+        self.assertRefused("--miss", "--miss=sometimes")
+        self.assertRefused("--max-concurrent-syncs", "--max-concurrent-syncs=0")
+        self.assertRefused("--origin-timeout", "--origin-timeout=soon")
+        self.assertRefused("--max-size", "--max-size=lots")
+        self.assertRefused("--public-url", "--public-url=cdn.example.com")
+        self.assertRefused("--admin-token-file", "--admin-token-file=/nonexistent")
+
+    def test_impossible_cache_dir_is_refused(self) -> None:
+        a_file = self.mktemp()
+        open(a_file, "w").close()
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions([ORIGIN, f"--cache-dir={a_file}/cache"])
+        self.assertIn("--cache-dir", str(caught.exception))
+        self.assertFalse(os.path.exists(f"{a_file}/cache"))
+
+    def test_admin_token_from_a_file_never_shows_in_repr(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("a-long-enough-admin-token\n")
+        settings = self.parse(f"--admin-token-file={path}")["settings"]
+        self.assertEqual(settings.admin_token, b"a-long-enough-admin-token")
+        self.assertNotIn("a-long-enough-admin-token", repr(settings))
+
+    def test_short_admin_token_is_refused(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("short")
+        self.assertRefused("--admin-token-file", f"--admin-token-file={path}")
+
+    def test_admin_token_from_the_environment(self) -> None:
+        os.environ["CACHETIER_ADMIN_TOKEN"] = "token-from-the-environment"
+        self.addCleanup(os.environ.pop, "CACHETIER_ADMIN_TOKEN")
+        self.assertEqual(self.parse()["settings"].admin_token, b"token-from-the-environment")
