@@ -28,12 +28,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8700)
     parser.add_argument("--file", action="append", default=[], help="NAME=SIZE, repeatable")
     parser.add_argument("--rate", help="bytes/s per response, e.g. 50M (default: unthrottled)")
+    parser.add_argument("--seed", default="", help="change it to change every file's content")
     args = parser.parse_args()
     origin = TestOrigin()
     origin.rate = parse_size(args.rate) if args.rate else None
     for spec in args.file:
         name, size = spec.split("=", 1)
-        body = body_of(parse_size(size), name)
+        body = body_of(parse_size(size), name + args.seed)
         origin.put(name, body)
         print(f"{name}: {len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()}", flush=True)
     log.startLogging(sys.stdout)

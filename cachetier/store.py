@@ -37,6 +37,8 @@ log = Logger()
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+# What each object's metadata file costs against the quota: one block.
+META_BYTES = 4096
 
 
 @frozen
@@ -157,8 +159,9 @@ class CacheStore:
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, "tmp")
         self._objects = os.path.join(self.root, "objects")
-        # Least recently used first.
+        # Least recently used first, kept sorted by _last_used.
         self._index: OrderedDict[str, StoredObject] = OrderedDict()
+        self._last_used: dict[str, float] = {}
         self.total_bytes = 0
         self.reserved = 0
         self.max_size = max_size
@@ -189,6 +192,7 @@ class CacheStore:
         """
         if obj.name in self._index:
             self._index.move_to_end(obj.name)
+            self._last_used[obj.name] = self._now()
 
     def names(self) -> list[str]:
         return list(self._index)
@@ -208,7 +212,7 @@ class CacheStore:
             made.
         """
         reservation = Reservation(self)
-        return reservation if reservation.grow(size, keep) else None
+        return reservation if reservation.grow(size + META_BYTES, keep) else None
 
     def _make_room(self, size: int, keep: str | None) -> bool:
         if self.max_size is not None and size > self.max_size:
@@ -226,7 +230,8 @@ class CacheStore:
         return True
 
     def _over(self, size: int) -> bool:
-        if self.max_size is not None and self.total_bytes + self.reserved + size > self.max_size:
+        charged = self.total_bytes + len(self._index) * META_BYTES + self.reserved + size
+        if self.max_size is not None and charged > self.max_size:
             return True
         # Reserved bytes are not on disk yet; keep room for them too.
         return self.min_free > 0 and self.free_bytes() - self.reserved - size < self.min_free
@@ -322,12 +327,28 @@ class CacheStore:
         os.rename(tmp_path, meta_path)
         _fsync_dir(directory)
 
-    def install(self, obj: StoredObject) -> None:
+    def install(self, obj: StoredObject, used_at: float | None = None) -> None:
         """
         Make a committed object visible, retiring the version it replaces.
+
+        @param used_at: when it was last asked for; a download's object was
+            asked for when the download started, not when it was published.
+            By default: the time of the version it replaces, or now.
         """
         old = self._index.pop(obj.name, None)
+        if used_at is None:
+            used_at = self._last_used.get(obj.name, self._now())
         self._index[obj.name] = obj
+        self._last_used[obj.name] = used_at
+        # Keep the order sorted: whatever was used since goes after it.
+        later = []
+        for name in reversed(self._index):
+            if name != obj.name:
+                if self._last_used[name] <= used_at:
+                    break
+                later.append(name)
+        for name in reversed(later):
+            self._index.move_to_end(name)
         self.total_bytes += obj.size
         if old is not None:
             self.total_bytes -= old.size
@@ -342,6 +363,7 @@ class CacheStore:
         obj = self._index.pop(name, None)
         if obj is None:
             return None
+        del self._last_used[name]
         self.total_bytes -= obj.size
         directory = os.path.dirname(obj.path)
         self._unlink(os.path.join(directory, _key(name) + ".json"))
@@ -378,6 +400,7 @@ class CacheStore:
         # Without access times from before the restart, the oldest fetch is
         # the first to go.
         self._index = OrderedDict(sorted(self._index.items(), key=lambda kv: kv[1].fetched_at))
+        self._last_used = {name: obj.fetched_at for name, obj in self._index.items()}
         log.info(
             "cache at {root}: {count} objects, {bytes} bytes",
             root=self.root,

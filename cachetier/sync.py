@@ -80,13 +80,16 @@ class Fill:
         L{OriginError}), once it has.
     @ivar revalidating: the cached object this download may replace; the
         origin is asked whether it changed.
+    @ivar used_at: when a request last asked for it (its recency, once
+        published).
     @ivar publish: whether the body goes into the cache when complete;
         cleared by a purge or an origin C{no-store}, in which case readers
         still get every byte and nothing is kept.
     """
 
-    def __init__(self, name: str, revalidating: StoredObject | None = None) -> None:
+    def __init__(self, name: str, used_at: float, revalidating: StoredObject | None = None) -> None:
         self.name = name
+        self.used_at = used_at
         self.revalidating = revalidating
         self.publish = True
         self.state = "queued"
@@ -358,6 +361,8 @@ class Syncer:
             return FileStatus(name, "missing")
         if fill.state == "failed":
             return self.status(name, start=False)
+        if start:
+            fill.used_at = self.clock.seconds()
         return FileStatus(name, "syncing", fill=fill)
 
     def start(self, name: str, revalidating: StoredObject | None = None) -> Fill:
@@ -370,7 +375,7 @@ class Syncer:
         fill = self._fills.get(name)
         if fill is None:
             self._admit()
-            fill = self._fills[name] = Fill(name, revalidating)
+            fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
             self._failures.pop(name, None)
             task = Deferred.fromCoroutine(self._run(fill))
             if not task.called:
@@ -533,7 +538,7 @@ class Syncer:
                 self._lifetime(response.headers),
             )
             temp_path = None
-            self.store.install(stored)
+            self.store.install(stored, None if fill.revalidating else fill.used_at)
             if not fill.publish:
                 # Purged while its files were being committed.
                 self.store.remove(name)

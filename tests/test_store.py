@@ -128,3 +128,48 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.total_bytes, 0)
         self.assertFalse(os.path.exists(path))
         self.assertEqual(len(self.reopen()), 0)
+
+
+class LeastRecentlyUsedTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.now = [1000.0]
+        self.store = CacheStore.open(os.path.abspath(self.mktemp()), now=lambda: self.now[0])
+
+    def add(self, name: str, used_at: float | None = None) -> None:
+        fd, temp = self.store.new_temp()
+        os.write(fd, b"x")
+        obj = self.store.commit(name, fd, temp, 1, HEADERS, lifetime=60)
+        os.close(fd)
+        self.store.install(obj, used_at)
+
+    def tick(self) -> None:
+        self.now[0] += 1
+
+    def test_order_follows_the_last_request_not_the_publish(self) -> None:
+        self.add("a")
+        self.tick()
+        asked_for_b = self.now[0]
+        self.tick()
+        self.store.used(self.store.get("a"))
+        self.tick()
+        # b's download started before a was last served, and ends now.
+        self.add("b", used_at=asked_for_b)
+        self.assertEqual(self.store.names(), ["b", "a"])
+
+    def test_replacing_keeps_the_recency(self) -> None:
+        self.add("a")
+        self.tick()
+        self.add("b")
+        self.tick()
+        self.add("a")  # a new version of a, not a request for it
+        self.assertEqual(self.store.names(), ["a", "b"])
+
+    def test_eviction_takes_the_least_recently_used_and_charges_metadata(self) -> None:
+        self.store.max_size = 3 + 3 * 4096
+        for name in ("a", "b", "c"):
+            self.add(name)
+            self.tick()
+        self.store.used(self.store.get("a"))
+        reservation = self.store.reserve(1)
+        self.assertIsNotNone(reservation)
+        self.assertEqual(self.store.names(), ["c", "a"])

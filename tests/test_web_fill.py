@@ -49,7 +49,7 @@ class FillProducerTests(SynchronousTestCase):
     def setUp(self) -> None:
         store = CacheStore.open(os.path.abspath(self.mktemp()))
         fd, _ = store.new_temp()
-        self.fill = Fill("a.mp3")
+        self.fill = Fill("a.mp3", used_at=0.0)
         self.fill.begin(
             OriginResponse(ObjectHeaders("audio/mpeg"), length=1_000_000, md5=None, response=None),
             fd,
