@@ -220,40 +220,50 @@ class Breaker:
         self.threshold = threshold
         self.cooloff = cooloff
         self.failures = 0
-        self.state = "closed"
+        self._open = False
         self._opened_at = 0.0
         self._probing = False
+
+    @property
+    def state(self) -> str:
+        """
+        C{closed}, C{open}, or C{half_open} once the cool-off has passed.
+        """
+        if not self._open:
+            return "closed"
+        if self._clock.seconds() >= self._opened_at + self.cooloff:
+            return "half_open"
+        return "open"
 
     def allow(self) -> bool:
         """
         Whether a request may go out now; in half-open, the one that may is
         the probe.
         """
-        if self.state == "open" and self._clock.seconds() >= self._opened_at + self.cooloff:
-            self.state = "half_open"
-        if self.state == "closed":
+        state = self.state
+        if state == "closed":
             return True
-        if self.state == "half_open" and not self._probing:
+        if state == "half_open" and not self._probing:
             self._probing = True
             return True
         return False
 
     def succeeded(self) -> None:
         self.failures = 0
-        self.state = "closed"
+        self._open = False
         self._probing = False
 
     def failed(self) -> None:
         self.failures += 1
         self._probing = False
-        if self.state == "half_open" or self.failures >= self.threshold:
-            if self.state != "open":
+        if self._open or self.failures >= self.threshold:
+            if not self._open:
                 log.warn(
                     "origin breaker open after {failures} failures; next probe in {cooloff:g}s",
                     failures=self.failures,
                     cooloff=self.cooloff,
                 )
-            self.state = "open"
+            self._open = True
             self._opened_at = self._clock.seconds()
 
     def abandoned(self) -> None:

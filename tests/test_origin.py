@@ -47,6 +47,7 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(breaker.state, "open")
         self.assertFalse(breaker.allow())
         clock.advance(10)
+        self.assertEqual(breaker.state, "half_open")
         self.assertTrue(breaker.allow(), "one probe after the cool-off")
         self.assertFalse(breaker.allow(), "only one")
         breaker.failed()
