@@ -1,0 +1,104 @@
+"""
+The client for asyncio applications (FastAPI, aiohttp), on asyncio streams
+from the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import txaio.aio
+
+from ._base import ClientBase
+from ._lookup import lookup
+from ._policy import FileStatus, check_name
+
+_MAX_ANSWER = 1024 * 1024
+
+
+class AsyncioCacheTierClient(ClientBase):
+    """
+    The same methods as L{cachetier.client.CacheTierClient}, as coroutines.
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        request_timeout: float = 1.0,
+        enable_local_cache: bool = True,
+        local_cache_time: float = 120.0,
+        log_enabled: bool = False,
+        *,
+        negative_cache_time: float = 5.0,
+        failover: bool = True,
+        breaker_threshold: int = 1,
+        breaker_cooloff: float = 10.0,
+    ) -> None:
+        super().__init__(
+            base_url,
+            request_timeout,
+            enable_local_cache,
+            local_cache_time,
+            log_enabled,
+            time.monotonic,
+            negative_cache_time,
+            failover,
+            breaker_threshold,
+            breaker_cooloff,
+        )
+        self.log = txaio.aio.make_logger()
+        self._ssl = ssl.create_default_context()
+
+    async def verify_file(self, file_name: str) -> bool:
+        name = check_name(file_name)
+        status = self.policy.cached(name)
+        if status is not None:
+            return status.available
+        return await self.refresh_status_from_server(name)
+
+    async def file_status(self, file_name: str) -> FileStatus | None:
+        name = check_name(file_name)
+        return self.policy.cached(name) or await self._lookup(name)
+
+    async def refresh_status_from_server(self, file_name: str) -> bool:
+        status = await self._lookup(check_name(file_name))
+        return status is not None and status.available
+
+    async def _lookup(self, name: str) -> FileStatus | None:
+        return await lookup(self.policy, name, self._fetch_json, self.log, self.log_enabled)
+
+    async def _fetch_json(self, url: str) -> Any:
+        return await asyncio.wait_for(self._get_json(url), self.request_timeout)
+
+    async def _get_json(self, url: str) -> Any:
+        parts = urlsplit(url)
+        secure = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=self._ssl if secure else None
+        )
+        try:
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            writer.write(
+                f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
+                "Accept: application/json\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            answer = await reader.read(_MAX_ANSWER)
+            while chunk := await reader.read(_MAX_ANSWER):
+                answer += chunk
+                if len(answer) > _MAX_ANSWER:
+                    raise ValueError("the answer is too long")
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            raise ValueError(f"HTTP {status}")
+        return json.loads(body)

@@ -1,0 +1,61 @@
+"""
+What the three clients share beyond the lookup: construction compatible
+with cache-tier 1.0.4 and the methods that need no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ._policy import Policy, check_name, normalise_nodes
+
+
+class ClientBase:
+    """
+    @param base_url: a cache tier node's URL, or a list of them (each file
+        then has its own node, by rendezvous hashing).
+    @param request_timeout: seconds a status request may take in all.
+    @param enable_local_cache: reuse recent answers (see L{Policy}).
+    @param local_cache_time: how long a positive answer is reused.
+    @param log_enabled: log every answer, not only failures.
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        request_timeout: float,
+        enable_local_cache: bool,
+        local_cache_time: float,
+        log_enabled: bool,
+        now: Callable[[], float],
+        negative_cache_time: float,
+        failover: bool,
+        breaker_threshold: int,
+        breaker_cooloff: float,
+    ) -> None:
+        self.request_timeout = request_timeout
+        self.log_enabled = log_enabled
+        self.policy = Policy(
+            normalise_nodes(base_url),
+            now,
+            enable_local_cache=enable_local_cache,
+            local_cache_time=local_cache_time,
+            negative_cache_time=negative_cache_time,
+            failover=failover,
+            breaker_threshold=breaker_threshold,
+            breaker_cooloff=breaker_cooloff,
+        )
+        self.base_url = self.policy.nodes[0]
+
+    def build_download_url(self, file_name: str) -> str:
+        """
+        The URL to send a listener to once L{verify_file} said the file is
+        cached: the one the answering node gave.
+        """
+        return self.policy.download_url(check_name(file_name))
+
+    def is_stale(self, file_name: str) -> bool:
+        """
+        Whether the next L{verify_file} will ask a node (no fresh answer).
+        """
+        return self.policy.is_stale(check_name(file_name))

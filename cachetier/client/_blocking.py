@@ -1,0 +1,113 @@
+"""
+The client for WSGI applications (Flask, Django): plain calls, standard
+library only, safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import txaio.aio
+
+from ._base import ClientBase
+from ._lookup import lookup, run_now
+from ._policy import FileStatus, check_name
+
+_MAX_ANSWER = 1024 * 1024
+
+
+class BlockingCacheTierClient(ClientBase):
+    """
+    A drop-in for cache-tier 1.0.4's C{CacheTierClient}: the same
+    constructor and methods, returning plain values; never raises but for
+    an invalid name, and never takes much longer than C{request_timeout}.
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        request_timeout: float = 1.0,
+        enable_local_cache: bool = True,
+        local_cache_time: float = 120.0,
+        log_enabled: bool = False,
+        *,
+        negative_cache_time: float = 5.0,
+        failover: bool = True,
+        breaker_threshold: int = 1,
+        breaker_cooloff: float = 10.0,
+    ) -> None:
+        super().__init__(
+            base_url,
+            request_timeout,
+            enable_local_cache,
+            local_cache_time,
+            log_enabled,
+            time.monotonic,
+            negative_cache_time,
+            failover,
+            breaker_threshold,
+            breaker_cooloff,
+        )
+        self.log = txaio.aio.make_logger()
+        self._ssl = ssl.create_default_context()
+
+    def verify_file(self, file_name: str) -> bool:
+        name = check_name(file_name)
+        status = self.policy.cached(name)
+        if status is not None:
+            return status.available
+        return self.refresh_status_from_server(name)
+
+    def file_status(self, file_name: str) -> FileStatus | None:
+        name = check_name(file_name)
+        return self.policy.cached(name) or self._lookup(name)
+
+    def refresh_status_from_server(self, file_name: str) -> bool:
+        status = self._lookup(check_name(file_name))
+        return status is not None and status.available
+
+    def _lookup(self, name: str) -> FileStatus | None:
+        return run_now(lookup(self.policy, name, self._fetch_json, self.log, self.log_enabled))
+
+    async def _fetch_json(self, url: str) -> Any:
+        # Never suspends: see run_now.
+        return self._get_json(url)
+
+    def _get_json(self, url: str) -> Any:
+        deadline = time.monotonic() + self.request_timeout
+        parts = urlsplit(url)
+        connection: http.client.HTTPConnection
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=self.request_timeout, context=self._ssl
+            )
+        else:
+            connection = http.client.HTTPConnection(
+                parts.hostname or "", parts.port, timeout=self.request_timeout
+            )
+        try:
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            connection.request("GET", path, headers={"Accept": "application/json"})
+            response = connection.getresponse()
+            body = b""
+            while len(body) <= _MAX_ANSWER:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no whole answer within {self.request_timeout:g}s")
+                if connection.sock is not None:
+                    connection.sock.settimeout(remaining)
+                chunk = response.read1(65536)
+                if not chunk:
+                    break
+                body += chunk
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            return json.loads(body)
+        finally:
+            connection.close()

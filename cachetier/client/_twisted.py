@@ -1,0 +1,113 @@
+"""
+The client for Twisted applications (Klein, twisted.web): treq, Deferreds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import txaio.tx
+from treq import json_content
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ._base import ClientBase
+from ._lookup import lookup
+from ._policy import FileStatus, check_name
+
+
+class CacheTierClient(ClientBase):
+    """
+    Asks cache tier nodes whether files are cached; never fails: any error
+    is "not cached", within C{request_timeout}.
+
+    Constructor compatible with cache-tier 1.0.4 (see L{ClientBase}), plus:
+
+    @param reactor: the reactor (default: the global one).
+    @param http_client: a treq C{HTTPClient} (default: one with its own
+        connection pool).
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        request_timeout: float = 1.0,
+        enable_local_cache: bool = True,
+        local_cache_time: float = 120.0,
+        log_enabled: bool = False,
+        *,
+        negative_cache_time: float = 5.0,
+        failover: bool = True,
+        breaker_threshold: int = 1,
+        breaker_cooloff: float = 10.0,
+        reactor: Any = None,
+        http_client: HTTPClient | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        super().__init__(
+            base_url,
+            request_timeout,
+            enable_local_cache,
+            local_cache_time,
+            log_enabled,
+            reactor.seconds,
+            negative_cache_time,
+            failover,
+            breaker_threshold,
+            breaker_cooloff,
+        )
+        if http_client is None:
+            self.pool = HTTPConnectionPool(reactor)
+            agent = Agent(reactor, connectTimeout=request_timeout, pool=self.pool)
+            http_client = HTTPClient(agent)
+        self._http = http_client
+        self.log = txaio.tx.make_logger()
+
+    def verify_file(self, file_name: str) -> Deferred[bool]:
+        """
+        Whether C{file_name} is cached (asking starts a sync there).
+
+        @raise CacheException: at once, for an invalid name.
+        """
+        name = check_name(file_name)
+        status = self.policy.cached(name)
+        if status is not None:
+            return succeed(status.available)
+        return self.refresh_status_from_server(name)
+
+    def file_status(self, file_name: str) -> Deferred[FileStatus | None]:
+        """
+        The node's full answer about C{file_name}, or L{None} on failure.
+        """
+        name = check_name(file_name)
+        status = self.policy.cached(name)
+        if status is not None:
+            return succeed(status)
+        return self._lookup(name)
+
+    def refresh_status_from_server(self, file_name: str) -> Deferred[bool]:
+        """
+        Ask a node now, whatever was cached.
+        """
+        d = self._lookup(check_name(file_name))
+        return d.addCallback(lambda status: status is not None and status.available)
+
+    def _lookup(self, name: str) -> Deferred[FileStatus | None]:
+        return Deferred.fromCoroutine(
+            lookup(self.policy, name, self._fetch_json, self.log, self.log_enabled)
+        )
+
+    def _fetch_json(self, url: str) -> Deferred[Any]:
+        async def fetch() -> Any:
+            response = await self._http.get(url, headers={b"accept": [b"application/json"]})
+            if response.code != 200:
+                await response.text()
+                raise ValueError(f"HTTP {response.code}")
+            return await json_content(response)
+
+        d = Deferred.fromCoroutine(fetch())
+        return d.addTimeout(self.request_timeout, self._reactor)
