@@ -70,17 +70,23 @@ def origin(port: int, files: list[str], rate: str | None, log_path: str, cpu: in
     return process(args, port, log_path, cpu)
 
 
-def cachetier(port: int, origin_port: int, cache_dir: str, log_path: str, *extra: str, cpu: int | None = None):  # type: ignore[no-untyped-def]
+def cachetier(  # type: ignore[no-untyped-def]
+    port: int, origin_port: int, cache_dir: str, log_path: str, *extra: str, cpu: int | None = None
+):
+    """
+    C{twistd -n cachetier} on loopback; its log goes to C{log_path}.
+    """
     args = TWISTD + [
         "-n",
         "--pidfile=",
+        f"--logfile={log_path}",
         "cachetier",
         f"--origin=http://127.0.0.1:{origin_port}/",
         f"--cache-dir={cache_dir}",
         f"--listen=tcp:{port}:interface=127.0.0.1",
         *extra,
     ]
-    return process(args, port, log_path, cpu)
+    return process(args, port, log_path + ".out", cpu)
 
 
 def origin_requests(log_path: str, name: str) -> int:
