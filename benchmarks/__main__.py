@@ -452,7 +452,7 @@ def main() -> None:
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"cachetier benchmarks: servers on core {SERVER_CPU}, load on core {LOAD_CPU}, loopback")
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, width)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
 
 
 if __name__ == "__main__":

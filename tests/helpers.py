@@ -306,3 +306,52 @@ async def read_then_hang_up(base_url: str, path: str, enough: int) -> bytes:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     await connectProtocol(endpoint, _HangUp(request, enough, done))
     return await done
+
+
+def make_tls_certificate(directory: str) -> tuple[str, str, bytes]:
+    """
+    A self-signed certificate for 127.0.0.1 (IP subject alternative name).
+
+    @return: the key's path, the certificate's path, and the certificate in
+        PEM, for a client to trust.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = os.path.join(directory, "key.pem")
+    cert_path = os.path.join(directory, "cert.pem")
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert_pem)
+    return key_path, cert_path, cert_pem

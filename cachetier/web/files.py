@@ -10,6 +10,7 @@ A miss follows the in-flight download with L{FillProducer}.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -25,6 +26,7 @@ from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
+from ._sendfile import SendfileProducer, can_sendfile
 from ._site import name_of
 
 log = Logger()
@@ -131,8 +133,20 @@ class MediaFile(static.File):
 
 class StoredFile(MediaFile):
     """
-    A complete cached object, served by L{static.File}'s producers.
+    A complete cached object: L{static.File} decides status, headers and
+    ranges; whole files and single ranges on plain TCP go out with
+    C{sendfile}, the rest through L{static.File}'s own producers.
     """
+
+    def makeProducer(self, request: IRequest, fileForReading: Any) -> Any:
+        producer = super().makeProducer(request, fileForReading)
+        if not can_sendfile(request):
+            return producer
+        if isinstance(producer, static.NoRangeStaticProducer):
+            return SendfileProducer(request, fileForReading, 0, self._size)
+        if isinstance(producer, static.SingleRangeStaticProducer):
+            return SendfileProducer(request, fileForReading, producer.offset, producer.size)
+        return producer
 
     def __init__(self, obj: StoredObject, cache_control: bytes, now: float) -> None:
         MediaFile.__init__(
@@ -286,6 +300,57 @@ class FillProducer:
             self._fd = -1
 
 
+def _plain_get(request: IRequest) -> bool:
+    """
+    A GET that wants the whole body, unconditionally.
+    """
+    headers = request.requestHeaders
+    return request.method == b"GET" and not (
+        headers.hasHeader(b"range")
+        or headers.hasHeader(b"if-none-match")
+        or headers.hasHeader(b"if-modified-since")
+    )
+
+
+class SmallBodies:
+    """
+    Small objects' bodies and prepared headers in memory, so a hit on one is
+    a dictionary lookup and one write: no open, read, close or producer.
+    Keyed by the version's path, so a replaced object is never served from
+    here; least recently used first out past C{max_bytes}.
+    """
+
+    max_object = 64 * 1024
+    max_bytes = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[list[tuple[bytes, bytes]], bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def get(
+        self, obj: StoredObject, cache_control: bytes
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        entry = self._entries.get(obj.path)
+        if entry is not None:
+            self._entries.move_to_end(obj.path)
+            return entry
+        with open(obj.path, "rb") as f:
+            body = f.read()
+        headers = [
+            (b"content-type", obj.content_type.encode("latin-1")),
+            (b"etag", obj.etag.encode("latin-1")),
+            (b"last-modified", http.datetimeToString(int(obj.last_modified))),
+            (b"accept-ranges", b"bytes"),
+            (b"cache-control", cache_control),
+        ]
+        entry = self._entries[obj.path] = (headers, body)
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+        return entry
+
+
 class FilesResource(JSONResource):
     """
     C{GET|HEAD /files/<name>}: from the cache when it has the file (stale
@@ -303,6 +368,7 @@ class FilesResource(JSONResource):
         self.clock = syncer.clock
         self.miss = miss
         self.cache_control = b"public, max-age=%d" % (max_age,)
+        self.small = SmallBodies()
 
     def render_GET(self, request: Any) -> bytes | int:
         try:
@@ -334,6 +400,12 @@ class FilesResource(JSONResource):
     def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
         request.outcome = outcome
         self.store.used(obj)
+        if obj.size <= SmallBodies.max_object and _plain_get(request):
+            headers, body = self.small.get(obj, self.cache_control)
+            for name, value in headers:
+                request.setHeader(name, value)
+            request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
+            return body
         return StoredFile(obj, self.cache_control, now).render(request)
 
     def _redirect(self, request: Any, name: str) -> bytes:
