@@ -14,11 +14,13 @@ from typing import Any
 from attrs import frozen
 from treq.client import HTTPClient
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -29,6 +31,7 @@ from .origin import Breaker, Origin, RetryPolicy
 from .store import CacheStore
 from .sync import Syncer
 from .web import CacheSite, build_root
+from .web._site import AccessLogFile
 
 
 def _positive_int(flag: str, text: str) -> int:
@@ -122,6 +125,12 @@ class Options(usage.Options):
         ["breaker-threshold", None, "5", "Consecutive origin failures that open the breaker."],
         ["breaker-cooloff", None, "30s", "How long the open breaker waits before probing."],
         [
+            "access-log",
+            None,
+            None,
+            "Access log: a file of its own (cheapest), 'off', or by default twistd's log.",
+        ],
+        [
             "admin-token-file",
             None,
             None,
@@ -163,6 +172,11 @@ class Options(usage.Options):
                 serverFromString(MemoryReactor(), description)
             except (ValueError, KeyError, TypeError, OSError) as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        access_log = self["access-log"]
+        if access_log not in (None, "off"):
+            directory = os.path.dirname(os.path.abspath(access_log))
+            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+                raise usage.UsageError(f"--access-log: cannot write in {directory}")
         cache_dir = os.path.abspath(self["cache-dir"])
         existing = cache_dir
         while not os.path.exists(existing):
@@ -196,6 +210,7 @@ class Options(usage.Options):
             breaker_threshold=_positive_int("breaker-threshold", self["breaker-threshold"]),
             breaker_cooloff=_duration("breaker-cooloff", self["breaker-cooloff"]),
             admin_token=_admin_token(self["admin-token-file"]),
+            access_log=self["access-log"],
         )
 
 
@@ -209,13 +224,17 @@ class Assembly:
     syncer: Syncer
     site: CacheSite
     pool: HTTPConnectionPool
+    access_file: AccessLogFile | None = None
 
     def stop(self) -> Deferred[Any]:
         """
-        Cancel the downloads, then close the origin connections.
+        Cancel the downloads, then close the origin connections and the
+        access log.
         """
         d = self.syncer.stop()
         d.addCallback(lambda _: self.pool.closeCachedConnections())
+        if self.access_file is not None:
+            d.addCallback(lambda _: self.access_file.close())
         return d
 
 
@@ -263,8 +282,17 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
         queued=lambda: syncer.queued,
         breaker_open=lambda: 0 if origin.breaker.state == "closed" else 1,
     )
-    site = CacheSite(build_root(store, syncer, settings, metrics), metrics, reactor=reactor)
-    return Assembly(store, syncer, site, pool)
+    root = build_root(store, syncer, settings, metrics)
+    access_file = None
+    if settings.access_log == "off":
+        site = CacheSite(root, metrics, access_log=None, reactor=reactor)
+    elif settings.access_log:
+        access_file = AccessLogFile(settings.access_log)
+        access = Logger(namespace="cachetier.access", observer=access_file)
+        site = CacheSite(root, metrics, access_log=access, reactor=reactor)
+    else:
+        site = CacheSite(root, metrics, reactor=reactor)
+    return Assembly(store, syncer, site, pool, access_file)
 
 
 class _Downloads(Service):
@@ -290,6 +318,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     assembly = assemble(settings, reactor)
     service = MultiService()
     _Downloads(assembly).setServiceParent(service)
+    if assembly.access_file is not None:
+        TimerService(1.0, assembly.access_file.flush).setServiceParent(service)
     for description in settings.listen:
         # strports.service makes twistd fail at startup when a port is busy.
         strports.service(description, assembly.site, reactor=reactor).setServiceParent(service)

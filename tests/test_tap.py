@@ -86,3 +86,8 @@ class OptionsTests(SynchronousTestCase):
         os.environ["CACHETIER_ADMIN_TOKEN"] = "token-from-the-environment"
         self.addCleanup(os.environ.pop, "CACHETIER_ADMIN_TOKEN")
         self.assertEqual(self.parse()["settings"].admin_token, b"token-from-the-environment")
+
+    def test_access_log_choices(self) -> None:
+        self.assertIsNone(self.parse()["settings"].access_log)
+        self.assertEqual(self.parse("--access-log=off")["settings"].access_log, "off")
+        self.assertRefused("--access-log", "--access-log=/nonexistent/dir/access.log")

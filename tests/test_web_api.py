@@ -6,6 +6,7 @@ error contract, over real sockets.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from treq import content
@@ -215,3 +216,26 @@ class HealthTests(APITestCase):
         response = await self.client.get(self.url)
         self.assertEqual(response.code, 200)
         self.assertIn(b"cachetier", await content(response))
+
+
+class AccessLogFileTests(APITestCase):
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.settings = {"access_log": self.path}
+        super().setUp()
+
+    async def test_one_line_per_request_in_its_own_file(self) -> None:
+        self.origin.put("a.mp3", b"x" * 1234)
+        await self.cache.syncer.start("a.mp3").when_done()
+        for _ in range(2):
+            response = await self.client.get(self.url + "files/a.mp3")
+            await content(response)
+        await self.call("GET", "nope")
+        self.cache.access_file.flush()
+        with open(self.path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 3)
+        self.assertRegex(
+            lines[0], r'^\S+Z 127\.0\.0\.1 "GET /files/a\.mp3" 200 1234 hit \d+\.\dms$'
+        )
+        self.assertRegex(lines[2], r'"GET /nope" 404 \d+ - ')
