@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="also measure cachetier --workers N")
     args = parser.parse_args()
     only = set(args.only or ["big", "small", "cold", "slow", "sync"])
-    extra = [f"--workers={args.workers}"] if args.workers else []
+    workers = [f"--workers={args.workers}"] if args.workers else []
     ensure_tools()
     os.sched_setaffinity(0, {LOAD_CPU})
     root = tempfile.mkdtemp(prefix="cachetier-bench-")
@@ -300,7 +300,8 @@ def main() -> None:
         www = os.path.join(root, "www")
         make_files(www)
         ports = {
-            k: _procs.free_port() for k in ("static", "proxy", "origin", "twisted", "cachetier")
+            k: _procs.free_port()
+            for k in ("static", "proxy", "origin", "twisted", "cachetier", "twistdlog")
         }
         fmt = dict(root=root, www=www, **ports)
         with ExitStack() as stack:
@@ -333,7 +334,20 @@ def main() -> None:
                     ports["origin"],
                     f"{root}/cache",
                     f"{root}/cachetier.log",
-                    *extra,
+                    f"--access-log={root}/access.log",
+                    *workers,
+                    cpu=SERVER_CPU,
+                )
+            )
+            # The same, with its access events in twistd's log (the default)
+            # rather than a file of their own.
+            stack.enter_context(
+                _procs.cachetier(
+                    ports["twistdlog"],
+                    ports["origin"],
+                    f"{root}/cache-twistdlog",
+                    f"{root}/cachetier-twistdlog.log",
+                    *workers,
                     cpu=SERVER_CPU,
                 )
             )
@@ -347,6 +361,7 @@ def main() -> None:
             for name in ("big", "small"):
                 urllib.request.urlopen(f"http://127.0.0.1:{ports['proxy']}/{name}").read()
                 cached_ok(name)
+            wait_cached(ports["twistdlog"], "small")
             if "big" in only:
                 base = None
                 for server, (port, path) in servers.items():
@@ -362,7 +377,9 @@ def main() -> None:
                     )
             if "small" in only:
                 base = None
-                for server, (port, path) in servers.items():
+                small_servers = dict(servers)
+                small_servers["cachetier, log in twistd's"] = (ports["twistdlog"], "/files/{}")
+                for server, (port, path) in small_servers.items():
                     rate, p50, p99 = wrk(port, path.format("small"), args.seconds)
                     base = base or rate
                     rows.append(
@@ -451,6 +468,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"cachetier benchmarks: servers on core {SERVER_CPU}, load on core {LOAD_CPU}, loopback")
+    print("cachetier runs with --access-log=FILE unless the row says otherwise")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
 
