@@ -75,6 +75,7 @@ class Settings:
     origin_retries: int = 3
     breaker_threshold: int = 5
     breaker_cooloff: float = 30.0
+    workers: int = 1
     # None: access events go to twistd's log; "off": none; else a file.
     access_log: str | None = None
     # A secret: kept out of repr() so it can never reach a log.

@@ -388,6 +388,20 @@ class CacheStore:
         except FileNotFoundError:
             pass
 
+    def read(self, name: str) -> StoredObject | None:
+        """
+        C{name}'s object as its metadata file says now, without the index:
+        for processes that serve from a store another process writes.
+        """
+        key = _key(name)
+        path = os.path.join(self._objects, key[:2], key + ".json")
+        try:
+            with open(path, "rb") as f:
+                obj = StoredObject.from_json(os.path.dirname(path), json.load(f))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return obj if obj.name == name else None
+
     # --- startup ---------------------------------------------------------
 
     def _recover(self) -> None:

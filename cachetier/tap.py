@@ -8,6 +8,8 @@ L{makeService}.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from functools import partial
 from typing import Any
 
@@ -32,6 +34,7 @@ from .store import CacheStore
 from .sync import Syncer
 from .web import CacheSite, build_root
 from .web._site import AccessLogFile
+from .workers import PublicPorts, WorkersService
 
 
 def _positive_int(flag: str, text: str) -> int:
@@ -125,6 +128,12 @@ class Options(usage.Options):
         ["breaker-threshold", None, "5", "Consecutive origin failures that open the breaker."],
         ["breaker-cooloff", None, "30s", "How long the open breaker waits before probing."],
         [
+            "workers",
+            None,
+            "1",
+            "Processes serving the listening sockets, or 'auto' (one per core).",
+        ],
+        [
             "access-log",
             None,
             None,
@@ -172,6 +181,16 @@ class Options(usage.Options):
                 serverFromString(MemoryReactor(), description)
             except (ValueError, KeyError, TypeError, OSError) as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        if self["workers"] == "auto":
+            workers = len(os.sched_getaffinity(0))
+        else:
+            workers = _positive_int("workers", self["workers"])
+        if workers > 1:
+            for description in listen:
+                if not description.startswith(("tcp:", "tcp6:")):
+                    raise usage.UsageError(
+                        f"--workers shares plain TCP listeners only, not {description!r}"
+                    )
         access_log = self["access-log"]
         if access_log not in (None, "off"):
             directory = os.path.dirname(os.path.abspath(access_log))
@@ -211,6 +230,7 @@ class Options(usage.Options):
             breaker_cooloff=_duration("breaker-cooloff", self["breaker-cooloff"]),
             admin_token=_admin_token(self["admin-token-file"]),
             access_log=self["access-log"],
+            workers=workers,
         )
 
 
@@ -295,6 +315,15 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
     return Assembly(store, syncer, site, pool, access_file)
 
 
+class _RemoveOnStop(Service):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 class _Downloads(Service):
     """
     Winds the downloads down when twistd stops.
@@ -320,7 +349,28 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _Downloads(assembly).setServiceParent(service)
     if assembly.access_file is not None:
         TimerService(1.0, assembly.access_file.flush).setServiceParent(service)
-    for description in settings.listen:
-        # strports.service makes twistd fail at startup when a port is busy.
-        strports.service(description, assembly.site, reactor=reactor).setServiceParent(service)
+    if settings.workers == 1:
+        for description in settings.listen:
+            # strports.service makes twistd fail at startup when a port is busy.
+            strports.service(description, assembly.site, reactor=reactor).setServiceParent(service)
+        return service
+    endpoints = [serverFromString(reactor, d) for d in settings.listen]
+    public = PublicPorts(endpoints, assembly.site)
+    public.setServiceParent(service)
+    # The workers' way to the primary: private (a 0700 directory of its
+    # own) and short, as UNIX socket paths must be under 108 bytes.
+    runtime = tempfile.mkdtemp(prefix="cachetier-")
+    primary_socket = os.path.join(runtime, "primary.sock")
+    _RemoveOnStop(runtime).setServiceParent(service)
+    strports.service(
+        f"unix:{primary_socket}:mode=600", assembly.site, reactor=reactor
+    ).setServiceParent(service)
+    worker_args = [
+        f"--cache-dir={settings.cache_dir}",
+        f"--cache-control-max-age={settings.cache_control_max_age}",
+    ]
+    if settings.access_log is not None:
+        worker_args.append(f"--access-log={settings.access_log}")
+    workers = WorkersService(reactor, settings.workers, public.ports, primary_socket, worker_args)
+    workers.setServiceParent(service)
     return service

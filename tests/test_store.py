@@ -129,6 +129,15 @@ class StoreTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(path))
         self.assertEqual(len(self.reopen()), 0)
 
+    def test_read_sees_what_another_process_published(self) -> None:
+        reader = CacheStore(self.root)  # a worker's view: no recovery, no index
+        self.assertIsNone(reader.read("a.mp3"))
+        publish(self.store, "a.mp3", b"1234")
+        obj = reader.read("a.mp3")
+        self.assertEqual((obj.size, obj.path), (4, self.store.get("a.mp3").path))
+        self.store.remove("a.mp3")
+        self.assertIsNone(reader.read("a.mp3"))
+
 
 class LeastRecentlyUsedTests(SynchronousTestCase):
     def setUp(self) -> None:

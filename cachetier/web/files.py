@@ -351,6 +351,25 @@ class SmallBodies:
         return entry
 
 
+def serve_stored(
+    request: Any, obj: StoredObject, small: SmallBodies, cache_control: bytes, now: float
+) -> bytes | int:
+    """
+    Render a cached object: small ones whole from memory, the rest through
+    L{StoredFile}.
+
+    @raise FileNotFoundError: when the object's body is gone (evicted,
+        purged or replaced by another process since C{obj} was read).
+    """
+    if obj.size <= SmallBodies.max_object and _plain_get(request):
+        headers, body = small.get(obj, cache_control)
+        for name, value in headers:
+            request.setHeader(name, value)
+        request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
+        return body
+    return StoredFile(obj, cache_control, now).render(request)
+
+
 class FilesResource(JSONResource):
     """
     C{GET|HEAD /files/<name>}: from the cache when it has the file (stale
@@ -400,13 +419,7 @@ class FilesResource(JSONResource):
     def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
         request.outcome = outcome
         self.store.used(obj)
-        if obj.size <= SmallBodies.max_object and _plain_get(request):
-            headers, body = self.small.get(obj, self.cache_control)
-            for name, value in headers:
-                request.setHeader(name, value)
-            request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
-            return body
-        return StoredFile(obj, self.cache_control, now).render(request)
+        return serve_stored(request, obj, self.small, self.cache_control, now)
 
     def _redirect(self, request: Any, name: str) -> bytes:
         request.outcome = "redirect"
