@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve, frozen
@@ -238,9 +238,6 @@ class CacheStore:
 
     def __len__(self) -> int:
         return len(self._index)
-
-    def __iter__(self) -> Iterator[StoredObject]:
-        return iter(list(self._index.values()))
 
     # --- writing ---------------------------------------------------------
 

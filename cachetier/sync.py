@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -98,7 +97,6 @@ class Fill:
         self.headers: ObjectHeaders | None = None
         self.error: Exception | None = None
         self.stored: StoredObject | None = None
-        self.started_at = time.monotonic()
         self._fd = -1
         self._write: Callable[[int, bytes], None] | None = None
         self._md5: Any = None

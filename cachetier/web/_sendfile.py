@@ -90,8 +90,9 @@ class SendfileProducer:
         file_fd = self.file.fileno()
         sent = 0
         while self.remaining > 0:
+            count = min(self.remaining, _CALL)
             try:
-                n = os.sendfile(socket_fd, file_fd, self.offset, min(self.remaining, _CALL))
+                n = os.sendfile(socket_fd, file_fd, self.offset, count)
             except BlockingIOError:
                 self._wait_for_transport()
                 return
@@ -106,7 +107,9 @@ class SendfileProducer:
             self.remaining -= n
             self.request.sentLength += n
             sent += n
-            if self.remaining and sent >= _TURN:
+            if self.remaining and (n < count or sent >= _TURN):
+                # A short send means the socket is full: asking again would
+                # only fail with EAGAIN.
                 self._wait_for_transport()
                 return
         request = self.request
