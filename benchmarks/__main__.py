@@ -173,12 +173,12 @@ def throughput(port: int, path: str, seconds: float) -> float:
     return result["bytes"] / result["seconds"]
 
 
-def wrk(port: int, path: str, seconds: float) -> tuple[float, float, float]:
+def wrk(port: int, path: str, seconds: float, cpus: str) -> tuple[float, float, float]:
     out = subprocess.run(
         [
             "taskset",
             "-c",
-            str(LOAD_CPU),
+            cpus,
             "wrk",
             "-t1",
             "-c64",
@@ -298,6 +298,7 @@ def main() -> None:
     # N workers need N cores: then cachetier is not pinned, and shares the
     # load generator's core.
     cachetier_cpu = None if args.workers > 1 else SERVER_CPU
+    load_cpus = "0,1" if args.workers > 1 else str(LOAD_CPU)
     cachetier_label = f"cachetier --workers {args.workers}" if args.workers > 1 else "cachetier"
     ensure_tools()
     os.sched_setaffinity(0, {LOAD_CPU})
@@ -392,7 +393,7 @@ def main() -> None:
                 small_servers = dict(servers)
                 small_servers["cachetier, log in twistd's"] = (ports["twistdlog"], "/files/{}")
                 results = {
-                    server: wrk(port, path.format("small"), args.seconds)
+                    server: wrk(port, path.format("small"), args.seconds, load_cpus)
                     for server, (port, path) in small_servers.items()
                 }
                 nginx_rate = results["nginx static"][0]
