@@ -297,7 +297,7 @@ def main() -> None:
     workers = [f"--workers={args.workers}"] if args.workers else []
     # N workers need N cores: then cachetier is not pinned, and shares the
     # load generator's core.
-    cachetier_cpu = None if args.workers > 1 else SERVER_CPU
+    cachetier_cpu: int | str = "0,1" if args.workers > 1 else SERVER_CPU
     load_cpus = "0,1" if args.workers > 1 else str(LOAD_CPU)
     cachetier_label = f"cachetier --workers {args.workers}" if args.workers > 1 else "cachetier"
     ensure_tools()

@@ -39,7 +39,7 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 @contextmanager
 def process(
-    args: list[str], port: int, log_path: str, cpu: int | None = None
+    args: list[str], port: int, log_path: str, cpu: int | str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """
     Run C{args} (pinned to core C{cpu} if given) until the block ends; its
@@ -71,7 +71,12 @@ def origin(port: int, files: list[str], rate: str | None, log_path: str, cpu: in
 
 
 def cachetier(  # type: ignore[no-untyped-def]
-    port: int, origin_port: int, cache_dir: str, log_path: str, *extra: str, cpu: int | None = None
+    port: int,
+    origin_port: int,
+    cache_dir: str,
+    log_path: str,
+    *extra: str,
+    cpu: int | str | None = None,
 ):
     """
     C{twistd -n cachetier} on loopback; its log goes to C{log_path}.
