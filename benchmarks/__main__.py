@@ -288,18 +288,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load phase")
     parser.add_argument("--only", choices=["big", "small", "cold", "slow", "sync"], action="append")
-    parser.add_argument("--workers", type=int, default=0, help="run cachetier with --workers N")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="also run cachetier --workers N (small files)"
+    )
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds of the big-file test"
     )
     args = parser.parse_args()
     only = set(args.only or ["big", "small", "cold", "slow", "sync"])
-    workers = [f"--workers={args.workers}"] if args.workers else []
     # N workers need N cores: then cachetier is not pinned, and shares the
     # load generator's core.
-    cachetier_cpu: int | str = "0,1" if args.workers > 1 else SERVER_CPU
-    load_cpus = "0,1" if args.workers > 1 else str(LOAD_CPU)
-    cachetier_label = f"cachetier --workers {args.workers}" if args.workers > 1 else "cachetier"
+    multi = f"cachetier --workers {args.workers}"
     ensure_tools()
     os.sched_setaffinity(0, {LOAD_CPU})
     root = tempfile.mkdtemp(prefix="cachetier-bench-")
@@ -309,7 +308,7 @@ def main() -> None:
         make_files(www)
         ports = {
             k: _procs.free_port()
-            for k in ("static", "proxy", "origin", "twisted", "cachetier", "twistdlog")
+            for k in ("static", "proxy", "origin", "twisted", "cachetier", "twistdlog", "workers")
         }
         fmt = dict(root=root, www=www, **ports)
         with ExitStack() as stack:
@@ -343,8 +342,7 @@ def main() -> None:
                     f"{root}/cache",
                     f"{root}/cachetier.log",
                     f"--access-log={root}/access.log",
-                    *workers,
-                    cpu=cachetier_cpu,
+                    cpu=SERVER_CPU,
                 )
             )
             # The same, with its access events in twistd's log (the default)
@@ -355,21 +353,35 @@ def main() -> None:
                     ports["origin"],
                     f"{root}/cache-twistdlog",
                     f"{root}/cachetier-twistdlog.log",
-                    *workers,
                     cpu=SERVER_CPU,
                 )
             )
+            if args.workers > 1:
+                # N workers need N cores: this one, and the load, use both.
+                stack.enter_context(
+                    _procs.cachetier(
+                        ports["workers"],
+                        ports["origin"],
+                        f"{root}/cache-workers",
+                        f"{root}/cachetier-workers.log",
+                        f"--access-log={root}/access-workers.log",
+                        f"--workers={args.workers}",
+                        cpu="0,1",
+                    )
+                )
             cached_ok = lambda name: wait_cached(ports["cachetier"], name)  # noqa: E731
             servers = {
                 "nginx static": (ports["static"], "/{}"),
                 "nginx proxy_cache": (ports["proxy"], "/{}"),
                 "Twisted static.File": (ports["twisted"], "/{}"),
-                cachetier_label: (ports["cachetier"], "/files/{}"),
+                "cachetier": (ports["cachetier"], "/files/{}"),
             }
             for name in ("big", "small"):
                 urllib.request.urlopen(f"http://127.0.0.1:{ports['proxy']}/{name}").read()
                 cached_ok(name)
             wait_cached(ports["twistdlog"], "small")
+            if args.workers > 1:
+                wait_cached(ports["workers"], "small")
             if "big" in only:
                 # Loopback throughput swings between samples; interleave the
                 # servers over several rounds and compare medians.
@@ -393,11 +405,16 @@ def main() -> None:
                 small_servers = dict(servers)
                 small_servers["cachetier, log in twistd's"] = (ports["twistdlog"], "/files/{}")
                 results = {
-                    server: wrk(port, path.format("small"), args.seconds, load_cpus)
+                    server: wrk(port, path.format("small"), args.seconds, str(LOAD_CPU))
                     for server, (port, path) in small_servers.items()
                 }
+                if args.workers > 1:
+                    results[multi] = wrk(ports["workers"], "/files/small", args.seconds, "0,1")
                 nginx_rate = results["nginx static"][0]
                 twisted_rate = results["Twisted static.File"][0]
+                if args.workers > 1:
+                    ratio = results[multi][0] / results["cachetier"][0]
+                    rows.append(("small file, 64 conns", multi, f"{ratio:.2f}x one worker", ""))
                 for server, (rate, p50, p99) in results.items():
                     rows.append(
                         (
@@ -415,7 +432,7 @@ def main() -> None:
                     ).hexdigest()
                     for server, port, path in (
                         ("nginx proxy_cache", ports["proxy"], f"/slow/{size}"),
-                        (cachetier_label, ports["cachetier"], f"/files/slow/{size}"),
+                        ("cachetier", ports["cachetier"], f"/files/slow/{size}"),
                     ):
                         before = origin_count(root, f"/slow/{size}")
                         r = cold(port, path, 50, expected)
@@ -434,7 +451,7 @@ def main() -> None:
                 for server, pid, port, path in (
                     ("nginx static", nginx_pid, ports["static"], "/big"),
                     ("Twisted static.File", twisted.pid, ports["twisted"], "/big"),
-                    (cachetier_label, cachetier.pid, ports["cachetier"], "/files/big"),
+                    ("cachetier", cachetier.pid, ports["cachetier"], "/files/big"),
                 ):
                     m = slow_clients(pid, port, path, 300, max(args.seconds, 10))
                     rows.append(
