@@ -5,6 +5,7 @@ with cache-tier 1.0.4 and the methods that need no I/O.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from ._policy import Policy, check_name, normalise_nodes
@@ -18,20 +19,26 @@ class ClientBase:
     @param enable_local_cache: reuse recent answers (see L{Policy}).
     @param local_cache_time: how long a positive answer is reused.
     @param log_enabled: log every answer, not only failures.
+    @param negative_cache_time: how long "not cached yet" is reused.
+    @param failover: when a file's node is down, ask the next one.
+    @param breaker_threshold: failures that make a node skipped for
+        C{breaker_cooloff} seconds.
+    @param now: the clock.
     """
 
     def __init__(
         self,
         base_url: str | Sequence[str],
-        request_timeout: float,
-        enable_local_cache: bool,
-        local_cache_time: float,
-        log_enabled: bool,
-        now: Callable[[], float],
-        negative_cache_time: float,
-        failover: bool,
-        breaker_threshold: int,
-        breaker_cooloff: float,
+        request_timeout: float = 1.0,
+        enable_local_cache: bool = True,
+        local_cache_time: float = 120.0,
+        log_enabled: bool = False,
+        *,
+        negative_cache_time: float = 5.0,
+        failover: bool = True,
+        breaker_threshold: int = 1,
+        breaker_cooloff: float = 10.0,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.request_timeout = request_timeout
         self.log_enabled = log_enabled

@@ -9,7 +9,6 @@ import http.client
 import json
 import ssl
 import time
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,31 +28,9 @@ class BlockingCacheTierClient(ClientBase):
     an invalid name, and never takes much longer than C{request_timeout}.
     """
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str],
-        request_timeout: float = 1.0,
-        enable_local_cache: bool = True,
-        local_cache_time: float = 120.0,
-        log_enabled: bool = False,
-        *,
-        negative_cache_time: float = 5.0,
-        failover: bool = True,
-        breaker_threshold: int = 1,
-        breaker_cooloff: float = 10.0,
-    ) -> None:
-        super().__init__(
-            base_url,
-            request_timeout,
-            enable_local_cache,
-            local_cache_time,
-            log_enabled,
-            time.monotonic,
-            negative_cache_time,
-            failover,
-            breaker_threshold,
-            breaker_cooloff,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The arguments are ClientBase's, compatible with cache-tier 1.0.4.
+        super().__init__(*args, **kwargs)
         self.log = txaio.aio.make_logger()
         self._ssl = ssl.create_default_context()
 

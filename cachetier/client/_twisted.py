@@ -54,11 +54,11 @@ class CacheTierClient(ClientBase):
             enable_local_cache,
             local_cache_time,
             log_enabled,
-            reactor.seconds,
-            negative_cache_time,
-            failover,
-            breaker_threshold,
-            breaker_cooloff,
+            negative_cache_time=negative_cache_time,
+            failover=failover,
+            breaker_threshold=breaker_threshold,
+            breaker_cooloff=breaker_cooloff,
+            now=reactor.seconds,
         )
         if http_client is None:
             self.pool = HTTPConnectionPool(reactor)
