@@ -4,7 +4,6 @@ The client for Twisted applications (Klein, twisted.web): treq, Deferreds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import txaio.tx
@@ -32,37 +31,19 @@ class CacheTierClient(ClientBase):
 
     def __init__(
         self,
-        base_url: str | Sequence[str],
-        request_timeout: float = 1.0,
-        enable_local_cache: bool = True,
-        local_cache_time: float = 120.0,
-        log_enabled: bool = False,
-        *,
-        negative_cache_time: float = 5.0,
-        failover: bool = True,
-        breaker_threshold: int = 1,
-        breaker_cooloff: float = 10.0,
+        *args: Any,
         reactor: Any = None,
         http_client: HTTPClient | None = None,
+        **kwargs: Any,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        super().__init__(
-            base_url,
-            request_timeout,
-            enable_local_cache,
-            local_cache_time,
-            log_enabled,
-            negative_cache_time=negative_cache_time,
-            failover=failover,
-            breaker_threshold=breaker_threshold,
-            breaker_cooloff=breaker_cooloff,
-            now=reactor.seconds,
-        )
+        # The other arguments are ClientBase's, compatible with cache-tier 1.0.4.
+        super().__init__(*args, now=reactor.seconds, **kwargs)
         if http_client is None:
             self.pool = HTTPConnectionPool(reactor)
-            agent = Agent(reactor, connectTimeout=request_timeout, pool=self.pool)
+            agent = Agent(reactor, connectTimeout=self.request_timeout, pool=self.pool)
             http_client = HTTPClient(agent)
         self._http = http_client
         self.log = txaio.tx.make_logger()
