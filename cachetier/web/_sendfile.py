@@ -16,8 +16,8 @@ import os
 from typing import IO, Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
+
+from ._producer import BodyProducer
 
 # Bytes per sendfile call, and per turn of the reactor before yielding to
 # other connections.
@@ -38,8 +38,7 @@ def _drained(transport: tcp.Connection) -> bool:
     return transport.offset == len(transport.dataBuffer) and not transport._tempDataLen
 
 
-@implementer(IPushProducer)
-class SendfileProducer:
+class SendfileProducer(BodyProducer):
     """
     Sends C{size} bytes of C{file} from C{offset} as the body of
     C{request}, respecting backpressure: when the socket is full, it waits
@@ -48,28 +47,17 @@ class SendfileProducer:
     """
 
     def __init__(self, request: Any, file: IO[bytes], offset: int, size: int) -> None:
-        self.request: Any = request
+        super().__init__(request)
         self.file = file
         self.offset = offset
         self.remaining = size
         self._transport: tcp.Connection = request.transport
-        self._paused = False
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
         self.request.write(b"")  # the headers, into the transport's buffer
         self._transport.setTcpNoDelay(True)
         self._wait_for_transport()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._send()
-
-    def stopProducing(self) -> None:
-        self._close()
 
     def _wait_for_transport(self) -> None:
         """
@@ -112,17 +100,7 @@ class SendfileProducer:
                 # only fail with EAGAIN.
                 self._wait_for_transport()
                 return
-        request = self.request
-        self._close()
-        request.unregisterProducer()
-        request.finish()
+        self._finish()
 
-    def _abort(self) -> None:
-        request = self.request
-        self._close()
-        request.unregisterProducer()
-        self._transport.abortConnection()
-
-    def _close(self) -> None:
-        self.request = None
+    def _release(self) -> None:
         self.file.close()

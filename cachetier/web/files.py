@@ -14,18 +14,17 @@ from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server, static
 from twisted.web.iweb import IRequest
-from zope.interface import implementer
 
 from ..names import InvalidName
 from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
+from ._producer import BodyProducer
 from ._sendfile import SendfileProducer, can_sendfile
 from ._site import name_of
 
@@ -207,8 +206,7 @@ class FillFile(MediaFile):
         return FillProducer(request, self.fill, offset, size)
 
 
-@implementer(IPushProducer)
-class FillProducer:
+class FillProducer(BodyProducer):
     """
     Streams a byte range of an in-flight download to one request, as fast
     as the bytes land and the client takes them.
@@ -225,42 +223,32 @@ class FillProducer:
     chunk_size = 256 * 1024
 
     def __init__(self, request: Any, fill: Fill, offset: int, size: int | None) -> None:
-        self.request: Any = request
+        super().__init__(request)
         self.fill = fill
         self.position = offset
         self.end = None if size is None else offset + size
         self._fd = -1
-        self._paused = False
         self._pumping = False
 
     def start(self) -> None:
         self._fd = self.fill.follow(self)
         self.request.registerProducer(self, True)
-        self._pump()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        self._close()
+        self._send()
 
     def fill_progressed(self) -> None:
-        self._pump()
+        self._send()
 
-    def _pump(self) -> None:
+    def _send(self) -> None:
+        # Writing can re-enter (a write may resume us): one pump at a time.
         if self._pumping:
             return
         self._pumping = True
         try:
-            self._send()
+            self._pump()
         finally:
             self._pumping = False
 
-    def _send(self) -> None:
+    def _pump(self) -> None:
         while self.request is not None:
             if self.fill.state == "failed":
                 self._abort()
@@ -280,20 +268,7 @@ class FillProducer:
             self.position += len(data)
             self.request.write(data)
 
-    def _finish(self) -> None:
-        request = self.request
-        self._close()
-        request.unregisterProducer()
-        request.finish()
-
-    def _abort(self) -> None:
-        request = self.request
-        self._close()
-        request.unregisterProducer()
-        request.transport.abortConnection()
-
-    def _close(self) -> None:
-        self.request = None
+    def _release(self) -> None:
         self.fill.unfollow(self)
         if self._fd >= 0:
             os.close(self._fd)
