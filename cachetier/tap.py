@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import frozen
 from treq.client import HTTPClient
@@ -36,31 +37,27 @@ from .web import CacheSite, build_root
 from .web._site import AccessLogFile
 from .workers import PublicPorts, WorkersService
 
+T = TypeVar("T")
 
-def _positive_int(flag: str, text: str) -> int:
+
+def _option(flag: str, parse: Callable[[str], T], text: str) -> T:
+    """
+    C{parse(text)}, or a L{usage.UsageError} naming C{--flag} and why.
+    """
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise usage.UsageError(f"--{flag}: {e}") from None
+
+
+def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise usage.UsageError(f"--{flag} must be a whole number, not {text!r}") from None
+        raise ValueError(f"must be a whole number, not {text!r}") from None
     if value < 1:
-        raise usage.UsageError(f"--{flag} must be at least 1, not {value}")
+        raise ValueError(f"must be at least 1, not {value}")
     return value
-
-
-def _duration(flag: str, text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise usage.UsageError(f"--{flag}: {e}") from None
-
-
-def _size(flag: str, text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise usage.UsageError(f"--{flag}: {e}") from None
 
 
 def _admin_token(path: str | None) -> bytes | None:
@@ -158,19 +155,22 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
+    def _positive(self, flag: str) -> int:
+        return _option(flag, _positive, self[flag])
+
+    def _duration(self, flag: str) -> float:
+        return _option(flag, parse_duration, self[flag])
+
+    def _size(self, flag: str) -> int | None:
+        return None if self[flag] is None else _option(flag, parse_size, self[flag])
+
     def postOptions(self) -> None:
         if not self["origin"]:
             raise usage.UsageError("--origin is required")
-        try:
-            origin = normalise_base(self["origin"])
-        except ValueError as e:
-            raise usage.UsageError(f"--origin: {e}") from None
+        origin = _option("origin", normalise_base, self["origin"])
         public_url = None
         if self["public-url"]:
-            try:
-                public_url = normalise_base(self["public-url"])
-            except ValueError as e:
-                raise usage.UsageError(f"--public-url: {e}") from None
+            public_url = _option("public-url", normalise_base, self["public-url"])
         if self["miss"] not in ("stream", "redirect"):
             raise usage.UsageError(f"--miss must be 'stream' or 'redirect', not {self['miss']!r}")
         listen = tuple(self["listen"]) or ("tcp:8080",)
@@ -184,7 +184,7 @@ class Options(usage.Options):
         if self["workers"] == "auto":
             workers = len(os.sched_getaffinity(0))
         else:
-            workers = _positive_int("workers", self["workers"])
+            workers = _option("workers", _positive, self["workers"])
         if workers > 1:
             for description in listen:
                 if not description.startswith(("tcp:", "tcp6:")):
@@ -208,26 +208,20 @@ class Options(usage.Options):
             listen=listen,
             public_url=public_url,
             miss=self["miss"],
-            max_concurrent_syncs=_positive_int(
-                "max-concurrent-syncs", self["max-concurrent-syncs"]
-            ),
-            origin_timeout=_duration("origin-timeout", self["origin-timeout"]),
-            cache_control_max_age=int(
-                _duration("cache-control-max-age", self["cache-control-max-age"])
-            ),
-            negative_ttl=_duration("negative-ttl", self["negative-ttl"]),
-            ttl=_duration("ttl", self["ttl"]),
-            stale_if_error=_duration("stale-if-error", self["stale-if-error"]),
-            max_size=_size("max-size", self["max-size"]),
-            min_free=_size("min-free", self["min-free"]) or 0,
-            max_object_size=_size("max-object-size", self["max-object-size"]),
-            max_queued_syncs=_positive_int("max-queued-syncs", self["max-queued-syncs"]),
-            max_syncs_per_second=float(
-                _positive_int("max-syncs-per-second", self["max-syncs-per-second"])
-            ),
-            origin_retries=_positive_int("origin-retries", self["origin-retries"]),
-            breaker_threshold=_positive_int("breaker-threshold", self["breaker-threshold"]),
-            breaker_cooloff=_duration("breaker-cooloff", self["breaker-cooloff"]),
+            max_concurrent_syncs=self._positive("max-concurrent-syncs"),
+            origin_timeout=self._duration("origin-timeout"),
+            cache_control_max_age=int(self._duration("cache-control-max-age")),
+            negative_ttl=self._duration("negative-ttl"),
+            ttl=self._duration("ttl"),
+            stale_if_error=self._duration("stale-if-error"),
+            max_size=self._size("max-size"),
+            min_free=self._size("min-free") or 0,
+            max_object_size=self._size("max-object-size"),
+            max_queued_syncs=self._positive("max-queued-syncs"),
+            max_syncs_per_second=float(self._positive("max-syncs-per-second")),
+            origin_retries=self._positive("origin-retries"),
+            breaker_threshold=self._positive("breaker-threshold"),
+            breaker_cooloff=self._duration("breaker-cooloff"),
             admin_token=_admin_token(self["admin-token-file"]),
             access_log=self["access-log"],
             workers=workers,
