@@ -45,17 +45,10 @@ class HealthResource(JSONResource):
         return render_json(request, health(self.store, self.syncer))
 
 
-class StatusPage(JSONResource):
+class StatusPage(HealthResource):
     """
-    C{GET /}: a page a person can read.
+    C{GET /}: the same summary, as a page a person can read.
     """
-
-    isLeaf = True
-
-    def __init__(self, store: CacheStore, syncer: Syncer) -> None:
-        super().__init__()
-        self.store = store
-        self.syncer = syncer
 
     def render_GET(self, request: IRequest) -> bytes:
         rows = "".join(
