@@ -1,5 +1,6 @@
 """
-The on-disk cache: complete objects, their metadata, and an in-memory index.
+The cache's files on disk: complete objects, their metadata, atomic
+publishing and crash recovery.
 
 Layout under the cache root (created 0700, files 0600)::
 
@@ -20,14 +21,11 @@ place, and readers holding the old body open finish with the old bytes.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve, frozen
@@ -37,10 +35,6 @@ log = Logger()
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
-# What each object's metadata file costs against the quota: one block.
-META_BYTES = 4096
-
-
 @frozen
 class StoredObject:
     """
@@ -127,119 +121,30 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class CacheStore:
+class Layout:
     """
-    Complete objects on local disk, indexed in memory.
+    The directories under the cache root and every file operation on them.
+    Methods that fsync or rename are blocking and may run in a thread: they
+    touch only the files of the object they are given.
 
-    L{get} never touches the disk.  L{commit} does all the slow, blocking
-    file-system work of a publish and may run in a thread; L{install} makes
-    the result visible and must run in the reactor thread, as must every
-    other method.
-
-    Capacity: published bytes plus the space reserved by downloads in
-    progress never exceed C{max_size}, and reserving never leaves less than
-    C{min_free} bytes free on the file system.  Making room evicts the least
-    recently used objects; their readers finish, since an unlinked file
-    stays readable through open descriptors.
-
-    @param on_evict: called with each object evicted to make room.
-    @param now: the clock for fetch and expiry times (thread-safe: L{commit}
-        reads it from a thread).
+    @param now: the clock for fetch and expiry times (thread-safe).
     """
 
-    def __init__(
-        self,
-        root: str,
-        max_size: int | None = None,
-        min_free: int = 0,
-        on_evict: Callable[[StoredObject], None] | None = None,
-        now: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, root: str, now: Callable[[], float] = time.time) -> None:
         self._now = now
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, "tmp")
         self._objects = os.path.join(self.root, "objects")
-        # Least recently used first, kept sorted by _last_used.
-        self._index: OrderedDict[str, StoredObject] = OrderedDict()
-        self._last_used: dict[str, float] = {}
-        self.total_bytes = 0
-        self.reserved = 0
-        self.max_size = max_size
-        self.min_free = min_free
-        self._on_evict = on_evict
 
-    @classmethod
-    def open(cls, root: str, **kwargs: Any) -> CacheStore:
+    def create(self) -> None:
         """
-        Create the directories if needed, recover from any crash and load the
-        index.
+        Create the directories, 0700, if needed.
         """
-        store = cls(root, **kwargs)
-        for path in (store.root, store._tmp, store._objects):
+        for path in (self.root, self._tmp, self._objects):
             os.makedirs(path, mode=_DIR_MODE, exist_ok=True)
             os.chmod(path, _DIR_MODE)
-        store._recover()
-        return store
 
-    # --- lookups ---------------------------------------------------------
-
-    def get(self, name: str) -> StoredObject | None:
-        return self._index.get(name)
-
-    def used(self, obj: StoredObject) -> None:
-        """
-        Mark C{obj} as just served, for least-recently-used eviction.
-        """
-        if obj.name in self._index:
-            self._index.move_to_end(obj.name)
-            self._last_used[obj.name] = self._now()
-
-    def names(self) -> list[str]:
-        return list(self._index)
-
-    # --- capacity --------------------------------------------------------
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
-
-    def reserve(self, size: int, keep: str | None = None) -> Reservation | None:
-        """
-        Set aside C{size} bytes for a download, evicting least recently used
-        objects (never C{keep}) as needed.
-
-        @return: the reservation, or L{None} if that much room cannot be
-            made.
-        """
-        reservation = Reservation(self)
-        return reservation if reservation.grow(size + META_BYTES, keep) else None
-
-    def _make_room(self, size: int, keep: str | None) -> bool:
-        if self.max_size is not None and size > self.max_size:
-            return False
-        candidates = iter([n for n in self._index if n != keep])
-        while self._over(size):
-            victim = next(candidates, None)
-            if victim is None:
-                return False
-            obj = self.remove(victim)
-            if obj is not None:
-                log.info("evicted {name} ({size} bytes)", name=obj.name, size=obj.size)
-                if self._on_evict is not None:
-                    self._on_evict(obj)
-        return True
-
-    def _over(self, size: int) -> bool:
-        charged = self.total_bytes + len(self._index) * META_BYTES + self.reserved + size
-        if self.max_size is not None and charged > self.max_size:
-            return True
-        # Reserved bytes are not on disk yet; keep room for them too.
-        return self.min_free > 0 and self.free_bytes() - self.reserved - size < self.min_free
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    # --- writing ---------------------------------------------------------
+    # --- downloads -------------------------------------------------------
 
     def new_temp(self) -> tuple[int, str]:
         """
@@ -261,10 +166,9 @@ class CacheStore:
             view = view[os.write(fd, view) :]
 
     def discard_temp(self, path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        unlink(path)
+
+    # --- objects ---------------------------------------------------------
 
     def data_path(self, name: str, version: str) -> str:
         """
@@ -273,6 +177,10 @@ class CacheStore:
         """
         key = _key(name)
         return os.path.join(self._objects, key[:2], f"{key}.{version}")
+
+    def _meta_path(self, name: str) -> str:
+        key = _key(name)
+        return os.path.join(self._objects, key[:2], key + ".json")
 
     def commit(
         self,
@@ -286,9 +194,9 @@ class CacheStore:
         """
         Make a complete temp file durable as the next version of C{name}.
 
-        Blocking; safe to call from a thread because it touches neither the
-        index nor any other object's files.  The object is not visible until
-        L{install}.
+        Blocking; safe to call from a thread because it touches no other
+        object's files.  The object is not visible until it is installed in
+        the index.
         """
         os.fsync(fd)
         version = secrets.token_hex(8)
@@ -324,74 +232,31 @@ class CacheStore:
         os.rename(tmp_path, meta_path)
         _fsync_dir(directory)
 
-    def install(self, obj: StoredObject, used_at: float | None = None) -> None:
-        """
-        Make a committed object visible, retiring the version it replaces.
-
-        @param used_at: when it was last asked for; a download's object was
-            asked for when the download started, not when it was published.
-            By default: the time of the version it replaces, or now.
-        """
-        old = self._index.pop(obj.name, None)
-        if used_at is None:
-            used_at = self._last_used.get(obj.name, self._now())
-        self._index[obj.name] = obj
-        self._last_used[obj.name] = used_at
-        # Keep the order sorted: whatever was used since goes after it.
-        later = []
-        for name in reversed(self._index):
-            if name != obj.name:
-                if self._last_used[name] <= used_at:
-                    break
-                later.append(name)
-        for name in reversed(later):
-            self._index.move_to_end(name)
-        self.total_bytes += obj.size
-        if old is not None:
-            self.total_bytes -= old.size
-            if old.path != obj.path:
-                self._unlink(old.path)
-
-    def remove(self, name: str) -> StoredObject | None:
-        """
-        Forget C{name} and delete its files.  Readers with the body open
-        finish reading it.
-        """
-        obj = self._index.pop(name, None)
-        if obj is None:
-            return None
-        del self._last_used[name]
-        self.total_bytes -= obj.size
-        directory = os.path.dirname(obj.path)
-        self._unlink(os.path.join(directory, _key(name) + ".json"))
-        self._unlink(obj.path)
-        return obj
-
     def renewed(self, obj: StoredObject, lifetime: float) -> StoredObject:
         """
         Durably record that the origin confirmed C{obj} (a 304): fresh for
         C{lifetime} more seconds, body untouched.  Blocking, like
-        L{commit}; L{install} the result.
+        L{commit}; install the result.
         """
         now = self._now()
         new = evolve(obj, fetched_at=now, expires_at=now + lifetime)
         self._write_meta(os.path.dirname(obj.path), _key(obj.name), new)
         return new
 
-    @staticmethod
-    def _unlink(path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    def delete(self, obj: StoredObject) -> None:
+        """
+        Delete C{obj}'s metadata and body.  Readers with the body open
+        finish reading it.
+        """
+        unlink(self._meta_path(obj.name))
+        unlink(obj.path)
 
     def read(self, name: str) -> StoredObject | None:
         """
         C{name}'s object as its metadata file says now, without the index:
         for processes that serve from a store another process writes.
         """
-        key = _key(name)
-        path = os.path.join(self._objects, key[:2], key + ".json")
+        path = self._meta_path(name)
         try:
             with open(path, "rb") as f:
                 obj = StoredObject.from_json(os.path.dirname(path), json.load(f))
@@ -399,43 +264,38 @@ class CacheStore:
             return None
         return obj if obj.name == name else None
 
-    # --- startup ---------------------------------------------------------
-
-    def _recover(self) -> None:
+    def recover(self) -> list[StoredObject]:
+        """
+        Remove what a crash left behind (temp files, bodies no metadata
+        names, unusable metadata) and return the objects that are whole.
+        """
+        found: list[StoredObject] = []
         for entry in os.scandir(self._tmp):
             log.info("removing leftover temp file {path}", path=entry.path)
-            self._unlink(entry.path)
+            unlink(entry.path)
         for bucket in os.scandir(self._objects):
             if bucket.is_dir():
-                self._recover_bucket(bucket.path)
-        # Without access times from before the restart, the oldest fetch is
-        # the first to go.
-        self._index = OrderedDict(sorted(self._index.items(), key=lambda kv: kv[1].fetched_at))
-        self._last_used = {name: obj.fetched_at for name, obj in self._index.items()}
-        log.info(
-            "cache at {root}: {count} objects, {bytes} bytes",
-            root=self.root,
-            count=len(self._index),
-            bytes=self.total_bytes,
-        )
+                found.extend(self._recover_bucket(bucket.path))
+        return found
 
-    def _recover_bucket(self, directory: str) -> None:
+    def _recover_bucket(self, directory: str) -> list[StoredObject]:
         names = os.listdir(directory)
+        found = []
         named: set[str] = set()
         for filename in names:
             if not filename.endswith(".json"):
                 continue
             obj = self._load_meta(directory, filename)
             if obj is None:
-                self._unlink(os.path.join(directory, filename))
+                unlink(os.path.join(directory, filename))
             else:
                 named.add(os.path.basename(obj.path))
-                self._index[obj.name] = obj
-                self.total_bytes += obj.size
+                found.append(obj)
         for filename in names:
             if not filename.endswith(".json") and filename not in named:
                 # An interrupted publish or replacement: nothing names it.
-                self._unlink(os.path.join(directory, filename))
+                unlink(os.path.join(directory, filename))
+        return found
 
     def _load_meta(self, directory: str, filename: str) -> StoredObject | None:
         path = os.path.join(directory, filename)
@@ -452,33 +312,8 @@ class CacheStore:
         return obj
 
 
-class Reservation:
-    """
-    Space set aside for one download, grown as it turns out bigger and
-    given back when it ends.
-    """
-
-    def __init__(self, store: CacheStore) -> None:
-        self._store = store
-        self.size = 0
-
-    def grow(self, size: int, keep: str | None = None) -> bool:
-        if not self._store._make_room(size, keep):
-            return False
-        self._store.reserved += size
-        self.size += size
-        return True
-
-    def ensure(self, total: int) -> None:
-        """
-        Make sure C{total} bytes are reserved.
-
-        @raise OSError: C{ENOSPC} when no more room can be made.
-        """
-        needed = total - self.size
-        if needed > 0 and not (self.grow(max(needed, 1 << 20)) or self.grow(needed)):
-            raise OSError(errno.ENOSPC, "the cache is full")
-
-    def release(self) -> None:
-        self._store.reserved -= self.size
-        self.size = 0
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
