@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve, frozen
@@ -35,6 +36,8 @@ log = Logger()
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+
+
 @frozen
 class StoredObject:
     """

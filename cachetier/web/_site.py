@@ -98,7 +98,7 @@ class AccessLogFile:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
         self._file.write(
-            f"{self._stamp} {event['client']} \"{event['method']} {event['path']}\" "
+            f'{self._stamp} {event["client"]} "{event["method"]} {event["path"]}" '
             f"{event['status']} {event['bytes']} {event['outcome']} {event['duration_ms']:.1f}ms\n"
         )
 

@@ -1,0 +1,203 @@
+"""
+A L{Fill}: the one in-flight download of one name, as its readers see it.
+
+Readers follow it while it runs: each gets its own duplicate of the temp
+file's descriptor and reads with C{pread} as bytes land, so the first byte
+goes out as soon as the origin sends it, readers go at their own pace, and
+a publish (a rename) or a failure (an unlink) never pulls the file from
+under a reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from ..origin import OriginError, OriginResponse
+from ..store import ObjectHeaders, StoredObject
+
+T = TypeVar("T")
+
+
+class Follower(Protocol):
+    def fill_progressed(self) -> None:
+        """
+        The fill has more bytes on disk, or has ended (see L{Fill.state}).
+        """
+
+
+class Fill:
+    """
+    One in-flight download of C{name}.
+
+    @ivar state: C{queued}, C{fetching}, C{publishing}, C{done} or C{failed}.
+    @ivar written: bytes on disk so far.
+    @ivar length: the Content-Length the origin promised, if any.
+    @ivar headers: what the origin said about the body, once it answered.
+    @ivar error: why the fill failed (a L{NotFoundAtOrigin} or
+        L{OriginError}), once it has.
+    @ivar revalidating: the cached object this download may replace; the
+        origin is asked whether it changed.
+    @ivar used_at: when a request last asked for it (its recency, once
+        published).
+    @ivar publish: whether the body goes into the cache when complete;
+        cleared by a purge or an origin C{no-store}, in which case readers
+        still get every byte and nothing is kept.
+    """
+
+    def __init__(self, name: str, used_at: float, revalidating: StoredObject | None = None) -> None:
+        self.name = name
+        self.used_at = used_at
+        self.revalidating = revalidating
+        self.publish = True
+        self.state = "queued"
+        self.written = 0
+        self.length: int | None = None
+        self.headers: ObjectHeaders | None = None
+        self.error: Exception | None = None
+        self.stored: StoredObject | None = None
+        self._fd = -1
+        self._write: Callable[[int, bytes], None] | None = None
+        self._md5: Any = None
+        self._expected_md5: bytes | None = None
+        self._start_waiters: list[Deferred[Fill]] = []
+        self._done_waiters: list[Deferred[StoredObject | None]] = []
+        self._followers: set[Follower] = set()
+        self._waiting: set[Follower] = set()
+
+    # --- for readers -----------------------------------------------------
+
+    @property
+    def readable(self) -> bool:
+        """
+        Whether readers can still open this fill's bytes.
+        """
+        return self._fd >= 0
+
+    def when_started(self) -> Deferred[Fill]:
+        """
+        Fires with this fill once the origin's headers are in (or the fill
+        ended without a body to follow), or fails with the fill's error.
+        """
+        if self.state != "queued":
+            return self._settled(self, self.error is None)
+        d: Deferred[Fill] = Deferred()
+        self._start_waiters.append(d)
+        return d
+
+    def when_done(self) -> Deferred[StoredObject | None]:
+        """
+        Fires with the published object (L{None} if nothing was kept), or
+        fails with the fill's error.
+        """
+        if self.state in ("done", "failed"):
+            return self._settled(self.stored, self.state == "done")
+        d: Deferred[StoredObject | None] = Deferred()
+        self._done_waiters.append(d)
+        return d
+
+    def _settled(self, value: T, ok: bool) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+        if ok:
+            d.callback(value)
+        else:
+            assert self.error is not None
+            d.errback(self.error)
+        return d
+
+    def follow(self, follower: Follower) -> int:
+        """
+        Start following: returns a descriptor of the body that stays valid
+        after the fill ends, which the follower must close.
+        """
+        self._followers.add(follower)
+        return os.dup(self._fd)
+
+    def unfollow(self, follower: Follower) -> None:
+        self._followers.discard(follower)
+        self._waiting.discard(follower)
+
+    def wait(self, follower: Follower) -> None:
+        """
+        Call C{follower.fill_progressed} once when more bytes arrive or the
+        fill ends.
+        """
+        self._waiting.add(follower)
+
+    # --- for the syncer --------------------------------------------------
+
+    def begin(self, response: OriginResponse, fd: int, write: Callable[[int, bytes], None]) -> None:
+        self.state = "fetching"
+        self.length = response.length
+        self.headers = response.headers
+        self._fd = fd
+        self._write = write
+        self._expected_md5 = response.md5
+        if response.md5 is not None:
+            self._md5 = hashlib.md5(usedforsecurity=False)
+        for d in self._take(self._start_waiters):
+            d.callback(self)
+
+    def write(self, data: bytes) -> None:
+        """
+        Append a chunk to the temp file and wake the readers waiting for it.
+        """
+        assert self._write is not None
+        self._write(self._fd, data)
+        if self._md5 is not None:
+            self._md5.update(data)
+        self.written += len(data)
+        waiting, self._waiting = self._waiting, set()
+        for follower in waiting:
+            follower.fill_progressed()
+
+    def check_complete(self) -> None:
+        """
+        @raise OriginError: when the body is shorter or longer than promised,
+            or does not match the origin's MD5.
+        """
+        if self.length is not None and self.written != self.length:
+            raise OriginError(
+                "truncated",
+                f"the origin promised {self.length} bytes and sent {self.written}",
+            )
+        if self._md5 is not None and self._md5.digest() != self._expected_md5:
+            raise OriginError("checksum", "the body does not match the origin's MD5")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def finish(self, stored: StoredObject | None) -> None:
+        self.state = "done"
+        self.stored = stored
+        self._end()
+        for d in self._take(self._start_waiters):
+            d.callback(self)
+        for d in self._take(self._done_waiters):
+            d.callback(stored)
+
+    def fail(self, error: Exception) -> None:
+        self.state = "failed"
+        self.error = error
+        self._end()
+        for waiters in (self._start_waiters, self._done_waiters):
+            for d in self._take(waiters):
+                d.errback(error)
+
+    def _end(self) -> None:
+        self._waiting.clear()
+        for follower in list(self._followers):
+            follower.fill_progressed()
+
+    @staticmethod
+    def _take(waiters: list[Deferred[T]]) -> list[Deferred[T]]:
+        # A waiter whose request went away was cancelled: skip it.
+        taken = [d for d in waiters if not d.called]
+        waiters.clear()
+        return taken

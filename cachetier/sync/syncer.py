@@ -1,0 +1,294 @@
+"""
+The registry of syncs: at most one download per name (single flight),
+revalidation of stale objects, purges, and the caps on downloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..metrics import Metrics
+from ..origin import NotFoundAtOrigin, Origin, OriginError
+from ..store import CacheStore, ObjectHeaders, StoredObject
+from .admission import Admission, FailureMemory, Overloaded
+from .download import Download, RunInThread
+from .fill import Fill
+
+log = Logger()
+
+
+@frozen
+class FileStatus:
+    """
+    What the cache knows of one name right now.
+
+    @ivar state: C{cached}, C{syncing}, C{missing}, C{not_found} or C{error}.
+    @ivar stale: a cached object past its lifetime, served while it is
+        revalidated (or while the origin fails, up to stale-if-error).
+    """
+
+    name: str
+    state: str
+    stored: StoredObject | None = None
+    fill: Fill | None = None
+    error: Exception | None = None
+    stale: bool = False
+
+
+class Syncer:
+    """
+    Owns every download: at most one per name, at most C{max_concurrent} at
+    once (the rest queue, up to C{max_queued}), at most
+    C{max_new_per_second} new ones a second, and a short memory of recent
+    failures so a missing or failing name does not send a request per
+    listener.
+
+    @param run_in_thread: runs a blocking callable off the reactor thread
+        and returns a L{Deferred} of its result (the fsyncs of a publish).
+    @param ttl: an object's lifetime when the origin gives none.
+    @param stale_if_error: how long past its lifetime an object may still
+        be served while it cannot be revalidated.
+    @param max_object_size: bigger objects are not cached (L{None}: any).
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        store: CacheStore,
+        clock: IReactorTime,
+        run_in_thread: RunInThread,
+        *,
+        max_concurrent: int = 8,
+        max_queued: int = 1000,
+        max_new_per_second: float = 50.0,
+        max_object_size: int | None = None,
+        ttl: float = 86400.0,
+        stale_if_error: float = 7 * 86400.0,
+        negative_ttl: float = 60.0,
+        error_ttl: float = 5.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.origin = origin
+        self.store = store
+        self.clock = clock
+        self._run_in_thread = run_in_thread
+        self._slots = DeferredSemaphore(max_concurrent)
+        self._max_object_size = max_object_size
+        self._ttl = ttl
+        self._stale_if_error = stale_if_error
+        self._negative_ttl = negative_ttl
+        self._error_ttl = error_ttl
+        self.metrics = metrics or Metrics()
+        self._admission = Admission(clock, self.metrics, max_queued, max_new_per_second)
+        self._failures = FailureMemory(clock)
+        self._fills: dict[str, Fill] = {}
+        self._tasks: dict[Fill, Deferred[None]] = {}
+        self._stopping = False
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.limit - self._slots.tokens
+
+    @property
+    def queued(self) -> int:
+        return len(self._slots.waiting)
+
+    def fill_for(self, name: str) -> Fill | None:
+        """
+        The download of C{name} under way, if there is one.
+        """
+        return self._fills.get(name)
+
+    def recent_failure(self, name: str) -> Exception | None:
+        """
+        Why the last sync of C{name} failed, while that is still remembered.
+        """
+        return self._failures.get(name)
+
+    def status(self, name: str, start: bool = True) -> FileStatus:
+        """
+        Where C{name} stands; with C{start}, begin syncing it if it is
+        neither cached, under way nor recently failed, and begin
+        revalidating it if it is stale.
+        """
+        stored = self.store.get(name)
+        if stored is not None:
+            now = self.clock.seconds()
+            if now < stored.expires_at:
+                return FileStatus(name, "cached", stored=stored)
+            servable = now <= stored.expires_at + self._stale_if_error
+            if start and name not in self._fills and self.recent_failure(name) is None:
+                try:
+                    # Past stale-if-error the copy is not served, so a 304
+                    # would leave nothing to serve: fetch it whole.
+                    self.start(name, revalidating=stored if servable else None)
+                except Overloaded:
+                    pass
+            if servable:
+                return FileStatus(name, "cached", stored=stored, stale=True)
+        fill = self._fills.get(name)
+        if fill is None:
+            failure = self.recent_failure(name)
+            if isinstance(failure, NotFoundAtOrigin):
+                return FileStatus(name, "not_found", error=failure)
+            if failure is not None:
+                return FileStatus(name, "error", error=failure)
+            if not start:
+                return FileStatus(name, "missing")
+            try:
+                fill = self.start(name)
+            except Overloaded as e:
+                return FileStatus(name, "missing", error=e)
+        if fill.state == "done":
+            if fill.stored is not None:
+                return FileStatus(name, "cached", stored=fill.stored)
+            return FileStatus(name, "missing")
+        if fill.state == "failed":
+            return self.status(name, start=False)
+        if start:
+            fill.used_at = self.clock.seconds()
+        return FileStatus(name, "syncing", fill=fill)
+
+    def start(self, name: str, revalidating: StoredObject | None = None) -> Fill:
+        """
+        Join the download of C{name}, starting one if none is under way.
+        The caller checks the store first.
+
+        @raise Overloaded: when a new download would pass the caps.
+        """
+        fill = self._fills.get(name)
+        if fill is None:
+            self._admission.admit(self._slots.tokens, self.queued)
+            fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
+            self._failures.forget(name)
+            task = Deferred.fromCoroutine(self._run(fill))
+            if not task.called:
+                self._tasks[fill] = task
+        return fill
+
+    def purge(self, name: str) -> bool:
+        """
+        Forget C{name}: its cached copy, its download (readers finish;
+        nothing is published) and any remembered failure.
+
+        @return: whether there was anything to forget.
+        """
+        removed = self.store.remove(name) is not None
+        fill = self._fills.pop(name, None)
+        if fill is not None:
+            fill.publish = False
+        forgot = self._failures.forget(name)
+        if removed or fill is not None or forgot:
+            log.info("purged {name}", name=name)
+            self.metrics.purges.inc()
+            return True
+        return False
+
+    def purge_prefix(self, prefix: str) -> list[str]:
+        """
+        L{purge} every name starting with C{prefix}; returns those purged.
+        """
+        names = set(self.store.names()) | set(self._fills) | set(self._failures.names())
+        return sorted(n for n in names if n.startswith(prefix) and self.purge(n))
+
+    def stop(self) -> Deferred[Any]:
+        """
+        Cancel every download; fires when all have wound down.  A download
+        that is already publishing (complete and verified) is let finish:
+        its file-system work runs in a thread that cannot be interrupted.
+        """
+        self._stopping = True
+        tasks = list(self._tasks.items())
+        # Queued ones first, so no slot freed by a cancellation goes to them.
+        for fill, task in sorted(tasks, key=lambda item: item[0].state != "queued"):
+            if fill.state != "publishing":
+                task.cancel()
+        return DeferredList([task for _, task in tasks], consumeErrors=True)
+
+    def _lifetime(self, headers: ObjectHeaders) -> float:
+        return self._ttl if headers.max_age is None else headers.max_age
+
+    async def _run(self, fill: Fill) -> None:
+        try:
+            await self._slots.acquire()
+        except CancelledError:
+            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            return
+        if self._stopping:
+            self._slots.release()
+            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            return
+        try:
+            await self._download(fill)
+        finally:
+            self._slots.release()
+
+    async def _download(self, fill: Fill) -> None:
+        started = self.clock.seconds()
+        try:
+            stored = await Download(
+                fill,
+                self.origin,
+                self.store,
+                self._run_in_thread,
+                self.metrics,
+                self._lifetime,
+                self._max_object_size,
+            ).run()
+        except (NotFoundAtOrigin, OriginError) as e:
+            self._ended(fill, e)
+        except CancelledError:
+            self._ended(fill, OriginError("cancelled", "the download was cancelled"))
+        except OSError as e:
+            self._ended(fill, OriginError("write_error", f"cache write failed: {e}"))
+        except Exception:
+            log.failure("sync of {name} failed unexpectedly", name=fill.name)
+            self._ended(fill, OriginError("internal", "internal error"))
+        else:
+            log.info(
+                "synced {name} ({size} bytes) in {secs:.2f}s",
+                name=fill.name,
+                size=fill.written if stored is None else stored.size,
+                secs=self.clock.seconds() - started,
+                result="not_modified" if fill.headers is None else "ok",
+            )
+            self._forget(fill)
+            fill.finish(stored)
+
+    def _ended(self, fill: Fill, error: Exception) -> None:
+        if isinstance(error, NotFoundAtOrigin):
+            reason, ttl = "not_found", self._negative_ttl
+            if fill.revalidating is not None and self._fills.get(fill.name) is fill:
+                # The origin deleted it: so do we.
+                self.store.remove(fill.name)
+        else:
+            assert isinstance(error, OriginError)
+            reason = error.reason
+            ttl = self._negative_ttl if reason == "too_large" else self._error_ttl
+            self.metrics.sync_failures.labels(reason=reason).inc()
+        if fill.revalidating is not None:
+            self.metrics.revalidations.labels(
+                result="not_found" if reason == "not_found" else "error"
+            ).inc()
+        if reason != "cancelled" and self._fills.get(fill.name) is fill:
+            self._failures.remember(fill.name, error, ttl)
+        log.info(
+            "sync of {name} failed: {reason}: {why}",
+            name=fill.name,
+            reason=reason,
+            why=str(error),
+            result=reason,
+        )
+        self._forget(fill)
+        fill.fail(error)
+
+    def _forget(self, fill: Fill) -> None:
+        fill.close()
+        self._tasks.pop(fill, None)
+        if self._fills.get(fill.name) is fill:
+            del self._fills[fill.name]
