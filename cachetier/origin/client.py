@@ -1,5 +1,5 @@
 """
-Talking to the origin: one treq GET per sync, streamed, with deadlines.
+L{Origin}: one treq GET per sync, streamed, with deadlines.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +23,10 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss, datetimeToString, stringToDatetime
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from .names import origin_url
-from .store import ObjectHeaders, StoredObject
+from ..names import origin_url
+from ..store import ObjectHeaders, StoredObject
+from .breaker import RETRYABLE, Breaker, RetryPolicy
+from .freshness import parse_cache_control
 
 log = Logger()
 
@@ -72,32 +73,6 @@ class OriginResponse:
     md5: bytes | None
     response: Any
     not_modified: bool = False
-
-
-def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
-    """
-    The lifetime a shared cache may give a response, and whether it may
-    store it at all.
-
-    @return: C{(s-maxage or max-age or None, no_store)}; C{no-cache} is a
-        lifetime of 0 (store, but revalidate every time).
-    """
-    if not value:
-        return None, False
-    directives: dict[str, str] = {}
-    for part in value.split(","):
-        key, _, arg = part.strip().partition("=")
-        directives[key.strip().lower()] = arg.strip().strip('"')
-    no_store = "no-store" in directives or "private" in directives
-    if "no-cache" in directives:
-        return 0.0, no_store
-    for key in ("s-maxage", "max-age"):
-        if key in directives:
-            try:
-                return max(0.0, float(int(directives[key]))), no_store
-            except ValueError:
-                return 0.0, no_store
-    return None, no_store
 
 
 def _header(response: Any, name: bytes) -> str | None:
@@ -206,91 +181,6 @@ class _BodyReceiver(Protocol):
             )
         else:
             self._done.errback(OriginError("truncated", "the origin connection broke mid-body"))
-
-
-class Breaker:
-    """
-    Stops calls to a failing origin: after C{threshold} consecutive
-    failures it opens for C{cooloff} seconds, then lets one probe through
-    (half-open); the probe's success closes it, its failure reopens it.
-    """
-
-    def __init__(self, clock: IReactorTime, threshold: int = 5, cooloff: float = 30.0) -> None:
-        self._clock = clock
-        self.threshold = threshold
-        self.cooloff = cooloff
-        self.failures = 0
-        self._open = False
-        self._opened_at = 0.0
-        self._probing = False
-
-    @property
-    def state(self) -> str:
-        """
-        C{closed}, C{open}, or C{half_open} once the cool-off has passed.
-        """
-        if not self._open:
-            return "closed"
-        if self._clock.seconds() >= self._opened_at + self.cooloff:
-            return "half_open"
-        return "open"
-
-    def allow(self) -> bool:
-        """
-        Whether a request may go out now; in half-open, the one that may is
-        the probe.
-        """
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self._probing:
-            self._probing = True
-            return True
-        return False
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self._open = False
-        self._probing = False
-
-    def failed(self) -> None:
-        self.failures += 1
-        self._probing = False
-        if self._open or self.failures >= self.threshold:
-            if not self._open:
-                log.warn(
-                    "origin breaker open after {failures} failures; next probe in {cooloff:g}s",
-                    failures=self.failures,
-                    cooloff=self.cooloff,
-                )
-            self._open = True
-            self._opened_at = self._clock.seconds()
-
-    def abandoned(self) -> None:
-        """
-        A request that was let through ended with no verdict (cancelled).
-        """
-        self._probing = False
-
-
-RETRYABLE = frozenset({"connection", "timeout"})
-
-
-@frozen
-class RetryPolicy:
-    """
-    How failed origin requests are retried: on connection errors, timeouts
-    and 5xx, up to C{attempts} tries in all, waiting C{base * 2**n} seconds
-    (times a random factor in [0.5, 1), so many syncs do not retry in step)
-    but never past C{budget} seconds since the first try.
-    """
-
-    attempts: int = 3
-    base: float = 0.5
-    budget: float = 10.0
-
-    def delay(self, attempt: int) -> float:
-        return self.base * (2**attempt) * (0.5 + random.random() / 2)
 
 
 class Origin:

@@ -1,0 +1,98 @@
+"""
+Protecting a failing origin: the circuit breaker and the retry policy.
+"""
+
+from __future__ import annotations
+
+import random
+
+from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class Breaker:
+    """
+    Stops calls to a failing origin: after C{threshold} consecutive
+    failures it opens for C{cooloff} seconds, then lets one probe through
+    (half-open); the probe's success closes it, its failure reopens it.
+    """
+
+    def __init__(self, clock: IReactorTime, threshold: int = 5, cooloff: float = 30.0) -> None:
+        self._clock = clock
+        self.threshold = threshold
+        self.cooloff = cooloff
+        self.failures = 0
+        self._open = False
+        self._opened_at = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        """
+        C{closed}, C{open}, or C{half_open} once the cool-off has passed.
+        """
+        if not self._open:
+            return "closed"
+        if self._clock.seconds() >= self._opened_at + self.cooloff:
+            return "half_open"
+        return "open"
+
+    def allow(self) -> bool:
+        """
+        Whether a request may go out now; in half-open, the one that may is
+        the probe.
+        """
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._open = False
+        self._probing = False
+
+    def failed(self) -> None:
+        self.failures += 1
+        self._probing = False
+        if self._open or self.failures >= self.threshold:
+            if not self._open:
+                log.warn(
+                    "origin breaker open after {failures} failures; next probe in {cooloff:g}s",
+                    failures=self.failures,
+                    cooloff=self.cooloff,
+                )
+            self._open = True
+            self._opened_at = self._clock.seconds()
+
+    def abandoned(self) -> None:
+        """
+        A request that was let through ended with no verdict (cancelled).
+        """
+        self._probing = False
+
+
+RETRYABLE = frozenset({"connection", "timeout"})
+
+
+@frozen
+class RetryPolicy:
+    """
+    How failed origin requests are retried: on connection errors, timeouts
+    and 5xx, up to C{attempts} tries in all, waiting C{base * 2**n} seconds
+    (times a random factor in [0.5, 1), so many syncs do not retry in step)
+    but never past C{budget} seconds since the first try.
+    """
+
+    attempts: int = 3
+    base: float = 0.5
+    budget: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return self.base * (2**attempt) * (0.5 + random.random() / 2)
