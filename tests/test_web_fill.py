@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cachetier.origin import OriginError, OriginResponse
 from cachetier.store import CacheStore, ObjectHeaders
 from cachetier.sync import Fill
-from cachetier.web.files import FillProducer
+from cachetier.web.bodies import FillProducer
 
 
 class _FullRequest:

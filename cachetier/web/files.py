@@ -9,8 +9,6 @@ A miss follows the in-flight download with L{FillProducer}.
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -24,54 +22,11 @@ from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
-from ._producer import BodyProducer
-from ._sendfile import SendfileProducer, can_sendfile
 from ._site import name_of
+from .bodies import FillProducer, SendfileProducer, SmallBodies, can_sendfile
+from .conditional import not_modified, range_still_valid
 
 log = Logger()
-
-
-def _opaque(tag: bytes) -> bytes:
-    tag = tag.strip()
-    return tag[2:] if tag.startswith(b"W/") else tag
-
-
-def _not_modified(request: IRequest, etag: bytes | None, last_modified: float | None) -> bool:
-    """
-    Whether the request's validators match, per RFC 9110 13.2.2: when
-    If-None-Match is present, If-Modified-Since is ignored.
-    """
-    if_none_match = request.getHeader(b"if-none-match")
-    if if_none_match is not None:
-        if if_none_match.strip() == b"*":
-            return True
-        return etag is not None and _opaque(etag) in {_opaque(t) for t in if_none_match.split(b",")}
-    since = request.getHeader(b"if-modified-since")
-    if since is None or last_modified is None:
-        return False
-    try:
-        return http.stringToDatetime(since.split(b";", 1)[0]) >= int(last_modified)
-    except ValueError:
-        return False
-
-
-def _range_still_valid(request: IRequest, etag: bytes | None, last_modified: float | None) -> bool:
-    """
-    Whether a Range request's If-Range (if any) still names this version.
-    A player resuming a download of a replaced file must get all of the new
-    one, not a splice of two versions.
-    """
-    if_range = request.getHeader(b"if-range")
-    if if_range is None:
-        return True
-    if_range = if_range.strip()
-    if if_range.startswith((b'"', b"W/")):
-        # If-Range takes a strong comparison only.
-        return etag is not None and not if_range.startswith(b"W/") and if_range == etag
-    try:
-        return last_modified is not None and http.stringToDatetime(if_range) == int(last_modified)
-    except ValueError:
-        return False
 
 
 class MediaFile(static.File):
@@ -112,7 +67,7 @@ class MediaFile(static.File):
         request.setHeader(b"cache-control", self._cache_control)
         if self._age is not None:
             request.setHeader(b"age", b"%d" % (self._age,))
-        if _not_modified(request, self._etag, self._last_modified):
+        if not_modified(request, self._etag, self._last_modified):
             request.setResponseCode(http.NOT_MODIFIED)
             return b""
         if request.method == b"HEAD":
@@ -121,7 +76,7 @@ class MediaFile(static.File):
             else:
                 request.setHeader(b"content-type", self.type.encode("latin-1"))
             return b""
-        if not _range_still_valid(request, self._etag, self._last_modified):
+        if not range_still_valid(request, self._etag, self._last_modified):
             request.requestHeaders.removeHeader(b"range")
         producer = self.makeProducer(request, self.openForReading())
         producer.start()
@@ -206,75 +161,6 @@ class FillFile(MediaFile):
         return FillProducer(request, self.fill, offset, size)
 
 
-class FillProducer(BodyProducer):
-    """
-    Streams a byte range of an in-flight download to one request, as fast
-    as the bytes land and the client takes them.
-
-    Memory stays at one chunk whatever the client's speed: a paused
-    producer reads nothing, and the bytes wait on disk, not in a buffer.
-    If the download fails, the connection is aborted so the client can
-    never take a short body for a whole one.
-
-    @param size: bytes to send from C{offset}, or L{None} for "until the
-        download ends" (an origin that sent no length).
-    """
-
-    chunk_size = 256 * 1024
-
-    def __init__(self, request: Any, fill: Fill, offset: int, size: int | None) -> None:
-        super().__init__(request)
-        self.fill = fill
-        self.position = offset
-        self.end = None if size is None else offset + size
-        self._fd = -1
-        self._pumping = False
-
-    def start(self) -> None:
-        self._fd = self.fill.follow(self)
-        self.request.registerProducer(self, True)
-        self._send()
-
-    def fill_progressed(self) -> None:
-        self._send()
-
-    def _send(self) -> None:
-        # Writing can re-enter (a write may resume us): one pump at a time.
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            self._pump()
-        finally:
-            self._pumping = False
-
-    def _pump(self) -> None:
-        while self.request is not None:
-            if self.fill.state == "failed":
-                self._abort()
-                return
-            if self._paused:
-                return
-            limit = self.fill.written if self.end is None else min(self.end, self.fill.written)
-            if self.position >= limit:
-                if self.end is not None and self.position >= self.end:
-                    self._finish()
-                elif self.fill.state == "done":
-                    self._finish()
-                else:
-                    self.fill.wait(self)
-                return
-            data = os.pread(self._fd, min(self.chunk_size, limit - self.position), self.position)
-            self.position += len(data)
-            self.request.write(data)
-
-    def _release(self) -> None:
-        self.fill.unfollow(self)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
 def _plain_get(request: IRequest) -> bool:
     """
     A GET that wants the whole body, unconditionally.
@@ -285,45 +171,6 @@ def _plain_get(request: IRequest) -> bool:
         or headers.hasHeader(b"if-none-match")
         or headers.hasHeader(b"if-modified-since")
     )
-
-
-class SmallBodies:
-    """
-    Small objects' bodies and prepared headers in memory, so a hit on one is
-    a dictionary lookup and one write: no open, read, close or producer.
-    Keyed by the version's path, so a replaced object is never served from
-    here; least recently used first out past C{max_bytes}.
-    """
-
-    max_object = 64 * 1024
-    max_bytes = 64 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self._entries: OrderedDict[str, tuple[list[tuple[bytes, bytes]], bytes]] = OrderedDict()
-        self._bytes = 0
-
-    def get(
-        self, obj: StoredObject, cache_control: bytes
-    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        entry = self._entries.get(obj.path)
-        if entry is not None:
-            self._entries.move_to_end(obj.path)
-            return entry
-        with open(obj.path, "rb") as f:
-            body = f.read()
-        headers = [
-            (b"content-type", obj.content_type.encode("latin-1")),
-            (b"etag", obj.etag.encode("latin-1")),
-            (b"last-modified", http.datetimeToString(int(obj.last_modified))),
-            (b"accept-ranges", b"bytes"),
-            (b"cache-control", cache_control),
-        ]
-        entry = self._entries[obj.path] = (headers, body)
-        self._bytes += len(body)
-        while self._bytes > self.max_bytes:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._bytes -= len(dropped)
-        return entry
 
 
 def serve_stored(

@@ -13,7 +13,8 @@ from twisted.web.resource import Resource
 from ..names import InvalidName
 from ..store import CacheStore, StoredObject
 from ._site import name_of
-from .files import SmallBodies, serve_stored
+from .bodies import SmallBodies
+from .files import serve_stored
 from .proxy import PrimaryProxy
 
 

@@ -1,0 +1,277 @@
+"""
+Response bodies: the push-producer contract every body of ours keeps, and
+the three ways a body is made.
+
+- L{SendfileProducer}: zero-copy, C{os.sendfile} from a cached file
+  straight to the socket.  Twisted has no sendfile support, so this
+  producer cooperates with the TCP transport by hand.  The transport must
+  have sent everything it buffered (the response headers) before the first
+  C{sendfile}, and nothing else may write to it until the body is out, or
+  bytes would interleave.  Both hold because the producer only calls
+  C{sendfile} when the transport has just drained its buffer, and a
+  request's producer is the only writer while it is registered (HTTP/1.1
+  answers pipelined requests in order).
+- L{FillProducer}: a byte range of an in-flight download, as its bytes land.
+- L{SmallBodies}: small objects whole from memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import IO, Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer
+from twisted.web import http
+from zope.interface import implementer
+
+from ..store import StoredObject
+from ..sync import Fill
+
+
+@implementer(IPushProducer)
+class BodyProducer:
+    """
+    Pushes one response body to C{request}: paused and resumed by the
+    transport, stopped when the client goes away.  Subclasses send in
+    L{_send} and free what they hold in L{_release}.
+    """
+
+    def __init__(self, request: Any) -> None:
+        self.request: Any = request
+        self._paused = False
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._send()
+
+    def stopProducing(self) -> None:
+        self._close()
+
+    def _send(self) -> None:
+        raise NotImplementedError()
+
+    def _release(self) -> None:
+        raise NotImplementedError()
+
+    def _close(self) -> None:
+        self.request = None
+        self._release()
+
+    def _finish(self) -> None:
+        """
+        The whole body is out: end the response cleanly.
+        """
+        request = self.request
+        self._close()
+        request.unregisterProducer()
+        request.finish()
+
+    def _abort(self) -> None:
+        """
+        The body cannot be completed: drop the connection, so the client can
+        never take a short body for a whole one.
+        """
+        request = self.request
+        self._close()
+        request.unregisterProducer()
+        request.transport.abortConnection()
+
+
+# Bytes per sendfile call, and per turn of the reactor before yielding to
+# other connections.
+_CALL = 8 * 1024 * 1024
+_TURN = 32 * 1024 * 1024
+
+
+def can_sendfile(request: Any) -> bool:
+    """
+    Whether C{request} arrived on a plain TCP connection (not TLS, which
+    must encrypt in user space).
+    """
+    return isinstance(getattr(request, "transport", None), tcp.Connection)
+
+
+def _drained(transport: tcp.Connection) -> bool:
+    # The transport's write buffer (FileDescriptor internals) is empty.
+    return transport.offset == len(transport.dataBuffer) and not transport._tempDataLen
+
+
+class SendfileProducer(BodyProducer):
+    """
+    Sends C{size} bytes of C{file} from C{offset} as the body of
+    C{request}, respecting backpressure: when the socket is full, it waits
+    for the transport to report it writable again, never blocking the
+    reactor, and holds no body bytes in memory.
+    """
+
+    def __init__(self, request: Any, file: IO[bytes], offset: int, size: int) -> None:
+        super().__init__(request)
+        self.file = file
+        self.offset = offset
+        self.remaining = size
+        self._transport: tcp.Connection = request.transport
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.write(b"")  # the headers, into the transport's buffer
+        self._transport.setTcpNoDelay(True)
+        self._wait_for_transport()
+
+    def _wait_for_transport(self) -> None:
+        """
+        Have the transport resume us once it has nothing buffered and the
+        socket is writable: its doWrite resumes a paused producer when it
+        finds its buffer empty.
+        """
+        self._transport.producerPaused = True
+        self._transport.startWriting()
+
+    def _send(self) -> None:
+        if self.request is None or self._paused:
+            return
+        if not _drained(self._transport):
+            self._wait_for_transport()
+            return
+        socket_fd = self._transport.fileno()
+        file_fd = self.file.fileno()
+        sent = 0
+        while self.remaining > 0:
+            count = min(self.remaining, _CALL)
+            try:
+                n = os.sendfile(socket_fd, file_fd, self.offset, count)
+            except BlockingIOError:
+                self._wait_for_transport()
+                return
+            except OSError:
+                self._abort()
+                return
+            if n == 0:
+                # The file is shorter than its metadata said.
+                self._abort()
+                return
+            self.offset += n
+            self.remaining -= n
+            self.request.sentLength += n
+            sent += n
+            if self.remaining and (n < count or sent >= _TURN):
+                # A short send means the socket is full: asking again would
+                # only fail with EAGAIN.
+                self._wait_for_transport()
+                return
+        self._finish()
+
+    def _release(self) -> None:
+        self.file.close()
+
+
+class FillProducer(BodyProducer):
+    """
+    Streams a byte range of an in-flight download to one request, as fast
+    as the bytes land and the client takes them.
+
+    Memory stays at one chunk whatever the client's speed: a paused
+    producer reads nothing, and the bytes wait on disk, not in a buffer.
+    If the download fails, the connection is aborted so the client can
+    never take a short body for a whole one.
+
+    @param size: bytes to send from C{offset}, or L{None} for "until the
+        download ends" (an origin that sent no length).
+    """
+
+    chunk_size = 256 * 1024
+
+    def __init__(self, request: Any, fill: Fill, offset: int, size: int | None) -> None:
+        super().__init__(request)
+        self.fill = fill
+        self.position = offset
+        self.end = None if size is None else offset + size
+        self._fd = -1
+        self._pumping = False
+
+    def start(self) -> None:
+        self._fd = self.fill.follow(self)
+        self.request.registerProducer(self, True)
+        self._send()
+
+    def fill_progressed(self) -> None:
+        self._send()
+
+    def _send(self) -> None:
+        # Writing can re-enter (a write may resume us): one pump at a time.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump()
+        finally:
+            self._pumping = False
+
+    def _pump(self) -> None:
+        while self.request is not None:
+            if self.fill.state == "failed":
+                self._abort()
+                return
+            if self._paused:
+                return
+            limit = self.fill.written if self.end is None else min(self.end, self.fill.written)
+            if self.position >= limit:
+                if self.end is not None and self.position >= self.end:
+                    self._finish()
+                elif self.fill.state == "done":
+                    self._finish()
+                else:
+                    self.fill.wait(self)
+                return
+            data = os.pread(self._fd, min(self.chunk_size, limit - self.position), self.position)
+            self.position += len(data)
+            self.request.write(data)
+
+    def _release(self) -> None:
+        self.fill.unfollow(self)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SmallBodies:
+    """
+    Small objects' bodies and prepared headers in memory, so a hit on one is
+    a dictionary lookup and one write: no open, read, close or producer.
+    Keyed by the version's path, so a replaced object is never served from
+    here; least recently used first out past C{max_bytes}.
+    """
+
+    max_object = 64 * 1024
+    max_bytes = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[list[tuple[bytes, bytes]], bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def get(
+        self, obj: StoredObject, cache_control: bytes
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        entry = self._entries.get(obj.path)
+        if entry is not None:
+            self._entries.move_to_end(obj.path)
+            return entry
+        with open(obj.path, "rb") as f:
+            body = f.read()
+        headers = [
+            (b"content-type", obj.content_type.encode("latin-1")),
+            (b"etag", obj.etag.encode("latin-1")),
+            (b"last-modified", http.datetimeToString(int(obj.last_modified))),
+            (b"accept-ranges", b"bytes"),
+            (b"cache-control", cache_control),
+        ]
+        entry = self._entries[obj.path] = (headers, body)
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+        return entry
