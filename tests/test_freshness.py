@@ -122,15 +122,20 @@ class RevalidationTests(FreshnessTestCase):
             self.assertEqual((code, body), (200, data))
         self.assertEqual(self.origin.counts["a.mp3"], 2, "one revalidation, not one per request")
 
-    async def test_file_deleted_at_origin_is_removed_on_revalidation(self) -> None:
+    async def test_a_404_while_revalidating_serves_stale_until_purged(self) -> None:
+        # An S3 policy mistake or a WAF challenge must not wipe the cache:
+        # a 403/404/410 on revalidation is an origin error like any other.
         await self.cached("a.mp3", b"x" * 1000)
         del self.origin.files["a.mp3"]
         await sleep(0.35)
         await self.get("a.mp3")
         await self.revalidation_done("a.mp3")
+        code, headers, body = await self.get("a.mp3")
+        self.assertEqual((code, body), (200, b"x" * 1000))
+        self.assertIsNotNone(self.cache.store.get("a.mp3"))
+        self.cache.syncer.purge("a.mp3")
         code, _, body = await self.get("a.mp3")
         self.assertEqual((code, json.loads(body)["error"]), (404, "not_found"))
-        self.assertIsNone(self.cache.store.get("a.mp3"))
 
     async def test_origin_max_age_overrides_the_ttl(self) -> None:
         await self.cached("long.mp3", b"x" * 10, extra_headers={"Cache-Control": "max-age=3600"})

@@ -9,7 +9,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachetier.origin import OriginError, OriginResponse
-from cachetier.store import CacheStore, ObjectHeaders
+from cachetier.store import CacheStore, Handle, ObjectHeaders
 from cachetier.sync import Fill
 from cachetier.web.bodies import FillProducer
 
@@ -49,12 +49,14 @@ class FillProducerTests(SynchronousTestCase):
     def setUp(self) -> None:
         store = CacheStore.open(os.path.abspath(self.mktemp()))
         fd, _ = store.new_temp()
+        handle = Handle(fd)
         self.fill = Fill("a.mp3", used_at=0.0)
         self.fill.begin(
             OriginResponse(ObjectHeaders("audio/mpeg"), length=1_000_000, md5=None, response=None),
-            fd,
+            handle,
             store.write,
         )
+        handle.release()
         self.addCleanup(self.fill.close)
         self.data = os.urandom(1_000_000)
 

@@ -2,23 +2,33 @@
 The cache store: complete objects on local disk, indexed in memory.
 
 L{layout} owns the files (atomic publish, recovery), L{index} what is
-cached and in which order it was used, L{quota} reservations and eviction;
-L{CacheStore} puts them together for the rest of the server.
+cached and in which order it was used, L{quota} reservations and eviction,
+L{handles} the shared descriptors of open bodies; L{CacheStore} puts them
+together for the rest of the server.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
+from .handles import Handle, Handles
 from .index import Index
 from .layout import Layout, ObjectHeaders, StoredObject, unlink
 from .quota import META_BYTES, Quota, Reservation
 
-__all__ = ["META_BYTES", "CacheStore", "ObjectHeaders", "Reservation", "StoredObject"]
+__all__ = [
+    "META_BYTES",
+    "CacheStore",
+    "Handle",
+    "ObjectHeaders",
+    "Reservation",
+    "StoredObject",
+]
 
 log = Logger()
 
@@ -35,6 +45,8 @@ class CacheStore:
     @param on_evict: called with each object evicted to make room.
     @param now: the clock for fetch and expiry times (thread-safe: L{commit}
         reads it from a thread).
+    @param open_file: L{os.open}, or a stand-in that fails on demand (tests).
+    @param fsync: L{os.fsync}, or a stand-in that fails on demand (tests).
     """
 
     def __init__(
@@ -44,12 +56,17 @@ class CacheStore:
         min_free: int = 0,
         on_evict: Callable[[StoredObject], None] | None = None,
         now: Callable[[], float] = time.time,
+        open_file: Callable[..., int] = os.open,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self._now = now
-        self.layout = Layout(root, now)
+        self.layout = Layout(root, now, open_file, fsync)
         self.root = self.layout.root
         self._index = Index()
-        self.quota = Quota(self.root, self._index, self._evict, max_size, min_free)
+        self.handles = Handles(open_file)
+        self.quota = Quota(
+            self.root, self._index, self._evict, self.handles.is_open, max_size, min_free
+        )
         self._on_evict = on_evict
         # The layout's file operations, as the store's own.
         self.new_temp = self.layout.new_temp
@@ -58,6 +75,7 @@ class CacheStore:
         self.data_path = self.layout.data_path
         self.commit = self.layout.commit
         self.renewed = self.layout.renewed
+        self.write_meta = self.layout.write_meta
         self.read = self.layout.read
 
     @classmethod

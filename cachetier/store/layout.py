@@ -116,14 +116,6 @@ def _key(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Layout:
     """
     The directories under the cache root and every file operation on them.
@@ -131,10 +123,20 @@ class Layout:
     touch only the files of the object they are given.
 
     @param now: the clock for fetch and expiry times (thread-safe).
+    @param open_file: L{os.open}, or a stand-in that fails on demand.
+    @param fsync: L{os.fsync}, or a stand-in that fails on demand.
     """
 
-    def __init__(self, root: str, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: str,
+        now: Callable[[], float] = time.time,
+        open_file: Callable[..., int] = os.open,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
         self._now = now
+        self._open = open_file
+        self._fsync = fsync
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, "tmp")
         self._objects = os.path.join(self.root, "objects")
@@ -156,7 +158,7 @@ class Layout:
         @return: a read-write file descriptor and the file's path.
         """
         path = os.path.join(self._tmp, secrets.token_hex(16) + ".part")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        fd = self._open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         return fd, path
 
     def write(self, fd: int, data: bytes) -> None:
@@ -181,6 +183,13 @@ class Layout:
         key = _key(name)
         return os.path.join(self._objects, key[:2], f"{key}.{version}")
 
+    def _fsync_dir(self, path: str) -> None:
+        fd = self._open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+
     def _meta_path(self, name: str) -> str:
         key = _key(name)
         return os.path.join(self._objects, key[:2], key + ".json")
@@ -201,12 +210,31 @@ class Layout:
         object's files.  The object is not visible until it is installed in
         the index.
         """
-        os.fsync(fd)
+        self._fsync(fd)
         version = secrets.token_hex(8)
         data_path = self.data_path(name, version)
         directory = os.path.dirname(data_path)
         os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
         os.rename(temp_path, data_path)
+        try:
+            return self._record(name, data_path, version, size, headers, lifetime)
+        except BaseException:
+            # Nothing may name, count or keep a body that failed to commit.
+            if self._meta_names(name, data_path):
+                unlink(self._meta_path(name))
+            unlink(self._meta_path(name) + ".tmp")
+            unlink(data_path)
+            raise
+
+    def _record(
+        self,
+        name: str,
+        data_path: str,
+        version: str,
+        size: int,
+        headers: ObjectHeaders,
+        lifetime: float,
+    ) -> StoredObject:
         now = self._now()
         obj = StoredObject(
             name=name,
@@ -220,20 +248,28 @@ class Layout:
             origin_etag=headers.etag,
             origin_last_modified=headers.last_modified,
         )
-        self._write_meta(directory, _key(name), obj)
+        self.write_meta(obj)
         return obj
 
-    def _write_meta(self, directory: str, key: str, obj: StoredObject) -> None:
-        meta_path = os.path.join(directory, key + ".json")
+    def _meta_names(self, name: str, data_path: str) -> bool:
+        obj = self.read(name)
+        return obj is not None and obj.path == data_path
+
+    def write_meta(self, obj: StoredObject) -> None:
+        """
+        Durably make C{obj} what its name's metadata says.
+        """
+        meta_path = self._meta_path(obj.name)
+        directory = os.path.dirname(meta_path)
         tmp_path = meta_path + ".tmp"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+        fd = self._open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
         try:
             os.write(fd, json.dumps(obj.to_json()).encode("utf-8"))
-            os.fsync(fd)
+            self._fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp_path, meta_path)
-        _fsync_dir(directory)
+        self._fsync_dir(directory)
 
     def renewed(self, obj: StoredObject, lifetime: float) -> StoredObject:
         """
@@ -243,7 +279,7 @@ class Layout:
         """
         now = self._now()
         new = evolve(obj, fetched_at=now, expires_at=now + lifetime)
-        self._write_meta(os.path.dirname(obj.path), _key(obj.name), new)
+        self.write_meta(new)
         return new
 
     def delete(self, obj: StoredObject) -> None:

@@ -28,7 +28,13 @@ class Quota:
     used objects; their readers finish, since an unlinked file stays
     readable through open descriptors.
 
+    The free space C{statvfs} reports already lacks the bytes downloads
+    have written, so only what they have reserved and not yet written is
+    subtracted from it.  A body still held open frees no space when it is
+    deleted, so it is never evicted to keep C{min_free}.
+
     @param evict: removes one object by name, returning it.
+    @param is_open: whether a reader holds an object's body open.
     """
 
     def __init__(
@@ -36,15 +42,19 @@ class Quota:
         root: str,
         index: Index,
         evict: Callable[[str], StoredObject | None],
+        is_open: Callable[[StoredObject], bool],
         max_size: int | None = None,
         min_free: int = 0,
     ) -> None:
         self._root = root
         self._index = index
         self._evict = evict
+        self._is_open = is_open
         self.max_size = max_size
         self.min_free = min_free
         self.reserved = 0
+        # Of the reserved bytes, those already written to temp files.
+        self.written = 0
 
     def free_bytes(self) -> int:
         st = os.statvfs(self._root)
@@ -64,22 +74,37 @@ class Quota:
     def make_room(self, size: int, keep: str | None) -> bool:
         if self.max_size is not None and size > self.max_size:
             return False
-        candidates = iter([n for n in self._index if n != keep])
-        while self._over(size):
-            victim = next(candidates, None)
-            if victim is None:
+        candidates = [n for n in self._index if n != keep]
+        while True:
+            if self._over_quota(size):
+                victims = candidates
+            elif self._short_of_free(size):
+                victims = [n for n in candidates if not self._open(n)]
+            else:
+                return True
+            if not victims:
                 return False
+            victim = victims[0]
+            candidates.remove(victim)
             obj = self._evict(victim)
             if obj is not None:
                 log.info("evicted {name} ({size} bytes)", name=obj.name, size=obj.size)
-        return True
 
-    def _over(self, size: int) -> bool:
-        charged = self._index.total_bytes + len(self._index) * META_BYTES + self.reserved + size
-        if self.max_size is not None and charged > self.max_size:
-            return True
-        # Reserved bytes are not on disk yet; keep room for them too.
-        return self.min_free > 0 and self.free_bytes() - self.reserved - size < self.min_free
+    def _open(self, name: str) -> bool:
+        obj = self._index.get(name)
+        return obj is not None and self._is_open(obj)
+
+    def _over_quota(self, size: int) -> bool:
+        if self.max_size is None:
+            return False
+        charged = self._index.total_bytes + len(self._index) * META_BYTES + self.reserved
+        return charged + size > self.max_size
+
+    def _short_of_free(self, size: int) -> bool:
+        if self.min_free <= 0:
+            return False
+        promised = self.reserved - self.written + size
+        return self.free_bytes() - promised < self.min_free
 
 
 class Reservation:
@@ -91,6 +116,7 @@ class Reservation:
     def __init__(self, quota: Quota) -> None:
         self._quota = quota
         self.size = 0
+        self.written = 0
 
     def grow(self, size: int, keep: str | None = None) -> bool:
         if not self._quota.make_room(size, keep):
@@ -109,6 +135,18 @@ class Reservation:
         if needed > 0 and not (self.grow(max(needed, 1 << 20)) or self.grow(needed)):
             raise OSError(errno.ENOSPC, "the cache is full")
 
+    def wrote(self, total: int) -> None:
+        """
+        C{total} of the reserved bytes are now on disk.
+        """
+        total = min(total, self.size)
+        self._quota.written += total - self.written
+        self.written = total
+
     def release(self) -> None:
+        """
+        Give the space back; safe to call more than once.
+        """
         self._quota.reserved -= self.size
-        self.size = 0
+        self._quota.written -= self.written
+        self.size = self.written = 0

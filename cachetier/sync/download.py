@@ -13,8 +13,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from ..metrics import Metrics
-from ..origin import Origin, OriginError
-from ..store import CacheStore, ObjectHeaders, StoredObject
+from ..origin import Origin, OriginError, OriginResponse
+from ..store import CacheStore, Handle, ObjectHeaders, Reservation, StoredObject
 from .fill import Fill
 
 RunInThread = Callable[..., "Deferred[Any]"]
@@ -24,6 +24,10 @@ class Download:
     """
     Asks the origin for C{fill}'s name and keeps what it sends: a renewed
     object (304), a new one, or nothing (purged, or no-store).
+
+    What it acquires, in order (a space reservation, a temp file, the
+    file's descriptor) is released in reverse order on every way out, each
+    by the C{finally} that covers its own acquisition.
 
     @param lifetime: an object's freshness lifetime from its headers.
     @param max_object_size: bigger bodies are refused (L{None}: any).
@@ -49,23 +53,14 @@ class Download:
 
     async def run(self) -> StoredObject | None:
         """
-        Releases its space reservation and temp file before it returns or
-        raises.
+        @return: the object now cached, or L{None} if nothing was kept.
         """
         fill, store = self.fill, self._store
         name = fill.name
         self._metrics.origin_requests.inc()
         response = await self._origin.get(name, fill.revalidating)
         if response.not_modified:
-            assert fill.revalidating is not None
-            renewed: StoredObject = await self._run_in_thread(
-                store.renewed, fill.revalidating, self._lifetime(response.headers)
-            )
-            self._metrics.revalidations.labels(result="not_modified").inc()
-            if store.get(name) != fill.revalidating:
-                return None  # purged or replaced meanwhile
-            store.install(renewed)
-            return renewed
+            return await self._renew(response)
         length, limit = response.length, self._limit
         if limit is not None and length is not None and length > limit:
             self._origin.abandon(response)
@@ -76,7 +71,29 @@ class Download:
         if reservation is None:
             self._origin.abandon(response)
             raise OriginError("no_space", f"no room in the cache for {length} more bytes")
-        fd, temp_path = store.new_temp()
+        try:
+            try:
+                fd, temp_path = store.new_temp()
+            except OSError:
+                self._origin.abandon(response)
+                raise
+            handle = Handle(fd)
+            try:
+                return await self._fetch(response, reservation, handle, temp_path)
+            finally:
+                handle.release()
+        finally:
+            reservation.release()
+
+    async def _fetch(
+        self,
+        response: OriginResponse,
+        reservation: Reservation,
+        handle: Handle,
+        temp_path: str | None,
+    ) -> StoredObject | None:
+        fill, store, limit = self.fill, self._store, self._limit
+        name = fill.name
         try:
 
             def write(data: bytes) -> None:
@@ -85,11 +102,12 @@ class Download:
                     raise OSError(errno.EFBIG, "the body passed --max-object-size")
                 reservation.ensure(total)
                 fill.write(data)
+                reservation.wrote(total)
                 self._metrics.origin_bytes.inc(len(data))
 
             if response.headers.no_store:
                 fill.publish = False
-            fill.begin(response, fd, store.write)
+            fill.begin(response, handle, store.write)
             await self._origin.stream(response, write)
             fill.check_complete()
             if fill.revalidating is not None:
@@ -103,7 +121,7 @@ class Download:
             stored: StoredObject = await self._run_in_thread(
                 store.commit,
                 name,
-                fd,
+                handle.fd,
                 temp_path,
                 fill.written,
                 response.headers,
@@ -117,6 +135,31 @@ class Download:
                 return None
             return stored
         finally:
-            reservation.release()
             if temp_path is not None:
                 store.discard_temp(temp_path)
+
+    async def _renew(self, response: OriginResponse) -> StoredObject | None:
+        """
+        The origin confirmed the cached copy (a 304): make it fresh again,
+        unless it was purged or replaced in the meantime.
+        """
+        fill, store = self.fill, self._store
+        old = fill.revalidating
+        assert old is not None
+        self._metrics.revalidations.labels(result="not_modified").inc()
+        if store.get(fill.name) != old:
+            return None  # purged or replaced before the answer came
+        renewed: StoredObject = await self._run_in_thread(
+            store.renewed, old, self._lifetime(response.headers)
+        )
+        current = store.get(fill.name)
+        if current == old:
+            store.install(renewed)
+            return renewed
+        # Purged or replaced while the metadata was being written: put back
+        # what is true now.
+        if current is None:
+            await self._run_in_thread(store.layout.delete, renewed)
+        else:
+            await self._run_in_thread(store.write_meta, current)
+        return None

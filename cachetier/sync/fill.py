@@ -1,24 +1,23 @@
 """
 A L{Fill}: the one in-flight download of one name, as its readers see it.
 
-Readers follow it while it runs: each gets its own duplicate of the temp
-file's descriptor and reads with C{pread} as bytes land, so the first byte
-goes out as soon as the origin sends it, readers go at their own pace, and
-a publish (a rename) or a failure (an unlink) never pulls the file from
-under a reader.
+Readers follow it while it runs: each holds a reference to the temp file's
+one shared descriptor and reads with C{pread} as bytes land, so the first
+byte goes out as soon as the origin sends it, readers go at their own
+pace, joining costs no descriptor, and a publish (a rename) or a failure
+(an unlink) never pulls the file from under a reader.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from ..origin import OriginError, OriginResponse
-from ..store import ObjectHeaders, StoredObject
+from ..store import Handle, ObjectHeaders, StoredObject
 
 T = TypeVar("T")
 
@@ -60,7 +59,7 @@ class Fill:
         self.headers: ObjectHeaders | None = None
         self.error: Exception | None = None
         self.stored: StoredObject | None = None
-        self._fd = -1
+        self._handle: Handle | None = None
         self._write: Callable[[int, bytes], None] | None = None
         self._md5: Any = None
         self._expected_md5: bytes | None = None
@@ -76,7 +75,7 @@ class Fill:
         """
         Whether readers can still open this fill's bytes.
         """
-        return self._fd >= 0
+        return self._handle is not None
 
     def when_started(self) -> Deferred[Fill]:
         """
@@ -109,13 +108,14 @@ class Fill:
             d.errback(self.error)
         return d
 
-    def follow(self, follower: Follower) -> int:
+    def follow(self, follower: Follower) -> Handle:
         """
-        Start following: returns a descriptor of the body that stays valid
-        after the fill ends, which the follower must close.
+        Start following: returns a handle on the body that stays valid after
+        the fill ends, which the follower must release.
         """
+        assert self._handle is not None, "followed before it began"
         self._followers.add(follower)
-        return os.dup(self._fd)
+        return self._handle.retain()
 
     def unfollow(self, follower: Follower) -> None:
         self._followers.discard(follower)
@@ -130,11 +130,17 @@ class Fill:
 
     # --- for the syncer --------------------------------------------------
 
-    def begin(self, response: OriginResponse, fd: int, write: Callable[[int, bytes], None]) -> None:
+    def begin(
+        self, response: OriginResponse, handle: Handle, write: Callable[[int, bytes], None]
+    ) -> None:
+        """
+        The origin's answer is in and its body goes to C{handle}'s file; the
+        fill holds its own reference to the handle until L{close}.
+        """
         self.state = "fetching"
         self.length = response.length
         self.headers = response.headers
-        self._fd = fd
+        self._handle = handle.retain()
         self._write = write
         self._expected_md5 = response.md5
         if response.md5 is not None:
@@ -146,8 +152,8 @@ class Fill:
         """
         Append a chunk to the temp file and wake the readers waiting for it.
         """
-        assert self._write is not None
-        self._write(self._fd, data)
+        assert self._write is not None and self._handle is not None
+        self._write(self._handle.fd, data)
         if self._md5 is not None:
             self._md5.update(data)
         self.written += len(data)
@@ -169,9 +175,12 @@ class Fill:
             raise OriginError("checksum", "the body does not match the origin's MD5")
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """
+        Drop the fill's own reference to the body; followers keep theirs.
+        """
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.release()
 
     def finish(self, stored: StoredObject | None) -> None:
         self.state = "done"

@@ -245,7 +245,7 @@ class Syncer:
         except CancelledError:
             self._ended(fill, OriginError("cancelled", "the download was cancelled"))
         except OSError as e:
-            self._ended(fill, OriginError("write_error", f"cache write failed: {e}"))
+            self._ended(fill, OriginError("write_error", f"cache write failed: {e.strerror or e}"))
         except Exception:
             log.failure("sync of {name} failed unexpectedly", name=fill.name)
             self._ended(fill, OriginError("internal", "internal error"))
@@ -262,10 +262,11 @@ class Syncer:
 
     def _ended(self, fill: Fill, error: Exception) -> None:
         if isinstance(error, NotFoundAtOrigin):
+            # While revalidating, a 403/404/410 is one more origin error: an
+            # S3 policy mistake or a WAF challenge must not wipe the cache,
+            # so the copy stays and stale-if-error decides.  A purge is the
+            # way to take a file down.
             reason, ttl = "not_found", self._negative_ttl
-            if fill.revalidating is not None and self._fills.get(fill.name) is fill:
-                # The origin deleted it: so do we.
-                self.store.remove(fill.name)
         else:
             assert isinstance(error, OriginError)
             reason = error.reason

@@ -5,6 +5,7 @@ The site: per-request bookkeeping, the access log and request metrics.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import ILogObserver, Logger
@@ -107,6 +108,27 @@ class AccessLogFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+class OncePerSecond:
+    """
+    A log line for an event that may happen thousands of times a second
+    (descriptors exhausted, connections refused): written at most once a
+    second, with the count since the last one.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last = -1.0
+        self._count = 0
+
+    def emit(self, logger: Logger, format: str, **fields: Any) -> None:
+        self._count += 1
+        now = self._clock()
+        if now - self._last >= 1.0:
+            logger.warn(format, count=self._count, **fields)
+            self._last = now
+            self._count = 0
 
 
 def name_of(request: IRequest) -> str:

@@ -1,6 +1,6 @@
 """
 Response bodies: the push-producer contract every body of ours keeps, and
-the three ways a body is made.
+the ways a body is made.
 
 - L{SendfileProducer}: zero-copy, C{os.sendfile} from a cached file
   straight to the socket.  Twisted has no sendfile support, so this
@@ -11,46 +11,91 @@ the three ways a body is made.
   C{sendfile} when the transport has just drained its buffer, and a
   request's producer is the only writer while it is registered (HTTP/1.1
   answers pipelined requests in order).
+- L{PreadProducer}: a cached file's byte ranges through the transport (TLS,
+  and C{multipart/byteranges}).
 - L{FillProducer}: a byte range of an in-flight download, as its bytes land.
 - L{SmallBodies}: small objects whole from memory.
+
+Every producer reads with explicit offsets from a shared L{Handle}, and
+every one gives up on a client that accepts no bytes for the site's
+C{send_timeout}.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import Logger
 from twisted.web import http
 from zope.interface import implementer
 
-from ..store import StoredObject
+from ..store import Handle, StoredObject
 from ..sync import Fill
+
+log = Logger()
+
+# Bytes per sendfile call, and per turn of the reactor before yielding to
+# other connections.
+_CALL = 8 * 1024 * 1024
+_TURN = 32 * 1024 * 1024
+# Bytes per pread: one chunk in memory per response, whatever the client.
+_CHUNK = 256 * 1024
 
 
 @implementer(IPushProducer)
 class BodyProducer:
     """
     Pushes one response body to C{request}: paused and resumed by the
-    transport, stopped when the client goes away.  Subclasses send in
-    L{_send} and free what they hold in L{_release}.
+    transport, stopped when the client goes away, aborted when the client
+    takes nothing for the site's C{send_timeout} seconds (as nginx's
+    C{send_timeout}).  Subclasses send in L{_send} and free what they hold
+    in L{_release}.
     """
 
     def __init__(self, request: Any) -> None:
         self.request: Any = request
         self._paused = False
+        site = getattr(getattr(request, "channel", None), "site", None)
+        self._send_timeout: float | None = getattr(site, "send_timeout", None)
+        self._clock = getattr(site, "reactor", None)
+        self._stall: IDelayedCall | None = None
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._stalled()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._progressed()
         self._send()
 
     def stopProducing(self) -> None:
         self._close()
+
+    def _stalled(self) -> None:
+        """
+        The client stopped taking bytes: start its clock.
+        """
+        if self._stall is None and self._send_timeout and self.request is not None:
+            self._stall = self._clock.callLater(self._send_timeout, self._send_timed_out)
+
+    def _progressed(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _send_timed_out(self) -> None:
+        self._stall = None
+        if self.request is not None:
+            log.info(
+                "aborting a response its client took nothing of for {secs:g}s",
+                secs=self._send_timeout,
+            )
+            self._abort()
 
     def _send(self) -> None:
         raise NotImplementedError()
@@ -59,7 +104,11 @@ class BodyProducer:
         raise NotImplementedError()
 
     def _close(self) -> None:
+        # The transport may stop us after we ended the response ourselves.
+        if self.request is None:
+            return
         self.request = None
+        self._progressed()
         self._release()
 
     def _finish(self) -> None:
@@ -82,12 +131,6 @@ class BodyProducer:
         request.transport.abortConnection()
 
 
-# Bytes per sendfile call, and per turn of the reactor before yielding to
-# other connections.
-_CALL = 8 * 1024 * 1024
-_TURN = 32 * 1024 * 1024
-
-
 def can_sendfile(request: Any) -> bool:
     """
     Whether C{request} arrived on a plain TCP connection (not TLS, which
@@ -103,15 +146,16 @@ def _drained(transport: tcp.Connection) -> bool:
 
 class SendfileProducer(BodyProducer):
     """
-    Sends C{size} bytes of C{file} from C{offset} as the body of
+    Sends C{size} bytes of C{handle}'s file from C{offset} as the body of
     C{request}, respecting backpressure: when the socket is full, it waits
     for the transport to report it writable again, never blocking the
-    reactor, and holds no body bytes in memory.
+    reactor, and holds no body bytes in memory.  It owns one reference to
+    C{handle}.
     """
 
-    def __init__(self, request: Any, file: IO[bytes], offset: int, size: int) -> None:
+    def __init__(self, request: Any, handle: Handle, offset: int, size: int) -> None:
         super().__init__(request)
-        self.file = file
+        self.handle: Handle | None = handle
         self.offset = offset
         self.remaining = size
         self._transport: tcp.Connection = request.transport
@@ -130,6 +174,7 @@ class SendfileProducer(BodyProducer):
         """
         self._transport.producerPaused = True
         self._transport.startWriting()
+        self._stalled()
 
     def _send(self) -> None:
         if self.request is None or self._paused:
@@ -137,13 +182,13 @@ class SendfileProducer(BodyProducer):
         if not _drained(self._transport):
             self._wait_for_transport()
             return
+        assert self.handle is not None
         socket_fd = self._transport.fileno()
-        file_fd = self.file.fileno()
         sent = 0
         while self.remaining > 0:
             count = min(self.remaining, _CALL)
             try:
-                n = os.sendfile(socket_fd, file_fd, self.offset, count)
+                n = os.sendfile(socket_fd, self.handle.fd, self.offset, count)
             except BlockingIOError:
                 self._wait_for_transport()
                 return
@@ -166,7 +211,71 @@ class SendfileProducer(BodyProducer):
         self._finish()
 
     def _release(self) -> None:
-        self.file.close()
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.release()
+
+
+class PreadProducer(BodyProducer):
+    """
+    Sends segments of C{handle}'s file through the transport: each segment
+    is literal bytes to write first (a multipart header, or nothing) and a
+    range of the file (offset, length); C{trailer} goes last.  One chunk in
+    memory at a time.  It owns one reference to C{handle}.
+    """
+
+    def __init__(
+        self,
+        request: Any,
+        handle: Handle,
+        segments: list[tuple[bytes, int, int]],
+        trailer: bytes = b"",
+    ) -> None:
+        super().__init__(request)
+        self.handle: Handle | None = handle
+        self._segments = list(reversed(segments))
+        self._trailer = trailer
+        self._pumping = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self._send()
+
+    def _send(self) -> None:
+        # Writing can re-enter (a write may pause and resume us).
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump()
+        finally:
+            self._pumping = False
+
+    def _pump(self) -> None:
+        while self.request is not None and not self._paused:
+            if not self._segments:
+                if self._trailer:
+                    self.request.write(self._trailer)
+                self._finish()
+                return
+            head, offset, length = self._segments.pop()
+            if head:
+                self.request.write(head)
+            if length == 0:
+                continue
+            assert self.handle is not None
+            data = os.pread(self.handle.fd, min(_CHUNK, length), offset)
+            if not data:
+                self._abort()  # shorter than its metadata said
+                return
+            if len(data) < length:
+                self._segments.append((b"", offset + len(data), length - len(data)))
+            self.request.write(data)
+
+    def _release(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.release()
 
 
 class FillProducer(BodyProducer):
@@ -183,18 +292,18 @@ class FillProducer(BodyProducer):
         download ends" (an origin that sent no length).
     """
 
-    chunk_size = 256 * 1024
+    chunk_size = _CHUNK
 
     def __init__(self, request: Any, fill: Fill, offset: int, size: int | None) -> None:
         super().__init__(request)
         self.fill = fill
         self.position = offset
         self.end = None if size is None else offset + size
-        self._fd = -1
+        self._handle: Handle | None = None
         self._pumping = False
 
     def start(self) -> None:
-        self._fd = self.fill.follow(self)
+        self._handle = self.fill.follow(self)
         self.request.registerProducer(self, True)
         self._send()
 
@@ -227,15 +336,18 @@ class FillProducer(BodyProducer):
                 else:
                     self.fill.wait(self)
                 return
-            data = os.pread(self._fd, min(self.chunk_size, limit - self.position), self.position)
+            assert self._handle is not None
+            data = os.pread(
+                self._handle.fd, min(self.chunk_size, limit - self.position), self.position
+            )
             self.position += len(data)
             self.request.write(data)
 
     def _release(self) -> None:
         self.fill.unfollow(self)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.release()
 
 
 class SmallBodies:

@@ -1,43 +1,54 @@
 """
 C{/files/<name>}: the media itself.
 
-A cached object goes out through L{static.File}'s own producers, so Range,
-multiple ranges, 416 and HEAD keep Twisted's tested code; this module adds
-the validators (ETag, Last-Modified, If-Range) that L{static.File} lacks.
-A miss follows the in-flight download with L{FillProducer}.
+L{MediaResponse} decides status and headers for one version of a file:
+validators (RFC 9110 section 13, in L{conditional}), ranges (section 14, in
+L{ranges}), HEAD; its subclasses supply the body: L{StoredResponse} from
+the cache through a shared descriptor, L{FillResponse} from the download
+in flight.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server, static
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
 from ..names import InvalidName
 from ..origin import NotFoundAtOrigin, OriginError
-from ..store import CacheStore, StoredObject
+from ..store import CacheStore, Handle, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
-from ._site import name_of
-from .bodies import FillProducer, SendfileProducer, SmallBodies, can_sendfile
+from ._site import OncePerSecond, name_of
+from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
+from .ranges import ByteRange, Unsatisfiable, multipart, parse_range
 
 log = Logger()
 
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+_descriptors_log = OncePerSecond()
 
-class MediaFile(static.File):
+
+class MediaResponse:
     """
-    A L{static.File} whose metadata comes from the cache, not from a stat
-    or the file's extension.
+    The response to one request for one version of a file.
+
+    @param size: the body's length, or L{None} while an origin that sent
+        none is still downloading it.
     """
+
+    # Whether several ranges are answered as multipart/byteranges (it needs
+    # every byte at hand), or with the whole body, as RFC 9110 allows.
+    multipart = True
 
     def __init__(
         self,
-        path: str,
         size: int | None,
         content_type: str,
         etag: str | None,
@@ -45,67 +56,93 @@ class MediaFile(static.File):
         cache_control: bytes,
         age: int | None = None,
     ) -> None:
-        static.File.__init__(self, path)
-        self.type = content_type
-        self.encoding = None
-        self._size = size
-        self._etag = etag.encode("latin-1") if etag is not None else None
-        self._last_modified = last_modified
-        self._cache_control = cache_control
-        self._age = age
+        self.size = size
+        self.content_type = content_type.encode("latin-1")
+        self.etag = etag.encode("latin-1") if etag is not None else None
+        self.last_modified = last_modified
+        self.cache_control = cache_control
+        self.age = age
 
-    def getFileSize(self) -> int | None:
-        return self._size
-
-    def render_GET(self, request: IRequest) -> bytes | int:
-        if self._size is not None:
+    def render(self, request: Any) -> bytes | int:
+        if self.size is not None:
             request.setHeader(b"accept-ranges", b"bytes")
-        if self._etag is not None:
-            request.setHeader(b"etag", self._etag)
-        if self._last_modified is not None:
-            request.setHeader(b"last-modified", http.datetimeToString(int(self._last_modified)))
-        request.setHeader(b"cache-control", self._cache_control)
-        if self._age is not None:
-            request.setHeader(b"age", b"%d" % (self._age,))
-        if not_modified(request, self._etag, self._last_modified):
+        if self.etag is not None:
+            request.setHeader(b"etag", self.etag)
+        if self.last_modified is not None:
+            request.setHeader(b"last-modified", http.datetimeToString(int(self.last_modified)))
+        request.setHeader(b"cache-control", self.cache_control)
+        if self.age is not None:
+            request.setHeader(b"age", b"%d" % (self.age,))
+        if not_modified(request, self.etag, self.last_modified):
             request.setResponseCode(http.NOT_MODIFIED)
             return b""
+        request.setHeader(b"content-type", self.content_type)
         if request.method == b"HEAD":
-            if self._size is not None:
-                self._setContentHeaders(request)
-            else:
-                request.setHeader(b"content-type", self.type.encode("latin-1"))
+            if self.size is not None:
+                request.setHeader(b"content-length", b"%d" % (self.size,))
             return b""
-        if not range_still_valid(request, self._etag, self._last_modified):
-            request.requestHeaders.removeHeader(b"range")
-        producer = self.makeProducer(request, self.openForReading())
-        producer.start()
+        try:
+            ranges = self._ranges(request)
+        except Unsatisfiable:
+            request.setHeader(b"content-range", b"bytes */%d" % (self.size,))
+            return render_error(
+                request, 416, "range_not_satisfiable", f"the file has {self.size} bytes"
+            )
+        if ranges is None:
+            request.setResponseCode(http.OK)
+            if self.size is not None:
+                request.setHeader(b"content-length", b"%d" % (self.size,))
+            self.send(request, [(b"", 0, self.size)])
+        elif len(ranges) == 1:
+            (r,) = ranges
+            request.setResponseCode(http.PARTIAL_CONTENT)
+            request.setHeader(b"content-range", r.content_range(self.size or 0))
+            request.setHeader(b"content-length", b"%d" % (r.length,))
+            self.send(request, [(b"", r.first, r.length)])
+        else:
+            body = multipart(ranges, self.size or 0, self.content_type)
+            request.setResponseCode(http.PARTIAL_CONTENT)
+            request.setHeader(b"content-type", body.content_type)
+            request.setHeader(b"content-length", b"%d" % (body.length,))
+            segments = [(head, r.first, r.length) for head, r in body.parts]
+            self.send(request, segments, body.trailer)
         return server.NOT_DONE_YET
 
-    render_HEAD = render_GET
+    def _ranges(self, request: Any) -> list[ByteRange] | None:
+        header = request.getHeader(b"range")
+        if header is None or self.size is None:
+            return None
+        if not range_still_valid(request, self.etag, self.last_modified):
+            return None
+        ranges = parse_range(header, self.size)
+        if ranges is None or len(ranges) == 1:
+            return ranges
+        if not self.multipart:
+            return None
+        if multipart(ranges, self.size, self.content_type).length >= self.size:
+            return None  # the whole file is smaller: send that
+        return ranges
+
+    def send(
+        self, request: Any, segments: list[tuple[bytes, int, int | None]], trailer: bytes = b""
+    ) -> None:
+        """
+        Start the body: C{segments} of (literal bytes, offset, length).
+        """
+        raise NotImplementedError()
 
 
-class StoredFile(MediaFile):
+class StoredResponse(MediaResponse):
     """
-    A complete cached object: L{static.File} decides status, headers and
-    ranges; whole files and single ranges on plain TCP go out with
-    C{sendfile}, the rest through L{static.File}'s own producers.
+    A complete cached object, read through one shared descriptor per
+    version: whole files and single ranges on plain TCP go out with
+    C{sendfile}, the rest with C{pread}.
+
+    @param handle: the body, which this response releases.
     """
 
-    def makeProducer(self, request: IRequest, fileForReading: Any) -> Any:
-        producer = super().makeProducer(request, fileForReading)
-        if not can_sendfile(request):
-            return producer
-        if isinstance(producer, static.NoRangeStaticProducer):
-            return SendfileProducer(request, fileForReading, 0, self._size)
-        if isinstance(producer, static.SingleRangeStaticProducer):
-            return SendfileProducer(request, fileForReading, producer.offset, producer.size)
-        return producer
-
-    def __init__(self, obj: StoredObject, cache_control: bytes, now: float) -> None:
-        MediaFile.__init__(
-            self,
-            obj.path,
+    def __init__(self, obj: StoredObject, handle: Handle, cache_control: bytes, now: float) -> None:
+        super().__init__(
             obj.size,
             obj.content_type,
             obj.etag,
@@ -113,52 +150,51 @@ class StoredFile(MediaFile):
             cache_control,
             age=max(0, int(now - obj.fetched_at)),
         )
+        self.handle: Handle | None = handle
+
+    def render(self, request: Any) -> bytes | int:
+        try:
+            return super().render(request)
+        finally:
+            # Not taken by a producer (a HEAD, a 304, a 416): let it go.
+            if self.handle is not None:
+                self.handle.release()
+                self.handle = None
+
+    def send(
+        self, request: Any, segments: list[tuple[bytes, int, int | None]], trailer: bytes = b""
+    ) -> None:
+        handle, self.handle = self.handle, None
+        assert handle is not None
+        parts = [(head, offset, length or 0) for head, offset, length in segments]
+        if len(parts) == 1 and not trailer and can_sendfile(request):
+            _, offset, length = parts[0]
+            SendfileProducer(request, handle, offset, length).start()
+        else:
+            PreadProducer(request, handle, parts, trailer).start()
 
 
-class FillFile(MediaFile):
+class FillResponse(MediaResponse):
     """
     An object still downloading: the same headers and ranges as a stored
     one, with a body that follows the download.
     """
 
+    multipart = False
+
     def __init__(self, fill: Fill, cache_control: bytes) -> None:
         headers = fill.headers
         assert headers is not None
-        MediaFile.__init__(
-            self,
-            fill.name,
-            fill.length,
-            headers.content_type,
-            headers.etag,
-            headers.last_modified,
-            cache_control,
+        super().__init__(
+            fill.length, headers.content_type, headers.etag, headers.last_modified, cache_control
         )
         self.fill = fill
 
-    def openForReading(self) -> None:
-        # FillProducer follows the fill itself.
-        return None
-
-    def makeProducer(self, request: IRequest, fileForReading: None) -> FillProducer:
-        offset, size = 0, self._size
-        ranges = None
-        byte_range = request.getHeader(b"range")
-        if byte_range is not None and size is not None:
-            try:
-                ranges = self._parseRangeHeader(byte_range)
-            except ValueError:
-                ranges = None
-        # Several ranges of a body still arriving are answered whole, as
-        # RFC 9110 allows: the multipart producer needs the bytes at hand.
-        if ranges is not None and len(ranges) == 1:
-            offset, size = self._doSingleRangeRequest(request, ranges[0])
-        else:
-            request.setResponseCode(http.OK)
-        if size is not None:
-            self._setContentHeaders(request, size)
-        else:
-            request.setHeader(b"content-type", self.type.encode("latin-1"))
-        return FillProducer(request, self.fill, offset, size)
+    def send(
+        self, request: Any, segments: list[tuple[bytes, int, int | None]], trailer: bytes = b""
+    ) -> None:
+        ((_, offset, length),) = segments
+        FillProducer(request, self.fill, offset, length).start()
 
 
 def _plain_get(request: IRequest) -> bool:
@@ -174,22 +210,39 @@ def _plain_get(request: IRequest) -> bool:
 
 
 def serve_stored(
-    request: Any, obj: StoredObject, small: SmallBodies, cache_control: bytes, now: float
+    request: Any,
+    obj: StoredObject,
+    store: CacheStore,
+    small: SmallBodies,
+    cache_control: bytes,
+    now: float,
 ) -> bytes | int:
     """
     Render a cached object: small ones whole from memory, the rest through
-    L{StoredFile}.
+    L{StoredResponse}.  Out of descriptors, the listener gets a 503 to
+    retry, never a 500.
 
     @raise FileNotFoundError: when the object's body is gone (evicted,
         purged or replaced by another process since C{obj} was read).
     """
-    if obj.size <= SmallBodies.max_object and _plain_get(request):
-        headers, body = small.get(obj, cache_control)
-        for name, value in headers:
-            request.setHeader(name, value)
-        request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
-        return body
-    return StoredFile(obj, cache_control, now).render(request)
+    try:
+        if obj.size <= SmallBodies.max_object and _plain_get(request):
+            headers, body = small.get(obj, cache_control)
+            for name, value in headers:
+                request.setHeader(name, value)
+            request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
+            return body
+        handle = store.handles.acquire(obj)
+    except OSError as e:
+        if e.errno not in _OUT_OF_DESCRIPTORS:
+            raise
+        _descriptors_log.emit(
+            log, "out of file descriptors: answering 503 until some are free ({count} so far)"
+        )
+        request.outcome = "overloaded"
+        request.setHeader(b"retry-after", b"1")
+        return render_error(request, 503, "overloaded", "the server is busy; try again")
+    return StoredResponse(obj, handle, cache_control, now).render(request)
 
 
 class FilesResource(JSONResource):
@@ -234,6 +287,7 @@ class FilesResource(JSONResource):
         started = status.fill.when_started()
         request.notifyFinish().addErrback(lambda _: started.cancel())
         started.addCallbacks(self._follow, self._start_failed, (request,), None, (request,))
+        started.addErrback(self._broken, request)
         return server.NOT_DONE_YET
 
     render_HEAD = render_GET
@@ -241,7 +295,7 @@ class FilesResource(JSONResource):
     def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
         request.outcome = outcome
         self.store.used(obj)
-        return serve_stored(request, obj, self.small, self.cache_control, now)
+        return serve_stored(request, obj, self.store, self.small, self.cache_control, now)
 
     def _redirect(self, request: Any, name: str) -> bytes:
         request.outcome = "redirect"
@@ -251,7 +305,7 @@ class FilesResource(JSONResource):
 
     def _follow(self, fill: Fill, request: Any) -> None:
         if fill.readable:
-            body = FillFile(fill, self.cache_control).render(request)
+            body = FillResponse(fill, self.cache_control).render(request)
         elif fill.stored is not None:
             # A revalidation that ended in a 304, or a publish that won
             # the race: the object is in the cache.
@@ -262,6 +316,15 @@ class FilesResource(JSONResource):
         if body is not server.NOT_DONE_YET:
             request.write(body)
             request.finish()
+
+    def _broken(self, failure: Failure, request: Any) -> None:
+        """
+        A bug while answering a miss: logged, and the listener's connection
+        dropped rather than left hanging.
+        """
+        log.failure("answering {name} failed", failure, name=request.cache_name)
+        if not request.finished and not request._disconnected:
+            request.transport.abortConnection()
 
     def _start_failed(self, failure: Failure, request: Any) -> None:
         if failure.check(CancelledError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -78,8 +77,20 @@ class PrimaryProxy(Resource):
             request.content.seek(0)
             body = FileBodyProducer(request.content)
         d = self.agent.request(request.method, b"http://primary" + request.uri, headers, body)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallbacks(self._relay, self._failed, (request,), None, (request,))
+        gone: list[Failure] = []
+
+        def listener_gone(reason: Failure) -> None:
+            gone.append(reason)
+            d.cancel()
+
+        def failed(failure: Failure) -> None:
+            # However the cancelled request fails, a listener who left is
+            # not answered.
+            if not gone:
+                self._failed(failure, request)
+
+        request.notifyFinish().addErrback(listener_gone)
+        d.addCallbacks(self._relay, failed, (request,))
         return server.NOT_DONE_YET
 
     def _relay(self, response: Any, request: Any) -> None:
@@ -96,8 +107,6 @@ class PrimaryProxy(Resource):
         response.deliverBody(_Relay(request))
 
     def _failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(CancelledError):
-            return
         request.write(
             render_error(request, 502, "primary_unavailable", "the primary process did not answer")
         )

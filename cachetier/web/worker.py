@@ -56,7 +56,9 @@ class WorkerFiles(Resource):
                     break
                 try:
                     request.cache_name, request.outcome = name, "hit"
-                    return serve_stored(request, obj, self.small, self.cache_control, now)
+                    return serve_stored(
+                        request, obj, self.store, self.small, self.cache_control, now
+                    )
                 except FileNotFoundError:
                     # Gone since we read its metadata: read it again.
                     self._seen.pop(name, None)
