@@ -31,6 +31,18 @@ def parse_size(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[unit.upper()])
 
 
+def parse_rate(text: str) -> int:
+    """
+    Parse a transfer rate such as C{"10K"} or C{"10K/s"} into bytes a second.
+
+    @raise ValueError: when C{text} is not a rate.
+    """
+    number, _, per = text.partition("/")
+    if per and per.strip() != "s":
+        raise ValueError(f"not a rate: {text!r} (examples: 10K, 10K/s, 1M/s)")
+    return parse_size(number)
+
+
 def parse_duration(text: str) -> float:
     """
     Parse a duration such as C{"30"}, C{"30s"}, C{"24h"} or C{"7d"} into seconds.
@@ -76,6 +88,17 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooloff: float = 30.0
     workers: int = 1
+    # Connections: headers (and keep-alive idleness) and stalled responses.
+    idle_timeout: float = 60.0
+    send_timeout: float = 60.0
+    # None: as many as the descriptor limit allows (see tap.connection_cap).
+    max_connections: int | None = None
+    # Downloads slower than this many bytes a second over a window are
+    # abandoned; listeners wait this long for a queued sync to start.
+    origin_min_rate: int = 10 * 1024
+    queue_timeout: float = 30.0
+    # New syncs one client address may start a second.
+    max_syncs_per_client: float = 10.0
     # None: access events go to twistd's log; "off": none; else a file.
     access_log: str | None = None
     # A secret: kept out of repr() so it can never reach a log.

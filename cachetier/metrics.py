@@ -50,6 +50,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "cachetier_connections_refused",
+            "Connections closed on accept: the connection cap was reached.",
+            registry=r,
+        )
+        self.responses_timed_out = Counter(
+            "cachetier_responses_timed_out",
+            "Responses aborted because the client took no bytes for --send-timeout.",
+            registry=r,
+        )
         self.evictions = Counter("cachetier_evictions", "Objects evicted to make room.", registry=r)
         self.purges = Counter("cachetier_purges", "Names purged by the admin API.", registry=r)
         self.breaker_open = Gauge(

@@ -8,6 +8,7 @@ L{makeService}.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from .web._site import AccessLogFile
 from .workers import PublicPorts, WorkersService
 
 T = TypeVar("T")
+
+log = Logger()
 
 
 def _option(flag: str, parse: Callable[[str], T], text: str) -> T:
@@ -298,15 +301,56 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
     )
     root = build_root(store, syncer, settings, metrics)
     access_file = None
+    limits = site_limits(settings)
     if settings.access_log == "off":
-        site = CacheSite(root, metrics, access_log=None, reactor=reactor)
+        site = CacheSite(root, metrics, access_log=None, reactor=reactor, **limits)
     elif settings.access_log:
         access_file = AccessLogFile(settings.access_log)
         access = Logger(namespace="cachetier.access", observer=access_file)
-        site = CacheSite(root, metrics, access_log=access, reactor=reactor)
+        site = CacheSite(root, metrics, access_log=access, reactor=reactor, **limits)
     else:
-        site = CacheSite(root, metrics, reactor=reactor)
+        site = CacheSite(root, metrics, reactor=reactor, **limits)
     return Assembly(store, syncer, site, pool, access_file)
+
+
+def site_limits(settings: Settings) -> dict[str, Any]:
+    """
+    The connection bounds of a site, as L{CacheSite} takes them.
+    """
+    return {
+        "idle_timeout": settings.idle_timeout,
+        "send_timeout": settings.send_timeout,
+        "max_connections": settings.max_connections or connection_cap(settings),
+    }
+
+
+def connection_cap(settings: Settings) -> int:
+    """
+    How many connections fit in the descriptor limit: all of it but what
+    the rest of the process needs (origin connections and temp files of
+    the downloads, shared bodies, logs, the thread pool's files).  Past
+    the cap, connections are closed on accept, cleanly, instead of every
+    file open failing with EMFILE.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    reserve = 128 + 4 * settings.max_concurrent_syncs
+    return max(16, soft - reserve)
+
+
+def raise_descriptor_limit() -> None:
+    """
+    Raise the soft open-files limit to the hard limit, as nginx's
+    C{worker_rlimit_nofile} does: systemd's default soft limit of 1024 is
+    far below what thousands of listeners need.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warn("could not raise the open-files limit: {why}", why=str(e))
+            hard = soft
+    log.info("open-files limit: soft {before} raised to {after}", before=soft, after=hard)
 
 
 class _RemoveOnStop(Service):
@@ -338,6 +382,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     settings: Settings = options["settings"]
+    raise_descriptor_limit()
     assembly = assemble(settings, reactor)
     service = MultiService()
     _Downloads(assembly).setServiceParent(service)

@@ -260,6 +260,13 @@ class OriginHeaderTests(TestCase):
         for method in ("GET", "HEAD", "GET"):
             response = await client.request(method, url + "files/a.mp3")
             self.assertEqual(response.code, 200, method)
+            self.assertEqual(
+                response.headers.getRawHeaders(b"content-type"),
+                ["audio/mpeg; name=caf\xc3\xa9".encode("latin-1")],
+            )
             body = await content(response)
             self.assertEqual(body, b"" if method == "HEAD" else body_of(5_000))
+            fill = cache.syncer.fill_for("a.mp3")
+            if fill is not None:
+                await fill.when_done()
         self.assertIsNotNone(cache.store.get("a.mp3"))

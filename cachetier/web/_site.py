@@ -1,15 +1,18 @@
 """
-The site: per-request bookkeeping, the access log and request metrics.
+The site: connections (deadlines, the cap, request bodies refused unread),
+per-request bookkeeping, the access log and request metrics.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import ILogObserver, Logger
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -17,6 +20,12 @@ from ..metrics import Metrics
 from ..names import name_from_path, quote_name
 
 log = Logger()
+
+
+# The only routes that take a request body (admin JSON), and its cap.
+BODY_ROUTES = frozenset({(b"POST", b"/api/v1/purge"), (b"POST", b"/api/v1/warm")})
+MAX_ADMIN_BODY = 1 << 20
+_READ_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 
 
 class CacheRequest(server.Request):
@@ -34,25 +43,189 @@ class CacheRequest(server.Request):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.received = time.monotonic()
+        self._body_bytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        # A chunked admin body has no length to check up front.
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_ADMIN_BODY:
+            self.channel.refuse_body(413, "too_large", "request bodies are capped at 1 MiB")
+            return
+        super().handleContentChunk(data)
+
+
+class CacheChannel(http.HTTPChannel):
+    """
+    An HTTP connection with the bounds a public server needs:
+
+      - a client has C{site.idle_timeout} seconds to send complete request
+        headers (and body), counted from when the connection is ready for
+        a request, not reset by each byte (slowloris);
+      - a keep-alive connection idle that long between requests is closed;
+      - a request that declares a body on a route that takes none is
+        answered 413 (405 for a method the route does not have) before any
+        of the body is read, and nothing is ever spooled for it; admin
+        bodies are capped at L{MAX_ADMIN_BODY}.
+
+    Twisted's own idle timer (which every byte resets) is off: the site is
+    built with C{timeout=None}.
+    """
+
+    _deadline: IDelayedCall | None = None
+    _refused = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.connection_opened()
+        self._await_request()
+
+    def _await_request(self) -> None:
+        self._cancel_deadline()
+        timeout = self.site.idle_timeout
+        if timeout:
+            self._deadline = self.site.reactor.callLater(timeout, self._idle_timed_out)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _idle_timed_out(self) -> None:
+        self._deadline = None
+        self._close(abort_after=self.site.send_timeout)
+
+    def _close(self, abort_after: float | None) -> None:
+        """
+        Close once what is buffered is sent; abort if that takes longer than
+        C{abort_after} seconds.
+        """
+        self._cancel_deadline()
+        self.transport.loseConnection()
+        if abort_after:
+            self._deadline = self.site.reactor.callLater(
+                abort_after, self.transport.abortConnection
+            )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped: never parsed, never spooled
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        headers = request.requestHeaders
+        declared = _declared_length(headers)
+        if declared:
+            route = (self._command, self._path.split(b"?", 1)[0])
+            if route not in BODY_ROUTES:
+                if self._command in _READ_METHODS:
+                    self.refuse_body(413, "body_not_allowed", "this URL takes no request body")
+                else:
+                    method = self._command.decode("latin-1")
+                    self.refuse_body(405, "method_not_allowed", f"{method} is not allowed here")
+                return
+            if declared > MAX_ADMIN_BODY:
+                self.refuse_body(413, "too_large", "request bodies are capped at 1 MiB")
+                return
+        super().allHeadersReceived()
+
+    def refuse_body(self, code: int, error: str, message: str) -> None:
+        """
+        Answer at once, without reading the request body, and close.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self.site.metrics.requests.labels(outcome="refused").inc()
+        body = json.dumps({"error": error, "message": message}).encode("utf-8")
+        phrase = http.RESPONSES.get(code, b"Error")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (code, phrase, len(body), body)
+        )
+        self._close(abort_after=self.site.send_timeout or 60.0)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent and not self._refused:
+            self._await_request()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        self.site.connection_closed()
+        super().connectionLost(reason)
+
+
+def _declared_length(headers: http.Headers) -> int:
+    """
+    The body length a request declares: its Content-Length, or 1 for a
+    chunked body (length unknown, but there is one).
+    """
+    if headers.hasHeader(b"transfer-encoding"):
+        return 1
+    value = headers.getRawHeaders(b"content-length", [b"0"])[-1]
+    try:
+        return int(value)
+    except ValueError:
+        return 1
 
 
 class CacheSite(server.Site):
     """
-    A L{server.Site} that emits one structured access event per request.
+    A L{server.Site} that emits one structured access event per request and
+    bounds its connections (see L{CacheChannel}).
 
     @param access_log: where the access events go: a L{Logger} (by default
         the module's, so into twistd's log), or L{None} for none.
+    @param max_connections: connections past this many are closed as soon
+        as they are accepted (L{None}: no cap).
     """
 
     requestFactory = CacheRequest
+    protocol = CacheChannel
 
     def __init__(
-        self, resource: object, metrics: Metrics, access_log: Logger | None = log, **kwargs: object
+        self,
+        resource: object,
+        metrics: Metrics,
+        access_log: Logger | None = log,
+        *,
+        idle_timeout: float | None = 60.0,
+        send_timeout: float | None = 60.0,
+        max_connections: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, timeout=None, **kwargs)
         self.metrics = metrics
         self.access_log = access_log
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.max_connections = max_connections
+        self.connections = 0
+        self._refusals = OncePerSecond()
         self._outcomes: dict[str, Any] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.max_connections is not None and self.connections >= self.max_connections:
+            self._refusals.emit(
+                log,
+                "refusing connections: {limit} open, the most allowed ({count} refused)",
+                limit=self.max_connections,
+            )
+            self.metrics.connections_refused.inc()
+            return None  # the port closes the socket at once
+        return super().buildProtocol(addr)
+
+    def connection_opened(self) -> None:
+        self.connections += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
 
     def log(self, request: CacheRequest) -> None:
         sent = request.sentLength

@@ -114,7 +114,6 @@ class PurgeResource(JSONResource):
     """
 
     isLeaf = True
-    max_body = 1024 * 1024
 
     def __init__(self, syncer: Syncer, admin_token: bytes | None) -> None:
         super().__init__()
@@ -125,13 +124,9 @@ class PurgeResource(JSONResource):
         refusal = refuse(request, self.admin_token)
         if refusal is not None:
             return refusal
-        raw = request.content.read(self.max_body + 1)
-        if len(raw) > self.max_body:
-            return render_error(
-                request, 413, "too_large", f"the body is over {self.max_body} bytes"
-            )
         try:
-            body = json.loads(raw)
+            # The channel has capped the body at MAX_ADMIN_BODY.
+            body = json.loads(request.content.read())
         except ValueError:
             return render_error(request, 400, "bad_json", "the body is not JSON")
         if not isinstance(body, dict) or len(body.keys() & {"files", "prefix"}) != 1:

@@ -59,9 +59,8 @@ class BodyProducer:
     def __init__(self, request: Any) -> None:
         self.request: Any = request
         self._paused = False
-        site = getattr(getattr(request, "channel", None), "site", None)
-        self._send_timeout: float | None = getattr(site, "send_timeout", None)
-        self._clock = getattr(site, "reactor", None)
+        self._site = getattr(getattr(request, "channel", None), "site", None)
+        self._send_timeout: float | None = getattr(self._site, "send_timeout", None)
         self._stall: IDelayedCall | None = None
 
     def pauseProducing(self) -> None:
@@ -81,7 +80,7 @@ class BodyProducer:
         The client stopped taking bytes: start its clock.
         """
         if self._stall is None and self._send_timeout and self.request is not None:
-            self._stall = self._clock.callLater(self._send_timeout, self._send_timed_out)
+            self._stall = self._site.reactor.callLater(self._send_timeout, self._send_timed_out)
 
     def _progressed(self) -> None:
         if self._stall is not None:
@@ -95,6 +94,7 @@ class BodyProducer:
                 "aborting a response its client took nothing of for {secs:g}s",
                 secs=self._send_timeout,
             )
+            self._site.metrics.responses_timed_out.inc()
             self._abort()
 
     def _send(self) -> None:

@@ -1,0 +1,227 @@
+"""
+Bounds on what one client can hold or cost, over real sockets: header and
+idle deadlines, the send timeout, request bodies, ranges, the connection
+cap.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from .helpers import body_of, start_cachetier, start_origin
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class _Raw:
+    """
+    A blocking client socket driven from a thread, to misbehave exactly.
+    """
+
+    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_all(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def closed_by_peer(self) -> bool:
+        """
+        Whether the server has closed (or reset) this connection, reading
+        and dropping whatever it sent first.
+        """
+        self.sock.settimeout(0.05)
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    return True
+        except (TimeoutError, BlockingIOError):
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LimitsTestCase(TestCase):
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        self.clients: list[_Raw] = []
+        self.addCleanup(self.close_clients)
+
+    def raw(self, rcvbuf: int | None = None) -> _Raw:
+        client = _Raw(self.port, rcvbuf)
+        self.clients.append(client)
+        return client
+
+    async def close_clients(self) -> None:
+        """
+        Close every client socket and give the server a moment to see it.
+        """
+        for client in self.clients:
+            client.close()
+        await sleep(0.2)
+
+    async def wait_closed(self, clients: list[_Raw], within: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < within:
+            if all(c.closed_by_peer() for c in clients):
+                return time.monotonic() - started
+            await sleep(0.1)
+        self.fail(f"connections still open after {within}s")
+
+    async def request(self, data: bytes) -> bytes:
+        client = self.raw()
+        client.send(data)
+        return await deferToThread(client.read_all)
+
+
+class DeadlineTests(LimitsTestCase):
+    settings = {"idle_timeout": 0.5, "send_timeout": 0.5}
+
+    async def test_slow_headers_are_cut_off_at_the_deadline(self) -> None:
+        clients = [self.raw() for _ in range(50)]
+        for c in clients:
+            c.send(b"GET /files/a.mp3 HTTP/1.1\r\n")
+        for _ in range(5):
+            await sleep(0.1)
+            for c in clients:
+                c.send(b"X")  # one byte at a time never resets the deadline
+        await self.wait_closed(clients, within=3.0)
+        self.assertEqual(self.cache.site.connections, 0)
+
+    async def test_an_idle_keep_alive_connection_is_closed(self) -> None:
+        client = self.raw()
+        client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await sleep(0.1)
+        self.assertFalse(client.closed_by_peer())
+        await self.wait_closed([client], within=3.0)
+
+    async def test_readers_that_never_read_are_aborted(self) -> None:
+        self.origin.put("big.mp3", body_of(30_000_000))
+        await self.cache.syncer.start("big.mp3").when_done()
+        clients = [self.raw(rcvbuf=4096) for _ in range(20)]
+        for c in clients:
+            c.send(b"GET /files/big.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await sleep(0.3)
+        self.assertEqual(len(self.cache.store.handles), 1, "one descriptor for all readers")
+        await self.wait_closed(clients, within=4.0)
+        self.assertEqual(self.cache.site.connections, 0)
+        self.assertEqual(len(self.cache.store.handles), 0)
+
+
+class RequestBodyTests(LimitsTestCase):
+    settings = {"admin_token": b"t" * 32}
+
+    async def test_a_declared_body_on_a_public_route_is_refused_unread(self) -> None:
+        for method, code in ((b"GET", 413), (b"PUT", 405), (b"POST", 405)):
+            answer = await self.request(
+                method + b" /files/x.mp3 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 1000000000\r\n\r\n" + b"x" * 100_000
+            )
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertIn(b" %d " % code, head.split(b"\r\n")[0], method)
+            self.assertIn("error", json.loads(body))
+
+    async def test_a_chunked_body_is_refused_too(self) -> None:
+        answer = await self.request(
+            b"GET /api/v1/files/x.mp3 HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n10000\r\n" + b"x" * 65536
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:40])
+
+    async def test_admin_bodies_are_capped(self) -> None:
+        auth = b"Authorization: Bearer " + b"t" * 32 + b"\r\n"
+        answer = await self.request(
+            b"POST /api/v1/purge HTTP/1.1\r\nHost: x\r\n"
+            + auth
+            + b"Content-Length: 2000000\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:40])
+        small = json.dumps({"files": ["a.mp3"]}).encode()
+        answer = await self.request(
+            b"POST /api/v1/purge HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + auth
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(small)
+            + small
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:40])
+
+
+class RangeBombTests(LimitsTestCase):
+    async def test_a_thousand_overlapping_ranges_get_the_file_once(self) -> None:
+        self.origin.put("a.mp3", body_of(10_240))
+        await self.cache.syncer.start("a.mp3").when_done()
+        bomb = b"bytes=" + b",".join([b"0-"] * 1000)
+        started = time.monotonic()
+        answer = await self.request(
+            b"GET /files/a.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nRange: "
+            + bomb
+            + b"\r\n\r\n"
+        )
+        self.assertLess(time.monotonic() - started, 1.0)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:40])
+        self.assertEqual(body, body_of(10_240))
+
+    async def test_overlapping_ranges_are_merged(self) -> None:
+        self.origin.put("a.mp3", body_of(100_000))
+        await self.cache.syncer.start("a.mp3").when_done()
+        answer = await self.request(
+            b"GET /files/a.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Range: bytes=0-99,50-199,200-299\r\n\r\n"
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertIn(b"content-range: bytes 0-299/100000", head.lower())
+        self.assertEqual(body, body_of(100_000)[:300])
+
+
+class ConnectionCapTests(LimitsTestCase):
+    settings = {"max_connections": 5}
+
+    async def test_connections_past_the_cap_are_closed_at_once(self) -> None:
+        held = [self.raw() for _ in range(5)]
+        for c in held:
+            c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await sleep(0.2)
+        extra = self.raw()
+        await self.wait_closed([extra], within=1.0)
+        for c in held:
+            c.close()
+        await sleep(0.2)
+        answer = await self.request(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:40])
