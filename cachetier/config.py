@@ -96,6 +96,7 @@ class Settings:
     # Downloads slower than this many bytes a second over a window are
     # abandoned; listeners wait this long for a queued sync to start.
     origin_min_rate: int = 10 * 1024
+    origin_min_rate_window: float = 30.0
     queue_timeout: float = 30.0
     # New syncs one client address may start a second.
     max_syncs_per_client: float = 10.0

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from .config import Settings, parse_duration, parse_size
+from .config import Settings, parse_duration, parse_rate, parse_size
 from .metrics import Metrics
 from .names import normalise_base
 from .origin import Breaker, Origin, RetryPolicy
@@ -124,6 +124,37 @@ class Options(usage.Options):
         ],
         ["max-queued-syncs", None, "1000", "Syncs that may wait for a slot; more are refused."],
         ["max-syncs-per-second", None, "50", "New syncs a second; more are refused."],
+        [
+            "max-syncs-per-client",
+            None,
+            "10",
+            "New syncs a second from one client address; more are refused.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            "60s",
+            "Time to send complete request headers, and keep-alive idle time.",
+        ],
+        [
+            "send-timeout",
+            None,
+            "60s",
+            "A response whose client takes no bytes for this long is aborted.",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Open connections at most (default: what the open-files limit allows).",
+        ],
+        [
+            "origin-min-rate",
+            None,
+            "10K",
+            "Downloads slower than this (bytes/s, over 30s) are abandoned; 0: none.",
+        ],
+        ["queue-timeout", None, "30s", "How long a listener waits for a download slot."],
         ["origin-retries", None, "3", "Tries per origin request on connection errors and 5xx."],
         ["breaker-threshold", None, "5", "Consecutive origin failures that open the breaker."],
         ["breaker-cooloff", None, "30s", "How long the open breaker waits before probing."],
@@ -222,6 +253,14 @@ class Options(usage.Options):
             max_object_size=self._size("max-object-size"),
             max_queued_syncs=self._positive("max-queued-syncs"),
             max_syncs_per_second=float(self._positive("max-syncs-per-second")),
+            max_syncs_per_client=float(self._positive("max-syncs-per-client")),
+            idle_timeout=self._duration("idle-timeout"),
+            send_timeout=self._duration("send-timeout"),
+            max_connections=(
+                None if self["max-connections"] is None else self._positive("max-connections")
+            ),
+            origin_min_rate=_option("origin-min-rate", parse_rate, self["origin-min-rate"]),
+            queue_timeout=self._duration("queue-timeout"),
             origin_retries=self._positive("origin-retries"),
             breaker_threshold=self._positive("breaker-threshold"),
             breaker_cooloff=self._duration("breaker-cooloff"),
@@ -277,6 +316,8 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
         settings.origin_timeout,
         breaker=Breaker(reactor, settings.breaker_threshold, settings.breaker_cooloff),
         retry=RetryPolicy(attempts=settings.origin_retries),
+        min_rate=settings.origin_min_rate,
+        rate_window=settings.origin_min_rate_window,
     )
     syncer = Syncer(
         origin,
@@ -286,6 +327,7 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
         max_concurrent=settings.max_concurrent_syncs,
         max_queued=settings.max_queued_syncs,
         max_new_per_second=settings.max_syncs_per_second,
+        max_new_per_client=settings.max_syncs_per_client,
         max_object_size=settings.max_object_size,
         ttl=settings.ttl,
         stale_if_error=settings.stale_if_error,

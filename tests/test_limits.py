@@ -29,8 +29,10 @@ class _Raw:
     A blocking client socket driven from a thread, to misbehave exactly.
     """
 
-    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+    def __init__(self, port: int, rcvbuf: int | None = None, source: str | None = None) -> None:
         self.sock = socket.socket()
+        if source is not None:
+            self.sock.bind((source, 0))
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(10)
@@ -81,8 +83,8 @@ class LimitsTestCase(TestCase):
         self.clients: list[_Raw] = []
         self.addCleanup(self.close_clients)
 
-    def raw(self, rcvbuf: int | None = None) -> _Raw:
-        client = _Raw(self.port, rcvbuf)
+    def raw(self, rcvbuf: int | None = None, source: str | None = None) -> _Raw:
+        client = _Raw(self.port, rcvbuf, source)
         self.clients.append(client)
         return client
 
@@ -102,8 +104,8 @@ class LimitsTestCase(TestCase):
             await sleep(0.1)
         self.fail(f"connections still open after {within}s")
 
-    async def request(self, data: bytes) -> bytes:
-        client = self.raw()
+    async def request(self, data: bytes, source: str | None = None) -> bytes:
+        client = self.raw(source=source)
         client.send(data)
         return await deferToThread(client.read_all)
 
@@ -225,3 +227,60 @@ class ConnectionCapTests(LimitsTestCase):
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:40])
+
+
+class OriginBoundsTests(LimitsTestCase):
+    settings = {
+        "origin_min_rate": 50_000,
+        "origin_min_rate_window": 0.5,
+        "max_concurrent_syncs": 1,
+        "queue_timeout": 0.5,
+        "origin_timeout": 5.0,
+    }
+
+    async def test_a_trickling_origin_is_abandoned_and_its_listener_aborted(self) -> None:
+        self.origin.put("slow.mp3", body_of(1_000_000))
+        self.origin.rate = 5_000
+        started = time.monotonic()
+        answer = await self.request(b"GET /files/slow.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertLess(time.monotonic() - started, 3.0)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:40])
+        self.assertLess(len(body), 1_000_000, "aborted, never a short body passed off as whole")
+        self.assertIsNone(self.cache.store.get("slow.mp3"))
+        error = self.cache.syncer.recent_failure("slow.mp3")
+        self.assertEqual(getattr(error, "reason", None), "too_slow")
+
+    async def test_a_listener_of_a_queued_sync_gets_an_answer_in_time(self) -> None:
+        self.origin.put("h.mp3", body_of(1000))
+        self.origin.put("q.mp3", body_of(1000))
+        self.origin.hang.add("h.mp3")
+        self.cache.syncer.start("h.mp3")  # holds the only slot
+        started = time.monotonic()
+        answer = await self.request(
+            b"GET /files/q.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertLess(time.monotonic() - started, 2.0)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 503 "), head[:40])
+        self.assertEqual(json.loads(body)["error"], "overloaded")
+
+
+class FairnessTests(LimitsTestCase):
+    settings = {"max_syncs_per_second": 20, "max_syncs_per_client": 5}
+
+    async def test_a_flood_from_one_address_does_not_starve_another(self) -> None:
+        self.origin.put("new-episode.mp3", body_of(50_000))
+        for n in range(100):
+            await self.request(
+                b"GET /api/v1/files/random-%d.mp3 HTTP/1.1\r\nHost: x\r\n"
+                b"Connection: close\r\n\r\n" % n,
+                source="127.0.0.2",
+            )
+        answer = await self.request(
+            b"GET /files/new-episode.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            source="127.0.0.1",
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:40])
+        self.assertEqual(body, body_of(50_000))

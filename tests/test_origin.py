@@ -15,6 +15,8 @@ from twisted.web.resource import Resource
 from cachetier.origin import Breaker, NotFoundAtOrigin, Origin, OriginError, RetryPolicy
 from cachetier.store import StoredObject
 
+from .helpers import TestOrigin
+
 
 class _Script(Resource):
     """
@@ -111,8 +113,8 @@ class OriginTests(SynchronousTestCase):
     def test_an_open_breaker_fails_at_once_without_a_request(self) -> None:
         script = _Script(500, 500)
         origin = self.make(script, breaker=Breaker(Clock(), threshold=2, cooloff=60))
-        for _ in range(2):
-            self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
+        for name in ("a.mp3", "b.mp3"):
+            self.failureResultOf(self.drive(origin.get(name)), OriginError)
         d = Deferred.fromCoroutine(origin.get("a.mp3"))
         self.assertEqual(self.failureResultOf(d, OriginError).value.reason, "breaker_open")
         self.assertEqual(len(script.seen), 2)
@@ -139,3 +141,31 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual(
             headers.getRawHeaders(b"if-modified-since"), [b"Tue, 14 Nov 2023 22:13:20 GMT"]
         )
+
+
+class BreakerByNameTests(SynchronousTestCase):
+    def make(self) -> tuple[Origin, TestOrigin]:
+        self.clock = Clock()
+        origin = TestOrigin()
+        self.treq = StubTreq(origin)
+        breaker = Breaker(self.clock, threshold=3, cooloff=10)
+        return Origin("http://origin.test/", self.treq, self.clock, 30, breaker=breaker), origin
+
+    def get(self, origin: Origin, name: str) -> None:
+        d = Deferred.fromCoroutine(origin.get(name))
+        self.treq.flush()
+        self.failureResultOf(d, OriginError)
+
+    def test_one_names_5xx_never_opens_the_breaker(self) -> None:
+        origin, test_origin = self.make()
+        test_origin.status["broken.mp3"] = 503
+        for _ in range(10):
+            self.get(origin, "broken.mp3")
+        self.assertEqual(origin.breaker.state, "closed")
+
+    def test_5xx_from_several_names_opens_it(self) -> None:
+        origin, test_origin = self.make()
+        for name in ("a", "b", "c"):
+            test_origin.status[name] = 502
+            self.get(origin, name)
+        self.assertEqual(origin.breaker.state, "open")

@@ -18,6 +18,11 @@ class Breaker:
     Stops calls to a failing origin: after C{threshold} consecutive
     failures it opens for C{cooloff} seconds, then lets one probe through
     (half-open); the probe's success closes it, its failure reopens it.
+
+    Connection failures and timeouts are the origin's; a 5xx may be one
+    broken file's.  So 5xx answers count only from C{threshold} distinct
+    names in a row: one name's repeated 5xx never opens the breaker for
+    every other file (that name has its own failure memory in the syncer).
     """
 
     def __init__(self, clock: IReactorTime, threshold: int = 5, cooloff: float = 30.0) -> None:
@@ -25,6 +30,7 @@ class Breaker:
         self.threshold = threshold
         self.cooloff = cooloff
         self.failures = 0
+        self._failing_names: set[str] = set()
         self._open = False
         self._opened_at = 0.0
         self._probing = False
@@ -55,12 +61,21 @@ class Breaker:
 
     def succeeded(self) -> None:
         self.failures = 0
+        self._failing_names.clear()
         self._open = False
         self._probing = False
 
-    def failed(self) -> None:
-        self.failures += 1
+    def failed(self, name: str | None = None) -> None:
+        """
+        A request failed: a connection failure or timeout, or, with
+        C{name}, a 5xx answer for that name.
+        """
         self._probing = False
+        if name is not None and not self._open:
+            if name in self._failing_names or len(self._failing_names) >= self.threshold:
+                return
+            self._failing_names.add(name)
+        self.failures += 1
         if self._open or self.failures >= self.threshold:
             if not self._open:
                 log.warn(

@@ -129,25 +129,54 @@ def parse_response(response: Any) -> OriginResponse:
 class _BodyReceiver(Protocol):
     """
     Hands each body chunk to C{write} as it arrives; gives up when the origin
-    is silent for C{idle} seconds.
+    is silent for C{idle} seconds, or sends less than C{min_rate} bytes a
+    second over any C{window} seconds (a trickle holds a slot, a temp file
+    and its listeners forever otherwise).
     """
 
     def __init__(
-        self, write: Callable[[bytes], None], done: Deferred[None], clock: IReactorTime, idle: float
+        self,
+        write: Callable[[bytes], None],
+        done: Deferred[None],
+        clock: IReactorTime,
+        idle: float,
+        min_rate: int = 0,
+        window: float = 30.0,
     ) -> None:
         self._write = write
         self._done = done
         self._clock = clock
         self._idle = idle
+        self._min_rate = min_rate
+        self._window = window
+        self._in_window = 0
         self._timer: IDelayedCall | None = None
+        self._rate_check: IDelayedCall | None = None
         self._error: OriginError | None = None
 
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._idle, self._timed_out)
+        if self._min_rate:
+            self._rate_check = self._clock.callLater(self._window, self._check_rate)
 
     def _timed_out(self) -> None:
         self._timer = None
         self.abort(OriginError("timeout", f"the origin sent nothing for {self._idle:g}s"))
+
+    def _check_rate(self) -> None:
+        self._rate_check = None
+        rate = self._in_window / self._window
+        if rate < self._min_rate:
+            self.abort(
+                OriginError(
+                    "too_slow",
+                    f"the origin sent {rate:.0f} bytes/s over {self._window:g}s,"
+                    f" under the minimum of {self._min_rate}",
+                )
+            )
+            return
+        self._in_window = 0
+        self._rate_check = self._clock.callLater(self._window, self._check_rate)
 
     def abort(self, error: OriginError) -> None:
         self._error = error
@@ -158,6 +187,7 @@ class _BodyReceiver(Protocol):
             return
         if self._timer is not None:
             self._timer.reset(self._idle)
+        self._in_window += len(data)
         try:
             self._write(data)
         except OSError as e:
@@ -165,9 +195,10 @@ class _BodyReceiver(Protocol):
             self.abort(OriginError(reason, f"writing to the cache failed: {e.strerror}"))
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._rate_check):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._rate_check = None
         if self._done.called:
             # Cancelled: Deferred.cancel has already failed it.
             return
@@ -190,6 +221,8 @@ class Origin:
     @param base: the origin base URL (see L{cachetier.names.normalise_base}).
     @param timeout: seconds allowed to receive the response headers, and
         the longest silence tolerated inside a body.
+    @param min_rate: bytes a second a body must keep up over every
+        C{rate_window} seconds (0: no minimum).
     """
 
     def __init__(
@@ -200,7 +233,11 @@ class Origin:
         timeout: float,
         breaker: Breaker | None = None,
         retry: RetryPolicy | None = None,
+        min_rate: int = 0,
+        rate_window: float = 30.0,
     ) -> None:
+        self._min_rate = min_rate
+        self._rate_window = rate_window
         self.base = base
         self._client = client
         self._clock = clock
@@ -268,7 +305,7 @@ class Origin:
                 raise
             raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
         if response.code >= 500:
-            self.breaker.failed()
+            self.breaker.failed(name)
         else:
             self.breaker.succeeded()
         if response.code == 200 or (response.code == 304 and validators is not None):
@@ -322,7 +359,9 @@ class Origin:
             return failure
 
         done: Deferred[None] = Deferred(cancel)
-        receiver = _BodyReceiver(write, done, self._clock, self._timeout)
+        receiver = _BodyReceiver(
+            write, done, self._clock, self._timeout, self._min_rate, self._rate_window
+        )
         response.response.deliverBody(receiver)
         return done.addErrback(broke)
 

@@ -15,6 +15,8 @@ from ..metrics import Metrics
 # How many failed names to remember at most; a flood of random names must
 # not grow memory without bound.
 _MAX_REMEMBERED = 100_000
+# How many client addresses have a bucket of their own at most.
+_MAX_CLIENTS = 10_000
 
 
 class Overloaded(Exception):
@@ -23,11 +25,35 @@ class Overloaded(Exception):
     """
 
 
+class TokenBucket:
+    """
+    C{rate} events a second, with a burst of one second's worth.
+    """
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._tokens = self._burst = max(1.0, rate)
+        self._refilled_at = now
+
+    def available(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled_at) * self.rate)
+        self._refilled_at = now
+        return self._tokens >= 1
+
+    def take(self) -> None:
+        self._tokens -= 1
+
+
 class Admission:
     """
-    At most C{max_queued} syncs waiting for a slot, and at most
-    C{max_new_per_second} new ones a second (a token bucket with a burst
-    of one second's worth).
+    Which new syncs may start: each client address first (at most
+    C{per_client} a second), then all together (at most C{max_queued}
+    waiting for a slot, at most C{max_new_per_second} a second).  A flood
+    of names from one address spends its own budget, not everyone's.
+
+    The per-client table holds at most L{_MAX_CLIENTS} addresses, the
+    least recently seen forgotten first (a forgotten address starts with a
+    full bucket, which costs at most one second's worth).
     """
 
     def __init__(
@@ -36,30 +62,45 @@ class Admission:
         metrics: Metrics,
         max_queued: int = 1000,
         max_new_per_second: float = 50.0,
+        per_client: float = 10.0,
     ) -> None:
         self._clock = clock
         self._metrics = metrics
         self._max_queued = max_queued
-        self._rate = max_new_per_second
-        self._tokens = self._burst = max(1.0, max_new_per_second)
-        self._refilled_at = clock.seconds()
+        self._global = TokenBucket(max_new_per_second, clock.seconds())
+        self._per_client = per_client
+        self._clients: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def admit(self, slots_free: int, queued: int) -> None:
+    def admit(self, slots_free: int, queued: int, client: str | None = None) -> None:
         """
         Take one new sync's place.
 
-        @raise Overloaded: when the queue is full or the rate is spent.
+        @param client: the address asking (L{None}: the server itself).
+        @raise Overloaded: when the queue is full or a rate is spent.
         """
         if slots_free == 0 and queued >= self._max_queued:
             self._metrics.syncs_refused.labels(reason="queue_full").inc()
             raise Overloaded(f"{queued} syncs are already queued")
         now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._refilled_at) * self._rate)
-        self._refilled_at = now
-        if self._tokens < 1:
+        bucket = None if client is None else self._bucket(client, now)
+        if bucket is not None and not bucket.available(now):
+            self._metrics.syncs_refused.labels(reason="client_rate").inc()
+            raise Overloaded(f"more than {bucket.rate:g} new syncs a second from one address")
+        if not self._global.available(now):
             self._metrics.syncs_refused.labels(reason="rate").inc()
-            raise Overloaded(f"more than {self._rate:g} new syncs a second")
-        self._tokens -= 1
+            raise Overloaded(f"more than {self._global.rate:g} new syncs a second")
+        self._global.take()
+        if bucket is not None:
+            bucket.take()
+
+    def _bucket(self, client: str, now: float) -> TokenBucket:
+        bucket = self._clients.pop(client, None)
+        if bucket is None:
+            bucket = TokenBucket(self._per_client, now)
+            while len(self._clients) >= _MAX_CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients[client] = bucket
+        return bucket
 
 
 class FailureMemory:

@@ -66,6 +66,7 @@ class Syncer:
         max_concurrent: int = 8,
         max_queued: int = 1000,
         max_new_per_second: float = 50.0,
+        max_new_per_client: float = 10.0,
         max_object_size: int | None = None,
         ttl: float = 86400.0,
         stale_if_error: float = 7 * 86400.0,
@@ -84,7 +85,9 @@ class Syncer:
         self._negative_ttl = negative_ttl
         self._error_ttl = error_ttl
         self.metrics = metrics or Metrics()
-        self._admission = Admission(clock, self.metrics, max_queued, max_new_per_second)
+        self._admission = Admission(
+            clock, self.metrics, max_queued, max_new_per_second, max_new_per_client
+        )
         self._failures = FailureMemory(clock)
         self._fills: dict[str, Fill] = {}
         self._tasks: dict[Fill, Deferred[None]] = {}
@@ -110,11 +113,13 @@ class Syncer:
         """
         return self._failures.get(name)
 
-    def status(self, name: str, start: bool = True) -> FileStatus:
+    def status(self, name: str, start: bool = True, client: str | None = None) -> FileStatus:
         """
         Where C{name} stands; with C{start}, begin syncing it if it is
         neither cached, under way nor recently failed, and begin
         revalidating it if it is stale.
+
+        @param client: the address of whoever asks, for fair admission.
         """
         stored = self.store.get(name)
         if stored is not None:
@@ -126,7 +131,7 @@ class Syncer:
                 try:
                     # Past stale-if-error the copy is not served, so a 304
                     # would leave nothing to serve: fetch it whole.
-                    self.start(name, revalidating=stored if servable else None)
+                    self.start(name, revalidating=stored if servable else None, client=client)
                 except Overloaded:
                     pass
             if servable:
@@ -141,7 +146,7 @@ class Syncer:
             if not start:
                 return FileStatus(name, "missing")
             try:
-                fill = self.start(name)
+                fill = self.start(name, client=client)
             except Overloaded as e:
                 return FileStatus(name, "missing", error=e)
         if fill.state == "done":
@@ -154,7 +159,9 @@ class Syncer:
             fill.used_at = self.clock.seconds()
         return FileStatus(name, "syncing", fill=fill)
 
-    def start(self, name: str, revalidating: StoredObject | None = None) -> Fill:
+    def start(
+        self, name: str, revalidating: StoredObject | None = None, client: str | None = None
+    ) -> Fill:
         """
         Join the download of C{name}, starting one if none is under way.
         The caller checks the store first.
@@ -163,7 +170,7 @@ class Syncer:
         """
         fill = self._fills.get(name)
         if fill is None:
-            self._admission.admit(self._slots.tokens, self.queued)
+            self._admission.admit(self._slots.tokens, self.queued, client)
             fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
             self._failures.forget(name)
             task = Deferred.fromCoroutine(self._run(fill))

@@ -41,7 +41,13 @@ def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: M
     root.putChild(b"", StatusPage(store, syncer))
     root.putChild(
         b"files",
-        FilesResource(store, syncer, settings.miss, settings.cache_control_max_age),
+        FilesResource(
+            store,
+            syncer,
+            settings.miss,
+            settings.cache_control_max_age,
+            settings.queue_timeout,
+        ),
     )
     api = _Branch()
     v1 = _Branch()

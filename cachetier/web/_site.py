@@ -304,6 +304,25 @@ class OncePerSecond:
             self._count = 0
 
 
+# Set by a worker on requests it relays to the primary over the private
+# UNIX socket: the listener's address, which the primary would otherwise
+# see as the worker's.
+RELAYED_FOR = b"x-cachetier-relayed-for"
+
+
+def client_address(request: IRequest) -> str:
+    """
+    The address a request came from; for a request a worker relayed over
+    the primary's private socket, the listener's address it names.
+    """
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    if host is None:
+        relayed = request.getHeader(RELAYED_FOR)
+        return relayed.decode("latin-1") if relayed else "local"
+    return str(host)
+
+
 def name_of(request: IRequest) -> str:
     """
     The validated file name below the resource that is rendering

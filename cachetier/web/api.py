@@ -14,7 +14,7 @@ from ..origin import OriginError
 from ..sync import FileStatus, Overloaded, Syncer
 from ._admin import refuse
 from ._json import JSONResource, render_error, render_json
-from ._site import download_url, name_of
+from ._site import client_address, download_url, name_of
 
 _NO = (b"0", b"false", b"no")
 
@@ -96,7 +96,7 @@ class FileStatusResource(JSONResource):
         except InvalidName as e:
             return render_error(request, 400, "bad_name", str(e))
         start = request.args.get(b"sync", [b"1"])[-1].lower() not in _NO
-        status = self.syncer.status(name, start=start)
+        status = self.syncer.status(name, start=start, client=client_address(request))
         return render_json(
             request,
             status_body(

@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 from ..names import InvalidName
 from ..sync import Syncer
 from ._json import JSONResource, render_json
-from ._site import download_url, name_of
+from ._site import client_address, download_url, name_of
 
 
 class VerifyResource(JSONResource):
@@ -32,7 +32,7 @@ class VerifyResource(JSONResource):
         except InvalidName as e:
             body = {"available": False, "file": raw, "error": True, "error_msg": str(e)}
             return render_json(request, body, 400)
-        status = self.syncer.status(name)
+        status = self.syncer.status(name, client=client_address(request))
         error = status.state in ("not_found", "error")
         return render_json(
             request,
@@ -64,7 +64,7 @@ class DownloadResource(JSONResource):
         except InvalidName as e:
             body = {"available": False, "file": None, "error": True, "error_msg": str(e)}
             return render_json(request, body, 400)
-        status = self.syncer.status(name)
+        status = self.syncer.status(name, client=client_address(request))
         if status.state == "cached":
             target = download_url(request, self.public_url, name)
         else:

@@ -24,7 +24,7 @@ from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, Handle, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
-from ._site import OncePerSecond, name_of
+from ._site import OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
 from .ranges import ByteRange, Unsatisfiable, multipart, parse_range
@@ -255,12 +255,20 @@ class FilesResource(JSONResource):
 
     isLeaf = True
 
-    def __init__(self, store: CacheStore, syncer: Syncer, miss: str, max_age: int) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        syncer: Syncer,
+        miss: str,
+        max_age: int,
+        queue_timeout: float = 30.0,
+    ) -> None:
         super().__init__()
         self.store = store
         self.syncer = syncer
         self.clock = syncer.clock
         self.miss = miss
+        self.queue_timeout = queue_timeout
         self.cache_control = b"public, max-age=%d" % (max_age,)
         self.small = SmallBodies()
 
@@ -275,7 +283,7 @@ class FilesResource(JSONResource):
         now = self.clock.seconds()
         if obj is not None and now < obj.expires_at:
             return self._serve(request, obj, "hit", now)
-        status = self.syncer.status(name)
+        status = self.syncer.status(name, client=client_address(request))
         if status.state == "cached":
             assert status.stored is not None
             return self._serve(request, status.stored, "stale" if status.stale else "hit", now)
@@ -284,11 +292,26 @@ class FilesResource(JSONResource):
         if status.fill is None:
             return self._failed(request, status.error)
         request.outcome = "miss"
-        started = status.fill.when_started()
+        fill = status.fill
+        started = fill.when_started()
+        # A listener waits for a download slot at most queue_timeout; once
+        # the download runs, the origin's own deadlines bound the wait.
+        deadline = self.clock.callLater(self.queue_timeout, self._still_queued, fill, request)
+        started.addBoth(lambda result: (deadline.active() and deadline.cancel(), result)[1])
         request.notifyFinish().addErrback(lambda _: started.cancel())
         started.addCallbacks(self._follow, self._start_failed, (request,), None, (request,))
         started.addErrback(self._broken, request)
         return server.NOT_DONE_YET
+
+    def _still_queued(self, fill: Fill, request: Any) -> None:
+        if fill.state != "queued" or request.finished or request._disconnected:
+            return
+        body = self._failed(
+            request, Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
+        )
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
 
     render_HEAD = render_GET
 
@@ -304,6 +327,8 @@ class FilesResource(JSONResource):
         return b""
 
     def _follow(self, fill: Fill, request: Any) -> None:
+        if request.finished:
+            return  # answered already (the listener's wait ran out)
         if fill.readable:
             body = FillResponse(fill, self.cache_control).render(request)
         elif fill.stored is not None:
@@ -327,7 +352,7 @@ class FilesResource(JSONResource):
             request.transport.abortConnection()
 
     def _start_failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(CancelledError):
+        if failure.check(CancelledError) or request.finished:
             return
         request.write(self._failed(request, failure.value))
         request.finish()

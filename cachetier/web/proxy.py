@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ._json import render_error
+from ._site import RELAYED_FOR
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset(
@@ -72,6 +73,8 @@ class PrimaryProxy(Resource):
         headers = request.requestHeaders.copy()
         for name in _HOP_BY_HOP:
             headers.removeHeader(name)
+        host = getattr(request.getClientAddress(), "host", None)
+        headers.setRawHeaders(RELAYED_FOR, [str(host or "local").encode("latin-1")])
         body = None
         if request.method in (b"POST", b"PUT", b"PATCH", b"DELETE"):
             request.content.seek(0)
