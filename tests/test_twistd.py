@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import sys
 from typing import Any
@@ -55,12 +56,14 @@ class TwistdTests(TestCase):
         self.client = http_client(self)
         self.cache_dir = os.path.abspath(self.mktemp())
 
-    async def start(self) -> str:
+    async def start(self, prefix: tuple[str, ...] = ()) -> str:
         """
         Start twistd on a free loopback port; return its base URL.
+
+        @param prefix: a command to run twistd under (C{prlimit ...}).
         """
         protocol = _Twistd()
-        args = _TWISTD + [
+        args = list(prefix) + _TWISTD + [
             "-n",
             "--pidfile=",
             "cachetier",
@@ -68,7 +71,7 @@ class TwistdTests(TestCase):
             f"--cache-dir={self.cache_dir}",
             "--listen=tcp:0:interface=127.0.0.1",
         ]
-        process = reactor.spawnProcess(protocol, sys.executable, args, env=os.environ.copy())
+        process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
         self.process, self.protocol = process, protocol
 
         async def stop() -> None:
@@ -134,3 +137,16 @@ class TwistdTests(TestCase):
         response = await self.client.get(url + "files/big.mp3")
         self.assertEqual((response.code, await content(response)), (200, data))
         self.assertEqual(self.origin.counts["big.mp3"], 2)
+
+    async def test_the_soft_open_files_limit_is_raised_to_the_hard_one(self) -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        url = await self.start(prefix=("/usr/bin/prlimit", f"--nofile=256:{hard}"))
+        response = await self.client.get(url + "healthz")
+        self.assertEqual(response.code, 200)
+        await content(response)
+        with open(f"/proc/{self.process.pid}/limits") as f:
+            line = next(line for line in f if line.startswith("Max open files"))
+        self.assertEqual(line.split()[3:5], [str(hard), str(hard)])
+        self.assertIn(
+            f"open-files limit: soft 256 raised to {hard}".encode(), self.protocol.output
+        )
