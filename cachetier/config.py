@@ -99,7 +99,7 @@ class Settings:
     origin_min_rate_window: float = 30.0
     queue_timeout: float = 30.0
     # New syncs one client address may start a second.
-    max_syncs_per_client: float = 10.0
+    max_syncs_per_client: float = 25.0
     # None: access events go to twistd's log; "off": none; else a file.
     access_log: str | None = None
     # A secret: kept out of repr() so it can never reach a log.

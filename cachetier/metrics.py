@@ -25,6 +25,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.http_requests = Counter(
+            "cachetier_http_requests", "Responses of every kind, from every process.", registry=r
+        )
         self.bytes_served = Counter(
             "cachetier_served_bytes", "Body bytes sent to listeners.", registry=r
         )
@@ -79,6 +82,38 @@ class Metrics:
         self.cached_bytes = Gauge(
             "cachetier_cached_bytes", "Bytes of complete objects in the cache.", registry=r
         )
+
+    @property
+    def counters(self) -> dict[str, Counter]:
+        """
+        The counters by attribute name: what a worker reports to the primary.
+        """
+        return {k: v for k, v in vars(self).items() if isinstance(v, Counter)}
+
+    def counter_values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """
+        Every counter's current value, by attribute name and labels.
+        """
+        values = {}
+        for attr, counter in self.counters.items():
+            for family in counter.collect():
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        values[(attr, tuple(sorted(sample.labels.items())))] = sample.value
+        return values
+
+    def add(self, attr: str, labels: dict[str, str], delta: float) -> None:
+        """
+        Count C{delta} more for a counter another process reported; unknown
+        names and negative deltas are ignored.
+        """
+        counter = self.counters.get(attr)
+        if counter is None or delta <= 0:
+            return
+        try:
+            (counter.labels(**labels) if labels else counter).inc(delta)
+        except ValueError:
+            pass  # labels this counter does not have
 
     def watch(
         self,

@@ -127,7 +127,7 @@ class Options(usage.Options):
         [
             "max-syncs-per-client",
             None,
-            "10",
+            "25",
             "New syncs a second from one client address; more are refused.",
         ],
         [
@@ -430,14 +430,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     _Downloads(assembly).setServiceParent(service)
     if assembly.access_file is not None:
         TimerService(1.0, assembly.access_file.flush).setServiceParent(service)
-    if settings.workers == 1:
-        for description in settings.listen:
-            # strports.service makes twistd fail at startup when a port is busy.
-            strports.service(description, assembly.site, reactor=reactor).setServiceParent(service)
-        return service
-    endpoints = [serverFromString(reactor, d) for d in settings.listen]
+    endpoints = [(d, serverFromString(reactor, d)) for d in settings.listen]
     public = PublicPorts(endpoints, assembly.site)
     public.setServiceParent(service)
+    if settings.workers == 1:
+        return service
     # The workers' way to the primary: private (a 0700 directory of its
     # own) and short, as UNIX socket paths must be under 108 bytes.
     runtime = tempfile.mkdtemp(prefix="cachetier-")
@@ -446,9 +443,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     strports.service(
         f"unix:{primary_socket}:mode=600", assembly.site, reactor=reactor
     ).setServiceParent(service)
+    limits = site_limits(settings)
     worker_args = [
         f"--cache-dir={settings.cache_dir}",
         f"--cache-control-max-age={settings.cache_control_max_age}",
+        f"--idle-timeout={limits['idle_timeout']}",
+        f"--send-timeout={limits['send_timeout']}",
+        f"--max-connections={limits['max_connections']}",
     ]
     if settings.access_log is not None:
         worker_args.append(f"--access-log={settings.access_log}")

@@ -25,19 +25,58 @@ from twisted.application.service import Service
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 log = Logger()
 
 _FIRST_FD = 3
+# The longest wait before restarting a worker that keeps dying.
+MAX_BACKOFF = 60.0
 
 
 class _Worker(ProcessProtocol):
-    def __init__(self, service: WorkersService, number: int) -> None:
+    """
+    One worker process.  Its log events arrive as JSON on its stdout and go
+    into the primary's log (so wherever twistd logs, rotation included),
+    tagged with the worker's number; anything on its stderr, too.
+    """
+
+    # Most bytes of one unfinished log record kept from the pipe.
+    max_record = 1 << 20
+
+    def __init__(self, service: WorkersService, number: int, started: float) -> None:
         self.service = service
         self.number = number
+        self.started = started
         self.ended: Deferred[None] = Deferred()
+        self._records = b""
+        self._system = f"cachetier.worker{number}"
+
+    def outReceived(self, data: bytes) -> None:
+        # A record is one line: a separator, JSON (newlines escaped), "\n".
+        records = (self._records + data).split(b"\n")
+        self._records = records.pop()[-self.max_record :]
+        for record in records:
+            record = record.lstrip(b"\x1e")
+            if record.strip():
+                self._publish(record)
+
+    def _publish(self, record: bytes) -> None:
+        try:
+            event = eventFromJSON(record.decode("utf-8"))
+        except ValueError:
+            event = {"log_format": "{line}", "line": record.decode("utf-8", "replace")}
+            event["log_level"] = LogLevel.warn
+            event["log_time"] = self.service.reactor.seconds()
+        level = event.get("log_level", LogLevel.info)
+        event["log_system"] = f"{self._system}#{getattr(level, 'name', level)}"
+        event["worker"] = self.number
+        globalLogPublisher(event)
+
+    def errReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.error("{line}", line=line, log_system=f"{self._system}#error", worker=self.number)
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -67,6 +106,8 @@ class WorkersService(Service):
         self.primary_socket = primary_socket
         self.worker_args = worker_args
         self._workers: dict[int, tuple[Any, _Worker]] = {}
+        # Consecutive quick deaths per worker, for the restart back-off.
+        self._crashes: dict[int, int] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -74,8 +115,8 @@ class WorkersService(Service):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
-        protocol = _Worker(self, number)
-        fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        protocol = _Worker(self, number, self.reactor.seconds())
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         args = [sys.executable, "-m", "cachetier.workers", f"--primary={self.primary_socket}"]
         for offset, port in enumerate(self.ports):
             fd = _FIRST_FD + offset
@@ -90,14 +131,25 @@ class WorkersService(Service):
         log.info("worker {number} started (pid {pid})", number=number, pid=process.pid)
 
     def worker_ended(self, protocol: _Worker, reason: Failure) -> None:
-        self._workers.pop(protocol.number, None)
-        if self.running:
-            log.warn(
-                "worker {number} ended ({why}); restarting it",
-                number=protocol.number,
-                why=reason.getErrorMessage(),
-            )
-            self.reactor.callLater(1.0, self._respawn, protocol.number)
+        """
+        Restart a worker that died, after 1 s, doubling for each quick death
+        in a row up to 60 s; one that ran for a minute starts the count anew.
+        """
+        number = protocol.number
+        self._workers.pop(number, None)
+        if not self.running:
+            return
+        if self.reactor.seconds() - protocol.started >= MAX_BACKOFF:
+            self._crashes[number] = 0
+        crashes = self._crashes[number] = self._crashes.get(number, 0) + 1
+        delay = min(MAX_BACKOFF, 2.0 ** (crashes - 1))
+        log.warn(
+            "worker {number} ended ({why}); restarting it in {delay:g}s",
+            number=number,
+            why=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self.reactor.callLater(delay, self._respawn, number)
 
     def _respawn(self, number: int) -> None:
         if self.running and number not in self._workers:
@@ -115,18 +167,27 @@ class WorkersService(Service):
 class PublicPorts(Service):
     """
     The public listening ports, opened in the primary before privileges
-    are dropped, and shared with the workers.
+    are dropped (and shared with the workers).  If one cannot be opened,
+    startup stops with one line saying which and why.
+
+    @param endpoints: (description, endpoint) pairs.
     """
 
-    def __init__(self, endpoints: list[Any], factory: Any) -> None:
+    def __init__(self, endpoints: list[tuple[str, Any]], factory: Any) -> None:
         self.endpoints = endpoints
         self.factory = factory
         self.ports: list[Any] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        for endpoint in self.endpoints:
-            endpoint.listen(self.factory).addCallback(self.ports.append)
+        for description, endpoint in self.endpoints:
+            failures: list[Failure] = []
+            endpoint.listen(self.factory).addCallbacks(self.ports.append, failures.append)
+            if failures:
+                for port in self.ports:
+                    port.stopListening()
+                why = failures[0].getErrorMessage()
+                raise SystemExit(f"cachetier: cannot listen on {description}: {why}")
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -153,38 +214,57 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--cache-control-max-age", type=int, required=True)
     parser.add_argument("--access-log")
+    parser.add_argument("--idle-timeout", type=float, default=60.0)
+    parser.add_argument("--send-timeout", type=float, default=60.0)
+    parser.add_argument("--max-connections", type=int)
     parser.add_argument("--number", type=int, required=True)
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
     from twisted.internet.stdio import StandardIO
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.internet.task import LoopingCall
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
     from .metrics import Metrics
-    from .store import CacheStore
+    from .store import GENERATION_FILE, CacheStore, Generation
     from .web._site import AccessLogFile, CacheSite
     from .web.proxy import PrimaryProxy, primary_agent
-    from .web.worker import build_worker_root
+    from .web.worker import Reporter, WorkerFiles, build_worker_root
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    proxy = PrimaryProxy(primary_agent(reactor, args.primary))
-    root = build_worker_root(CacheStore(args.cache_dir), reactor, proxy, args.cache_control_max_age)
+    # Events go to the primary as JSON on stdout, a record a line, as they
+    # happen; it logs them for us.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    agent = primary_agent(reactor, args.primary)
+    files = WorkerFiles(
+        CacheStore(args.cache_dir),
+        Generation(os.path.join(args.cache_dir, GENERATION_FILE)),
+        reactor,
+        PrimaryProxy(agent),
+        args.cache_control_max_age,
+    )
+    metrics = Metrics()
+    limits = {
+        "idle_timeout": args.idle_timeout,
+        "send_timeout": args.send_timeout,
+        "max_connections": args.max_connections,
+        "reactor": reactor,
+    }
     access_file = None
-    namespace = f"cachetier.worker{args.number}"
     if args.access_log == "off":
-        site = CacheSite(root, Metrics(), access_log=None)
+        site = CacheSite(build_worker_root(files), metrics, access_log=None, **limits)
     elif args.access_log:
-        # One file per process: buffered lines from several would interleave.
-        access_file = AccessLogFile(f"{args.access_log}.{args.number}")
-        access = Logger(namespace=namespace, observer=access_file)
-        site = CacheSite(root, Metrics(), access_log=access)
+        # The primary's file: every line is appended whole.
+        access_file = AccessLogFile(args.access_log)
+        access = Logger(namespace="cachetier.access", observer=access_file)
+        site = CacheSite(build_worker_root(files), metrics, access_log=access, **limits)
         reactor.addSystemEventTrigger("before", "shutdown", access_file.close)
-    else:
-        site = CacheSite(root, Metrics(), access_log=Logger(namespace=namespace))
-    if access_file is not None:
-        from twisted.internet.task import LoopingCall
-
         LoopingCall(access_file.flush).start(1.0, now=False)
+    else:
+        site = CacheSite(build_worker_root(files), metrics, **limits)
+    reporter = Reporter(files, metrics, agent, reactor)
+    LoopingCall(lambda: Deferred.fromCoroutine(reporter.report())).start(1.0, now=False)
     for spec in args.fd:
         fd, family = spec.split(":")
         reactor.adoptStreamPort(

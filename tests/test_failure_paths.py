@@ -20,7 +20,7 @@ from twisted.web.client import ResponseNeverReceived
 from twisted.web.test.requesthelper import DummyRequest
 
 from cachetier.origin import Origin, OriginResponse
-from cachetier.store import CacheStore, Handle, ObjectHeaders
+from cachetier.store import GENERATION_FILE, CacheStore, Handle, ObjectHeaders
 from cachetier.sync import Fill, Syncer
 from cachetier.web.proxy import PrimaryProxy
 
@@ -28,10 +28,14 @@ from .helpers import TestOrigin, body_of, http_client, start_cachetier, start_or
 
 
 def files_under(root: str) -> list[str]:
+    """
+    The files of objects and downloads under a store's root.
+    """
     return sorted(
         os.path.relpath(os.path.join(dirpath, f), root)
         for dirpath, _, files in os.walk(root)
         for f in files
+        if f != GENERATION_FILE
     )
 
 

@@ -63,14 +63,18 @@ class TwistdTests(TestCase):
         @param prefix: a command to run twistd under (C{prlimit ...}).
         """
         protocol = _Twistd()
-        args = list(prefix) + _TWISTD + [
-            "-n",
-            "--pidfile=",
-            "cachetier",
-            f"--origin={self.origin_url}",
-            f"--cache-dir={self.cache_dir}",
-            "--listen=tcp:0:interface=127.0.0.1",
-        ]
+        args = (
+            list(prefix)
+            + _TWISTD
+            + [
+                "-n",
+                "--pidfile=",
+                "cachetier",
+                f"--origin={self.origin_url}",
+                f"--cache-dir={self.cache_dir}",
+                "--listen=tcp:0:interface=127.0.0.1",
+            ]
+        )
         process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
         self.process, self.protocol = process, protocol
 
@@ -147,6 +151,4 @@ class TwistdTests(TestCase):
         with open(f"/proc/{self.process.pid}/limits") as f:
             line = next(line for line in f if line.startswith("Max open files"))
         self.assertEqual(line.split()[3:5], [str(hard), str(hard)])
-        self.assertIn(
-            f"open-files limit: soft 256 raised to {hard}".encode(), self.protocol.output
-        )
+        self.assertIn(f"open-files limit: soft 256 raised to {hard}".encode(), self.protocol.output)

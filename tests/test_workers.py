@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from typing import Any
 
 from treq import content
 from twisted.internet import reactor
@@ -89,3 +90,145 @@ class WorkersTests(TestCase):
                 break
             await deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(os.path.exists(f"/proc/{worker_pid}"), "the worker exits with the primary")
+
+
+TOKEN = "w" * 32
+
+
+class WorkersTestCase(TestCase):
+    """
+    A real C{twistd --workers=2}; every request on a new connection, so the
+    kernel spreads them over both processes.
+    """
+
+    timeout = 90
+    extra: tuple[str, ...] = ()
+
+    async def start(self, *extra: str) -> str:
+        self.origin, origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.log_path = os.path.abspath(self.mktemp())
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(TOKEN)
+        self.protocol = protocol = _Twistd()
+        # Its port is read from the log file here, not from its stdout.
+        protocol.port.addErrback(lambda _: None)
+        args = _TWISTD + [
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log_path}",
+            "cachetier",
+            f"--origin={origin_url}",
+            f"--cache-dir={os.path.abspath(self.mktemp())}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            "--workers=2",
+            f"--admin-token-file={token_file}",
+            *extra,
+        ]
+        process = reactor.spawnProcess(protocol, sys.executable, args, env=os.environ.copy())
+
+        async def stop() -> None:
+            if not protocol.ended.called:
+                process.signalProcess("TERM")
+                await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        for _ in range(200):
+            match = re.search(r"CacheSite starting on (\d+)", self.log())
+            serving = "worker 1 serving"
+            if match and (serving in self.log() or serving.encode() in protocol.output):
+                return f"http://127.0.0.1:{match.group(1)}/"
+            await deferLater(reactor, 0.05, lambda: None)
+        self.fail("twistd --workers=2 did not start:\n" + self.log())
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any, bytes]:
+        response = await self.client.request(method, url, **kwargs)
+        return response.code, response.headers, await content(response)
+
+    async def settle(self, url: str, name: str) -> None:
+        for _ in range(200):
+            _, _, body = await self.request("GET", url + f"api/v1/files/{name}?sync=0")
+            if json.loads(body)["state"] == "cached":
+                return
+            await deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"{name} was never cached")
+
+    def served_by_both(self, path: str) -> None:
+        log = self.log()
+        self.assertRegex(log, r"\[cachetier\.worker1#info\] \S+ " + re.escape(path))
+        self.assertRegex(log, r"\[cachetier\.web\._site#info\] \S+ " + re.escape(path))
+
+
+class WorkerTruthTests(WorkersTestCase):
+    async def test_purged_files_are_never_served_by_any_process(self) -> None:
+        url = await self.start()
+        old = {"small.mp3": body_of(10_240, "old"), "big.mp3": body_of(5 * 1024 * 1024, "old")}
+        for name, body in old.items():
+            self.origin.put(name, body)
+            await self.request("GET", url + "files/" + name)
+            await self.settle(url, name)
+            for _ in range(10):  # both processes learn of both files
+                await self.request("GET", url + "files/" + name)
+                await self.request("HEAD", url + "files/" + name)
+        old_etags = {name: self.origin.files[name].etag for name in old}
+        code, _, _ = await self.request(
+            "POST",
+            url + "api/v1/purge",
+            json={"files": list(old)},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        self.assertEqual(code, 200)
+        for name in old:
+            self.origin.put(name, body_of(len(old[name]) + 1, "new"))
+        for name in old:
+            for method, count in (("GET", 50), ("HEAD", 10)):
+                for _ in range(count):
+                    code, headers, body = await self.request(method, url + "files/" + name)
+                    self.assertEqual(code, 200)
+                    self.assertNotEqual(headers.getRawHeaders("etag"), [old_etags[name]])
+                    if method == "GET":
+                        self.assertEqual(body, body_of(len(old[name]) + 1, "new"))
+        self.served_by_both("/files/small.mp3")
+
+    async def test_heads_report_the_true_length(self) -> None:
+        url = await self.start()
+        for n in range(20):
+            self.origin.put(f"h{n}.mp3", body_of(100_000 + n))
+        for n in range(20):
+            code, headers, _ = await self.request("HEAD", url + f"files/h{n}.mp3")
+            self.assertEqual(headers.getRawHeaders("content-length"), [str(100_000 + n)], n)
+        for n in range(20):
+            await self.settle(url, f"h{n}.mp3")
+        for n in range(20):
+            code, headers, _ = await self.request("HEAD", url + f"files/h{n}.mp3")
+            self.assertEqual(headers.getRawHeaders("content-length"), [str(100_000 + n)], n)
+
+    async def test_metrics_count_every_process(self) -> None:
+        url = await self.start()
+        for _ in range(200):
+            await self.request("GET", url + "healthz")
+        await deferLater(reactor, 1.5, lambda: None)
+        self.served_by_both("/healthz")
+        totals = []
+        for _ in range(6):
+            _, _, body = await self.request("GET", url + "metrics")
+            match = re.search(rb"^cachetier_http_requests_total (\S+)$", body, re.M)
+            self.assertIsNotNone(match, body[:2000])
+            totals.append(float(match.group(1)))
+        # Each scrape counts itself; nothing else differs between them.
+        self.assertGreaterEqual(totals[0], 200)
+        self.assertLessEqual(max(totals) - min(totals), len(totals))
+
+    async def test_workers_log_into_twistds_log(self) -> None:
+        url = await self.start()
+        for _ in range(20):
+            await self.request("GET", url + "healthz")
+        self.served_by_both("/healthz")

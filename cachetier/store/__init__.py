@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
 from .layout import Layout, ObjectHeaders, StoredObject, unlink
@@ -23,7 +24,9 @@ from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
     "META_BYTES",
+    "GENERATION_FILE",
     "CacheStore",
+    "Generation",
     "Handle",
     "ObjectHeaders",
     "Reservation",
@@ -31,6 +34,9 @@ __all__ = [
 ]
 
 log = Logger()
+
+# The shared generation counter's file, beside tmp/ and objects/.
+GENERATION_FILE = "generation"
 
 
 class CacheStore:
@@ -68,6 +74,7 @@ class CacheStore:
             self.root, self._index, self._evict, self.handles.is_open, max_size, min_free
         )
         self._on_evict = on_evict
+        self.generation: Generation | None = None
         # The layout's file operations, as the store's own.
         self.new_temp = self.layout.new_temp
         self.write = self.layout.write
@@ -86,6 +93,7 @@ class CacheStore:
         """
         store = cls(root, **kwargs)
         store.layout.create()
+        store.generation = Generation(os.path.join(store.root, GENERATION_FILE))
         store._index.load(store.layout.recover())
         log.info(
             "cache at {root}: {count} objects, {bytes} bytes",
@@ -104,7 +112,7 @@ class CacheStore:
         """
         Mark C{obj} as just served, for least-recently-used eviction.
         """
-        self._index.touch(obj.name, self._now())
+        self.touch(obj.name)
 
     def names(self) -> list[str]:
         return list(self._index)
@@ -162,6 +170,7 @@ class CacheStore:
         old = self._index.put(obj, used_at, self._now())
         if old is not None and old.path != obj.path:
             unlink(old.path)
+            self._retired()
 
     def remove(self, name: str) -> StoredObject | None:
         """
@@ -171,4 +180,17 @@ class CacheStore:
         obj = self._index.pop(name)
         if obj is not None:
             self.layout.delete(obj)
+            self._retired()
         return obj
+
+    def touch(self, name: str) -> None:
+        """
+        Mark C{name} as just served (by another process).
+        """
+        self._index.touch(name, self._now())
+
+    def _retired(self) -> None:
+        # A version stopped being current: every process must know before
+        # the call that did it returns.
+        if self.generation is not None:
+            self.generation.bump()

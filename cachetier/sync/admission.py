@@ -62,7 +62,7 @@ class Admission:
         metrics: Metrics,
         max_queued: int = 1000,
         max_new_per_second: float = 50.0,
-        per_client: float = 10.0,
+        per_client: float = 25.0,
     ) -> None:
         self._clock = clock
         self._metrics = metrics

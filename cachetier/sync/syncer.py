@@ -66,7 +66,7 @@ class Syncer:
         max_concurrent: int = 8,
         max_queued: int = 1000,
         max_new_per_second: float = 50.0,
-        max_new_per_client: float = 10.0,
+        max_new_per_client: float = 25.0,
         max_object_size: int | None = None,
         ttl: float = 86400.0,
         stale_if_error: float = 7 * 86400.0,

@@ -17,6 +17,7 @@ from .api import FileStatusResource, PurgeResource
 from .compat import DownloadResource, VerifyResource
 from .files import FilesResource
 from .health import HealthResource, MetricsPage, StatusPage
+from .internal import ReportResource
 
 __all__ = ["CacheSite", "build_root"]
 
@@ -59,4 +60,9 @@ def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: M
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(store, syncer))
     root.putChild(b"metrics", MetricsPage(metrics.registry))
+    internal = _Branch()
+    internal_v1 = _Branch()
+    root.putChild(b"internal", internal)
+    internal.putChild(b"v1", internal_v1)
+    internal_v1.putChild(b"report", ReportResource(store, metrics))
     return root

@@ -6,6 +6,7 @@ per-request bookkeeping, the access log and request metrics.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +23,21 @@ from ..names import name_from_path, quote_name
 log = Logger()
 
 
+# Set by a worker on requests it relays to the primary over the private
+# UNIX socket: the listener's address, which the primary would otherwise
+# see as the worker's; and by the primary on its answers to those, the
+# true Content-Length.
+RELAYED_FOR = b"x-cachetier-relayed-for"
+RELAYED_LENGTH = b"x-cachetier-length"
+
 # The only routes that take a request body (admin JSON), and its cap.
-BODY_ROUTES = frozenset({(b"POST", b"/api/v1/purge"), (b"POST", b"/api/v1/warm")})
+BODY_ROUTES = frozenset(
+    {
+        (b"POST", b"/api/v1/purge"),
+        (b"POST", b"/api/v1/warm"),
+        (b"POST", b"/internal/v1/report"),
+    }
+)
 MAX_ADMIN_BODY = 1 << 20
 _READ_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 
@@ -44,6 +58,20 @@ class CacheRequest(server.Request):
         super().__init__(*args, **kwargs)
         self.received = time.monotonic()
         self._body_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if (
+            not self.startedWriting
+            and self.getHeader(RELAYED_FOR) is not None
+            and getattr(self.getClientAddress(), "host", None) is None
+        ):
+            # A worker relays this: Twisted's client drops Content-Length
+            # (a connection header to it) and reports 0 for HEAD and 304,
+            # so the true one travels under a name of its own.
+            length = self.responseHeaders.getRawHeaders(b"content-length")
+            if length:
+                self.responseHeaders.setRawHeaders(RELAYED_LENGTH, length)
+        super().write(data)
 
     def handleContentChunk(self, data: bytes) -> None:
         # A chunked admin body has no length to check up front.
@@ -230,6 +258,7 @@ class CacheSite(server.Site):
     def log(self, request: CacheRequest) -> None:
         sent = request.sentLength
         outcome = request.outcome
+        self.metrics.http_requests.inc()
         if outcome is not None:
             counter = self._outcomes.get(outcome)
             if counter is None:
@@ -257,12 +286,20 @@ class AccessLogFile:
     """
     Writes access events to a file of their own, one line each, formatting
     the timestamp once a second: the cheap way to keep a line per request
-    at tens of thousands of requests a second.  Call L{flush} now and then
-    (and L{close} at the end): lines are buffered.
+    at tens of thousands of requests a second.
+
+    Lines are buffered and written whole, in C{O_APPEND} writes of at most
+    about 64 KiB: every process of a C{--workers} server appends to the
+    same file and no line is ever split or interleaved.  Call L{flush} now
+    and then (and L{close} at the end).
     """
 
+    _FLUSH_AT = 1 << 16
+
     def __init__(self, path: str) -> None:
-        self._file = open(path, "a", buffering=1 << 16, encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._lines: list[str] = []
+        self._size = 0
         self._second = -1
         self._stamp = ""
 
@@ -271,16 +308,25 @@ class AccessLogFile:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-        self._file.write(
+        line = (
             f'{self._stamp} {event["client"]} "{event["method"]} {event["path"]}" '
             f"{event['status']} {event['bytes']} {event['outcome']} {event['duration_ms']:.1f}ms\n"
         )
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self._FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._lines:
+            data = "".join(self._lines).encode("utf-8")
+            self._lines.clear()
+            self._size = 0
+            os.write(self._fd, data)
 
     def close(self) -> None:
-        self._file.close()
+        self.flush()
+        os.close(self._fd)
 
 
 class OncePerSecond:
@@ -302,12 +348,6 @@ class OncePerSecond:
             logger.warn(format, count=self._count, **fields)
             self._last = now
             self._count = 0
-
-
-# Set by a worker on requests it relays to the primary over the private
-# UNIX socket: the listener's address, which the primary would otherwise
-# see as the worker's.
-RELAYED_FOR = b"x-cachetier-relayed-for"
 
 
 def client_address(request: IRequest) -> str:

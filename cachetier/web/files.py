@@ -75,7 +75,12 @@ class MediaResponse:
             request.setHeader(b"age", b"%d" % (self.age,))
         if not_modified(request, self.etag, self.last_modified):
             request.setResponseCode(http.NOT_MODIFIED)
-            return b""
+            if self.size is not None:
+                # What a 200 would say (RFC 9110 8.6); returning b"" would
+                # make Twisted say 0.
+                request.setHeader(b"content-length", b"%d" % (self.size,))
+            request.finish()
+            return server.NOT_DONE_YET
         request.setHeader(b"content-type", self.content_type)
         if request.method == b"HEAD":
             if self.size is not None:

@@ -14,12 +14,13 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ._json import render_error
-from ._site import RELAYED_FOR
+from ._site import RELAYED_FOR, RELAYED_LENGTH
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset(
@@ -98,10 +99,18 @@ class PrimaryProxy(Resource):
 
     def _relay(self, response: Any, request: Any) -> None:
         request.setResponseCode(response.code, response.phrase)
+        # Exactly the primary's headers: nothing from an earlier attempt.
+        request.responseHeaders = Headers()
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in _HOP_BY_HOP:
                 request.responseHeaders.setRawHeaders(name, values)
-        if response.length is not UNKNOWN_LENGTH:
+        length = request.responseHeaders.getRawHeaders(RELAYED_LENGTH)
+        request.responseHeaders.removeHeader(RELAYED_LENGTH)
+        if request.method == b"HEAD" or response.code in NO_BODY_CODES:
+            # Twisted's client says 0 for these; the primary said the truth.
+            if length:
+                request.responseHeaders.setRawHeaders(b"content-length", length)
+        elif response.length is not UNKNOWN_LENGTH:
             request.setHeader(b"content-length", b"%d" % (response.length,))
         if request.method == b"HEAD" or response.code in NO_BODY_CODES:
             response.deliverBody(_Relay(None))

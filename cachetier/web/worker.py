@@ -5,17 +5,26 @@ everything else relayed to the primary.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
+from ..metrics import Metrics
 from ..names import InvalidName
-from ..store import CacheStore, StoredObject
+from ..store import CacheStore, Generation, StoredObject
 from ._site import name_of
 from .bodies import SmallBodies
 from .files import serve_stored
 from .proxy import PrimaryProxy
+
+log = Logger()
 
 
 class WorkerFiles(Resource):
@@ -26,22 +35,35 @@ class WorkerFiles(Resource):
     file, so a worker's listener follows that download too.
 
     The worker learns of objects by reading their metadata when asked for
-    a name it has not seen fresh; a body gone since (evicted, purged or
-    replaced) sends it back to the metadata.
+    a name it has not seen fresh, and remembers at most L{max_seen} of
+    them.  Whenever the store's shared generation moves (a purge, a
+    replacement, an eviction in the primary), it forgets them all, and its
+    small bodies too, before serving anything: nothing it serves is older
+    than the last purge.  The names it serves go to L{touched}, which the
+    worker's L{Reporter} hands to the primary for its LRU.
     """
 
     isLeaf = True
+    max_seen = 10_000
 
     def __init__(
-        self, store: CacheStore, clock: IReactorTime, proxy: PrimaryProxy, max_age: int
+        self,
+        store: CacheStore,
+        generation: Generation,
+        clock: IReactorTime,
+        proxy: PrimaryProxy,
+        max_age: int,
     ) -> None:
         super().__init__()
         self.store = store
+        self.generation = generation
         self.clock = clock
         self.proxy = proxy
         self.cache_control = b"public, max-age=%d" % (max_age,)
         self.small = SmallBodies()
-        self._seen: dict[str, StoredObject] = {}
+        self.touched: set[str] = set()
+        self._seen: OrderedDict[str, StoredObject] = OrderedDict()
+        self._seen_generation = generation.value
 
     def render(self, request: Any) -> bytes | int:
         if request.method in (b"GET", b"HEAD"):
@@ -56,16 +78,25 @@ class WorkerFiles(Resource):
                     break
                 try:
                     request.cache_name, request.outcome = name, "hit"
-                    return serve_stored(
+                    body = serve_stored(
                         request, obj, self.store, self.small, self.cache_control, now
                     )
                 except FileNotFoundError:
                     # Gone since we read its metadata: read it again.
                     self._seen.pop(name, None)
+                    continue
+                if len(self.touched) < self.max_seen:
+                    self.touched.add(name)
+                return body
         request.outcome = "relayed"
         return self.proxy.render(request)
 
     def _fresh(self, name: str, now: float) -> StoredObject | None:
+        generation = self.generation.value
+        if generation != self._seen_generation:
+            self._seen.clear()
+            self.small = SmallBodies()
+            self._seen_generation = generation
         obj = self._seen.get(name)
         if obj is None or now >= obj.expires_at:
             obj = self.store.read(name)
@@ -73,18 +104,72 @@ class WorkerFiles(Resource):
                 self._seen.pop(name, None)
                 return None
             self._seen[name] = obj
+            while len(self._seen) > self.max_seen:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(name)
         return obj
 
 
-def build_worker_root(
-    store: CacheStore, clock: IReactorTime, proxy: PrimaryProxy, max_age: int
-) -> Resource:
+class Reporter:
+    """
+    Once a second, tells the primary what this worker did: the names it
+    served (so the primary's LRU sees every process's hits) and how much
+    each of its counters grew (so C{/metrics} counts every process).  A
+    report that fails is retried with the next; what it carried is kept
+    (names up to L{WorkerFiles.max_seen}).
+    """
+
+    def __init__(self, files: WorkerFiles, metrics: Metrics, agent: Any, clock: Any) -> None:
+        self.files = files
+        self.metrics = metrics
+        self.agent = agent
+        self.clock = clock
+        self._reported: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._sending = False
+
+    async def report(self) -> None:
+        if self._sending:
+            return
+        values = self.metrics.counter_values()
+        counters = [
+            [attr, dict(labels), value - self._reported.get((attr, labels), 0.0)]
+            for (attr, labels), value in values.items()
+            if value > self._reported.get((attr, labels), 0.0)
+        ]
+        touched = sorted(self.files.touched)
+        if not counters and not touched:
+            return
+        body = json.dumps({"touched": touched, "counters": counters}).encode("utf-8")
+        self._sending = True
+        try:
+            d = self.agent.request(
+                b"POST",
+                b"http://primary/internal/v1/report",
+                Headers({b"content-type": [b"application/json"]}),
+                FileBodyProducer(BytesIO(body)),
+            )
+            d.addTimeout(10, self.clock)
+            response = await d
+            await readBody(response)
+            if response.code != 200:
+                raise RuntimeError(f"the primary answered {response.code}")
+        except Exception as e:
+            log.warn("reporting to the primary failed: {why}", why=str(e) or type(e).__name__)
+            return
+        finally:
+            self._sending = False
+        self._reported.update(values)
+        self.files.touched.difference_update(touched)
+
+
+def build_worker_root(files: WorkerFiles) -> Resource:
     """
     A worker's tree: C{/files/} served here when it can be, every other
     path relayed to the primary.
     """
-    root = _Relayed(proxy)
-    root.putChild(b"files", WorkerFiles(store, clock, proxy, max_age))
+    root = _Relayed(files.proxy)
+    root.putChild(b"files", files)
     return root
 
 
