@@ -15,7 +15,7 @@ from typing import Any
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, ServerFactory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -152,3 +152,29 @@ class TwistdTests(TestCase):
             line = next(line for line in f if line.startswith("Max open files"))
         self.assertEqual(line.split()[3:5], [str(hard), str(hard)])
         self.assertIn(f"open-files limit: soft 256 raised to {hard}".encode(), self.protocol.output)
+
+    async def test_a_busy_port_stops_startup_with_one_line(self) -> None:
+        busy = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        port = busy.getHost().port
+        for workers in ("1", "2"):
+            protocol = _Twistd()
+            protocol.port.addErrback(lambda _: None)
+            args = _TWISTD + [
+                "-n",
+                "--pidfile=",
+                "cachetier",
+                f"--origin={self.origin_url}",
+                f"--cache-dir={self.cache_dir}",
+                f"--listen=tcp:{port}:interface=127.0.0.1",
+                f"--workers={workers}",
+            ]
+            process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
+            timeout = reactor.callLater(20, process.signalProcess, "KILL")
+            ended = await protocol.ended
+            timeout.cancel()
+            self.assertEqual(ended.exitCode, 1, protocol.output[-2000:])
+            output = protocol.output.decode()
+            self.assertIn(f"cachetier: cannot listen on tcp:{port}:interface=127.0.0.1:", output)
+            self.assertIn("Address already in use", output)
+            self.assertNotIn("Traceback", output)

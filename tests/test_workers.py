@@ -9,15 +9,26 @@ import json
 import os
 import re
 import sys
+import tempfile
+from types import SimpleNamespace
 from typing import Any
 
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from .helpers import body_of, http_client, start_origin
+from cachetier.metrics import Metrics
+from cachetier.store import GENERATION_FILE, CacheStore, Generation
+from cachetier.web._site import CacheSite
+from cachetier.web.proxy import PrimaryProxy, primary_agent
+from cachetier.web.worker import Reporter, WorkerFiles, build_worker_root
+from cachetier.workers import WorkersService
+
+from .helpers import body_of, http_client, listen, start_cachetier, start_origin
 from .test_twistd import _TWISTD, _Twistd
 
 WORKER = r"\[cachetier\.worker1#info\] GET /files/ep\.mp3 200 3000000B"
@@ -78,7 +89,7 @@ class WorkersTests(TestCase):
         # The worker relayed its misses to the primary, which followed its
         # one download for them; afterwards both served hits.
         output = protocol.output.decode()
-        self.assertRegex(output, WORKER + " relayed")
+        self.assertNotRegex(output, WORKER + " relayed", "logged once, by the primary")
         self.assertRegex(output, PRIMARY + " miss")
         self.assertRegex(output, WORKER + " hit")
         self.assertRegex(output, PRIMARY + " hit")
@@ -213,22 +224,106 @@ class WorkerTruthTests(WorkersTestCase):
 
     async def test_metrics_count_every_process(self) -> None:
         url = await self.start()
+        self.origin.put("a.mp3", body_of(1000))
+        await self.request("GET", url + "files/a.mp3")
+        await self.settle(url, "a.mp3")
         for _ in range(200):
-            await self.request("GET", url + "healthz")
+            await self.request("GET", url + "files/a.mp3")
         await deferLater(reactor, 1.5, lambda: None)
-        self.served_by_both("/healthz")
+        self.served_by_both("/files/a.mp3")
         totals = []
         for _ in range(6):
             _, _, body = await self.request("GET", url + "metrics")
             match = re.search(rb"^cachetier_http_requests_total (\S+)$", body, re.M)
             self.assertIsNotNone(match, body[:2000])
             totals.append(float(match.group(1)))
-        # Each scrape counts itself; nothing else differs between them.
+        # Each scrape counts itself; nothing else differs between them, and
+        # nothing is counted twice: 200 hits, the miss, the status calls.
         self.assertGreaterEqual(totals[0], 200)
+        self.assertLess(totals[0], 300)
         self.assertLessEqual(max(totals) - min(totals), len(totals))
 
     async def test_workers_log_into_twistds_log(self) -> None:
         url = await self.start()
+        self.origin.put("a.mp3", body_of(1000))
+        await self.request("GET", url + "files/a.mp3")
+        await self.settle(url, "a.mp3")
         for _ in range(20):
-            await self.request("GET", url + "healthz")
-        self.served_by_both("/healthz")
+            await self.request("GET", url + "files/a.mp3")
+        self.served_by_both("/files/a.mp3")
+        # Relayed requests are logged once, by the primary, with the
+        # listener's address.
+        self.assertNotRegex(self.log(), r"worker1#info\] GET /api/")
+
+
+class WorkerLRUTests(TestCase):
+    async def test_hits_only_a_worker_saw_move_the_primarys_lru(self) -> None:
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
+        port = reactor.listenUNIX(socket_path, cache.site)
+        self.addCleanup(port.stopListening)
+        agent = primary_agent(reactor, socket_path)
+        self.addCleanup(agent._pool.closeCachedConnections)
+        files = WorkerFiles(
+            CacheStore(cache.store.root),
+            Generation(os.path.join(cache.store.root, GENERATION_FILE)),
+            reactor,
+            PrimaryProxy(agent),
+            60,
+        )
+        worker_metrics = Metrics()
+        worker = listen(self, CacheSite(build_worker_root(files), worker_metrics, reactor=reactor))
+        worker_url = f"http://127.0.0.1:{worker.getHost().port}/"
+        for name in ("a.mp3", "b.mp3", "c.mp3"):
+            origin.put(name, body_of(100_000, name))
+            await cache.syncer.start(name).when_done()
+        self.assertEqual(cache.store.names(), ["a.mp3", "b.mp3", "c.mp3"])
+        client = http_client(self)
+        for _ in range(3):
+            response = await client.get(worker_url + "files/a.mp3")
+            self.assertEqual(await content(response), body_of(100_000, "a.mp3"))
+        self.assertEqual(cache.store.names()[0], "a.mp3", "the primary saw nothing yet")
+        await Reporter(files, worker_metrics, agent, reactor).report()
+        self.assertEqual(cache.store.names(), ["b.mp3", "c.mp3", "a.mp3"])
+        self.assertGreaterEqual(_total(cache.site.metrics, "requests", {"outcome": "hit"}), 3)
+
+
+def _total(metrics: Metrics, attr: str, labels: dict[str, str]) -> float:
+    key = (attr, tuple(sorted(labels.items())))
+    return metrics.counter_values().get(key, 0.0)
+
+
+class _SpawningClock(Clock):
+    """
+    A clock that records the processes it is asked to spawn.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[Any] = []
+
+    def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> Any:
+        self.spawned.append(protocol)
+        return SimpleNamespace(pid=1000 + len(self.spawned))
+
+
+class RestartTests(SynchronousTestCase):
+    def test_a_crashing_worker_is_restarted_with_back_off(self) -> None:
+        clock = _SpawningClock()
+        service = WorkersService(clock, 2, [], "/nonexistent.sock", [])
+        service.startService()
+        delays = []
+        for _ in range(9):
+            protocol = clock.spawned[-1]
+            protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))
+            (call,) = clock.getDelayedCalls()
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(delays[-1])
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60])
+        # A worker that ran for a minute starts the count anew.
+        clock.advance(60)
+        clock.spawned[-1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        (call,) = clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - clock.seconds(), 1)
+        self.flushLoggedErrors()

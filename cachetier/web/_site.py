@@ -258,6 +258,11 @@ class CacheSite(server.Site):
     def log(self, request: CacheRequest) -> None:
         sent = request.sentLength
         outcome = request.outcome
+        if outcome == "relayed":
+            # A worker's relayed request is logged and counted once, by the
+            # primary, which knows what it did and gets the listener's
+            # address with it.
+            return
         self.metrics.http_requests.inc()
         if outcome is not None:
             counter = self._outcomes.get(outcome)
@@ -267,7 +272,6 @@ class CacheSite(server.Site):
         self.metrics.bytes_served.inc(sent)
         if self.access_log is None:
             return
-        address = request.getClientAddress()
         self.access_log.info(
             "{method} {path} {status} {bytes}B {outcome} {duration_ms:.1f}ms",
             method=request.method.decode("latin-1"),
@@ -276,8 +280,10 @@ class CacheSite(server.Site):
             status=request.code,
             bytes=sent,
             outcome=outcome or "-",
-            duration_ms=(time.monotonic() - request.received) * 1000,
-            client=getattr(address, "host", None),
+            # Rounded here: a worker's events reach the log as JSON, which
+            # keeps values, not format specs.
+            duration_ms=round((time.monotonic() - request.received) * 1000, 1),
+            client=client_address(request),
         )
 
 

@@ -71,6 +71,7 @@ class PrimaryProxy(Resource):
         self.agent = agent
 
     def render(self, request: Any) -> int:
+        request.outcome = "relayed"
         headers = request.requestHeaders.copy()
         for name in _HOP_BY_HOP:
             headers.removeHeader(name)

@@ -88,7 +88,6 @@ class WorkerFiles(Resource):
                 if len(self.touched) < self.max_seen:
                     self.touched.add(name)
                 return body
-        request.outcome = "relayed"
         return self.proxy.render(request)
 
     def _fresh(self, name: str, now: float) -> StoredObject | None:
