@@ -431,7 +431,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if assembly.access_file is not None:
         TimerService(1.0, assembly.access_file.flush).setServiceParent(service)
     endpoints = [(d, serverFromString(reactor, d)) for d in settings.listen]
-    public = PublicPorts(endpoints, assembly.site)
+    public = PublicPorts(endpoints, assembly.site, reactor, copies=settings.workers)
     public.setServiceParent(service)
     if settings.workers == 1:
         return service
@@ -453,6 +453,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ]
     if settings.access_log is not None:
         worker_args.append(f"--access-log={settings.access_log}")
-    workers = WorkersService(reactor, settings.workers, public.ports, primary_socket, worker_args)
+    workers = WorkersService(reactor, settings.workers, public, primary_socket, worker_args)
     workers.setServiceParent(service)
     return service

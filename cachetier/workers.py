@@ -2,9 +2,10 @@
 C{--workers N}: N processes serving the same listening sockets.
 
 The primary (the twistd process) owns the store and every download; it
-listens on the public sockets and on a private UNIX socket in the cache
-directory, and spawns N-1 workers that adopt the public sockets
-(C{adoptStreamPort}), so the kernel spreads connections over all N.  A
+listens on the public addresses and on a private UNIX socket, and spawns
+N-1 workers.  Each process has a listening socket of its own on every
+public address (C{SO_REUSEPORT}, see L{PublicPorts}), so the kernel
+spreads connections over all N.  A
 worker serves fresh hits from disk and relays the rest to the primary, so
 each file is still downloaded exactly once, and a worker's listener on a
 miss follows the primary's download as it fills.
@@ -22,7 +23,6 @@ import sys
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
@@ -88,21 +88,20 @@ class WorkersService(Service):
     Listens on the public endpoints (in the primary) and keeps N-1 worker
     processes serving them, restarting any that dies.
 
-    @param ports: the primary's listening ports, whose sockets the workers
-        adopt.
+    @param public: the public ports, which hold each worker's sockets.
     """
 
     def __init__(
         self,
         reactor: Any,
         count: int,
-        ports: list[Any],
+        public: PublicPorts,
         primary_socket: str,
         worker_args: list[str],
     ) -> None:
         self.reactor = reactor
         self.count = count
-        self.ports = ports
+        self.public = public
         self.primary_socket = primary_socket
         self.worker_args = worker_args
         self._workers: dict[int, tuple[Any, _Worker]] = {}
@@ -118,11 +117,11 @@ class WorkersService(Service):
         protocol = _Worker(self, number, self.reactor.seconds())
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         args = [sys.executable, "-m", "cachetier.workers", f"--primary={self.primary_socket}"]
-        for offset, port in enumerate(self.ports):
+        self.public.stand_down(number)
+        for offset, (listening, family) in enumerate(self.public.sockets_for(number)):
             fd = _FIRST_FD + offset
-            fds[fd] = port.fileno()
-            family = "inet6" if isinstance(port.getHost(), IPv6Address) else "inet"
-            args.append(f"--fd={fd}:{family}")
+            fds[fd] = listening
+            args.append(f"--fd={fd}:{'inet6' if family == socket.AF_INET6 else 'inet'}")
         args += self.worker_args + [f"--number={number}"]
         process = self.reactor.spawnProcess(
             protocol, sys.executable, args, env=os.environ.copy(), childFDs=fds
@@ -139,6 +138,7 @@ class WorkersService(Service):
         self._workers.pop(number, None)
         if not self.running:
             return
+        self.public.stand_in(number)
         if self.reactor.seconds() - protocol.started >= MAX_BACKOFF:
             self._crashes[number] = 0
         crashes = self._crashes[number] = self._crashes.get(number, 0) + 1
@@ -167,32 +167,130 @@ class WorkersService(Service):
 class PublicPorts(Service):
     """
     The public listening ports, opened in the primary before privileges
-    are dropped (and shared with the workers).  If one cannot be opened,
-    startup stops with one line saying which and why.
+    are dropped.  If one cannot be opened, startup stops with one line
+    saying which and why.
+
+    With C{copies} > 1 (C{--workers}), each plain TCP address is bound
+    C{copies} times with C{SO_REUSEPORT}: one listening socket per process,
+    so the kernel spreads new connections evenly over them (one shared
+    socket lets whichever process wakes first accept nearly all of a burst).
+    The primary listens on the first; L{socket_for} gives each worker its
+    own, which the primary holds and listens on itself while that worker
+    is down, so no connection waits for a restart.
 
     @param endpoints: (description, endpoint) pairs.
     """
 
-    def __init__(self, endpoints: list[tuple[str, Any]], factory: Any) -> None:
+    def __init__(
+        self, endpoints: list[tuple[str, Any]], factory: Any, reactor: Any, copies: int = 1
+    ) -> None:
         self.endpoints = endpoints
         self.factory = factory
+        self.reactor = reactor
+        self.copies = copies
         self.ports: list[Any] = []
+        # Per address: the workers' sockets (index 0: worker 1).
+        self._worker_sockets: list[tuple[int, list[socket.socket]]] = []
+        self._standing_in: dict[int, list[Any]] = {}
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         for description, endpoint in self.endpoints:
-            failures: list[Failure] = []
-            endpoint.listen(self.factory).addCallbacks(self.ports.append, failures.append)
-            if failures:
-                for port in self.ports:
-                    port.stopListening()
-                why = failures[0].getErrorMessage()
-                raise SystemExit(f"cachetier: cannot listen on {description}: {why}")
+            try:
+                if self.copies > 1:
+                    self._listen_copies(description)
+                else:
+                    failures: list[Failure] = []
+                    d = endpoint.listen(self.factory)
+                    d.addCallbacks(self.ports.append, failures.append)
+                    if failures:
+                        raise OSError(failures[0].getErrorMessage())
+            except OSError as e:
+                self._close()
+                why = e.strerror or str(e)
+                raise SystemExit(f"cachetier: cannot listen on {description}: {why}") from None
+
+    def _listen_copies(self, description: str) -> None:
+        family, host, port, backlog = tcp_address(description)
+        sockets: list[socket.socket] = []
+        try:
+            for _ in range(self.copies):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind((host, port))
+                port = s.getsockname()[1]  # port 0: every copy on the one chosen
+                s.listen(backlog)
+                s.setblocking(False)
+        except OSError:
+            for s in sockets:
+                s.close()
+            raise
+        primary = sockets[0]
+        self.ports.append(self.reactor.adoptStreamPort(primary.fileno(), family, self.factory))
+        primary.close()
+        self._worker_sockets.append((family, sockets[1:]))
+
+    def sockets_for(self, number: int) -> list[tuple[int, int]]:
+        """
+        Worker C{number}'s listening sockets, as (descriptor, family).
+        """
+        return [(socks[number - 1].fileno(), family) for family, socks in self._worker_sockets]
+
+    def stand_in(self, number: int) -> None:
+        """
+        Accept on worker C{number}'s sockets until it is back.
+        """
+        if number not in self._standing_in and self.running:
+            self._standing_in[number] = [
+                self.reactor.adoptStreamPort(fd, family, self.factory)
+                for fd, family in self.sockets_for(number)
+            ]
+
+    def stand_down(self, number: int) -> None:
+        for port in self._standing_in.pop(number, []):
+            # The port holds a duplicate: the worker's socket stays open.
+            port.stopListening()
+
+    def _close(self) -> None:
+        for port in self.ports:
+            port.stopListening()
+        for _, socks in self._worker_sockets:
+            for s in socks:
+                s.close()
+        self.ports, self._worker_sockets = [], []
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        ports, self.ports = self.ports, []
-        return DeferredList([port.stopListening() for port in ports])
+        ports = self.ports + [p for ps in self._standing_in.values() for p in ps]
+        self._standing_in.clear()
+        self.ports = []
+        d = DeferredList([port.stopListening() for port in ports])
+        for _, socks in self._worker_sockets:
+            for s in socks:
+                s.close()
+        self._worker_sockets = []
+        return d
+
+
+def tcp_address(description: str) -> tuple[int, str, int, int]:
+    """
+    The family, interface, port and backlog of a C{tcp:} or C{tcp6:}
+    endpoint description (validated by the options already).
+    """
+    kind, _, rest = description.partition(":")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    fields = {"interface": "::" if kind == "tcp6" else "0.0.0.0", "backlog": "50"}
+    positional = []
+    for part in rest.split(":"):
+        key, eq, value = part.partition("=")
+        if eq:
+            fields[key] = value
+        else:
+            positional.append(part)
+    port = int(fields.get("port", positional[0] if positional else "0"))
+    return family, fields["interface"], port, int(fields["backlog"])
 
 
 class _ExitWithPrimary(Protocol):

@@ -26,7 +26,7 @@ from cachetier.store import GENERATION_FILE, CacheStore, Generation
 from cachetier.web._site import CacheSite
 from cachetier.web.proxy import PrimaryProxy, primary_agent
 from cachetier.web.worker import Reporter, WorkerFiles, build_worker_root
-from cachetier.workers import WorkersService
+from cachetier.workers import PublicPorts, WorkersService
 
 from .helpers import body_of, http_client, listen, start_cachetier, start_origin
 from .test_twistd import _TWISTD, _Twistd
@@ -311,7 +311,8 @@ class _SpawningClock(Clock):
 class RestartTests(SynchronousTestCase):
     def test_a_crashing_worker_is_restarted_with_back_off(self) -> None:
         clock = _SpawningClock()
-        service = WorkersService(clock, 2, [], "/nonexistent.sock", [])
+        public = PublicPorts([], None, clock, copies=2)
+        service = WorkersService(clock, 2, public, "/nonexistent.sock", [])
         service.startService()
         delays = []
         for _ in range(9):
