@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 from types import SimpleNamespace
@@ -242,6 +243,22 @@ class WorkerTruthTests(WorkersTestCase):
         self.assertGreaterEqual(totals[0], 200)
         self.assertLess(totals[0], 300)
         self.assertLessEqual(max(totals) - min(totals), len(totals))
+
+    async def test_connections_are_answered_while_a_worker_is_down(self) -> None:
+        url = await self.start()
+        pid = int(re.search(r"worker 1 started \(pid (\d+)\)", self.log()).group(1))
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if "restarting it in 1s" in self.log():
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        started = reactor.seconds()
+        for _ in range(20):
+            code, _, _ = await self.request("GET", url + "healthz")
+            self.assertEqual(code, 200)
+        # Had a dead worker's socket gone unanswered, about half of these
+        # would have waited for its restart a second later.
+        self.assertLess(reactor.seconds() - started, 0.9)
 
     async def test_workers_log_into_twistds_log(self) -> None:
         url = await self.start()
