@@ -33,7 +33,11 @@ from .helpers import body_of, listen, start_cachetier, start_origin
 class _Node(Resource):
     """
     A cache tier node that answers every status call with C{body} and
-    C{code}, after C{delay} seconds.
+    C{code}, after C{delay} seconds; C{/healthz} the same way, with a
+    health body.
+
+    @ivar calls: status calls.
+    @ivar probes: liveness probes (C{/healthz}).
     """
 
     isLeaf = True
@@ -42,13 +46,19 @@ class _Node(Resource):
         super().__init__()
         self.body, self.code, self.delay = body, code, delay
         self.calls = 0
+        self.probes = 0
 
     def render_GET(self, request: Any) -> bytes | int:
-        self.calls += 1
+        body = self.body
+        if request.path.endswith(b"/healthz"):
+            self.probes += 1
+            body = b'{"status": "ok"}' if self.code == 200 else b'{"status": "failing"}'
+        else:
+            self.calls += 1
         request.setResponseCode(self.code)
         if not self.delay:
-            return self.body
-        call = reactor.callLater(self.delay, lambda: (request.write(self.body), request.finish()))
+            return body
+        call = reactor.callLater(self.delay, lambda: (request.write(body), request.finish()))
         request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
         return server.NOT_DONE_YET
 
@@ -106,7 +116,7 @@ class LiveServerTests(TestCase):
 
     async def test_twisted_client(self) -> None:
         client = CacheTierClient(self.url, local_cache_time=60, negative_cache_time=0.01)
-        self.addCleanup(client.pool.closeCachedConnections)
+        self.addCleanup(client.close)
         self.assertFalse(await client.verify_file("ep/1.mp3"))
         await self.cached("ep/1.mp3")
         time.sleep(0.02)
@@ -129,11 +139,9 @@ class LiveServerTests(TestCase):
                 await asyncio.sleep(0.02)
                 if await client.refresh_status_from_server("ep/1.mp3"):
                     break
-            return (
-                first,
-                await client.verify_file("ep/1.mp3"),
-                client.build_download_url("ep/1.mp3"),
-            )
+            later = await client.verify_file("ep/1.mp3")
+            await client.close()
+            return first, later, client.build_download_url("ep/1.mp3")
 
         first, later, url = await run_asyncio(scenario, self.url)
         self.assertEqual((first, later, url), (False, True, self.url + "files/ep/1.mp3"))
@@ -220,7 +228,7 @@ class FailOpenTests(TestCase):
         results = {}
         for failure, url in self.failing_nodes().items():
             client = CacheTierClient(url, request_timeout=self.timeout_seconds)
-            self.addCleanup(client.pool.closeCachedConnections)
+            self.addCleanup(client.close)
             started = time.monotonic()
             results[failure] = (await client.verify_file("a.mp3"), time.monotonic() - started)
         self.check(results)
@@ -232,6 +240,7 @@ class FailOpenTests(TestCase):
                 client = AsyncioCacheTierClient(url, request_timeout=self.timeout_seconds)
                 started = time.monotonic()
                 results[failure] = (await client.verify_file("a.mp3"), time.monotonic() - started)
+                await client.close()
             return results
 
         self.check(await run_asyncio(ask_all, self.failing_nodes()))
@@ -272,29 +281,40 @@ class TwistedClientClockTests(SynchronousTestCase):
         self.treq.flush()
         return self.successResultOf(d)
 
+    def tick(self, seconds: int) -> None:
+        """
+        Let C{seconds} pass a second at a time, answering the client's
+        background liveness probes as they go.
+        """
+        for _ in range(seconds):
+            self.clock.advance(1)
+            self.treq.flush()
+
     def test_answers_are_cached_for_their_times(self) -> None:
         node = _Node(status_json("a", True))
         client = self.make(node, local_cache_time=120, negative_cache_time=5)
+        self.addCleanup(client.close)
         self.assertTrue(self.ask(client, "a"))
-        self.clock.advance(119)
+        self.tick(119)
         self.assertTrue(self.ask(client, "a"))
         self.assertEqual(node.calls, 1)
-        self.clock.advance(1)
+        self.tick(1)
         self.assertTrue(client.is_stale("a"))
         self.ask(client, "a")
         self.assertEqual(node.calls, 2)
         node.body = status_json("b", False)
         self.assertFalse(self.ask(client, "b"))
-        self.clock.advance(4)
+        self.tick(4)
         self.assertFalse(self.ask(client, "b"))
         self.assertEqual(node.calls, 3)
-        self.clock.advance(1)
+        self.tick(1)
         self.ask(client, "b")
         self.assertEqual(node.calls, 4)
 
     def test_timeout_opens_the_breaker_which_probes_after_its_cooloff(self) -> None:
         silent = _Node(status_json("a", True), delay=3600)
         client = self.make(silent, request_timeout=1.0, breaker_cooloff=10)
+        self.addCleanup(client.close)
         d = client.verify_file("a")
         self.clock.advance(1.0)
         self.assertIs(self.successResultOf(d), False)

@@ -64,12 +64,14 @@ class PolicyTests(SynchronousTestCase):
         self.policy.succeeded(node, "a", status("a", True))
         self.policy.succeeded(node, "b", status("b", False))
         self.now = 4.9
+        self.policy.probe_succeeded(node)  # its node is known alive
         self.assertTrue(self.policy.cached("a").available)
         self.assertFalse(self.policy.cached("b").available)
         self.now = 5.0
         self.assertIsNone(self.policy.cached("b"))
         self.assertTrue(self.policy.is_stale("b"))
         self.now = 119.9
+        self.policy.probe_succeeded(node)  # its node is known alive
         self.assertIsNotNone(self.policy.cached("a"))
         self.now = 120
         self.assertIsNone(self.policy.cached("a"))

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import txaio.aio
 
 from ._base import ClientBase
-from ._lookup import lookup
+from ._lookup import lookup, probe
 from ._policy import FileStatus, check_name
 
 _MAX_ANSWER = 1024 * 1024
@@ -30,9 +30,41 @@ class AsyncioCacheTierClient(ClientBase):
         super().__init__(*args, **kwargs)
         self.log = txaio.aio.make_logger()
         self._ssl = ssl.create_default_context()
+        self._watcher: asyncio.Future[None] | None = None
+
+    def _watch(self) -> None:
+        """
+        Confirm every node's liveness each C{liveness_interval}, in a task
+        started by the first call and stopped by L{close}.
+        """
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            probes = [
+                probe(self.policy, node, self._fetch_json, self.log)
+                for node in self.policy.nodes
+                if self.policy.probe_due(node)
+            ]
+            await asyncio.gather(*probes)
+            await asyncio.sleep(self.policy.liveness_interval)
+
+    async def close(self) -> None:
+        """
+        Stop the liveness checks.
+        """
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
 
     async def verify_file(self, file_name: str) -> bool:
         name = check_name(file_name)
+        self._watch()
         status = self.policy.cached(name)
         if status is not None:
             return status.available
@@ -40,6 +72,7 @@ class AsyncioCacheTierClient(ClientBase):
 
     async def file_status(self, file_name: str) -> FileStatus | None:
         name = check_name(file_name)
+        self._watch()
         return self.policy.cached(name) or await self._lookup(name)
 
     async def refresh_status_from_server(self, file_name: str) -> bool:

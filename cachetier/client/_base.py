@@ -23,6 +23,11 @@ class ClientBase:
     @param failover: when a file's node is down, ask the next one.
     @param breaker_threshold: failures that make a node skipped for
         C{breaker_cooloff} seconds.
+    @param liveness_interval: how often each node's liveness is confirmed
+        with a request to its C{/healthz}.  A remembered "cached" answer is
+        used only while its node is known alive: a listener is sent to a
+        dead or frozen node for at most C{liveness_interval +
+        request_timeout} seconds.
     @param now: the clock.
     """
 
@@ -38,6 +43,7 @@ class ClientBase:
         failover: bool = True,
         breaker_threshold: int = 1,
         breaker_cooloff: float = 10.0,
+        liveness_interval: float = 2.0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.request_timeout = request_timeout
@@ -51,6 +57,8 @@ class ClientBase:
             failover=failover,
             breaker_threshold=breaker_threshold,
             breaker_cooloff=breaker_cooloff,
+            liveness_interval=liveness_interval,
+            request_timeout=request_timeout,
         )
         self.base_url = self.policy.nodes[0]
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import txaio.aio
 
 from ._base import ClientBase
-from ._lookup import lookup, run_now
+from ._lookup import lookup, probe, run_now
 from ._policy import FileStatus, check_name
 
 _MAX_ANSWER = 1024 * 1024
@@ -36,14 +36,25 @@ class BlockingCacheTierClient(ClientBase):
 
     def verify_file(self, file_name: str) -> bool:
         name = check_name(file_name)
-        status = self.policy.cached(name)
+        status = self._cached(name)
         if status is not None:
             return status.available
         return self.refresh_status_from_server(name)
 
     def file_status(self, file_name: str) -> FileStatus | None:
         name = check_name(file_name)
-        return self.policy.cached(name) or self._lookup(name)
+        return self._cached(name) or self._lookup(name)
+
+    def _cached(self, name: str) -> FileStatus | None:
+        """
+        The remembered answer about C{name}, after confirming its node's
+        liveness inline when that is due: one caller a node an interval
+        pays for the probe; the others use the last verdict meanwhile.
+        """
+        node = self.policy.node_of(name)
+        if node is not None and self.policy.probe_due(node):
+            run_now(probe(self.policy, node, self._fetch_json, self.log))
+        return self.policy.cached(name)
 
     def refresh_status_from_server(self, file_name: str) -> bool:
         status = self._lookup(check_name(file_name))

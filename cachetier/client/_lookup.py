@@ -49,6 +49,26 @@ async def lookup(
     return status
 
 
+async def probe(policy: Policy, node: str, fetch_json: FetchJSON, log: Any) -> None:
+    """
+    Confirm that C{node} is alive: its C{/healthz} answers 200 (C{ok} or
+    C{degraded}: it still serves its cache).  A failure, a timeout or a
+    503 (C{failing}) drops the node's positive answers and opens its
+    breaker.  The caller has claimed the probe with L{Policy.probe_due}.
+    """
+    try:
+        await fetch_json(node + "healthz")
+    except Exception as e:
+        policy.failed(node)
+        log.warn(
+            "cache tier {node} failed its liveness check ({why}); using the origin",
+            node=node,
+            why=str(e) or type(e).__name__,
+        )
+    else:
+        policy.probe_succeeded(node)
+
+
 def run_now(coroutine: Coroutine[Any, Any, T]) -> T:
     """
     Run a coroutine that never suspends (all its awaits are of plain

@@ -112,6 +112,17 @@ class _Breaker:
     probing: bool = False
 
 
+@define
+class _Liveness:
+    """
+    When a node was last known alive (a successful lookup or probe), and
+    whether a liveness probe of it is under way.
+    """
+
+    alive_at: float = float("-inf")
+    probing: bool = False
+
+
 @frozen
 class _Answer:
     status: FileStatus
@@ -133,6 +144,12 @@ class Policy:
     @param breaker_threshold: consecutive failures that open a node's
         breaker; while open, the node is skipped for C{breaker_cooloff}
         seconds, then probed by one call.
+    @param liveness_interval: how often each node's liveness is confirmed
+        (a C{/healthz} probe); a cached positive answer is used only while
+        its node was known alive within C{liveness_interval +
+        request_timeout}, so a listener is sent to a dead node for at most
+        that long.
+    @param request_timeout: the longest a probe may take.
     """
 
     def __init__(
@@ -146,8 +163,13 @@ class Policy:
         failover: bool = True,
         breaker_threshold: int = 1,
         breaker_cooloff: float = 10.0,
+        liveness_interval: float = 2.0,
+        request_timeout: float = 1.0,
     ) -> None:
         self.nodes = list(nodes)
+        self.liveness_interval = liveness_interval
+        self._trust_for = liveness_interval + request_timeout
+        self._liveness = {node: _Liveness() for node in self.nodes}
         self._now = now
         self.enabled = enable_local_cache
         self.local_cache_time = local_cache_time
@@ -169,7 +191,45 @@ class Policy:
             answer = self._answers.get(name)
             if answer is None or answer.expires_at <= self._now():
                 return None
+            if answer.status.available and not self._alive(answer.node):
+                return None
             return answer.status
+
+    def _alive(self, node: str) -> bool:
+        return (
+            self._breakers[node].opened_at is None
+            and self._now() - self._liveness[node].alive_at <= self._trust_for
+        )
+
+    def node_of(self, name: str) -> str | None:
+        """
+        The node whose answer about C{name} is remembered, if any.
+        """
+        with self._lock:
+            answer = self._answers.get(name)
+            return None if answer is None else answer.node
+
+    def probe_due(self, node: str) -> bool:
+        """
+        Whether C{node}'s liveness should be confirmed now; C{True} to one
+        caller only, who must report with L{probe_succeeded} or
+        L{failed}.  Not due while its breaker is open: its answers are
+        dropped already, and lookups probe it after the cool-off.
+        """
+        with self._lock:
+            liveness = self._liveness[node]
+            due = (
+                not liveness.probing
+                and self._breakers[node].opened_at is None
+                and self._now() - liveness.alive_at >= self.liveness_interval
+            )
+            if due:
+                liveness.probing = True
+            return due
+
+    def probe_succeeded(self, node: str) -> None:
+        with self._lock:
+            self._liveness[node] = _Liveness(alive_at=self._now())
 
     def is_stale(self, name: str) -> bool:
         return self.cached(name) is None
@@ -200,6 +260,7 @@ class Policy:
     def succeeded(self, node: str, name: str, status: FileStatus) -> None:
         with self._lock:
             self._breakers[node] = _Breaker()
+            self._liveness[node].alive_at = self._now()
             ttl = self.local_cache_time if status.available else self.negative_cache_time
             self._answers.pop(name, None)
             self._answers[name] = _Answer(status, node, self._now() + ttl)
@@ -207,7 +268,15 @@ class Policy:
                 self._answers.popitem(last=False)
 
     def failed(self, node: str) -> None:
+        """
+        A lookup or a liveness probe of C{node} failed: its positive
+        answers are dropped at once, and its breaker hears of it.
+        """
         with self._lock:
+            self._liveness[node] = _Liveness()
+            for name in [n for n, a in self._answers.items() if a.node == node]:
+                if self._answers[name].status.available:
+                    del self._answers[name]
             breaker = self._breakers[node]
             breaker.failures += 1
             breaker.probing = False

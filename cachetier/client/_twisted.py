@@ -10,10 +10,11 @@ import txaio.tx
 from treq import json_content
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ._base import ClientBase
-from ._lookup import lookup
+from ._lookup import lookup, probe
 from ._policy import FileStatus, check_name
 
 
@@ -41,12 +42,40 @@ class CacheTierClient(ClientBase):
         self._reactor = reactor
         # The other arguments are ClientBase's, compatible with cache-tier 1.0.4.
         super().__init__(*args, now=reactor.seconds, **kwargs)
+        self.pool: HTTPConnectionPool | None = None
+        self._watcher: LoopingCall | None = None
         if http_client is None:
             self.pool = HTTPConnectionPool(reactor)
             agent = Agent(reactor, connectTimeout=self.request_timeout, pool=self.pool)
             http_client = HTTPClient(agent)
         self._http = http_client
         self.log = txaio.tx.make_logger()
+
+    def _watch(self) -> None:
+        """
+        Confirm every node's liveness each C{liveness_interval}, in the
+        background, from the first call on, until L{close}.
+        """
+        if self._watcher is None:
+            self._watcher = LoopingCall(self._probe_nodes)
+            self._watcher.clock = self._reactor
+            self._watcher.start(self.policy.liveness_interval, now=True)
+
+    def _probe_nodes(self) -> None:
+        for node in self.policy.nodes:
+            if self.policy.probe_due(node):
+                Deferred.fromCoroutine(probe(self.policy, node, self._fetch_json, self.log))
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop the liveness checks and close the client's own connections.
+        """
+        if self._watcher is not None and self._watcher.running:
+            self._watcher.stop()
+        self._watcher = None
+        if self.pool is not None:
+            return self.pool.closeCachedConnections()
+        return succeed(None)
 
     def verify_file(self, file_name: str) -> Deferred[bool]:
         """
@@ -55,6 +84,7 @@ class CacheTierClient(ClientBase):
         @raise CacheException: at once, for an invalid name.
         """
         name = check_name(file_name)
+        self._watch()
         status = self.policy.cached(name)
         if status is not None:
             return succeed(status.available)
@@ -65,6 +95,7 @@ class CacheTierClient(ClientBase):
         The node's full answer about C{file_name}, or L{None} on failure.
         """
         name = check_name(file_name)
+        self._watch()
         status = self.policy.cached(name)
         if status is not None:
             return succeed(status)
