@@ -42,9 +42,12 @@ class _Node(Resource):
 
     isLeaf = True
 
-    def __init__(self, body: bytes, code: int = 200, delay: float = 0.0) -> None:
+    def __init__(
+        self, body: bytes, code: int = 200, delay: float = 0.0, clock: Any = reactor
+    ) -> None:
         super().__init__()
         self.body, self.code, self.delay = body, code, delay
+        self.clock = clock
         self.calls = 0
         self.probes = 0
 
@@ -58,7 +61,7 @@ class _Node(Resource):
         request.setResponseCode(self.code)
         if not self.delay:
             return body
-        call = reactor.callLater(self.delay, lambda: (request.write(body), request.finish()))
+        call = self.clock.callLater(self.delay, lambda: (request.write(body), request.finish()))
         request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
         return server.NOT_DONE_YET
 
@@ -269,8 +272,7 @@ class TwistedClientClockTests(SynchronousTestCase):
     Caching and breaker timings, with a Clock and StubTreq.
     """
 
-    def make(self, resource: Resource, **kwargs: Any) -> CacheTierClient:
-        self.clock = Clock()
+    def make(self, resource: Any, **kwargs: Any) -> CacheTierClient:
         self.treq = StubTreq(resource)
         return CacheTierClient(
             "http://node.test/", reactor=self.clock, http_client=self.treq, **kwargs
@@ -290,8 +292,11 @@ class TwistedClientClockTests(SynchronousTestCase):
             self.clock.advance(1)
             self.treq.flush()
 
+    def setUp(self) -> None:
+        self.clock = Clock()
+
     def test_answers_are_cached_for_their_times(self) -> None:
-        node = _Node(status_json("a", True))
+        node = _Node(status_json("a", True), clock=self.clock)
         client = self.make(node, local_cache_time=120, negative_cache_time=5)
         self.addCleanup(client.close)
         self.assertTrue(self.ask(client, "a"))
@@ -312,7 +317,7 @@ class TwistedClientClockTests(SynchronousTestCase):
         self.assertEqual(node.calls, 4)
 
     def test_timeout_opens_the_breaker_which_probes_after_its_cooloff(self) -> None:
-        silent = _Node(status_json("a", True), delay=3600)
+        silent = _Node(status_json("a", True), delay=3600, clock=self.clock)
         client = self.make(silent, request_timeout=1.0, breaker_cooloff=10)
         self.addCleanup(client.close)
         d = client.verify_file("a")

@@ -51,8 +51,8 @@ class BlockingCacheTierClient(ClientBase):
         liveness inline when that is due: one caller a node an interval
         pays for the probe; the others use the last verdict meanwhile.
         """
-        node = self.policy.node_of(name)
-        if node is not None and self.policy.probe_due(node):
+        node = self.policy.home(name)
+        if self.policy.probe_due(node):
             run_now(probe(self.policy, node, self._fetch_json, self.log))
         return self.policy.cached(name)
 

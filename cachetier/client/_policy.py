@@ -120,6 +120,7 @@ class _Liveness:
     """
 
     alive_at: float = float("-inf")
+    last_probe: float = float("-inf")
     probing: bool = False
 
 
@@ -201,35 +202,39 @@ class Policy:
             and self._now() - self._liveness[node].alive_at <= self._trust_for
         )
 
-    def node_of(self, name: str) -> str | None:
+    def home(self, name: str) -> str:
         """
-        The node whose answer about C{name} is remembered, if any.
+        The node that answered about C{name} last, else its first node.
         """
         with self._lock:
             answer = self._answers.get(name)
-            return None if answer is None else answer.node
+        return answer.node if answer is not None else rank(self.nodes, name)[0]
 
     def probe_due(self, node: str) -> bool:
         """
         Whether C{node}'s liveness should be confirmed now; C{True} to one
         caller only, who must report with L{probe_succeeded} or
-        L{failed}.  Not due while its breaker is open: its answers are
-        dropped already, and lookups probe it after the cool-off.
+        L{failed}.  Due every C{liveness_interval}, whether its breaker is
+        open or not: a probe that succeeds closes it, so a node that comes
+        back is used again within an interval, not after the cool-off.
         """
         with self._lock:
             liveness = self._liveness[node]
             due = (
                 not liveness.probing
-                and self._breakers[node].opened_at is None
+                and self._now() - liveness.last_probe >= self.liveness_interval
                 and self._now() - liveness.alive_at >= self.liveness_interval
             )
             if due:
                 liveness.probing = True
+                liveness.last_probe = self._now()
             return due
 
     def probe_succeeded(self, node: str) -> None:
         with self._lock:
-            self._liveness[node] = _Liveness(alive_at=self._now())
+            now = self._now()
+            self._liveness[node] = _Liveness(alive_at=now, last_probe=now)
+            self._breakers[node] = _Breaker()
 
     def is_stale(self, name: str) -> bool:
         return self.cached(name) is None
@@ -273,7 +278,7 @@ class Policy:
         answers are dropped at once, and its breaker hears of it.
         """
         with self._lock:
-            self._liveness[node] = _Liveness()
+            self._liveness[node] = _Liveness(last_probe=self._liveness[node].last_probe)
             for name in [n for n, a in self._answers.items() if a.node == node]:
                 if self._answers[name].status.available:
                     del self._answers[name]

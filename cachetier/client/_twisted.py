@@ -44,6 +44,7 @@ class CacheTierClient(ClientBase):
         super().__init__(*args, now=reactor.seconds, **kwargs)
         self.pool: HTTPConnectionPool | None = None
         self._watcher: LoopingCall | None = None
+        self._probes: set[Deferred[None]] = set()
         if http_client is None:
             self.pool = HTTPConnectionPool(reactor)
             agent = Agent(reactor, connectTimeout=self.request_timeout, pool=self.pool)
@@ -64,7 +65,10 @@ class CacheTierClient(ClientBase):
     def _probe_nodes(self) -> None:
         for node in self.policy.nodes:
             if self.policy.probe_due(node):
-                Deferred.fromCoroutine(probe(self.policy, node, self._fetch_json, self.log))
+                d = Deferred.fromCoroutine(probe(self.policy, node, self._fetch_json, self.log))
+                if not d.called:
+                    self._probes.add(d)
+                    d.addBoth(lambda result, d=d: (self._probes.discard(d), result)[1])
 
     def close(self) -> Deferred[None]:
         """
@@ -73,6 +77,8 @@ class CacheTierClient(ClientBase):
         if self._watcher is not None and self._watcher.running:
             self._watcher.stop()
         self._watcher = None
+        for d in list(self._probes):
+            d.cancel()
         if self.pool is not None:
             return self.pool.closeCachedConnections()
         return succeed(None)
