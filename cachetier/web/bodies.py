@@ -131,6 +131,28 @@ class BodyProducer:
         request.transport.abortConnection()
 
 
+class PumpingProducer(BodyProducer):
+    """
+    A producer that writes in a loop (L{_pump}) until paused, done or out
+    of bytes.  Writing can re-enter (a write may pause and resume us), so
+    only one pump runs at a time.
+    """
+
+    _pumping = False
+
+    def _send(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump()
+        finally:
+            self._pumping = False
+
+    def _pump(self) -> None:
+        raise NotImplementedError()
+
+
 def can_sendfile(request: Any) -> bool:
     """
     Whether C{request} arrived on a plain TCP connection (not TLS, which
@@ -216,7 +238,7 @@ class SendfileProducer(BodyProducer):
             handle.release()
 
 
-class PreadProducer(BodyProducer):
+class PreadProducer(PumpingProducer):
     """
     Sends segments of C{handle}'s file through the transport: each segment
     is literal bytes to write first (a multipart header, or nothing) and a
@@ -235,21 +257,10 @@ class PreadProducer(BodyProducer):
         self.handle: Handle | None = handle
         self._segments = list(reversed(segments))
         self._trailer = trailer
-        self._pumping = False
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
         self._send()
-
-    def _send(self) -> None:
-        # Writing can re-enter (a write may pause and resume us).
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            self._pump()
-        finally:
-            self._pumping = False
 
     def _pump(self) -> None:
         while self.request is not None and not self._paused:
@@ -278,7 +289,7 @@ class PreadProducer(BodyProducer):
             handle.release()
 
 
-class FillProducer(BodyProducer):
+class FillProducer(PumpingProducer):
     """
     Streams a byte range of an in-flight download to one request, as fast
     as the bytes land and the client takes them.
@@ -300,7 +311,6 @@ class FillProducer(BodyProducer):
         self.position = offset
         self.end = None if size is None else offset + size
         self._handle: Handle | None = None
-        self._pumping = False
 
     def start(self) -> None:
         self._handle = self.fill.follow(self)
@@ -309,16 +319,6 @@ class FillProducer(BodyProducer):
 
     def fill_progressed(self) -> None:
         self._send()
-
-    def _send(self) -> None:
-        # Writing can re-enter (a write may resume us): one pump at a time.
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            self._pump()
-        finally:
-            self._pumping = False
 
     def _pump(self) -> None:
         while self.request is not None:
