@@ -16,7 +16,10 @@ MAX_NAME_BYTES = 1024
 # Characters that stay literal in an origin URL path.  Everything else,
 # including "%", "?" and "#", is percent-encoded so that a name can never
 # change the query, the fragment or the host of the origin URL.
-_SAFE = "/-._~!$&'()*+,;=:@"
+# Only unreserved characters and the slash go unencoded: S3 reads "+" in a
+# path as a space, and other servers give other reserved characters other
+# meanings, so every one of them is percent-encoded.
+_SAFE = "/-._~"
 
 
 class InvalidName(ValueError):

@@ -31,7 +31,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from .config import Settings, parse_duration, parse_rate, parse_size
 from .metrics import Metrics
 from .names import normalise_base
-from .origin import Breaker, Origin, RetryPolicy
+from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
 from .store import CacheStore
 from .sync import Syncer
 from .web import CacheSite, build_root
@@ -311,7 +311,7 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
     agent = Agent(reactor, connectTimeout=settings.origin_timeout, pool=pool)
     origin = Origin(
         settings.origin,
-        HTTPClient(agent),
+        HTTPClient(IdentityAgent(agent)),
         reactor,
         settings.origin_timeout,
         breaker=Breaker(reactor, settings.breaker_threshold, settings.breaker_cooloff),

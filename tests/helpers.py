@@ -76,6 +76,9 @@ class TestOrigin(Resource):
     @ivar rate: bytes per second per response, or L{None} for full speed.
     @ivar status: names answered with this status instead of the file.
     @ivar hang: names that never get an answer.
+    @ivar redirects: names answered 302 to this Location.
+    @ivar plus_is_space: read C{+} in a path as a space, as S3 does.
+    @ivar paths: the raw paths requested, as they arrived.
     """
 
     isLeaf = True
@@ -88,6 +91,9 @@ class TestOrigin(Resource):
         self.rate: float | None = None
         self.status: dict[str, int] = {}
         self.hang: set[str] = set()
+        self.redirects: dict[str, str] = {}
+        self.plus_is_space = False
+        self.paths: list[bytes] = []
         self._hanging: list[Any] = []
         self.port: Any = None
 
@@ -103,7 +109,9 @@ class TestOrigin(Resource):
         return self.put(name, body, content_md5=hashlib.md5(body).digest(), **kwargs)
 
     def render_GET(self, request: server.Request) -> bytes | int:
-        name = unquote(request.path.decode("utf-8")[1:])
+        self.paths.append(request.path)
+        path = request.path.decode("utf-8")[1:]
+        name = unquote(path.replace("+", " ") if self.plus_is_space else path)
         self.counts[name] += 1
         log.info(
             "origin {method} {name} #{count}",
@@ -115,6 +123,9 @@ class TestOrigin(Resource):
         if name in self.hang:
             self._hanging.append(request)
             return server.NOT_DONE_YET
+        if name in self.redirects:
+            request.redirect(self.redirects[name].encode("utf-8"))
+            return b""
         if name in self.status:
             request.setResponseCode(self.status[name])
             return b"origin says no"

@@ -97,3 +97,29 @@ class FillProducerTests(SynchronousTestCase):
         self.assertTrue(request.aborted)
         self.assertFalse(request.finished)
         self.assertEqual(self.fill._followers, set())
+
+
+class ChecksumHoldBackTests(SynchronousTestCase):
+    def test_the_last_byte_waits_for_the_md5_check(self) -> None:
+        store = CacheStore.open(os.path.abspath(self.mktemp()))
+        fd, _ = store.new_temp()
+        handle = Handle(fd)
+        data = os.urandom(1000)
+        fill = Fill("a.mp3", used_at=0.0)
+        response = OriginResponse(
+            ObjectHeaders("audio/mpeg"), length=1000, md5=b"\0" * 16, response=None
+        )
+        fill.begin(response, handle, store.write)
+        handle.release()
+        self.addCleanup(fill.close)
+        fill.write(data)
+        request = _FullRequest()
+        producer = FillProducer(request, fill, 0, 1000)
+        producer.start()
+        while request.producer is not None and producer._paused:
+            producer.resumeProducing()
+        self.assertEqual(b"".join(request.written), data[:999])
+        self.assertFalse(request.finished)
+        fill.fail(OriginError("checksum", "the body does not match the origin's MD5"))
+        self.assertTrue(request.aborted)
+        self.assertFalse(request.finished)

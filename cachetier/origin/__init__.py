@@ -5,11 +5,12 @@ that protect it (L{breaker}).
 """
 
 from .breaker import Breaker, RetryPolicy
-from .client import NotFoundAtOrigin, Origin, OriginError, OriginResponse
+from .client import IdentityAgent, NotFoundAtOrigin, Origin, OriginError, OriginResponse
 from .freshness import parse_cache_control
 
 __all__ = [
     "Breaker",
+    "IdentityAgent",
     "NotFoundAtOrigin",
     "Origin",
     "OriginError",

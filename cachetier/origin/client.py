@@ -10,6 +10,7 @@ import errno
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 from attrs import frozen
 from treq.client import HTTPClient
@@ -21,7 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss, datetimeToString, stringToDatetime
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
+from zope.interface import implementer
 
 from ..names import origin_url
 from ..store import ObjectHeaders, StoredObject
@@ -75,12 +78,91 @@ class OriginResponse:
     not_modified: bool = False
 
 
+# Connection-level headers (RFC 9110 7.6.1), never stored or replayed.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Headers the cache answers with values of its own (from the fields of
+# ObjectHeaders, or computed per response), so not replayed verbatim.
+_OWN = frozenset(
+    {
+        "content-length",
+        "content-range",
+        "content-type",
+        "etag",
+        "last-modified",
+        "cache-control",
+        "accept-ranges",
+        "age",
+        "date",
+        "server",
+        "content-md5",
+        "x-cachetier-content-encoding",
+        # The real one arrives under ORIGIN_CONTENT_ENCODING; what is left
+        # here is treq's decoder's empty placeholder.
+        "content-encoding",
+    }
+)
+# Where IdentityAgent puts the origin's Content-Encoding, out of sight of
+# treq's decoder.
+ORIGIN_CONTENT_ENCODING = b"x-cachetier-content-encoding"
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@implementer(IAgent)
+class IdentityAgent:
+    """
+    The innermost agent of the origin's treq client.  treq wraps every
+    agent in a C{ContentDecoderAgent}, which asks for gzip and decodes it;
+    a cache must store the origin's bytes exactly.  So this asks for
+    C{identity}, and moves any C{Content-Encoding} the origin sends anyway
+    (an object stored gzip-encoded) to a header of its own, where the
+    decoder does not look; L{parse_response} puts it back.
+    """
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        headers = Headers() if headers is None else headers.copy()
+        headers.setRawHeaders(b"accept-encoding", [b"identity"])
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        return d.addCallback(self._hide_encoding)
+
+    @staticmethod
+    def _hide_encoding(response: Any) -> Any:
+        encoding = response.headers.getRawHeaders(b"content-encoding")
+        if encoding:
+            response.headers.removeHeader(b"content-encoding")
+            response.headers.setRawHeaders(ORIGIN_CONTENT_ENCODING, encoding)
+        return response
+
+
 def _header(response: Any, name: bytes) -> str | None:
     values = response.headers.getRawHeaders(name)
     return values[-1].decode("latin-1") if values else None
 
 
 def _expected_md5(response: Any, etag: str | None) -> bytes | None:
+    """
+    The MD5 the body must have, where the origin certainly gave one: a
+    Content-MD5, or the ETag of an S3 response that is a plain MD5 (not a
+    multipart ETag with a C{-}, not SSE-KMS or SSE-C, whose ETags are not
+    the body's MD5).  Any other 32-hex ETag is only an opaque validator.
+    """
     content_md5 = _header(response, b"content-md5")
     if content_md5:
         try:
@@ -89,11 +171,36 @@ def _expected_md5(response: Any, etag: str | None) -> bytes | None:
             digest = b""
         if len(digest) == 16:
             return digest
-    if etag:
-        match = _PLAIN_MD5_ETAG.match(etag)
-        if match:
-            return bytes.fromhex(match.group(1))
-    return None
+    s3 = _header(response, b"server") == "AmazonS3" or response.headers.hasHeader(
+        b"x-amz-request-id"
+    )
+    if not etag or not s3:
+        return None
+    if _header(
+        response, b"x-amz-server-side-encryption"
+    ) == "aws:kms" or response.headers.hasHeader(
+        b"x-amz-server-side-encryption-customer-algorithm"
+    ):
+        return None
+    match = _PLAIN_MD5_ETAG.match(etag)
+    return bytes.fromhex(match.group(1)) if match else None
+
+
+def _end_to_end(response: Any) -> tuple[tuple[str, str], ...]:
+    """
+    The origin's headers to store and replay: every end-to-end header but
+    those the cache answers itself; the Content-Encoding as the origin sent
+    it.
+    """
+    kept = []
+    for name, values in response.headers.getAllRawHeaders():
+        key = name.decode("latin-1").lower()
+        if key in HOP_BY_HOP or key in _OWN or key == "set-cookie":
+            continue
+        kept.extend((key, v.decode("latin-1")) for v in values)
+    for value in response.headers.getRawHeaders(ORIGIN_CONTENT_ENCODING, []):
+        kept.append(("content-encoding", value.decode("latin-1")))
+    return tuple(kept)
 
 
 def parse_response(response: Any) -> OriginResponse:
@@ -110,7 +217,10 @@ def parse_response(response: Any) -> OriginResponse:
             last_modified = None
     content_type = _header(response, b"content-type") or "application/octet-stream"
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
-    max_age, no_store = parse_cache_control(_header(response, b"cache-control"))
+    cache_control = _header(response, b"cache-control")
+    max_age, no_store = parse_cache_control(cache_control)
+    # A response that sets a cookie is somebody's: streamed, never stored.
+    no_store = no_store or response.headers.hasHeader(b"set-cookie")
     return OriginResponse(
         headers=ObjectHeaders(
             content_type=content_type,
@@ -118,6 +228,8 @@ def parse_response(response: Any) -> OriginResponse:
             last_modified=last_modified,
             max_age=max_age,
             no_store=no_store,
+            cache_control=cache_control,
+            extra=_end_to_end(response),
         ),
         length=length,
         md5=_expected_md5(response, etag),
@@ -292,18 +404,24 @@ class Origin:
                 headers[b"if-modified-since"] = [
                     datetimeToString(int(validators.origin_last_modified))
                 ]
-        d = self._client.get(self.url_for(name), headers=headers, unbuffered=True)
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
-        try:
-            response = await d
-        except Exception as e:
-            if _cancelled(e):
-                self.breaker.abandoned()
-                raise CancelledError() from None
-            self.breaker.failed()
-            if isinstance(e, OriginError):
-                raise
-            raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
+        url = self.url_for(name)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._request(url, headers)
+            if response.code not in _REDIRECTS:
+                break
+            location = _header(response, b"location") or ""
+            await self._discard(response)
+            target = self._within_origin(url, location)
+            if target is None:
+                log.warn(
+                    "the origin redirected {name} to {location}, outside the origin: not followed",
+                    name=name,
+                    location=location,
+                )
+                raise OriginError("origin_redirect", "the origin redirected outside itself")
+            url = target
+        else:
+            raise OriginError("origin_redirect", f"more than {MAX_REDIRECTS} redirects")
         if response.code >= 500:
             self.breaker.failed(name)
         else:
@@ -314,6 +432,37 @@ class Origin:
         if response.code in NOT_FOUND_CODES:
             raise NotFoundAtOrigin(response.code)
         raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
+
+    async def _request(self, url: str, headers: dict[bytes, list[bytes]]) -> Any:
+        d = self._client.get(url, headers=headers, unbuffered=True, allow_redirects=False)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
+        try:
+            return await d
+        except Exception as e:
+            if _cancelled(e):
+                self.breaker.abandoned()
+                raise CancelledError() from None
+            self.breaker.failed()
+            if isinstance(e, OriginError):
+                raise
+            raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
+
+    def _within_origin(self, url: str, location: str) -> str | None:
+        """
+        Where a redirect from C{url} to C{location} leads, if that is still
+        the origin: the same scheme, host and port, under the base path.
+        Nothing else is followed, so no request (and no credential) ever
+        goes to another host.
+        """
+        target = urlsplit(urljoin(url, location))
+        base = urlsplit(self.base)
+        if (target.scheme, target.hostname, _port(target)) != (
+            base.scheme,
+            base.hostname,
+            _port(base),
+        ) or not target.path.startswith(base.path):
+            return None
+        return urlunsplit(target._replace(fragment=""))
 
     def abandon(self, response: OriginResponse) -> None:
         """
@@ -385,6 +534,10 @@ class _Discard(Protocol):
 class _Abandon(Protocol):
     def connectionMade(self) -> None:
         self.transport.stopProducing()
+
+
+def _port(url: SplitResult) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
 def _cancelled(error: BaseException) -> bool:

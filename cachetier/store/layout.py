@@ -50,6 +50,8 @@ class StoredObject:
         fetch time when it sent none.
     @ivar origin_etag: the validators the origin gave, for revalidation
     @ivar origin_last_modified: (L{None} when it gave none).
+    @ivar cache_control: the origin's Cache-Control, passed downstream.
+    @ivar extra: the origin's other end-to-end headers, replayed.
     @ivar expires_at: when the object stops being fresh and must be
         revalidated.
     """
@@ -64,6 +66,8 @@ class StoredObject:
     expires_at: float
     origin_etag: str | None = None
     origin_last_modified: float | None = None
+    cache_control: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -77,6 +81,8 @@ class StoredObject:
             "expires_at": self.expires_at,
             "origin_etag": self.origin_etag,
             "origin_last_modified": self.origin_last_modified,
+            "cache_control": self.cache_control,
+            "extra": [list(pair) for pair in self.extra],
         }
 
     @classmethod
@@ -92,6 +98,9 @@ class StoredObject:
             expires_at=raw["expires_at"],
             origin_etag=raw["origin_etag"],
             origin_last_modified=raw["origin_last_modified"],
+            # Objects cached before these were kept have none.
+            cache_control=raw.get("cache_control"),
+            extra=tuple((str(k), str(v)) for k, v in raw.get("extra", ())),
         )
 
 
@@ -102,7 +111,11 @@ class ObjectHeaders:
 
     @ivar max_age: the lifetime the origin gave (C{s-maxage}, else
         C{max-age}), or L{None} to use the configured TTL.
-    @ivar no_store: the origin forbids caching (C{no-store} or C{private}).
+    @ivar no_store: the origin forbids caching (C{no-store}, C{private}, or
+        a C{Set-Cookie}).
+    @ivar cache_control: the origin's Cache-Control, as it sent it.
+    @ivar extra: the origin's other end-to-end headers (lower-case names),
+        Content-Encoding, Content-Disposition and CORS among them.
     """
 
     content_type: str
@@ -110,6 +123,8 @@ class ObjectHeaders:
     last_modified: float | None = None
     max_age: float | None = None
     no_store: bool = False
+    cache_control: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def _key(name: str) -> str:
@@ -247,6 +262,8 @@ class Layout:
             expires_at=now + lifetime,
             origin_etag=headers.etag,
             origin_last_modified=headers.last_modified,
+            cache_control=headers.cache_control,
+            extra=headers.extra,
         )
         self.write_meta(obj)
         return obj

@@ -77,6 +77,18 @@ class Fill:
         """
         return self._handle is not None
 
+    @property
+    def releasable(self) -> int:
+        """
+        How many bytes readers may have now: all that are written, except
+        that while an MD5 check is pending the last byte is held back, so
+        no reader can take a body that fails its check for a whole one.
+        """
+        if self._md5 is None or self.state == "done":
+            return self.written
+        end = self.written if self.length is None else min(self.written, self.length - 1)
+        return max(0, min(end, self.written - (self.length is None)))
+
     def when_started(self) -> Deferred[Fill]:
         """
         Fires with this fill once the origin's headers are in (or the fill

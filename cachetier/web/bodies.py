@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from ..store import Handle, StoredObject
 from ..sync import Fill
+from .headers import downstream_cache_control
 
 log = Logger()
 
@@ -327,7 +328,8 @@ class FillProducer(PumpingProducer):
                 return
             if self._paused:
                 return
-            limit = self.fill.written if self.end is None else min(self.end, self.fill.written)
+            available = self.fill.releasable
+            limit = available if self.end is None else min(self.end, available)
             if self.position >= limit:
                 if self.end is not None and self.position >= self.end:
                     self._finish()
@@ -362,28 +364,40 @@ class SmallBodies:
     max_bytes = 64 * 1024 * 1024
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[str, tuple[list[tuple[bytes, bytes]], bytes]] = OrderedDict()
+        self._entries: OrderedDict[
+            str, tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes]
+        ] = OrderedDict()
         self._bytes = 0
 
     def get(
-        self, obj: StoredObject, cache_control: bytes
-    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        self, obj: StoredObject, default_max_age: int
+    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes]:
+        """
+        C{obj}'s replayed origin headers, the cache's own headers, and its
+        body.
+        """
         entry = self._entries.get(obj.path)
         if entry is not None:
             self._entries.move_to_end(obj.path)
             return entry
         with open(obj.path, "rb") as f:
             body = f.read()
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in obj.extra]
         headers = [
             (b"content-type", obj.content_type.encode("latin-1")),
             (b"etag", obj.etag.encode("latin-1")),
             (b"last-modified", http.datetimeToString(int(obj.last_modified))),
             (b"accept-ranges", b"bytes"),
-            (b"cache-control", cache_control),
+            (
+                b"cache-control",
+                downstream_cache_control(
+                    obj.cache_control, default_max_age, obj.expires_at - obj.fetched_at
+                ),
+            ),
         ]
-        entry = self._entries[obj.path] = (headers, body)
+        entry = self._entries[obj.path] = (extra, headers, body)
         self._bytes += len(body)
         while self._bytes > self.max_bytes:
-            _, (_, dropped) = self._entries.popitem(last=False)
+            _, (_, _, dropped) = self._entries.popitem(last=False)
             self._bytes -= len(dropped)
         return entry

@@ -27,6 +27,7 @@ from ._json import JSONResource, render_error
 from ._site import OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
+from .headers import downstream_cache_control
 from .ranges import ByteRange, Unsatisfiable, multipart, parse_range
 
 log = Logger()
@@ -55,7 +56,9 @@ class MediaResponse:
         last_modified: float | None,
         cache_control: bytes,
         age: int | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        self.extra = extra
         self.size = size
         self.content_type = content_type.encode("latin-1")
         self.etag = etag.encode("latin-1") if etag is not None else None
@@ -64,6 +67,8 @@ class MediaResponse:
         self.age = age
 
     def render(self, request: Any) -> bytes | int:
+        for name, value in self.extra:
+            request.responseHeaders.addRawHeader(name, value.encode("latin-1"))
         if self.size is not None:
             request.setHeader(b"accept-ranges", b"bytes")
         if self.etag is not None:
@@ -146,14 +151,17 @@ class StoredResponse(MediaResponse):
     @param handle: the body, which this response releases.
     """
 
-    def __init__(self, obj: StoredObject, handle: Handle, cache_control: bytes, now: float) -> None:
+    def __init__(self, obj: StoredObject, handle: Handle, default_max_age: int, now: float) -> None:
         super().__init__(
             obj.size,
             obj.content_type,
             obj.etag,
             obj.last_modified,
-            cache_control,
+            downstream_cache_control(
+                obj.cache_control, default_max_age, obj.expires_at - obj.fetched_at
+            ),
             age=max(0, int(now - obj.fetched_at)),
+            extra=obj.extra,
         )
         self.handle: Handle | None = handle
 
@@ -187,11 +195,16 @@ class FillResponse(MediaResponse):
 
     multipart = False
 
-    def __init__(self, fill: Fill, cache_control: bytes) -> None:
+    def __init__(self, fill: Fill, default_max_age: int) -> None:
         headers = fill.headers
         assert headers is not None
         super().__init__(
-            fill.length, headers.content_type, headers.etag, headers.last_modified, cache_control
+            fill.length,
+            headers.content_type,
+            headers.etag,
+            headers.last_modified,
+            downstream_cache_control(headers.cache_control, default_max_age, headers.max_age),
+            extra=headers.extra,
         )
         self.fill = fill
 
@@ -219,7 +232,7 @@ def serve_stored(
     obj: StoredObject,
     store: CacheStore,
     small: SmallBodies,
-    cache_control: bytes,
+    default_max_age: int,
     now: float,
 ) -> bytes | int:
     """
@@ -232,7 +245,9 @@ def serve_stored(
     """
     try:
         if obj.size <= SmallBodies.max_object and _plain_get(request):
-            headers, body = small.get(obj, cache_control)
+            extra, headers, body = small.get(obj, default_max_age)
+            for name, value in extra:
+                request.responseHeaders.addRawHeader(name, value)
             for name, value in headers:
                 request.setHeader(name, value)
             request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
@@ -247,7 +262,7 @@ def serve_stored(
         request.outcome = "overloaded"
         request.setHeader(b"retry-after", b"1")
         return render_error(request, 503, "overloaded", "the server is busy; try again")
-    return StoredResponse(obj, handle, cache_control, now).render(request)
+    return StoredResponse(obj, handle, default_max_age, now).render(request)
 
 
 class FilesResource(JSONResource):
@@ -274,7 +289,7 @@ class FilesResource(JSONResource):
         self.clock = syncer.clock
         self.miss = miss
         self.queue_timeout = queue_timeout
-        self.cache_control = b"public, max-age=%d" % (max_age,)
+        self.default_max_age = max_age
         self.small = SmallBodies()
 
     def render_GET(self, request: Any) -> bytes | int:
@@ -323,7 +338,7 @@ class FilesResource(JSONResource):
     def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
         request.outcome = outcome
         self.store.used(obj)
-        return serve_stored(request, obj, self.store, self.small, self.cache_control, now)
+        return serve_stored(request, obj, self.store, self.small, self.default_max_age, now)
 
     def _redirect(self, request: Any, name: str) -> bytes:
         request.outcome = "redirect"
@@ -335,7 +350,7 @@ class FilesResource(JSONResource):
         if request.finished:
             return  # answered already (the listener's wait ran out)
         if fill.readable:
-            body = FillResponse(fill, self.cache_control).render(request)
+            body = FillResponse(fill, self.default_max_age).render(request)
         elif fill.stored is not None:
             # A revalidation that ended in a 304, or a publish that won
             # the race: the object is in the cache.

@@ -59,7 +59,7 @@ class WorkerFiles(Resource):
         self.generation = generation
         self.clock = clock
         self.proxy = proxy
-        self.cache_control = b"public, max-age=%d" % (max_age,)
+        self.default_max_age = max_age
         self.small = SmallBodies()
         self.touched: set[str] = set()
         self._seen: OrderedDict[str, StoredObject] = OrderedDict()
@@ -79,7 +79,7 @@ class WorkerFiles(Resource):
                 try:
                     request.cache_name, request.outcome = name, "hit"
                     body = serve_stored(
-                        request, obj, self.store, self.small, self.cache_control, now
+                        request, obj, self.store, self.small, self.default_max_age, now
                     )
                 except FileNotFoundError:
                     # Gone since we read its metadata: read it again.

@@ -1,0 +1,21 @@
+"""
+Response headers the cache decides itself.
+"""
+
+from __future__ import annotations
+
+
+def downstream_cache_control(
+    origin: str | None, default_max_age: int, lifetime: float | None
+) -> bytes:
+    """
+    The Cache-Control sent with a file: the origin's, unchanged, when it
+    sent one (private stays private, max-age=60 stays 60); otherwise
+    C{public, max-age=} the configured default, but never more than the
+    object's own freshness lifetime, so a stale copy (whose Age is past
+    its lifetime) never looks fresh downstream.
+    """
+    if origin is not None:
+        return origin.encode("latin-1")
+    max_age = default_max_age if lifetime is None else min(default_max_age, int(lifetime))
+    return b"public, max-age=%d" % (max(0, max_age),)
