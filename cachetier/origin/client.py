@@ -29,7 +29,7 @@ from zope.interface import implementer
 from ..names import origin_url
 from ..store import ObjectHeaders, StoredObject
 from .breaker import RETRYABLE, Breaker, RetryPolicy
-from .freshness import parse_cache_control
+from .freshness import freshness_lifetime, initial_age, parse_cache_control
 
 log = Logger()
 
@@ -105,6 +105,7 @@ _OWN = frozenset(
         "accept-ranges",
         "age",
         "date",
+        "expires",
         "server",
         "content-md5",
         "x-cachetier-content-encoding",
@@ -203,9 +204,12 @@ def _end_to_end(response: Any) -> tuple[tuple[str, str], ...]:
     return tuple(kept)
 
 
-def parse_response(response: Any) -> OriginResponse:
+def parse_response(response: Any, received: float) -> OriginResponse:
     """
     Read what a 200 or 304 response says about the body.
+
+    @param received: when it arrived (POSIX time), for its age and for an
+        Expires without a Date.
     """
     etag = _header(response, b"etag")
     last_modified: float | None = None
@@ -218,7 +222,9 @@ def parse_response(response: Any) -> OriginResponse:
     content_type = _header(response, b"content-type") or "application/octet-stream"
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
     cache_control = _header(response, b"cache-control")
-    max_age, no_store = parse_cache_control(cache_control)
+    _, no_store = parse_cache_control(cache_control)
+    date = _header(response, b"date")
+    lifetime = freshness_lifetime(cache_control, _header(response, b"expires"), date, received)
     # A response that sets a cookie is somebody's: streamed, never stored.
     no_store = no_store or response.headers.hasHeader(b"set-cookie")
     return OriginResponse(
@@ -226,8 +232,9 @@ def parse_response(response: Any) -> OriginResponse:
             content_type=content_type,
             etag=etag,
             last_modified=last_modified,
-            max_age=max_age,
+            max_age=lifetime,
             no_store=no_store,
+            initial_age=initial_age(_header(response, b"age"), date, received),
             cache_control=cache_control,
             extra=_end_to_end(response),
         ),
@@ -427,7 +434,7 @@ class Origin:
         else:
             self.breaker.succeeded()
         if response.code == 200 or (response.code == 304 and validators is not None):
-            return parse_response(response)
+            return parse_response(response, self._clock.seconds())
         await self._discard(response)
         if response.code in NOT_FOUND_CODES:
             raise NotFoundAtOrigin(response.code)

@@ -68,6 +68,21 @@ class StoredObject:
     origin_last_modified: float | None = None
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    initial_age: float = 0.0
+
+    @property
+    def lifetime(self) -> float:
+        """
+        Its whole freshness lifetime, counted from its origin's Date.
+        """
+        return self.expires_at - self.fetched_at + self.initial_age
+
+    def age(self, now: float) -> float:
+        """
+        Its current age (RFC 9111 4.2.3): as old as it arrived, plus how
+        long it has been here.
+        """
+        return self.initial_age + max(0.0, now - self.fetched_at)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -83,6 +98,7 @@ class StoredObject:
             "origin_last_modified": self.origin_last_modified,
             "cache_control": self.cache_control,
             "extra": [list(pair) for pair in self.extra],
+            "initial_age": self.initial_age,
         }
 
     @classmethod
@@ -101,6 +117,7 @@ class StoredObject:
             # Objects cached before these were kept have none.
             cache_control=raw.get("cache_control"),
             extra=tuple((str(k), str(v)) for k, v in raw.get("extra", ())),
+            initial_age=float(raw.get("initial_age", 0.0)),
         )
 
 
@@ -109,8 +126,11 @@ class ObjectHeaders:
     """
     What the origin said about a body, kept with it once it is published.
 
-    @ivar max_age: the lifetime the origin gave (C{s-maxage}, else
-        C{max-age}), or L{None} to use the configured TTL.
+    @ivar max_age: the freshness lifetime the origin gave (C{s-maxage},
+        else C{max-age}, else C{Expires} minus C{Date}), or L{None} to use
+        the configured TTL.
+    @ivar initial_age: how old the response already was on arrival (its
+        Age, or the time since its Date).
     @ivar no_store: the origin forbids caching (C{no-store}, C{private}, or
         a C{Set-Cookie}).
     @ivar cache_control: the origin's Cache-Control, as it sent it.
@@ -123,6 +143,7 @@ class ObjectHeaders:
     last_modified: float | None = None
     max_age: float | None = None
     no_store: bool = False
+    initial_age: float = 0.0
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
 
@@ -264,6 +285,7 @@ class Layout:
             origin_last_modified=headers.last_modified,
             cache_control=headers.cache_control,
             extra=headers.extra,
+            initial_age=headers.initial_age,
         )
         self.write_meta(obj)
         return obj
@@ -288,14 +310,14 @@ class Layout:
         os.rename(tmp_path, meta_path)
         self._fsync_dir(directory)
 
-    def renewed(self, obj: StoredObject, lifetime: float) -> StoredObject:
+    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
         """
         Durably record that the origin confirmed C{obj} (a 304): fresh for
-        C{lifetime} more seconds, body untouched.  Blocking, like
+        C{lifetime} more seconds, C{age} seconds old already, body untouched.  Blocking, like
         L{commit}; install the result.
         """
         now = self._now()
-        new = evolve(obj, fetched_at=now, expires_at=now + lifetime)
+        new = evolve(obj, fetched_at=now, expires_at=now + lifetime, initial_age=age)
         self.write_meta(new)
         return new
 

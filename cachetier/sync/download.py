@@ -150,7 +150,7 @@ class Download:
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, self._lifetime(response.headers)
+            store.renewed, old, self._lifetime(response.headers), response.headers.initial_age
         )
         current = store.get(fill.name)
         if current == old:

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from ..metrics import Metrics
 from ..origin import NotFoundAtOrigin, Origin, OriginError
+from ..origin.freshness import stale_policy
 from ..store import CacheStore, ObjectHeaders, StoredObject
 from .admission import Admission, FailureMemory, Overloaded
 from .download import Download, RunInThread
@@ -126,16 +127,19 @@ class Syncer:
             now = self.clock.seconds()
             if now < stored.expires_at:
                 return FileStatus(name, "cached", stored=stored)
-            servable = now <= stored.expires_at + self._stale_if_error
-            if start and name not in self._fills and self.recent_failure(name) is None:
+            stale_for = now - stored.expires_at
+            policy = stale_policy(stored.cache_control, self._stale_if_error)
+            failing = self.recent_failure(name) is not None
+            if start and name not in self._fills and not failing:
                 try:
-                    # Past stale-if-error the copy is not served, so a 304
-                    # would leave nothing to serve: fetch it whole.
-                    self.start(name, revalidating=stored if servable else None, client=client)
+                    self.start(name, revalidating=stored, client=client)
                 except Overloaded:
                     pass
-            if servable:
+            window = policy.if_error if failing else policy.while_revalidating
+            if policy.allowed and stale_for <= window:
                 return FileStatus(name, "cached", stored=stored, stale=True)
+            # The origin forbids serving it stale (or its window is over):
+            # readers wait for the revalidation, or get its failure.
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
@@ -218,7 +222,12 @@ class Syncer:
         return DeferredList([task for _, task in tasks], consumeErrors=True)
 
     def _lifetime(self, headers: ObjectHeaders) -> float:
-        return self._ttl if headers.max_age is None else headers.max_age
+        """
+        How much longer a response is fresh: its lifetime (the origin's, or
+        the configured TTL) less the age it arrived with.
+        """
+        lifetime = self._ttl if headers.max_age is None else headers.max_age
+        return lifetime - headers.initial_age
 
     async def _run(self, fill: Fill) -> None:
         try:

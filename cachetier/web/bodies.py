@@ -391,7 +391,7 @@ class SmallBodies:
             (
                 b"cache-control",
                 downstream_cache_control(
-                    obj.cache_control, default_max_age, obj.expires_at - obj.fetched_at
+                    obj.cache_control, default_max_age, obj.lifetime
                 ),
             ),
         ]

@@ -158,9 +158,9 @@ class StoredResponse(MediaResponse):
             obj.etag,
             obj.last_modified,
             downstream_cache_control(
-                obj.cache_control, default_max_age, obj.expires_at - obj.fetched_at
+                obj.cache_control, default_max_age, obj.lifetime
             ),
-            age=max(0, int(now - obj.fetched_at)),
+            age=int(obj.age(now)),
             extra=obj.extra,
         )
         self.handle: Handle | None = handle
@@ -250,7 +250,7 @@ def serve_stored(
                 request.responseHeaders.addRawHeader(name, value)
             for name, value in headers:
                 request.setHeader(name, value)
-            request.setHeader(b"age", b"%d" % (max(0, int(now - obj.fetched_at)),))
+            request.setHeader(b"age", b"%d" % (int(obj.age(now)),))
             return body
         handle = store.handles.acquire(obj)
     except OSError as e:
@@ -310,6 +310,8 @@ class FilesResource(JSONResource):
         if self.miss == "redirect" and status.state != "not_found":
             return self._redirect(request, name)
         if status.fill is None:
+            if obj is not None:
+                return self._withheld(request, status.error)
             return self._failed(request, status.error)
         request.outcome = "miss"
         fill = status.fill
@@ -374,8 +376,32 @@ class FilesResource(JSONResource):
     def _start_failed(self, failure: Failure, request: Any) -> None:
         if failure.check(CancelledError) or request.finished:
             return
-        request.write(self._failed(request, failure.value))
-        request.finish()
+        if self.store.get(request.cache_name) is not None:
+            # A revalidation this listener waited for failed: the copy may
+            # still be served within its stale-if-error window.
+            status = self.syncer.status(request.cache_name, start=False)
+            if status.stored is not None:
+                body = self._serve(request, status.stored, "stale", self.clock.seconds())
+            else:
+                body = self._withheld(request, failure.value)
+        else:
+            body = self._failed(request, failure.value)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _withheld(self, request: Any, error: Exception | None) -> bytes:
+        """
+        The cache has a copy the origin forbids serving stale, and the
+        origin could not revalidate it: 504 (RFC 9111 4.2.4).
+        """
+        request.outcome = "stale_withheld"
+        return render_error(
+            request,
+            504,
+            "origin_unavailable",
+            f"the cached copy is stale and may not be served without the origin: {error}",
+        )
 
     def _failed(self, request: Any, error: Exception | None) -> bytes:
         if isinstance(error, NotFoundAtOrigin):

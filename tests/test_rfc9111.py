@@ -1,0 +1,215 @@
+"""
+RFC 9111 (HTTP caching), rule by rule, over real sockets.  Each rule
+cachetier implements, and the test that shows it:
+
+=======================================================  ==================================================
+rule                                                     test
+=======================================================  ==================================================
+3    no-store / private: not stored (shared cache)        test_http_semantics CacheControlTests
+                                                         .test_private_and_no_store_are_never_sent_as_public
+3    a response with Set-Cookie is not stored             test_http_semantics HeaderTests
+                                                         .test_a_response_that_sets_a_cookie_is_streamed...
+3.1  stored headers: every end-to-end header replayed,    test_http_semantics HeaderTests
+     never hop-by-hop ones                               .test_end_to_end_headers_survive_miss_hit_range...
+4.2.1 lifetime: s-maxage, then max-age                   FreshnessOrderTests.test_s_maxage_over_max_age
+4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
+4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
+4.2.3 Age: the origin's Age counts                       AgeTests.test_age_includes_the_origins_age
+4.2.4 must-revalidate: never served stale; revalidated   MustRevalidateTests
+     first, and 504 when the origin fails                .test_the_first_request_after_expiry_gets_new_content
+                                                         .test_a_failed_revalidation_is_504_not_stale
+4.2.4 proxy-revalidate, s-maxage, no-cache: the same     StalePolicyUnitTests.test_what_forbids_serving_stale
+4.3.2 revalidation: a 304 renews without a download      test_freshness RevalidationTests
+                                                         .test_unchanged_file_is_renewed_by_a_304...
+4.3.4 a 304 carries the validators and Content-Length    test_workers .test_heads_report_the_true_length
+     a 200 would                                         (and NotModifiedTests here)
+5.2.2.1 max-age downstream: passed on, never more        test_http_semantics CacheControlTests
+                                                         .test_the_origins_max_age_is_passed_on_unchanged
+RFC 5861 stale-while-revalidate=N                        StaleExtensionTests.test_stale_while_revalidate...
+RFC 5861 stale-if-error=N                                StaleExtensionTests.test_stale_if_error_window
+=======================================================  ==================================================
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import http
+
+from cachetier.origin.freshness import freshness_lifetime, initial_age, stale_policy
+
+from .helpers import body_of, http_client, start_cachetier, start_origin
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def http_date(when: float) -> str:
+    return http.datetimeToString(int(when)).decode("ascii")
+
+
+class RFCTestCase(TestCase):
+    settings: dict[str, Any] = {"ttl": 3600.0, "origin_retries": 1}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.client = http_client(self)
+
+    async def get(self, name: str, **headers: str) -> tuple[int, Any, bytes]:
+        response = await self.client.get(
+            self.url + "files/" + name, headers={k: [v] for k, v in headers.items()}
+        )
+        return response.code, response.headers, await content(response)
+
+    async def cached(self, name: str, body: bytes, **headers: str) -> None:
+        self.origin.put(name, body, extra_headers=headers)
+        await self.cache.syncer.start(name).when_done()
+
+    async def settle(self, name: str) -> None:
+        fill = self.cache.syncer.fill_for(name)
+        if fill is not None:
+            await fill.when_done().addErrback(lambda _: None)
+
+
+class FreshnessOrderTests(SynchronousTestCase):
+    def test_s_maxage_over_max_age(self) -> None:
+        self.assertEqual(freshness_lifetime("max-age=600, s-maxage=60", None, None, 0), 60)
+        self.assertEqual(freshness_lifetime("max-age=600", http_date(10_000), None, 0), 600)
+
+    def test_expires_minus_date(self) -> None:
+        now = 1_700_000_000.0
+        self.assertEqual(
+            freshness_lifetime(None, http_date(now + 300), http_date(now - 100), now), 400
+        )
+        self.assertEqual(freshness_lifetime(None, http_date(now + 300), None, now), 300)
+        self.assertEqual(freshness_lifetime(None, "not a date", None, now), 0)
+        self.assertEqual(freshness_lifetime(None, http_date(now - 3600), None, now), 0)
+        self.assertIsNone(freshness_lifetime(None, None, None, now))
+
+    def test_initial_age(self) -> None:
+        now = 1_700_000_000.0
+        self.assertEqual(initial_age("30", http_date(now - 5), now), 30)
+        self.assertEqual(initial_age(None, http_date(now - 5), now), 5)
+        self.assertEqual(initial_age("bogus", None, now), 0)
+
+
+class StalePolicyUnitTests(SynchronousTestCase):
+    def test_what_forbids_serving_stale(self) -> None:
+        for cc in ("max-age=1, must-revalidate", "proxy-revalidate", "s-maxage=5", "no-cache"):
+            self.assertFalse(stale_policy(cc, 100).allowed, cc)
+        policy = stale_policy("max-age=1, stale-while-revalidate=30, stale-if-error=600", 100)
+        self.assertEqual(
+            (policy.allowed, policy.while_revalidating, policy.if_error), (True, 30, 600)
+        )
+        self.assertEqual(stale_policy(None, 100).if_error, 100)
+
+
+class MustRevalidateTests(RFCTestCase):
+    async def test_the_first_request_after_expiry_gets_new_content(self) -> None:
+        await self.cached(
+            "a.mp3", body_of(20_000, "v1"), **{"Cache-Control": "max-age=1, must-revalidate"}
+        )
+        self.origin.put(
+            "a.mp3",
+            body_of(20_000, "v2"),
+            extra_headers={"Cache-Control": "max-age=1, must-revalidate"},
+        )
+        await sleep(2.1)
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual((code, body), (200, body_of(20_000, "v2")))
+
+    async def test_a_failed_revalidation_is_504_not_stale(self) -> None:
+        await self.cached(
+            "a.mp3", body_of(20_000), **{"Cache-Control": "max-age=1, must-revalidate"}
+        )
+        self.origin.status["a.mp3"] = 503
+        await sleep(2.1)
+        for _ in range(2):  # while revalidating, then with the failure remembered
+            code, _, _ = await self.get("a.mp3")
+            self.assertEqual(code, 504)
+
+
+class ExpiresTests(RFCTestCase):
+    async def test_a_past_expires_gets_new_content(self) -> None:
+        past = http_date(time.time() - 3600)
+        await self.cached("a.mp3", body_of(20_000, "v1"), Expires=past)
+        self.origin.put("a.mp3", body_of(20_000, "v2"), extra_headers={"Expires": past})
+        changed = time.monotonic()
+        while True:
+            code, _, body = await self.get("a.mp3")
+            if body == body_of(20_000, "v2"):
+                break
+            self.assertLess(time.monotonic() - changed, 3.0, "new content within 3 s")
+            await sleep(0.2)
+
+
+class AgeTests(RFCTestCase):
+    async def test_age_includes_the_origins_age(self) -> None:
+        await self.cached("a.mp3", body_of(20_000), Age="100", **{"Cache-Control": "max-age=600"})
+        _, headers, _ = await self.get("a.mp3")
+        (age,) = headers.getRawHeaders(b"age")
+        self.assertGreaterEqual(int(age), 100)
+        self.assertLess(int(age), 110)
+        self.assertEqual(self.cache.store.get("a.mp3").lifetime, 600)
+
+
+class NotModifiedTests(RFCTestCase):
+    async def test_a_304_carries_validators_and_the_length(self) -> None:
+        await self.cached("a.mp3", body_of(20_000))
+        etag = self.cache.store.get("a.mp3").etag
+        port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        request = (
+            f"GET /files/a.mp3 HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        # A raw read: Twisted's client hides Content-Length on a 304.
+        head = (await deferToThread(_exchange, port, request)).lower()
+        self.assertTrue(head.startswith(b"http/1.1 304 "), head)
+        self.assertIn(b"etag: " + etag.encode().lower(), head)
+        self.assertIn(b"content-length: 20000", head)
+
+
+class StaleExtensionTests(RFCTestCase):
+    async def test_stale_while_revalidate_window(self) -> None:
+        cc = {"Cache-Control": "max-age=1, stale-while-revalidate=60"}
+        await self.cached("a.mp3", body_of(20_000, "v1"), **cc)
+        self.origin.put("a.mp3", body_of(20_000, "v2"), extra_headers=cc)
+        self.origin.rate = 20_000  # the revalidation takes a second
+        await sleep(1.1)
+        started = time.monotonic()
+        code, _, body = await self.get("a.mp3")
+        self.assertLess(time.monotonic() - started, 0.5, "served stale at once")
+        self.assertEqual(body, body_of(20_000, "v1"))
+        await self.settle("a.mp3")
+
+    async def test_stale_if_error_window(self) -> None:
+        cc = {"Cache-Control": "max-age=1, stale-if-error=2"}
+        await self.cached("a.mp3", body_of(20_000), **cc)
+        self.origin.status["a.mp3"] = 503
+        await sleep(1.5)
+        await self.get("a.mp3")  # starts the revalidation, which fails
+        await self.settle("a.mp3")
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual((code, body), (200, body_of(20_000)), "within stale-if-error")
+        await sleep(2.0)
+        code, _, _ = await self.get("a.mp3")
+        self.assertEqual(code, 504, "past stale-if-error")
