@@ -6,6 +6,7 @@ where it said.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 from typing import Any
@@ -142,6 +143,33 @@ class IntegrityTests(HTTPSemanticsTestCase):
             await content(response)
         await self.settle("bad.mp3")
         self.assertIsNone(self.cache.store.get("bad.mp3"))
+
+    async def test_s3_full_object_checksums_are_asked_for_and_checked(self) -> None:
+        good, bad = body_of(200_000, "good"), body_of(200_000, "bad")
+        for name, body, claimed in (("good.mp3", good, good), ("bad.mp3", bad, b"other")):
+            self.origin.put(
+                name,
+                body,
+                extra_headers={
+                    "x-amz-request-id": "T35T",
+                    "x-amz-checksum-sha256": base64.b64encode(
+                        hashlib.sha256(claimed).digest()
+                    ).decode(),
+                },
+            )
+        code, _, body = await self.get("good.mp3")
+        self.assertEqual((code, body), (200, good))
+        await self.settle("good.mp3")
+        self.assertIsNotNone(self.cache.store.get("good.mp3"))
+        response = await self.client.get(self.url + "files/bad.mp3")
+        with self.assertRaises(ResponseFailed):
+            await content(response)
+        await self.settle("bad.mp3")
+        self.assertIsNone(self.cache.store.get("bad.mp3"))
+        error = self.cache.syncer.recent_failure("bad.mp3")
+        self.assertIn("SHA256", str(error))
+        _, _, request_headers = self.origin.requests[0]
+        self.assertEqual(request_headers.getRawHeaders(b"x-amz-checksum-mode"), [b"ENABLED"])
 
 
 class OriginURLTests(HTTPSemanticsTestCase):

@@ -52,7 +52,9 @@ class FillProducerTests(SynchronousTestCase):
         handle = Handle(fd)
         self.fill = Fill("a.mp3", used_at=0.0)
         self.fill.begin(
-            OriginResponse(ObjectHeaders("audio/mpeg"), length=1_000_000, md5=None, response=None),
+            OriginResponse(
+                ObjectHeaders("audio/mpeg"), length=1_000_000, checksum=None, response=None
+            ),
             handle,
             store.write,
         )
@@ -107,7 +109,7 @@ class ChecksumHoldBackTests(SynchronousTestCase):
         data = os.urandom(1000)
         fill = Fill("a.mp3", used_at=0.0)
         response = OriginResponse(
-            ObjectHeaders("audio/mpeg"), length=1000, md5=b"\0" * 16, response=None
+            ObjectHeaders("audio/mpeg"), length=1000, checksum=("md5", b"\0" * 16), response=None
         )
         fill.begin(response, handle, store.write)
         handle.release()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import hashlib
 import re
+import zlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
@@ -67,13 +69,13 @@ class OriginResponse:
     A 200 (whose body has not been read yet) or a 304 from the origin.
 
     @ivar length: the promised Content-Length, or L{None} when not given.
-    @ivar md5: the digest the body must have, when the origin gave one
-        (Content-MD5, or an S3-style ETag that is a plain MD5).
+    @ivar checksum: C{(algorithm, digest)} the body must have, when the
+        origin certainly gave one (see L{_expected_checksum}).
     """
 
     headers: ObjectHeaders
     length: int | None
-    md5: bytes | None
+    checksum: tuple[str, bytes] | None
     response: Any
     not_modified: bool = False
 
@@ -157,25 +159,65 @@ def _header(response: Any, name: bytes) -> str | None:
     return values[-1].decode("latin-1") if values else None
 
 
-def _expected_md5(response: Any, etag: str | None) -> bytes | None:
+class _CRC32:
     """
-    The MD5 the body must have, where the origin certainly gave one: a
-    Content-MD5, or the ETag of an S3 response that is a plain MD5 (not a
-    multipart ETag with a C{-}, not SSE-KMS or SSE-C, whose ETags are not
-    the body's MD5).  Any other 32-hex ETag is only an opaque validator.
+    CRC32 with hashlib's interface, big-endian as S3 sends it.
     """
-    content_md5 = _header(response, b"content-md5")
-    if content_md5:
-        try:
-            digest = base64.b64decode(content_md5, validate=True)
-        except binascii.Error:
-            digest = b""
-        if len(digest) == 16:
-            return digest
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+HASHERS: dict[str, Callable[[], Any]] = {
+    "md5": lambda: hashlib.md5(usedforsecurity=False),
+    "sha1": lambda: hashlib.sha1(usedforsecurity=False),
+    "sha256": hashlib.sha256,
+    "crc32": _CRC32,
+}
+# Asked for on every origin request: S3 then sends the object's full
+# checksum (other servers ignore the header).
+CHECKSUM_MODE = b"x-amz-checksum-mode"
+
+
+def _b64(value: str | None, size: int) -> bytes | None:
+    if not value:
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        return None
+    return digest if len(digest) == size else None
+
+
+def _expected_checksum(response: Any, etag: str | None) -> tuple[str, bytes] | None:
+    """
+    The digest the body must have, where the origin certainly gave one: a
+    Content-MD5; from S3, a full-object C{x-amz-checksum-sha256}, C{-sha1}
+    or C{-crc32} (CRC32C is not checked: no standard-library hash), or an
+    ETag that is a plain MD5 (not a multipart ETag with a C{-}, not SSE-KMS
+    or SSE-C, whose ETags are not the body's MD5).  Any other 32-hex ETag
+    is only an opaque validator.
+    """
+    digest = _b64(_header(response, b"content-md5"), 16)
+    if digest is not None:
+        return "md5", digest
     s3 = _header(response, b"server") == "AmazonS3" or response.headers.hasHeader(
         b"x-amz-request-id"
     )
-    if not etag or not s3:
+    if not s3:
+        return None
+    if _header(response, b"x-amz-checksum-type") != "COMPOSITE":
+        for algorithm, size in (("sha256", 32), ("sha1", 20), ("crc32", 4)):
+            digest = _b64(_header(response, b"x-amz-checksum-" + algorithm.encode()), size)
+            if digest is not None:
+                return algorithm, digest
+    if not etag:
         return None
     if _header(
         response, b"x-amz-server-side-encryption"
@@ -184,7 +226,7 @@ def _expected_md5(response: Any, etag: str | None) -> bytes | None:
     ):
         return None
     match = _PLAIN_MD5_ETAG.match(etag)
-    return bytes.fromhex(match.group(1)) if match else None
+    return ("md5", bytes.fromhex(match.group(1))) if match else None
 
 
 def _end_to_end(response: Any) -> tuple[tuple[str, str], ...]:
@@ -239,7 +281,7 @@ def parse_response(response: Any, received: float) -> OriginResponse:
             extra=_end_to_end(response),
         ),
         length=length,
-        md5=_expected_md5(response, etag),
+        checksum=_expected_checksum(response, etag),
         response=response,
         not_modified=response.code == 304,
     )
@@ -403,7 +445,7 @@ class Origin:
     async def _get_once(self, name: str, validators: StoredObject | None) -> OriginResponse:
         if not self.breaker.allow():
             raise OriginError("breaker_open", "the origin is failing; not contacting it for now")
-        headers = {}
+        headers = {CHECKSUM_MODE: [b"ENABLED"]}
         if validators is not None:
             if validators.origin_etag:
                 headers[b"if-none-match"] = [validators.origin_etag.encode("latin-1")]

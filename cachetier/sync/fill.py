@@ -10,13 +10,13 @@ pace, joining costs no descriptor, and a publish (a rename) or a failure
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from ..origin import OriginError, OriginResponse
+from ..origin.client import HASHERS
 from ..store import Handle, ObjectHeaders, StoredObject
 
 T = TypeVar("T")
@@ -61,8 +61,8 @@ class Fill:
         self.stored: StoredObject | None = None
         self._handle: Handle | None = None
         self._write: Callable[[int, bytes], None] | None = None
-        self._md5: Any = None
-        self._expected_md5: bytes | None = None
+        self._hasher: Any = None
+        self._expected: tuple[str, bytes] | None = None
         self._start_waiters: list[Deferred[Fill]] = []
         self._done_waiters: list[Deferred[StoredObject | None]] = []
         self._followers: set[Follower] = set()
@@ -81,10 +81,10 @@ class Fill:
     def releasable(self) -> int:
         """
         How many bytes readers may have now: all that are written, except
-        that while an MD5 check is pending the last byte is held back, so
+        that while a checksum is pending the last byte is held back, so
         no reader can take a body that fails its check for a whole one.
         """
-        if self._md5 is None or self.state == "done":
+        if self._hasher is None or self.state == "done":
             return self.written
         end = self.written if self.length is None else min(self.written, self.length - 1)
         return max(0, min(end, self.written - (self.length is None)))
@@ -154,9 +154,9 @@ class Fill:
         self.headers = response.headers
         self._handle = handle.retain()
         self._write = write
-        self._expected_md5 = response.md5
-        if response.md5 is not None:
-            self._md5 = hashlib.md5(usedforsecurity=False)
+        self._expected = response.checksum
+        if response.checksum is not None:
+            self._hasher = HASHERS[response.checksum[0]]()
         for d in self._take(self._start_waiters):
             d.callback(self)
 
@@ -166,8 +166,8 @@ class Fill:
         """
         assert self._write is not None and self._handle is not None
         self._write(self._handle.fd, data)
-        if self._md5 is not None:
-            self._md5.update(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         self.written += len(data)
         waiting, self._waiting = self._waiting, set()
         for follower in waiting:
@@ -183,8 +183,13 @@ class Fill:
                 "truncated",
                 f"the origin promised {self.length} bytes and sent {self.written}",
             )
-        if self._md5 is not None and self._md5.digest() != self._expected_md5:
-            raise OriginError("checksum", "the body does not match the origin's MD5")
+        if self._hasher is not None:
+            assert self._expected is not None
+            algorithm, expected = self._expected
+            if self._hasher.digest() != expected:
+                raise OriginError(
+                    "checksum", f"the body does not match the origin's {algorithm.upper()}"
+                )
 
     def close(self) -> None:
         """

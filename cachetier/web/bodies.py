@@ -390,9 +390,7 @@ class SmallBodies:
             (b"accept-ranges", b"bytes"),
             (
                 b"cache-control",
-                downstream_cache_control(
-                    obj.cache_control, default_max_age, obj.lifetime
-                ),
+                downstream_cache_control(obj.cache_control, default_max_age, obj.lifetime),
             ),
         ]
         entry = self._entries[obj.path] = (extra, headers, body)

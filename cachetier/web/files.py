@@ -157,9 +157,7 @@ class StoredResponse(MediaResponse):
             obj.content_type,
             obj.etag,
             obj.last_modified,
-            downstream_cache_control(
-                obj.cache_control, default_max_age, obj.lifetime
-            ),
+            downstream_cache_control(obj.cache_control, default_max_age, obj.lifetime),
             age=int(obj.age(now)),
             extra=obj.extra,
         )
