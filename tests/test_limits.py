@@ -131,6 +131,15 @@ class DeadlineTests(LimitsTestCase):
         self.assertFalse(client.closed_by_peer())
         await self.wait_closed([client], within=3.0)
 
+    async def test_a_slow_pipelined_response_is_not_cut_by_the_idle_deadline(self) -> None:
+        self.origin.put("slow.mp3", body_of(300_000))
+        self.origin.rate = 200_000  # a miss that takes 1.5 s, three idle timeouts
+        answer = await self.request(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /files/slow.mp3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertTrue(answer.endswith(body_of(300_000)[-1000:]), answer[-200:])
+
     async def test_readers_that_never_read_are_aborted(self) -> None:
         self.origin.put("big.mp3", body_of(30_000_000))
         await self.cache.syncer.start("big.mp3").when_done()

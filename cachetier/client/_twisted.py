@@ -68,7 +68,11 @@ class CacheTierClient(ClientBase):
                 d = Deferred.fromCoroutine(probe(self.policy, node, self._fetch_json, self.log))
                 if not d.called:
                     self._probes.add(d)
-                    d.addBoth(lambda result, d=d: (self._probes.discard(d), result)[1])
+                    d.addBoth(self._probe_ended, d)
+
+    def _probe_ended(self, result: object, d: Deferred[None]) -> object:
+        self._probes.discard(d)
+        return result
 
     def close(self) -> Deferred[None]:
         """

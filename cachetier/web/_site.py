@@ -179,9 +179,11 @@ class CacheChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
+        # Armed first: Twisted's requestDone may parse a pipelined request
+        # at once, whose allContentReceived then cancels it.
         if self.persistent and not self._refused:
             self._await_request()
+        super().requestDone(request)
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()

@@ -213,6 +213,15 @@ class FillResponse(MediaResponse):
         FillProducer(request, self.fill, offset, length).start()
 
 
+def _cancelling(result: object, call: Any) -> object:
+    """
+    A callback that cancels C{call} if it is still pending.
+    """
+    if call.active():
+        call.cancel()
+    return result
+
+
 def _plain_get(request: IRequest) -> bool:
     """
     A GET that wants the whole body, unconditionally.
@@ -317,7 +326,7 @@ class FilesResource(JSONResource):
         # A listener waits for a download slot at most queue_timeout; once
         # the download runs, the origin's own deadlines bound the wait.
         deadline = self.clock.callLater(self.queue_timeout, self._still_queued, fill, request)
-        started.addBoth(lambda result: (deadline.active() and deadline.cancel(), result)[1])
+        started.addBoth(_cancelling, deadline)
         request.notifyFinish().addErrback(lambda _: started.cancel())
         started.addCallbacks(self._follow, self._start_failed, (request,), None, (request,))
         started.addErrback(self._broken, request)
