@@ -197,6 +197,19 @@ class Layout:
         fd = self._open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         return fd, path
 
+    def writable(self) -> str | None:
+        """
+        Whether a download could create its temp file now: L{None}, or why
+        not (no path in it: it may be shown to anyone).
+        """
+        try:
+            fd, path = self.new_temp()
+        except OSError as e:
+            return e.strerror or type(e).__name__
+        os.close(fd)
+        unlink(path)
+        return None
+
     def write(self, fd: int, data: bytes) -> None:
         """
         Append C{data} to a temp file: the one place downloads write, so a

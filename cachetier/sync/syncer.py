@@ -90,6 +90,9 @@ class Syncer:
             clock, self.metrics, max_queued, max_new_per_second, max_new_per_client
         )
         self._failures = FailureMemory(clock)
+        # When each kind of sync failure last happened (a handful of
+        # reasons, so bounded), for /healthz.
+        self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
         self._tasks: dict[Fill, Deferred[None]] = {}
         self._stopping = False
@@ -288,6 +291,7 @@ class Syncer:
             reason = error.reason
             ttl = self._negative_ttl if reason == "too_large" else self._error_ttl
             self.metrics.sync_failures.labels(reason=reason).inc()
+            self.last_failed[reason] = self.clock.seconds()
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(
                 result="not_found" if reason == "not_found" else "error"

@@ -15,34 +15,85 @@ from ..store import CacheStore
 from ..sync import Syncer
 from ._json import JSONResource, render_json
 
+# Sync failures that mean this node cannot store files; the rest of the
+# failures a sync can have are the origin's.
+_NODE_FAILURES = {"write_error": "cache writes failed", "no_space": "no room for new files"}
+_NOT_ORIGIN = {"not_found", "too_large", "cancelled", "internal", *_NODE_FAILURES}
+# How far back failures count, and how long one verdict is reused.
+RECENT = 60.0
+CACHED_FOR = 1.0
 
-def health(store: CacheStore, syncer: Syncer) -> dict[str, Any]:
-    return {
-        "status": "ok",
-        "origin": syncer.origin.base,
-        "cached_objects": len(store),
-        "cached_bytes": store.total_bytes,
-        "syncs_in_flight": syncer.in_flight,
-        "syncs_queued": syncer.queued,
-        "origin_breaker": syncer.origin.breaker.state,
-        "origin_consecutive_failures": syncer.origin.breaker.failures,
-    }
+
+class Health:
+    """
+    Whether this node should get listeners, as a load balancer asks:
+
+      - C{failing} (503) when it cannot admit or serve files: its cache
+        directory takes no new file, or writes or space ran out in the
+        last minute;
+      - C{degraded} (200) when it serves its cache but the origin fails:
+        the breaker is not closed, or origin errors in the last minute;
+      - C{ok} otherwise.
+
+    A verdict is reused for a second, so probes cost nothing much.
+    """
+
+    def __init__(self, store: CacheStore, syncer: Syncer) -> None:
+        self.store = store
+        self.syncer = syncer
+        self._verdict: dict[str, Any] | None = None
+        self._at = float("-inf")
+
+    def verdict(self) -> dict[str, Any]:
+        now = self.syncer.clock.seconds()
+        if self._verdict is None or now - self._at >= CACHED_FOR:
+            self._verdict, self._at = self._check(now), now
+        return self._verdict
+
+    def _check(self, now: float) -> dict[str, Any]:
+        failing, degraded = [], []
+        why = self.store.layout.writable()
+        if why is not None:
+            failing.append(f"the cache directory takes no new file ({why})")
+        recent = {r for r, at in self.syncer.last_failed.items() if now - at <= RECENT}
+        failing += [
+            f"{text} in the last minute" for r, text in _NODE_FAILURES.items() if r in recent
+        ]
+        breaker = self.syncer.origin.breaker
+        if breaker.state != "closed":
+            degraded.append(f"the origin breaker is {breaker.state.replace('_', '-')}")
+        origin_errors = sorted(recent - _NOT_ORIGIN)
+        if origin_errors:
+            degraded.append("origin errors in the last minute: " + ", ".join(origin_errors))
+        status = "failing" if failing else "degraded" if degraded else "ok"
+        return {
+            "status": status,
+            "reasons": failing + degraded,
+            "origin": self.syncer.origin.base,
+            "cached_objects": len(self.store),
+            "cached_bytes": self.store.total_bytes,
+            "syncs_in_flight": self.syncer.in_flight,
+            "syncs_queued": self.syncer.queued,
+            "origin_breaker": breaker.state,
+            "origin_consecutive_failures": breaker.failures,
+        }
 
 
 class HealthResource(JSONResource):
     """
-    C{GET /healthz}: 200 and a JSON summary while the service is up.
+    C{GET /healthz}: 200 C{ok} or C{degraded}, 503 C{failing}, with the
+    reasons (see L{Health}).
     """
 
     isLeaf = True
 
     def __init__(self, store: CacheStore, syncer: Syncer) -> None:
         super().__init__()
-        self.store = store
-        self.syncer = syncer
+        self.health = Health(store, syncer)
 
     def render_GET(self, request: IRequest) -> bytes:
-        return render_json(request, health(self.store, self.syncer))
+        verdict = self.health.verdict()
+        return render_json(request, verdict, 503 if verdict["status"] == "failing" else 200)
 
 
 class StatusPage(HealthResource):
@@ -53,7 +104,7 @@ class StatusPage(HealthResource):
     def render_GET(self, request: IRequest) -> bytes:
         rows = "".join(
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in health(self.store, self.syncer).items()
+            for k, v in self.health.verdict().items()
         )
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
