@@ -69,8 +69,11 @@ class CacheControlTests(HTTPSemanticsTestCase):
             self.assertEqual(self.header(headers, "cache-control"), ["max-age=60"])
             await self.settle("a.mp3")
 
+
+class DefaultCacheControlTests(HTTPSemanticsTestCase):
+    settings = {"ttl": 30.0}
+
     async def test_without_one_the_default_never_outlives_the_object(self) -> None:
-        self.cache.syncer._ttl = 30.0
         self.origin.put("a.mp3", body_of(20_000))
         await self.get("a.mp3")
         await self.settle("a.mp3")

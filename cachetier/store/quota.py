@@ -74,21 +74,20 @@ class Quota:
     def make_room(self, size: int, keep: str | None) -> bool:
         if self.max_size is not None and size > self.max_size:
             return False
-        candidates = [n for n in self._index if n != keep]
-        while True:
-            if self._over_quota(size):
-                victims = candidates
-            elif self._short_of_free(size):
-                victims = [n for n in candidates if not self._open(n)]
-            else:
-                return True
-            if not victims:
-                return False
-            victim = victims[0]
-            candidates.remove(victim)
+        # One pass, least recently used first.  Past the quota any object
+        # goes; short of free space only bodies no reader holds open, since
+        # deleting an open one frees nothing yet.  Neither condition can
+        # come back once it is met: eviction only lowers the charge.
+        for victim in [n for n in self._index if n != keep]:
+            if not self._over_quota(size):
+                if not self._short_of_free(size):
+                    return True
+                if self._open(victim):
+                    continue
             obj = self._evict(victim)
             if obj is not None:
                 log.info("evicted {name} ({size} bytes)", name=obj.name, size=obj.size)
+        return not (self._over_quota(size) or self._short_of_free(size))
 
     def _open(self, name: str) -> bool:
         obj = self._index.get(name)

@@ -12,21 +12,38 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 
+def _json_headers(request: IRequest, code: int) -> None:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
 def render_json(request: IRequest, body: Any, code: int = 200) -> bytes:
     """
     Set the status and headers of a JSON answer and return its body.
     """
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    _json_headers(request, code)
+    return _encode(body)
+
+
+def error_body(error: str, message: str) -> bytes:
+    """
+    An error in the contract's one shape: C{{"error": code, "message": text}}
+    (also written raw by the channel, before there is a request).
+    """
+    return _encode({"error": error, "message": message})
 
 
 def render_error(request: IRequest, code: int, error: str, message: str) -> bytes:
     """
-    An error in the contract's one shape: C{{"error": code, "message": text}}.
+    Set the status and headers of a JSON error and return its body.
     """
-    return render_json(request, {"error": error, "message": message}, code)
+    _json_headers(request, code)
+    return error_body(error, message)
 
 
 class JSONResource(Resource):

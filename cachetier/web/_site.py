@@ -5,7 +5,6 @@ per-request bookkeeping, the access log and request metrics.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from zope.interface import implementer
 
 from ..metrics import Metrics
 from ..names import name_from_path, quote_name
+from ._json import error_body
 
 log = Logger()
 
@@ -166,7 +166,7 @@ class CacheChannel(http.HTTPChannel):
             return
         self._refused = True
         self.site.metrics.requests.labels(outcome="refused").inc()
-        body = json.dumps({"error": error, "message": message}).encode("utf-8")
+        body = error_body(error, message)
         phrase = http.RESPONSES.get(code, b"Error")
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"

@@ -98,6 +98,11 @@ class MediaResponse:
             return render_error(
                 request, 416, "range_not_satisfiable", f"the file has {self.size} bytes"
             )
+        body = None
+        if ranges is not None and len(ranges) > 1:
+            body = multipart(ranges, self.size or 0, self.content_type)
+            if body.length >= (self.size or 0):
+                ranges = None  # the whole file is smaller: send that
         if ranges is None:
             request.setResponseCode(http.OK)
             if self.size is not None:
@@ -110,7 +115,7 @@ class MediaResponse:
             request.setHeader(b"content-length", b"%d" % (r.length,))
             self.send(request, [(b"", r.first, r.length)])
         else:
-            body = multipart(ranges, self.size or 0, self.content_type)
+            assert body is not None
             request.setResponseCode(http.PARTIAL_CONTENT)
             request.setHeader(b"content-type", body.content_type)
             request.setHeader(b"content-length", b"%d" % (body.length,))
@@ -125,12 +130,8 @@ class MediaResponse:
         if not range_still_valid(request, self.etag, self.last_modified):
             return None
         ranges = parse_range(header, self.size)
-        if ranges is None or len(ranges) == 1:
-            return ranges
-        if not self.multipart:
+        if ranges is not None and len(ranges) > 1 and not self.multipart:
             return None
-        if multipart(ranges, self.size, self.content_type).length >= self.size:
-            return None  # the whole file is smaller: send that
         return ranges
 
     def send(
@@ -211,6 +212,21 @@ class FillResponse(MediaResponse):
     ) -> None:
         ((_, offset, length),) = segments
         FillProducer(request, self.fill, offset, length).start()
+
+
+def _answer(request: Any, body: bytes | int) -> None:
+    """
+    End a deferred answer with what a render produced: its bytes (with
+    their length, except for a HEAD, whose render set the length of what
+    a GET would get), or nothing when a producer now owns the response.
+    """
+    if body is server.NOT_DONE_YET:
+        return
+    assert isinstance(body, bytes)
+    if request.method != b"HEAD":
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+    request.write(body)
+    request.finish()
 
 
 def _cancelling(result: object, call: Any) -> object:
@@ -335,12 +351,8 @@ class FilesResource(JSONResource):
     def _still_queued(self, fill: Fill, request: Any) -> None:
         if fill.state != "queued" or request.finished or request._disconnected:
             return
-        body = self._failed(
-            request, Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
-        )
-        request.setHeader(b"content-length", b"%d" % (len(body),))
-        request.write(body)
-        request.finish()
+        error = Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
+        _answer(request, self._failed(request, error))
 
     render_HEAD = render_GET
 
@@ -367,9 +379,7 @@ class FilesResource(JSONResource):
         else:
             # Passed through (no-store) or purged before this reader came.
             body = self._failed(request, Overloaded("the download ended; ask again"))
-        if body is not server.NOT_DONE_YET:
-            request.write(body)
-            request.finish()
+        _answer(request, body)
 
     def _broken(self, failure: Failure, request: Any) -> None:
         """
@@ -393,9 +403,7 @@ class FilesResource(JSONResource):
                 body = self._withheld(request, failure.value)
         else:
             body = self._failed(request, failure.value)
-        if body is not server.NOT_DONE_YET:
-            request.write(body)
-            request.finish()
+        _answer(request, body)
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
         """
