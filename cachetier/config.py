@@ -4,6 +4,7 @@ Settings and the parsers for the human-friendly values operators type.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from attrs import field, frozen
@@ -11,7 +12,9 @@ from attrs import field, frozen
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+# K, M, G, T (either case, as nginx takes them) or KiB, MiB, GiB, TiB:
+# "10MB" is refused, since it could mean 10**7 as well as 10 * 2**20.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGTkmgt])|([KMGT])iB)?\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
@@ -26,9 +29,12 @@ def parse_size(text: str) -> int:
     """
     match = _SIZE.match(text)
     if match is None:
-        raise ValueError(f"not a size: {text!r} (examples: 1024, 300M, 50G)")
-    number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.upper()])
+        raise ValueError(
+            f"not a size: {text!r} (a number with K, M, G or T, or KiB, MiB, GiB or TiB:"
+            " 300M, 50GiB)"
+        )
+    number, letter, binary = match.groups()
+    return int(float(number) * _SIZE_UNITS[(letter or binary or "").upper()])
 
 
 def parse_rate(text: str) -> int:
@@ -102,5 +108,9 @@ class Settings:
     max_syncs_per_client: float = 25.0
     # None: access events go to twistd's log; "off": none; else a file.
     access_log: str | None = None
+    # Proxies whose X-Forwarded-For names the client (--trusted-proxy).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # How long responses in flight may take to finish on SIGTERM.
+    shutdown_grace: float = 30.0
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)

@@ -5,9 +5,27 @@ in one process never share counters.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+import twisted
+
+from . import __version__
+
+# Request durations: a hit of a small file takes milliseconds, a whole
+# episode to a slow listener many minutes.
+_DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, 1800.0)
+_FIRST_BYTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -63,6 +81,26 @@ class Metrics:
             "Responses aborted because the client took no bytes for --send-timeout.",
             registry=r,
         )
+        self.responses_aborted = Counter(
+            "cachetier_responses_aborted",
+            "Responses cut short: the client went away or was too slow, or the body failed.",
+            registry=r,
+        )
+        self.aborted_bytes = Counter(
+            "cachetier_aborted_bytes", "Body bytes sent in responses cut short.", registry=r
+        )
+        self.request_seconds = Histogram(
+            "cachetier_request_duration_seconds",
+            "Time from a request's arrival to the end of its response (this process).",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.miss_first_byte_seconds = Histogram(
+            "cachetier_miss_first_byte_seconds",
+            "Time from a miss's arrival to its first body byte (origin and queue included).",
+            buckets=_FIRST_BYTE_BUCKETS,
+            registry=r,
+        )
         self.evictions = Counter("cachetier_evictions", "Objects evicted to make room.", registry=r)
         self.purges = Counter("cachetier_purges", "Names purged by the admin API.", registry=r)
         self.breaker_open = Gauge(
@@ -82,6 +120,30 @@ class Metrics:
         self.cached_bytes = Gauge(
             "cachetier_cached_bytes", "Bytes of complete objects in the cache.", registry=r
         )
+        self.disk_free = Gauge(
+            "cachetier_disk_free_bytes",
+            "Bytes free on the cache's file system (for unprivileged users).",
+            registry=r,
+        )
+        self.disk_quota = Gauge(
+            "cachetier_disk_quota_bytes",
+            "The --max-size quota, or the file system's size less --min-free.",
+            registry=r,
+        )
+        self.disk_reserved = Gauge(
+            "cachetier_disk_reserved_bytes",
+            "Bytes set aside for downloads in progress.",
+            registry=r,
+        )
+        Info("cachetier_build", "The running version.", registry=r).info(
+            {
+                "version": __version__,
+                "twisted": twisted.__version__,
+                "python": platform.python_version(),
+            }
+        )
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     @property
     def counters(self) -> dict[str, Counter]:
@@ -122,10 +184,16 @@ class Metrics:
         in_flight: Callable[[], float],
         queued: Callable[[], float],
         breaker_open: Callable[[], float],
+        disk_free: Callable[[], float],
+        disk_quota: Callable[[], float],
+        disk_reserved: Callable[[], float],
     ) -> None:
         """
         Have the state gauges read their values when scraped.
         """
+        self.disk_free.set_function(disk_free)
+        self.disk_quota.set_function(disk_quota)
+        self.disk_reserved.set_function(disk_reserved)
         self.cached_objects.set_function(objects)
         self.cached_bytes.set_function(cached_bytes)
         self.syncs_in_flight.set_function(in_flight)

@@ -7,38 +7,43 @@ L{makeService}.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import platform
 import resource
-import shutil
-import tempfile
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
 from attrs import frozen
 from treq.client import HTTPClient
-from twisted.application import strports
-from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
+import twisted
+
+from . import __version__
 from .config import Settings, parse_duration, parse_rate, parse_size
 from .metrics import Metrics
 from .names import normalise_base
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
+from .service import CacheService
 from .store import CacheStore
 from .sync import Syncer
 from .web import CacheSite, build_root
 from .web._site import AccessLogFile
-from .workers import PublicPorts, WorkersService
 
 T = TypeVar("T")
+
+# The smallest --max-size taken: below this a cache holds next to nothing.
+MIN_CACHE_SIZE = 16 << 20
 
 log = Logger()
 
@@ -51,6 +56,27 @@ def _option(flag: str, parse: Callable[[str], T], text: str) -> T:
         return parse(text)
     except ValueError as e:
         raise usage.UsageError(f"--{flag}: {e}") from None
+
+
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0, not {text!r}")
+    return seconds
+
+
+def _positive_size(text: str) -> int:
+    size = parse_size(text)
+    if size < 1:
+        raise ValueError(f"must be at least 1 byte, not {text!r}")
+    return size
+
+
+def _cache_size(text: str) -> int:
+    size = parse_size(text)
+    if size < MIN_CACHE_SIZE:
+        raise ValueError(f"must be at least 16M (a cache smaller holds nothing), not {text!r}")
+    return size
 
 
 def _positive(text: str) -> int:
@@ -171,6 +197,12 @@ class Options(usage.Options):
             "Access log: a file of its own (cheapest), 'off', or by default twistd's log.",
         ],
         [
+            "shutdown-grace",
+            None,
+            "30s",
+            "On SIGTERM, how long responses in flight may take to finish.",
+        ],
+        [
             "admin-token-file",
             None,
             None,
@@ -181,6 +213,44 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, cidr: str) -> None:
+        """
+        A proxy (address or CIDR network) whose X-Forwarded-For names the
+        client, for the access log and per-client caps (repeatable).
+        """
+        try:
+            self["trusted-proxy"].append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise usage.UsageError(
+                f"--trusted-proxy: not an address or network: {cidr!r}"
+            ) from None
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Under twistd, a bad option is one line on stderr naming it and a
+        pointer to C{--help}, and exit status 2, before anything is
+        created or bound (twistd itself would print the whole help first).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(
+                f"twistd cachetier: {e}\n(twistd cachetier --help lists the options)\n"
+            )
+            raise SystemExit(2) from None
+
+    def opt_version(self) -> None:
+        """
+        Print cachetier's version and exit.
+        """
+        print(
+            f"cachetier {__version__} (Twisted {twisted.__version__}, Python {platform.python_version()})"
+        )
+        raise SystemExit(0)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -195,8 +265,24 @@ class Options(usage.Options):
     def _duration(self, flag: str) -> float:
         return _option(flag, parse_duration, self[flag])
 
-    def _size(self, flag: str) -> int | None:
-        return None if self[flag] is None else _option(flag, parse_size, self[flag])
+    def _positive_duration(self, flag: str) -> float:
+        return _option(flag, _positive_duration, self[flag])
+
+    def _size(self, flag: str, parse: Callable[[str], int] = _positive_size) -> int | None:
+        return None if self[flag] is None else _option(flag, parse, self[flag])
+
+    def _owner(self) -> tuple[int, int] | None:
+        """
+        The user and group twistd will switch to (C{--uid}, C{--gid}), if
+        any: the cache directory is made theirs.
+        """
+        parent = getattr(self, "parent", None)
+        uid = parent.get("uid") if parent is not None else None
+        if uid is None:
+            return None
+        gid = parent.get("gid")
+        # twistd keeps its own group when only --uid is given.
+        return uid, os.getgid() if gid is None else gid
 
     def postOptions(self) -> None:
         if not self["origin"]:
@@ -236,6 +322,14 @@ class Options(usage.Options):
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
             raise usage.UsageError(f"--cache-dir: {existing} is not a writable directory")
+        min_free = self._size("min-free", parse_size) or 0
+        st = os.statvfs(existing)
+        if min_free >= st.f_blocks * st.f_frsize:
+            raise usage.UsageError(
+                f"--min-free: {self['min-free']} is not less than the"
+                f" {st.f_blocks * st.f_frsize >> 20} MiB the cache's file system holds"
+            )
+        self["owner"] = self._owner()
         self["settings"] = Settings(
             origin=origin,
             cache_dir=cache_dir,
@@ -243,31 +337,46 @@ class Options(usage.Options):
             public_url=public_url,
             miss=self["miss"],
             max_concurrent_syncs=self._positive("max-concurrent-syncs"),
-            origin_timeout=self._duration("origin-timeout"),
+            origin_timeout=self._positive_duration("origin-timeout"),
             cache_control_max_age=int(self._duration("cache-control-max-age")),
             negative_ttl=self._duration("negative-ttl"),
             ttl=self._duration("ttl"),
             stale_if_error=self._duration("stale-if-error"),
-            max_size=self._size("max-size"),
-            min_free=self._size("min-free") or 0,
+            max_size=self._size("max-size", _cache_size),
+            min_free=min_free,
             max_object_size=self._size("max-object-size"),
             max_queued_syncs=self._positive("max-queued-syncs"),
             max_syncs_per_second=float(self._positive("max-syncs-per-second")),
             max_syncs_per_client=float(self._positive("max-syncs-per-client")),
-            idle_timeout=self._duration("idle-timeout"),
-            send_timeout=self._duration("send-timeout"),
+            idle_timeout=self._positive_duration("idle-timeout"),
+            send_timeout=self._positive_duration("send-timeout"),
             max_connections=(
                 None if self["max-connections"] is None else self._positive("max-connections")
             ),
             origin_min_rate=_option("origin-min-rate", parse_rate, self["origin-min-rate"]),
-            queue_timeout=self._duration("queue-timeout"),
+            queue_timeout=self._positive_duration("queue-timeout"),
             origin_retries=self._positive("origin-retries"),
             breaker_threshold=self._positive("breaker-threshold"),
-            breaker_cooloff=self._duration("breaker-cooloff"),
+            breaker_cooloff=self._positive_duration("breaker-cooloff"),
             admin_token=_admin_token(self["admin-token-file"]),
             access_log=self["access-log"],
             workers=workers,
+            trusted_proxies=tuple(self["trusted-proxy"]),
+            shutdown_grace=self._duration("shutdown-grace"),
         )
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Not a "Starting factory" line in the log for every origin connection.
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """
+    An origin connection pool that does not log each connection.
+    """
+
+    _factory = _QuietClientFactory
 
 
 @frozen
@@ -294,11 +403,14 @@ class Assembly:
         return d
 
 
-def assemble(settings: Settings, reactor: Any) -> Assembly:
+def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) -> Assembly:
     """
     Open the store and build the syncer and the site; bind nothing.
+
+    @param site: a site already listening, to serve the cache from now
+        on; by default a new one.
     """
-    metrics = Metrics()
+    metrics = Metrics() if site is None else site.metrics
     store = CacheStore.open(
         settings.cache_dir,
         max_size=settings.max_size,
@@ -306,7 +418,7 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
         on_evict=lambda obj: metrics.evictions.inc(),
         now=reactor.seconds,
     )
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     agent = Agent(reactor, connectTimeout=settings.origin_timeout, pool=pool)
     origin = Origin(
@@ -334,24 +446,28 @@ def assemble(settings: Settings, reactor: Any) -> Assembly:
         negative_ttl=settings.negative_ttl,
         metrics=metrics,
     )
+    quota = store.quota
     metrics.watch(
         objects=lambda: len(store),
         cached_bytes=lambda: store.total_bytes,
         in_flight=lambda: syncer.in_flight,
         queued=lambda: syncer.queued,
         breaker_open=lambda: 0 if origin.breaker.state == "closed" else 1,
+        disk_free=quota.free_bytes,
+        disk_quota=quota.capacity,
+        disk_reserved=lambda: quota.reserved,
     )
     root = build_root(store, syncer, settings, metrics)
+    if site is None:
+        site = CacheSite(root, metrics, reactor=reactor, **site_limits(settings))
+    else:
+        site.resource = root
     access_file = None
-    limits = site_limits(settings)
     if settings.access_log == "off":
-        site = CacheSite(root, metrics, access_log=None, reactor=reactor, **limits)
+        site.access_log = None
     elif settings.access_log:
         access_file = AccessLogFile(settings.access_log)
-        access = Logger(namespace="cachetier.access", observer=access_file)
-        site = CacheSite(root, metrics, access_log=access, reactor=reactor, **limits)
-    else:
-        site = CacheSite(root, metrics, reactor=reactor, **limits)
+        site.access_log = Logger(namespace="cachetier.access", observer=access_file)
     return Assembly(store, syncer, site, pool, access_file)
 
 
@@ -363,6 +479,7 @@ def site_limits(settings: Settings) -> dict[str, Any]:
         "idle_timeout": settings.idle_timeout,
         "send_timeout": settings.send_timeout,
         "max_connections": settings.max_connections or connection_cap(settings),
+        "trusted_proxies": settings.trusted_proxies,
     }
 
 
@@ -395,54 +512,15 @@ def raise_descriptor_limit() -> None:
     log.info("open-files limit: soft {before} raised to {after}", before=soft, after=hard)
 
 
-class _RemoveOnStop(Service):
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def stopService(self) -> None:
-        super().stopService()
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-class _Downloads(Service):
-    """
-    Winds the downloads down when twistd stops.
-    """
-
-    def __init__(self, assembly: Assembly) -> None:
-        self.assembly = assembly
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return self.assembly.stop()
-
-
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    Build the whole service from parsed options.
+    Build the whole service from parsed options; nothing is created or
+    bound until twistd starts it (see L{cachetier.service}).
     """
     if reactor is None:
         from twisted.internet import reactor
     settings: Settings = options["settings"]
     raise_descriptor_limit()
-    assembly = assemble(settings, reactor)
-    service = MultiService()
-    _Downloads(assembly).setServiceParent(service)
-    if assembly.access_file is not None:
-        TimerService(1.0, assembly.access_file.flush).setServiceParent(service)
-    endpoints = [(d, serverFromString(reactor, d)) for d in settings.listen]
-    public = PublicPorts(endpoints, assembly.site, reactor, copies=settings.workers)
-    public.setServiceParent(service)
-    if settings.workers == 1:
-        return service
-    # The workers' way to the primary: private (a 0700 directory of its
-    # own) and short, as UNIX socket paths must be under 108 bytes.
-    runtime = tempfile.mkdtemp(prefix="cachetier-")
-    primary_socket = os.path.join(runtime, "primary.sock")
-    _RemoveOnStop(runtime).setServiceParent(service)
-    strports.service(
-        f"unix:{primary_socket}:mode=600", assembly.site, reactor=reactor
-    ).setServiceParent(service)
     limits = site_limits(settings)
     worker_args = [
         f"--cache-dir={settings.cache_dir}",
@@ -450,9 +528,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         f"--idle-timeout={limits['idle_timeout']}",
         f"--send-timeout={limits['send_timeout']}",
         f"--max-connections={limits['max_connections']}",
+        f"--shutdown-grace={settings.shutdown_grace}",
+        *(f"--trusted-proxy={network}" for network in settings.trusted_proxies),
     ]
     if settings.access_log is not None:
         worker_args.append(f"--access-log={settings.access_log}")
-    workers = WorkersService(reactor, settings.workers, public, primary_socket, worker_args)
-    workers.setServiceParent(service)
-    return service
+    return CacheService(
+        settings,
+        reactor,
+        [(d, serverFromString(reactor, d)) for d in settings.listen],
+        limits,
+        assemble,
+        worker_args,
+        owner=options.get("owner"),
+    )

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+from ipaddress import ip_network
 from typing import Any
 
 from twisted.application.service import Service
@@ -155,7 +157,18 @@ class WorkersService(Service):
         if self.running and number not in self._workers:
             self._spawn(number)
 
+    def signal_all(self, name: str) -> None:
+        """
+        Send every worker the signal C{name} (C{"HUP"}...).
+        """
+        for process, _ in list(self._workers.values()):
+            process.signalProcess(name)
+
     def stopService(self) -> Deferred[Any]:
+        """
+        Tell every worker to stop (each drains its connections first) and
+        fire when all have ended.
+        """
         super().stopService()
         ended = []
         for process, protocol in list(self._workers.values()):
@@ -315,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-timeout", type=float, default=60.0)
     parser.add_argument("--send-timeout", type=float, default=60.0)
     parser.add_argument("--max-connections", type=int)
+    parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    parser.add_argument("--trusted-proxy", action="append", default=[], type=ip_network)
     parser.add_argument("--number", type=int, required=True)
     args = parser.parse_args(argv)
 
@@ -347,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         "idle_timeout": args.idle_timeout,
         "send_timeout": args.send_timeout,
         "max_connections": args.max_connections,
+        "trusted_proxies": tuple(args.trusted_proxy),
         "reactor": reactor,
     }
     access_file = None
@@ -357,18 +373,33 @@ def main(argv: list[str] | None = None) -> None:
         access_file = AccessLogFile(args.access_log)
         access = Logger(namespace="cachetier.access", observer=access_file)
         site = CacheSite(build_worker_root(files), metrics, access_log=access, **limits)
-        reactor.addSystemEventTrigger("before", "shutdown", access_file.close)
+        reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
         LoopingCall(access_file.flush).start(1.0, now=False)
     else:
         site = CacheSite(build_worker_root(files), metrics, **limits)
     reporter = Reporter(files, metrics, agent, reactor)
     LoopingCall(lambda: Deferred.fromCoroutine(reporter.report())).start(1.0, now=False)
+    ports = []
     for spec in args.fd:
         fd, family = spec.split(":")
-        reactor.adoptStreamPort(
-            int(fd), socket.AF_INET6 if family == "inet6" else socket.AF_INET, site
+        ports.append(
+            reactor.adoptStreamPort(
+                int(fd), socket.AF_INET6 if family == "inet6" else socket.AF_INET, site
+            )
         )
         os.close(int(fd))
+
+    def drain() -> Deferred[None]:
+        # SIGTERM from the primary: stop accepting, let responses finish.
+        for port in ports:
+            port.stopListening()
+        return site.drain(args.shutdown_grace)
+
+    reactor.addSystemEventTrigger("before", "shutdown", drain)
+    if access_file is not None:
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(access_file.reopen))
+    else:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     StandardIO(_ExitWithPrimary(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
     log.info("worker {number} serving", number=args.number)
     reactor.run()

@@ -121,7 +121,8 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse_size("300M"), 300 * 1024**2)
         self.assertEqual(parse_size("50G"), 50 * 1024**3)
         self.assertEqual(parse_size("1.5k"), 1536)
-        for bad in ("", "M", "-1G", "10X"):
+        self.assertEqual(parse_size("2GiB"), 2 * 1024**3)
+        for bad in ("", "M", "-1G", "10X", "10MB", "10mib", "10KB", "1 0M"):
             with self.assertRaises(ValueError):
                 parse_size(bad)
 

@@ -113,7 +113,7 @@ class TwistdTests(TestCase):
         self.assertEqual(ended.signal, signal.SIGTERM)
         self.assertIn(b"Server Shut Down.", self.protocol.output)
         self.assertIn(b"synced ep.mp3 (1500000 bytes)", self.protocol.output)
-        self.assertRegex(self.protocol.output.decode(), r"GET /files/ep.mp3 200 1500000B miss")
+        self.assertRegex(self.protocol.output.decode(), r'"GET /files/ep.mp3 HTTP/1.1" 200 1500000 "-" "[^"]*" "-" miss [\d.]+ms OK')
 
     async def test_kill_9_mid_sync_then_restart_never_serves_partial(self) -> None:
         data = body_of(4_000_000)
@@ -135,9 +135,10 @@ class TwistdTests(TestCase):
 
         self.origin.rate = None
         url = await self.start()
-        self.assertEqual(os.listdir(os.path.join(self.cache_dir, "tmp")), [])
+        # The port is bound before the store is opened: ask first.
         response = await self.client.get(url + "api/v1/files/big.mp3?sync=0")
         self.assertEqual(json.loads(await content(response))["state"], "missing")
+        self.assertEqual(os.listdir(os.path.join(self.cache_dir, "tmp")), [])
         response = await self.client.get(url + "files/big.mp3")
         self.assertEqual((response.code, await content(response)), (200, data))
         self.assertEqual(self.origin.counts["big.mp3"], 2)

@@ -32,8 +32,9 @@ from cachetier.workers import PublicPorts, WorkersService
 from .helpers import body_of, http_client, listen, start_cachetier, start_origin
 from .test_twistd import _TWISTD, _Twistd
 
-WORKER = r"\[cachetier\.worker1#info\] GET /files/ep\.mp3 200 3000000B"
-PRIMARY = r"\[cachetier\.web\._site#info\] GET /files/ep\.mp3 200 3000000B"
+_LINE = r'\] 127\.0\.0\.1 - - \[[^]]+\] "GET /files/ep\.mp3 HTTP/1\.1" 200 3000000 "-" "[^"]*" "-"'
+WORKER = r"\[cachetier\.worker1#info" + _LINE
+PRIMARY = r"\[cachetier\.web\._site#info" + _LINE
 
 
 TOKEN = "w" * 32
@@ -109,8 +110,9 @@ class WorkersTestCase(TestCase):
 
     def served_by_both(self, path: str) -> None:
         log = self.log()
-        self.assertRegex(log, r"\[cachetier\.worker1#info\] \S+ " + re.escape(path))
-        self.assertRegex(log, r"\[cachetier\.web\._site#info\] \S+ " + re.escape(path))
+        line = r'#info\] \S+ - - \[[^]]+\] "\S+ ' + re.escape(path)
+        self.assertRegex(log, r"\[cachetier\.worker1" + line)
+        self.assertRegex(log, r"\[cachetier\.web\._site" + line)
 
 
 class WorkersTests(WorkersTestCase):

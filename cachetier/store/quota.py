@@ -60,6 +60,21 @@ class Quota:
         st = os.statvfs(self._root)
         return st.f_bavail * st.f_frsize
 
+    def capacity(self) -> int:
+        """
+        The most the cache could ever hold: C{max_size}, or the file
+        system's size less C{min_free}, whichever is less.
+        """
+        st = os.statvfs(self._root)
+        room = st.f_blocks * st.f_frsize - self.min_free
+        return room if self.max_size is None else min(self.max_size, room)
+
+    def largest_object(self) -> int:
+        """
+        The biggest body that could ever be cached, with its metadata.
+        """
+        return self.capacity() - META_BYTES
+
     def reserve(self, size: int, keep: str | None = None) -> Reservation | None:
         """
         Set aside C{size} bytes for a download, evicting least recently used

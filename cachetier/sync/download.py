@@ -67,6 +67,14 @@ class Download:
             raise OriginError(
                 "too_large", f"{length} bytes is over the --max-object-size of {limit}"
             )
+        # A body that could never fit is treated the same way: sent to the
+        # origin, instead of failing with no_space on every request.
+        largest = store.quota.largest_object()
+        if length is not None and length > largest:
+            self._origin.abandon(response)
+            raise OriginError("too_large", f"{length} bytes can never fit in the cache")
+        if limit is None or largest < limit:
+            limit = self._limit = largest
         reservation = store.reserve(length or 0, keep=name)
         if reservation is None:
             self._origin.abandon(response)
@@ -99,7 +107,7 @@ class Download:
             def write(data: bytes) -> None:
                 total = fill.written + len(data)
                 if limit is not None and total > limit:
-                    raise OSError(errno.EFBIG, "the body passed --max-object-size")
+                    raise OSError(errno.EFBIG, "the body is too large to cache")
                 reservation.ensure(total)
                 fill.write(data)
                 reservation.wrote(total)

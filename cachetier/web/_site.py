@@ -5,11 +5,13 @@ per-request bookkeeping, the access log and request metrics.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import ILogObserver, Logger
 from twisted.web import http, server
@@ -39,6 +41,8 @@ BODY_ROUTES = frozenset(
     }
 )
 MAX_ADMIN_BODY = 1 << 20
+Trusted = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
 _READ_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 
 
@@ -54,10 +58,24 @@ class CacheRequest(server.Request):
     cache_name: str | None = None
     outcome: str | None = None
 
+    # When the first body byte was written (time.monotonic()).
+    first_byte: float | None = None
+    # Whether the connection was lost before the response was complete.
+    aborted = False
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.received = time.monotonic()
         self._body_bytes = 0
+
+    def connectionLost(self, reason: Any) -> None:
+        # Twisted logs only finished requests; one the client abandoned (a
+        # player seeking, a listener stopping) is logged here, as aborted.
+        site = getattr(self, "site", None)
+        super().connectionLost(reason)
+        if not self.finished and site is not None:
+            self.aborted = True
+            site.log(self)
 
     def write(self, data: bytes) -> None:
         if (
@@ -71,6 +89,8 @@ class CacheRequest(server.Request):
             length = self.responseHeaders.getRawHeaders(b"content-length")
             if length:
                 self.responseHeaders.setRawHeaders(RELAYED_LENGTH, length)
+        if data and self.first_byte is None:
+            self.first_byte = time.monotonic()
         super().write(data)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -101,11 +121,38 @@ class CacheChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _refused = False
+    _winding_down = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.connection_opened()
+        self.site.connection_opened(self)
         self._await_request()
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether no request is in progress: between keep-alive requests.
+        """
+        return not self.requests and not self._refused
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self.site.draining:
+            # Shutting down: this response is the connection's last.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            self.persistent = False
+            return False
+        return bool(super().checkPersistence(request, version))
+
+    def wind_down(self) -> None:
+        """
+        Close once the response in progress (if any) is sent.
+        """
+        if self._winding_down:
+            return
+        self._winding_down = True
+        self.persistent = False
+        if self.idle:
+            self._close(abort_after=self.site.send_timeout)
 
     def _await_request(self) -> None:
         self._cancel_deadline()
@@ -187,7 +234,7 @@ class CacheChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
-        self.site.connection_closed()
+        self.site.connection_closed(self)
         super().connectionLost(reason)
 
 
@@ -214,6 +261,7 @@ class CacheSite(server.Site):
         the module's, so into twistd's log), or L{None} for none.
     @param max_connections: connections past this many are closed as soon
         as they are accepted (L{None}: no cap).
+    @param trusted_proxies: networks whose X-Forwarded-For is believed.
     """
 
     requestFactory = CacheRequest
@@ -228,15 +276,18 @@ class CacheSite(server.Site):
         idle_timeout: float | None = 60.0,
         send_timeout: float | None = 60.0,
         max_connections: int | None = None,
+        trusted_proxies: Trusted = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, timeout=None, **kwargs)
+        self.trusted_proxies = trusted_proxies
         self.metrics = metrics
         self.access_log = access_log
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.max_connections = max_connections
-        self.connections = 0
+        self.channels: set[CacheChannel] = set()
+        self.draining = False
         self._refusals = OncePerSecond()
         self._outcomes: dict[str, Any] = {}
 
@@ -251,75 +302,170 @@ class CacheSite(server.Site):
             return None  # the port closes the socket at once
         return super().buildProtocol(addr)
 
-    def connection_opened(self) -> None:
-        self.connections += 1
+    @property
+    def connections(self) -> int:
+        return len(self.channels)
 
-    def connection_closed(self) -> None:
-        self.connections -= 1
+    def connection_opened(self, channel: CacheChannel) -> None:
+        self.channels.add(channel)
+        if self.draining:
+            channel.wind_down()
+
+    def connection_closed(self, channel: CacheChannel) -> None:
+        self.channels.discard(channel)
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Wind down for a shutdown: idle connections close now, busy ones
+        after their response in progress; whatever is still open after
+        C{grace} seconds is aborted.  Stop listening first.
+
+        @return: fires when every connection is closed.
+        """
+        self.draining = True
+        clock = self.reactor
+        deadline = clock.seconds() + grace
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            for channel in list(self.channels):
+                if clock.seconds() >= deadline:
+                    channel.transport.abortConnection()
+                else:
+                    channel.wind_down()
+            if self.channels:
+                clock.callLater(0.1, check)
+            else:
+                done.callback(None)
+
+        if self.channels:
+            log.info(
+                "draining {count} connections for up to {grace:g}s",
+                count=len(self.channels),
+                grace=grace,
+            )
+        check()
+        return done
 
     def log(self, request: CacheRequest) -> None:
-        sent = request.sentLength
         outcome = request.outcome
         if outcome == "relayed":
             # A worker's relayed request is logged and counted once, by the
             # primary, which knows what it did and gets the listener's
             # address with it.
             return
-        self.metrics.http_requests.inc()
+        aborted = request.aborted
+        sent = request.sentLength
+        if aborted:
+            sent = max(0, sent - unsent_bytes(request.transport))
+        duration = time.monotonic() - request.received
+        metrics = self.metrics
+        metrics.http_requests.inc()
+        metrics.request_seconds.observe(duration)
         if outcome is not None:
             counter = self._outcomes.get(outcome)
             if counter is None:
-                counter = self._outcomes[outcome] = self.metrics.requests.labels(outcome=outcome)
+                counter = self._outcomes[outcome] = metrics.requests.labels(outcome=outcome)
             counter.inc()
-        self.metrics.bytes_served.inc(sent)
+        metrics.bytes_served.inc(sent)
+        if aborted:
+            metrics.responses_aborted.inc()
+            metrics.aborted_bytes.inc(sent)
+        if outcome == "miss" and request.first_byte is not None:
+            metrics.miss_first_byte_seconds.observe(request.first_byte - request.received)
         if self.access_log is None:
             return
-        self.access_log.info(
-            "{method} {path} {status} {bytes}B {outcome} {duration_ms:.1f}ms",
-            method=request.method.decode("latin-1"),
-            path=request.uri.decode("latin-1"),
-            name=request.cache_name,
-            status=request.code,
-            bytes=sent,
-            outcome=outcome or "-",
+        headers = request.requestHeaders
+        event = {
+            "client": client_address(request),
+            "method": request.method.decode("latin-1"),
+            "path": request.uri.decode("latin-1"),
+            "protocol": request.clientproto.decode("latin-1"),
+            "name": request.cache_name,
+            # nginx's 499: the client left before any of the answer.
+            "status": request.code if request.startedWriting else 499,
+            "bytes": sent,
+            "referer": _header(headers, b"referer"),
+            "user_agent": _header(headers, b"user-agent"),
+            "range": _header(headers, b"range"),
+            "outcome": outcome or "-",
             # Rounded here: a worker's events reach the log as JSON, which
             # keeps values, not format specs.
-            duration_ms=round((time.monotonic() - request.received) * 1000, 1),
-            client=client_address(request),
-        )
+            "duration_ms": round(duration * 1000, 1),
+            "completion": "aborted" if aborted else "OK",
+        }
+        event["line"] = access_line(event, self.reactor.seconds())
+        self.access_log.info("{line}", **event)
+
+
+def _header(headers: http.Headers, name: bytes) -> str:
+    value = headers.getRawHeaders(name)
+    return value[-1].decode("latin-1") if value else "-"
+
+
+def _quoted(text: str) -> str:
+    # As nginx escapes its log variables: no quote or control character
+    # can break a line or a field.
+    return "".join(
+        f"\\x{ord(c):02X}" if c in '"\\' or ord(c) < 32 or ord(c) == 127 else c for c in text
+    )
+
+
+def access_line(event: dict[str, Any], when: float) -> str:
+    """
+    One access log line: nginx's C{combined} format, then the Range asked
+    for, the cache outcome, the duration and whether the response was
+    complete (C{OK}) or cut short (C{aborted}); see the README.
+    """
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(when))
+    request = _quoted(f"{event['method']} {event['path']} {event['protocol']}")
+    return (
+        f'{event["client"]} - - [{stamp}] "{request}" {event["status"]} {event["bytes"]}'
+        f' "{_quoted(event["referer"])}" "{_quoted(event["user_agent"])}"'
+        f' "{_quoted(event["range"])}" {event["outcome"]} {event["duration_ms"]:.1f}ms'
+        f" {event['completion']}"
+    )
+
+
+def unsent_bytes(transport: Any) -> int:
+    """
+    What a TCP transport still holds in its own write buffer (Twisted's
+    C{FileDescriptor} internals), not yet handed to the kernel; 0 for any
+    other transport.
+    """
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return 0
 
 
 @implementer(ILogObserver)
 class AccessLogFile:
     """
-    Writes access events to a file of their own, one line each, formatting
-    the timestamp once a second: the cheap way to keep a line per request
-    at tens of thousands of requests a second.
+    Writes access lines to a file of their own, formatting the timestamp
+    once a second: the cheap way to keep a line per request at tens of
+    thousands of requests a second.
 
     Lines are buffered and written whole, in C{O_APPEND} writes of at most
     about 64 KiB: every process of a C{--workers} server appends to the
     same file and no line is ever split or interleaved.  Call L{flush} now
-    and then (and L{close} at the end).
+    and then (and L{close} at the end); L{reopen} after the file was
+    renamed (log rotation, on SIGHUP).
     """
 
     _FLUSH_AT = 1 << 16
 
     def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.path = path
+        self._fd = self._open()
         self._lines: list[str] = []
         self._size = 0
-        self._second = -1
-        self._stamp = ""
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        second = int(event["log_time"])
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-        line = (
-            f'{self._stamp} {event["client"]} "{event["method"]} {event["path"]}" '
-            f"{event['status']} {event['bytes']} {event['outcome']} {event['duration_ms']:.1f}ms\n"
-        )
+        line = event["line"] + "\n"
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self._FLUSH_AT:
@@ -331,6 +477,16 @@ class AccessLogFile:
             self._lines.clear()
             self._size = 0
             os.write(self._fd, data)
+
+    def reopen(self) -> None:
+        """
+        Write what is buffered to the old file, then go on in a new one at
+        the configured path.
+        """
+        self.flush()
+        fd = self._open()
+        os.close(self._fd)
+        self._fd = fd
 
     def close(self) -> None:
         self.flush()
@@ -362,13 +518,38 @@ def client_address(request: IRequest) -> str:
     """
     The address a request came from; for a request a worker relayed over
     the primary's private socket, the listener's address it names.
+
+    When that address is one of the C{trusted} proxies (C{--trusted-proxy}),
+    the client is the last address in X-Forwarded-For that is not, as
+    nginx's C{real_ip_recursive}.
     """
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     if host is None:
         relayed = request.getHeader(RELAYED_FOR)
         return relayed.decode("latin-1") if relayed else "local"
-    return str(host)
+    host = str(host)
+    trusted = getattr(getattr(request, "site", None), "trusted_proxies", ())
+    if trusted and _is_trusted(host, trusted):
+        forwarded = b",".join(request.requestHeaders.getRawHeaders(b"x-forwarded-for", []))
+        for hop in reversed(forwarded.decode("latin-1").split(",")):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break  # garbage: stop at the last address we could trust
+            host = hop
+            if not _is_trusted(hop, trusted):
+                break
+    return host
+
+
+def _is_trusted(host: str, trusted: Trusted) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
 
 
 def name_of(request: IRequest) -> str:

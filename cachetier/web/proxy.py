@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ._json import render_error
-from ._site import RELAYED_FOR, RELAYED_LENGTH
+from ._site import RELAYED_FOR, RELAYED_LENGTH, client_address
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset(
@@ -75,8 +75,9 @@ class PrimaryProxy(Resource):
         headers = request.requestHeaders.copy()
         for name in _HOP_BY_HOP:
             headers.removeHeader(name)
-        host = getattr(request.getClientAddress(), "host", None)
-        headers.setRawHeaders(RELAYED_FOR, [str(host or "local").encode("latin-1")])
+        # The listener's address, X-Forwarded-For from a trusted proxy
+        # already applied.
+        headers.setRawHeaders(RELAYED_FOR, [client_address(request).encode("latin-1")])
         body = None
         if request.method in (b"POST", b"PUT", b"PATCH", b"DELETE"):
             request.content.seek(0)
