@@ -25,6 +25,10 @@ then the downloads are cancelled and everything else closed.
 
 from __future__ import annotations
 
+# Imported now, as root, not lazily after twistd switched to --uid, when
+# the interpreter's own files may be out of reach: the resolver's threads
+# encode every origin host name with it.
+import encodings.idna  # noqa: F401
 import os
 import shutil
 import signal

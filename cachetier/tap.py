@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -87,6 +88,34 @@ def _positive(text: str) -> int:
     if value < 1:
         raise ValueError(f"must be at least 1, not {value}")
     return value
+
+
+def _writable_directory(path: str) -> bool:
+    """
+    Whether a directory can be made in C{path}: tried, since
+    C{os.access} says yes to root anywhere, C{/proc} included.
+    """
+    if not os.path.isdir(path):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cachetier-probe-", dir=path))
+    except OSError:
+        return False
+    return True
+
+
+def _check_port(description: str) -> None:
+    """
+    Refuse a TCP or TLS port out of range (the endpoint parser takes any
+    number; bind() would refuse it only after start-up).
+    """
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return
+    fields = rest.split(":")
+    port = next((f[5:] for f in fields if f.startswith("port=")), fields[0])
+    if port.isdigit() and not 0 <= int(port) <= 65535:
+        raise usage.UsageError(f"--listen {description!r}: port {port} is not in 0-65535")
 
 
 def _admin_token(path: str | None) -> bytes | None:
@@ -295,11 +324,19 @@ class Options(usage.Options):
             raise usage.UsageError(f"--miss must be 'stream' or 'redirect', not {self['miss']!r}")
         listen = tuple(self["listen"]) or ("tcp:8080",)
         for description in listen:
+            _check_port(description)
             try:
                 # Parsing needs a reactor but binds nothing; a stand-in keeps
                 # the global reactor out of option parsing.
                 serverFromString(MemoryReactor(), description)
-            except (ValueError, KeyError, TypeError, OSError) as e:
+            except (IndexError, KeyError) as e:
+                if description.startswith("systemd:"):
+                    raise usage.UsageError(
+                        f"--listen {description!r}: systemd passed no such socket"
+                        " (LISTEN_FDS and LISTEN_FDNAMES; systemd-socket-activate needs --fdname)"
+                    ) from None
+                raise usage.UsageError(f"--listen {description!r}: {e}") from None
+            except (ValueError, TypeError, OSError) as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
         if self["workers"] == "auto":
             workers = len(os.sched_getaffinity(0))
@@ -320,7 +357,7 @@ class Options(usage.Options):
         existing = cache_dir
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
-        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        if not _writable_directory(existing):
             raise usage.UsageError(f"--cache-dir: {existing} is not a writable directory")
         min_free = self._size("min-free", parse_size) or 0
         st = os.statvfs(existing)

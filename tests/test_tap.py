@@ -60,6 +60,21 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused("--public-url", "--public-url=cdn.example.com")
         self.assertRefused("--admin-token-file", "--admin-token-file=/nonexistent")
 
+    def test_settings_that_cannot_work_are_refused(self) -> None:
+        self.assertRefused("--max-size", "--max-size=0")
+        self.assertRefused("--max-size", "--max-size=10MB")
+        self.assertRefused("--max-size", "--max-size=1M")
+        self.assertRefused("--min-free", "--min-free=999999T")
+        for flag in ("origin-timeout", "idle-timeout", "send-timeout", "queue-timeout"):
+            self.assertRefused(f"--{flag}", f"--{flag}=0s")
+        self.assertRefused("--max-object-size", "--max-object-size=0")
+        self.assertRefused("--listen", "--listen=tcp:99999")
+        self.assertRefused("--trusted-proxy", "--trusted-proxy=somewhere")
+        self.assertRefused("--cache-dir", "--cache-dir=/proc/nope")
+        settings = self.parse("--max-size=2GiB", "--trusted-proxy=10.0.0.0/8")["settings"]
+        self.assertEqual(settings.max_size, 2 << 30)
+        self.assertEqual([str(n) for n in settings.trusted_proxies], ["10.0.0.0/8"])
+
     def test_impossible_cache_dir_is_refused(self) -> None:
         a_file = self.mktemp()
         open(a_file, "w").close()

@@ -179,3 +179,4 @@ class TwistdTests(TestCase):
             self.assertIn(f"cachetier: cannot listen on tcp:{port}:interface=127.0.0.1:", output)
             self.assertIn("Address already in use", output)
             self.assertNotIn("Traceback", output)
+            self.assertFalse(os.path.exists(self.cache_dir), "created before the port failed")

@@ -1,0 +1,164 @@
+"""
+What an operator reads: the access log (one line per response, aborted
+ones included, with the bytes really sent) and the metrics.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from .helpers import body_of, http_client, read_then_hang_up, start_cachetier, start_origin
+
+LINE = re.compile(
+    r'^(?P<client>\S+) - - \[(?P<time>[^]]+)\] "(?P<request>[^"]*)" (?P<status>\d+)'
+    r' (?P<bytes>\d+) "(?P<referer>[^"]*)" "(?P<agent>[^"]*)" "(?P<range>[^"]*)"'
+    r" (?P<outcome>\S+) (?P<ms>[\d.]+)ms (?P<completion>OK|aborted)$"
+)
+
+
+class AccessLogTestCase(TestCase):
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(
+            self, self.origin_url, access_log=self.path, **self.settings
+        )
+        self.client = http_client(self)
+
+    def lines(self) -> list[dict[str, str]]:
+        self.cache.access_file.flush()
+        with open(self.path) as f:
+            found = []
+            for line in f.read().splitlines():
+                match = LINE.match(line)
+                self.assertIsNotNone(match, f"not an access line: {line!r}")
+                assert match is not None
+                found.append(match.groupdict())
+            return found
+
+    async def metric(self, name: str) -> float:
+        response = await self.client.get(self.url + "metrics")
+        text = (await content(response)).decode()
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        self.assertIsNotNone(match, f"{name} is not in /metrics")
+        assert match is not None
+        return float(match.group(1))
+
+
+class AccessLineTests(AccessLogTestCase):
+    async def test_the_line_has_what_nginx_combined_has_and_more(self) -> None:
+        self.origin.put("a.mp3", body_of(10_000))
+        await self.cache.syncer.start("a.mp3").when_done()
+        response = await self.client.get(
+            self.url + "files/a.mp3",
+            headers={
+                "User-Agent": 'Podcast "App"/1.0',
+                "Referer": "https://example.com/episode",
+                "Range": "bytes=100-199",
+            },
+        )
+        self.assertEqual(len(await content(response)), 100)
+        [line] = self.lines()
+        self.assertEqual(line["client"], "127.0.0.1")
+        self.assertEqual(line["request"], "GET /files/a.mp3 HTTP/1.1")
+        self.assertEqual((line["status"], line["bytes"]), ("206", "100"))
+        self.assertEqual(line["agent"], r"Podcast \x22App\x22/1.0")
+        self.assertEqual(line["referer"], "https://example.com/episode")
+        self.assertEqual(line["range"], "bytes=100-199")
+        self.assertEqual((line["outcome"], line["completion"]), ("hit", "OK"))
+
+    async def test_an_abandoned_response_is_logged_and_counted_with_what_was_sent(self) -> None:
+        size = 8_000_000
+        self.origin.put("big.mp3", body_of(size))
+        await self.cache.syncer.start("big.mp3").when_done()
+        received = await read_then_hang_up(self.url, "/files/big.mp3", 100_000)
+        for _ in range(100):
+            if os.path.getsize(self.path) or self.cache.access_file._lines:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        [line] = self.lines()
+        self.assertEqual((line["status"], line["completion"]), ("200", "aborted"))
+        sent = int(line["bytes"])
+        # What reached the kernel, not the Content-Length: at least what the
+        # client read, and less than the whole body.
+        self.assertGreaterEqual(sent, len(received) - 500)
+        self.assertLess(sent, size)
+        self.assertEqual(await self.metric("cachetier_responses_aborted_total"), 1.0)
+        self.assertEqual(await self.metric("cachetier_aborted_bytes_total"), float(sent))
+
+    async def test_a_listener_gone_before_the_answer_is_a_499(self) -> None:
+        self.origin.put("slow.mp3", body_of(1000))
+        self.origin.hang = {"slow.mp3"}
+        port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        listener = await connectProtocol(endpoint, Protocol())
+        listener.transport.write(b"GET /files/slow.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await deferLater(reactor, 0.2, lambda: None)
+        listener.transport.abortConnection()
+        await deferLater(reactor, 0.1, lambda: None)
+        [line] = self.lines()
+        self.assertEqual(
+            (line["status"], line["bytes"], line["completion"]), ("499", "0", "aborted")
+        )
+        self.origin.release_hanging()
+
+
+class TrustedProxyTests(AccessLogTestCase):
+    settings = {"trusted_proxies": (ipaddress.ip_network("127.0.0.0/8"),)}
+
+    async def test_the_client_comes_from_x_forwarded_for_behind_a_trusted_proxy(self) -> None:
+        await content(
+            await self.client.get(
+                self.url + "healthz",
+                headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9, 127.0.0.5"},
+            )
+        )
+        # Spoofed hops before the last untrusted one are not believed.
+        self.assertEqual(self.lines()[0]["client"], "203.0.113.9")
+
+
+class UntrustedProxyTests(AccessLogTestCase):
+    async def test_x_forwarded_for_is_ignored_from_anyone_else(self) -> None:
+        await content(
+            await self.client.get(self.url + "healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+        )
+        self.assertEqual(self.lines()[0]["client"], "127.0.0.1")
+
+
+class MetricsTests(AccessLogTestCase):
+    async def test_durations_first_bytes_disk_and_build(self) -> None:
+        self.origin.put("m.mp3", body_of(50_000))
+        response = await self.client.get(self.url + "files/m.mp3")
+        await content(response)
+        self.assertEqual(await self.metric("cachetier_miss_first_byte_seconds_count"), 1.0)
+        self.assertGreaterEqual(await self.metric("cachetier_request_duration_seconds_count"), 1.0)
+        self.assertGreater(await self.metric("cachetier_disk_free_bytes"), 0)
+        self.assertGreater(await self.metric("cachetier_disk_quota_bytes"), 0)
+        self.assertGreater(await self.metric("process_open_fds"), 0)
+        response = await self.client.get(self.url + "metrics")
+        self.assertRegex((await content(response)).decode(), r'cachetier_build_info\{.*version="')
+
+
+class NeverFitsTests(AccessLogTestCase):
+    settings = {"max_size": 1 << 20}
+
+    async def test_a_file_bigger_than_the_whole_cache_goes_to_the_origin(self) -> None:
+        self.origin.put("huge.mp4", body_of(2 << 20))
+        response = await self.client.get(self.url + "files/huge.mp4", allow_redirects=False)
+        await content(response)
+        self.assertEqual(response.code, 302)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"location"), [(self.origin_url + "huge.mp4").encode()]
+        )

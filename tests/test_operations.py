@@ -1,0 +1,276 @@
+"""
+Running cachetier as a service, through real twistd processes: option
+errors, signals, users and socket activation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web._newclient import ResponseFailed
+
+from .helpers import body_of, http_client, start_origin
+from .test_twistd import _TWISTD, _Twistd
+
+NOBODY = 65534
+
+
+async def _sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+class TwistdProcessCase(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.cache_dir = os.path.abspath(self.mktemp())
+
+    def spawn(
+        self, *args: str, prefix: tuple[str, ...] = (), twistd: tuple[str, ...] = ("-n",)
+    ) -> tuple[Any, _Twistd]:
+        """
+        Start C{twistd [twistd] cachetier --origin=... [args]}; stopped by
+        PID (SIGKILL after a TERM that did not end it) when the test ends.
+        """
+        protocol = _Twistd()
+        protocol.port.addErrback(lambda _: None)
+        argv = [
+            *prefix,
+            *_TWISTD,
+            *twistd,
+            "--pidfile=",
+            "cachetier",
+            f"--origin={self.origin_url}",
+            *args,
+        ]
+        process = reactor.spawnProcess(protocol, argv[0], argv, env=os.environ.copy())
+
+        async def stop() -> None:
+            if protocol.ended.called:
+                return
+            process.signalProcess("KILL")
+            await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        return process, protocol
+
+    async def ended(self, process: Any, protocol: _Twistd, within: float = 20) -> Any:
+        kill = reactor.callLater(within, process.signalProcess, "KILL")
+        reason = await protocol.ended
+        if kill.active():
+            kill.cancel()
+        return reason
+
+
+class OptionErrorTests(TwistdProcessCase):
+    async def test_each_bad_setting_is_one_line_and_creates_nothing(self) -> None:
+        token = os.path.abspath(self.mktemp())
+        with open(token, "w") as f:
+            f.write("x" * 32)
+        os.chmod(token, 0)
+        cases = {
+            "--max-size": "--max-size=0",
+            "--max-size ": "--max-size=10MB",
+            "--min-free": "--min-free=999T",
+            "--origin-timeout": "--origin-timeout=0s",
+            "--idle-timeout": "--idle-timeout=0",
+            "--listen": "--listen=tcp:99999",
+            "--cache-dir": "--cache-dir=/proc/nope",
+        }
+        if os.getuid() != 0:
+            # root reads any file.
+            cases["--admin-token-file"] = f"--admin-token-file={token}"
+        for flag, bad in cases.items():
+            process, protocol = self.spawn(f"--cache-dir={self.cache_dir}", bad)
+            reason = await self.ended(process, protocol)
+            output = protocol.output.decode()
+            self.assertEqual(reason.exitCode, 2, output)
+            self.assertIn(f"twistd cachetier: {flag.strip()}", output)
+            self.assertLessEqual(len(output.splitlines()), 3, output)
+            self.assertNotIn("Traceback", output)
+            self.assertFalse(os.path.exists(self.cache_dir), f"{bad} created the cache dir")
+
+    async def test_version(self) -> None:
+        from cachetier import __version__
+
+        process, protocol = self.spawn("--version")
+        reason = await self.ended(process, protocol)
+        self.assertEqual(reason.exitCode, 0)
+        self.assertIn(f"cachetier {__version__} (Twisted ", protocol.output.decode())
+
+
+class SignalTests(TwistdProcessCase):
+    async def start(self, *args: str, twistd: tuple[str, ...] = ("-n",)) -> tuple[Any, str]:
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            *args,
+            twistd=twistd,
+        )
+        self.process, self.protocol = process, protocol
+        return process, f"http://127.0.0.1:{await protocol.port}/"
+
+    async def test_sighup_reopens_the_logs_after_a_rename(self) -> None:
+        logs = os.path.abspath(self.mktemp())
+        os.mkdir(logs)
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            f"--access-log={access_log}",
+            twistd=("-n", f"--logfile={twistd_log}"),
+        )
+        port = None
+        for _ in range(200):
+            if os.path.exists(twistd_log):
+                with open(twistd_log) as f:
+                    found = re.search(r"CacheSite starting on (\d+)", f.read())
+                if found:
+                    port = int(found.group(1))
+                    break
+            await _sleep(0.05)
+        self.assertIsNotNone(port, "twistd never listened")
+        url = f"http://127.0.0.1:{port}/"
+        await content(await self.client.get(url + "healthz?before"))
+        await _sleep(1.2)  # the access log is flushed once a second
+        # What logrotate does: rename, then signal.
+        for path in (twistd_log, access_log):
+            os.rename(path, path + ".1")
+        process.signalProcess(signal.SIGHUP)
+        await _sleep(0.5)
+        await content(await self.client.get(url + "healthz?after"))
+        await _sleep(1.2)
+        with open(access_log + ".1") as f:
+            self.assertIn("/healthz?before", f.read())
+        with open(access_log) as f:
+            new_access = f.read()
+        self.assertIn("/healthz?after", new_access)
+        self.assertNotIn("/healthz?before", new_access)
+        with open(twistd_log) as f:
+            self.assertIn("SIGHUP: reopened 2 log files", f.read())
+        self.assertFalse(protocol.ended.called, "SIGHUP must not stop the server")
+
+    async def test_sigusr1_never_kills(self) -> None:
+        process, url = await self.start()
+        await content(await self.client.get(url + "healthz"))  # started, not only bound
+        process.signalProcess(signal.SIGUSR1)
+        await _sleep(0.3)
+        response = await self.client.get(url + "healthz")
+        self.assertEqual(response.code, 200)
+        await content(response)
+        self.assertIn(b"SIGUSR1", self.protocol.output)
+
+    async def test_sigterm_lets_a_download_finish_and_refuses_new_connections(self) -> None:
+        data = body_of(3_000_000)
+        self.origin.put("ep.mp3", data)
+        self.origin.rate = 1_000_000  # a 3-second download
+        process, url = await self.start()  # --shutdown-grace: 30s by default
+        response = await self.client.get(url + "files/ep.mp3")
+        body = content(response)
+        await _sleep(0.5)
+        process.signalProcess("TERM")
+        await _sleep(0.3)
+        with self.assertRaises(ConnectionRefusedError):
+            await self.client.get(url + "healthz")
+        self.assertFalse(self.protocol.ended.called, "stopped with a download in flight")
+        self.assertEqual(hashlib.sha256(await body).digest(), hashlib.sha256(data).digest())
+        reason = await self.ended(process, self.protocol)
+        self.assertEqual(reason.signal, signal.SIGTERM)
+        self.assertIn(b"draining 1 connections for up to 30s", self.protocol.output)
+
+    async def test_sigterm_cuts_what_is_left_after_the_grace(self) -> None:
+        self.origin.put("ep.mp3", body_of(3_000_000))
+        self.origin.rate = 100_000
+        process, url = await self.start("--shutdown-grace=0.5s")
+        response = await self.client.get(url + "files/ep.mp3")
+        body = content(response)
+        await _sleep(0.3)
+        process.signalProcess("TERM")
+        with self.assertRaises(ResponseFailed):
+            await body
+        await self.ended(process, self.protocol, within=10)
+
+
+def _root_only() -> None:
+    if os.getuid() != 0:
+        raise SkipTest("switching users needs root")
+
+
+def _free_privileged_port() -> int:
+    for port in range(1000, 1024):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SkipTest("no free port below 1024")
+
+
+class PrivilegeTests(TwistdProcessCase):
+    def setUp(self) -> None:
+        _root_only()
+        super().setUp()
+        # The cache directory's parent must be reachable by the user.
+        os.chmod(os.path.dirname(self.cache_dir), 0o755)
+
+    async def test_uid_and_gid_own_the_cache_directory(self) -> None:
+        os.makedirs(os.path.join(self.cache_dir, "tmp"))  # left by a root run
+        data = body_of(200_000)
+        self.origin.put("ep.mp3", data)
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}"),
+        )
+        url = f"http://127.0.0.1:{await protocol.port}/"
+        response = await self.client.get(url + "files/ep.mp3")
+        self.assertEqual((response.code, await content(response)), (200, data))
+        for top, dirs, files in os.walk(self.cache_dir):
+            for entry in [top, *(os.path.join(top, e) for e in dirs + files)]:
+                st = os.stat(entry)
+                self.assertEqual((st.st_uid, st.st_gid), (NOBODY, NOBODY), entry)
+        self.assertEqual(stat.S_IMODE(os.stat(self.cache_dir).st_mode), 0o700)
+
+    async def test_socket_activation_as_an_unprivileged_user(self) -> None:
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise SkipTest("systemd-socket-activate is not installed")
+        port = _free_privileged_port()
+        data = body_of(100_000)
+        self.origin.put("ep.mp3", data)
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=systemd:domain=INET:name=http",
+            prefix=(activate, f"--listen=127.0.0.1:{port}", "--fdname=http"),
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}"),
+        )
+        for _ in range(100):
+            if b"Listening on" in protocol.output:
+                break
+            await _sleep(0.05)
+        # The first connection starts twistd, which takes over the socket.
+        response = await self.client.get(f"http://127.0.0.1:{port}/files/ep.mp3")
+        self.assertEqual((response.code, await content(response)), (200, data))
+        with open(f"/proc/{process.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        self.assertEqual(set(uids), {str(NOBODY)})
+        with socket.socket() as s:
+            # Taken: by the socket the server inherited.
+            with self.assertRaises(OSError):
+                s.bind(("127.0.0.1", port))
