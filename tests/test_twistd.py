@@ -113,7 +113,10 @@ class TwistdTests(TestCase):
         self.assertEqual(ended.signal, signal.SIGTERM)
         self.assertIn(b"Server Shut Down.", self.protocol.output)
         self.assertIn(b"synced ep.mp3 (1500000 bytes)", self.protocol.output)
-        self.assertRegex(self.protocol.output.decode(), r'"GET /files/ep.mp3 HTTP/1.1" 200 1500000 "-" "[^"]*" "-" miss [\d.]+ms OK')
+        self.assertRegex(
+            self.protocol.output.decode(),
+            r'"GET /files/ep.mp3 HTTP/1.1" 200 1500000 "-" "[^"]*" "-" miss [\d.]+ms OK',
+        )
 
     async def test_kill_9_mid_sync_then_restart_never_serves_partial(self) -> None:
         data = body_of(4_000_000)

@@ -237,7 +237,7 @@ class AccessLogFileTests(APITestCase):
         self.assertEqual(len(lines), 3)
         self.assertRegex(
             lines[0],
-            r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+            r"^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
             r'"GET /files/a\.mp3 HTTP/1\.1" 200 1234 "-" "[^"]*" "-" hit \d+\.\dms OK$',
         )
         self.assertRegex(lines[2], r'"GET /nope HTTP/1\.1" 404 \d+ "-" "[^"]*" "-" - ')
