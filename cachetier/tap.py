@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from attrs import frozen
+from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
@@ -38,6 +39,7 @@ from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
 from .service import CacheService
 from .store import CacheStore
 from .sync import Syncer
+from .tls import ReloadableCertificate, tls_endpoint
 from .web import CacheSite, build_root
 from .web._site import AccessLogFile
 
@@ -328,7 +330,7 @@ class Options(usage.Options):
             try:
                 # Parsing needs a reactor but binds nothing; a stand-in keeps
                 # the global reactor out of option parsing.
-                serverFromString(MemoryReactor(), description)
+                listen_endpoint(MemoryReactor(), description)
             except (IndexError, KeyError) as e:
                 if description.startswith("systemd:"):
                     raise usage.UsageError(
@@ -336,8 +338,9 @@ class Options(usage.Options):
                         " (LISTEN_FDS and LISTEN_FDNAMES; systemd-socket-activate needs --fdname)"
                     ) from None
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
-            except (ValueError, TypeError, OSError) as e:
-                raise usage.UsageError(f"--listen {description!r}: {e}") from None
+            except (ValueError, TypeError, OSError, SSL.Error) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else e
+                raise usage.UsageError(f"--listen {description!r}: {why}") from None
         if self["workers"] == "auto":
             workers = len(os.sched_getaffinity(0))
         else:
@@ -570,12 +573,29 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ]
     if settings.access_log is not None:
         worker_args.append(f"--access-log={settings.access_log}")
+    endpoints, certificates = [], []
+    for description in settings.listen:
+        endpoint, certificate = listen_endpoint(reactor, description)
+        endpoints.append((description, endpoint))
+        if certificate is not None:
+            certificates.append(certificate.reload)
     return CacheService(
         settings,
         reactor,
-        [(d, serverFromString(reactor, d)) for d in settings.listen],
+        endpoints,
         limits,
         assemble,
         worker_args,
         owner=options.get("owner"),
+        reloadables=certificates,
     )
+
+
+def listen_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCertificate | None]:
+    """
+    The endpoint for a C{--listen} description and, for TLS, its
+    certificate (reloaded on SIGHUP, served with its whole chain).
+    """
+    if description.startswith("ssl:"):
+        return tls_endpoint(reactor, description)
+    return serverFromString(reactor, description), None
