@@ -39,7 +39,7 @@ from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
 from .service import CacheService
 from .store import CacheStore
 from .sync import Syncer
-from .tls import ReloadableCertificate, tls_endpoint
+from .tls import ReloadableCertificate, is_tls, tls_endpoint
 from .web import CacheSite, build_root
 from .web._site import AccessLogFile
 
@@ -596,6 +596,6 @@ def listen_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCert
     The endpoint for a C{--listen} description and, for TLS, its
     certificate (reloaded on SIGHUP, served with its whole chain).
     """
-    if description.startswith("ssl:"):
+    if is_tls(description):
         return tls_endpoint(reactor, description)
     return serverFromString(reactor, description), None

@@ -19,9 +19,10 @@ from typing import Any
 from OpenSSL import SSL
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.endpoints import SSL4ServerEndpoint, quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 log = Logger()
@@ -89,23 +90,56 @@ class ReloadableCertificate:
         return self._options.getContext()
 
 
+@implementer(IStreamServerEndpoint)
+class TLSOverEndpoint:
+    """
+    TLS over the connections of another endpoint: a socket systemd passes
+    (C{systemd:domain=INET:name=https:privateKey=...:certKey=...}).
+    """
+
+    def __init__(self, endpoint: Any, certificate: ReloadableCertificate) -> None:
+        self.endpoint = endpoint
+        self.certificate = certificate
+
+    def listen(self, factory: Any) -> Any:
+        return self.endpoint.listen(TLSMemoryBIOFactory(self.certificate, False, factory))
+
+
+def is_tls(description: str) -> bool:
+    return description.startswith("ssl:") or (
+        description.startswith("systemd:") and "privateKey=" in description
+    )
+
+
 def tls_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCertificate]:
     """
     An endpoint for C{ssl:PORT:privateKey=KEY[:certKey=CERT]
-    [:extraCertChain=CHAIN][:interface=ADDRESS][:backlog=N]}, and its
-    reloadable certificate.
+    [:extraCertChain=CHAIN][:interface=ADDRESS][:backlog=N]}, or for a
+    systemd socket with the same certificate fields, and its reloadable
+    certificate.
 
     @raise ValueError: when the description or the files are unusable.
     @raise OSError: when a file cannot be read.
     """
+    kind = description.partition(":")[0]
     positional, named = _fields(description)
-    port = named.pop("port", positional[0] if positional else None)
     key = named.pop("privateKey", None)
-    if port is None or key is None:
-        raise ValueError("ssl: needs a port and privateKey=")
+    if key is None:
+        raise ValueError(f"{kind}: needs privateKey= for TLS")
     certificate = ReloadableCertificate(
         key, named.pop("certKey", key), named.pop("extraCertChain", None)
     )
+    if kind == "systemd":
+        rest = ":".join(
+            [quoteStringArgument(p) for p in positional]
+            + [f"{k}={quoteStringArgument(v)}" for k, v in named.items()]
+        )
+        return TLSOverEndpoint(
+            serverFromString(reactor, f"systemd:{rest}"), certificate
+        ), certificate
+    port = named.pop("port", positional[0] if positional else None)
+    if port is None:
+        raise ValueError("ssl: needs a port")
     interface = named.pop("interface", "")
     backlog = int(named.pop("backlog", "50"))
     if named:

@@ -12,6 +12,8 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from typing import Any
 
 from treq import content
@@ -19,6 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web._newclient import ResponseFailed
 
@@ -274,3 +277,56 @@ class PrivilegeTests(TwistdProcessCase):
             # Taken: by the socket the server inherited.
             with self.assertRaises(OSError):
                 s.bind(("127.0.0.1", port))
+
+
+class SystemdUnitTests(TestCase):
+    def test_the_units_verify(self) -> None:
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed")
+        units = os.path.join(os.path.dirname(__file__), "..", "contrib", "systemd")
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        for name in ("cachetier.service", "cachetier.socket"):
+            with open(os.path.join(units, name)) as f:
+                text = f.read()
+            # verify insists that ExecStart's program exists.
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(text.replace("/opt/cachetier/bin/twistd", twistd))
+        result = subprocess.run(
+            [analyze, "verify", "--man=no", "cachetier.socket", "cachetier.service"],
+            cwd=directory,
+            capture_output=True,
+            timeout=60,
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 0, output)
+        self.assertNotIn("cachetier.s", output, "verify complained about a unit")
+
+
+class SocketActivatedTLSTests(TwistdProcessCase):
+    async def test_tls_on_a_socket_systemd_passes(self) -> None:
+        from .test_tls import Chain, _peer_serial
+
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise SkipTest("systemd-socket-activate is not installed")
+        chain = Chain(os.path.abspath(self.mktemp()))
+        chain.issue_leaf(serial=4242)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            f"--listen=systemd:domain=INET:name=https:privateKey={chain.key}"
+            f":certKey={chain.fullchain}",
+            prefix=(activate, f"--listen=127.0.0.1:{port}", "--fdname=https"),
+        )
+        for _ in range(100):
+            if b"Listening on" in protocol.output:
+                break
+            await _sleep(0.05)
+        # Verified against the root CA alone: the intermediate was sent.
+        serial = await deferToThread(_peer_serial, port, chain.ca)
+        self.assertEqual(serial, 4242)
