@@ -113,6 +113,8 @@ class TwistdTests(TestCase):
         self.assertEqual(ended.signal, signal.SIGTERM)
         self.assertIn(b"Server Shut Down.", self.protocol.output)
         self.assertIn(b"synced ep.mp3 (1500000 bytes)", self.protocol.output)
+        # No "Starting factory" line for each origin connection.
+        self.assertNotIn(b"HTTP11ClientFactory", self.protocol.output)
         self.assertRegex(
             self.protocol.output.decode(),
             r'"GET /files/ep.mp3 HTTP/1.1" 200 1500000 "-" "[^"]*" "-" miss [\d.]+ms OK',
