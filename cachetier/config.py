@@ -112,5 +112,7 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # How long responses in flight may take to finish on SIGTERM.
     shutdown_grace: float = 30.0
+    # Origin connections one fill may use (Range requests in parallel).
+    fill_connections: int = 1
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)

@@ -160,7 +160,13 @@ class Options(usage.Options):
             "stream",
             "On a miss: 'stream' from the download, or 'redirect' to the origin.",
         ],
-        ["max-concurrent-syncs", None, "8", "Origin downloads at once; the rest queue."],
+        ["max-concurrent-syncs", None, "8", "Origin connections at once; the rest queue."],
+        [
+            "fill-connections",
+            None,
+            "1",
+            "Origin connections one big download may use (Range requests).",
+        ],
         ["origin-timeout", None, "30s", "Origin connect, answer and idle timeout."],
         ["cache-control-max-age", None, "1d", "max-age of the Cache-Control sent with files."],
         ["negative-ttl", None, "60s", "How long an origin 404/403/410 is remembered."],
@@ -403,6 +409,7 @@ class Options(usage.Options):
             workers=workers,
             trusted_proxies=tuple(self["trusted-proxy"]),
             shutdown_grace=self._duration("shutdown-grace"),
+            fill_connections=self._positive("fill-connections"),
         )
 
 
@@ -485,6 +492,7 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
         stale_if_error=settings.stale_if_error,
         negative_ttl=settings.negative_ttl,
         metrics=metrics,
+        fill_connections=settings.fill_connections,
     )
     quota = store.quota
     metrics.watch(

@@ -104,10 +104,10 @@ class WriteFailureTests(CapacityTestCase):
         store = self.cache.store
         real_write = store.write
 
-        def full_disk(fd: int, data: bytes) -> None:
-            if os.fstat(fd).st_size + len(data) > 100_000:
+        def full_disk(fd: int, data: bytes, offset: int) -> None:
+            if offset + len(data) > 100_000:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            real_write(fd, data)
+            real_write(fd, data, offset)
 
         store.write = full_disk  # the store's write seam
         self.origin.put("big.mp3", body_of(1_000_000))

@@ -78,6 +78,13 @@ class OriginResponse:
     checksum: tuple[str, bytes] | None
     response: Any
     not_modified: bool = False
+    # Whether the origin takes byte ranges (Accept-Ranges: bytes), and the
+    # validator an If-Range names this version by: a strong ETag, else the
+    # Last-Modified date as sent.
+    ranges: bool = False
+    validator: str | None = None
+    # For a 206: the first byte sent and the whole object's length.
+    content_range: tuple[int, int] | None = None
 
 
 # Connection-level headers (RFC 9110 7.6.1), never stored or replayed.
@@ -269,7 +276,12 @@ def parse_response(response: Any, received: float) -> OriginResponse:
     lifetime = freshness_lifetime(cache_control, _header(response, b"expires"), date, received)
     # A response that sets a cookie is somebody's: streamed, never stored.
     no_store = no_store or response.headers.hasHeader(b"set-cookie")
+    validator = etag if etag and not etag.startswith("W/") else raw_lm
+    accept = (_header(response, b"accept-ranges") or "").lower()
     return OriginResponse(
+        ranges="bytes" in accept.split(",") or response.code == 206,
+        validator=validator,
+        content_range=_content_range(response) if response.code == 206 else None,
         headers=ObjectHeaders(
             content_type=content_type,
             etag=etag,
@@ -285,6 +297,16 @@ def parse_response(response: Any, received: float) -> OriginResponse:
         response=response,
         not_modified=response.code == 304,
     )
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$")
+
+
+def _content_range(response: Any) -> tuple[int, int] | None:
+    match = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(3))
 
 
 class _BodyReceiver(Protocol):
@@ -409,20 +431,30 @@ class Origin:
     def url_for(self, name: str) -> str:
         return origin_url(self.base, name)
 
-    async def get(self, name: str, validators: StoredObject | None = None) -> OriginResponse:
+    async def get(
+        self,
+        name: str,
+        validators: StoredObject | None = None,
+        byte_range: tuple[int, int, str] | None = None,
+    ) -> OriginResponse:
         """
         GET C{name} and wait for the headers of a 200 (or, when revalidating
         C{validators}, a 304), retrying as the L{RetryPolicy} allows.
 
+        @param byte_range: C{(first, last, validator)}: ask for those bytes
+            of the version C{validator} names (C{If-Range}); the answer is a
+            206 with its C{content_range}, or a 200 (the whole object: the
+            origin ignores ranges, or the object changed).
         @raise NotFoundAtOrigin: for 403, 404 and 410.
-        @raise OriginError: for any other status, a timeout, a connection
-            failure, or the breaker being open.
+        @raise OriginError: for any other status (C{changed} for a 412 to a
+            range), a timeout, a connection failure, or the breaker being
+            open.
         """
         started = self._clock.seconds()
         attempt = 0
         while True:
             try:
-                return await self._get_once(name, validators)
+                return await self._get_once(name, validators, byte_range)
             except OriginError as e:
                 attempt += 1
                 retryable = e.reason in RETRYABLE or e.reason.startswith("http_5")
@@ -442,10 +474,21 @@ class Origin:
                 )
                 await deferLater(self._clock, delay, lambda: None)
 
-    async def _get_once(self, name: str, validators: StoredObject | None) -> OriginResponse:
+    async def _get_once(
+        self,
+        name: str,
+        validators: StoredObject | None,
+        byte_range: tuple[int, int, str] | None = None,
+    ) -> OriginResponse:
         if not self.breaker.allow():
             raise OriginError("breaker_open", "the origin is failing; not contacting it for now")
         headers = {CHECKSUM_MODE: [b"ENABLED"]}
+        if byte_range is not None:
+            first, last, validator = byte_range
+            headers = {
+                b"range": [b"bytes=%d-%d" % (first, last)],
+                b"if-range": [validator.encode("latin-1")],
+            }
         if validators is not None:
             if validators.origin_etag:
                 headers[b"if-none-match"] = [validators.origin_etag.encode("latin-1")]
@@ -475,8 +518,15 @@ class Origin:
             self.breaker.failed(name)
         else:
             self.breaker.succeeded()
-        if response.code == 200 or (response.code == 304 and validators is not None):
+        if (
+            response.code == 200
+            or (response.code == 304 and validators is not None)
+            or (response.code == 206 and byte_range is not None)
+        ):
             return parse_response(response, self._clock.seconds())
+        if response.code == 412 and byte_range is not None:
+            await self._discard(response)
+            raise OriginError("changed", "the object changed at the origin during the download")
         await self._discard(response)
         if response.code in NOT_FOUND_CODES:
             raise NotFoundAtOrigin(response.code)

@@ -210,14 +210,15 @@ class Layout:
         unlink(path)
         return None
 
-    def write(self, fd: int, data: bytes) -> None:
+    def write(self, fd: int, data: bytes, offset: int) -> None:
         """
-        Append C{data} to a temp file: the one place downloads write, so a
-        full disk or an I/O error surfaces here as L{OSError}.
+        Write C{data} at C{offset} of a temp file: the one place downloads
+        write, so a full disk or an I/O error surfaces here as L{OSError}.
         """
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
 
     def discard_temp(self, path: str) -> None:
         unlink(path)

@@ -7,15 +7,18 @@ way out.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from ..metrics import Metrics
 from ..origin import Origin, OriginError, OriginResponse
 from ..store import CacheStore, Handle, ObjectHeaders, Reservation, StoredObject
 from .fill import Fill
+from .sparse import SLICE, SparseFill
 
 RunInThread = Callable[..., "Deferred[Any]"]
 
@@ -42,7 +45,15 @@ class Download:
         metrics: Metrics,
         lifetime: Callable[[ObjectHeaders], float],
         max_object_size: int | None,
+        clock: IReactorTime | None = None,
+        fill_connections: int = 1,
+        borrow: Callable[[], bool] = lambda: False,
+        give_back: Callable[[], None] = lambda: None,
     ) -> None:
+        self._clock = clock
+        self._fill_connections = fill_connections
+        self._borrow = borrow
+        self._give_back = give_back
         self.fill = fill
         self._origin = origin
         self._store = store
@@ -116,8 +127,31 @@ class Download:
             if response.headers.no_store:
                 fill.publish = False
             fill.begin(response, handle, store.write)
-            await self._origin.stream(response, write)
+            if self._sparse(response):
+                assert response.length is not None and response.validator is not None
+                assert self._clock is not None
+                # Laid out at full length (a sparse file: no blocks yet).
+                os.ftruncate(handle.fd, response.length)
+                await SparseFill(
+                    fill,
+                    self._origin,
+                    self._clock,
+                    self._metrics,
+                    response.length,
+                    response.validator,
+                    connections=self._fill_connections,
+                    borrow=self._borrow,
+                    give_back=self._give_back,
+                    wrote=lambda: reservation.wrote(fill.written),
+                ).run(response)
+            else:
+                await self._origin.stream(response, write)
             fill.check_complete()
+            if fill.needs_file_hash:
+                digest = await self._run_in_thread(
+                    _hash_file, handle.fd, fill.new_hasher(), fill.written
+                )
+                fill.check_digest(digest)
             if fill.revalidating is not None:
                 self._metrics.revalidations.labels(result="modified").inc()
                 if response.headers.no_store:
@@ -146,6 +180,20 @@ class Download:
             if temp_path is not None:
                 store.discard_temp(temp_path)
 
+    def _sparse(self, response: OriginResponse) -> bool:
+        """
+        Whether to fill out of order with Range requests: the origin takes
+        them, the length and version are known, and the object is more
+        than a couple of slices.
+        """
+        return (
+            self._clock is not None
+            and response.ranges
+            and response.validator is not None
+            and response.length is not None
+            and response.length > 2 * SLICE
+        )
+
     async def _renew(self, response: OriginResponse) -> StoredObject | None:
         """
         The origin confirmed the cached copy (a 304): make it fresh again,
@@ -171,3 +219,18 @@ class Download:
         else:
             await self._run_in_thread(store.write_meta, current)
         return None
+
+
+def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
+    """
+    Hash the first C{size} bytes of a file (blocking: run it in a thread).
+    """
+    position = 0
+    while position < size:
+        data = os.pread(fd, min(1 << 20, size - position), position)
+        if not data:
+            break
+        hasher.update(data)
+        position += len(data)
+    digest: bytes = hasher.digest()
+    return digest

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from ..origin import OriginError, OriginResponse
 from ..origin.client import HASHERS
 from ..store import Handle, ObjectHeaders, StoredObject
+from .coverage import Coverage
 
 T = TypeVar("T")
 
@@ -34,7 +35,9 @@ class Fill:
     One in-flight download of C{name}.
 
     @ivar state: C{queued}, C{fetching}, C{publishing}, C{done} or C{failed}.
-    @ivar written: bytes on disk so far.
+    @ivar coverage: which bytes are on disk: one run from 0 for a download
+        read in order, several when origin Range requests fill it out of
+        order (see L{cachetier.sync.sparse}).
     @ivar length: the Content-Length the origin promised, if any.
     @ivar headers: what the origin said about the body, once it answered.
     @ivar error: why the fill failed (a L{NotFoundAtOrigin} or
@@ -54,15 +57,21 @@ class Fill:
         self.revalidating = revalidating
         self.publish = True
         self.state = "queued"
-        self.written = 0
+        self.coverage = Coverage()
         self.length: int | None = None
         self.headers: ObjectHeaders | None = None
         self.error: Exception | None = None
         self.stored: StoredObject | None = None
         self._handle: Handle | None = None
-        self._write: Callable[[int, bytes], None] | None = None
+        self._write: Callable[[int, bytes, int], None] | None = None
         self._hasher: Any = None
+        # Bytes hashed so far, in order; a write elsewhere stops the running
+        # hash, and the finished file is hashed instead (see verify).
+        self._hashed = 0
         self._expected: tuple[str, bytes] | None = None
+        # Called with a position a reader waits for (a sparse fill fetches
+        # it); None: readers wait for the download to get there.
+        self.on_need: Callable[[int], None] | None = None
         self._start_waiters: list[Deferred[Fill]] = []
         self._done_waiters: list[Deferred[StoredObject | None]] = []
         self._followers: set[Follower] = set()
@@ -78,16 +87,35 @@ class Fill:
         return self._handle is not None
 
     @property
-    def releasable(self) -> int:
+    def written(self) -> int:
         """
-        How many bytes readers may have now: all that are written, except
-        that while a checksum is pending the last byte is held back, so
-        no reader can take a body that fails its check for a whole one.
+        Bytes on disk so far.
         """
-        if self._hasher is None or self.state == "done":
-            return self.written
-        end = self.written if self.length is None else min(self.written, self.length - 1)
-        return max(0, min(end, self.written - (self.length is None)))
+        return self.coverage.total
+
+    @property
+    def followers(self) -> set[Follower]:
+        return self._followers
+
+    def readable_until(self, position: int) -> int:
+        """
+        Where the bytes readers may have now, from C{position} on, end: the
+        covered run holding it, except that while a checksum is pending the
+        last byte is held back, so no reader can take a body that fails
+        its check for a whole one.
+        """
+        end = self.coverage.until(position)
+        if self._expected is None or self.state == "done":
+            return end
+        last = self.coverage.until(0) if self.length is None else self.length
+        return max(position, min(end, last - 1))
+
+    def need(self, position: int) -> None:
+        """
+        A reader waits for the byte at C{position}.
+        """
+        if self.on_need is not None and self.state == "fetching":
+            self.on_need(position)
 
     def when_started(self) -> Deferred[Fill]:
         """
@@ -143,7 +171,7 @@ class Fill:
     # --- for the syncer --------------------------------------------------
 
     def begin(
-        self, response: OriginResponse, handle: Handle, write: Callable[[int, bytes], None]
+        self, response: OriginResponse, handle: Handle, write: Callable[[int, bytes, int], None]
     ) -> None:
         """
         The origin's answer is in and its body goes to C{handle}'s file; the
@@ -162,13 +190,24 @@ class Fill:
 
     def write(self, data: bytes) -> None:
         """
-        Append a chunk to the temp file and wake the readers waiting for it.
+        Append a chunk after the bytes read in order so far.
+        """
+        self.write_at(self.coverage.until(0), data)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """
+        Write a chunk at C{offset} of the temp file and wake the readers
+        waiting for bytes.
         """
         assert self._write is not None and self._handle is not None
-        self._write(self._handle.fd, data)
+        self._write(self._handle.fd, data, offset)
         if self._hasher is not None:
-            self._hasher.update(data)
-        self.written += len(data)
+            if offset == self._hashed:
+                self._hasher.update(data)
+                self._hashed += len(data)
+            else:
+                self._hasher = None  # out of order: hash the file at the end
+        self.coverage.add(offset, offset + len(data))
         waiting, self._waiting = self._waiting, set()
         for follower in waiting:
             follower.fill_progressed()
@@ -183,13 +222,32 @@ class Fill:
                 "truncated",
                 f"the origin promised {self.length} bytes and sent {self.written}",
             )
-        if self._hasher is not None:
-            assert self._expected is not None
-            algorithm, expected = self._expected
-            if self._hasher.digest() != expected:
-                raise OriginError(
-                    "checksum", f"the body does not match the origin's {algorithm.upper()}"
-                )
+        if self._expected is not None and self._hasher is not None:
+            self.check_digest(self._hasher.digest())
+
+    @property
+    def needs_file_hash(self) -> bool:
+        """
+        Whether a checksum is due but the body came out of order: the
+        finished file must be hashed (in a thread) and given to
+        L{check_digest}.
+        """
+        return self._expected is not None and self._hasher is None
+
+    def new_hasher(self) -> Any:
+        assert self._expected is not None
+        return HASHERS[self._expected[0]]()
+
+    def check_digest(self, digest: bytes) -> None:
+        """
+        @raise OriginError: when C{digest} is not the origin's.
+        """
+        assert self._expected is not None
+        algorithm, expected = self._expected
+        if digest != expected:
+            raise OriginError(
+                "checksum", f"the body does not match the origin's {algorithm.upper()}"
+            )
 
     def close(self) -> None:
         """

@@ -74,7 +74,9 @@ class Syncer:
         negative_ttl: float = 60.0,
         error_ttl: float = 5.0,
         metrics: Metrics | None = None,
+        fill_connections: int = 1,
     ) -> None:
+        self._fill_connections = fill_connections
         self.origin = origin
         self.store = store
         self.clock = clock
@@ -258,6 +260,10 @@ class Syncer:
                 self.metrics,
                 self._lifetime,
                 self._max_object_size,
+                clock=self.clock,
+                fill_connections=self._fill_connections,
+                borrow=self._borrow_slot,
+                give_back=self._slots.release,
             ).run()
         except (NotFoundAtOrigin, OriginError) as e:
             self._ended(fill, e)
@@ -279,6 +285,16 @@ class Syncer:
             self._forget(fill)
             fill.finish(stored)
 
+    def _borrow_slot(self) -> bool:
+        """
+        Take one more download slot for an extra connection of a fill, if
+        one is free now (never queue for it).
+        """
+        if self._slots.tokens <= 0 or self._stopping:
+            return False
+        self._slots.acquire()
+        return True
+
     def _ended(self, fill: Fill, error: Exception) -> None:
         if isinstance(error, NotFoundAtOrigin):
             # While revalidating, a 403/404/410 is one more origin error: an
@@ -296,7 +312,8 @@ class Syncer:
             self.metrics.revalidations.labels(
                 result="not_found" if reason == "not_found" else "error"
             ).inc()
-        if reason != "cancelled" and self._fills.get(fill.name) is fill:
+        current = self._fills.get(fill.name) is fill
+        if reason not in ("cancelled", "changed") and current:
             self._failures.remember(fill.name, error, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
@@ -307,6 +324,13 @@ class Syncer:
         )
         self._forget(fill)
         fill.fail(error)
+        if reason == "changed" and current and not self._stopping:
+            # Another version at the origin: its readers were aborted; a
+            # new fill fetches the new one from the start.
+            try:
+                self.start(fill.name, revalidating=fill.revalidating)
+            except Overloaded:
+                pass
 
     def _forget(self, fill: Fill) -> None:
         fill.close()

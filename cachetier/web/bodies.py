@@ -316,6 +316,10 @@ class FillProducer(PumpingProducer):
     def start(self) -> None:
         self._handle = self.fill.follow(self)
         self.request.registerProducer(self, True)
+        if self.fill.readable_until(self.position) <= self.position:
+            # Nothing to send yet: the status line and headers go now, so
+            # a player waiting on a seek knows it was heard.
+            self.request.write(b"")
         self._send()
 
     def fill_progressed(self) -> None:
@@ -328,7 +332,7 @@ class FillProducer(PumpingProducer):
                 return
             if self._paused:
                 return
-            available = self.fill.releasable
+            available = self.fill.readable_until(self.position)
             limit = available if self.end is None else min(self.end, available)
             if self.position >= limit:
                 if self.end is not None and self.position >= self.end:
@@ -337,6 +341,7 @@ class FillProducer(PumpingProducer):
                     self._finish()
                 else:
                     self.fill.wait(self)
+                    self.fill.need(self.position)
                 return
             assert self._handle is not None
             data = os.pread(

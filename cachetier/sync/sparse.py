@@ -1,0 +1,326 @@
+"""
+Sparse fills: an object whose origin takes byte ranges is filled by
+several origin transfers, each writing its bytes at their offsets of the
+one temp file, laid out at full length:
+
+  - the first answer (a plain GET) streams from byte 0;
+  - a reader that needs bytes far ahead of every transfer (more than
+    L{AHEAD} bytes, or L{AHEAD_SECONDS} at that transfer's rate) gets
+    them from a Range request for a slice of L{SLICE} bytes from where it
+    reads, extended by the next slice while a reader is still in it;
+  - with C{connections} > 1, idle connections take the biggest
+    uncovered region in turn (readers first), so a big object comes in
+    over several connections at once;
+  - a transfer that reaches bytes already on disk stops there, and the
+    next uncovered region is fetched with a new Range request, so no byte
+    is fetched twice (but what is in flight when a transfer stops).
+
+Every Range request names the first answer's version with C{If-Range}: a
+200 with another validator, or a 412, means the object changed, and the
+whole fill fails (its readers are aborted) so that a new one starts.  A
+200 with the same validator means the origin ignores ranges: that answer
+becomes a transfer of the whole object, writing only what is missing, and
+no more Range requests are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..metrics import Metrics
+from ..origin import Origin, OriginError, OriginResponse
+from .fill import Fill
+
+log = Logger()
+
+SLICE = 4 << 20
+AHEAD = 2 << 20
+AHEAD_SECONDS = 2.0
+# Range requests at once for readers, per fill.
+READER_TRANSFERS = 2
+
+
+def _minus(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
+    """
+    C{a} less C{b}, as zero, one or two intervals.
+    """
+    pieces = [(a[0], min(a[1], b[0])), (max(a[0], b[1]), a[1])]
+    return [(s, e) for s, e in pieces if e > s]
+
+
+class _Transfer:
+    """
+    One origin transfer writing C{[position, end)} of the fill.
+
+    @ivar skip: write only what is missing and never stop early (the origin
+        ignored a Range request and sent the whole object).
+    """
+
+    def __init__(self, sparse: SparseFill, start: int, end: int, reader: bool) -> None:
+        self.sparse = sparse
+        self.start = self.position = start
+        self.end = end
+        self.reader = reader
+        self.skip = False
+        self.began = sparse.clock.seconds()
+        self.stream: Deferred[None] | None = None
+        self.stopped = False
+
+    def rate(self) -> float:
+        elapsed = self.sparse.clock.seconds() - self.began
+        return (self.position - self.start) / elapsed if elapsed > 0 else 0.0
+
+    def ahead_of(self, position: int) -> bool:
+        """
+        Whether this transfer will reach C{position} soon enough for a
+        reader to wait for it.
+        """
+        if not self.start <= position < self.end:
+            return False
+        return position - self.position <= max(AHEAD, self.rate() * AHEAD_SECONDS)
+
+    def write(self, data: bytes) -> None:
+        sparse, fill = self.sparse, self.sparse.fill
+        sparse.received(len(data))
+        coverage = fill.coverage
+        view = memoryview(data)
+        while view and self.position < self.end:
+            covered = coverage.until(self.position)
+            if covered > self.position:
+                if not self.skip:
+                    self.stop()
+                    return
+                skipped = min(covered - self.position, len(view))
+                view, self.position = view[skipped:], self.position + skipped
+                continue
+            room = min(coverage.next_covered(self.position, self.end), self.end) - self.position
+            chunk = view[:room]
+            fill.write_at(self.position, bytes(chunk))
+            view, self.position = view[len(chunk) :], self.position + len(chunk)
+        if self.position >= self.end and not self.skip:
+            self.stop()
+
+    def stop(self) -> None:
+        """
+        Enough: the rest is on disk or on its way.
+        """
+        if not self.stopped and self.stream is not None:
+            self.stopped = True
+            self.stream.cancel()
+
+
+class SparseFill:
+    """
+    Fills C{fill} (of C{length} bytes, version C{validator}) with as many
+    origin transfers as its readers and C{connections} call for.
+
+    @param borrow: takes one more connection from the global download
+        budget if one is free (returns whether it did); C{give_back}
+        returns it.
+    @param wrote: called after bytes land (the space reservation's
+        bookkeeping).
+    """
+
+    def __init__(
+        self,
+        fill: Fill,
+        origin: Origin,
+        clock: IReactorTime,
+        metrics: Metrics,
+        length: int,
+        validator: str,
+        connections: int = 1,
+        borrow: Callable[[], bool] = lambda: False,
+        give_back: Callable[[], None] = lambda: None,
+        wrote: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.fill = fill
+        self.origin = origin
+        self.clock = clock
+        self.metrics = metrics
+        self.length = length
+        self.validator = validator
+        self.connections = connections
+        self._borrow = borrow
+        self._give_back = give_back
+        self._wrote = wrote
+        self._transfers: set[_Transfer] = set()
+        self._borrowed: set[_Transfer] = set()
+        self._ranges = True
+        self._error: Exception | None = None
+        self.done: Deferred[None] = Deferred(lambda _: self._cancel())
+
+    def received(self, count: int) -> None:
+        self.metrics.origin_bytes.inc(count)
+        self._wrote()
+
+    def run(self, first: OriginResponse) -> Deferred[None]:
+        """
+        Start with the first answer (a 200 streaming from byte 0); fires
+        when every byte is on disk, or fails with the first error.
+        """
+        self.fill.on_need = self.need
+        self._stream(_Transfer(self, 0, self.length, reader=False), first)
+        self._schedule()
+        return self.done
+
+    # --- deciding what to fetch --------------------------------------------
+
+    def need(self, position: int) -> None:
+        """
+        A reader waits at C{position}: fetch it unless a transfer gets there
+        soon.
+        """
+        if self._error is not None or self.fill.coverage.until(position) > position:
+            return
+        if any(t.ahead_of(position) for t in self._transfers if not t.stopped):
+            return
+        readers = sum(1 for t in self._transfers if t.reader and not t.stopped)
+        if self._ranges and readers < READER_TRANSFERS:
+            self._fetch(position, SLICE, reader=True)
+
+    def _schedule(self) -> None:
+        """
+        Keep C{connections} transfers busy on what is missing: the biggest
+        region no transfer is working through, or else half of what the
+        busiest transfer has left.
+        """
+        if self._error is not None:
+            return
+        if not self._transfers and self.fill.coverage.complete(self.length):
+            self._finished()
+            return
+        if not self._ranges:
+            return
+        # Readers still inside a slice that ended get the next one.
+        for follower in list(self.fill.followers):
+            position = getattr(follower, "position", None)
+            if position is not None:
+                end = self.fill.coverage.until(position)
+                if end < self.length:
+                    self.need(end)
+        while True:
+            busy = sum(1 for t in self._transfers if not t.reader and not t.stopped)
+            if busy >= max(1, self.connections):
+                return
+            region = self._next_region(split=busy > 0)
+            if region is None:
+                return
+            if busy and not self._borrow():
+                return
+            start, end = region
+            transfer = self._fetch(start, end - start, reader=False)
+            if busy:
+                self._borrowed.add(transfer)
+
+    def _next_region(self, split: bool) -> tuple[int, int] | None:
+        active = [t for t in self._transfers if not t.stopped]
+        best: tuple[int, int] | None = None
+        for piece in self.fill.coverage.gaps(self.length):
+            pieces = [piece]
+            for t in active:
+                pieces = [p for q in pieces for p in _minus(q, (t.position, t.end))]
+            for start, end in pieces:
+                if best is None or end - start > best[1] - best[0]:
+                    best = (start, end)
+        if best is not None or not split:
+            return best
+        splittable = [t for t in active if not t.skip and t.end - t.position > 2 * SLICE]
+        if not splittable:
+            return None
+        t = max(splittable, key=lambda t: t.end - t.position)
+        middle = t.position + (t.end - t.position) // 2
+        region, t.end = (middle, t.end), middle
+        return region
+
+    # --- transfers -----------------------------------------------------------
+
+    def _fetch(self, start: int, size: int, reader: bool) -> _Transfer:
+        end = min(start + size, self.fill.coverage.next_covered(start, self.length), self.length)
+        transfer = _Transfer(self, start, end, reader)
+        self._transfers.add(transfer)
+        d = self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
+        d = Deferred.fromCoroutine(d) if not isinstance(d, Deferred) else d
+        d.addCallbacks(lambda response: self._answered(transfer, response), self._failed)
+        transfer.stream = d
+        return transfer
+
+    def _answered(self, transfer: _Transfer, response: OriginResponse) -> None:
+        if self._error is not None or transfer.stopped:
+            self.origin.abandon(response)
+            self._ended(transfer)
+            return
+        if response.content_range is not None:
+            first, total = response.content_range
+            if first != transfer.start or total != self.length:
+                self.origin.abandon(response)
+                self._fail(OriginError("changed", "the origin sent another range or length"))
+                return
+        else:
+            # A 200: the whole object.  Another version, or ranges ignored.
+            if response.validator != self.validator or response.length != self.length:
+                self.origin.abandon(response)
+                self._fail(OriginError("changed", "the object changed at the origin"))
+                return
+            if self._ranges:
+                log.info(
+                    "the origin ignores Range for {name}: filling it in order",
+                    name=self.fill.name,
+                )
+            self._ranges = False
+            transfer.start = transfer.position = 0
+            transfer.end = self.length
+            transfer.skip = True
+        self._stream(transfer, response)
+
+    def _stream(self, transfer: _Transfer, response: OriginResponse) -> None:
+        self._transfers.add(transfer)
+        d = self.origin.stream(response, transfer.write)
+        transfer.stream = d
+        d.addCallbacks(
+            lambda _: self._ended(transfer), self._transfer_failed, errbackArgs=(transfer,)
+        )
+
+    def _transfer_failed(self, failure: Any, transfer: _Transfer) -> None:
+        if transfer.stopped and failure.check(CancelledError, OriginError):
+            self._ended(transfer)
+            return
+        self._failed(failure)
+
+    def _failed(self, failure: Any) -> None:
+        if failure.check(CancelledError) and self._error is not None:
+            return
+        self._fail(failure.value)
+
+    def _ended(self, transfer: _Transfer) -> None:
+        self._transfers.discard(transfer)
+        if transfer in self._borrowed:
+            self._borrowed.discard(transfer)
+            self._give_back()
+        self._schedule()
+
+    def _finished(self) -> None:
+        self.fill.on_need = None
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        self.fill.on_need = None
+        for transfer in list(self._transfers):
+            transfer.stop()
+        if not self.done.called:
+            self.done.errback(error)
+
+    def _cancel(self) -> None:
+        self._error = OriginError("cancelled", "the download was cancelled")
+        self.fill.on_need = None
+        for transfer in list(self._transfers):
+            transfer.stop()
