@@ -46,6 +46,10 @@ class OriginFile:
     @ivar die_after: abort the connection after this many body bytes.
     @ivar chunked: send no Content-Length (HTTP/1.1 chunked).
     @ivar content_md5: send a Content-MD5 header (this digest, base64).
+    @ivar ranges: say C{Accept-Ranges: bytes} and answer a single Range
+        (honouring If-Range) with a 206.
+    @ivar ignore_ranges: say C{Accept-Ranges: bytes} but answer every
+        Range request with the whole file.
     """
 
     body: bytes
@@ -57,6 +61,8 @@ class OriginFile:
     chunked: bool = False
     content_md5: bytes | None = None
     extra_headers: dict[str, str] = field(factory=dict)
+    ranges: bool = False
+    ignore_ranges: bool = False
 
 
 def body_of(size: int, seed: str = "x") -> bytes:
@@ -79,6 +85,8 @@ class TestOrigin(Resource):
     @ivar redirects: names answered 302 to this Location.
     @ivar plus_is_space: read C{+} in a path as a space, as S3 does.
     @ivar paths: the raw paths requested, as they arrived.
+    @ivar sent: body bytes written per name (to the transport).
+    @ivar most_at_once: the most bodies it was sending at one time.
     """
 
     isLeaf = True
@@ -94,6 +102,9 @@ class TestOrigin(Resource):
         self.redirects: dict[str, str] = {}
         self.plus_is_space = False
         self.paths: list[bytes] = []
+        self.sent: Counter[str] = Counter()
+        self.sending = 0
+        self.most_at_once = 0
         self._hanging: list[Any] = []
         self.port: Any = None
 
@@ -143,13 +154,25 @@ class TestOrigin(Resource):
             request.setHeader(key.encode(), value.encode())
         if f.etag and request.setETag(f.etag.encode()) is http.CACHED:
             return b""
-        if not f.chunked:
+        if f.ranges or f.ignore_ranges:
+            request.setHeader(b"accept-ranges", b"bytes")
+        first, end = 0, len(f.body)
+        wanted = _single_range(request, f) if f.ranges else None
+        if wanted is not None:
+            first, end = wanted
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (first, end - 1, len(f.body)))
+            request.setHeader(b"content-length", b"%d" % (end - first))
+        elif not f.chunked:
             length = f.lie_length if f.lie_length is not None else len(f.body)
             request.setHeader(b"content-length", b"%d" % length)
         if request.method == b"HEAD":
             return b""
-        _Sender(request, f, self.rate).start()
+        _Sender(request, f, self.rate, first, end, lambda n: self._count(name, n), self).start()
         return server.NOT_DONE_YET
+
+    def _count(self, name: str, sent: int) -> None:
+        self.sent[name] += sent
 
     render_HEAD = render_GET
 
@@ -163,6 +186,31 @@ class TestOrigin(Resource):
 
 
 @implementer(IPushProducer)
+def _single_range(request: server.Request, f: OriginFile) -> tuple[int, int] | None:
+    """
+    The C{[first, end)} a request's single byte range asks for, if it is
+    to be honoured (no If-Range, or one naming this version).
+    """
+    header = request.getHeader(b"range")
+    if header is None:
+        return None
+    if_range = request.getHeader(b"if-range")
+    if if_range is not None and if_range not in (
+        (f.etag or "").encode(),
+        http.datetimeToString(f.last_modified),
+    ):
+        return None
+    unit, _, spec = header.decode("latin-1").partition("=")
+    first_text, _, last_text = spec.partition("-")
+    if unit.strip() != "bytes" or "," in spec or not first_text.strip().isdigit():
+        return None
+    first = int(first_text)
+    last = int(last_text) if last_text.strip() else len(f.body) - 1
+    if first >= len(f.body):
+        return None
+    return first, min(last, len(f.body) - 1) + 1
+
+
 class _Sender:
     """
     Sends a body with backpressure: as fast as the client takes it, or in
@@ -171,18 +219,33 @@ class _Sender:
 
     tick = 0.01
 
-    def __init__(self, request: server.Request, f: OriginFile, rate: float | None) -> None:
+    def __init__(
+        self,
+        request: server.Request,
+        f: OriginFile,
+        rate: float | None,
+        first: int = 0,
+        end: int | None = None,
+        count: Any = lambda n: None,
+        origin: Any = None,
+    ) -> None:
+        self.origin = origin
         self.request = request
         self.file = f
         self.view = memoryview(f.body)
-        self.sent = 0
-        self.end = len(f.body) if f.die_after is None else min(len(f.body), f.die_after)
+        self.first = self.sent = first
+        end = len(f.body) if end is None else end
+        self.end = end if f.die_after is None else min(end, first + f.die_after)
+        self.count = count
         self.rate = rate
         self.paused = False
         self.call: Any = None
         self.done = False
 
     def start(self) -> None:
+        if self.origin is not None:
+            self.origin.sending += 1
+            self.origin.most_at_once = max(self.origin.most_at_once, self.origin.sending)
         self.started = reactor.seconds()
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addErrback(lambda _: self._stop())
@@ -191,7 +254,8 @@ class _Sender:
     def _budget(self) -> int:
         if not self.rate:
             return self.end - self.sent
-        return int(self.rate * (reactor.seconds() - self.started + self.tick)) - self.sent
+        elapsed = reactor.seconds() - self.started + self.tick
+        return int(self.rate * elapsed) - (self.sent - self.first)
 
     def _send(self) -> None:
         self.call = None
@@ -203,13 +267,19 @@ class _Sender:
             chunk = self.view[self.sent : min(self.end, self.sent + 65536, self.sent + budget)]
             self.sent += len(chunk)
             budget -= len(chunk)
+            self.count(len(chunk))
             self.request.write(bytes(chunk))
         if self.sent >= self.end and not self.done and not self.paused:
             self._end()
         elif self.rate and not self.done and not self.paused:
             self.call = reactor.callLater(self.tick, self._send)
 
+    def _ended(self) -> None:
+        if self.origin is not None and not self.done:
+            self.origin.sending -= 1
+
     def _end(self) -> None:
+        self._ended()
         self.done = True
         self.request.unregisterProducer()
         f = self.file
@@ -220,6 +290,7 @@ class _Sender:
             self.request.finish()
 
     def _stop(self) -> None:
+        self._ended()
         self.done = True
         if self.call is not None:
             self.call.cancel()

@@ -196,6 +196,8 @@ class SparseFill:
             self._finished()
             return
         if not self._ranges:
+            if not any(not t.stopped for t in self._transfers):
+                self._fail(OriginError("truncated", "the origin stopped sending and takes no ranges"))
             return
         # Readers still inside a slice that ended get the next one.
         for follower in list(self.fill.followers):
@@ -273,6 +275,15 @@ class SparseFill:
                     name=self.fill.name,
                 )
             self._ranges = False
+            others = [t for t in self._transfers if t is not transfer and not t.stopped]
+            in_order = [t for t in others if t.skip or t.start == 0]
+            if in_order:
+                # The transfer from byte 0 is still coming: it alone goes
+                # on, to the end, past what others wrote.
+                in_order[0].end, in_order[0].skip = self.length, True
+                self.origin.abandon(response)
+                self._ended(transfer)
+                return
             transfer.start = transfer.position = 0
             transfer.end = self.length
             transfer.skip = True

@@ -1,0 +1,181 @@
+"""
+Seek anywhere on a cold file: sparse fills with origin Range requests,
+parallel fills, and their fallbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web._newclient import ResponseFailed
+
+from cachetier.sync.coverage import Coverage
+from cachetier.sync.sparse import SLICE
+
+from .helpers import body_of, http_client, start_cachetier, start_origin
+
+MiB = 1 << 20
+
+
+class CoverageTests(SynchronousTestCase):
+    @given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 50)), max_size=30))
+    def test_coverage_is_the_union_of_what_was_added(self, adds: list[tuple[int, int]]) -> None:
+        coverage, truth = Coverage(), set()
+        for start, size in adds:
+            coverage.add(start, start + size)
+            truth |= set(range(start, start + size))
+        self.assertEqual(coverage.total, len(truth))
+        for position in range(0, 260):
+            end = coverage.until(position)
+            if position in truth:
+                self.assertTrue(all(b in truth for b in range(position, end)))
+                self.assertNotIn(end, truth)
+            else:
+                self.assertEqual(end, position)
+        gaps = coverage.gaps(260)
+        self.assertEqual(
+            {b for start, end in gaps for b in range(start, end)}, set(range(260)) - truth
+        )
+
+
+class SparseTestCase(TestCase):
+    timeout = 60
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.client = http_client(self)
+
+    async def get(self, name: str, **headers: str) -> tuple[int, bytes]:
+        response = await self.client.get(self.url + "files/" + name, headers=headers or None)
+        return response.code, await content(response)
+
+    async def cached(self, name: str) -> bytes:
+        for _ in range(400):
+            stored = self.cache.store.get(name)
+            if stored is not None:
+                with open(stored.path, "rb") as f:
+                    return f.read()
+            await deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"{name} was never cached")
+
+    def range_requests(self, name: str) -> list[str]:
+        return [
+            h.getRawHeaders(b"range")[0].decode()
+            for _, n, h in self.origin.requests
+            if n == name and h.hasHeader(b"range")
+        ]
+
+
+class SeekAheadTests(SparseTestCase):
+    async def test_a_seek_far_ahead_is_fetched_at_once_and_no_byte_twice(self) -> None:
+        size = 24 * MiB
+        data = body_of(size, "seek")
+        self.origin.put("ep.m4a", data, ranges=True)
+        self.origin.rate = 4 * MiB  # the fill from 0 would take 6 s
+        whole = self.client.get(self.url + "files/ep.m4a")
+        await deferLater(reactor, 0.5, lambda: None)
+        began = time.monotonic()
+        code, tail = await self.get("ep.m4a", Range=f"bytes={size - MiB}-")
+        took = time.monotonic() - began
+        self.assertEqual((code, tail), (206, data[-MiB:]))
+        self.assertLess(took, 2.0, "the seek waited for the fill from 0")
+        self.assertEqual(await content(await whole), data)
+        self.assertEqual(
+            hashlib.sha256(await self.cached("ep.m4a")).digest(), hashlib.sha256(data).digest()
+        )
+        # If-Range names the first answer's version.
+        self.assertTrue(self.range_requests("ep.m4a"))
+        for _, n, h in self.origin.requests:
+            if n == "ep.m4a" and h.hasHeader(b"range"):
+                self.assertEqual(h.getRawHeaders(b"if-range"), [self.origin.files[n].etag.encode()])
+        self.assertLessEqual(self.origin.sent["ep.m4a"], size * 1.02 + SLICE)
+
+    async def test_an_origin_that_ignores_ranges_is_filled_in_order(self) -> None:
+        size = 12 * MiB
+        data = body_of(size, "ignore")
+        self.origin.put("ep.mp3", data, ignore_ranges=True)
+        self.origin.rate = 2 * MiB
+        whole = self.client.get(self.url + "files/ep.mp3")
+        await deferLater(reactor, 0.3, lambda: None)
+        code, tail = await self.get("ep.mp3", Range=f"bytes={size - 1000}-")
+        self.assertEqual((code, tail), (206, data[-1000:]))
+        self.assertEqual(await content(await whole), data)
+        self.assertEqual(await self.cached("ep.mp3"), data)
+        self.assertEqual(len(self.range_requests("ep.mp3")), 1, "no more after a 200")
+
+    async def test_a_change_mid_fill_aborts_its_readers_and_fetches_the_new_one(self) -> None:
+        size = 12 * MiB
+        self.origin.put("ep.mp3", body_of(size, "old"), ranges=True)
+        self.origin.rate = 4 * MiB
+        whole = self.client.get(self.url + "files/ep.mp3")
+        await deferLater(reactor, 0.3, lambda: None)
+        new = body_of(size, "new")
+        self.origin.put("ep.mp3", new, ranges=True)  # a new ETag
+        self.origin.rate = None
+        seek = self.client.get(self.url + "files/ep.mp3", headers={"Range": "bytes=-1000"})
+        with self.assertRaises(ResponseFailed):
+            await content(await whole)
+        try:
+            await content(await seek)
+        except ResponseFailed:
+            pass  # aborted with the fill, or served by the new one: never mixed
+        self.assertEqual(await self.cached("ep.mp3"), new)
+
+    async def test_a_required_md5_is_checked_over_a_body_filled_out_of_order(self) -> None:
+        size = 12 * MiB
+        data = body_of(size, "md5")
+        f = self.origin.put("ep.mp3", data, ranges=True)
+        f.content_md5 = hashlib.md5(b"something else").digest()
+        self.origin.rate = 8 * MiB
+        whole = self.client.get(self.url + "files/ep.mp3")
+        await deferLater(reactor, 0.3, lambda: None)
+        seek = self.client.get(self.url + "files/ep.mp3", headers={"Range": f"bytes={size - 10}-"})
+        for reader in (whole, seek):
+            with self.assertRaises(ResponseFailed):
+                await content(await reader)
+        status = self.cache.syncer.status("ep.mp3", start=False)
+        self.assertEqual((status.state, status.error.reason), ("error", "checksum"))
+        self.assertIsNone(self.cache.store.get("ep.mp3"))
+
+
+class ParallelFillTests(SparseTestCase):
+    settings = {"fill_connections": 4, "max_concurrent_syncs": 8}
+
+    async def test_a_big_object_comes_over_several_connections(self) -> None:
+        size = 32 * MiB
+        data = body_of(size, "parallel")
+        self.origin.put("video.mp4", data, ranges=True)
+        self.origin.rate = 16 * MiB
+        await self.cache.syncer.start("video.mp4").when_done()
+        self.assertEqual(await self.cached("video.mp4"), data)
+        self.assertGreaterEqual(len(self.range_requests("video.mp4")), 3)
+        self.assertEqual(self.origin.most_at_once, 4)
+        self.assertLessEqual(self.origin.sent["video.mp4"], size * 1.02 + SLICE)
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(self.cache.syncer.in_flight, 0, "every borrowed slot given back")
+
+
+class ParallelBudgetTests(SparseTestCase):
+    settings = {"fill_connections": 4, "max_concurrent_syncs": 2}
+
+    async def test_extra_connections_come_out_of_the_global_budget(self) -> None:
+        size = 32 * MiB
+        data = body_of(size, "budget")
+        self.origin.put("video.mp4", data, ranges=True)
+        self.origin.rate = 32 * MiB
+        await self.cache.syncer.start("video.mp4").when_done()
+        self.assertEqual(await self.cached("video.mp4"), data)
+        # One connection of its own and one borrowed: never four.
+        self.assertEqual(self.origin.most_at_once, 2)
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(self.cache.syncer.in_flight, 0)
