@@ -6,6 +6,8 @@ parallel fills, and their fallbacks.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from treq import content
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseFailed
@@ -21,6 +24,7 @@ from cachetier.sync.coverage import Coverage
 from cachetier.sync.sparse import SLICE
 
 from .helpers import body_of, http_client, start_cachetier, start_origin
+from .test_twistd import _TWISTD, _Twistd
 
 MiB = 1 << 20
 
@@ -179,3 +183,82 @@ class ParallelBudgetTests(SparseTestCase):
         self.assertEqual(self.origin.most_at_once, 2)
         await deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(self.cache.syncer.in_flight, 0)
+
+
+class ResumeTests(TestCase):
+    """
+    kill -9 half-way through a big fill, then start again: a real twistd.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.cache_dir = os.path.abspath(self.mktemp())
+
+    async def start(self) -> tuple[Any, _Twistd, str]:
+        protocol = _Twistd()
+        protocol.port.addErrback(lambda _: None)
+        args = _TWISTD + [
+            "-n",
+            "--pidfile=",
+            "cachetier",
+            f"--origin={self.origin_url}",
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+        ]
+        process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
+
+        async def stop() -> None:
+            if not protocol.ended.called:
+                process.signalProcess("KILL")
+                await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        return process, protocol, f"http://127.0.0.1:{await protocol.port}/"
+
+    async def kill_half_way(self, size: int) -> None:
+        process, protocol, url = await self.start()
+        await content(await self.client.get(url + "api/v1/files/big.mp4"))
+        for _ in range(400):
+            response = await self.client.get(url + "api/v1/files/big.mp4?sync=0")
+            status = json.loads(await content(response))
+            if status["bytes_synced"] >= size // 2:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        await deferLater(reactor, 1.2, lambda: None)  # one more record of progress
+        process.signalProcess("KILL")
+        await protocol.ended
+        leftovers = sorted(os.listdir(os.path.join(self.cache_dir, "tmp")))
+        self.assertEqual([name.split(".", 1)[1] for name in leftovers], ["partial", "partial.json"])
+
+    async def fetch(self) -> bytes:
+        _, protocol, url = await self.start()
+        response = await self.client.get(url + "files/big.mp4")
+        self.assertEqual(response.code, 200)
+        self.output = protocol.output
+        return await content(response)
+
+    async def test_a_fill_killed_half_way_resumes(self) -> None:
+        size = 100 * MiB
+        data = body_of(size, "resume")
+        self.origin.put("big.mp4", data, ranges=True)
+        self.origin.rate = 16 * MiB
+        await self.kill_half_way(size)
+        self.origin.rate = None
+        self.assertEqual(hashlib.sha256(await self.fetch()).digest(), hashlib.sha256(data).digest())
+        self.assertIn(b"resuming big.mp4", self.output)
+        self.assertLessEqual(self.origin.sent["big.mp4"], size * 1.05)
+        self.assertEqual(os.listdir(os.path.join(self.cache_dir, "tmp")), [])
+
+    async def test_a_changed_object_is_fetched_anew_never_mixed(self) -> None:
+        size = 40 * MiB
+        self.origin.put("big.mp4", body_of(size, "before"), ranges=True)
+        self.origin.rate = 8 * MiB
+        await self.kill_half_way(size)
+        self.origin.rate = None
+        new = body_of(size, "after")
+        self.origin.put("big.mp4", new, ranges=True)
+        self.assertEqual(hashlib.sha256(await self.fetch()).digest(), hashlib.sha256(new).digest())
+        self.assertIn(b"another version", self.output)

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
-from .layout import Layout, ObjectHeaders, StoredObject, unlink
+from .layout import Layout, ObjectHeaders, Partial, StoredObject, unlink
 from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Generation",
     "Handle",
     "ObjectHeaders",
+    "Partial",
     "Reservation",
     "StoredObject",
 ]

@@ -5,6 +5,9 @@ publishing and crash recovery.
 Layout under the cache root (created 0700, files 0600)::
 
     tmp/<random>.part                 bodies being downloaded
+    tmp/<key>.partial                 a big body filled out of order (sparse),
+    tmp/<key>.partial.json            and what of it is on disk: kept across
+                                      restarts so the fill resumes
     objects/<k2>/<key>.json           metadata: the commit point of an object
     objects/<k2>/<key>.<version>      the body the metadata names
 
@@ -148,6 +151,63 @@ class ObjectHeaders:
     extra: tuple[tuple[str, str], ...] = ()
 
 
+@frozen
+class Partial:
+    """
+    A sparse fill's body on disk, as its sidecar describes it: enough to
+    resume it after a restart, with Range requests for the version
+    C{validator} names.
+
+    @ivar intervals: the byte ranges C{[start, end)} known to be on disk
+        (fsynced before they were recorded).
+    """
+
+    name: str
+    length: int
+    validator: str
+    headers: ObjectHeaders
+    checksum: tuple[str, str] | None
+    intervals: tuple[tuple[int, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        headers = {
+            "content_type": self.headers.content_type,
+            "etag": self.headers.etag,
+            "last_modified": self.headers.last_modified,
+            "max_age": self.headers.max_age,
+            "no_store": self.headers.no_store,
+            "initial_age": self.headers.initial_age,
+            "cache_control": self.headers.cache_control,
+            "extra": [list(pair) for pair in self.headers.extra],
+        }
+        return {
+            "name": self.name,
+            "length": self.length,
+            "validator": self.validator,
+            "headers": headers,
+            "checksum": list(self.checksum) if self.checksum else None,
+            "intervals": [list(i) for i in self.intervals],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Partial:
+        headers = dict(data["headers"])
+        headers["extra"] = tuple((str(k), str(v)) for k, v in headers["extra"])
+        checksum = data["checksum"]
+        return cls(
+            name=str(data["name"]),
+            length=int(data["length"]),
+            validator=str(data["validator"]),
+            headers=ObjectHeaders(**headers),
+            checksum=(str(checksum[0]), str(checksum[1])) if checksum else None,
+            intervals=tuple((int(a), int(b)) for a, b in data["intervals"]),
+        )
+
+
+# A sparse fill's leftover not resumed within this long is removed at start.
+PARTIAL_MAX_AGE = 24 * 3600.0
+
+
 def _key(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
@@ -196,6 +256,63 @@ class Layout:
         path = os.path.join(self._tmp, secrets.token_hex(16) + ".part")
         fd = self._open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         return fd, path
+
+    def _partial_path(self, name: str) -> str:
+        return os.path.join(self._tmp, _key(name) + ".partial")
+
+    def partial(self, name: str) -> Partial | None:
+        """
+        What a sparse fill of C{name} left on disk, if anything usable.
+        """
+        path = self._partial_path(name)
+        try:
+            with open(path + ".json", "rb") as f:
+                partial = Partial.from_json(json.load(f))
+            if partial.name != name or os.stat(path).st_size != partial.length:
+                raise ValueError("the leftover does not match its record")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warn("dropping an unusable partial body of {name}: {why}", name=name, why=str(e))
+            self.discard_partial(name)
+            return None
+        return partial
+
+    def open_partial(self, name: str, fresh: bool) -> tuple[int, str]:
+        """
+        Open the body of a sparse fill of C{name}: the leftover one, or
+        (C{fresh}) a new empty one in its place.
+        """
+        path = self._partial_path(name)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if fresh else 0)
+        if fresh:
+            unlink(path + ".json")
+        return self._open(path, flags, _FILE_MODE), path
+
+    def save_partial(self, fd: int, partial: Partial) -> None:
+        """
+        Record what of a sparse body is on disk: the body is fsynced first,
+        so the record never claims bytes a power cut could lose.  Blocking.
+        """
+        self._fsync(fd)
+        record = self._partial_path(partial.name) + ".json"
+        temp = record + ".tmp"
+        out = self._open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            os.write(out, json.dumps(partial.to_json()).encode("utf-8"))
+            self._fsync(out)
+        finally:
+            os.close(out)
+        os.rename(temp, record)
+
+    def discard_partial(self, name: str, body: bool = True) -> None:
+        """
+        Forget a sparse fill's leftover: its record, and (C{body}) its body.
+        """
+        path = self._partial_path(name)
+        unlink(path + ".json")
+        if body:
+            unlink(path)
 
     def writable(self) -> str | None:
         """
@@ -362,7 +479,19 @@ class Layout:
         names, unusable metadata) and return the objects that are whole.
         """
         found: list[StoredObject] = []
-        for entry in os.scandir(self._tmp):
+        now = self._now()
+        entries = {entry.name: entry for entry in os.scandir(self._tmp)}
+        for filename, entry in entries.items():
+            record = entries.get(filename + ".json")
+            if (
+                filename.endswith(".partial")
+                and record is not None
+                and now - record.stat().st_mtime < PARTIAL_MAX_AGE
+            ):
+                continue  # resumable: the next request for it goes on from there
+            if filename.endswith(".partial.json") and filename[: -len(".json")] in entries:
+                if now - entry.stat().st_mtime < PARTIAL_MAX_AGE:
+                    continue
             log.info("removing leftover temp file {path}", path=entry.path)
             unlink(entry.path)
         for bucket in os.scandir(self._objects):

@@ -6,21 +6,28 @@ way out.
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from attrs import evolve
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from ..metrics import Metrics
 from ..origin import Origin, OriginError, OriginResponse
-from ..store import CacheStore, Handle, ObjectHeaders, Reservation, StoredObject
+from ..store import CacheStore, Handle, ObjectHeaders, Partial, Reservation, StoredObject
+from .coverage import Coverage
 from .fill import Fill
 from .sparse import SLICE, SparseFill
 
 RunInThread = Callable[..., "Deferred[Any]"]
+
+log = Logger()
 
 
 class Download:
@@ -51,6 +58,7 @@ class Download:
         give_back: Callable[[], None] = lambda: None,
     ) -> None:
         self._clock = clock
+        self._committed = False
         self._fill_connections = fill_connections
         self._borrow = borrow
         self._give_back = give_back
@@ -69,7 +77,7 @@ class Download:
         fill, store = self.fill, self._store
         name = fill.name
         self._metrics.origin_requests.inc()
-        response = await self._origin.get(name, fill.revalidating)
+        response, resume = await self._first_answer()
         if response.not_modified:
             return await self._renew(response)
         length, limit = response.length, self._limit
@@ -91,13 +99,21 @@ class Download:
             self._origin.abandon(response)
             raise OriginError("no_space", f"no room in the cache for {length} more bytes")
         try:
+            sparse = resume is not None or self._sparse(response)
             try:
-                fd, temp_path = store.new_temp()
+                if sparse:
+                    fd, temp_path = store.layout.open_partial(name, fresh=resume is None)
+                else:
+                    fd, temp_path = store.new_temp()
             except OSError:
                 self._origin.abandon(response)
                 raise
             handle = Handle(fd)
             try:
+                if sparse:
+                    return await self._fetch_sparse(
+                        response, reservation, handle, temp_path, resume
+                    )
                 return await self._fetch(response, reservation, handle, temp_path)
             finally:
                 handle.release()
@@ -112,7 +128,6 @@ class Download:
         temp_path: str | None,
     ) -> StoredObject | None:
         fill, store, limit = self.fill, self._store, self._limit
-        name = fill.name
         try:
 
             def write(data: bytes) -> None:
@@ -127,58 +142,167 @@ class Download:
             if response.headers.no_store:
                 fill.publish = False
             fill.begin(response, handle, store.write)
-            if self._sparse(response):
-                assert response.length is not None and response.validator is not None
-                assert self._clock is not None
-                # Laid out at full length (a sparse file: no blocks yet).
-                os.ftruncate(handle.fd, response.length)
+            await self._origin.stream(response, write)
+            return await self._publish(response, handle, temp_path)
+        finally:
+            if temp_path is not None and not self._committed:
+                store.discard_temp(temp_path)
+
+    async def _first_answer(self) -> tuple[OriginResponse, Partial | None]:
+        """
+        The origin's first answer, and the leftover of an earlier fill it
+        lets us resume, if any: for a name with one, a Range request for
+        its first missing bytes, naming its version with If-Range.
+        """
+        fill, layout = self.fill, self._store.layout
+        partial = None
+        if fill.revalidating is None and self._clock is not None:
+            partial = layout.partial(fill.name)
+        if partial is None:
+            return await self._origin.get(fill.name, fill.revalidating), None
+        gaps = Coverage(list(partial.intervals)).gaps(partial.length)
+        first, end = gaps[0] if gaps else (0, partial.length)
+        response: OriginResponse | None
+        try:
+            response = await self._origin.get(
+                fill.name, byte_range=(first, end - 1, partial.validator)
+            )
+        except OriginError as e:
+            if e.reason != "changed":
+                raise
+            response = None
+        if response is not None and response.content_range == (first, partial.length):
+            log.info(
+                "resuming {name}: {have} of {length} bytes already on disk",
+                name=fill.name,
+                have=Coverage(list(partial.intervals)).total,
+                length=partial.length,
+            )
+            checksum = None
+            if partial.checksum is not None:
+                checksum = (partial.checksum[0], base64.b64decode(partial.checksum[1]))
+            resumed = evolve(
+                response,
+                headers=partial.headers,
+                length=partial.length,
+                checksum=checksum,
+                validator=partial.validator,
+                ranges=True,
+            )
+            return resumed, partial
+        log.info("the leftover of {name} is of another version: fetching anew", name=fill.name)
+        layout.discard_partial(fill.name)
+        if response is not None and response.content_range is None:
+            return response, None  # the new version, whole
+        if response is not None:
+            self._origin.abandon(response)
+        return await self._origin.get(fill.name), None
+
+    async def _fetch_sparse(
+        self,
+        response: OriginResponse,
+        reservation: Reservation,
+        handle: Handle,
+        temp_path: str | None,
+        resume: Partial | None,
+    ) -> StoredObject | None:
+        """
+        Fill out of order (see L{SparseFill}), recording what is on disk
+        every second so that a restart resumes instead of starting over.
+        """
+        fill, store = self.fill, self._store
+        length, validator = response.length, response.validator
+        assert length is not None and validator is not None and self._clock is not None
+        keep = False
+        if response.headers.no_store:
+            fill.publish = False
+        if resume is not None:
+            fill.coverage = Coverage(list(resume.intervals))
+        fill.begin(response, handle, store.write)
+        if resume is None:
+            # Laid out at full length (a sparse file: no blocks yet).
+            os.ftruncate(handle.fd, length)
+            checksum = None
+            if response.checksum is not None:
+                checksum = (response.checksum[0], base64.b64encode(response.checksum[1]).decode())
+            record = Partial(fill.name, length, validator, response.headers, checksum)
+            start, end = 0, length
+        else:
+            record = resume
+            assert response.content_range is not None
+            start = response.content_range[0]
+            end = fill.coverage.next_covered(start, length)
+        saver = _Saver(self._run_in_thread, store.layout.save_partial, handle.fd, record, fill)
+        try:
+            await saver.save()
+            saving = LoopingCall(saver.save)
+            saving.clock = self._clock
+            saving.start(1.0, now=False)
+            try:
                 await SparseFill(
                     fill,
                     self._origin,
                     self._clock,
                     self._metrics,
-                    response.length,
-                    response.validator,
+                    length,
+                    validator,
                     connections=self._fill_connections,
                     borrow=self._borrow,
                     give_back=self._give_back,
-                    wrote=lambda: reservation.wrote(fill.written),
-                ).run(response)
-            else:
-                await self._origin.stream(response, write)
-            fill.check_complete()
-            if fill.needs_file_hash:
-                digest = await self._run_in_thread(
-                    _hash_file, handle.fd, fill.new_hasher(), fill.written
-                )
-                fill.check_digest(digest)
-            if fill.revalidating is not None:
-                self._metrics.revalidations.labels(result="modified").inc()
-                if response.headers.no_store:
-                    # The origin no longer lets it be cached.
-                    store.remove(name)
-            if not fill.publish:
-                return None
-            fill.state = "publishing"
-            stored: StoredObject = await self._run_in_thread(
-                store.commit,
-                name,
-                handle.fd,
-                temp_path,
-                fill.written,
-                response.headers,
-                self._lifetime(response.headers),
-            )
-            temp_path = None
-            store.install(stored, None if fill.revalidating else fill.used_at)
-            if not fill.publish:
-                # Purged while its files were being committed.
-                store.remove(name)
-                return None
-            return stored
+                    wrote=lambda: (reservation.wrote(fill.written), saver.progressed()),
+                ).run(response, start, end)
+            finally:
+                saving.stop()
+            return await self._publish(response, handle, temp_path)
+        except (OriginError, CancelledError) as e:
+            reason = getattr(e, "reason", "cancelled")
+            keep = reason not in _NOT_RESUMABLE and fill.publish
+            raise
         finally:
-            if temp_path is not None:
-                store.discard_temp(temp_path)
+            if keep:
+                # What is on disk now, for the next try.
+                await saver.save()
+            else:
+                store.layout.discard_partial(fill.name, body=not self._committed)
+
+    async def _publish(
+        self, response: OriginResponse, handle: Handle, temp_path: str | None
+    ) -> StoredObject | None:
+        """
+        Check the complete body and publish it (unless purged or no-store).
+        """
+        fill, store = self.fill, self._store
+        name = fill.name
+        fill.check_complete()
+        if fill.needs_file_hash:
+            digest = await self._run_in_thread(
+                _hash_file, handle.fd, fill.new_hasher(), fill.written
+            )
+            fill.check_digest(digest)
+        if fill.revalidating is not None:
+            self._metrics.revalidations.labels(result="modified").inc()
+            if response.headers.no_store:
+                # The origin no longer lets it be cached.
+                store.remove(name)
+        if not fill.publish:
+            return None
+        fill.state = "publishing"
+        stored: StoredObject = await self._run_in_thread(
+            store.commit,
+            name,
+            handle.fd,
+            temp_path,
+            fill.written,
+            response.headers,
+            self._lifetime(response.headers),
+        )
+        self._committed = True
+        store.install(stored, None if fill.revalidating else fill.used_at)
+        if not fill.publish:
+            # Purged while its files were being committed.
+            store.remove(name)
+            return None
+        return stored
 
     def _sparse(self, response: OriginResponse) -> bool:
         """
@@ -234,3 +358,45 @@ def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
         position += len(data)
     digest: bytes = hasher.digest()
     return digest
+
+
+# Why a sparse fill may end with its body not worth resuming.
+_NOT_RESUMABLE = frozenset({"changed", "checksum", "too_large", "no_space", "write_error"})
+
+
+class _Saver:
+    """
+    Records a sparse fill's coverage (see L{Layout.save_partial}), one
+    save at a time, in a thread.
+    """
+
+    def __init__(
+        self, run_in_thread: RunInThread, save: Any, fd: int, record: Partial, fill: Fill
+    ) -> None:
+        self._run_in_thread = run_in_thread
+        self._save = save
+        self._fd = fd
+        self._record = record
+        self._fill = fill
+        self._busy = False
+        self._saved = fill.written
+        # Progress worth a record: 1% of the object (at most 8 MiB), so a
+        # crash costs at most that much again, plus what was in flight.
+        self._every = max(256 << 10, min(8 << 20, record.length // 100))
+
+    def progressed(self) -> None:
+        if self._fill.written - self._saved >= self._every and not self._busy:
+            Deferred.fromCoroutine(self.save())
+
+    async def save(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            self._saved = self._fill.written
+            record = evolve(self._record, intervals=tuple(self._fill.coverage.intervals))
+            await self._run_in_thread(self._save, self._fd, record)
+        except OSError as e:
+            log.warn("could not record the progress of {name}: {why}", name=self._fill.name, why=e)
+        finally:
+            self._busy = False

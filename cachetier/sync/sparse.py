@@ -159,13 +159,15 @@ class SparseFill:
         self.metrics.origin_bytes.inc(count)
         self._wrote()
 
-    def run(self, first: OriginResponse) -> Deferred[None]:
+    def run(self, first: OriginResponse, start: int = 0, end: int | None = None) -> Deferred[None]:
         """
-        Start with the first answer (a 200 streaming from byte 0); fires
-        when every byte is on disk, or fails with the first error.
+        Start with the first answer (a 200 streaming from byte 0, or a 206
+        for C{[start, end)} when resuming); fires when every byte is on
+        disk, or fails with the first error.
         """
         self.fill.on_need = self.need
-        self._stream(_Transfer(self, 0, self.length, reader=False), first)
+        end = self.length if end is None else end
+        self._stream(_Transfer(self, start, end, reader=False), first)
         self._schedule()
         return self.done
 
@@ -197,7 +199,9 @@ class SparseFill:
             return
         if not self._ranges:
             if not any(not t.stopped for t in self._transfers):
-                self._fail(OriginError("truncated", "the origin stopped sending and takes no ranges"))
+                self._fail(
+                    OriginError("truncated", "the origin stopped sending and takes no ranges")
+                )
             return
         # Readers still inside a slice that ended get the next one.
         for follower in list(self.fill.followers):
