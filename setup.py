@@ -32,5 +32,10 @@ setup(
             # The original client, to prove wire compatibility with it.
             "cache-tier==1.0.4",
         ],
+        "bench": [
+            # benchmarks/seek.py drives Debian's chromium with it (never a
+            # downloaded browser) to time a cold moov-at-end M4A.
+            "playwright>=1.40",
+        ],
     },
 )

@@ -77,16 +77,19 @@ def cachetier(  # type: ignore[no-untyped-def]
     log_path: str,
     *extra: str,
     cpu: int | str | None = None,
+    origin_url: str | None = None,
 ):
     """
     C{twistd -n cachetier} on loopback; its log goes to C{log_path}.
+
+    @param origin_url: the origin base, if not C{http://127.0.0.1:PORT/}.
     """
     args = TWISTD + [
         "-n",
         "--pidfile=",
         f"--logfile={log_path}",
         "cachetier",
-        f"--origin=http://127.0.0.1:{origin_port}/",
+        f"--origin={origin_url or f'http://127.0.0.1:{origin_port}/'}",
         f"--cache-dir={cache_dir}",
         f"--listen=tcp:{port}:interface=127.0.0.1",
         *extra,

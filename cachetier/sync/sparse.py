@@ -72,8 +72,10 @@ class _Transfer:
         self.stopped = False
 
     def rate(self) -> float:
-        elapsed = self.sparse.clock.seconds() - self.began
-        return (self.position - self.start) / elapsed if elapsed > 0 else 0.0
+        # Over a second at least: a connection's first burst (socket
+        # buffers filling) says nothing of its pace.
+        elapsed = max(1.0, self.sparse.clock.seconds() - self.began)
+        return (self.position - self.start) / elapsed
 
     def ahead_of(self, position: int) -> bool:
         """
