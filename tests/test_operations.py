@@ -18,7 +18,6 @@ from typing import Any
 
 from treq import content
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -26,7 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web._newclient import ResponseFailed
 
 from .helpers import body_of, http_client, start_origin
-from .test_twistd import _TWISTD, _Twistd
+from .test_twistd import _Twistd, spawn_twistd
 
 NOBODY = 65534
 
@@ -47,30 +46,12 @@ class TwistdProcessCase(TestCase):
         self, *args: str, prefix: tuple[str, ...] = (), twistd: tuple[str, ...] = ("-n",)
     ) -> tuple[Any, _Twistd]:
         """
-        Start C{twistd [twistd] cachetier --origin=... [args]}; stopped by
-        PID (SIGKILL after a TERM that did not end it) when the test ends.
+        Start C{twistd [twistd] cachetier --origin=... [args]}; killed by
+        PID, if still running, when the test ends.
         """
-        protocol = _Twistd()
-        protocol.port.addErrback(lambda _: None)
-        argv = [
-            *prefix,
-            *_TWISTD,
-            *twistd,
-            "--pidfile=",
-            "cachetier",
-            f"--origin={self.origin_url}",
-            *args,
-        ]
-        process = reactor.spawnProcess(protocol, argv[0], argv, env=os.environ.copy())
-
-        async def stop() -> None:
-            if protocol.ended.called:
-                return
-            process.signalProcess("KILL")
-            await protocol.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-        return process, protocol
+        return spawn_twistd(
+            self, [f"--origin={self.origin_url}", *args], prefix=prefix, twistd=twistd
+        )
 
     async def ended(self, process: Any, protocol: _Twistd, within: float = 20) -> Any:
         kill = reactor.callLater(within, process.signalProcess, "KILL")

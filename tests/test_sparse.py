@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from treq import content
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseFailed
@@ -24,7 +23,7 @@ from cachetier.sync.coverage import Coverage
 from cachetier.sync.sparse import SLICE
 
 from .helpers import body_of, http_client, start_cachetier, start_origin
-from .test_twistd import _TWISTD, _Twistd
+from .test_twistd import _Twistd, spawn_twistd
 
 MiB = 1 << 20
 
@@ -198,24 +197,14 @@ class ResumeTests(TestCase):
         self.cache_dir = os.path.abspath(self.mktemp())
 
     async def start(self) -> tuple[Any, _Twistd, str]:
-        protocol = _Twistd()
-        protocol.port.addErrback(lambda _: None)
-        args = _TWISTD + [
-            "-n",
-            "--pidfile=",
-            "cachetier",
-            f"--origin={self.origin_url}",
-            f"--cache-dir={self.cache_dir}",
-            "--listen=tcp:0:interface=127.0.0.1",
-        ]
-        process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
-
-        async def stop() -> None:
-            if not protocol.ended.called:
-                process.signalProcess("KILL")
-                await protocol.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        process, protocol = spawn_twistd(
+            self,
+            [
+                f"--origin={self.origin_url}",
+                f"--cache-dir={self.cache_dir}",
+                "--listen=tcp:0:interface=127.0.0.1",
+            ],
+        )
         return process, protocol, f"http://127.0.0.1:{await protocol.port}/"
 
     async def kill_half_way(self, size: int) -> None:

@@ -48,6 +48,27 @@ class _Twistd(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
+def spawn_twistd(
+    test: TestCase, args: list[str], prefix: tuple[str, ...] = (), twistd: tuple[str, ...] = ("-n",)
+) -> tuple[Any, _Twistd]:
+    """
+    Start C{[prefix] twistd [twistd] --pidfile= cachetier [args]}; killed by
+    PID, if still running, when C{test} ends.
+    """
+    protocol = _Twistd()
+    protocol.port.addErrback(lambda _: None)
+    argv = [*prefix, *_TWISTD, *twistd, "--pidfile=", "cachetier", *args]
+    process = reactor.spawnProcess(protocol, argv[0], argv, env=os.environ.copy())
+
+    async def stop() -> None:
+        if not protocol.ended.called:
+            process.signalProcess("KILL")
+            await protocol.ended
+
+    test.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    return process, protocol
+
+
 class TwistdTests(TestCase):
     timeout = 60
 

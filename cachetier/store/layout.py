@@ -295,15 +295,20 @@ class Layout:
         so the record never claims bytes a power cut could lose.  Blocking.
         """
         self._fsync(fd)
-        record = self._partial_path(partial.name) + ".json"
-        temp = record + ".tmp"
-        out = self._open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+        self._replace_json(self._partial_path(partial.name) + ".json", partial.to_json())
+
+    def _replace_json(self, path: str, data: dict[str, Any]) -> None:
+        """
+        Atomically replace the file at C{path} with C{data} as JSON, fsynced.
+        """
+        temp = path + ".tmp"
+        fd = self._open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
         try:
-            os.write(out, json.dumps(partial.to_json()).encode("utf-8"))
-            self._fsync(out)
+            os.write(fd, json.dumps(data).encode("utf-8"))
+            self._fsync(fd)
         finally:
-            os.close(out)
-        os.rename(temp, record)
+            os.close(fd)
+        os.rename(temp, path)
 
     def discard_partial(self, name: str, body: bool = True) -> None:
         """
@@ -430,16 +435,8 @@ class Layout:
         Durably make C{obj} what its name's metadata says.
         """
         meta_path = self._meta_path(obj.name)
-        directory = os.path.dirname(meta_path)
-        tmp_path = meta_path + ".tmp"
-        fd = self._open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            os.write(fd, json.dumps(obj.to_json()).encode("utf-8"))
-            self._fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp_path, meta_path)
-        self._fsync_dir(directory)
+        self._replace_json(meta_path, obj.to_json())
+        self._fsync_dir(os.path.dirname(meta_path))
 
     def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
         """
