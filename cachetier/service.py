@@ -208,11 +208,13 @@ class CacheService(Service):
         if self.assembly is not None and self.assembly.access_file is not None:
             self.assembly.access_file.reopen()
             files += 1
-        for reload in self.reloadables:
+        extra = self.assembly.reloadables if self.assembly is not None else []
+        for reload in [*self.reloadables, *extra]:
             try:
                 reload()
             except Exception as e:
-                log.error("SIGHUP: could not reload a certificate: {why}", why=str(e))
+                # No file content in the message: it may be a secret.
+                log.error("SIGHUP: could not reload: {why}", why=type(e).__name__)
         if self.workers is not None:
             self.workers.signal_all("HUP")
         log.info(

@@ -16,8 +16,9 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from attrs import frozen
+from attrs import Factory, frozen
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.application.service import IService
@@ -36,6 +37,7 @@ from .config import Settings, parse_duration, parse_rate, parse_size
 from .metrics import Metrics
 from .names import normalise_base
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
+from .origin.auth import CredentialSource, HeaderFile, S3Signer
 from .service import CacheService
 from .store import CacheStore
 from .sync import Syncer
@@ -234,6 +236,25 @@ class Options(usage.Options):
             "Access log: a file of its own (cheapest), 'off', or by default twistd's log.",
         ],
         [
+            "origin-auth",
+            None,
+            "none",
+            "'s3': sign origin requests (SigV4; credentials from the AWS chain).",
+        ],
+        ["s3-region", None, None, "The region to sign for (R2: auto). Needed with s3."],
+        [
+            "s3-addressing",
+            None,
+            "path",
+            "'path' (bucket in the origin URL's path) or 'virtual' (in its host).",
+        ],
+        [
+            "origin-header-file",
+            None,
+            None,
+            "'Name: value' lines sent with every origin request (re-read on SIGHUP).",
+        ],
+        [
             "shutdown-grace",
             None,
             "30s",
@@ -307,6 +328,39 @@ class Options(usage.Options):
 
     def _size(self, flag: str, parse: Callable[[str], int] = _positive_size) -> int | None:
         return None if self[flag] is None else _option(flag, parse, self[flag])
+
+    def _origin_auth(self, origin: str) -> dict[str, Any]:
+        auth, region, addressing = self["origin-auth"], self["s3-region"], self["s3-addressing"]
+        if auth not in ("none", "s3"):
+            raise usage.UsageError(f"--origin-auth must be 'none' or 's3', not {auth!r}")
+        if addressing not in ("path", "virtual"):
+            raise usage.UsageError(
+                f"--s3-addressing must be 'path' or 'virtual', not {addressing!r}"
+            )
+        if auth == "s3":
+            if not region:
+                raise usage.UsageError("--origin-auth=s3 needs --s3-region (R2: auto)")
+            if addressing == "path" and urlsplit(origin).path.strip("/") == "":
+                raise usage.UsageError(
+                    "--s3-addressing=path: the origin URL must name the bucket"
+                    " (https://host/bucket/)"
+                )
+        header_file = self["origin-header-file"]
+        if header_file is not None:
+            try:
+                HeaderFile(header_file)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--origin-header-file: cannot read {header_file}: {e.strerror}"
+                ) from None
+            except ValueError as e:
+                raise usage.UsageError(f"--origin-header-file: {e}") from None
+        return {
+            "origin_auth": auth,
+            "s3_region": region,
+            "s3_addressing": addressing,
+            "origin_header_file": header_file,
+        }
 
     def _owner(self) -> tuple[int, int] | None:
         """
@@ -410,6 +464,7 @@ class Options(usage.Options):
             trusted_proxies=tuple(self["trusted-proxy"]),
             shutdown_grace=self._duration("shutdown-grace"),
             fill_connections=self._positive("fill-connections"),
+            **self._origin_auth(origin),
         )
 
 
@@ -437,6 +492,8 @@ class Assembly:
     site: CacheSite
     pool: HTTPConnectionPool
     access_file: AccessLogFile | None = None
+    # What SIGHUP re-reads besides logs: origin credentials and headers.
+    reloadables: list[Callable[[], None]] = Factory(list)
 
     def stop(self) -> Deferred[Any]:
         """
@@ -468,6 +525,17 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     agent = Agent(reactor, connectTimeout=settings.origin_timeout, pool=pool)
+    run_in_thread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    signer = header_file = None
+    reloadables: list[Callable[[], None]] = []
+    if settings.origin_auth == "s3":
+        assert settings.s3_region is not None
+        credentials = CredentialSource()
+        signer = S3Signer(settings.s3_region, credentials)
+        reloadables.append(credentials.reset)
+    if settings.origin_header_file is not None:
+        header_file = HeaderFile(settings.origin_header_file)
+        reloadables.append(header_file.reload)
     origin = Origin(
         settings.origin,
         HTTPClient(IdentityAgent(agent)),
@@ -477,12 +545,15 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
         retry=RetryPolicy(attempts=settings.origin_retries),
         min_rate=settings.origin_min_rate,
         rate_window=settings.origin_min_rate_window,
+        signer=signer,
+        header_file=header_file,
+        run_in_thread=run_in_thread,
     )
     syncer = Syncer(
         origin,
         store,
         reactor,
-        partial(deferToThreadPool, reactor, reactor.getThreadPool()),
+        run_in_thread,
         max_concurrent=settings.max_concurrent_syncs,
         max_queued=settings.max_queued_syncs,
         max_new_per_second=settings.max_syncs_per_second,
@@ -516,7 +587,7 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
     elif settings.access_log:
         access_file = AccessLogFile(settings.access_log)
         site.access_log = Logger(namespace="cachetier.access", observer=access_file)
-    return Assembly(store, syncer, site, pool, access_file)
+    return Assembly(store, syncer, site, pool, access_file, reloadables)
 
 
 def site_limits(settings: Settings) -> dict[str, Any]:

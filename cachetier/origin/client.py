@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from ..names import origin_url
 from ..store import ObjectHeaders, StoredObject
+from .auth import CredentialsError, HeaderFile, S3Signer
 from .breaker import RETRYABLE, Breaker, RetryPolicy
 from .freshness import freshness_lifetime, initial_age, parse_cache_control
 
@@ -279,9 +280,10 @@ def parse_response(response: Any, received: float) -> OriginResponse:
     validator = etag if etag and not etag.startswith("W/") else raw_lm
     accept = (_header(response, b"accept-ranges") or "").lower()
     return OriginResponse(
-        ranges="bytes" in accept.split(",") or response.code == 206,
+        ranges="bytes" in [a.strip() for a in accept.split(",")] or response.code == 206,
         validator=validator,
-        content_range=_content_range(response) if response.code == 206 else None,
+        # Some S3 servers (rclone's) answer a range 200 with a Content-Range.
+        content_range=_content_range(response) if response.code in (200, 206) else None,
         headers=ObjectHeaders(
             content_type=content_type,
             etag=etag,
@@ -418,7 +420,16 @@ class Origin:
         retry: RetryPolicy | None = None,
         min_rate: int = 0,
         rate_window: float = 30.0,
+        signer: S3Signer | None = None,
+        header_file: HeaderFile | None = None,
+        run_in_thread: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
+        self._signer = signer
+        self._header_file = header_file
+        self._run_in_thread = run_in_thread or _call_now
+        # The last time the origin refused our credentials, and why: for
+        # /healthz.
+        self.rejected: tuple[float, str] | None = None
         self._min_rate = min_rate
         self._rate_window = rate_window
         self.base = base
@@ -499,10 +510,16 @@ class Origin:
         url = self.url_for(name)
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._request(url, headers)
+            # Whether the body was read already (to look for an S3 error).
+            read = False
+            if self._signer is not None and response.code in _S3_ERROR_CODES:
+                await self._check_s3_error(response)
+                read = True
             if response.code not in _REDIRECTS:
                 break
             location = _header(response, b"location") or ""
-            await self._discard(response)
+            if not read:
+                await self._discard(response)
             target = self._within_origin(url, location)
             if target is None:
                 log.warn(
@@ -527,12 +544,60 @@ class Origin:
         if response.code == 412 and byte_range is not None:
             await self._discard(response)
             raise OriginError("changed", "the object changed at the origin during the download")
-        await self._discard(response)
+        if not read:
+            await self._discard(response)
         if response.code in NOT_FOUND_CODES:
             raise NotFoundAtOrigin(response.code)
         raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
 
+    async def _check_s3_error(self, response: Any) -> None:
+        """
+        Raise an C{auth} error for an S3 answer that says our credentials
+        or signature are wrong (never a 404 to remember): the rest are left
+        to the caller.  The error body is read (at most 8 KiB).
+        """
+        body = await self._read_error(response)
+        code = _xml_field(body, "Code")
+        if code not in _AUTH_CODES:
+            return
+        message = _xml_field(body, "Message") or ""
+        hint = _AUTH_CODES[code]
+        text = f"origin rejects our signature: {code}: {message[:200]}" + (
+            f" ({hint})" if hint else ""
+        )
+        self.rejected = (self._clock.seconds(), text)
+        raise OriginError("auth", text)
+
+    async def _read_error(self, response: Any) -> bytes:
+        chunks: list[bytes] = []
+        done: Deferred[None] = Deferred()
+        response.deliverBody(_Collect(chunks, done, 8192))
+        done.addTimeout(self._timeout, self._clock)
+        try:
+            await done
+        except Exception:
+            pass
+        return b"".join(chunks)
+
+    async def _headers_for(
+        self, url: str, headers: dict[bytes, list[bytes]]
+    ) -> dict[bytes, list[bytes]]:
+        """
+        What to send to C{url}: the secret headers and the signature, made
+        for this very URL (so a redirect or a retry is signed anew).
+        """
+        if self._header_file is not None:
+            headers = {**headers, **self._header_file.headers}
+        if self._signer is None:
+            return headers
+        try:
+            frozen = await self._run_in_thread(self._signer.credentials.frozen)
+        except CredentialsError as e:
+            raise OriginError("credentials", str(e)) from None
+        return self._signer.sign("GET", url, headers, frozen)
+
     async def _request(self, url: str, headers: dict[bytes, list[bytes]]) -> Any:
+        headers = await self._headers_for(url, headers)
         d = self._client.get(url, headers=headers, unbuffered=True, allow_redirects=False)
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
         try:
@@ -612,6 +677,55 @@ class Origin:
         )
         response.response.deliverBody(receiver)
         return done.addErrback(broke)
+
+
+# S3 error codes that mean "your credentials or signature", and what to
+# check.  A 403 AccessDenied may also be a missing key without
+# s3:ListBucket: never remembered as a 404 either way.
+_AUTH_CODES = {
+    "SignatureDoesNotMatch": "check the secret key",
+    "InvalidAccessKeyId": "check the access key",
+    "AccessDenied": "check the key's permissions (s3:GetObject)",
+    "RequestTimeTooSkewed": "check this machine's clock",
+    "AuthorizationHeaderMalformed": "check --s3-region",
+    "PermanentRedirect": "check --s3-region and the origin URL",
+    "IncorrectEndpoint": "check --s3-region and the origin URL",
+    "ExpiredToken": "the session token expired",
+    "InvalidToken": "check the session token",
+    "AllAccessDisabled": "",
+}
+_S3_ERROR_CODES = frozenset({301, 307, 400, 403})
+
+
+def _xml_field(body: bytes, field: str) -> str | None:
+    match = re.search(rb"<" + field.encode() + rb">([^<]{0,1000})</", body)
+    return match.group(1).decode("utf-8", "replace").strip() if match else None
+
+
+def _call_now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args)
+
+
+class _Collect(Protocol):
+    """
+    Keeps the first C{limit} bytes of a body.
+    """
+
+    def __init__(self, chunks: list[bytes], done: Deferred[None], limit: int) -> None:
+        self.chunks = chunks
+        self.done = done
+        self.left = limit
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.left > 0:
+            self.chunks.append(data[: self.left])
+            self.left -= len(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if not self.done.called:
+            self.done.callback(None)
 
 
 class _Discard(Protocol):

@@ -62,6 +62,9 @@ class Health:
         breaker = self.syncer.origin.breaker
         if breaker.state != "closed":
             degraded.append(f"the origin breaker is {breaker.state.replace('_', '-')}")
+        rejected = self.syncer.origin.rejected
+        if rejected is not None and now - rejected[0] <= RECENT:
+            degraded.append(rejected[1])
         origin_errors = sorted(recent - _NOT_ORIGIN)
         if origin_errors:
             degraded.append("origin errors in the last minute: " + ", ".join(origin_errors))
