@@ -66,22 +66,22 @@ class CredentialSource:
 
             session_factory = get_session
         self._session_factory = session_factory
+        self._session: Any = None
         self._credentials: Any = None
         self._stamp: tuple[float, ...] = ()
         self._key: str | None = None
 
-    def _files(self) -> list[str]:
-        home = os.path.expanduser("~")
-        return [
-            os.environ.get(
-                "AWS_SHARED_CREDENTIALS_FILE", os.path.join(home, ".aws", "credentials")
-            ),
-            os.environ.get("AWS_CONFIG_FILE", os.path.join(home, ".aws", "config")),
-        ]
-
     def _file_stamp(self) -> tuple[float, ...]:
+        """
+        When the shared credentials and config files (where the session
+        looks: AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, ~/.aws) last
+        changed.
+        """
+        if self._session is None:
+            self._session = self._session_factory()
         stamp = []
-        for path in self._files():
+        for variable in ("credentials_file", "config_file"):
+            path = os.path.expanduser(self._session.get_config_variable(variable) or "")
             try:
                 stamp.append(os.stat(path).st_mtime_ns)
             except OSError:
@@ -101,7 +101,8 @@ class CredentialSource:
         if self._credentials is None or stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._credentials = self._session_factory().get_credentials()
+                self._session = self._session_factory()
+                self._credentials = self._session.get_credentials()
             except (BotoCoreError, OSError, ValueError) as e:
                 raise CredentialsError(f"cannot load credentials: {type(e).__name__}") from None
         if self._credentials is None:
