@@ -235,7 +235,7 @@ class Download:
         saver = _Saver(self._run_in_thread, store.layout.save_partial, handle.fd, record, fill)
         try:
             await saver.save()
-            saving = LoopingCall(saver.save)
+            saving = LoopingCall(saver.start)
             saving.clock = self._clock
             saving.start(1.0, now=False)
             try:
@@ -259,6 +259,7 @@ class Download:
             keep = reason not in _NOT_RESUMABLE and fill.publish
             raise
         finally:
+            await saver.idle()  # no save may outlive the descriptor
             if keep:
                 # What is on disk now, for the next try.
                 await saver.save()
@@ -379,14 +380,30 @@ class _Saver:
         self._record = record
         self._fill = fill
         self._busy = False
+        self._current: Deferred[None] | None = None
         self._saved = fill.written
         # Progress worth a record: 1% of the object (at most 8 MiB), so a
         # crash costs at most that much again, plus what was in flight.
         self._every = max(256 << 10, min(8 << 20, record.length // 100))
 
     def progressed(self) -> None:
-        if self._fill.written - self._saved >= self._every and not self._busy:
-            Deferred.fromCoroutine(self.save())
+        if self._fill.written - self._saved >= self._every:
+            self.start()
+
+    def start(self) -> None:
+        """
+        Save now, in the background, unless a save is under way.
+        """
+        if not self._busy:
+            self._current = Deferred.fromCoroutine(self.save())
+
+    async def idle(self) -> None:
+        """
+        Wait for a save in progress, if any.
+        """
+        current, self._current = self._current, None
+        if current is not None and not current.called:
+            await current
 
     async def save(self) -> None:
         if self._busy:

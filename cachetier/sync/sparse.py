@@ -64,7 +64,9 @@ class _Transfer:
     def __init__(self, sparse: SparseFill, start: int, end: int, reader: bool) -> None:
         self.sparse = sparse
         self.start = self.position = start
-        self.end = end
+        # Where the origin's answer ends, and where this transfer stops
+        # (sooner, when another took over the rest).
+        self.requested_end = self.end = end
         self.reader = reader
         self.skip = False
         self.began = sparse.clock.seconds()
@@ -104,8 +106,8 @@ class _Transfer:
             chunk = view[:room]
             fill.write_at(self.position, bytes(chunk))
             view, self.position = view[len(chunk) :], self.position + len(chunk)
-        if self.position >= self.end and not self.skip:
-            self.stop()
+        if self.position >= self.end and self.end < self.requested_end and not self.skip:
+            self.stop()  # the rest is another transfer's: no need to read it
 
     def stop(self) -> None:
         """
@@ -213,17 +215,19 @@ class SparseFill:
                 if end < self.length:
                     self.need(end)
         while True:
-            busy = sum(1 for t in self._transfers if not t.reader and not t.stopped)
-            if busy >= max(1, self.connections):
+            working = [t for t in self._transfers if not t.reader and not t.stopped]
+            if len(working) >= max(1, self.connections):
                 return
-            region = self._next_region(split=busy > 0)
+            region = self._next_region(split=bool(working))
             if region is None:
                 return
-            if busy and not self._borrow():
+            # The fill's own download slot, or one more borrowed.
+            own_slot_busy = any(t not in self._borrowed for t in working)
+            if own_slot_busy and not self._borrow():
                 return
             start, end = region
             transfer = self._fetch(start, end - start, reader=False)
-            if busy:
+            if own_slot_busy:
                 self._borrowed.add(transfer)
 
     def _next_region(self, split: bool) -> tuple[int, int] | None:
