@@ -28,7 +28,12 @@ setup(
         # (environment, shared files, container and instance roles, with
         # refresh), rather than a hand-written copy of either.
         "botocore>=1.31",
+        # `cachetier warm`: podcast feeds (RSS and Atom, every dialect and
+        # date format) and a progress display that degrades to plain lines.
+        "feedparser>=6.0",
+        "rich>=13.0",
     ],
+    entry_points={"console_scripts": ["cachetier = cachetier.cli:main"]},
     extras_require={
         "dev": [
             # Property tests of the naming rules.

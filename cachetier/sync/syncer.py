@@ -5,6 +5,7 @@ revalidation of stale objects, purges, and the caps on downloads.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from attrs import frozen
@@ -21,6 +22,9 @@ from .download import Download, RunInThread
 from .fill import Fill
 
 log = Logger()
+
+# Names that may wait to be warmed.
+MAX_WARM_QUEUE = 10_000
 
 
 @frozen
@@ -96,6 +100,8 @@ class Syncer:
         # reasons, so bounded), for /healthz.
         self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
+        self._warm: deque[str] = deque()
+        self._warm_set: set[str] = set()
         self._tasks: dict[Fill, Deferred[None]] = {}
         self._stopping = False
 
@@ -180,12 +186,59 @@ class Syncer:
         fill = self._fills.get(name)
         if fill is None:
             self._admission.admit(self._slots.tokens, self.queued, client)
-            fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
-            self._failures.forget(name)
-            task = Deferred.fromCoroutine(self._run(fill))
-            if not task.called:
-                self._tasks[fill] = task
+            fill = self._launch(name, revalidating)
         return fill
+
+    def _launch(self, name: str, revalidating: StoredObject | None = None) -> Fill:
+        fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
+        self._warm_set.discard(name)
+        self._failures.forget(name)
+        task = Deferred.fromCoroutine(self._run(fill))
+        if not task.called:
+            self._tasks[fill] = task
+        return fill
+
+    def warm(self, name: str) -> str:
+        """
+        Sync C{name} ahead of its listeners, at low priority: warm-ups wait
+        in a queue of their own and start only while more than a quarter
+        of the download slots are free, so they never take the last slots
+        listeners need.
+
+        @return: where it stands: C{cached}, C{syncing}, C{queued},
+            C{not_found} or C{error} (a recent failure).
+        @raise Overloaded: when the warm-up queue is full.
+        """
+        status = self.status(name, start=False)
+        if status.state in ("cached", "syncing", "not_found", "error"):
+            return status.state
+        if name not in self._warm_set:
+            if len(self._warm) >= MAX_WARM_QUEUE:
+                raise Overloaded(f"the warm-up queue is full ({MAX_WARM_QUEUE} names)")
+            self._warm.append(name)
+            self._warm_set.add(name)
+        self._pump_warm()
+        return "syncing" if name in self._fills else "queued"
+
+    @property
+    def warm_queue(self) -> list[str]:
+        return [name for name in self._warm if name in self._warm_set]
+
+    def _pump_warm(self) -> None:
+        reserve = max(1, self._slots.limit // 4)
+        while self._warm and self._slots.tokens > reserve and not self._stopping:
+            name = self._warm.popleft()
+            if name not in self._warm_set:
+                continue  # taken by a listener meanwhile
+            self._warm_set.discard(name)
+            if self.status(name, start=False).state == "missing":
+                self._launch(name)
+
+    def syncs(self) -> list[Fill]:
+        """
+        The downloads under way or waiting for a slot.
+        """
+        return list(self._fills.values())
 
     def purge(self, name: str) -> bool:
         """
@@ -195,6 +248,7 @@ class Syncer:
         @return: whether there was anything to forget.
         """
         removed = self.store.remove(name) is not None
+        self._warm_set.discard(name)
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
@@ -248,6 +302,7 @@ class Syncer:
             await self._download(fill)
         finally:
             self._slots.release()
+            self._pump_warm()
 
     async def _download(self, fill: Fill) -> None:
         started = self.clock.seconds()

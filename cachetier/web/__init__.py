@@ -13,7 +13,7 @@ from ..store import CacheStore
 from ..sync import Syncer
 from ._json import NotFound
 from ._site import CacheSite
-from .api import FileStatusResource, PurgeResource
+from .api import FileStatusResource, PurgeResource, SyncsResource, WarmResource
 from .compat import DownloadResource, VerifyResource
 from .files import FilesResource
 from .health import HealthResource, MetricsPage, StatusPage
@@ -56,6 +56,8 @@ def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: M
     api.putChild(b"v1", v1)
     v1.putChild(b"files", FileStatusResource(syncer, settings.public_url, settings.admin_token))
     v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token))
+    v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
+    v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(store, syncer))

@@ -151,3 +151,78 @@ class PurgeResource(JSONResource):
                     return render_error(request, 400, "bad_name", f"{name!r}: {e}")
             purged = [name for name in files if self.syncer.purge(name)]
         return render_json(request, {"purged": purged, "count": len(purged)})
+
+
+# Names one warm-up call may carry.
+MAX_WARM_NAMES = 1000
+
+
+class WarmResource(JSONResource):
+    """
+    C{POST /api/v1/warm} (admin) with C{{"files": [names]}}: sync them
+    ahead of listeners, at low priority (see L{Syncer.warm}).  Answers each
+    name's state now.
+    """
+
+    isLeaf = True
+
+    def __init__(self, syncer: Syncer, admin_token: bytes | None) -> None:
+        super().__init__()
+        self.syncer = syncer
+        self.admin_token = admin_token
+
+    def render_POST(self, request: IRequest) -> bytes:
+        refusal = refuse(request, self.admin_token)
+        if refusal is not None:
+            return refusal
+        try:
+            body = json.loads(request.content.read())
+        except ValueError:
+            return render_error(request, 400, "bad_json", "the body is not JSON")
+        files = body.get("files") if isinstance(body, dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            return render_error(request, 400, "bad_request", 'send {"files": [names]}')
+        if len(files) > MAX_WARM_NAMES:
+            return render_error(request, 400, "too_many", f"at most {MAX_WARM_NAMES} names a call")
+        for name in files:
+            try:
+                validate_name(name)
+            except InvalidName as e:
+                return render_error(request, 400, "bad_name", f"{name!r}: {e}")
+        states = []
+        for name in files:
+            try:
+                state = self.syncer.warm(name)
+            except Overloaded as e:
+                return render_error(request, 503, "overloaded", str(e))
+            states.append({"file": name, "state": state})
+        return render_json(request, {"files": states})
+
+
+class SyncsResource(JSONResource):
+    """
+    C{GET /api/v1/syncs} (admin): the downloads under way or waiting for a
+    slot, with their progress, and the names waiting to be warmed.
+    """
+
+    isLeaf = True
+
+    def __init__(self, syncer: Syncer, admin_token: bytes | None) -> None:
+        super().__init__()
+        self.syncer = syncer
+        self.admin_token = admin_token
+
+    def render_GET(self, request: IRequest) -> bytes:
+        refusal = refuse(request, self.admin_token)
+        if refusal is not None:
+            return refusal
+        syncs = [
+            {
+                "file": fill.name,
+                "state": fill.state,
+                "bytes_synced": fill.written,
+                "size": fill.length,
+            }
+            for fill in self.syncer.syncs()
+        ]
+        return render_json(request, {"syncs": syncs, "warm_queue": self.syncer.warm_queue})

@@ -1,0 +1,381 @@
+"""
+The C{cachetier} command: operator tools that talk to a running server's
+admin API (never to the origin).
+
+  cachetier warm [NAME ...] [--from-file FILE|-] [--feed URL] [--watch SECONDS]
+
+Warms files ahead of a release: each is synced by the server at low
+priority, at most C{--jobs} at a time, with a progress bar per file in
+flight and a total on a terminal, a line per event otherwise, and a
+summary table at the end.  Exit status 0 only if every file is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import feedparser
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from .names import InvalidName, validate_name
+
+DONE = frozenset({"cached"})
+FAILED = frozenset({"not_found", "error"})
+
+
+class ServerError(Exception):
+    pass
+
+
+class Server:
+    """
+    The admin API of a running cachetier.
+    """
+
+    def __init__(self, base: str, token: str, timeout: float = 10.0) -> None:
+        self.base = base if base.endswith("/") else base + "/"
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as e:
+            try:
+                return e.code, json.load(e)
+            except ValueError:
+                raise ServerError(f"{path}: HTTP {e.code}") from None
+        except (OSError, ValueError) as e:
+            raise ServerError(f"cannot reach {self.base}: {e}") from None
+
+    def origin(self) -> str:
+        _, health = self.call("GET", "healthz")
+        return str(health["origin"])
+
+    def warm(self, name: str) -> tuple[int, Any]:
+        return self.call("POST", "api/v1/warm", {"files": [name]})
+
+    def status(self, name: str) -> dict[str, Any]:
+        _, body = self.call("GET", f"api/v1/files/{quote(name, safe='/-._~')}?sync=0")
+        return body  # type: ignore[no-any-return]
+
+    def syncs(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """
+        The downloads under way by name, and the names waiting to be warmed.
+        """
+        _, body = self.call("GET", "api/v1/syncs")
+        return {s["file"]: s for s in body.get("syncs", [])}, set(body.get("warm_queue", []))
+
+
+class Feed:
+    """
+    A podcast feed (RSS or Atom), polled with its ETag and Last-Modified.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.etag: str | None = None
+        self.modified: str | None = None
+
+    def enclosures(self) -> list[str] | None:
+        """
+        The enclosure URLs, or L{None} when the feed has not changed.
+        """
+        parsed = feedparser.parse(self.url, etag=self.etag, modified=self.modified)
+        if getattr(parsed, "status", 200) == 304:
+            return None
+        if parsed.bozo and not parsed.entries:
+            raise ServerError(f"cannot read the feed {self.url}: {parsed.bozo_exception}")
+        self.etag = parsed.get("etag")
+        self.modified = parsed.get("modified")
+        return [
+            link["href"]
+            for entry in parsed.entries
+            for link in entry.get("enclosures", [])
+            if link.get("href")
+        ]
+
+
+def names_from(urls: Iterable[str], origin: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """
+    The cache names of enclosure C{urls} under the C{origin} base, and the
+    others with why they were skipped.
+    """
+    names, skipped = [], []
+    for url in urls:
+        plain = url.split("#", 1)[0].split("?", 1)[0]
+        if not plain.startswith(origin):
+            host = urlsplit(url).netloc or url
+            skipped.append((url, f"not under the cache's origin ({host})"))
+            continue
+        name = unquote(plain[len(origin) :])
+        try:
+            validate_name(name)
+        except InvalidName as e:
+            skipped.append((url, f"not a valid name: {e}"))
+            continue
+        if name not in names:
+            names.append(name)
+    return names, skipped
+
+
+class Display:
+    """
+    Progress as it happens: bars on a terminal, a line per event elsewhere.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.total: TaskID | None = None
+        if self.live:
+            self.progress = Progress(
+                TextColumn("{task.description}", justify="left"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.progress.start()
+            self.total = self.progress.add_task("[bold]total", total=None)
+
+    def event(self, name: str, what: str) -> None:
+        if not self.live:
+            self.console.print(f"{what} {name}", highlight=False)
+
+    def update(self, name: str, done: int, size: int | None) -> None:
+        if self.progress is None:
+            return
+        task = self.tasks.get(name)
+        if task is None:
+            task = self.tasks[name] = self.progress.add_task(name, total=size)
+        self.progress.update(task, completed=done, total=size)
+
+    def finish(self, name: str, size: int | None) -> None:
+        if self.progress is not None and name in self.tasks:
+            self.progress.remove_task(self.tasks.pop(name))
+
+    def totals(self, done: int, total: int) -> None:
+        if self.progress is not None and self.total is not None:
+            self.progress.update(self.total, completed=done, total=total or None)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def warm(
+    server: Server, names: list[str], jobs: int, display: Display, poll: float
+) -> dict[str, Any]:
+    """
+    Have the server cache C{names}, C{jobs} at a time; returns each name's
+    final state and size.
+    """
+    pending = deque(names)
+    flying: dict[str, str] = {}
+    results: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, int] = {}
+    while pending or flying:
+        while pending and len(flying) < jobs:
+            name = pending.popleft()
+            code, body = server.warm(name)
+            if code == 503:
+                pending.appendleft(name)  # the server is busy: try again soon
+                break
+            if code != 200:
+                results[name] = {"state": "error", "note": body.get("message", f"HTTP {code}")}
+                display.event(name, "failed")
+                continue
+            state = body["files"][0]["state"]
+            if state in DONE | FAILED:
+                status = server.status(name)
+                results[name] = {
+                    "state": state,
+                    "size": status.get("size"),
+                    "note": status.get("error") or "",
+                }
+                display.event(name, "cached" if state in DONE else "failed")
+            else:
+                flying[name] = state
+                display.event(name, state)
+        if not flying:
+            if pending:
+                time.sleep(poll)
+            continue
+        time.sleep(poll)
+        syncs, queued = server.syncs()
+        for name in list(flying):
+            if name in queued:
+                continue
+            sync = syncs.get(name)
+            if sync is not None:
+                if sync.get("size"):
+                    sizes[name] = sync["size"]
+                display.update(name, sync["bytes_synced"], sync.get("size"))
+                continue
+            status = server.status(name)
+            if status["state"] == "syncing":
+                continue
+            del flying[name]
+            sizes[name] = status.get("size") or sizes.get(name, 0)
+            display.finish(name, status.get("size"))
+            state = "cached" if status["state"] == "cached" else status["state"]
+            results[name] = {
+                "state": state,
+                "size": status.get("size"),
+                "note": status.get("error") or "",
+            }
+            display.event(name, "cached" if state == "cached" else "failed")
+        total = sum(sizes.values())
+        done = sum(sizes.get(n, 0) for n, r in results.items() if r["state"] == "cached")
+        done += sum(syncs[n]["bytes_synced"] for n in flying if n in syncs)
+        display.totals(done, total)
+    return results
+
+
+def summary(console: Console, results: dict[str, Any], skipped: list[tuple[str, str]]) -> None:
+    table = Table(title="cachetier warm")
+    table.add_column("file")
+    table.add_column("state")
+    table.add_column("size", justify="right")
+    table.add_column("note")
+    for name, result in results.items():
+        size = result.get("size")
+        table.add_row(
+            name, result["state"], "" if size is None else f"{size:,}", result.get("note", "")
+        )
+    for url, why in skipped:
+        table.add_row(url, "skipped", "", why)
+    console.print(table)
+
+
+def _token(path: str | None) -> str:
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    token = os.environ.get("CACHETIER_ADMIN_TOKEN", "").strip()
+    if not token:
+        raise ServerError("no admin token: --admin-token-file or CACHETIER_ADMIN_TOKEN")
+    return token
+
+
+def _read_names(args: argparse.Namespace) -> list[str]:
+    names = list(args.names)
+    if args.from_file is not None:
+        lines = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")
+        with lines:
+            names += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for name in names:
+        try:
+            validate_name(name)
+        except InvalidName as e:
+            raise ServerError(f"{name!r} is not a valid name: {e}") from None
+    return names
+
+
+def run_warm(args: argparse.Namespace, console: Console) -> int:
+    server = Server(args.server, _token(args.admin_token_file))
+    names = _read_names(args)
+    skipped: list[tuple[str, str]] = []
+    feed = Feed(args.feed) if args.feed else None
+    origin = server.origin() if feed else ""
+    if feed is not None:
+        from_feed, skipped = names_from(feed.enclosures() or [], origin)
+        names += [n for n in from_feed if n not in names]
+    if not names and feed is None:
+        raise ServerError("nothing to warm: give names, --from-file or --feed")
+    display = Display(console)
+    try:
+        results = warm(server, names, args.jobs, display, args.poll)
+    finally:
+        display.stop()
+    summary(console, results, skipped)
+    ok = all(r["state"] == "cached" for r in results.values())
+    if args.watch is None:
+        return 0 if ok else 1
+    assert feed is not None
+    seen = set(names)
+    while True:
+        time.sleep(args.watch)
+        urls = feed.enclosures()
+        if urls is None:
+            continue
+        new, skipped = names_from(urls, origin)
+        new = [n for n in new if n not in seen]
+        if not new:
+            continue
+        seen.update(new)
+        console.print(f"new in the feed: {', '.join(new)}", highlight=False)
+        display = Display(console)
+        try:
+            results = warm(server, new, args.jobs, display, args.poll)
+        finally:
+            display.stop()
+        summary(console, results, [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cachetier", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    w = commands.add_parser("warm", help="cache files ahead of their listeners")
+    w.add_argument("names", nargs="*", help="file names (as under /files/)")
+    w.add_argument("--from-file", metavar="FILE", help="names, one a line ('-': stdin)")
+    w.add_argument("--feed", metavar="URL", help="an RSS or Atom podcast feed")
+    w.add_argument("--server", default="http://127.0.0.1:8080/", help="the cachetier to warm")
+    w.add_argument(
+        "--admin-token-file", metavar="FILE", help="the admin token (or set CACHETIER_ADMIN_TOKEN)"
+    )
+    w.add_argument("--jobs", type=int, default=4, help="files synced at once (default 4)")
+    w.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="keep polling --feed this often and warm new episodes",
+    )
+    w.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.watch is not None and not args.feed:
+        parser.error("--watch needs --feed")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    console = Console()
+    try:
+        return run_warm(args, console)
+    except ServerError as e:
+        console.print(f"cachetier warm: {e}", highlight=False, style="red")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

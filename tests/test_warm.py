@@ -1,0 +1,166 @@
+"""
+Release day: warming files ahead of listeners, through the admin API and
+the C{cachetier warm} command (a real subprocess against a real server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from .helpers import body_of, http_client, start_cachetier, start_origin
+
+TOKEN = "t" * 32
+
+
+def feed(base: str, items: list[str]) -> bytes:
+    entries = "".join(
+        f"<item><title>{url}</title><guid>{url}</guid>"
+        f'<enclosure url="{url}" length="1000" type="audio/mpeg"/></item>'
+        for url in items
+    )
+    return (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>show</title>'
+        f"<link>{base}</link><description>d</description>{entries}</channel></rss>"
+    ).encode()
+
+
+class _Command(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Any] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+
+class WarmTestCase(TestCase):
+    timeout = 60
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(
+            self, self.origin_url, admin_token=TOKEN.encode(), **self.settings
+        )
+        self.client = http_client(self)
+
+    def command(self, *args: str) -> tuple[Any, _Command]:
+        protocol = _Command()
+        argv = [sys.executable, "-m", "cachetier.cli", "warm", f"--server={self.url}", *args]
+        env = dict(os.environ, CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="200")
+        process = reactor.spawnProcess(protocol, argv[0], argv, env=env)
+
+        async def stop() -> None:
+            if not protocol.ended.called:
+                process.signalProcess("KILL")
+                await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        return process, protocol
+
+    async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        response = await self.client.request(
+            method,
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        return response.code, json.loads(await content(response))
+
+
+class WarmAPITests(WarmTestCase):
+    settings = {"max_concurrent_syncs": 4}
+
+    async def test_warm_is_admin_only(self) -> None:
+        response = await self.client.post(self.url + "api/v1/warm", data=b'{"files": []}')
+        self.assertEqual(response.code, 401)
+        await content(response)
+
+    async def test_warm_ups_never_take_the_last_slots(self) -> None:
+        self.origin.rate = 200_000
+        names = [f"ep{i}.mp3" for i in range(8)]
+        for name in names:
+            self.origin.put(name, body_of(400_000, name))
+        code, body = await self.admin("POST", "api/v1/warm", {"files": names})
+        self.assertEqual(code, 200)
+        self.assertEqual({f["state"] for f in body["files"]}, {"syncing", "queued"})
+        # A quarter of the slots (here one) stays free for listeners.
+        self.assertEqual(self.cache.syncer.in_flight, 3)
+        code, syncs = await self.admin("GET", "api/v1/syncs")
+        self.assertEqual(len(syncs["syncs"]), 3)
+        self.assertEqual(len(syncs["warm_queue"]), 5)
+        self.origin.put("listener.mp3", body_of(1000))
+        response = await self.client.get(self.url + "files/listener.mp3")
+        self.assertEqual(await content(response), body_of(1000))
+        for _ in range(200):
+            if all(self.cache.store.get(n) is not None for n in names):
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(all(self.cache.store.get(n) is not None for n in names))
+        code, body = await self.admin("POST", "api/v1/warm", {"files": names})
+        self.assertEqual({f["state"] for f in body["files"]}, {"cached"})
+
+
+class WarmCommandTests(WarmTestCase):
+    async def test_a_feed_is_warmed_once_and_other_hosts_are_skipped(self) -> None:
+        episodes = [f"show/ep{i:02}.mp3" for i in range(20)]
+        for name in episodes:
+            self.origin.put(name, body_of(50_000, name))
+        urls = [self.origin_url + n for n in episodes] + ["https://elsewhere.example/ad.mp3"]
+        self.origin.put("feed.xml", feed(self.origin_url, urls), content_type="application/rss+xml")
+        process, protocol = self.command(f"--feed={self.origin_url}feed.xml", "--jobs=4")
+        ended = await protocol.ended
+        output = protocol.output.decode()
+        self.assertEqual(ended.exitCode, 0, output)
+        self.assertTrue(all(self.cache.store.get(n) is not None for n in episodes), output)
+        self.assertIn("skipped", output)
+        self.assertIn("elsewhere.example", output)
+        counts = dict(self.origin.counts)
+        process, protocol = self.command(f"--feed={self.origin_url}feed.xml")
+        ended = await protocol.ended
+        self.assertEqual(ended.exitCode, 0)
+        self.assertEqual(protocol.output.decode().count("cached show/ep"), 20)
+        # Only the feed was fetched again: every file counted as done at once.
+        counts["feed.xml"] += 1
+        self.assertEqual(dict(self.origin.counts), counts)
+
+    async def test_a_missing_file_makes_the_exit_status_non_zero(self) -> None:
+        self.origin.put("here.mp3", body_of(1000))
+        process, protocol = self.command("here.mp3", "gone.mp3")
+        ended = await protocol.ended
+        self.assertEqual(ended.exitCode, 1, protocol.output.decode())
+        self.assertIn("not_found", protocol.output.decode())
+
+    async def test_watch_warms_new_episodes(self) -> None:
+        self.origin.put("ep1.mp3", body_of(1000, "1"))
+        self.origin.put("feed.xml", feed(self.origin_url, [self.origin_url + "ep1.mp3"]))
+        process, protocol = self.command(f"--feed={self.origin_url}feed.xml", "--watch=0.5")
+        for _ in range(100):
+            if self.cache.store.get("ep1.mp3") is not None:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.origin.put("ep2.mp3", body_of(1000, "2"))
+        self.origin.put(
+            "feed.xml", feed(self.origin_url, [self.origin_url + n for n in ("ep1.mp3", "ep2.mp3")])
+        )
+        for _ in range(100):
+            if self.cache.store.get("ep2.mp3") is not None:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNotNone(self.cache.store.get("ep2.mp3"), protocol.output.decode())
+        self.assertIn("new in the feed: ep2.mp3", protocol.output.decode())
