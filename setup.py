@@ -9,7 +9,10 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["cachetier", "cachetier.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/cachetier_plugin.py"]},
+    package_data={
+        "twisted": ["plugins/cachetier_plugin.py"],
+        "cachetier": ["data/*.txt"],
+    },
     install_requires=[
         # The server: twistd plugin, web, endpoints, TLS serving.
         "twisted[tls]>=24.7",
@@ -32,6 +35,9 @@ setup(
         # date format) and a progress display that degrades to plain lines.
         "feedparser>=6.0",
         "rich>=13.0",
+        # Download analytics: the duration of MP3s and M4As from their
+        # ID3/MP4 metadata (one minute of audio is a download).
+        "mutagen>=1.46",
     ],
     entry_points={"console_scripts": ["cachetier = cachetier.cli:main"]},
     extras_require={

@@ -3,6 +3,7 @@ The C{cachetier} command: operator tools that talk to a running server's
 admin API (never to the origin).
 
   cachetier warm [NAME ...] [--from-file FILE|-] [--feed URL] [--watch SECONDS]
+  cachetier stats [--file NAME] [--from DAY] [--to DAY] [--group day|file]
 
 Warms files ahead of a release: each is synced by the server at low
 priority, at most C{--jobs} at a time, with a progress bar per file in
@@ -22,7 +23,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import feedparser
 from rich.console import Console
@@ -343,6 +344,34 @@ def run_warm(args: argparse.Namespace, console: Console) -> int:
         summary(console, results, [])
 
 
+def run_stats(args: argparse.Namespace, console: Console) -> int:
+    server = Server(args.server, _token(args.admin_token_file))
+    query = {"group": args.group}
+    for key, value in (("file", args.file), ("from", args.start), ("to", args.end)):
+        if value:
+            query[key] = value
+    code, body = server.call("GET", "api/v1/stats?" + urlencode(query))
+    if code != 200:
+        raise ServerError(body.get("message", f"HTTP {code}"))
+    table = Table(title="downloads (IAB-style: one a listener a file a day)")
+    columns = ["file", "day", "requests", "bytes", "complete", "downloads"]
+    if args.group == "file":
+        columns.remove("day")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("file", "day") else "right")
+    for row in body["rows"]:
+        table.add_row(*(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns))
+    console.print(table)
+    return 0
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default="http://127.0.0.1:8080/", help="the cachetier")
+    parser.add_argument(
+        "--admin-token-file", metavar="FILE", help="the admin token (or CACHETIER_ADMIN_TOKEN)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cachetier", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -350,10 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("names", nargs="*", help="file names (as under /files/)")
     w.add_argument("--from-file", metavar="FILE", help="names, one a line ('-': stdin)")
     w.add_argument("--feed", metavar="URL", help="an RSS or Atom podcast feed")
-    w.add_argument("--server", default="http://127.0.0.1:8080/", help="the cachetier to warm")
-    w.add_argument(
-        "--admin-token-file", metavar="FILE", help="the admin token (or set CACHETIER_ADMIN_TOKEN)"
-    )
+    _server_options(w)
     w.add_argument("--jobs", type=int, default=4, help="files synced at once (default 4)")
     w.add_argument(
         "--watch",
@@ -362,16 +388,24 @@ def main(argv: list[str] | None = None) -> int:
         help="keep polling --feed this often and warm new episodes",
     )
     w.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    st = commands.add_parser("stats", help="download counts per file and day")
+    _server_options(st)
+    st.add_argument("--file", help="one file only")
+    st.add_argument("--from", dest="start", metavar="YYYY-MM-DD")
+    st.add_argument("--to", dest="end", metavar="YYYY-MM-DD")
+    st.add_argument("--group", choices=("day", "file"), default="day")
     args = parser.parse_args(argv)
-    if args.watch is not None and not args.feed:
-        parser.error("--watch needs --feed")
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
     console = Console()
     try:
+        if args.command == "stats":
+            return run_stats(args, console)
+        if args.watch is not None and not args.feed:
+            parser.error("--watch needs --feed")
+        if args.jobs < 1:
+            parser.error("--jobs must be at least 1")
         return run_warm(args, console)
     except ServerError as e:
-        console.print(f"cachetier warm: {e}", highlight=False, style="red")
+        console.print(f"cachetier {args.command}: {e}", highlight=False, style="red")
         return 2
     except KeyboardInterrupt:
         return 130

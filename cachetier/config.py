@@ -120,5 +120,7 @@ class Settings:
     s3_region: str | None = None
     s3_addressing: str = "path"
     origin_header_file: str | None = None
+    # Download analytics are kept this many days (None: not kept).
+    analytics_retention_days: int | None = 400
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)

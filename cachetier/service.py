@@ -161,14 +161,21 @@ class CacheService(Service):
                 f"cachetier: cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
             ) from None
         self.public.startService()
-        access_file = self.assembly.access_file
-        if access_file is not None:
-            self._flusher = LoopingCall(access_file.flush)
-            self._flusher.clock = self.reactor
-            self._flusher.start(1.0, now=False)
+        self._flusher = LoopingCall(self._flush)
+        self._flusher.clock = self.reactor
+        self._flusher.start(1.0, now=False)
         if self.settings.workers > 1:
             self._start_workers()
         self._install_signals()
+
+    def _flush(self) -> None:
+        """
+        Once a second: buffered access lines and analytics events out.
+        """
+        if self.assembly.access_file is not None:
+            self.assembly.access_file.flush()
+        if self.assembly.analytics is not None:
+            self.assembly.analytics.flush()
 
     def _start_workers(self) -> None:
         # The workers' way to the primary: private (a 0700 directory of

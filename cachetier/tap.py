@@ -33,6 +33,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 import twisted
 
 from . import __version__
+from .analytics import Analytics
 from .config import Settings, parse_duration, parse_rate, parse_size
 from .metrics import Metrics
 from .names import normalise_base
@@ -255,6 +256,12 @@ class Options(usage.Options):
             "'Name: value' lines sent with every origin request (re-read on SIGHUP).",
         ],
         [
+            "analytics-retention",
+            None,
+            "400d",
+            "How long per-file download counts are kept, or 'off' to keep none.",
+        ],
+        [
             "shutdown-grace",
             None,
             "30s",
@@ -362,6 +369,14 @@ class Options(usage.Options):
             "origin_header_file": header_file,
         }
 
+    def _retention(self) -> int | None:
+        if self["analytics-retention"] == "off":
+            return None
+        days = self._positive_duration("analytics-retention") / 86400
+        if days < 1:
+            raise usage.UsageError("--analytics-retention: at least 1d, or 'off'")
+        return int(days)
+
     def _owner(self) -> tuple[int, int] | None:
         """
         The user and group twistd will switch to (C{--uid}, C{--gid}), if
@@ -464,6 +479,7 @@ class Options(usage.Options):
             trusted_proxies=tuple(self["trusted-proxy"]),
             shutdown_grace=self._duration("shutdown-grace"),
             fill_connections=self._positive("fill-connections"),
+            analytics_retention_days=self._retention(),
             **self._origin_auth(origin),
         )
 
@@ -494,6 +510,7 @@ class Assembly:
     access_file: AccessLogFile | None = None
     # What SIGHUP re-reads besides logs: origin credentials and headers.
     reloadables: list[Callable[[], None]] = Factory(list)
+    analytics: Analytics | None = None
 
     def stop(self) -> Deferred[Any]:
         """
@@ -502,6 +519,8 @@ class Assembly:
         """
         d = self.syncer.stop()
         d.addCallback(lambda _: self.pool.closeCachedConnections())
+        if self.analytics is not None:
+            d.addCallback(lambda _: self.analytics.drain())
         if self.access_file is not None:
             d.addCallback(lambda _: self.access_file.close())
         return d
@@ -576,18 +595,24 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
         disk_quota=quota.capacity,
         disk_reserved=lambda: quota.reserved,
     )
-    root = build_root(store, syncer, settings, metrics)
+    analytics = None
+    if settings.analytics_retention_days is not None:
+        analytics = Analytics(
+            settings.cache_dir, run_in_thread, store.locate, settings.analytics_retention_days
+        )
+    root = build_root(store, syncer, settings, metrics, analytics)
     if site is None:
         site = CacheSite(root, metrics, reactor=reactor, **site_limits(settings))
     else:
         site.resource = root
+    site.analytics = analytics
     access_file = None
     if settings.access_log == "off":
         site.access_log = None
     elif settings.access_log:
         access_file = AccessLogFile(settings.access_log)
         site.access_log = Logger(namespace="cachetier.access", observer=access_file)
-    return Assembly(store, syncer, site, pool, access_file, reloadables)
+    return Assembly(store, syncer, site, pool, access_file, reloadables, analytics)
 
 
 def site_limits(settings: Settings) -> dict[str, Any]:
@@ -652,6 +677,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ]
     if settings.access_log is not None:
         worker_args.append(f"--access-log={settings.access_log}")
+    if settings.analytics_retention_days is not None:
+        worker_args.append(f"--analytics-retention-days={settings.analytics_retention_days}")
     endpoints, certificates = [], []
     for description in settings.listen:
         endpoint, certificate = listen_endpoint(reactor, description)

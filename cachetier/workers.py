@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--send-timeout", type=float, default=60.0)
     parser.add_argument("--max-connections", type=int)
     parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    parser.add_argument("--analytics-retention-days", type=int)
     parser.add_argument("--trusted-proxy", action="append", default=[], type=ip_network)
     parser.add_argument("--number", type=int, required=True)
     args = parser.parse_args(argv)
@@ -377,6 +378,17 @@ def main(argv: list[str] | None = None) -> None:
         LoopingCall(access_file.flush).start(1.0, now=False)
     else:
         site = CacheSite(build_worker_root(files), metrics, **limits)
+    if args.analytics_retention_days is not None:
+        from twisted.internet.threads import deferToThread
+
+        from .analytics import Analytics
+
+        # The primary's database: SQLite (WAL) takes writes from every process.
+        site.analytics = analytics = Analytics(
+            args.cache_dir, deferToThread, files.store.locate, args.analytics_retention_days
+        )
+        LoopingCall(analytics.flush).start(1.0, now=False)
+        reactor.addSystemEventTrigger("before", "shutdown", analytics.drain)
     reporter = Reporter(files, metrics, agent, reactor)
     LoopingCall(lambda: Deferred.fromCoroutine(reporter.report())).start(1.0, now=False)
     ports = []

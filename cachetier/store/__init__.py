@@ -121,6 +121,14 @@ class CacheStore:
     def __len__(self) -> int:
         return len(self._index)
 
+    def locate(self, name: str) -> tuple[str, int] | None:
+        """
+        The body's path and size of C{name} as its metadata on disk says
+        (so from any process, any thread).
+        """
+        obj = self.layout.read(name)
+        return None if obj is None else (obj.path, obj.size)
+
     @property
     def total_bytes(self) -> int:
         return self._index.total_bytes

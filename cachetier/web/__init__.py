@@ -7,13 +7,14 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from ..analytics import Analytics
 from ..config import Settings
 from ..metrics import Metrics
 from ..store import CacheStore
 from ..sync import Syncer
 from ._json import NotFound
 from ._site import CacheSite
-from .api import FileStatusResource, PurgeResource, SyncsResource, WarmResource
+from .api import FileStatusResource, PurgeResource, StatsResource, SyncsResource, WarmResource
 from .compat import DownloadResource, VerifyResource
 from .files import FilesResource
 from .health import HealthResource, MetricsPage, StatusPage
@@ -34,7 +35,13 @@ class _Branch(Resource):
         return NotFound().render(request)
 
 
-def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: Metrics) -> Resource:
+def build_root(
+    store: CacheStore,
+    syncer: Syncer,
+    settings: Settings,
+    metrics: Metrics,
+    analytics: Analytics | None = None,
+) -> Resource:
     """
     Every route of the service (see the HTTP contract in DESIGN.md).
     """
@@ -58,6 +65,7 @@ def build_root(store: CacheStore, syncer: Syncer, settings: Settings, metrics: M
     v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token))
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
+    v1.putChild(b"stats", StatsResource(analytics, settings.admin_token))
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(store, syncer))

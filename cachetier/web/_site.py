@@ -18,6 +18,7 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from ..analytics import Analytics, Event
 from ..metrics import Metrics
 from ..names import name_from_path, quote_name
 from ._json import error_body
@@ -281,6 +282,8 @@ class CacheSite(server.Site):
     ) -> None:
         super().__init__(resource, timeout=None, **kwargs)
         self.trusted_proxies = trusted_proxies
+        # Download analytics (set by the service), if kept.
+        self.analytics: Analytics | None = None
         self.metrics = metrics
         self.access_log = access_log
         self.idle_timeout = idle_timeout
@@ -373,6 +376,24 @@ class CacheSite(server.Site):
             metrics.aborted_bytes.inc(sent)
         if outcome == "miss" and request.first_byte is not None:
             metrics.miss_first_byte_seconds.observe(request.first_byte - request.received)
+        if (
+            self.analytics is not None
+            and request.cache_name is not None
+            and request.method == b"GET"
+            and request.code in (200, 206)
+            and request.startedWriting
+        ):
+            self.analytics.record(
+                Event(
+                    request.cache_name,
+                    client_address(request),
+                    _header(request.requestHeaders, b"user-agent"),
+                    sent,
+                    request.code,
+                    time.time(),
+                    _object_size(request),
+                )
+            )
         if self.access_log is None:
             return
         headers = request.requestHeaders
@@ -396,6 +417,20 @@ class CacheSite(server.Site):
         }
         event["line"] = access_line(event, self.reactor.seconds())
         self.access_log.info("{line}", **event)
+
+
+def _object_size(request: CacheRequest) -> int | None:
+    """
+    The size of the file a 200 or 206 answered with: its Content-Length,
+    or the total of its Content-Range.
+    """
+    headers = request.responseHeaders
+    if request.code == 206:
+        value = headers.getRawHeaders(b"content-range", [b""])[-1]
+        total = value.rpartition(b"/")[2]
+        return int(total) if total.isdigit() else None
+    length = headers.getRawHeaders(b"content-length", [b""])[-1]
+    return int(length) if length.isdigit() else None
 
 
 def _header(headers: http.Headers, name: bytes) -> str:

@@ -5,16 +5,22 @@ C{/api/v1/files/<name>}: the JSON status of one file.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 
+from ..analytics import Analytics, to_csv
 from ..names import InvalidName, validate_name
 from ..origin import OriginError
 from ..sync import FileStatus, Overloaded, Syncer
 from ._admin import refuse
 from ._json import JSONResource, render_error, render_json
 from ._site import client_address, download_url, name_of
+
+log = Logger()
 
 _NO = (b"0", b"false", b"no")
 
@@ -226,3 +232,58 @@ class SyncsResource(JSONResource):
             for fill in self.syncer.syncs()
         ]
         return render_json(request, {"syncs": syncs, "warm_queue": self.syncer.warm_queue})
+
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class StatsResource(JSONResource):
+    """
+    C{GET /api/v1/stats?file=&from=&to=&group=day|file&format=json|csv}
+    (admin): download counts (see L{cachetier.analytics}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, analytics: Analytics | None, admin_token: bytes | None) -> None:
+        super().__init__()
+        self.analytics = analytics
+        self.admin_token = admin_token
+
+    def render_GET(self, request: IRequest) -> bytes | int:
+        refusal = refuse(request, self.admin_token)
+        if refusal is not None:
+            return refusal
+        if self.analytics is None:
+            return render_error(request, 404, "no_analytics", "analytics are off")
+        args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        group, fmt = args.get("group", "day"), args.get("format", "json")
+        if group not in ("day", "file") or fmt not in ("json", "csv"):
+            return render_error(
+                request, 400, "bad_request", "group is day or file; format is json or csv"
+            )
+        for key in ("from", "to"):
+            if key in args and not _DAY.match(args[key]):
+                return render_error(request, 400, "bad_request", f"{key} is a day: YYYY-MM-DD")
+        d = self.analytics.query(
+            file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group
+        )
+
+        def answer(rows: list[dict[str, Any]]) -> None:
+            if fmt == "csv":
+                request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+                body = to_csv(rows).encode("utf-8")
+            else:
+                body = render_json(request, {"rows": rows})
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            log.failure("stats query failed", failure)
+            body = render_error(request, 500, "internal", "the stats query failed")
+            request.write(body)
+            request.finish()
+
+        d.addCallbacks(answer, failed)
+        return NOT_DONE_YET

@@ -1,0 +1,344 @@
+"""
+Download analytics: per file and day, requests, bytes sent, complete
+downloads, and downloads counted the way podcast measurement counts them
+(IAB Podcast Measurement Technical Guidelines, v2):
+
+  - one download per listener (client IP and User-Agent) per file per
+    24 hours, from the listener's first request;
+  - counted when the bytes delivered to that listener (summed over its
+    range requests, aborted ones by what was really sent) reach one minute
+    of audio, or the whole file when shorter: one minute is the file's
+    size over its duration (from its ID3/MP4 metadata, read with mutagen),
+    or 960,000 bytes (128 kbit/s) when the duration is unknown;
+  - GET requests answered 200 or 206 only; known bots and monitors (the
+    User-Agent fragments in C{data/bots.txt}) never count.
+
+Addresses are never stored: a listener is a hash of its address and
+User-Agent with a salt that changes every day (yesterday's salt is kept
+one more day so a 24-hour window can cross midnight, then deleted).
+
+Stored in SQLite (C{analytics.sqlite3} in the cache directory, WAL mode,
+so worker processes write to it too), in batches, in a thread, never on
+the reactor thread.  Bounded: at most C{MAX_PENDING} events wait for a
+write (more are dropped and counted), listener windows are deleted after
+24 hours, daily rows after C{retention_days}.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any
+
+import mutagen
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+log = Logger()
+
+DB_FILE = "analytics.sqlite3"
+WINDOW = 24 * 3600.0
+DEFAULT_MINUTE_BYTES = 128_000 // 8 * 60
+MAX_PENDING = 100_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS daily (
+    file TEXT NOT NULL, day TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, complete INTEGER NOT NULL DEFAULT 0,
+    downloads INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (file, day));
+CREATE TABLE IF NOT EXISTS windows (
+    file TEXT NOT NULL, listener TEXT NOT NULL, started REAL NOT NULL,
+    bytes INTEGER NOT NULL, counted INTEGER NOT NULL, PRIMARY KEY (file, listener));
+CREATE TABLE IF NOT EXISTS salts (day TEXT PRIMARY KEY, salt BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS media (
+    file TEXT NOT NULL, size INTEGER NOT NULL, seconds REAL, PRIMARY KEY (file, size));
+"""
+
+
+def load_bots() -> tuple[str, ...]:
+    text = files("cachetier").joinpath("data/bots.txt").read_text(encoding="utf-8")
+    return tuple(
+        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+    )
+
+
+# Read at import, while twistd still runs as root: after it switches to
+# --uid the interpreter's (and the virtualenv's) files may be out of reach.
+BOTS = load_bots()
+try:
+    # mutagen imports its format modules on first use: use it once now.
+    mutagen.File(io.BytesIO(b"\0" * 64))
+except Exception:
+    pass
+
+
+def is_bot(user_agent: str, bots: tuple[str, ...]) -> bool:
+    agent = user_agent.lower()
+    return not agent or agent == "-" or any(fragment in agent for fragment in bots)
+
+
+@frozen
+class Event:
+    """
+    One response to a GET for a file, as the access log saw it.
+    """
+
+    file: str
+    client: str
+    user_agent: str
+    sent: int
+    status: int
+    when: float
+    size: int | None = None
+
+
+def _day(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def _duration(path: str) -> float | None:
+    try:
+        media = mutagen.File(path)
+    except Exception:
+        return None
+    length = getattr(getattr(media, "info", None), "length", None)
+    return float(length) if length else None
+
+
+class Analytics:
+    """
+    Records file responses and answers questions about them.
+
+    @param locate: the body's path and size for a file name (or L{None}),
+        for its duration; it runs in the writing thread.
+    @param run_in_thread: runs a blocking callable off the reactor thread.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        run_in_thread: Callable[..., Deferred[Any]],
+        locate: Callable[[str], tuple[str, int] | None] = lambda name: None,
+        retention_days: int = 400,
+        bots: tuple[str, ...] | None = None,
+    ) -> None:
+        self.path = os.path.join(directory, DB_FILE)
+        self._run_in_thread = run_in_thread
+        self._locate = locate
+        self.retention_days = retention_days
+        self.bots = BOTS if bots is None else bots
+        self._pending: list[Event] = []
+        self._writing: Deferred[Any] | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    # --- recording (reactor thread) ------------------------------------------
+
+    def record(self, event: Event) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        self._pending.append(event)
+
+    def flush(self) -> Deferred[Any] | None:
+        """
+        Write what is pending, in a thread; one write at a time.
+        """
+        if self._writing is not None or not self._pending:
+            return self._writing
+        batch, self._pending = self._pending, []
+        d = self._writing = self._run_in_thread(self._write, batch)
+
+        def written(result: Any) -> Any:
+            self._writing = None
+            return result
+
+        def failed(failure: Any) -> None:
+            log.failure("writing {count} analytics events failed", failure, count=len(batch))
+
+        d.addBoth(written)
+        d.addErrback(failed)
+        return d
+
+    def drain(self) -> Deferred[Any]:
+        """
+        Write everything pending, including what arrives during a write
+        in progress.
+        """
+        d: Deferred[Any] = self.flush() or succeed(None)
+        d.addCallback(lambda _: self.flush())
+        return d
+
+    # --- writing (a thread) ------------------------------------------------------
+
+    def query(self, **kwargs: Any) -> Deferred[list[dict[str, Any]]]:
+        """
+        L{stats}, in a thread.
+        """
+        return self._run_in_thread(self.stats, **kwargs)
+
+    def _write(self, batch: list[Event]) -> None:
+        located: dict[str, tuple[str, int] | None] = {}
+
+        def locate(name: str) -> tuple[str, int] | None:
+            if name not in located:
+                located[name] = self._locate(name)
+            return located[name]
+
+        self._located = locate
+        with self._lock:
+            db = self._connect()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                salts = self._salts(db, batch[-1].when)
+                for event in batch:
+                    self._apply(db, event, salts)
+                self._expire(db, batch[-1].when)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                db.close()
+
+    def _salts(self, db: sqlite3.Connection, now: float) -> dict[str, bytes]:
+        today, yesterday = _day(now), _day(now - 86400)
+        db.execute("DELETE FROM salts WHERE day < ?", (yesterday,))
+        db.execute(
+            "INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)",
+            (today, secrets.token_bytes(32)),
+        )
+        return dict(db.execute("SELECT day, salt FROM salts").fetchall())
+
+    def _threshold(self, db: sqlite3.Connection, name: str, size: int) -> int:
+        row = db.execute(
+            "SELECT seconds FROM media WHERE file = ? AND size = ?", (name, size)
+        ).fetchone()
+        if row is None:
+            located = self._located(name)
+            seconds = _duration(located[0]) if located and located[1] == size else None
+            db.execute("INSERT OR REPLACE INTO media VALUES (?, ?, ?)", (name, size, seconds))
+        else:
+            seconds = row[0]
+        minute = int(size / seconds * 60) if seconds else DEFAULT_MINUTE_BYTES
+        return min(size, minute)
+
+    def _apply(self, db: sqlite3.Connection, event: Event, salts: dict[str, bytes]) -> None:
+        day = _day(event.when)
+        size = event.size
+        if size is None:
+            located = self._located(event.file)
+            size = located[1] if located else None
+        complete = int(event.status == 200 and size is not None and event.sent >= size)
+        bot = is_bot(event.user_agent, self.bots)
+        db.execute(
+            "INSERT INTO daily (file, day, requests, bytes, complete) VALUES (?, ?, 1, ?, ?)"
+            " ON CONFLICT (file, day) DO UPDATE SET requests = requests + 1,"
+            " bytes = bytes + excluded.bytes, complete = complete + excluded.complete",
+            (event.file, day, event.sent, 0 if bot else complete),
+        )
+        if bot or size is None or event.sent <= 0:
+            return
+        hashes = [
+            hashlib.sha256(salt + f"{event.client}\0{event.user_agent}".encode()).hexdigest()[:32]
+            for _, salt in sorted(salts.items(), reverse=True)
+        ]
+        window = None
+        for listener in hashes:
+            window = db.execute(
+                "SELECT listener, started, bytes, counted FROM windows"
+                " WHERE file = ? AND listener = ? AND started > ?",
+                (event.file, listener, event.when - WINDOW),
+            ).fetchone()
+            if window is not None:
+                break
+        if window is None:
+            listener, started, delivered, counted = hashes[0], event.when, 0, 0
+            db.execute(
+                "INSERT OR REPLACE INTO windows VALUES (?, ?, ?, 0, 0)",
+                (event.file, listener, started),
+            )
+        else:
+            listener, started, delivered, counted = window
+        delivered += event.sent
+        if not counted and delivered >= self._threshold(db, event.file, size):
+            counted = 1
+            db.execute(
+                "UPDATE daily SET downloads = downloads + 1 WHERE file = ? AND day = ?",
+                (event.file, day),
+            )
+        db.execute(
+            "UPDATE windows SET bytes = ?, counted = ? WHERE file = ? AND listener = ?",
+            (delivered, counted, event.file, listener),
+        )
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute("DELETE FROM windows WHERE started <= ?", (now - WINDOW,))
+        oldest = _day(now - self.retention_days * 86400)
+        db.execute("DELETE FROM daily WHERE day < ?", (oldest,))
+
+    # --- questions -----------------------------------------------------------------
+
+    def stats(
+        self,
+        file: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        group: str = "day",
+    ) -> list[dict[str, Any]]:
+        """
+        Rows of C{file, day, requests, bytes, complete, downloads} (by day),
+        or totals by file (C{group="file"}).  Blocking: call in a thread.
+        """
+        where, args = [], []
+        for clause, value in (("file = ?", file), ("day >= ?", start), ("day <= ?", end)):
+            if value:
+                where.append(clause)
+                args.append(value)
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        sums = "SUM(requests), SUM(bytes), SUM(complete), SUM(downloads)"
+        if group == "file":
+            query = (
+                f"SELECT file, NULL, {sums} FROM daily {condition} GROUP BY file ORDER BY 6 DESC, 1"
+            )
+        else:
+            query = (
+                f"SELECT file, day, {sums} FROM daily {condition} GROUP BY file, day ORDER BY 2, 1"
+            )
+        with self._lock:
+            db = self._connect()
+            try:
+                rows = db.execute(query, args).fetchall()
+            finally:
+                db.close()
+        keys = ("file", "day", "requests", "bytes", "complete", "downloads")
+        result = [dict(zip(keys, row, strict=True)) for row in rows]
+        if group == "file":
+            for row in result:
+                del row["day"]
+        return result
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
