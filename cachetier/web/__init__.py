@@ -16,8 +16,9 @@ from ._json import NotFound
 from ._site import CacheSite
 from .api import FileStatusResource, PurgeResource, StatsResource, SyncsResource, WarmResource
 from .compat import DownloadResource, VerifyResource
+from .dashboard import DashboardData, DashboardPage
 from .files import FilesResource
-from .health import HealthResource, MetricsPage, StatusPage
+from .health import HealthResource, MetricsPage
 from .internal import ReportResource
 
 __all__ = ["CacheSite", "build_root"]
@@ -46,7 +47,7 @@ def build_root(
     Every route of the service (see the HTTP contract in DESIGN.md).
     """
     root = _Branch()
-    root.putChild(b"", StatusPage(store, syncer))
+    root.putChild(b"", DashboardPage())
     root.putChild(
         b"files",
         FilesResource(
@@ -66,6 +67,9 @@ def build_root(
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
     v1.putChild(b"stats", StatsResource(analytics, settings.admin_token))
+    v1.putChild(
+        b"dashboard", DashboardData(store, syncer, metrics, analytics, settings.admin_token)
+    )
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(store, syncer))

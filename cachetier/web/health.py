@@ -1,11 +1,9 @@
 """
-Operator endpoints: C{/healthz} (JSON), C{/metrics} (Prometheus) and the
-status page at C{/}.
+Operator endpoints: C{/healthz} (JSON) and C{/metrics} (Prometheus).
 """
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -97,26 +95,6 @@ class HealthResource(JSONResource):
     def render_GET(self, request: IRequest) -> bytes:
         verdict = self.health.verdict()
         return render_json(request, verdict, 503 if verdict["status"] == "failing" else 200)
-
-
-class StatusPage(HealthResource):
-    """
-    C{GET /}: the same summary, as a page a person can read.
-    """
-
-    def render_GET(self, request: IRequest) -> bytes:
-        rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in self.health.verdict().items()
-        )
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return (
-            "<!DOCTYPE html><html><head><title>cachetier</title></head><body>"
-            f"<h1>cachetier</h1><table>{rows}</table>"
-            '<p><a href="/healthz">/healthz</a> · <a href="/metrics">/metrics</a></p>'
-            "</body></html>"
-        ).encode()
 
 
 class MetricsPage(JSONResource):
