@@ -23,7 +23,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from twisted.web import http, server
@@ -437,3 +437,22 @@ def make_tls_certificate(directory: str) -> tuple[str, str, bytes]:
     with open(cert_path, "wb") as f:
         f.write(cert_pem)
     return key_path, cert_path, cert_pem
+
+
+class ProcessOutput(ProcessProtocol):
+    """
+    Collects a child process's output (stdout and stderr together) and
+    fires C{ended} with how it ended.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Any] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)

@@ -21,31 +21,16 @@ import botocore.auth
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from cachetier.origin.auth import CredentialSource
 
-from .helpers import body_of, http_client, start_cachetier
+from .helpers import ProcessOutput, body_of, http_client, start_cachetier
 
 KEY, SECRET = "AKIDCACHETIERTEST", "s3cr3t-for-the-tests-only"
 BUCKET = "media"
 MiB = 1 << 20
-
-
-class _Output(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[Any] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(None)
 
 
 class S3TestCase(TestCase):
@@ -68,7 +53,7 @@ class S3TestCase(TestCase):
         args.append(self.data)
         for key in keys:
             args += ["--auth-key", key]
-        protocol = _Output()
+        protocol = ProcessOutput()
         process = reactor.spawnProcess(protocol, binary, args, env={"HOME": self.data})
         self._rclone = (process, protocol)
 

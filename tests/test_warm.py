@@ -13,11 +13,10 @@ from typing import Any
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import ProcessOutput, body_of, http_client, start_cachetier, start_origin
 
 TOKEN = "t" * 32
 
@@ -34,20 +33,6 @@ def feed(base: str, items: list[str]) -> bytes:
     ).encode()
 
 
-class _Command(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[Any] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value)
-
-
 class WarmTestCase(TestCase):
     timeout = 60
     settings: dict[str, Any] = {}
@@ -59,8 +44,8 @@ class WarmTestCase(TestCase):
         )
         self.client = http_client(self)
 
-    def command(self, *args: str) -> tuple[Any, _Command]:
-        protocol = _Command()
+    def command(self, *args: str) -> tuple[Any, ProcessOutput]:
+        protocol = ProcessOutput()
         argv = [sys.executable, "-m", "cachetier.cli", "warm", f"--server={self.url}", *args]
         env = dict(os.environ, CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="200")
         process = reactor.spawnProcess(protocol, argv[0], argv, env=env)

@@ -113,6 +113,34 @@ class FileStatusResource(JSONResource):
         )
 
 
+def _admin_body(request: IRequest, token: bytes | None) -> Any:
+    """
+    The JSON body of an admin call, or the error to answer (bytes).  The
+    channel has capped the body at MAX_ADMIN_BODY.
+    """
+    refusal = refuse(request, token)
+    if refusal is not None:
+        return refusal
+    try:
+        return json.loads(request.content.read())
+    except ValueError:
+        return render_error(request, 400, "bad_json", "the body is not JSON")
+
+
+def _names(request: IRequest, files: Any) -> list[str] | bytes:
+    """
+    C{files} if it is a list of valid names, or the error to answer.
+    """
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return render_error(request, 400, "bad_request", 'send {"files": [names]}')
+    for name in files:
+        try:
+            validate_name(name)
+        except InvalidName as e:
+            return render_error(request, 400, "bad_name", f"{name!r}: {e}")
+    return files
+
+
 class PurgeResource(JSONResource):
     """
     C{POST /api/v1/purge} (admin) with C{{"files": [names]}} or
@@ -127,14 +155,9 @@ class PurgeResource(JSONResource):
         self.admin_token = admin_token
 
     def render_POST(self, request: IRequest) -> bytes:
-        refusal = refuse(request, self.admin_token)
-        if refusal is not None:
-            return refusal
-        try:
-            # The channel has capped the body at MAX_ADMIN_BODY.
-            body = json.loads(request.content.read())
-        except ValueError:
-            return render_error(request, 400, "bad_json", "the body is not JSON")
+        body = _admin_body(request, self.admin_token)
+        if isinstance(body, bytes):
+            return body
         if not isinstance(body, dict) or len(body.keys() & {"files", "prefix"}) != 1:
             return render_error(
                 request, 400, "bad_request", 'send {"files": [names]} or {"prefix": "..."}'
@@ -147,14 +170,9 @@ class PurgeResource(JSONResource):
                 )
             purged = self.syncer.purge_prefix(prefix)
         else:
-            files = body["files"]
-            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-                return render_error(request, 400, "bad_request", "files must be a list of names")
-            for name in files:
-                try:
-                    validate_name(name)
-                except InvalidName as e:
-                    return render_error(request, 400, "bad_name", f"{name!r}: {e}")
+            files = _names(request, body["files"])
+            if isinstance(files, bytes):
+                return files
             purged = [name for name in files if self.syncer.purge(name)]
         return render_json(request, {"purged": purged, "count": len(purged)})
 
@@ -178,23 +196,14 @@ class WarmResource(JSONResource):
         self.admin_token = admin_token
 
     def render_POST(self, request: IRequest) -> bytes:
-        refusal = refuse(request, self.admin_token)
-        if refusal is not None:
-            return refusal
-        try:
-            body = json.loads(request.content.read())
-        except ValueError:
-            return render_error(request, 400, "bad_json", "the body is not JSON")
-        files = body.get("files") if isinstance(body, dict) else None
-        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            return render_error(request, 400, "bad_request", 'send {"files": [names]}')
+        body = _admin_body(request, self.admin_token)
+        if isinstance(body, bytes):
+            return body
+        files = _names(request, body.get("files") if isinstance(body, dict) else None)
+        if isinstance(files, bytes):
+            return files
         if len(files) > MAX_WARM_NAMES:
             return render_error(request, 400, "too_many", f"at most {MAX_WARM_NAMES} names a call")
-        for name in files:
-            try:
-                validate_name(name)
-            except InvalidName as e:
-                return render_error(request, 400, "bad_name", f"{name!r}: {e}")
         states = []
         for name in files:
             try:
