@@ -8,8 +8,8 @@ its slice module, 4 MiB slices) and the origin itself, in one run::
             connection: a listener reads from byte 0, and 1 s later
             another asks for the last MiB.  Time to its first and last
             byte; origin bytes for the whole fill.
-  playing   a 10 MiB M4A (Opus: Debian's chromium has no AAC) whose moov
-            atom is at the end (ffmpeg's default), the origin at 1 MiB/s a
+  playing   a 9.3 MiB M4A (AAC, 128 kbit/s, 10 minutes) whose moov atom
+            is at the end (ffmpeg's default), the origin at 1 MiB/s a
             connection, played cold in
             headless Chromium (Debian's, driven by Playwright): time from
             setting the <audio> source to its "playing" event.
@@ -323,7 +323,7 @@ def main() -> None:
                     f"{sent / MiB:>12.1f} MiB  {exact}"
                 )
         if "playing" in only:
-            print("playing: moov-at-end M4A (10 MiB), origin 1 MiB/s, cold, headless Chromium")
+            print("playing: moov-at-end M4A (9.3 MiB), origin 1 MiB/s, cold, headless Chromium")
             for label, seconds in playing(root, origin_port):
                 print(f"  {label:<22}{seconds * 1000:>10.0f}ms to 'playing'")
         if "parallel" in only:
