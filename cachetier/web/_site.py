@@ -5,6 +5,7 @@ per-request bookkeeping, the access log and request metrics.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import time
@@ -446,13 +447,19 @@ def _quoted(text: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _stamp(second: int) -> str:
+    # Formatted once a second, not once a request.
+    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+
+
 def access_line(event: dict[str, Any], when: float) -> str:
     """
     One access log line: nginx's C{combined} format, then the Range asked
     for, the cache outcome, the duration and whether the response was
     complete (C{OK}) or cut short (C{aborted}); see the README.
     """
-    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(when))
+    stamp = _stamp(int(when))
     request = _quoted(f"{event['method']} {event['path']} {event['protocol']}")
     return (
         f'{event["client"]} - - [{stamp}] "{request}" {event["status"]} {event["bytes"]}'
