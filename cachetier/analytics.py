@@ -27,19 +27,19 @@ write (more are dropped and counted), listener windows are deleted after
 from __future__ import annotations
 
 import csv
-import datetime
+import functools
 import hashlib
 import io
 import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from importlib.resources import files
-from typing import Any
+from typing import Any, NamedTuple
 
 import mutagen
-from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -85,8 +85,7 @@ def is_bot(user_agent: str, bots: tuple[str, ...]) -> bool:
     return not agent or agent == "-" or any(fragment in agent for fragment in bots)
 
 
-@frozen
-class Event:
+class Event(NamedTuple):
     """
     One response to a GET for a file, as the access log saw it.
     """
@@ -100,8 +99,13 @@ class Event:
     size: int | None = None
 
 
+@functools.lru_cache(maxsize=8)
+def _day_of(epoch_day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch_day * 86400))
+
+
 def _day(when: float) -> str:
-    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%d")
+    return _day_of(int(when // 86400))
 
 
 def _duration(path: str) -> float | None:
@@ -111,6 +115,21 @@ def _duration(path: str) -> float | None:
         return None
     length = getattr(getattr(media, "info", None), "length", None)
     return float(length) if length else None
+
+
+class _Batch:
+    """
+    What arrived since the last write, summed as it arrives (a dictionary
+    update a request on the reactor thread; the rows are written later).
+
+    @ivar daily: (file, day) -> [requests, bytes, complete].
+    @ivar listens: what may count as a download: not a bot, some bytes.
+    """
+
+    def __init__(self) -> None:
+        self.daily: dict[tuple[str, str], list[int]] = {}
+        self.listens: list[Event] = []
+        self.last = 0.0
 
 
 class Analytics:
@@ -135,7 +154,8 @@ class Analytics:
         self._locate = locate
         self.retention_days = retention_days
         self.bots = BOTS if bots is None else bots
-        self._pending: list[Event] = []
+        self._is_bot = functools.lru_cache(maxsize=4096)(lambda agent: is_bot(agent, self.bots))
+        self._batch = _Batch()
         self._writing: Deferred[Any] | None = None
         self._lock = threading.Lock()
         self.dropped = 0
@@ -151,18 +171,34 @@ class Analytics:
     # --- recording (reactor thread) ------------------------------------------
 
     def record(self, event: Event) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            self.dropped += 1
-            return
-        self._pending.append(event)
+        batch = self._batch
+        bot = self._is_bot(event.user_agent)
+        size = event.size
+        complete = not bot and event.status == 200 and size is not None and event.sent >= size
+        key = (event.file, _day(event.when))
+        row = batch.daily.get(key)
+        if row is None:
+            if len(batch.daily) >= MAX_PENDING:
+                self.dropped += 1
+                return
+            row = batch.daily[key] = [0, 0, 0]
+        row[0] += 1
+        row[1] += event.sent
+        row[2] += complete
+        batch.last = max(batch.last, event.when)
+        if not bot and event.sent > 0:
+            if len(batch.listens) >= MAX_PENDING:
+                self.dropped += 1
+                return
+            batch.listens.append(event)
 
     def flush(self) -> Deferred[Any] | None:
         """
-        Write what is pending, in a thread; one write at a time.
+        Write what arrived, in a thread; one write at a time.
         """
-        if self._writing is not None or not self._pending:
+        if self._writing is not None or not self._batch.daily:
             return self._writing
-        batch, self._pending = self._pending, []
+        batch, self._batch = self._batch, _Batch()
         d = self._writing = self._run_in_thread(self._write, batch)
 
         def written(result: Any) -> Any:
@@ -170,11 +206,17 @@ class Analytics:
             return result
 
         def failed(failure: Any) -> None:
-            log.failure("writing {count} analytics events failed", failure, count=len(batch))
+            log.failure("writing analytics failed", failure)
 
         d.addBoth(written)
         d.addErrback(failed)
         return d
+
+    def query(self, **kwargs: Any) -> Deferred[list[dict[str, Any]]]:
+        """
+        L{stats}, in a thread.
+        """
+        return self._run_in_thread(self.stats, **kwargs)
 
     def drain(self) -> Deferred[Any]:
         """
@@ -187,13 +229,7 @@ class Analytics:
 
     # --- writing (a thread) ------------------------------------------------------
 
-    def query(self, **kwargs: Any) -> Deferred[list[dict[str, Any]]]:
-        """
-        L{stats}, in a thread.
-        """
-        return self._run_in_thread(self.stats, **kwargs)
-
-    def _write(self, batch: list[Event]) -> None:
+    def _write(self, batch: _Batch) -> None:
         located: dict[str, tuple[str, int] | None] = {}
 
         def locate(name: str) -> tuple[str, int] | None:
@@ -206,10 +242,17 @@ class Analytics:
             db = self._connect()
             try:
                 db.execute("BEGIN IMMEDIATE")
-                salts = self._salts(db, batch[-1].when)
-                for event in batch:
-                    self._apply(db, event, salts)
-                self._expire(db, batch[-1].when)
+                db.executemany(
+                    "INSERT INTO daily (file, day, requests, bytes, complete)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (file, day) DO UPDATE SET"
+                    " requests = requests + excluded.requests,"
+                    " bytes = bytes + excluded.bytes, complete = complete + excluded.complete",
+                    [(f, day, r, b, c) for (f, day), (r, b, c) in batch.daily.items()],
+                )
+                salts = self._salts(db, batch.last)
+                for event in batch.listens:
+                    self._listen(db, event, salts)
+                self._expire(db, batch.last)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -239,21 +282,16 @@ class Analytics:
         minute = int(size / seconds * 60) if seconds else DEFAULT_MINUTE_BYTES
         return min(size, minute)
 
-    def _apply(self, db: sqlite3.Connection, event: Event, salts: dict[str, bytes]) -> None:
-        day = _day(event.when)
+    def _listen(self, db: sqlite3.Connection, event: Event, salts: dict[str, bytes]) -> None:
+        """
+        Add what one response delivered to its listener's 24-hour window,
+        counting a download when the window reaches the threshold.
+        """
         size = event.size
         if size is None:
             located = self._located(event.file)
             size = located[1] if located else None
-        complete = int(event.status == 200 and size is not None and event.sent >= size)
-        bot = is_bot(event.user_agent, self.bots)
-        db.execute(
-            "INSERT INTO daily (file, day, requests, bytes, complete) VALUES (?, ?, 1, ?, ?)"
-            " ON CONFLICT (file, day) DO UPDATE SET requests = requests + 1,"
-            " bytes = bytes + excluded.bytes, complete = complete + excluded.complete",
-            (event.file, day, event.sent, 0 if bot else complete),
-        )
-        if bot or size is None or event.sent <= 0:
+        if size is None:
             return
         hashes = [
             hashlib.sha256(salt + f"{event.client}\0{event.user_agent}".encode()).hexdigest()[:32]
@@ -280,8 +318,9 @@ class Analytics:
         if not counted and delivered >= self._threshold(db, event.file, size):
             counted = 1
             db.execute(
-                "UPDATE daily SET downloads = downloads + 1 WHERE file = ? AND day = ?",
-                (event.file, day),
+                "INSERT INTO daily (file, day, requests, bytes, downloads) VALUES (?, ?, 0, 0, 1)"
+                " ON CONFLICT (file, day) DO UPDATE SET downloads = downloads + 1",
+                (event.file, _day(event.when)),
             )
         db.execute(
             "UPDATE windows SET bytes = ?, counted = ? WHERE file = ? AND listener = ?",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -377,29 +378,34 @@ class CacheSite(server.Site):
             metrics.aborted_bytes.inc(sent)
         if outcome == "miss" and request.first_byte is not None:
             metrics.miss_first_byte_seconds.observe(request.first_byte - request.received)
+        analytics, access_log = self.analytics, self.access_log
+        if analytics is None and access_log is None:
+            return
+        headers = request.requestHeaders
+        client = client_address(request)
+        agent = _header(headers, b"user-agent")
         if (
-            self.analytics is not None
+            analytics is not None
             and request.cache_name is not None
             and request.method == b"GET"
             and request.code in (200, 206)
             and request.startedWriting
         ):
-            self.analytics.record(
+            analytics.record(
                 Event(
                     request.cache_name,
-                    client_address(request),
-                    _header(request.requestHeaders, b"user-agent"),
+                    client,
+                    agent,
                     sent,
                     request.code,
                     time.time(),
                     _object_size(request),
                 )
             )
-        if self.access_log is None:
+        if access_log is None:
             return
-        headers = request.requestHeaders
         event = {
-            "client": client_address(request),
+            "client": client,
             "method": request.method.decode("latin-1"),
             "path": request.uri.decode("latin-1"),
             "protocol": request.clientproto.decode("latin-1"),
@@ -408,7 +414,7 @@ class CacheSite(server.Site):
             "status": request.code if request.startedWriting else 499,
             "bytes": sent,
             "referer": _header(headers, b"referer"),
-            "user_agent": _header(headers, b"user-agent"),
+            "user_agent": agent,
             "range": _header(headers, b"range"),
             "outcome": outcome or "-",
             # Rounded here: a worker's events reach the log as JSON, which
@@ -417,7 +423,7 @@ class CacheSite(server.Site):
             "completion": "aborted" if aborted else "OK",
         }
         event["line"] = access_line(event, self.reactor.seconds())
-        self.access_log.info("{line}", **event)
+        access_log.info("{line}", **event)
 
 
 def _object_size(request: CacheRequest) -> int | None:
@@ -439,12 +445,13 @@ def _header(headers: http.Headers, name: bytes) -> str:
     return value[-1].decode("latin-1") if value else "-"
 
 
+# What nginx escapes in its log variables: no quote or control character
+# can break a line or a field.
+_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
 def _quoted(text: str) -> str:
-    # As nginx escapes its log variables: no quote or control character
-    # can break a line or a field.
-    return "".join(
-        f"\\x{ord(c):02X}" if c in '"\\' or ord(c) < 32 or ord(c) == 127 else c for c in text
-    )
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02X}", text)
 
 
 @functools.lru_cache(maxsize=4)
