@@ -141,10 +141,9 @@ def _names(request: IRequest, files: Any) -> list[str] | bytes:
     return files
 
 
-class PurgeResource(JSONResource):
+class _SyncerAdmin(JSONResource):
     """
-    C{POST /api/v1/purge} (admin) with C{{"files": [names]}} or
-    C{{"prefix": "episodes/2024/"}}.
+    An admin resource over the syncer.
     """
 
     isLeaf = True
@@ -153,6 +152,13 @@ class PurgeResource(JSONResource):
         super().__init__()
         self.syncer = syncer
         self.admin_token = admin_token
+
+
+class PurgeResource(_SyncerAdmin):
+    """
+    C{POST /api/v1/purge} (admin) with C{{"files": [names]}} or
+    C{{"prefix": "episodes/2024/"}}.
+    """
 
     def render_POST(self, request: IRequest) -> bytes:
         body = _admin_body(request, self.admin_token)
@@ -181,19 +187,12 @@ class PurgeResource(JSONResource):
 MAX_WARM_NAMES = 1000
 
 
-class WarmResource(JSONResource):
+class WarmResource(_SyncerAdmin):
     """
     C{POST /api/v1/warm} (admin) with C{{"files": [names]}}: sync them
     ahead of listeners, at low priority (see L{Syncer.warm}).  Answers each
     name's state now.
     """
-
-    isLeaf = True
-
-    def __init__(self, syncer: Syncer, admin_token: bytes | None) -> None:
-        super().__init__()
-        self.syncer = syncer
-        self.admin_token = admin_token
 
     def render_POST(self, request: IRequest) -> bytes:
         body = _admin_body(request, self.admin_token)
@@ -214,18 +213,11 @@ class WarmResource(JSONResource):
         return render_json(request, {"files": states})
 
 
-class SyncsResource(JSONResource):
+class SyncsResource(_SyncerAdmin):
     """
     C{GET /api/v1/syncs} (admin): the downloads under way or waiting for a
     slot, with their progress, and the names waiting to be warmed.
     """
-
-    isLeaf = True
-
-    def __init__(self, syncer: Syncer, admin_token: bytes | None) -> None:
-        super().__init__()
-        self.syncer = syncer
-        self.admin_token = admin_token
 
     def render_GET(self, request: IRequest) -> bytes:
         refusal = refuse(request, self.admin_token)
