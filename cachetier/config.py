@@ -37,6 +37,28 @@ def parse_size(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[(letter or binary or "").upper()])
 
 
+# Fields of an endpoint description are separated by unescaped colons
+# (see twisted.internet.endpoints.quoteStringArgument).
+_ENDPOINT_FIELD = re.compile(r"(?<!\\):")
+
+
+def parse_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    Split an endpoint description such as C{tcp6:8080:interface=\\:\\:1}
+    into its kind, positional and named fields, unescaped.
+    """
+    parts = _ENDPOINT_FIELD.split(description)
+    values = [p.replace("\\:", ":").replace("\\\\", "\\") for p in parts[1:]]
+    positional, named = [], {}
+    for part in values:
+        key, eq, value = part.partition("=")
+        if eq:
+            named[key] = value
+        else:
+            positional.append(part)
+    return parts[0], positional, named
+
+
 def parse_rate(text: str) -> int:
     """
     Parse a transfer rate such as C{"10K"} or C{"10K/s"} into bytes a second.

@@ -34,7 +34,7 @@ import twisted
 
 from . import __version__
 from .analytics import Analytics
-from .config import Settings, parse_duration, parse_rate, parse_size
+from .config import Settings, parse_duration, parse_endpoint, parse_rate, parse_size
 from .metrics import Metrics
 from .names import normalise_base
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
@@ -114,11 +114,10 @@ def _check_port(description: str) -> None:
     Refuse a TCP or TLS port out of range (the endpoint parser takes any
     number; bind() would refuse it only after start-up).
     """
-    kind, _, rest = description.partition(":")
+    kind, positional, named = parse_endpoint(description)
     if kind not in ("tcp", "tcp6", "ssl"):
         return
-    fields = rest.split(":")
-    port = next((f[5:] for f in fields if f.startswith("port=")), fields[0])
+    port = named.get("port", positional[0] if positional else "")
     if port.isdigit() and not 0 <= int(port) <= 65535:
         raise usage.UsageError(f"--listen {description!r}: port {port} is not in 0-65535")
 

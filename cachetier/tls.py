@@ -25,26 +25,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from .config import parse_endpoint
+
 log = Logger()
 
 _CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
-# Description fields are separated by unescaped colons (see
-# twisted.internet.endpoints.quoteStringArgument).
-_FIELD = re.compile(r"(?<!\\):")
-
-
-def _fields(description: str) -> tuple[list[str], dict[str, str]]:
-    parts = [p.replace("\\:", ":").replace("\\\\", "\\") for p in _FIELD.split(description)]
-    positional, named = [], {}
-    for part in parts[1:]:
-        key, eq, value = part.partition("=")
-        if eq:
-            named[key] = value
-        else:
-            positional.append(part)
-    return positional, named
 
 
 @implementer(IOpenSSLContextFactory)
@@ -121,8 +108,7 @@ def tls_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCertifi
     @raise ValueError: when the description or the files are unusable.
     @raise OSError: when a file cannot be read.
     """
-    kind = description.partition(":")[0]
-    positional, named = _fields(description)
+    kind, positional, named = parse_endpoint(description)
     key = named.pop("privateKey", None)
     if key is None:
         raise ValueError(f"{kind}: needs privateKey= for TLS")

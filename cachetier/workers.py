@@ -30,6 +30,8 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from .config import parse_endpoint
+
 log = Logger()
 
 _FIRST_FD = 3
@@ -292,16 +294,9 @@ def tcp_address(description: str) -> tuple[int, str, int, int]:
     The family, interface, port and backlog of a C{tcp:} or C{tcp6:}
     endpoint description (validated by the options already).
     """
-    kind, _, rest = description.partition(":")
+    kind, positional, named = parse_endpoint(description)
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
-    fields = {"interface": "::" if kind == "tcp6" else "0.0.0.0", "backlog": "50"}
-    positional = []
-    for part in rest.split(":"):
-        key, eq, value = part.partition("=")
-        if eq:
-            fields[key] = value
-        else:
-            positional.append(part)
+    fields = {"interface": "::" if kind == "tcp6" else "0.0.0.0", "backlog": "50", **named}
     port = int(fields.get("port", positional[0] if positional else "0"))
     return family, fields["interface"], port, int(fields["backlog"])
 

@@ -24,6 +24,7 @@ from ..analytics import Analytics, Event
 from ..metrics import Metrics
 from ..names import name_from_path, quote_name
 from ._json import error_body
+from .bodies import unsent_bytes
 
 log = Logger()
 
@@ -474,18 +475,6 @@ def access_line(event: dict[str, Any], when: float) -> str:
         f' "{_quoted(event["range"])}" {event["outcome"]} {event["duration_ms"]:.1f}ms'
         f" {event['completion']}"
     )
-
-
-def unsent_bytes(transport: Any) -> int:
-    """
-    What a TCP transport still holds in its own write buffer (Twisted's
-    C{FileDescriptor} internals), not yet handed to the kernel; 0 for any
-    other transport.
-    """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        return 0
 
 
 @implementer(ILogObserver)

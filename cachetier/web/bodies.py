@@ -162,9 +162,16 @@ def can_sendfile(request: Any) -> bool:
     return isinstance(getattr(request, "transport", None), tcp.Connection)
 
 
-def _drained(transport: tcp.Connection) -> bool:
-    # The transport's write buffer (FileDescriptor internals) is empty.
-    return transport.offset == len(transport.dataBuffer) and not transport._tempDataLen
+def unsent_bytes(transport: Any) -> int:
+    """
+    What a TCP transport still holds in its own write buffer (Twisted's
+    C{FileDescriptor} internals), not yet handed to the kernel; 0 for any
+    other transport.
+    """
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return 0
 
 
 class SendfileProducer(BodyProducer):
@@ -202,7 +209,7 @@ class SendfileProducer(BodyProducer):
     def _send(self) -> None:
         if self.request is None or self._paused:
             return
-        if not _drained(self._transport):
+        if unsent_bytes(self._transport):
             self._wait_for_transport()
             return
         assert self.handle is not None
