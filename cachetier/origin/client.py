@@ -556,7 +556,7 @@ class Origin:
         or signature are wrong (never a 404 to remember): the rest are left
         to the caller.  The error body is read (at most 8 KiB).
         """
-        body = await self._read_error(response)
+        body = await self._read_body(response, 8192)
         code = _xml_field(body, "Code")
         if code not in _AUTH_CODES:
             return
@@ -568,10 +568,15 @@ class Origin:
         self.rejected = (self._clock.seconds(), text)
         raise OriginError("auth", text)
 
-    async def _read_error(self, response: Any) -> bytes:
+    async def _read_body(self, response: Any, keep: int) -> bytes:
+        """
+        Read an error body to its end (so its connection goes back to the
+        pool, or is closed, before the sync reports the error), keeping
+        its first C{keep} bytes.
+        """
         chunks: list[bytes] = []
         done: Deferred[None] = Deferred()
-        response.deliverBody(_Collect(chunks, done, 8192))
+        response.deliverBody(_Collect(chunks, done, keep))
         done.addTimeout(self._timeout, self._clock)
         try:
             await done
@@ -636,17 +641,7 @@ class Origin:
         response.response.deliverBody(_Abandon())
 
     async def _discard(self, response: Any) -> None:
-        """
-        Read and drop an error body, so its connection goes back to the pool
-        (or is closed) before the sync reports the error.
-        """
-        done: Deferred[None] = Deferred()
-        response.deliverBody(_Discard(done))
-        done.addTimeout(self._timeout, self._clock)
-        try:
-            await done
-        except Exception:
-            pass
+        await self._read_body(response, 0)
 
     def _timed_out(self, result: object, timeout: float) -> Failure:
         # A cancelled request fails in whatever way the agent chooses;
@@ -722,22 +717,6 @@ class _Collect(Protocol):
         if self.left > 0:
             self.chunks.append(data[: self.left])
             self.left -= len(data)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if not self.done.called:
-            self.done.callback(None)
-
-
-class _Discard(Protocol):
-    """
-    Reads and drops an unwanted error body so the connection can be reused.
-    """
-
-    def __init__(self, done: Deferred[None]) -> None:
-        self.done = done
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if not self.done.called:
