@@ -160,7 +160,8 @@ class Download:
             partial = layout.partial(fill.name)
         if partial is None:
             return await self._origin.get(fill.name, fill.revalidating), None
-        gaps = Coverage(list(partial.intervals)).gaps(partial.length)
+        on_disk = Coverage(list(partial.intervals))
+        gaps = on_disk.gaps(partial.length)
         first, end = gaps[0] if gaps else (0, partial.length)
         response: OriginResponse | None
         try:
@@ -175,7 +176,7 @@ class Download:
             log.info(
                 "resuming {name}: {have} of {length} bytes already on disk",
                 name=fill.name,
-                have=Coverage(list(partial.intervals)).total,
+                have=on_disk.total,
                 length=partial.length,
             )
             checksum = None
