@@ -18,7 +18,7 @@ from .api import FileStatusResource, PurgeResource, StatsResource, SyncsResource
 from .compat import DownloadResource, VerifyResource
 from .dashboard import DashboardData, DashboardPage
 from .files import FilesResource
-from .health import HealthResource, MetricsPage
+from .health import Health, HealthResource, MetricsPage
 from .internal import ReportResource
 
 __all__ = ["CacheSite", "build_root"]
@@ -46,6 +46,8 @@ def build_root(
     """
     Every route of the service (see the HTTP contract in DESIGN.md).
     """
+    # One verdict, reused for a second, for /healthz and the dashboard.
+    health = Health(store, syncer)
     root = _Branch()
     root.putChild(b"", DashboardPage())
     root.putChild(
@@ -68,11 +70,12 @@ def build_root(
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
     v1.putChild(b"stats", StatsResource(analytics, settings.admin_token))
     v1.putChild(
-        b"dashboard", DashboardData(store, syncer, metrics, analytics, settings.admin_token)
+        b"dashboard",
+        DashboardData(store, syncer, metrics, analytics, settings.admin_token, health),
     )
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
-    root.putChild(b"healthz", HealthResource(store, syncer))
+    root.putChild(b"healthz", HealthResource(health))
     root.putChild(b"metrics", MetricsPage(metrics.registry))
     internal = _Branch()
     internal_v1 = _Branch()

@@ -65,6 +65,7 @@ class DashboardData(JSONResource):
         metrics: Metrics,
         analytics: Analytics | None,
         admin_token: bytes | None,
+        health: Health,
     ) -> None:
         super().__init__()
         self.store = store
@@ -72,7 +73,7 @@ class DashboardData(JSONResource):
         self.metrics = metrics
         self.analytics = analytics
         self.admin_token = admin_token
-        self.health = Health(store, syncer)
+        self.health = health
 
     def snapshot(self) -> dict[str, Any]:
         counters = self.metrics.counter_values()

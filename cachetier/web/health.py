@@ -88,9 +88,9 @@ class HealthResource(JSONResource):
 
     isLeaf = True
 
-    def __init__(self, store: CacheStore, syncer: Syncer) -> None:
+    def __init__(self, health: Health) -> None:
         super().__init__()
-        self.health = Health(store, syncer)
+        self.health = health
 
     def render_GET(self, request: IRequest) -> bytes:
         verdict = self.health.verdict()
