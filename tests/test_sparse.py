@@ -221,6 +221,8 @@ class ResumeTests(TestCase):
         await protocol.ended
         leftovers = sorted(os.listdir(os.path.join(self.cache_dir, "tmp")))
         self.assertEqual([name.split(".", 1)[1] for name in leftovers], ["partial", "partial.json"])
+        with open(os.path.join(self.cache_dir, "tmp", leftovers[1])) as f:
+            self.recorded = sum(end - start for start, end in json.load(f)["intervals"])
 
     async def fetch(self) -> bytes:
         _, protocol, url = await self.start()
@@ -236,9 +238,14 @@ class ResumeTests(TestCase):
         self.origin.rate = 16 * MiB
         await self.kill_half_way(size)
         self.origin.rate = None
+        self.assertGreater(self.recorded, 0, "the record says what is on disk")
+        before = self.origin.sent["big.mp4"]
         self.assertEqual(hashlib.sha256(await self.fetch()).digest(), hashlib.sha256(data).digest())
         self.assertIn(b"resuming big.mp4", self.output)
-        self.assertLessEqual(self.origin.sent["big.mp4"], size * 1.05)
+        # Exactly what the record did not cover is fetched again: how much
+        # that is depends on the machine's pace (benchmarks/seek.py measures
+        # it), but never more.
+        self.assertLessEqual(self.origin.sent["big.mp4"] - before, size - self.recorded)
         self.assertEqual(os.listdir(os.path.join(self.cache_dir, "tmp")), [])
 
     async def test_a_changed_object_is_fetched_anew_never_mixed(self) -> None:
