@@ -1,5 +1,6 @@
 """
-The test origin, and the plumbing to run cachetier against it on loopback.
+The test origin, and the plumbing to run cachetier against it, on loopback
+(L{CacheTestCase}) or in memory (L{MemoryCacheTestCase}).
 
 L{TestOrigin} is a real Twisted web server that counts requests per name,
 throttles, fails with any status, lies about Content-Length, dies mid-body,
@@ -18,21 +19,32 @@ from typing import Any
 from urllib.parse import unquote
 
 from attrs import define, field
+from treq import content
 from treq.client import HTTPClient
+from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import Clock
 from twisted.logger import Logger
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import http, server
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from cachetier.config import Settings
+from cachetier.metrics import Metrics
+from cachetier.origin import Breaker, Origin, RetryPolicy
+from cachetier.store import CacheStore
+from cachetier.sync import Syncer
 from cachetier.tap import Assembly, assemble
+from cachetier.web import build_root
 
 log = Logger()
 
@@ -87,6 +99,7 @@ class TestOrigin(Resource):
     @ivar paths: the raw paths requested, as they arrived.
     @ivar sent: body bytes written per name (to the transport).
     @ivar most_at_once: the most bodies it was sending at one time.
+    @ivar clock: where its Date header comes from, if not the wall clock.
     """
 
     isLeaf = True
@@ -107,6 +120,7 @@ class TestOrigin(Resource):
         self.most_at_once = 0
         self._hanging: list[Any] = []
         self.port: Any = None
+        self.clock: Clock | None = None
 
     def put(self, name: str, body: bytes, **kwargs: Any) -> OriginFile:
         """
@@ -131,6 +145,8 @@ class TestOrigin(Resource):
             count=self.counts[name],
         )
         self.requests.append((request.method, name, request.requestHeaders.copy()))
+        if self.clock is not None:
+            request.setHeader(b"date", http.datetimeToString(self.clock.seconds()))
         if name in self.hang:
             self._hanging.append(request)
             return server.NOT_DONE_YET
@@ -185,7 +201,6 @@ class TestOrigin(Resource):
         self._hanging.clear()
 
 
-@implementer(IPushProducer)
 def _single_range(request: server.Request, f: OriginFile) -> tuple[int, int] | None:
     """
     The C{[first, end)} a request's single byte range asks for, if it is
@@ -211,6 +226,7 @@ def _single_range(request: server.Request, f: OriginFile) -> tuple[int, int] | N
     return first, min(last, len(f.body) - 1) + 1
 
 
+@implementer(IPushProducer)
 class _Sender:
     """
     Sends a body with backpressure: as fast as the client takes it, or in
@@ -354,6 +370,241 @@ def http_client(test: TestCase) -> HTTPClient:
     pool = HTTPConnectionPool(reactor, persistent=False)
     test.addCleanup(pool.closeCachedConnections)
     return HTTPClient(Agent(reactor, pool=pool))
+
+
+async def read_response(response: IResponse) -> tuple[int, Headers, bytes]:
+    """
+    A response's status, headers and body.  Twisted's client keeps
+    Content-Length out of the headers of a response with a body; it is put
+    back, so a test reads every header in one place.  (A 304's is lost: the
+    client reports 0.)
+    """
+    body = await content(response)
+    headers = response.headers.copy()
+    kept_apart = response.length is not UNKNOWN_LENGTH and response.code != 304
+    if kept_apart and not headers.hasHeader(b"content-length"):
+        headers.setRawHeaders(b"content-length", [b"%d" % (response.length,)])
+    return response.code, headers, body
+
+
+def header(headers: Headers, name: str) -> list[str]:
+    """
+    Every value of header C{name}, as text.
+    """
+    return [v.decode("latin-1") for v in headers.getRawHeaders(name.encode(), [])]
+
+
+def _request_headers(headers: dict[str, str]) -> dict[str, list[str]]:
+    # if_none_match="..." is sent as If-None-Match.
+    return {k.replace("_", "-"): [v] for k, v in headers.items()}
+
+
+class CacheTestCase(TestCase):
+    """
+    A test origin, a cachetier in front of it and an HTTP client, on
+    loopback.
+
+    @cvar settings: the cache's settings, beyond its origin and directory.
+    """
+
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        self.client = http_client(self)
+
+    async def get(
+        self, name: str, method: str = "GET", **headers: str
+    ) -> tuple[int, Headers, bytes]:
+        """
+        C{method} C{/files/name} with C{headers} (see L{read_response}).
+        """
+        response = await self.client.request(
+            method, self.url + "files/" + name, headers=_request_headers(headers)
+        )
+        return await read_response(response)
+
+    async def cached(self, name: str, data: bytes, **kwargs: Any) -> None:
+        """
+        Put C{name} on the origin (with L{TestOrigin.put}'s C{kwargs}) and
+        sync it into the cache.
+        """
+        self.origin.put(name, data, **kwargs)
+        await self.cache.syncer.start(name).when_done()
+
+    async def settle(self, name: str) -> None:
+        """
+        Wait for the download of C{name} in flight, if any, however it ends.
+        """
+        fill = self.cache.syncer.fill_for(name)
+        if fill is not None:
+            await fill.when_done().addErrback(lambda _: None)
+
+
+class _AnswersLater(Resource):
+    """
+    Holds each request to C{origin} until L{answer}: in memory, an exchange
+    with the origin would otherwise end inside the call that began it, and
+    no listener would ever see a download in flight.
+    """
+
+    isLeaf = True
+
+    def __init__(self, origin: TestOrigin) -> None:
+        super().__init__()
+        self.origin = origin
+        self.waiting: list[server.Request] = []
+
+    def render(self, request: server.Request) -> int:
+        self.waiting.append(request)
+        return server.NOT_DONE_YET
+
+    def answer(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for request in waiting:
+            body = self.origin.render(request)
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+
+class MemoryCache:
+    """
+    cachetier's resource tree in memory: it reaches a L{TestOrigin} through
+    a L{StubTreq}, listeners reach it through another, and time (its own
+    and the origin's Date) is a L{Clock}.
+
+    The origin must send at full speed (no C{rate}): its throttle runs on
+    the real reactor.
+    """
+
+    def __init__(self, cache_dir: str, **settings: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.origin = TestOrigin()
+        self.origin.clock = self.clock
+        self._origin = _AnswersLater(self.origin)
+        self.origin_client = StubTreq(self._origin)
+        self.settings = config = Settings(
+            origin="http://origin.test/", cache_dir=cache_dir, **settings
+        )
+        self.metrics = Metrics()
+        self.store = CacheStore.open(
+            cache_dir, max_size=config.max_size, min_free=config.min_free, now=self.clock.seconds
+        )
+        origin = Origin(
+            config.origin,
+            self.origin_client,
+            self.clock,
+            config.origin_timeout,
+            breaker=Breaker(self.clock, config.breaker_threshold, config.breaker_cooloff),
+            retry=RetryPolicy(attempts=config.origin_retries),
+        )
+        self.syncer = Syncer(
+            origin,
+            self.store,
+            self.clock,
+            lambda f, *args: maybeDeferred(f, *args),
+            max_concurrent=config.max_concurrent_syncs,
+            ttl=config.ttl,
+            stale_if_error=config.stale_if_error,
+            negative_ttl=config.negative_ttl,
+            metrics=self.metrics,
+        )
+        self.client = StubTreq(build_root(self.store, self.syncer, config, self.metrics))
+
+    def _round(self) -> None:
+        self._origin.answer()
+        self.origin_client.flush()
+        self.client.flush()
+
+    def flush(self) -> None:
+        """
+        Deliver everything in flight.  Each round answers what the origin
+        was asked, then carries the bytes both ways; no exchange here takes
+        more than a few.
+        """
+        for _ in range(8):
+            self._round()
+
+    def result(self, d: Deferred[Any]) -> Any:
+        """
+        What C{d} fires with, delivering round by round (see L{flush}) only
+        until it fires: a listener answered from the cache has its answer
+        before the origin answers the revalidation it started, which is then
+        still in flight.
+        """
+        results: list[Any] = []
+        d.addBoth(results.append)
+        for _ in range(8):
+            if results:
+                break
+            self._round()
+        if not results:
+            raise AssertionError(f"{d!r} has not fired")
+        (result,) = results
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+
+class MemoryCacheTestCase(SynchronousTestCase):
+    """
+    The in-memory counterpart of L{CacheTestCase}, for what goes over no
+    socket: a test origin, a cachetier and a client, all in memory, and a
+    L{Clock} (C{self.clock}).
+
+    @cvar settings: the cache's settings, beyond its origin and directory.
+    """
+
+    settings: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.cache = MemoryCache(os.path.abspath(self.mktemp()), **self.settings)
+        self.origin = self.cache.origin
+        self.clock = self.cache.clock
+        self.url = "http://cachetier.test/"
+
+    def get(self, name: str, method: str = "GET", **headers: str) -> tuple[int, Headers, bytes]:
+        """
+        C{method} C{/files/name} with C{headers} (see L{read_response}).
+        """
+        return self.request(method, "files/" + name, headers=_request_headers(headers))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Headers, bytes]:
+        """
+        C{method} C{path} (with treq's C{kwargs}): see L{read_response}.
+        """
+        response = self.cache.client.request(method, self.url + path, **kwargs)
+        return self.cache.result(Deferred.fromCoroutine(_read(response)))
+
+    def cached(self, name: str, data: bytes, **kwargs: Any) -> None:
+        """
+        Put C{name} on the origin (with L{TestOrigin.put}'s C{kwargs}) and
+        sync it into the cache.
+        """
+        self.origin.put(name, data, **kwargs)
+        self.cache.result(self.cache.syncer.start(name).when_done())
+
+    def settle(self, name: str) -> None:
+        """
+        Let the download of C{name} in flight, if any, end however it ends.
+        """
+        fill = self.cache.syncer.fill_for(name)
+        if fill is not None:
+            self.cache.result(fill.when_done().addErrback(lambda _: None))
+
+    def wait(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass: the clock moves, and what is in flight arrives.
+        """
+        self.clock.advance(seconds)
+        self.cache.flush()
+
+
+async def _read(response: Deferred[IResponse]) -> tuple[int, Headers, bytes]:
+    return await read_response(await response)
 
 
 class _HangUp(Protocol):

@@ -1,6 +1,7 @@
 """
-Lifetimes, revalidation, stale-while-revalidate, stale-if-error and the
-origin breaker, against the real test origin on loopback.
+Lifetimes, revalidation, stale-while-revalidate and stale-if-error in
+memory with a clock; readers of a replaced version and the origin breaker
+against the real test origin on loopback.
 """
 
 from __future__ import annotations
@@ -9,38 +10,47 @@ import json
 import time
 from typing import Any
 
+from prometheus_client import generate_latest
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
+from cachetier.metrics import Metrics
 from cachetier.origin import parse_cache_control
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of
 
 
 def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
-class FreshnessTestCase(TestCase):
+def metric(metrics: Metrics, text: str) -> float:
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line.startswith(text + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+class FreshnessTestCase(MemoryCacheTestCase):
     settings: dict[str, Any] = {"ttl": 0.3}
 
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
-        self.client = http_client(self)
+    def revalidation_done(self, name: str) -> None:
+        fill = self.cache.syncer.fill_for(name)
+        self.assertIsNotNone(fill, "a revalidation should be under way")
+        self.assertIsNotNone(fill.revalidating)
+        self.settle(name)
 
-    async def cached(self, name: str, data: bytes, **kwargs: Any) -> None:
-        self.origin.put(name, data, **kwargs)
-        await self.cache.syncer.start(name).when_done()
+    def metric(self, text: str) -> float:
+        return metric(self.cache.metrics, text)
 
-    async def get(self, name: str) -> tuple[int, Any, bytes]:
-        response = await self.client.get(self.url + "files/" + name)
-        return response.code, response.headers, await content(response)
+
+class LoopbackFreshnessTestCase(CacheTestCase):
+    settings: dict[str, Any] = {"ttl": 0.3}
 
     async def revalidation_done(self, name: str) -> None:
         fill = self.cache.syncer.fill_for(name)
@@ -49,24 +59,19 @@ class FreshnessTestCase(TestCase):
         await fill.when_done().addErrback(lambda _: None)
 
     def metric(self, text: str) -> float:
-        from prometheus_client import generate_latest
-
-        for line in generate_latest(self.cache.site.metrics.registry).decode().splitlines():
-            if line.startswith(text + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return metric(self.cache.site.metrics, text)
 
 
 class RevalidationTests(FreshnessTestCase):
-    async def test_unchanged_file_is_renewed_by_a_304_without_a_download(self) -> None:
+    def test_unchanged_file_is_renewed_by_a_304_without_a_download(self) -> None:
         data = body_of(200_000)
-        await self.cached("a.mp3", data)
+        self.cached("a.mp3", data)
         before = self.cache.store.get("a.mp3")
-        await sleep(0.35)
-        code, headers, body = await self.get("a.mp3")
+        self.wait(0.35)
+        code, headers, body = self.get("a.mp3")
         self.assertEqual((code, body), (200, data))
         self.assertTrue(headers.hasHeader(b"age"))
-        await self.revalidation_done("a.mp3")
+        self.revalidation_done("a.mp3")
         method, _, request_headers = self.origin.requests[-1]
         self.assertEqual(
             request_headers.getRawHeaders(b"if-none-match"), [before.origin_etag.encode()]
@@ -77,23 +82,73 @@ class RevalidationTests(FreshnessTestCase):
         self.assertEqual(self.metric('cachetier_revalidations_total{result="not_modified"}'), 1)
         self.assertEqual(self.metric("cachetier_origin_bytes_total"), 200_000)
 
-    async def test_changed_file_is_served_in_its_new_version_after_its_ttl(self) -> None:
+    def test_changed_file_is_served_in_its_new_version_after_its_ttl(self) -> None:
         old, new = body_of(100_000, "old"), body_of(120_000, "new")
-        await self.cached("a.mp3", old)
+        self.cached("a.mp3", old)
         self.origin.put("a.mp3", new)
-        code, _, body = await self.get("a.mp3")
+        code, _, body = self.get("a.mp3")
         self.assertEqual(body, old, "fresh: served from the cache, origin not asked")
         self.assertEqual(self.origin.counts["a.mp3"], 1)
-        await sleep(0.35)
-        started = time.monotonic()
-        code, _, body = await self.get("a.mp3")
-        self.assertLess(time.monotonic() - started, 0.2)
+        self.wait(0.35)
+        # Answered before the origin answers the revalidation it started.
+        code, _, body = self.get("a.mp3")
         self.assertEqual((code, body), (200, old), "stale while revalidating")
-        await self.revalidation_done("a.mp3")
-        code, headers, body = await self.get("a.mp3")
+        self.revalidation_done("a.mp3")
+        code, headers, body = self.get("a.mp3")
         self.assertEqual((code, body), (200, new))
         self.assertEqual(headers.getRawHeaders(b"etag"), [self.origin.files["a.mp3"].etag.encode()])
 
+    def test_a_hanging_origin_never_delays_a_cached_file(self) -> None:
+        data = body_of(50_000)
+        self.cached("a.mp3", data)
+        self.wait(0.35)
+        self.origin.hang.add("a.mp3")
+        for _ in range(3):
+            # self.get fails if the answer waits for the origin.
+            code, _, body = self.get("a.mp3")
+            self.assertEqual((code, body), (200, data))
+        self.cache.flush()  # the origin sees what it was asked
+        self.assertEqual(self.origin.counts["a.mp3"], 2, "one revalidation, not one per request")
+
+    def test_a_404_while_revalidating_serves_stale_until_purged(self) -> None:
+        # An S3 policy mistake or a WAF challenge must not wipe the cache:
+        # a 403/404/410 on revalidation is an origin error like any other.
+        self.cached("a.mp3", b"x" * 1000)
+        del self.origin.files["a.mp3"]
+        self.wait(0.35)
+        self.get("a.mp3")
+        self.revalidation_done("a.mp3")
+        code, headers, body = self.get("a.mp3")
+        self.assertEqual((code, body), (200, b"x" * 1000))
+        self.assertIsNotNone(self.cache.store.get("a.mp3"))
+        self.cache.syncer.purge("a.mp3")
+        code, _, body = self.get("a.mp3")
+        self.assertEqual((code, json.loads(body)["error"]), (404, "not_found"))
+
+    def test_origin_max_age_overrides_the_ttl(self) -> None:
+        self.cached("long.mp3", b"x" * 10, extra_headers={"Cache-Control": "max-age=3600"})
+        self.cached("now.mp3", b"y" * 10, extra_headers={"Cache-Control": "no-cache"})
+        self.wait(0.35)
+        self.get("long.mp3")
+        self.get("now.mp3")
+        self.assertIsNone(self.cache.syncer.fill_for("long.mp3"))
+        # no-cache forbids serving it stale: it was revalidated first.
+        self.assertEqual((self.origin.counts["long.mp3"], self.origin.counts["now.mp3"]), (1, 2))
+
+    def test_no_store_is_passed_through_and_never_cached(self) -> None:
+        data = body_of(100_000)
+        self.origin.put("live.mp3", data, extra_headers={"Cache-Control": "no-store"})
+        for count in (1, 2):
+            code, _, body = self.get("live.mp3")
+            self.assertEqual((code, body), (200, data))
+            fill = self.cache.syncer.fill_for("live.mp3")
+            if fill is not None:
+                self.cache.result(fill.when_done())
+            self.assertIsNone(self.cache.store.get("live.mp3"))
+            self.assertEqual(self.origin.counts["live.mp3"], count)
+
+
+class ReplacedVersionTests(LoopbackFreshnessTestCase):
     async def test_readers_of_the_old_version_finish_with_the_old_bytes(self) -> None:
         old, new = body_of(8_000_000, "old"), body_of(8_000_000, "new")
         await self.cached("a.mp3", old)
@@ -109,55 +164,6 @@ class RevalidationTests(FreshnessTestCase):
         reader.transport.resumeProducing()
         received = await reader.done
         self.assertTrue(received.endswith(old))
-
-    async def test_a_hanging_origin_never_delays_a_cached_file(self) -> None:
-        data = body_of(50_000)
-        await self.cached("a.mp3", data)
-        await sleep(0.35)
-        self.origin.hang.add("a.mp3")
-        for _ in range(3):
-            started = time.monotonic()
-            code, _, body = await self.get("a.mp3")
-            self.assertLess(time.monotonic() - started, 0.2)
-            self.assertEqual((code, body), (200, data))
-        self.assertEqual(self.origin.counts["a.mp3"], 2, "one revalidation, not one per request")
-
-    async def test_a_404_while_revalidating_serves_stale_until_purged(self) -> None:
-        # An S3 policy mistake or a WAF challenge must not wipe the cache:
-        # a 403/404/410 on revalidation is an origin error like any other.
-        await self.cached("a.mp3", b"x" * 1000)
-        del self.origin.files["a.mp3"]
-        await sleep(0.35)
-        await self.get("a.mp3")
-        await self.revalidation_done("a.mp3")
-        code, headers, body = await self.get("a.mp3")
-        self.assertEqual((code, body), (200, b"x" * 1000))
-        self.assertIsNotNone(self.cache.store.get("a.mp3"))
-        self.cache.syncer.purge("a.mp3")
-        code, _, body = await self.get("a.mp3")
-        self.assertEqual((code, json.loads(body)["error"]), (404, "not_found"))
-
-    async def test_origin_max_age_overrides_the_ttl(self) -> None:
-        await self.cached("long.mp3", b"x" * 10, extra_headers={"Cache-Control": "max-age=3600"})
-        await self.cached("now.mp3", b"y" * 10, extra_headers={"Cache-Control": "no-cache"})
-        await sleep(0.35)
-        await self.get("long.mp3")
-        await self.get("now.mp3")
-        self.assertIsNone(self.cache.syncer.fill_for("long.mp3"))
-        # no-cache forbids serving it stale: it was revalidated first.
-        self.assertEqual((self.origin.counts["long.mp3"], self.origin.counts["now.mp3"]), (1, 2))
-
-    async def test_no_store_is_passed_through_and_never_cached(self) -> None:
-        data = body_of(100_000)
-        self.origin.put("live.mp3", data, extra_headers={"Cache-Control": "no-store"})
-        for count in (1, 2):
-            code, _, body = await self.get("live.mp3")
-            self.assertEqual((code, body), (200, data))
-            fill = self.cache.syncer.fill_for("live.mp3")
-            if fill is not None:
-                await fill.when_done()
-            self.assertIsNone(self.cache.store.get("live.mp3"))
-            self.assertEqual(self.origin.counts["live.mp3"], count)
 
 
 class _PausedReader(Protocol):
@@ -183,7 +189,7 @@ class _PausedReader(Protocol):
         self.done.callback(self.received)
 
 
-class OriginDownTests(FreshnessTestCase):
+class OriginDownTests(LoopbackFreshnessTestCase):
     settings = {
         "ttl": 0.2,
         "stale_if_error": 60.0,
@@ -226,11 +232,11 @@ class OriginDownTests(FreshnessTestCase):
 class StaleIfErrorWindowTests(FreshnessTestCase):
     settings = {"ttl": 0.1, "stale_if_error": 0.2, "origin_retries": 1}
 
-    async def test_past_the_window_the_stale_copy_is_not_served(self) -> None:
-        await self.cached("a.mp3", b"x" * 1000)
+    def test_past_the_window_the_stale_copy_is_not_served(self) -> None:
+        self.cached("a.mp3", b"x" * 1000)
         self.origin.status["a.mp3"] = 503
-        await sleep(0.45)
-        code, _, body = await self.get("a.mp3")
+        self.wait(0.45)
+        code, _, body = self.get("a.mp3")
         self.assertEqual(code, 504)
         self.assertIn("the origin answered 503", json.loads(body)["message"])
 

@@ -1,7 +1,7 @@
 """
-Faithful to the origin (RFC 9110, RFC 9111), over real sockets: what the
-origin said reaches listeners unchanged, and the origin is contacted only
-where it said.
+Faithful to the origin (RFC 9110, RFC 9111): what the origin said reaches
+listeners unchanged, and the origin is contacted only where it said.  The
+headers in memory; bodies as they go over real sockets.
 """
 
 from __future__ import annotations
@@ -9,14 +9,12 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-from typing import Any
 
 from treq import content
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, start_origin
 
 KEPT = {
     "content-disposition": 'attachment; filename="episode 100.mp3"',
@@ -26,63 +24,39 @@ KEPT = {
 }
 
 
-class HTTPSemanticsTestCase(TestCase):
-    settings: dict[str, Any] = {}
-
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
-        self.client = http_client(self)
-
-    async def get(self, name: str, method: str = "GET", **headers: str) -> tuple[int, Any, bytes]:
-        response = await self.client.request(
-            method, self.url + "files/" + name, headers={k: [v] for k, v in headers.items()}
-        )
-        return response.code, response.headers, await content(response)
-
-    async def settle(self, name: str) -> None:
-        fill = self.cache.syncer.fill_for(name)
-        if fill is not None:
-            await fill.when_done().addErrback(lambda _: None)
-
-    @staticmethod
-    def header(headers: Any, name: str) -> list[str]:
-        return [v.decode("latin-1") for v in headers.getRawHeaders(name.encode(), [])]
-
-
-class CacheControlTests(HTTPSemanticsTestCase):
-    async def test_private_and_no_store_are_never_sent_as_public(self) -> None:
+class CacheControlTests(MemoryCacheTestCase):
+    def test_private_and_no_store_are_never_sent_as_public(self) -> None:
         for cc in ("private, max-age=600", "no-store"):
             name = cc.split(",")[0] + ".mp3"
             self.origin.put(name, body_of(20_000), extra_headers={"Cache-Control": cc})
             for _ in range(2):
-                code, headers, body = await self.get(name)
+                code, headers, body = self.get(name)
                 self.assertEqual((code, body), (200, body_of(20_000)))
-                self.assertEqual(self.header(headers, "cache-control"), [cc])
-                await self.settle(name)
+                self.assertEqual(header(headers, "cache-control"), [cc])
+                self.settle(name)
             self.assertIsNone(self.cache.store.get(name), "streamed, not stored")
 
-    async def test_the_origins_max_age_is_passed_on_unchanged(self) -> None:
+    def test_the_origins_max_age_is_passed_on_unchanged(self) -> None:
         self.origin.put("a.mp3", body_of(20_000), extra_headers={"Cache-Control": "max-age=60"})
         for _ in range(2):  # miss, then hit
-            _, headers, _ = await self.get("a.mp3")
-            self.assertEqual(self.header(headers, "cache-control"), ["max-age=60"])
-            await self.settle("a.mp3")
+            _, headers, _ = self.get("a.mp3")
+            self.assertEqual(header(headers, "cache-control"), ["max-age=60"])
+            self.settle("a.mp3")
 
 
-class DefaultCacheControlTests(HTTPSemanticsTestCase):
+class DefaultCacheControlTests(MemoryCacheTestCase):
     settings = {"ttl": 30.0}
 
-    async def test_without_one_the_default_never_outlives_the_object(self) -> None:
+    def test_without_one_the_default_never_outlives_the_object(self) -> None:
         self.origin.put("a.mp3", body_of(20_000))
-        await self.get("a.mp3")
-        await self.settle("a.mp3")
-        _, headers, _ = await self.get("a.mp3")
-        self.assertEqual(self.header(headers, "cache-control"), ["public, max-age=30"])
+        self.get("a.mp3")
+        self.settle("a.mp3")
+        _, headers, _ = self.get("a.mp3")
+        self.assertEqual(header(headers, "cache-control"), ["public, max-age=30"])
 
 
-class HeaderTests(HTTPSemanticsTestCase):
-    async def test_end_to_end_headers_survive_miss_hit_range_and_head(self) -> None:
+class HeaderTests(MemoryCacheTestCase):
+    def test_end_to_end_headers_survive_miss_hit_range_and_head(self) -> None:
         for name, size in (("big.mp3", 200_000), ("small.mp3", 2_000)):
             self.origin.put(name, body_of(size), extra_headers=KEPT)
             cases = [
@@ -92,11 +66,21 @@ class HeaderTests(HTTPSemanticsTestCase):
             ]
             cases.append(("HEAD", "HEAD", {}))
             for label, method, request_headers in cases:
-                code, headers, _ = await self.get(name, method, **request_headers)
+                code, headers, _ = self.get(name, method, **request_headers)
                 for key, value in KEPT.items():
-                    self.assertEqual(self.header(headers, key), [value], f"{name} {label} {key}")
-                await self.settle(name)
+                    self.assertEqual(header(headers, key), [value], f"{name} {label} {key}")
+                self.settle(name)
 
+    def test_a_response_that_sets_a_cookie_is_streamed_not_stored(self) -> None:
+        self.origin.put("c.mp3", body_of(5_000), extra_headers={"Set-Cookie": "session=1"})
+        code, headers, body = self.get("c.mp3")
+        self.assertEqual((code, body), (200, body_of(5_000)))
+        self.assertEqual(header(headers, "set-cookie"), [])
+        self.settle("c.mp3")
+        self.assertIsNone(self.cache.store.get("c.mp3"))
+
+
+class EncodingTests(CacheTestCase):
     async def test_a_gzip_encoded_object_keeps_its_encoding_and_bytes(self) -> None:
         raw = gzip.compress(body_of(100_000))
         self.origin.put(
@@ -111,22 +95,14 @@ class HeaderTests(HTTPSemanticsTestCase):
             response = await agent.request(b"GET", (self.url + "files/t.json").encode())
             code, headers, body = response.code, response.headers, await readBody(response)
             self.assertEqual(code, 200)
-            self.assertEqual(self.header(headers, "content-encoding"), ["gzip"], label)
+            self.assertEqual(header(headers, "content-encoding"), ["gzip"], label)
             self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(raw).digest(), label)
             await self.settle("t.json")
         _, _, request_headers = self.origin.requests[0]
         self.assertEqual(request_headers.getRawHeaders(b"accept-encoding"), [b"identity"])
 
-    async def test_a_response_that_sets_a_cookie_is_streamed_not_stored(self) -> None:
-        self.origin.put("c.mp3", body_of(5_000), extra_headers={"Set-Cookie": "session=1"})
-        code, headers, body = await self.get("c.mp3")
-        self.assertEqual((code, body), (200, body_of(5_000)))
-        self.assertEqual(self.header(headers, "set-cookie"), [])
-        await self.settle("c.mp3")
-        self.assertIsNone(self.cache.store.get("c.mp3"))
 
-
-class IntegrityTests(HTTPSemanticsTestCase):
+class IntegrityTests(CacheTestCase):
     async def test_a_32_hex_etag_from_a_plain_server_is_no_md5(self) -> None:
         self.origin.put("a.mp3", body_of(50_000), etag='"0123456789abcdef0123456789abcdef"')
         code, _, body = await self.get("a.mp3")
@@ -175,7 +151,7 @@ class IntegrityTests(HTTPSemanticsTestCase):
         self.assertEqual(request_headers.getRawHeaders(b"x-amz-checksum-mode"), [b"ENABLED"])
 
 
-class OriginURLTests(HTTPSemanticsTestCase):
+class OriginURLTests(CacheTestCase):
     async def test_a_plus_is_percent_encoded(self) -> None:
         self.origin.plus_is_space = True
         self.origin.put("a+b.mp3", body_of(1_000, "plus"))
