@@ -8,16 +8,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Any
 
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, read_then_hang_up, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of, read_then_hang_up
 
 LINE = re.compile(
     r'^(?P<client>\S+) - - \[(?P<time>[^]]+)\] "(?P<request>[^"]*)" (?P<status>\d+)'
@@ -26,16 +24,11 @@ LINE = re.compile(
 )
 
 
-class AccessLogTestCase(TestCase):
-    settings: dict[str, Any] = {}
-
+class AccessLogTestCase(CacheTestCase):
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(
-            self, self.origin_url, access_log=self.path, **self.settings
-        )
-        self.client = http_client(self)
+        self.settings = {"access_log": self.path, **self.settings}
+        super().setUp()
 
     def lines(self) -> list[dict[str, str]]:
         self.cache.access_file.flush()

@@ -12,21 +12,15 @@ from treq import content
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of
 from .test_freshness import _PausedReader
 
 TOKEN = b"s3cret-admin-token-0123456789"
 
 
-class AdminTestCase(TestCase):
+class AdminTestCase(CacheTestCase):
     settings: dict[str, Any] = {"admin_token": TOKEN}
-
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
-        self.client = http_client(self)
 
     async def admin(
         self, method: str, path: str, token: bytes | None = TOKEN, body: Any = None
@@ -35,10 +29,6 @@ class AdminTestCase(TestCase):
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         response = await self.client.request(method, self.url + path, headers=headers, data=data)
         return response.code, response.headers, json.loads(await content(response))
-
-    async def cached(self, name: str, data: bytes) -> None:
-        self.origin.put(name, data)
-        await self.cache.syncer.start(name).when_done()
 
 
 class NoTokenTests(AdminTestCase):

@@ -8,17 +8,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-from typing import Any
 
 from treq import content
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import LoopingCall
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 
 from cachetier.store import META_BYTES, CacheStore, ObjectHeaders
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of
 
 
 def disk_usage(root: str) -> int:
@@ -37,25 +36,17 @@ def disk_usage(root: str) -> int:
     return total
 
 
-class CapacityTestCase(TestCase):
-    settings: dict[str, Any] = {}
+class CapacityTestCase(CacheTestCase):
+    def fetch(self, name: str) -> Deferred[tuple[int, bytes]]:
+        """
+        GET C{name} without following a redirect: its status and body.
+        """
 
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
-        self.client = http_client(self)
-
-    def get(self, name: str) -> Deferred[tuple[int, bytes]]:
-        async def get() -> tuple[int, bytes]:
+        async def fetch() -> tuple[int, bytes]:
             response = await self.client.get(self.url + "files/" + name, allow_redirects=False)
             return response.code, await content(response)
 
-        return Deferred.fromCoroutine(get())
-
-    async def settle(self, name: str) -> None:
-        fill = self.cache.syncer.fill_for(name)
-        if fill is not None:
-            await fill.when_done().addErrback(lambda _: None)
+        return Deferred.fromCoroutine(fetch())
 
     def sample_disk(self) -> list[int]:
         samples: list[int] = []
@@ -73,13 +64,13 @@ class EvictionTests(CapacityTestCase):
             self.origin.put(name, body_of(100_000, name))
         samples = self.sample_disk()
         for name in ("a", "b", "c"):
-            await self.get(name)
+            await self.fetch(name)
             await self.settle(name)
-        await self.get("a")  # a is now the most recently used
-        await self.get("d")
+        await self.fetch("a")  # a is now the most recently used
+        await self.fetch("d")
         await self.settle("d")
         self.assertEqual(sorted(self.cache.store.names()), ["a", "c", "d"])
-        await self.get("e")
+        await self.fetch("e")
         await self.settle("e")
         self.assertEqual(sorted(self.cache.store.names()), ["a", "d", "e"])
         self.assertLessEqual(max(samples), 350_000)
@@ -90,7 +81,7 @@ class EvictionTests(CapacityTestCase):
             self.origin.put(name, body_of(150_000, name))
         self.origin.rate = 1_000_000
         samples = self.sample_disk()
-        results = await gatherResults([self.get(n) for n in ("x", "y", "z")])
+        results = await gatherResults([self.fetch(n) for n in ("x", "y", "z")])
         codes = sorted(code for code, _ in results)
         self.assertEqual(codes, [200, 200, 503], "the third does not fit next to the first two")
         refused = [body for code, body in results if code == 503][0]
@@ -117,11 +108,11 @@ class WriteFailureTests(CapacityTestCase):
         store.write = full_disk  # the store's write seam
         self.origin.put("big.mp3", body_of(1_000_000))
         with self.assertRaises(ResponseFailed):
-            await self.get("big.mp3")
+            await self.fetch("big.mp3")
         status = self.cache.syncer.status("big.mp3", start=False)
         self.assertEqual((status.state, status.error.reason), ("error", "no_space"))
         self.assertEqual(os.listdir(os.path.join(store.root, "tmp")), [])
-        self.assertEqual(await self.get("kept.mp3"), (200, kept))
+        self.assertEqual(await self.fetch("kept.mp3"), (200, kept))
 
 
 class ObjectSizeTests(CapacityTestCase):
@@ -152,7 +143,7 @@ class FloodTests(CapacityTestCase):
         refused = [s for s in states if s["state"] == "missing"]
         self.assertEqual(len(started), 5)
         self.assertTrue(all(s["error"].startswith("overloaded") for s in refused))
-        code, body = await self.get("one-more.mp3")
+        code, body = await self.fetch("one-more.mp3")
         self.assertEqual((code, json.loads(body)["error"]), (503, "overloaded"))
         for n in range(20):
             await self.settle(f"random-{n}.mp3")

@@ -15,9 +15,9 @@ from treq import content
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of
 
 TOKEN = "d" * 32
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -34,14 +34,13 @@ def _browser() -> tuple[Any, str]:
     return sync_playwright, chromium
 
 
-class DashboardTests(TestCase):
+class DashboardTests(CacheTestCase):
     timeout = 90
+    settings = {"admin_token": TOKEN.encode()}
 
     def setUp(self) -> None:
         self.playwright, self.chromium = _browser()
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, admin_token=TOKEN.encode())
-        self.client = http_client(self)
+        super().setUp()
 
     def look(self, screenshot: str) -> dict[str, Any]:
         """

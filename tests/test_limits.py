@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -73,12 +71,9 @@ class _Raw:
         self.sock.close()
 
 
-class LimitsTestCase(TestCase):
-    settings: dict[str, Any] = {}
-
+class LimitsTestCase(CacheTestCase):
     def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
+        super().setUp()
         self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
         self.clients: list[_Raw] = []
         self.addCleanup(self.close_clients)

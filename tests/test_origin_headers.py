@@ -8,22 +8,20 @@ from __future__ import annotations
 import os
 
 from treq import content
-from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of, start_origin
 
 SECRET = "Bearer sk-live-0123456789abcdef"
 
 
-class HeaderFileTests(TestCase):
+class HeaderFileTests(CacheTestCase):
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
         with open(self.path, "w") as f:
             f.write(f"# for the media bucket\nAuthorization: {SECRET}\nX-Tenant: podcasts\n")
-        self.origin, self.origin_url = start_origin(self)
+        self.settings = {"origin_header_file": self.path}
+        super().setUp()
         self.elsewhere, self.elsewhere_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, origin_header_file=self.path)
-        self.client = http_client(self)
 
     def sent(self, name: str, header: bytes) -> list[bytes]:
         return [

@@ -22,7 +22,7 @@ from twisted.web._newclient import ResponseFailed
 from cachetier.sync.coverage import Coverage
 from cachetier.sync.sparse import SLICE
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, body_of, http_client, start_origin
 from .test_twistd import _Twistd, spawn_twistd
 
 MiB = 1 << 20
@@ -49,20 +49,10 @@ class CoverageTests(SynchronousTestCase):
         )
 
 
-class SparseTestCase(TestCase):
+class SparseTestCase(CacheTestCase):
     timeout = 60
-    settings: dict[str, Any] = {}
 
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
-        self.client = http_client(self)
-
-    async def get(self, name: str, **headers: str) -> tuple[int, bytes]:
-        response = await self.client.get(self.url + "files/" + name, headers=headers or None)
-        return response.code, await content(response)
-
-    async def cached(self, name: str) -> bytes:
+    async def cached_body(self, name: str) -> bytes:
         for _ in range(400):
             stored = self.cache.store.get(name)
             if stored is not None:
@@ -88,13 +78,13 @@ class SeekAheadTests(SparseTestCase):
         whole = self.client.get(self.url + "files/ep.m4a")
         await deferLater(reactor, 0.5, lambda: None)
         began = time.monotonic()
-        code, tail = await self.get("ep.m4a", Range=f"bytes={size - MiB}-")
+        code, _, tail = await self.get("ep.m4a", Range=f"bytes={size - MiB}-")
         took = time.monotonic() - began
         self.assertEqual((code, tail), (206, data[-MiB:]))
         self.assertLess(took, 2.0, "the seek waited for the fill from 0")
         self.assertEqual(await content(await whole), data)
         self.assertEqual(
-            hashlib.sha256(await self.cached("ep.m4a")).digest(), hashlib.sha256(data).digest()
+            hashlib.sha256(await self.cached_body("ep.m4a")).digest(), hashlib.sha256(data).digest()
         )
         # If-Range names the first answer's version.
         self.assertTrue(self.range_requests("ep.m4a"))
@@ -110,10 +100,10 @@ class SeekAheadTests(SparseTestCase):
         self.origin.rate = 2 * MiB
         whole = self.client.get(self.url + "files/ep.mp3")
         await deferLater(reactor, 0.3, lambda: None)
-        code, tail = await self.get("ep.mp3", Range=f"bytes={size - 1000}-")
+        code, _, tail = await self.get("ep.mp3", Range=f"bytes={size - 1000}-")
         self.assertEqual((code, tail), (206, data[-1000:]))
         self.assertEqual(await content(await whole), data)
-        self.assertEqual(await self.cached("ep.mp3"), data)
+        self.assertEqual(await self.cached_body("ep.mp3"), data)
         self.assertEqual(len(self.range_requests("ep.mp3")), 1, "no more after a 200")
 
     async def test_a_change_mid_fill_aborts_its_readers_and_fetches_the_new_one(self) -> None:
@@ -132,7 +122,7 @@ class SeekAheadTests(SparseTestCase):
             await content(await seek)
         except ResponseFailed:
             pass  # aborted with the fill, or served by the new one: never mixed
-        self.assertEqual(await self.cached("ep.mp3"), new)
+        self.assertEqual(await self.cached_body("ep.mp3"), new)
 
     async def test_a_required_md5_is_checked_over_a_body_filled_out_of_order(self) -> None:
         size = 12 * MiB
@@ -160,7 +150,7 @@ class ParallelFillTests(SparseTestCase):
         self.origin.put("video.mp4", data, ranges=True)
         self.origin.rate = 16 * MiB
         await self.cache.syncer.start("video.mp4").when_done()
-        self.assertEqual(await self.cached("video.mp4"), data)
+        self.assertEqual(await self.cached_body("video.mp4"), data)
         self.assertGreaterEqual(len(self.range_requests("video.mp4")), 3)
         self.assertEqual(self.origin.most_at_once, 4)
         self.assertLessEqual(self.origin.sent["video.mp4"], size * 1.02 + SLICE)
@@ -177,7 +167,7 @@ class ParallelBudgetTests(SparseTestCase):
         self.origin.put("video.mp4", data, ranges=True)
         self.origin.rate = 32 * MiB
         await self.cache.syncer.start("video.mp4").when_done()
-        self.assertEqual(await self.cached("video.mp4"), data)
+        self.assertEqual(await self.cached_body("video.mp4"), data)
         # One connection of its own and one borrowed: never four.
         self.assertEqual(self.origin.most_at_once, 2)
         await deferLater(reactor, 0.01, lambda: None)

@@ -14,9 +14,8 @@ from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 
-from .helpers import ProcessOutput, body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, ProcessOutput, body_of
 
 TOKEN = "t" * 32
 
@@ -33,16 +32,12 @@ def feed(base: str, items: list[str]) -> bytes:
     ).encode()
 
 
-class WarmTestCase(TestCase):
+class WarmTestCase(CacheTestCase):
     timeout = 60
-    settings: dict[str, Any] = {}
 
     def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(
-            self, self.origin_url, admin_token=TOKEN.encode(), **self.settings
-        )
-        self.client = http_client(self)
+        self.settings = {"admin_token": TOKEN.encode(), **self.settings}
+        super().setUp()
 
     def command(self, *args: str) -> tuple[Any, ProcessOutput]:
         protocol = ProcessOutput()
