@@ -460,9 +460,15 @@ class _AnswersLater(Resource):
         self.waiting.append(request)
         return server.NOT_DONE_YET
 
-    def answer(self) -> None:
+    def answer(self, down: bool = False) -> None:
+        """
+        Answer what was asked; or, C{down}, drop every connection instead.
+        """
         waiting, self.waiting = self.waiting, []
         for request in waiting:
+            if down:
+                request.transport.abortConnection()
+                continue
             body = self.origin.render(request)
             if body is not server.NOT_DONE_YET:
                 request.write(body)
@@ -477,7 +483,12 @@ class MemoryCache:
 
     The origin must send at full speed (no C{rate}): its throttle runs on
     the real reactor.
+
+    @ivar origin_down: drop every connection to the origin, as a host that
+        is down does.
     """
+
+    origin_down = False
 
     def __init__(self, cache_dir: str, **settings: Any) -> None:
         self.clock = Clock()
@@ -515,7 +526,7 @@ class MemoryCache:
         self.client = StubTreq(build_root(self.store, self.syncer, config, self.metrics))
 
     def _round(self) -> None:
-        self._origin.answer()
+        self._origin.answer(self.origin_down)
         self.origin_client.flush()
         self.client.flush()
 
@@ -563,6 +574,7 @@ class MemoryCacheTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.cache = MemoryCache(os.path.abspath(self.mktemp()), **self.settings)
         self.origin = self.cache.origin
+        self.origin_url = self.cache.settings.origin
         self.clock = self.cache.clock
         self.url = "http://cachetier.test/"
 

@@ -1,6 +1,7 @@
 """
 The JSON status API, the cache-tier 1.0.4 routes, health, metrics and the
-error contract, over real sockets.
+error contract: in memory, but for a download in progress, the upstream
+client, and what the site counts and logs (over real sockets).
 """
 
 from __future__ import annotations
@@ -11,35 +12,38 @@ from typing import Any
 
 from treq import content
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, read_response
 
 
-class APITestCase(TestCase):
-    settings: dict[str, Any] = {}
-
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.cache, self.url = start_cachetier(self, self.origin_url, **self.settings)
-        self.client = http_client(self)
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
-        response = await self.client.request(method, self.url + path, **kwargs)
-        body = await content(response)
+class APITestCase(MemoryCacheTestCase):
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        code, headers, body = self.request(method, path, **kwargs)
         self.assertEqual(
-            response.headers.getRawHeaders(b"content-type"),
+            headers.getRawHeaders(b"content-type"),
             [b"application/json"],
             f"{method} {path} must answer JSON",
         )
-        return response.code, response.headers, json.loads(body)
+        return code, headers, json.loads(body)
+
+
+class LoopbackAPITestCase(CacheTestCase):
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        response = await self.client.request(method, self.url + path, **kwargs)
+        code, headers, body = await read_response(response)
+        self.assertEqual(
+            headers.getRawHeaders(b"content-type"),
+            [b"application/json"],
+            f"{method} {path} must answer JSON",
+        )
+        return code, headers, json.loads(body)
 
 
 class StatusAPITests(APITestCase):
-    async def test_status_starts_a_sync_then_reports_cached(self) -> None:
+    def test_status_starts_a_sync_then_reports_cached(self) -> None:
         data = body_of(50_000)
         self.origin.put("ep/1.mp3", data)
-        code, headers, body = await self.call("GET", "api/v1/files/ep/1.mp3")
+        code, headers, body = self.call("GET", "api/v1/files/ep/1.mp3")
         self.assertEqual(code, 200)
         self.assertEqual(headers.getRawHeaders(b"cache-control"), [b"no-store"])
         self.assertIn(body["state"], ("syncing", "cached"))
@@ -47,8 +51,8 @@ class StatusAPITests(APITestCase):
         self.assertEqual(body["download_url"], self.url + "files/ep/1.mp3")
         fill = self.cache.syncer.fill_for("ep/1.mp3")
         if fill is not None:
-            await fill.when_done()
-        code, _, body = await self.call("GET", "api/v1/files/ep/1.mp3")
+            self.cache.result(fill.when_done())
+        code, _, body = self.call("GET", "api/v1/files/ep/1.mp3")
         self.assertEqual(
             {k: body[k] for k in ("file", "available", "state", "size", "bytes_synced", "error")},
             {
@@ -64,37 +68,28 @@ class StatusAPITests(APITestCase):
         self.assertEqual(body["content_type"], "audio/mpeg")
         self.assertEqual(self.origin.counts["ep/1.mp3"], 1)
 
-    async def test_sync_0_only_asks(self) -> None:
+    def test_sync_0_only_asks(self) -> None:
         self.origin.put("a.mp3", b"x")
-        code, _, body = await self.call("GET", "api/v1/files/a.mp3?sync=0")
+        code, _, body = self.call("GET", "api/v1/files/a.mp3?sync=0")
         self.assertEqual((code, body["state"], body["available"]), (200, "missing", False))
         self.assertEqual(self.origin.counts["a.mp3"], 0)
 
-    async def test_syncing_reports_progress(self) -> None:
-        self.origin.put("slow.mp3", body_of(2_000_000))
-        self.origin.rate = 1_000_000
-        await self.call("GET", "api/v1/files/slow.mp3")
-        fill = self.cache.syncer.fill_for("slow.mp3")
-        await fill.when_started()
-        _, _, body = await self.call("GET", "api/v1/files/slow.mp3")
-        self.assertEqual((body["state"], body["size"]), ("syncing", 2_000_000))
-        self.assertLess(body["bytes_synced"], 2_000_000)
-        await fill.when_done()
-
-    async def test_not_found_at_origin(self) -> None:
-        await self.call("GET", "api/v1/files/none.mp3")
-        await self.cache.syncer.fill_for("none.mp3").when_done().addErrback(lambda _: None)
-        _, _, body = await self.call("GET", "api/v1/files/none.mp3")
+    def test_not_found_at_origin(self) -> None:
+        self.call("GET", "api/v1/files/none.mp3")
+        self.cache.result(
+            self.cache.syncer.fill_for("none.mp3").when_done().addErrback(lambda _: None)
+        )
+        _, _, body = self.call("GET", "api/v1/files/none.mp3")
         self.assertEqual((body["state"], body["available"]), ("not_found", False))
         self.assertIn("404", body["error"])
 
-    async def test_origin_error(self) -> None:
+    def test_origin_error(self) -> None:
         self.origin.status["bad.mp3"] = 503
-        await self.call("GET", "api/v1/files/bad.mp3")
-        fill = self.cache.syncer.fill_for("bad.mp3")
-        if fill is not None:
-            await fill.when_done().addErrback(lambda _: None)
-        _, _, body = await self.call("GET", "api/v1/files/bad.mp3")
+        self.call("GET", "api/v1/files/bad.mp3")
+        for _ in range(3):
+            self.wait(1.0)  # three tries, with a backoff before each retry
+        self.settle("bad.mp3")
+        _, _, body = self.call("GET", "api/v1/files/bad.mp3")
         self.assertEqual(body["state"], "error")
         self.assertIn("http_503", body["error"])
 
@@ -102,8 +97,8 @@ class StatusAPITests(APITestCase):
 class PublicURLTests(APITestCase):
     settings = {"public_url": "https://cdn.example.com/media/"}
 
-    async def test_download_url_uses_the_public_url(self) -> None:
-        _, _, body = await self.call("GET", "api/v1/files/a%20b.mp3?sync=0")
+    def test_download_url_uses_the_public_url(self) -> None:
+        _, _, body = self.call("GET", "api/v1/files/a%20b.mp3?sync=0")
         self.assertEqual(body["download_url"], "https://cdn.example.com/media/files/a%20b.mp3")
 
 
@@ -118,59 +113,81 @@ class ErrorContractTests(APITestCase):
         ("x" * 1100, "longer than"),
     ]
 
-    async def test_bad_names_are_400_with_a_json_reason(self) -> None:
+    def test_bad_names_are_400_with_a_json_reason(self) -> None:
         for route in ("files/", "api/v1/files/"):
             for path, why in self.bad_paths:
-                code, headers, body = await self.call("GET", route + path)
+                code, headers, body = self.call("GET", route + path)
                 self.assertEqual((code, body["error"]), (400, "bad_name"), route + path)
                 self.assertIn(why, body["message"])
                 self.assertEqual(headers.getRawHeaders(b"cache-control"), [b"no-store"])
         self.assertEqual(sum(self.origin.counts.values()), 0)
 
-    async def test_unknown_paths_are_json_404(self) -> None:
+    def test_unknown_paths_are_json_404(self) -> None:
         for path in ("nope", "api", "api/v2/files/a", "api/v1/nope"):
-            code, _, body = await self.call("GET", path)
+            code, _, body = self.call("GET", path)
             self.assertEqual((code, body["error"]), (404, "not_found"), path)
 
-    async def test_wrong_methods_are_json_405(self) -> None:
+    def test_wrong_methods_are_json_405(self) -> None:
         for method, path in (
             ("POST", "files/a.mp3"),
             ("PUT", "api/v1/files/a.mp3"),
             ("PUT", "healthz"),
         ):
-            code, headers, body = await self.call(method, path)
+            code, headers, body = self.call(method, path)
             self.assertEqual((code, body["error"]), (405, "method_not_allowed"), path)
             self.assertIn(b"GET", headers.getRawHeaders(b"allow")[0])
 
 
 class CompatTests(APITestCase):
-    async def test_verify_matches_the_1_0_4_shape(self) -> None:
+    def test_verify_matches_the_1_0_4_shape(self) -> None:
         self.origin.put("v.mp3", b"x" * 100)
-        code, _, body = await self.call("GET", "verify/v.mp3")
+        code, _, body = self.call("GET", "verify/v.mp3")
         self.assertEqual(code, 200)
         self.assertEqual(set(body), {"available", "file", "error", "error_msg"})
         self.assertEqual((body["file"], body["error"], body["error_msg"]), ("v.mp3", False, None))
         fill = self.cache.syncer.fill_for("v.mp3")
         if fill is not None:
-            await fill.when_done()
-        _, _, body = await self.call("GET", "verify/v.mp3")
+            self.cache.result(fill.when_done())
+        _, _, body = self.call("GET", "verify/v.mp3")
         self.assertTrue(body["available"])
 
-    async def test_download_redirects_to_origin_then_to_the_cache(self) -> None:
+    def test_download_redirects_to_origin_then_to_the_cache(self) -> None:
         self.origin.put("d.mp3", b"x" * 100)
-        response = await self.client.get(self.url + "download/d.mp3", allow_redirects=False)
-        self.assertEqual(response.code, 302)
-        self.assertEqual(
-            response.headers.getRawHeaders(b"location"), [f"{self.origin_url}d.mp3".encode()]
-        )
+        code, headers, _ = self.request("GET", "download/d.mp3", allow_redirects=False)
+        self.assertEqual(code, 302)
+        self.assertEqual(headers.getRawHeaders(b"location"), [f"{self.origin_url}d.mp3".encode()])
         fill = self.cache.syncer.fill_for("d.mp3")
         if fill is not None:
-            await fill.when_done()
-        response = await self.client.get(self.url + "download/d.mp3", allow_redirects=False)
-        self.assertEqual(
-            response.headers.getRawHeaders(b"location"), [f"{self.url}files/d.mp3".encode()]
-        )
+            self.cache.result(fill.when_done())
+        _, headers, _ = self.request("GET", "download/d.mp3", allow_redirects=False)
+        self.assertEqual(headers.getRawHeaders(b"location"), [f"{self.url}files/d.mp3".encode()])
 
+
+class HealthTests(APITestCase):
+    def test_healthz(self) -> None:
+        code, _, body = self.call("GET", "healthz")
+        self.assertEqual((code, body["status"], body["cached_objects"]), (200, "ok", 0))
+
+    def test_status_page(self) -> None:
+        code, _, body = self.request("GET", "")
+        self.assertEqual(code, 200)
+        self.assertIn(b"cachetier", body)
+
+
+class ProgressTests(LoopbackAPITestCase):
+    async def test_syncing_reports_progress(self) -> None:
+        self.origin.put("slow.mp3", body_of(2_000_000))
+        self.origin.rate = 1_000_000
+        await self.call("GET", "api/v1/files/slow.mp3")
+        fill = self.cache.syncer.fill_for("slow.mp3")
+        await fill.when_started()
+        _, _, body = await self.call("GET", "api/v1/files/slow.mp3")
+        self.assertEqual((body["state"], body["size"]), ("syncing", 2_000_000))
+        self.assertLess(body["bytes_synced"], 2_000_000)
+        await fill.when_done()
+
+
+class UpstreamClientTests(LoopbackAPITestCase):
     async def test_upstream_cache_tier_client_works_unchanged(self) -> None:
         from cache_tier import CacheTierClient
 
@@ -192,11 +209,7 @@ class CompatTests(APITestCase):
             await fill.when_done().addErrback(lambda _: None)
 
 
-class HealthTests(APITestCase):
-    async def test_healthz(self) -> None:
-        code, _, body = await self.call("GET", "healthz")
-        self.assertEqual((code, body["status"], body["cached_objects"]), (200, "ok", 0))
-
+class MetricsTests(LoopbackAPITestCase):
     async def test_metrics_count_outcomes_and_bytes(self) -> None:
         self.origin.put("m.mp3", b"y" * 5000)
         await self.cache.syncer.start("m.mp3").when_done()
@@ -212,13 +225,8 @@ class HealthTests(APITestCase):
         self.assertIn("cachetier_cached_bytes 5000.0", text)
         self.assertIn("cachetier_syncs_in_flight 0.0", text)
 
-    async def test_status_page(self) -> None:
-        response = await self.client.get(self.url)
-        self.assertEqual(response.code, 200)
-        self.assertIn(b"cachetier", await content(response))
 
-
-class AccessLogFileTests(APITestCase):
+class AccessLogFileTests(LoopbackAPITestCase):
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
         self.settings = {"access_log": self.path}
