@@ -1,5 +1,6 @@
 """
-The admin API: the token checks and purging, over real sockets.
+The admin API: the token checks and purging in memory; the log, readers and
+downloads a purge meets, and bodies the site refuses, over real sockets.
 """
 
 from __future__ import annotations
@@ -13,54 +14,103 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import formatEvent, globalLogPublisher
 
-from .helpers import CacheTestCase, body_of
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of
 from .test_freshness import _PausedReader
 
 TOKEN = b"s3cret-admin-token-0123456789"
 
 
-class AdminTestCase(CacheTestCase):
+def admin_call(token: bytes | None, body: Any) -> dict[str, Any]:
+    """
+    treq's arguments for an admin call with C{token} and C{body} (bytes, or
+    a value sent as JSON).
+    """
+    headers = {} if token is None else {b"authorization": [b"Bearer " + token]}
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    return {"headers": headers, "data": data}
+
+
+class AdminTestCase(MemoryCacheTestCase):
+    settings: dict[str, Any] = {"admin_token": TOKEN}
+
+    def admin(
+        self, method: str, path: str, token: bytes | None = TOKEN, body: Any = None
+    ) -> tuple[int, Any, Any]:
+        code, headers, reply = self.request(method, path, **admin_call(token, body))
+        return code, headers, json.loads(reply)
+
+
+class LoopbackAdminTestCase(CacheTestCase):
     settings: dict[str, Any] = {"admin_token": TOKEN}
 
     async def admin(
         self, method: str, path: str, token: bytes | None = TOKEN, body: Any = None
     ) -> tuple[int, Any, Any]:
-        headers = {} if token is None else {b"authorization": [b"Bearer " + token]}
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        response = await self.client.request(method, self.url + path, headers=headers, data=data)
+        kwargs = admin_call(token, body)
+        response = await self.client.request(method, self.url + path, **kwargs)
         return response.code, response.headers, json.loads(await content(response))
 
 
 class NoTokenTests(AdminTestCase):
     settings: dict[str, Any] = {}
 
-    async def test_without_a_configured_token_every_admin_call_is_403(self) -> None:
-        await self.cached("a.mp3", b"x")
+    def test_without_a_configured_token_every_admin_call_is_403(self) -> None:
+        self.cached("a.mp3", b"x")
         for method, path, body in (
             ("DELETE", "api/v1/files/a.mp3", None),
             ("POST", "api/v1/purge", {"files": ["a.mp3"]}),
         ):
-            code, _, reply = await self.admin(method, path, token=b"anything", body=body)
+            code, _, reply = self.admin(method, path, token=b"anything", body=body)
             self.assertEqual((code, reply["error"]), (403, "forbidden"))
             self.assertIn("no admin token is configured", reply["message"])
         self.assertIsNotNone(self.cache.store.get("a.mp3"))
 
 
 class TokenTests(AdminTestCase):
-    async def test_missing_wrong_and_right_tokens(self) -> None:
-        await self.cached("a.mp3", b"x")
-        code, headers, reply = await self.admin("DELETE", "api/v1/files/a.mp3", token=None)
+    def test_missing_wrong_and_right_tokens(self) -> None:
+        self.cached("a.mp3", b"x")
+        code, headers, reply = self.admin("DELETE", "api/v1/files/a.mp3", token=None)
         self.assertEqual((code, reply["error"]), (401, "unauthorized"))
         self.assertEqual(
             headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="cachetier admin"']
         )
-        code, _, reply = await self.admin("DELETE", "api/v1/files/a.mp3", token=b"wrong")
+        code, _, reply = self.admin("DELETE", "api/v1/files/a.mp3", token=b"wrong")
         self.assertEqual((code, reply["error"]), (403, "forbidden"))
         self.assertIsNotNone(self.cache.store.get("a.mp3"))
-        code, _, reply = await self.admin("DELETE", "api/v1/files/a.mp3")
+        code, _, reply = self.admin("DELETE", "api/v1/files/a.mp3")
         self.assertEqual((code, reply), (200, {"file": "a.mp3", "purged": True}))
         self.assertIsNone(self.cache.store.get("a.mp3"))
 
+
+class PurgeTests(AdminTestCase):
+    def test_purge_by_name_refetches_on_next_request(self) -> None:
+        data = body_of(10_000)
+        self.cached("a.mp3", data)
+        code, _, reply = self.admin("POST", "api/v1/purge", body={"files": ["a.mp3", "b"]})
+        self.assertEqual((code, reply), (200, {"purged": ["a.mp3"], "count": 1}))
+        self.assertEqual(self.get("a.mp3")[2], data)
+        self.assertEqual(self.origin.counts["a.mp3"], 2)
+
+    def test_purge_by_prefix(self) -> None:
+        for name in ("ep/1.mp3", "ep/2.mp3", "epilogue.mp3", "other/ep/3.mp3"):
+            self.cached(name, b"x")
+        code, _, reply = self.admin("POST", "api/v1/purge", body={"prefix": "ep/"})
+        self.assertEqual((code, reply["purged"]), (200, ["ep/1.mp3", "ep/2.mp3"]))
+        self.assertEqual(sorted(self.cache.store.names()), ["epilogue.mp3", "other/ep/3.mp3"])
+
+    def test_purging_a_remembered_404_lets_a_new_upload_through(self) -> None:
+        code, _, _ = self.get("new.mp3")
+        self.assertEqual(code, 404)
+        self.origin.put("new.mp3", b"uploaded")
+        code, _, _ = self.get("new.mp3")
+        self.assertEqual(code, 404, "remembered for the negative TTL")
+        code, _, reply = self.admin("DELETE", "api/v1/files/new.mp3")
+        self.assertEqual(reply["purged"], True)
+        code, _, body = self.get("new.mp3")
+        self.assertEqual((code, body), (200, b"uploaded"))
+
+
+class TokenLogTests(LoopbackAdminTestCase):
     async def test_the_token_never_reaches_the_log(self) -> None:
         events: list[str] = []
         observer = lambda event: events.append(formatEvent(event) + repr(event))  # noqa: E731
@@ -73,36 +123,7 @@ class TokenTests(AdminTestCase):
         self.assertNotIn(TOKEN.decode(), repr(self.cache.site.resource.children))
 
 
-class PurgeTests(AdminTestCase):
-    async def test_purge_by_name_refetches_on_next_request(self) -> None:
-        data = body_of(10_000)
-        await self.cached("a.mp3", data)
-        code, _, reply = await self.admin("POST", "api/v1/purge", body={"files": ["a.mp3", "b"]})
-        self.assertEqual((code, reply), (200, {"purged": ["a.mp3"], "count": 1}))
-        response = await self.client.get(self.url + "files/a.mp3")
-        self.assertEqual(await content(response), data)
-        self.assertEqual(self.origin.counts["a.mp3"], 2)
-
-    async def test_purge_by_prefix(self) -> None:
-        for name in ("ep/1.mp3", "ep/2.mp3", "epilogue.mp3", "other/ep/3.mp3"):
-            await self.cached(name, b"x")
-        code, _, reply = await self.admin("POST", "api/v1/purge", body={"prefix": "ep/"})
-        self.assertEqual((code, reply["purged"]), (200, ["ep/1.mp3", "ep/2.mp3"]))
-        self.assertEqual(sorted(self.cache.store.names()), ["epilogue.mp3", "other/ep/3.mp3"])
-
-    async def test_purging_a_remembered_404_lets_a_new_upload_through(self) -> None:
-        response = await self.client.get(self.url + "files/new.mp3")
-        self.assertEqual(response.code, 404)
-        await content(response)
-        self.origin.put("new.mp3", b"uploaded")
-        response = await self.client.get(self.url + "files/new.mp3")
-        self.assertEqual(response.code, 404, "remembered for the negative TTL")
-        await content(response)
-        code, _, reply = await self.admin("DELETE", "api/v1/files/new.mp3")
-        self.assertEqual(reply["purged"], True)
-        response = await self.client.get(self.url + "files/new.mp3")
-        self.assertEqual((response.code, await content(response)), (200, b"uploaded"))
-
+class PurgeMeetsTests(LoopbackAdminTestCase):
     async def test_purge_during_a_download_lets_readers_finish_and_publishes_nothing(self) -> None:
         data = body_of(1_000_000)
         self.origin.put("slow.mp3", data)
