@@ -11,9 +11,7 @@ import json
 import os
 
 from treq import content
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 from twisted.web.http import datetimeToString
 
@@ -167,7 +165,7 @@ class MissTests(FilesTestCase):
         self.origin.put_with_md5("good.mp3", data)
         code, _, body = await self.get("good.mp3")
         self.assertEqual((code, body), (200, data))
-        await deferLater(reactor, 0.05)
+        await self.settle("good.mp3")
         self.assertIsNotNone(self.cache.store.get("good.mp3"))
 
     async def test_origin_404_is_json_404_and_remembered(self) -> None:
@@ -191,7 +189,7 @@ class MissTests(FilesTestCase):
         code, headers, body = await self.get("chunked.mp3")
         self.assertEqual((code, body), (200, data))
         self.assertEqual(header(headers, "content-length"), [])
-        await deferLater(reactor, 0.05)
+        await self.settle("chunked.mp3")
         self.assertEqual(self.cache.store.get("chunked.mp3").size, len(data))
 
     async def test_client_disconnect_does_not_cancel_the_download(self) -> None:
