@@ -511,6 +511,8 @@ class MemoryCache:
             config.origin_timeout,
             breaker=Breaker(self.clock, config.breaker_threshold, config.breaker_cooloff),
             retry=RetryPolicy(attempts=config.origin_retries),
+            min_rate=config.origin_min_rate,
+            rate_window=config.origin_min_rate_window,
         )
         self.syncer = Syncer(
             origin,
@@ -518,10 +520,15 @@ class MemoryCache:
             self.clock,
             lambda f, *args: maybeDeferred(f, *args),
             max_concurrent=config.max_concurrent_syncs,
+            max_queued=config.max_queued_syncs,
+            max_new_per_second=config.max_syncs_per_second,
+            max_new_per_client=config.max_syncs_per_client,
+            max_object_size=config.max_object_size,
             ttl=config.ttl,
             stale_if_error=config.stale_if_error,
             negative_ttl=config.negative_ttl,
             metrics=self.metrics,
+            fill_connections=config.fill_connections,
         )
         self.client = StubTreq(build_root(self.store, self.syncer, config, self.metrics))
 
@@ -559,6 +566,13 @@ class MemoryCache:
             result.raiseException()
         return result
 
+    def stop(self) -> None:
+        """
+        Cancel the downloads in flight (and close their files), as the
+        service does when it stops.
+        """
+        self.result(self.syncer.stop())
+
 
 class MemoryCacheTestCase(SynchronousTestCase):
     """
@@ -573,6 +587,7 @@ class MemoryCacheTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.cache = MemoryCache(os.path.abspath(self.mktemp()), **self.settings)
+        self.addCleanup(self.cache.stop)
         self.origin = self.cache.origin
         self.origin_url = self.cache.settings.origin
         self.clock = self.cache.clock

@@ -15,13 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import ResponseFailed
 from twisted.web.http import datetimeToString
 
-from .helpers import (
-    CacheTestCase,
-    MemoryCacheTestCase,
-    body_of,
-    header,
-    read_then_hang_up,
-)
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, read_then_hang_up
 
 
 class FilesTestCase(CacheTestCase):
