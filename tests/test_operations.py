@@ -241,7 +241,7 @@ class PrivilegeTests(TwistdProcessCase):
         process, protocol = self.spawn(
             f"--cache-dir={self.cache_dir}",
             "--listen=systemd:domain=INET:name=http",
-            prefix=(activate, f"--listen=127.0.0.1:{port}", "--fdname=http"),
+            prefix=(activate, f"--listen=127.0.0.1:{port}", "--fdname=http", "-EPYTHONPATH"),
             twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}"),
         )
         for _ in range(100):
@@ -302,7 +302,7 @@ class SocketActivatedTLSTests(TwistdProcessCase):
             f"--cache-dir={self.cache_dir}",
             f"--listen=systemd:domain=INET:name=https:privateKey={chain.key}"
             f":certKey={chain.fullchain}",
-            prefix=(activate, f"--listen=127.0.0.1:{port}", "--fdname=https"),
+            prefix=(activate, f"--listen=127.0.0.1:{port}", "--fdname=https", "-EPYTHONPATH"),
         )
         for _ in range(100):
             if b"Listening on" in protocol.output:
