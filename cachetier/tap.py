@@ -583,16 +583,15 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
         metrics=metrics,
         fill_connections=settings.fill_connections,
     )
-    quota = store.quota
     metrics.watch(
         objects=lambda: len(store),
         cached_bytes=lambda: store.total_bytes,
         in_flight=lambda: syncer.in_flight,
         queued=lambda: syncer.queued,
         breaker_open=lambda: 0 if origin.breaker.state == "closed" else 1,
-        disk_free=quota.free_bytes,
-        disk_quota=quota.capacity,
-        disk_reserved=lambda: quota.reserved,
+        disk_free=store.free_bytes,
+        disk_quota=store.capacity,
+        disk_reserved=lambda: store.reserved,
     )
     analytics = None
     if settings.analytics_retention_days is not None:

@@ -174,9 +174,10 @@ class QueueCapTests(CapacityTestCase):
 
 class MinFreeTests(SynchronousTestCase):
     def test_reservations_keep_min_free_on_the_file_system(self) -> None:
-        store = CacheStore.open(os.path.abspath(self.mktemp()), min_free=1_000_000)
-        free = [1_500_000]
-        store.quota.free_bytes = lambda: free[0]  # a file system with 1.5 MB free
+        free = [1_500_000]  # a file system with 1.5 MB free
+        store = CacheStore.open(
+            os.path.abspath(self.mktemp()), min_free=1_000_000, free_bytes=lambda: free[0]
+        )
         fd, temp = store.new_temp()
         os.write(fd, b"x" * 100)
         obj = store.commit("old", fd, temp, 100, ObjectHeaders("audio/mpeg"), lifetime=60)

@@ -178,9 +178,10 @@ class FillDescriptorTests(SynchronousTestCase):
 
 class MinFreeTests(SynchronousTestCase):
     def test_bytes_already_written_are_not_counted_twice(self) -> None:
-        store = CacheStore.open(os.path.abspath(self.mktemp()), min_free=1_000_000)
         disk = {"free": 1_500_000}
-        store.quota.free_bytes = lambda: disk["free"]
+        store = CacheStore.open(
+            os.path.abspath(self.mktemp()), min_free=1_000_000, free_bytes=lambda: disk["free"]
+        )
         first = store.reserve(400_000)
         assert first is not None
         first.ensure(400_000)
@@ -191,14 +192,6 @@ class MinFreeTests(SynchronousTestCase):
 
     def test_min_free_never_evicts_a_body_still_open(self) -> None:
         root = os.path.abspath(self.mktemp())
-        store = CacheStore.open(root, min_free=1_000_000)
-        for name in ("open", "closed"):
-            fd, temp = store.new_temp()
-            os.write(fd, b"x" * 200_000)
-            store.install(store.commit(name, fd, temp, 200_000, ObjectHeaders("a/b"), 60))
-            os.close(fd)
-        reader = store.handles.acquire(store.get("open"))  # type: ignore[arg-type]
-        self.addCleanup(reader.release)
 
         def free() -> int:
             # A file system of 1.5 MB: bodies on disk, and unlinked ones
@@ -208,7 +201,14 @@ class MinFreeTests(SynchronousTestCase):
                 used += 200_000
             return 1_500_000 - used
 
-        store.quota.free_bytes = free
+        store = CacheStore.open(root, min_free=1_000_000, free_bytes=free)
+        for name in ("open", "closed"):
+            fd, temp = store.new_temp()
+            os.write(fd, b"x" * 200_000)
+            store.install(store.commit(name, fd, temp, 200_000, ObjectHeaders("a/b"), 60))
+            os.close(fd)
+        reader = store.handles.acquire(store.get("open"))  # type: ignore[arg-type]
+        self.addCleanup(reader.release)
         self.assertIsNotNone(store.reserve(150_000))
         self.assertEqual(store.names(), ["open"])
 

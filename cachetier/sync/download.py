@@ -88,7 +88,7 @@ class Download:
             )
         # A body that could never fit is treated the same way: sent to the
         # origin, instead of failing with no_space on every request.
-        largest = store.quota.largest_object()
+        largest = store.largest_object()
         if length is not None and length > largest:
             self._origin.abandon(response)
             raise OriginError("too_large", f"{length} bytes can never fit in the cache")
@@ -102,7 +102,7 @@ class Download:
             sparse = resume is not None or self._sparse(response)
             try:
                 if sparse:
-                    fd, temp_path = store.layout.open_partial(name, fresh=resume is None)
+                    fd, temp_path = store.open_partial(name, fresh=resume is None)
                 else:
                     fd, temp_path = store.new_temp()
             except OSError:
@@ -154,10 +154,10 @@ class Download:
         lets us resume, if any: for a name with one, a Range request for
         its first missing bytes, naming its version with If-Range.
         """
-        fill, layout = self.fill, self._store.layout
+        fill, store = self.fill, self._store
         partial = None
         if fill.revalidating is None and self._clock is not None:
-            partial = layout.partial(fill.name)
+            partial = store.partial(fill.name)
         if partial is None:
             return await self._origin.get(fill.name, fill.revalidating), None
         on_disk = Coverage(list(partial.intervals))
@@ -192,7 +192,7 @@ class Download:
             )
             return resumed, partial
         log.info("the leftover of {name} is of another version: fetching anew", name=fill.name)
-        layout.discard_partial(fill.name)
+        store.discard_partial(fill.name)
         if response is not None and response.content_range is None:
             return response, None  # the new version, whole
         if response is not None:
@@ -233,7 +233,7 @@ class Download:
             assert response.content_range is not None
             start = response.content_range[0]
             end = fill.coverage.next_covered(start, length)
-        saver = _Saver(self._run_in_thread, store.layout.save_partial, handle.fd, record, fill)
+        saver = _Saver(self._run_in_thread, store.save_partial, handle.fd, record, fill)
         try:
             await saver.save()
             saving = LoopingCall(saver.start)
@@ -265,7 +265,7 @@ class Download:
                 # What is on disk now, for the next try.
                 await saver.save()
             else:
-                store.layout.discard_partial(fill.name, body=not self._committed)
+                store.discard_partial(fill.name, body=not self._committed)
 
     async def _publish(
         self, response: OriginResponse, handle: Handle, temp_path: str | None
@@ -341,7 +341,7 @@ class Download:
         # Purged or replaced while the metadata was being written: put back
         # what is true now.
         if current is None:
-            await self._run_in_thread(store.layout.delete, renewed)
+            await self._run_in_thread(store.delete, renewed)
         else:
             await self._run_in_thread(store.write_meta, current)
         return None
@@ -368,7 +368,7 @@ _NOT_RESUMABLE = frozenset({"changed", "checksum", "too_large", "no_space", "wri
 
 class _Saver:
     """
-    Records a sparse fill's coverage (see L{Layout.save_partial}), one
+    Records a sparse fill's coverage (see L{CacheStore.save_partial}), one
     save at a time, in a thread.
     """
 

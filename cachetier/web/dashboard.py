@@ -81,7 +81,6 @@ class DashboardData(JSONResource):
         for (attr, labels), value in counters.items():
             if attr == "requests":
                 requests[dict(labels)["outcome"]] = value
-        quota = self.store.quota
         return {
             "time": time.time(),
             "status": self.health.verdict()["status"],
@@ -94,8 +93,8 @@ class DashboardData(JSONResource):
             ],
             "disk": {
                 "cached": self.store.total_bytes,
-                "quota": quota.capacity(),
-                "free": quota.free_bytes(),
+                "quota": self.store.capacity(),
+                "free": self.store.free_bytes(),
             },
             "top_today": [],
         }

@@ -50,7 +50,7 @@ class Health:
 
     def _check(self, now: float) -> dict[str, Any]:
         failing, degraded = [], []
-        why = self.store.layout.writable()
+        why = self.store.writable()
         if why is not None:
             failing.append(f"the cache directory takes no new file ({why})")
         recent = {r for r, at in self.syncer.last_failed.items() if now - at <= RECENT}
