@@ -24,6 +24,15 @@ T = TypeVar("T")
 
 
 class Follower(Protocol):
+    """
+    A reader of a L{Fill} while it runs.
+
+    @ivar position: the offset of the next byte it reads, which an
+        out-of-order fill makes sure is on its way.
+    """
+
+    position: int
+
     def fill_progressed(self) -> None:
         """
         The fill has more bytes on disk, or has ended (see L{Fill.state}).

@@ -209,11 +209,9 @@ class SparseFill:
             return
         # Readers still inside a slice that ended get the next one.
         for follower in list(self.fill.followers):
-            position = getattr(follower, "position", None)
-            if position is not None:
-                end = self.fill.coverage.until(position)
-                if end < self.length:
-                    self.need(end)
+            end = self.fill.coverage.until(follower.position)
+            if end < self.length:
+                self.need(end)
         while True:
             working = [t for t in self._transfers if not t.reader and not t.stopped]
             if len(working) >= max(1, self.connections):
