@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -20,29 +19,12 @@ from ..store import CacheStore, ObjectHeaders, StoredObject
 from .admission import Admission, FailureMemory, Overloaded
 from .download import Download, RunInThread
 from .fill import Fill
+from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
 
 log = Logger()
 
 # Names that may wait to be warmed.
 MAX_WARM_QUEUE = 10_000
-
-
-@frozen
-class FileStatus:
-    """
-    What the cache knows of one name right now.
-
-    @ivar state: C{cached}, C{syncing}, C{missing}, C{not_found} or C{error}.
-    @ivar stale: a cached object past its lifetime, served while it is
-        revalidated (or while the origin fails, up to stale-if-error).
-    """
-
-    name: str
-    state: str
-    stored: StoredObject | None = None
-    fill: Fill | None = None
-    error: Exception | None = None
-    stale: bool = False
 
 
 class Syncer:
@@ -124,6 +106,51 @@ class Syncer:
         Why the last sync of C{name} failed, while that is still remembered.
         """
         return self._failures.get(name)
+
+    def origin_url(self, name: str) -> str:
+        """
+        Where the origin serves C{name} (for listeners sent there).
+        """
+        return self.origin.url_for(name)
+
+    def origin_health(self) -> OriginHealth:
+        """
+        How the origin fares now (for C{/healthz} and the dashboard).
+        """
+        origin = self.origin
+        breaker = origin.breaker
+        return OriginHealth(origin.base, breaker.state, breaker.failures, origin.rejected)
+
+    def lookup(self, name: str, client: str | None = None) -> Lookup:
+        """
+        What a request for C{name} gets (see L{status}, which this starts
+        like): the cached copy, fresh or stale; the download to follow; or
+        why there is nothing to serve.
+        """
+        stored = self.store.get(name)
+        if stored is not None and self.clock.seconds() < stored.expires_at:
+            return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
+        cached = stored is not None
+        status = self.status(name, client=client)
+        if status.state == "cached":
+            stale = Outcome.STALE if status.stale else Outcome.CACHED
+            return Lookup(stale, stored=status.stored)
+        if status.fill is not None:
+            return Lookup(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
+        return Lookup(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+
+    def after_failure(self, name: str, error: Exception) -> Lookup:
+        """
+        What a request that waited for a download of C{name} gets when that
+        download failed with C{error}: a revalidated copy may still be
+        served within its stale-if-error window.
+        """
+        if self.store.get(name) is None:
+            return Lookup(Outcome.ERROR, error=error)
+        status = self.status(name, start=False)
+        if status.stored is not None:
+            return Lookup(Outcome.STALE, stored=status.stored)
+        return Lookup(Outcome.WITHHELD, error=error)
 
     def status(self, name: str, start: bool = True, client: str | None = None) -> FileStatus:
         """

@@ -108,7 +108,7 @@ class FileStatusResource(JSONResource):
             status_body(
                 status,
                 download_url(request, self.public_url, name),
-                self.syncer.origin.url_for(name),
+                self.syncer.origin_url(name),
             ),
         )
 

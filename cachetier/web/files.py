@@ -22,7 +22,7 @@ from twisted.web.iweb import IRequest
 from ..names import InvalidName
 from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, Handle, StoredObject
-from ..sync import Fill, Overloaded, Syncer
+from ..sync import Fill, Lookup, Outcome, Overloaded, Syncer
 from ._json import JSONResource, render_error
 from ._site import OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
@@ -322,22 +322,14 @@ class FilesResource(JSONResource):
             request.outcome = "bad_name"
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
-        obj = self.store.get(name)
         now = self.clock.seconds()
-        if obj is not None and now < obj.expires_at:
-            return self._serve(request, obj, "hit", now)
-        status = self.syncer.status(name, client=client_address(request))
-        if status.state == "cached":
-            assert status.stored is not None
-            return self._serve(request, status.stored, "stale" if status.stale else "hit", now)
-        if self.miss == "redirect" and status.state != "not_found":
+        lookup = self.syncer.lookup(name, client=client_address(request))
+        if self.miss == "redirect" and not (lookup.servable or lookup.not_found):
             return self._redirect(request, name)
-        if status.fill is None:
-            if obj is not None:
-                return self._withheld(request, status.error)
-            return self._failed(request, status.error)
+        if lookup.fill is None:
+            return self._render(request, lookup, now)
         request.outcome = "miss"
-        fill = status.fill
+        fill = lookup.fill
         started = fill.when_started()
         # A listener waits for a download slot at most queue_timeout; once
         # the download runs, the origin's own deadlines bound the wait.
@@ -356,6 +348,20 @@ class FilesResource(JSONResource):
 
     render_HEAD = render_GET
 
+    def _render(self, request: Any, lookup: Lookup, now: float) -> bytes | int:
+        """
+        Answer with what a lookup found, other than a download to follow.
+        """
+        if lookup.outcome is Outcome.CACHED:
+            assert lookup.stored is not None
+            return self._serve(request, lookup.stored, "hit", now)
+        if lookup.outcome is Outcome.STALE:
+            assert lookup.stored is not None
+            return self._serve(request, lookup.stored, "stale", now)
+        if lookup.outcome is Outcome.WITHHELD:
+            return self._withheld(request, lookup.error)
+        return self._failed(request, lookup.error)
+
     def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
         request.outcome = outcome
         self.store.used(obj)
@@ -363,7 +369,7 @@ class FilesResource(JSONResource):
 
     def _redirect(self, request: Any, name: str) -> bytes:
         request.outcome = "redirect"
-        request.redirect(self.syncer.origin.url_for(name).encode("ascii"))
+        request.redirect(self.syncer.origin_url(name).encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
@@ -393,17 +399,8 @@ class FilesResource(JSONResource):
     def _start_failed(self, failure: Failure, request: Any) -> None:
         if failure.check(CancelledError) or request.finished:
             return
-        if self.store.get(request.cache_name) is not None:
-            # A revalidation this listener waited for failed: the copy may
-            # still be served within its stale-if-error window.
-            status = self.syncer.status(request.cache_name, start=False)
-            if status.stored is not None:
-                body = self._serve(request, status.stored, "stale", self.clock.seconds())
-            else:
-                body = self._withheld(request, failure.value)
-        else:
-            body = self._failed(request, failure.value)
-        _answer(request, body)
+        lookup = self.syncer.after_failure(request.cache_name, failure.value)
+        _answer(request, self._render(request, lookup, self.clock.seconds()))
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
         """
