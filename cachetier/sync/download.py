@@ -220,19 +220,7 @@ class Download:
         if resume is not None:
             fill.coverage = Coverage(list(resume.intervals))
         fill.begin(response, handle, store.write)
-        if resume is None:
-            # Laid out at full length (a sparse file: no blocks yet).
-            os.ftruncate(handle.fd, length)
-            checksum = None
-            if response.checksum is not None:
-                checksum = (response.checksum[0], base64.b64encode(response.checksum[1]).decode())
-            record = Partial(fill.name, length, validator, response.headers, checksum)
-            start, end = 0, length
-        else:
-            record = resume
-            assert response.content_range is not None
-            start = response.content_range[0]
-            end = fill.coverage.next_covered(start, length)
+        record, start, end = self._sparse_record(response, handle, resume)
         saver = _Saver(self._run_in_thread, store.save_partial, handle.fd, record, fill)
         try:
             await saver.save()
@@ -266,6 +254,26 @@ class Download:
                 await saver.save()
             else:
                 store.discard_partial(fill.name, body=not self._committed)
+
+    def _sparse_record(
+        self, response: OriginResponse, handle: Handle, resume: Partial | None
+    ) -> tuple[Partial, int, int]:
+        """
+        A sparse fill's progress record, and the region its first answer
+        brings: a new body laid out at full length, or the leftover resumed.
+        """
+        length, validator = response.length, response.validator
+        assert length is not None and validator is not None
+        if resume is not None:
+            assert response.content_range is not None
+            start = response.content_range[0]
+            return resume, start, self.fill.coverage.next_covered(start, length)
+        # Laid out at full length (a sparse file: no blocks yet).
+        os.ftruncate(handle.fd, length)
+        checksum = None
+        if response.checksum is not None:
+            checksum = (response.checksum[0], base64.b64encode(response.checksum[1]).decode())
+        return Partial(self.fill.name, length, validator, response.headers, checksum), 0, length
 
     async def _publish(
         self, response: OriginResponse, handle: Handle, temp_path: str | None
