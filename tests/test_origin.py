@@ -12,8 +12,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from cachetier.origin import Breaker, NotFoundAtOrigin, Origin, OriginError, RetryPolicy
-from cachetier.store import StoredObject
+from cachetier.errors import NotFoundAtOrigin, OriginError, Reason
+from cachetier.objects import StoredObject
+from cachetier.origin import Breaker, Origin, RetryPolicy
 
 from .helpers import TestOrigin
 
@@ -94,7 +95,7 @@ class OriginTests(SynchronousTestCase):
         script = _Script(503, 503, 503, 503)
         origin = self.make(script, retry=RetryPolicy(attempts=3, base=0.5, budget=10))
         failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
-        self.assertEqual(failure.value.reason, "http_503")
+        self.assertEqual(failure.value.label, "http_503")
         self.assertEqual(len(script.seen), 3)
 
     def test_retries_are_bounded_in_time(self) -> None:
@@ -116,7 +117,7 @@ class OriginTests(SynchronousTestCase):
         for name in ("a.mp3", "b.mp3"):
             self.failureResultOf(self.drive(origin.get(name)), OriginError)
         d = Deferred.fromCoroutine(origin.get("a.mp3"))
-        self.assertEqual(self.failureResultOf(d, OriginError).value.reason, "breaker_open")
+        self.assertEqual(self.failureResultOf(d, OriginError).value.reason, Reason.breaker_open)
         self.assertEqual(len(script.seen), 2)
 
     def test_revalidation_sends_the_origin_validators(self) -> None:

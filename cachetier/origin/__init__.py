@@ -5,15 +5,13 @@ that protect it (L{breaker}).
 """
 
 from .breaker import Breaker, RetryPolicy
-from .client import IdentityAgent, NotFoundAtOrigin, Origin, OriginError, OriginResponse
+from .client import IdentityAgent, Origin, OriginResponse
 from .freshness import parse_cache_control
 
 __all__ = [
     "Breaker",
     "IdentityAgent",
-    "NotFoundAtOrigin",
     "Origin",
-    "OriginError",
     "OriginResponse",
     "RetryPolicy",
     "parse_cache_control",

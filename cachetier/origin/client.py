@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import hashlib
 import re
-import zlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
@@ -28,40 +26,18 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
 from zope.interface import implementer
 
+from ..errors import NotFoundAtOrigin, OriginError, Reason
 from ..names import origin_url
-from ..store import ObjectHeaders, StoredObject
+from ..objects import ObjectHeaders, StoredObject
 from .auth import CredentialsError, HeaderFile, S3Signer
-from .breaker import RETRYABLE, Breaker, RetryPolicy
+from .breaker import RETRYABLE, RETRYABLE_STATUSES, Breaker, RetryPolicy
 from .freshness import freshness_lifetime, initial_age, parse_cache_control
 
 log = Logger()
 
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 NOT_FOUND_CODES = frozenset({403, 404, 410})
-_WRITE_ERRORS = {errno.ENOSPC: "no_space", errno.EFBIG: "too_large"}
-
-
-class OriginError(Exception):
-    """
-    The origin could not give us a good body.
-
-    @ivar reason: a short, stable code for metrics and the status API
-        (C{timeout}, C{connection}, C{http_503}, C{truncated}, ...).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class NotFoundAtOrigin(Exception):
-    """
-    The origin answered 403, 404 or 410 for a name.
-    """
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"the origin answered {code}")
-        self.code = code
+_WRITE_ERRORS = {errno.ENOSPC: Reason.no_space, errno.EFBIG: Reason.too_large}
 
 
 @frozen
@@ -167,27 +143,6 @@ def _header(response: Any, name: bytes) -> str | None:
     return values[-1].decode("latin-1") if values else None
 
 
-class _CRC32:
-    """
-    CRC32 with hashlib's interface, big-endian as S3 sends it.
-    """
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-HASHERS: dict[str, Callable[[], Any]] = {
-    "md5": lambda: hashlib.md5(usedforsecurity=False),
-    "sha1": lambda: hashlib.sha1(usedforsecurity=False),
-    "sha256": hashlib.sha256,
-    "crc32": _CRC32,
-}
 # Asked for on every origin request: S3 then sends the object's full
 # checksum (other servers ignore the header).
 CHECKSUM_MODE = b"x-amz-checksum-mode"
@@ -346,7 +301,7 @@ class _BodyReceiver(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.abort(OriginError("timeout", f"the origin sent nothing for {self._idle:g}s"))
+        self.abort(OriginError(Reason.timeout, f"the origin sent nothing for {self._idle:g}s"))
 
     def _check_rate(self) -> None:
         self._rate_check = None
@@ -354,7 +309,7 @@ class _BodyReceiver(Protocol):
         if rate < self._min_rate:
             self.abort(
                 OriginError(
-                    "too_slow",
+                    Reason.too_slow,
                     f"the origin sent {rate:.0f} bytes/s over {self._window:g}s,"
                     f" under the minimum of {self._min_rate}",
                 )
@@ -376,7 +331,7 @@ class _BodyReceiver(Protocol):
         try:
             self._write(data)
         except OSError as e:
-            reason = _WRITE_ERRORS.get(e.errno or 0, "write_error")
+            reason = _WRITE_ERRORS.get(e.errno or 0, Reason.write_error)
             self.abort(OriginError(reason, f"writing to the cache failed: {e.strerror}"))
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
@@ -393,10 +348,12 @@ class _BodyReceiver(Protocol):
             self._done.callback(None)
         elif reason.check(PotentialDataLoss):
             self._done.errback(
-                OriginError("unframed", "the origin closed the body without a length to check")
+                OriginError(Reason.unframed, "the origin closed the body without a length to check")
             )
         else:
-            self._done.errback(OriginError("truncated", "the origin connection broke mid-body"))
+            self._done.errback(
+                OriginError(Reason.truncated, "the origin connection broke mid-body")
+            )
 
 
 class Origin:
@@ -468,7 +425,7 @@ class Origin:
                 return await self._get_once(name, validators, byte_range)
             except OriginError as e:
                 attempt += 1
-                retryable = e.reason in RETRYABLE or e.reason.startswith("http_5")
+                retryable = e.reason in RETRYABLE or e.status in RETRYABLE_STATUSES
                 delay = self.retry.delay(attempt - 1)
                 spent = self._clock.seconds() - started
                 if (
@@ -481,7 +438,7 @@ class Origin:
                     "retrying {name} in {delay:.2f}s after {reason}",
                     name=name,
                     delay=delay,
-                    reason=e.reason,
+                    reason=e.label,
                 )
                 await deferLater(self._clock, delay, lambda: None)
 
@@ -492,7 +449,9 @@ class Origin:
         byte_range: tuple[int, int, str] | None = None,
     ) -> OriginResponse:
         if not self.breaker.allow():
-            raise OriginError("breaker_open", "the origin is failing; not contacting it for now")
+            raise OriginError(
+                Reason.breaker_open, "the origin is failing; not contacting it for now"
+            )
         headers = {CHECKSUM_MODE: [b"ENABLED"]}
         if byte_range is not None:
             first, last, validator = byte_range
@@ -527,10 +486,10 @@ class Origin:
                     name=name,
                     location=location,
                 )
-                raise OriginError("origin_redirect", "the origin redirected outside itself")
+                raise OriginError(Reason.origin_redirect, "the origin redirected outside itself")
             url = target
         else:
-            raise OriginError("origin_redirect", f"more than {MAX_REDIRECTS} redirects")
+            raise OriginError(Reason.origin_redirect, f"more than {MAX_REDIRECTS} redirects")
         if response.code >= 500:
             self.breaker.failed(name)
         else:
@@ -543,12 +502,14 @@ class Origin:
             return parse_response(response, self._clock.seconds())
         if response.code == 412 and byte_range is not None:
             await self._discard(response)
-            raise OriginError("changed", "the object changed at the origin during the download")
+            raise OriginError(
+                Reason.changed, "the object changed at the origin during the download"
+            )
         if not read:
             await self._discard(response)
         if response.code in NOT_FOUND_CODES:
             raise NotFoundAtOrigin(response.code)
-        raise OriginError(f"http_{response.code}", f"the origin answered {response.code}")
+        raise OriginError(Reason.http_status, f"the origin answered {response.code}", response.code)
 
     async def _check_s3_error(self, response: Any) -> None:
         """
@@ -566,7 +527,7 @@ class Origin:
             f" ({hint})" if hint else ""
         )
         self.rejected = (self._clock.seconds(), text)
-        raise OriginError("auth", text)
+        raise OriginError(Reason.auth, text)
 
     async def _read_body(self, response: Any, keep: int) -> bytes:
         """
@@ -598,7 +559,7 @@ class Origin:
         try:
             frozen = await self._run_in_thread(self._signer.credentials.frozen)
         except CredentialsError as e:
-            raise OriginError("credentials", str(e)) from None
+            raise OriginError(Reason.credentials, str(e)) from None
         return self._signer.sign("GET", url, headers, frozen)
 
     async def _request(self, url: str, headers: dict[bytes, list[bytes]]) -> Any:
@@ -614,7 +575,9 @@ class Origin:
             self.breaker.failed()
             if isinstance(e, OriginError):
                 raise
-            raise OriginError("connection", f"could not reach the origin: {_describe(e)}") from None
+            raise OriginError(
+                Reason.connection, f"could not reach the origin: {_describe(e)}"
+            ) from None
 
     def _within_origin(self, url: str, location: str) -> str | None:
         """
@@ -646,7 +609,9 @@ class Origin:
     def _timed_out(self, result: object, timeout: float) -> Failure:
         # A cancelled request fails in whatever way the agent chooses;
         # say plainly that it was the deadline.
-        return Failure(OriginError("timeout", f"the origin did not answer within {timeout:g}s"))
+        return Failure(
+            OriginError(Reason.timeout, f"the origin did not answer within {timeout:g}s")
+        )
 
     def stream(self, response: OriginResponse, write: Callable[[bytes], None]) -> Deferred[None]:
         """
@@ -659,10 +624,13 @@ class Origin:
         receiver: _BodyReceiver
 
         def cancel(d: Deferred[None]) -> None:
-            receiver.abort(OriginError("cancelled", "the download was cancelled"))
+            receiver.abort(OriginError(Reason.cancelled, "the download was cancelled"))
 
         def broke(failure: Failure) -> Failure:
-            if failure.check(OriginError) and failure.value.reason in ("timeout", "truncated"):
+            if failure.check(OriginError) and failure.value.reason in (
+                Reason.timeout,
+                Reason.truncated,
+            ):
                 self.breaker.failed()
             return failure
 

@@ -6,8 +6,7 @@ transfer and the resources it owns, L{admission} the caps and the memory
 of failures, L{syncer} the registry that ties them together.
 """
 
-from .admission import Overloaded
 from .fill import Fill, Follower
 from .syncer import FileStatus, Syncer
 
-__all__ = ["FileStatus", "Fill", "Follower", "Overloaded", "Syncer"]
+__all__ = ["FileStatus", "Fill", "Follower", "Syncer"]
