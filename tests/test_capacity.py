@@ -16,7 +16,9 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseFailed
 
-from cachetier.store import META_BYTES, CacheStore, ObjectHeaders
+from cachetier.errors import Reason
+from cachetier.objects import ObjectHeaders
+from cachetier.store import META_BYTES, CacheStore
 
 from .helpers import body_of, http_client, start_cachetier, start_origin
 
@@ -119,7 +121,7 @@ class WriteFailureTests(CapacityTestCase):
         with self.assertRaises(ResponseFailed):
             await self.get("big.mp3")
         status = self.cache.syncer.status("big.mp3", start=False)
-        self.assertEqual((status.state, status.error.reason), ("error", "no_space"))
+        self.assertEqual((status.state, status.error.reason), ("error", Reason.no_space))
         self.assertEqual(os.listdir(os.path.join(store.root, "tmp")), [])
         self.assertEqual(await self.get("kept.mp3"), (200, kept))
 

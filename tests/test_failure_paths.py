@@ -19,8 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.test.requesthelper import DummyRequest
 
+from cachetier.objects import ObjectHeaders
 from cachetier.origin import Origin, OriginResponse
-from cachetier.store import GENERATION_FILE, CacheStore, Handle, ObjectHeaders
+from cachetier.store import GENERATION_FILE, CacheStore, Handle
 from cachetier.sync import Fill, Syncer
 from cachetier.web.proxy import PrimaryProxy
 

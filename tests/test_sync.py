@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from cachetier.origin import NotFoundAtOrigin, Origin, OriginError, RetryPolicy
+from cachetier.errors import NotFoundAtOrigin, OriginError, Reason
+from cachetier.origin import Origin, RetryPolicy
 from cachetier.store import CacheStore
 from cachetier.sync import Syncer
 
@@ -97,7 +98,7 @@ class SyncerTests(SynchronousTestCase):
         self.assertNoResult(done)
         self.clock.advance(2)
         failure = self.failureResultOf(done, OriginError)
-        self.assertEqual(failure.value.reason, "timeout")
+        self.assertEqual(failure.value.reason, Reason.timeout)
         status = syncer.status("a.mp3")
         self.assertEqual(status.state, "error")
 
@@ -109,7 +110,7 @@ class SyncerTests(SynchronousTestCase):
         self.assertEqual(fill.written, 1000)
         self.clock.advance(31)
         self.treq.flush()
-        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "timeout")
+        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, Reason.timeout)
         self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
         self.assertIsNone(self.store.get("a.mp3"))
 
@@ -134,7 +135,7 @@ class SyncerTests(SynchronousTestCase):
         syncer.start("a.mp3")
         self.treq.flush()
         status = syncer.status("a.mp3")
-        self.assertEqual((status.state, status.error.reason), ("error", "http_503"))
+        self.assertEqual((status.state, status.error.label), ("error", "http_503"))
         self.assertEqual(syncer.status("a.mp3").state, "error")
         self.assertEqual(origin.counts["a.mp3"], 1)
         self.clock.advance(6)
@@ -160,8 +161,8 @@ class SyncerTests(SynchronousTestCase):
         stopped = syncer.stop()
         self.treq.flush()
         self.successResultOf(stopped)
-        self.assertEqual(self.failureResultOf(first, OriginError).value.reason, "cancelled")
-        self.assertEqual(self.failureResultOf(queued, OriginError).value.reason, "cancelled")
+        self.assertEqual(self.failureResultOf(first, OriginError).value.reason, Reason.cancelled)
+        self.assertEqual(self.failureResultOf(queued, OriginError).value.reason, Reason.cancelled)
         self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
 
     def test_stop_lets_a_publish_in_progress_finish(self) -> None:
@@ -191,7 +192,7 @@ class SyncerTests(SynchronousTestCase):
         done = syncer.start("a.mp3").when_done()
         stopped = syncer.stop()
         self.successResultOf(stopped)
-        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "cancelled")
+        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, Reason.cancelled)
         self.clock.advance(60)
         self.assertEqual(len(stall.requests), 1)
 
@@ -201,4 +202,4 @@ class SyncerTests(SynchronousTestCase):
         fills = [syncer.start(f"q{n}") for n in range(3)]
         self.successResultOf(syncer.stop())
         self.assertEqual(len(stall.requests), 1)
-        self.assertEqual([f.error.reason for f in fills], ["cancelled"] * 3)
+        self.assertEqual([f.error.reason for f in fills], [Reason.cancelled] * 3)

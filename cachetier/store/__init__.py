@@ -16,10 +16,11 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from ..objects import StoredObject
 from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
-from .layout import Layout, ObjectHeaders, Partial, StoredObject, unlink
+from .layout import Layout, unlink
 from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
@@ -28,10 +29,7 @@ __all__ = [
     "CacheStore",
     "Generation",
     "Handle",
-    "ObjectHeaders",
-    "Partial",
     "Reservation",
-    "StoredObject",
 ]
 
 log = Logger()

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from ..objects import StoredObject
 from .index import Index
-from .layout import StoredObject
 
 log = Logger()
 

@@ -7,18 +7,8 @@ of failures, L{syncer} the registry that ties them together, and
 L{outcomes} what it answers.
 """
 
-from .admission import Overloaded
 from .fill import Fill, Follower
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
 from .syncer import Syncer
 
-__all__ = [
-    "FileStatus",
-    "Fill",
-    "Follower",
-    "Lookup",
-    "OriginHealth",
-    "Outcome",
-    "Overloaded",
-    "Syncer",
-]
+__all__ = ["FileStatus", "Fill", "Follower", "Lookup", "OriginHealth", "Outcome", "Syncer"]

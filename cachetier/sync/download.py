@@ -18,9 +18,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..errors import OriginError, Reason
 from ..metrics import Metrics
-from ..origin import Origin, OriginError, OriginResponse
-from ..store import CacheStore, Handle, ObjectHeaders, Partial, Reservation, StoredObject
+from ..objects import ObjectHeaders, Partial, StoredObject
+from ..origin import Origin, OriginResponse
+from ..store import CacheStore, Handle, Reservation
 from .coverage import Coverage
 from .fill import Fill
 from .sparse import SLICE, SparseFill
@@ -84,20 +86,20 @@ class Download:
         if limit is not None and length is not None and length > limit:
             self._origin.abandon(response)
             raise OriginError(
-                "too_large", f"{length} bytes is over the --max-object-size of {limit}"
+                Reason.too_large, f"{length} bytes is over the --max-object-size of {limit}"
             )
         # A body that could never fit is treated the same way: sent to the
         # origin, instead of failing with no_space on every request.
         largest = store.largest_object()
         if length is not None and length > largest:
             self._origin.abandon(response)
-            raise OriginError("too_large", f"{length} bytes can never fit in the cache")
+            raise OriginError(Reason.too_large, f"{length} bytes can never fit in the cache")
         if limit is None or largest < limit:
             limit = self._limit = largest
         reservation = store.reserve(length or 0, keep=name)
         if reservation is None:
             self._origin.abandon(response)
-            raise OriginError("no_space", f"no room in the cache for {length} more bytes")
+            raise OriginError(Reason.no_space, f"no room in the cache for {length} more bytes")
         try:
             sparse = resume is not None or self._sparse(response)
             try:
@@ -169,7 +171,7 @@ class Download:
                 fill.name, byte_range=(first, end - 1, partial.validator)
             )
         except OriginError as e:
-            if e.reason != "changed":
+            if e.reason is not Reason.changed:
                 raise
             response = None
         if response is not None and response.content_range == (first, partial.length):

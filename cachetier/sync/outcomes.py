@@ -10,8 +10,8 @@ from enum import Enum
 
 from attrs import frozen
 
-from ..origin import NotFoundAtOrigin
-from ..store import StoredObject
+from ..errors import NotFoundAtOrigin
+from ..objects import StoredObject
 from .fill import Fill
 
 

@@ -12,11 +12,13 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
 from ..metrics import Metrics
-from ..origin import NotFoundAtOrigin, Origin, OriginError
+from ..objects import ObjectHeaders, StoredObject
+from ..origin import Origin
 from ..origin.freshness import stale_policy
-from ..store import CacheStore, ObjectHeaders, StoredObject
-from .admission import Admission, FailureMemory, Overloaded
+from ..store import CacheStore
+from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
 from .fill import Fill
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
@@ -319,11 +321,11 @@ class Syncer:
         try:
             await self._slots.acquire()
         except CancelledError:
-            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            self._ended(fill, OriginError(Reason.cancelled, "the service stopped"))
             return
         if self._stopping:
             self._slots.release()
-            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            self._ended(fill, OriginError(Reason.cancelled, "the service stopped"))
             return
         try:
             await self._download(fill)
@@ -350,12 +352,14 @@ class Syncer:
         except (NotFoundAtOrigin, OriginError) as e:
             self._ended(fill, e)
         except CancelledError:
-            self._ended(fill, OriginError("cancelled", "the download was cancelled"))
+            self._ended(fill, OriginError(Reason.cancelled, "the download was cancelled"))
         except OSError as e:
-            self._ended(fill, OriginError("write_error", f"cache write failed: {e.strerror or e}"))
+            self._ended(
+                fill, OriginError(Reason.write_error, f"cache write failed: {e.strerror or e}")
+            )
         except Exception:
             log.failure("sync of {name} failed unexpectedly", name=fill.name)
-            self._ended(fill, OriginError("internal", "internal error"))
+            self._ended(fill, OriginError(Reason.internal, "internal error"))
         else:
             log.info(
                 "synced {name} ({size} bytes) in {secs:.2f}s",
@@ -383,30 +387,30 @@ class Syncer:
             # S3 policy mistake or a WAF challenge must not wipe the cache,
             # so the copy stays and stale-if-error decides.  A purge is the
             # way to take a file down.
-            reason, ttl = "not_found", self._negative_ttl
+            reason, label, ttl = error.reason, error.reason.value, self._negative_ttl
         else:
             assert isinstance(error, OriginError)
-            reason = error.reason
-            ttl = self._negative_ttl if reason == "too_large" else self._error_ttl
-            self.metrics.sync_failures.labels(reason=reason).inc()
-            self.last_failed[reason] = self.clock.seconds()
+            reason, label = error.reason, error.label
+            ttl = self._negative_ttl if reason is Reason.too_large else self._error_ttl
+            self.metrics.sync_failures.labels(reason=label).inc()
+            self.last_failed[label] = self.clock.seconds()
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(
-                result="not_found" if reason == "not_found" else "error"
+                result="not_found" if reason is Reason.not_found else "error"
             ).inc()
         current = self._fills.get(fill.name) is fill
-        if reason not in ("cancelled", "changed") and current:
+        if reason not in (Reason.cancelled, Reason.changed) and current:
             self._failures.remember(fill.name, error, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
             name=fill.name,
-            reason=reason,
+            reason=label,
             why=str(error),
-            result=reason,
+            result=label,
         )
         self._forget(fill)
         fill.fail(error)
-        if reason == "changed" and current and not self._stopping:
+        if reason is Reason.changed and current and not self._stopping:
             # Another version at the origin: its readers were aborted; a
             # new fill fetches the new one from the start.
             try:

@@ -13,9 +13,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from ..analytics import Analytics, to_csv
+from ..errors import OriginError, Overloaded, Reason
 from ..names import InvalidName, validate_name
-from ..origin import OriginError
-from ..sync import FileStatus, Overloaded, Syncer
+from ..sync import FileStatus, Syncer
 from ._admin import refuse
 from ._json import JSONResource, render_error, render_json
 from ._site import client_address, download_url, name_of
@@ -68,8 +68,8 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
 
 def _reason(error: Exception) -> str:
     if isinstance(error, OriginError):
-        return error.reason
-    return "overloaded" if isinstance(error, Overloaded) else "not_found"
+        return error.label
+    return (Reason.overloaded if isinstance(error, Overloaded) else Reason.not_found).value
 
 
 class FileStatusResource(JSONResource):

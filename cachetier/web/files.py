@@ -19,10 +19,11 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
+from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
 from ..names import InvalidName
-from ..origin import NotFoundAtOrigin, OriginError
-from ..store import CacheStore, Handle, StoredObject
-from ..sync import Fill, Lookup, Outcome, Overloaded, Syncer
+from ..objects import StoredObject
+from ..store import CacheStore, Handle
+from ..sync import Fill, Lookup, Outcome, Syncer
 from ._json import JSONResource, render_error
 from ._site import OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
@@ -421,18 +422,18 @@ class FilesResource(JSONResource):
             return render_error(
                 request, 404, "not_found", f"the origin has no such file ({error.code})"
             )
-        if isinstance(error, OriginError) and error.reason == "too_large":
+        if isinstance(error, OriginError) and error.reason is Reason.too_large:
             # Not ours to cache: the listener fetches it from the origin.
             return self._redirect(request, request.cache_name)
         if isinstance(error, Overloaded):
             request.outcome = "overloaded"
             request.setHeader(b"retry-after", b"1")
             return render_error(request, 503, "overloaded", str(error))
-        if isinstance(error, OriginError) and error.reason == "no_space":
+        if isinstance(error, OriginError) and error.reason is Reason.no_space:
             # Every byte of the quota is held by downloads in progress.
             request.outcome = "no_space"
             request.setHeader(b"retry-after", b"5")
             return render_error(request, 503, "no_space", str(error))
         request.outcome = "error"
-        reason = error.reason if isinstance(error, OriginError) else "error"
+        reason = error.label if isinstance(error, OriginError) else "error"
         return render_error(request, 502, "origin_error", f"{reason}: {error}")
