@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from cachetier.errors import NotFoundAtOrigin, OriginError, Reason
 from cachetier.origin import Origin, RetryPolicy
 from cachetier.store import CacheStore
-from cachetier.sync import Syncer
+from cachetier.sync import Lookup, Outcome, Syncer
 
 from .helpers import TestOrigin, body_of
 
@@ -203,3 +203,79 @@ class SyncerTests(SynchronousTestCase):
         self.successResultOf(syncer.stop())
         self.assertEqual(len(stall.requests), 1)
         self.assertEqual([f.error.reason for f in fills], [Reason.cancelled] * 3)
+
+
+class LookupTests(SynchronousTestCase):
+    """
+    What a request for a name gets: one L{Lookup}, decided by the syncer.
+    """
+
+    make = SyncerTests.make
+
+    def cached(self, cache_control: str, **kwargs: Any) -> tuple[TestOrigin, Syncer]:
+        """
+        A syncer with C{a.mp3} cached for 10 seconds, and now stale.
+        """
+        origin = TestOrigin()
+        origin.put("a.mp3", body_of(1000), extra_headers={"cache-control": cache_control})
+        syncer = self.make(origin, **kwargs)
+        syncer.start("a.mp3")
+        self.treq.flush()
+        self.assertIs(syncer.lookup("a.mp3").outcome, Outcome.CACHED)
+        self.clock.advance(11)
+        return origin, syncer
+
+    def test_a_miss_is_a_fill_to_follow(self) -> None:
+        syncer = self.make(_Stall(b"x" * 10))
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual((lookup.outcome, lookup.fill), (Outcome.FILL, syncer.fill_for("a.mp3")))
+        self.assertFalse(lookup.servable)
+
+    def test_a_name_the_origin_lacks_is_an_error(self) -> None:
+        syncer = self.make(TestOrigin())
+        syncer.lookup("gone.mp3")
+        self.treq.flush()
+        lookup = syncer.lookup("gone.mp3")
+        self.assertEqual((lookup.outcome, lookup.not_found), (Outcome.ERROR, True))
+        self.assertFalse(lookup.servable)
+
+    def test_a_stale_copy_is_served_while_it_revalidates(self) -> None:
+        origin, syncer = self.cached("max-age=10")
+        origin.hang.add("a.mp3")
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual((lookup.outcome, lookup.stored), (Outcome.STALE, self.store.get("a.mp3")))
+        self.assertIsNotNone(syncer.fill_for("a.mp3"))
+
+    def test_a_copy_that_must_revalidate_waits_for_it(self) -> None:
+        origin, syncer = self.cached("max-age=10, must-revalidate")
+        origin.hang.add("a.mp3")
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual(
+            (lookup.outcome, lookup.fill), (Outcome.MUST_WAIT, syncer.fill_for("a.mp3"))
+        )
+
+    def test_a_copy_that_must_revalidate_is_withheld_while_the_origin_fails(self) -> None:
+        origin, syncer = self.cached("max-age=10, must-revalidate")
+        origin.status["a.mp3"] = 503
+        lookup = syncer.lookup("a.mp3")
+        assert isinstance(lookup.error, OriginError)
+        self.assertEqual((lookup.outcome, lookup.error.label), (Outcome.WITHHELD, "http_503"))
+        again = syncer.after_failure("a.mp3", lookup.error)
+        self.assertEqual(again, Lookup(Outcome.WITHHELD, error=lookup.error))
+
+    def test_a_stale_copy_is_served_while_the_origin_fails(self) -> None:
+        origin, syncer = self.cached("max-age=10", stale_if_error=60)
+        origin.status["a.mp3"] = 503
+        stored = self.store.get("a.mp3")
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual((lookup.outcome, lookup.stored), (Outcome.STALE, stored))
+        error = syncer.recent_failure("a.mp3")
+        assert error is not None
+        self.assertEqual(syncer.after_failure("a.mp3", error), Lookup(Outcome.STALE, stored))
+        self.clock.advance(60)
+        self.assertIs(syncer.lookup("a.mp3").outcome, Outcome.WITHHELD)
+
+    def test_after_a_failed_miss_there_is_nothing_to_serve(self) -> None:
+        syncer = self.make(TestOrigin())
+        error = OriginError(Reason.internal, "a bug")
+        self.assertEqual(syncer.after_failure("a.mp3", error), Lookup(Outcome.ERROR, error=error))
