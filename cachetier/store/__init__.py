@@ -4,7 +4,8 @@ The cache store: complete objects on local disk, indexed in memory.
 L{layout} owns the files (atomic publish, recovery), L{index} what is
 cached and in which order it was used, L{quota} reservations and eviction,
 L{handles} the shared descriptors of open bodies; L{CacheStore} puts them
-together for the rest of the server.
+together and is the rest of the server's only way to them: nothing outside
+this package reaches a layout or a quota.
 """
 
 from __future__ import annotations
