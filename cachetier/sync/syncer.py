@@ -135,8 +135,8 @@ class Syncer:
         cached = stored is not None
         status = self.status(name, client=client)
         if status.state == "cached":
-            stale = Outcome.STALE if status.stale else Outcome.CACHED
-            return Lookup(stale, stored=status.stored)
+            outcome = Outcome.STALE if status.stale else Outcome.CACHED
+            return Lookup(outcome, stored=status.stored)
         if status.fill is not None:
             return Lookup(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
         return Lookup(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
