@@ -1,5 +1,6 @@
 """
-Settings and the parsers for the human-friendly values operators type.
+Settings, and the parsers for the human-friendly values operators type
+(L{cachetier.config.flags} checks the flags with them).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Settings:
     # Connections: headers (and keep-alive idleness) and stalled responses.
     idle_timeout: float = 60.0
     send_timeout: float = 60.0
-    # None: as many as the descriptor limit allows (see tap.connection_cap).
+    # None: as many as the descriptor limit allows (see limits.connection_cap).
     max_connections: int | None = None
     # Downloads slower than this many bytes a second over a window are
     # abandoned; listeners wait this long for a queued sync to start.
@@ -146,3 +147,4 @@ class Settings:
     analytics_retention_days: int | None = 400
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
+
