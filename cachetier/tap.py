@@ -13,35 +13,24 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from attrs import Factory, frozen
 from OpenSSL import SSL
-from treq.client import HTTPClient
-from twisted.application.service import IService
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 import twisted
 
 from . import __version__
-from .analytics import Analytics
+from .assembly import assemble
 from .config import Settings
 from .config.flags import SettingError, owner, settings_from, trusted_proxy
-from .limits import raise_descriptor_limit, site_limits
-from .metrics import Metrics
-from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
-from .origin.auth import CredentialSource, HeaderFile, S3Signer
-from .service import CacheService
-from .store import CacheStore
-from .sync import Syncer
+from .limits import raise_descriptor_limit
+from .origin.auth import HeaderFile
+from .service import CacheService, listener, starting_site
 from .tls import ReloadableCertificate, is_tls, tls_endpoint
-from .web import CacheSite, build_root
-from .web._site import AccessLogFile
-
-log = Logger()
+from .workers import PublicPorts, WorkersService
 
 
 class Options(usage.Options):
@@ -255,176 +244,73 @@ def check_listen(description: str) -> None:
         raise SettingError(f"--listen {description!r}: {why}") from None
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Not a "Starting factory" line in the log for every origin connection.
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
+def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
-    An origin connection pool that does not log each connection.
-    """
-
-    _factory = _QuietClientFactory
-
-
-@frozen
-class Assembly:
-    """
-    The parts of a running cache tier, wired together.
-    """
-
-    store: CacheStore
-    syncer: Syncer
-    site: CacheSite
-    pool: HTTPConnectionPool
-    access_file: AccessLogFile | None = None
-    # What SIGHUP re-reads besides logs: origin credentials and headers.
-    reloadables: list[Callable[[], None]] = Factory(list)
-    analytics: Analytics | None = None
-
-    def stop(self) -> Deferred[Any]:
-        """
-        Cancel the downloads, then close the origin connections and the
-        access log.
-        """
-        d = self.syncer.stop()
-        d.addCallback(lambda _: self.pool.closeCachedConnections())
-        if self.analytics is not None:
-            d.addCallback(lambda _: self.analytics.drain())
-        if self.access_file is not None:
-            d.addCallback(lambda _: self.access_file.close())
-        return d
-
-
-def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) -> Assembly:
-    """
-    Open the store and build the syncer and the site; bind nothing.
-
-    @param site: a site already listening, to serve the cache from now
-        on; by default a new one.
-    """
-    metrics = Metrics() if site is None else site.metrics
-    store = CacheStore.open(
-        settings.cache_dir,
-        max_size=settings.max_size,
-        min_free=settings.min_free,
-        on_evict=lambda obj: metrics.evictions.inc(),
-        now=reactor.seconds,
-    )
-    pool = QuietPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = settings.max_concurrent_syncs
-    agent = Agent(reactor, connectTimeout=settings.origin_timeout, pool=pool)
-    run_in_thread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    signer = header_file = None
-    reloadables: list[Callable[[], None]] = []
-    if settings.origin_auth == "s3":
-        assert settings.s3_region is not None
-        credentials = CredentialSource()
-        signer = S3Signer(settings.s3_region, credentials)
-        reloadables.append(credentials.reset)
-    if settings.origin_header_file is not None:
-        header_file = HeaderFile(settings.origin_header_file)
-        reloadables.append(header_file.reload)
-    origin = Origin(
-        settings.origin,
-        HTTPClient(IdentityAgent(agent)),
-        reactor,
-        settings.origin_timeout,
-        breaker=Breaker(reactor, settings.breaker_threshold, settings.breaker_cooloff),
-        retry=RetryPolicy(attempts=settings.origin_retries),
-        min_rate=settings.origin_min_rate,
-        rate_window=settings.origin_min_rate_window,
-        signer=signer,
-        header_file=header_file,
-        run_in_thread=run_in_thread,
-    )
-    syncer = Syncer(
-        origin,
-        store,
-        reactor,
-        run_in_thread,
-        max_concurrent=settings.max_concurrent_syncs,
-        max_queued=settings.max_queued_syncs,
-        max_new_per_second=settings.max_syncs_per_second,
-        max_new_per_client=settings.max_syncs_per_client,
-        max_object_size=settings.max_object_size,
-        ttl=settings.ttl,
-        stale_if_error=settings.stale_if_error,
-        negative_ttl=settings.negative_ttl,
-        metrics=metrics,
-        fill_connections=settings.fill_connections,
-    )
-    quota = store.quota
-    metrics.watch(
-        objects=lambda: len(store),
-        cached_bytes=lambda: store.total_bytes,
-        in_flight=lambda: syncer.in_flight,
-        queued=lambda: syncer.queued,
-        breaker_open=lambda: 0 if origin.breaker.state == "closed" else 1,
-        disk_free=quota.free_bytes,
-        disk_quota=quota.capacity,
-        disk_reserved=lambda: quota.reserved,
-    )
-    analytics = None
-    if settings.analytics_retention_days is not None:
-        analytics = Analytics(
-            settings.cache_dir, run_in_thread, store.locate, settings.analytics_retention_days
-        )
-    root = build_root(store, syncer, settings, metrics, analytics)
-    if site is None:
-        site = CacheSite(root, metrics, reactor=reactor, **site_limits(settings))
-    else:
-        site.resource = root
-    site.analytics = analytics
-    access_file = None
-    if settings.access_log == "off":
-        site.access_log = None
-    elif settings.access_log:
-        access_file = AccessLogFile(settings.access_log)
-        site.access_log = Logger(namespace="cachetier.access", observer=access_file)
-    return Assembly(store, syncer, site, pool, access_file, reloadables, analytics)
-
-
-def makeService(options: Options, reactor: Any = None) -> IService:
-    """
-    Build the whole service from parsed options; nothing is created or
-    bound until twistd starts it (see L{cachetier.service}).
+    Build the whole service from parsed options: the listeners, the
+    cache, its flushes once a second and the workers.  Nothing is
+    created or bound until twistd starts it (see L{cachetier.service}).
     """
     if reactor is None:
         from twisted.internet import reactor
     settings: Settings = options["settings"]
     raise_descriptor_limit()
-    limits = site_limits(settings)
-    worker_args = [
-        f"--cache-dir={settings.cache_dir}",
-        f"--cache-control-max-age={settings.cache_control_max_age}",
-        f"--idle-timeout={limits['idle_timeout']}",
-        f"--send-timeout={limits['send_timeout']}",
-        f"--max-connections={limits['max_connections']}",
-        f"--shutdown-grace={settings.shutdown_grace}",
-        *(f"--trusted-proxy={network}" for network in settings.trusted_proxies),
-    ]
-    if settings.access_log is not None:
-        worker_args.append(f"--access-log={settings.access_log}")
-    if settings.analytics_retention_days is not None:
-        worker_args.append(f"--analytics-retention-days={settings.analytics_retention_days}")
-    endpoints, certificates = [], []
-    for description in settings.listen:
-        endpoint, certificate = listen_endpoint(reactor, description)
-        endpoints.append((description, endpoint))
-        if certificate is not None:
-            certificates.append(certificate.reload)
-    return CacheService(
-        settings,
-        reactor,
-        endpoints,
-        limits,
-        assemble,
-        worker_args,
-        owner=options.get("owner"),
-        reloadables=certificates,
+    parent = MultiService()
+    site = starting_site(settings, reactor)
+    certificates: list[Callable[[], None]] = []
+    workers = None
+    if settings.workers > 1:
+        public = PublicPorts(settings.listen, site, reactor, copies=settings.workers)
+        public.setServiceParent(parent)
+        workers = WorkersService(reactor, settings.workers, public, site, settings)
+    else:
+        for description in settings.listen:
+            endpoint, certificate = listen_endpoint(reactor, description)
+            listener(description, endpoint, site).setServiceParent(parent)
+            if certificate is not None:
+                certificates.append(certificate.reload)
+    cache = CacheService(
+        settings, reactor, site, assemble, options.get("owner"), certificates, workers
     )
+    cache.setServiceParent(parent)
+    every_second(cache.flush, reactor).setServiceParent(parent)
+    if workers is not None:
+        workers.setServiceParent(parent)
+    return parent
+
+
+def makeWorkerService(
+    settings: Settings, primary: str, sockets: list[tuple[int, int]], reactor: Any
+) -> MultiService:
+    """
+    A worker's service (C{--workers}): the primary's, but on the
+    listening sockets the primary handed it (descriptor, family), serving
+    fresh hits from the primary's store and relaying the rest to the
+    C{primary} socket; and once a second, its report to the primary.
+    """
+    parent = MultiService()
+    site = starting_site(settings, reactor)
+    for fd, family in sockets:
+        endpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
+        listener(f"descriptor {fd}", endpoint, site).setServiceParent(parent)
+    cache = CacheService(settings, reactor, site, partial(assemble, primary=primary))
+    cache.setServiceParent(parent)
+    every_second(cache.flush, reactor).setServiceParent(parent)
+
+    def report() -> Deferred[None]:
+        return Deferred.fromCoroutine(cache.assembly.reporter.report())
+
+    every_second(report, reactor).setServiceParent(parent)
+    return parent
+
+
+def every_second(call: Callable[[], object], reactor: Any) -> TimerService:
+    """
+    A service that calls C{call} once a second (which must catch and log
+    its own errors: one raised would stop it).
+    """
+    timer = TimerService(1.0, call)
+    timer.clock = reactor
+    return timer
 
 
 def listen_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCertificate | None]:

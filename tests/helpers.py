@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from cachetier.config import Settings
-from cachetier.tap import Assembly, assemble
+from cachetier.assembly import Assembly, assemble
 
 log = Logger()
 

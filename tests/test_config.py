@@ -6,10 +6,12 @@ flag and says why, in words an operator can act on.
 from __future__ import annotations
 
 import os
+from ipaddress import ip_network
 
+from attrs import evolve
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachetier.config import parse_duration
+from cachetier.config import Settings, from_json, parse_duration, to_json
 from cachetier.config.flags import (
     SettingError,
     admin_token,
@@ -131,3 +133,17 @@ class CheckTests(SynchronousTestCase):
         self.assertIsNone(owner(None, None))
         self.assertEqual(owner(1000, None), (1000, os.getgid()))
         self.assertEqual(owner(1000, 1001), (1000, 1001))
+
+
+class WorkerSettingsTests(SynchronousTestCase):
+    def test_a_worker_gets_the_same_settings_but_the_admin_token(self) -> None:
+        settings = Settings(
+            origin="http://127.0.0.1:9/",
+            listen=("tcp:8080", "tcp6:8080"),
+            trusted_proxies=(ip_network("10.0.0.0/8"), ip_network("fd00::/8")),
+            max_size=1 << 30,
+            admin_token=b"a-long-enough-admin-token",
+        )
+        text = to_json(settings)
+        self.assertNotIn("a-long-enough-admin-token", text)
+        self.assertEqual(from_json(text), evolve(settings, admin_token=None))

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from cachetier.config import Settings
-from cachetier.tap import assemble
+from cachetier.assembly import assemble
 
 from .helpers import body_of, make_tls_certificate, read_then_hang_up, start_cachetier, start_origin
 
