@@ -96,8 +96,7 @@ class _AtOnce:
         d = self.endpoint.listen(factory)
         d.addErrback(failures.append)
         if failures:
-            e = failures[0].value
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            why = failures[0].getErrorMessage()
             raise SystemExit(f"cachetier: cannot listen on {self.description}: {why}")
         return d
 
