@@ -141,9 +141,7 @@ class WorkersService(Service):
             args.append(f"--fd={fd}:{'inet6' if family == socket.AF_INET6 else 'inet'}")
         args.append(f"--number={number}")
         env = {**os.environ, SETTINGS: to_json(self.settings)}
-        process = self.reactor.spawnProcess(
-            protocol, sys.executable, args, env=env, childFDs=fds
-        )
+        process = self.reactor.spawnProcess(protocol, sys.executable, args, env=env, childFDs=fds)
         self._workers[number] = (process, protocol)
         log.info("worker {number} started (pid {pid})", number=number, pid=process.pid)
 

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import os
 import resource
+from types import SimpleNamespace
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachetier.assembly import Assembly
-from cachetier.service import CacheService
-from cachetier.tap import Options, makeService
+from cachetier.config import Settings
+from cachetier.service import CacheService, listener
+from cachetier.tap import Options, makeService, makeWorkerService
 from cachetier.workers import PublicPorts, WorkersService
 
 ORIGIN = "--origin=http://127.0.0.1:9/"
@@ -144,6 +148,26 @@ class MakeServiceTests(SynchronousTestCase):
         service = self.service("--listen=tcp:0", "--workers=2")
         kinds = [type(child) for child in service]
         self.assertEqual(kinds, [PublicPorts, CacheService, TimerService, WorkersService])
+
+    def test_a_worker_has_the_same_cache_and_flushes_and_reports(self) -> None:
+        service = makeWorkerService(
+            Settings(origin="http://127.0.0.1:9/"), "/nonexistent.sock", [], MemoryReactor()
+        )
+        self.assertEqual(
+            [type(child) for child in service], [CacheService, TimerService, TimerService]
+        )
+
+    def test_a_port_that_cannot_be_bound_is_one_line(self) -> None:
+        busy = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+        endpoint = SimpleNamespace(listen=lambda factory: fail(busy))
+        service = listener("tcp:8080:interface=127.0.0.1", endpoint, None)  # type: ignore
+        with self.assertRaises(SystemExit) as caught:
+            service.privilegedStartService()
+        self.assertEqual(
+            str(caught.exception),
+            "cachetier: cannot listen on tcp:8080:interface=127.0.0.1:"
+            " Couldn't listen on 127.0.0.1:8080: [Errno 98] Address already in use.",
+        )
 
     def test_a_failed_flush_is_logged_and_the_next_one_runs(self) -> None:
         assembly = Assembly(None, None, None, None, access_file=_Unflushable())  # type: ignore

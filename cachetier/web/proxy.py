@@ -56,9 +56,7 @@ def primary_pool(reactor: Any) -> HTTPConnectionPool:
     return pool
 
 
-def primary_agent(
-    reactor: Any, socket_path: str, pool: HTTPConnectionPool | None = None
-) -> Agent:
+def primary_agent(reactor: Any, socket_path: str, pool: HTTPConnectionPool | None = None) -> Agent:
     """
     An agent whose every request goes to the primary's UNIX socket.
 
