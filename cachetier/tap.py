@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -279,7 +279,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
 
 def makeWorkerService(
-    settings: Settings, primary: str, sockets: list[tuple[int, int]], reactor: Any
+    settings: Settings, primary: str, sockets: Sequence[tuple[int, int]], reactor: Any
 ) -> MultiService:
     """
     A worker's service (C{--workers}): the primary's, but on the
