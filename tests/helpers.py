@@ -31,8 +31,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from cachetier.assembly import Assembly, assemble
 from cachetier.config import Settings
-from cachetier.tap import Assembly, assemble
 
 log = Logger()
 

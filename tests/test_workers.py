@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachetier.config import Settings
 from cachetier.metrics import Metrics
 from cachetier.store import GENERATION_FILE, CacheStore, Generation
 from cachetier.web._site import CacheSite
@@ -299,13 +301,17 @@ class _SpawningClock(Clock):
         self.spawned.append(protocol)
         return SimpleNamespace(pid=1000 + len(self.spawned))
 
+    def listenUNIX(self, path: str, factory: Any, mode: int) -> Any:
+        return SimpleNamespace(stopListening=lambda: None)
+
 
 class RestartTests(SynchronousTestCase):
     def test_a_crashing_worker_is_restarted_with_back_off(self) -> None:
         clock = _SpawningClock()
         public = PublicPorts([], None, clock, copies=2)
-        service = WorkersService(clock, 2, public, "/nonexistent.sock", [])
+        service = WorkersService(clock, 2, public, None, Settings(origin="http://127.0.0.1:9/"))
         service.startService()
+        self.addCleanup(shutil.rmtree, os.path.dirname(service.primary_socket))
         delays = []
         for _ in range(9):
             protocol = clock.spawned[-1]

@@ -47,12 +47,23 @@ class _UNIXEndpoints:
         return UNIXClientEndpoint(self.reactor, self.path)
 
 
-def primary_agent(reactor: Any, socket_path: str) -> Agent:
+def primary_pool(reactor: Any) -> HTTPConnectionPool:
     """
-    An agent whose every request goes to the primary's UNIX socket.
+    The connections a worker keeps open to the primary.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 64
+    return pool
+
+
+def primary_agent(reactor: Any, socket_path: str, pool: HTTPConnectionPool | None = None) -> Agent:
+    """
+    An agent whose every request goes to the primary's UNIX socket.
+
+    @param pool: its connections; by default a L{primary_pool} of its own.
+    """
+    if pool is None:
+        pool = primary_pool(reactor)
     return Agent.usingEndpointFactory(reactor, _UNIXEndpoints(reactor, socket_path), pool=pool)
 
 
