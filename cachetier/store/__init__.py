@@ -181,15 +181,21 @@ class CacheStore:
             unlink(old.path)
             self._retired()
 
-    def remove(self, name: str) -> StoredObject | None:
+    def remove(self, name: str, durable: bool = False) -> StoredObject | None:
         """
         Forget C{name} and delete its files.  Readers with the body open
         finish reading it.
+
+        @param durable: whether the deletion must survive a power cut before
+            this returns (see L{Layout.delete}); every process stops serving
+            the object even when that fails.
         """
         obj = self._index.pop(name)
         if obj is not None:
-            self.layout.delete(obj)
-            self._retired()
+            try:
+                self.layout.delete(obj, durable)
+            finally:
+                self._retired()
         return obj
 
     def touch(self, name: str) -> None:
