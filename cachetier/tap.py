@@ -34,7 +34,14 @@ import twisted
 
 from . import __version__
 from .analytics import Analytics
-from .config import Settings, parse_duration, parse_endpoint, parse_rate, parse_size
+from .config import (
+    Settings,
+    default_backlog,
+    parse_duration,
+    parse_endpoint,
+    parse_rate,
+    parse_size,
+)
 from .metrics import Metrics
 from .names import normalise_base
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
@@ -703,4 +710,7 @@ def listen_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCert
     """
     if is_tls(description):
         return tls_endpoint(reactor, description)
+    kind, _, named = parse_endpoint(description)
+    if kind in ("tcp", "tcp6") and "backlog" not in named:
+        description += f":backlog={default_backlog()}"
     return serverFromString(reactor, description), None

@@ -30,7 +30,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
-from .config import parse_endpoint
+from .config import default_backlog, parse_endpoint
 
 log = Logger()
 
@@ -296,7 +296,11 @@ def tcp_address(description: str) -> tuple[int, str, int, int]:
     """
     kind, positional, named = parse_endpoint(description)
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
-    fields = {"interface": "::" if kind == "tcp6" else "0.0.0.0", "backlog": "50", **named}
+    fields = {
+        "interface": "::" if kind == "tcp6" else "0.0.0.0",
+        "backlog": str(default_backlog()),
+        **named,
+    }
     port = int(fields.get("port", positional[0] if positional else "0"))
     return family, fields["interface"], port, int(fields["backlog"])
 

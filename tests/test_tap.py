@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import reactor
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
+from twisted.web.static import Data
 
-from cachetier.tap import Options
+from cachetier.config import default_backlog
+from cachetier.tap import Options, listen_endpoint
+
+from .helpers import listen_backlogs, make_tls_certificate, somaxconn
 
 ORIGIN = "--origin=http://127.0.0.1:9/"
 
@@ -106,3 +112,37 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(self.parse()["settings"].access_log)
         self.assertEqual(self.parse("--access-log=off")["settings"].access_log, "off")
         self.assertRefused("--access-log", "--access-log=/nonexistent/dir/access.log")
+
+
+class BacklogTests(TestCase):
+    """
+    A burst of new connections waits in the kernel's queue, not in SYN
+    retries: listeners take the kernel's cap as their backlog.
+    """
+
+    def descriptions(self, extra: str = "") -> list[str]:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        key, cert, _ = make_tls_certificate(directory)
+        return [
+            "tcp:0:interface=127.0.0.1" + extra,
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}" + extra,
+        ]
+
+    async def backlog(self, description: str) -> list[int]:
+        endpoint, _ = listen_endpoint(reactor, description)
+        port = await endpoint.listen(Site(Data(b"", "text/plain")))
+        self.addCleanup(port.stopListening)
+        return listen_backlogs(port.getHost().port)
+
+    async def test_by_default_the_kernels_cap(self) -> None:
+        for description in self.descriptions():
+            self.assertEqual(await self.backlog(description), [somaxconn()], description)
+
+    async def test_an_explicit_backlog_wins(self) -> None:
+        for description in self.descriptions(":backlog=100"):
+            self.assertEqual(await self.backlog(description), [100], description)
+
+    def test_without_the_kernels_cap_that_of_nginx(self) -> None:
+        self.assertEqual(default_backlog(), somaxconn())
+        self.assertEqual(default_backlog(os.path.abspath(self.mktemp())), 511)

@@ -21,6 +21,8 @@ from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from cachetier.metrics import Metrics
 from cachetier.store import GENERATION_FILE, CacheStore, Generation
@@ -29,7 +31,16 @@ from cachetier.web.proxy import PrimaryProxy, primary_agent
 from cachetier.web.worker import Reporter, WorkerFiles, build_worker_root
 from cachetier.workers import PublicPorts, WorkersService
 
-from .helpers import body_of, http_client, listen, start_cachetier, start_origin
+from .helpers import (
+    body_of,
+    child_environment,
+    http_client,
+    listen,
+    listen_backlogs,
+    somaxconn,
+    start_cachetier,
+    start_origin,
+)
 from .test_twistd import _TWISTD, _Twistd
 
 _LINE = r'\] 127\.0\.0\.1 - - \[[^]]+\] "GET /files/ep\.mp3 HTTP/1\.1" 200 3000000 "-" "[^"]*" "-"'
@@ -72,7 +83,7 @@ class WorkersTestCase(TestCase):
             *extra,
         ]
         self.process = process = reactor.spawnProcess(
-            protocol, sys.executable, args, env=os.environ.copy()
+            protocol, sys.executable, args, env=child_environment()
         )
 
         async def stop() -> None:
@@ -152,6 +163,20 @@ class WorkersTests(WorkersTestCase):
                 break
             await deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(os.path.exists(f"/proc/{worker_pid}"), "the worker exits with the primary")
+
+
+class WorkerBacklogTests(WorkersTestCase):
+    async def test_every_process_listens_with_the_kernels_cap(self) -> None:
+        url = await self.start()
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        self.assertEqual(listen_backlogs(port), [somaxconn()] * 2)
+
+    def test_an_explicit_backlog_wins(self) -> None:
+        site = Site(Data(b"", "text/plain"))
+        public = PublicPorts([("tcp:0:interface=127.0.0.1:backlog=100", None)], site, reactor, 2)
+        public.privilegedStartService()
+        self.addCleanup(public.stopService)
+        self.assertEqual(listen_backlogs(public.ports[0].getHost().port), [100] * 2)
 
 
 class WorkerTruthTests(WorkersTestCase):
