@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
@@ -309,6 +310,37 @@ class WorkerLRUTests(TestCase):
 def _total(metrics: Metrics, attr: str, labels: dict[str, str]) -> float:
     key = (attr, tuple(sorted(labels.items())))
     return metrics.counter_values().get(key, 0.0)
+
+
+class InternalTrafficTests(TestCase):
+    async def test_a_workers_reports_are_neither_logged_nor_counted(self) -> None:
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        paths: list[str] = []
+        cache.site.access_log = Logger(observer=lambda event: paths.append(event["path"]))
+        socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
+        port = reactor.listenUNIX(socket_path, cache.site)
+        self.addCleanup(port.stopListening)
+        agent = primary_agent(reactor, socket_path)
+        self.addCleanup(agent._pool.closeCachedConnections)
+        files = WorkerFiles(
+            CacheStore(cache.store.root),
+            Generation(os.path.join(cache.store.root, GENERATION_FILE)),
+            reactor,
+            PrimaryProxy(agent),
+            60,
+        )
+        worker_metrics = Metrics()
+        reporter = Reporter(files, worker_metrics, agent, reactor)
+        primary = cache.site.metrics
+        for second in range(1, 4):
+            worker_metrics.http_requests.inc()
+            worker_metrics.bytes_served.inc(1000)
+            await reporter.report()
+            # Only what the worker served, reported.
+            self.assertEqual(_total(primary, "http_requests", {}), second)
+            self.assertEqual(_total(primary, "bytes_served", {}), 1000 * second)
+        self.assertEqual(paths, [])
 
 
 class _SpawningClock(Clock):
