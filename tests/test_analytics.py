@@ -26,7 +26,14 @@ from twisted.web import server
 from cachetier.analytics import DB_FILE, DEFAULT_MINUTE_BYTES, Analytics, Event
 from cachetier.web.api import StatsResource
 
-from .helpers import body_of, http_client, listen, start_cachetier, start_origin
+from .helpers import (
+    body_of,
+    child_environment,
+    http_client,
+    listen,
+    start_cachetier,
+    start_origin,
+)
 
 TOKEN = "s" * 32
 EP = 3_000_000
@@ -107,7 +114,7 @@ class ScriptedDayTests(TestCase):
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             ["-m", "cachetier.cli", "stats", f"--server={self.url}", "--group=file"],
-            env=dict(os.environ, CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="150"),
+            env=dict(child_environment(), CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="150"),
             reactor=reactor,
         )
         self.assertEqual(code, 0, err)
