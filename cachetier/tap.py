@@ -24,7 +24,7 @@ import twisted
 
 from . import __version__
 from .assembly import assemble
-from .config import Settings
+from .config import Settings, default_backlog, parse_endpoint
 from .config.flags import SettingError, owner, settings_from, trusted_proxy
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
@@ -320,4 +320,7 @@ def listen_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCert
     """
     if is_tls(description):
         return tls_endpoint(reactor, description)
+    kind, _, named = parse_endpoint(description)
+    if kind in ("tcp", "tcp6") and "backlog" not in named:
+        description += f":backlog={default_backlog()}"
     return serverFromString(reactor, description), None

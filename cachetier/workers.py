@@ -31,7 +31,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
-from .config import Settings, from_json, parse_endpoint, to_json
+from .config import Settings, default_backlog, from_json, parse_endpoint, to_json
 
 log = Logger()
 
@@ -313,7 +313,11 @@ def tcp_address(description: str) -> tuple[int, str, int, int]:
     """
     kind, positional, named = parse_endpoint(description)
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
-    fields = {"interface": "::" if kind == "tcp6" else "0.0.0.0", "backlog": "50", **named}
+    fields = {
+        "interface": "::" if kind == "tcp6" else "0.0.0.0",
+        "backlog": str(default_backlog()),
+        **named,
+    }
     port = int(fields.get("port", positional[0] if positional else "0"))
     return family, fields["interface"], port, int(fields["backlog"])
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
+import subprocess
 import tempfile
 from collections import Counter
 from typing import Any
@@ -25,12 +27,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import http, server
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+import cachetier
 from cachetier.assembly import Assembly, assemble
 from cachetier.config import Settings
 
@@ -456,3 +459,37 @@ class ProcessOutput(ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(reason.value)
+
+
+def listen_backlogs(port: int) -> list[int]:
+    """
+    The backlog of each socket listening on TCP C{port}, as the kernel
+    holds it (a listening socket's Send-Q in C{ss}).
+    """
+    ss = shutil.which("ss")
+    if ss is None:
+        raise SkipTest("ss is not installed")
+    lines = subprocess.run(
+        [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return [int(line.split()[2]) for line in lines]
+
+
+def somaxconn() -> int:
+    """
+    The kernel's cap on a listen backlog.
+    """
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
+
+
+def child_environment() -> dict[str, str]:
+    """
+    The environment of a process a test starts (twistd, and its workers):
+    it imports the cachetier under test, not the one installed, since trial
+    runs in C{_trial_temp}, whence the source tree is not on the path.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cachetier.__file__)))
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

@@ -11,17 +11,22 @@ from types import SimpleNamespace
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
+from twisted.internet import reactor
 from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from cachetier.assembly import Assembly
-from cachetier.config import Settings
+from cachetier.config import Settings, default_backlog
 from cachetier.service import CacheService, listener
-from cachetier.tap import Options, makeService, makeWorkerService
+from cachetier.tap import Options, listen_endpoint, makeService, makeWorkerService
 from cachetier.workers import PublicPorts, WorkersService
+
+from .helpers import listen_backlogs, make_tls_certificate, somaxconn
 
 ORIGIN = "--origin=http://127.0.0.1:9/"
 
@@ -174,3 +179,37 @@ class MakeServiceTests(SynchronousTestCase):
         assembly.flush()
         assembly.flush()
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+
+class BacklogTests(TestCase):
+    """
+    A burst of new connections waits in the kernel's queue, not in SYN
+    retries: listeners take the kernel's cap as their backlog.
+    """
+
+    def descriptions(self, extra: str = "") -> list[str]:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        key, cert, _ = make_tls_certificate(directory)
+        return [
+            "tcp:0:interface=127.0.0.1" + extra,
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}" + extra,
+        ]
+
+    async def backlog(self, description: str) -> list[int]:
+        endpoint, _ = listen_endpoint(reactor, description)
+        port = await endpoint.listen(Site(Data(b"", "text/plain")))
+        self.addCleanup(port.stopListening)
+        return listen_backlogs(port.getHost().port)
+
+    async def test_by_default_the_kernels_cap(self) -> None:
+        for description in self.descriptions():
+            self.assertEqual(await self.backlog(description), [somaxconn()], description)
+
+    async def test_an_explicit_backlog_wins(self) -> None:
+        for description in self.descriptions(":backlog=100"):
+            self.assertEqual(await self.backlog(description), [100], description)
+
+    def test_without_the_kernels_cap_that_of_nginx(self) -> None:
+        self.assertEqual(default_backlog(), somaxconn())
+        self.assertEqual(default_backlog(os.path.abspath(self.mktemp())), 511)

@@ -6,7 +6,6 @@ the C{cachetier warm} command (a real subprocess against a real server).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -16,7 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from .helpers import ProcessOutput, body_of, http_client, start_cachetier, start_origin
+from .helpers import (
+    ProcessOutput,
+    body_of,
+    child_environment,
+    http_client,
+    start_cachetier,
+    start_origin,
+)
 
 TOKEN = "t" * 32
 
@@ -47,7 +53,7 @@ class WarmTestCase(TestCase):
     def command(self, *args: str) -> tuple[Any, ProcessOutput]:
         protocol = ProcessOutput()
         argv = [sys.executable, "-m", "cachetier.cli", "warm", f"--server={self.url}", *args]
-        env = dict(os.environ, CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="200")
+        env = dict(child_environment(), CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="200")
         process = reactor.spawnProcess(protocol, argv[0], argv, env=env)
 
         async def stop() -> None:

@@ -62,6 +62,20 @@ def parse_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
     return parts[0], positional, named
 
 
+def default_backlog(path: str = "/proc/sys/net/core/somaxconn") -> int:
+    """
+    The backlog a TCP or TLS listener gets unless its C{--listen} says
+    C{backlog=}: the kernel's cap (C{somaxconn}), so a burst of new
+    connections (a push notification's listeners) waits in the accept queue,
+    not in SYN retries; 511, as nginx, where the cap cannot be read.
+    """
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 511
+
+
 def parse_rate(text: str) -> int:
     """
     Parse a transfer rate such as C{"10K"} or C{"10K/s"} into bytes a second.

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from ..objects import StoredObject
+from ..objects import ObjectHeaders, Partial, StoredObject
 from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
@@ -278,7 +278,6 @@ class CacheStore:
         """
         self._layout.delete(obj)
 
-
     def install(self, obj: StoredObject, used_at: float | None = None) -> None:
         """
         Make a committed object visible, retiring the version it replaces.
@@ -292,15 +291,21 @@ class CacheStore:
             unlink(old.path)
             self._retired()
 
-    def remove(self, name: str) -> StoredObject | None:
+    def remove(self, name: str, durable: bool = False) -> StoredObject | None:
         """
         Forget C{name} and delete its files.  Readers with the body open
         finish reading it.
+
+        @param durable: whether the deletion must survive a power cut before
+            this returns (see L{Layout.delete}); every process stops serving
+            the object even when that fails.
         """
         obj = self._index.pop(name)
         if obj is not None:
-            self._layout.delete(obj)
-            self._retired()
+            try:
+                self._layout.delete(obj, durable)
+            finally:
+                self._retired()
         return obj
 
     def touch(self, name: str) -> None:

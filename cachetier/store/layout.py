@@ -287,13 +287,19 @@ class Layout:
         self.write_meta(new)
         return new
 
-    def delete(self, obj: StoredObject) -> None:
+    def delete(self, obj: StoredObject, durable: bool = False) -> None:
         """
         Delete C{obj}'s metadata and body.  Readers with the body open
         finish reading it.
+
+        @param durable: fsync the directory, so the deletion survives a
+            power cut once this returns (a purge; an eviction need not).
         """
-        unlink(self._meta_path(obj.name))
+        meta_path = self._meta_path(obj.name)
+        unlink(meta_path)
         unlink(obj.path)
+        if durable:
+            self._fsync_dir(os.path.dirname(meta_path))
 
     def read(self, name: str) -> StoredObject | None:
         """

@@ -274,14 +274,14 @@ class Syncer:
         Forget C{name}: its cached copy, its download (readers finish;
         nothing is published) and any remembered failure.
 
-        @return: whether there was anything to forget.
+        @return: whether there was anything to forget, once that is durable.
         """
-        removed = self.store.remove(name) is not None
         self._warm_set.discard(name)
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
         forgot = self._failures.forget(name)
+        removed = self.store.remove(name, durable=True) is not None
         if removed or fill is not None or forgot:
             log.info("purged {name}", name=name)
             self.metrics.purges.inc()

@@ -17,7 +17,7 @@ from ..errors import OriginError, Overloaded, Reason
 from ..names import InvalidName, validate_name
 from ..sync import FileStatus, Syncer
 from ._admin import refuse
-from ._json import JSONResource, render_error, render_json
+from ._json import JSONResource, answer, render_error, render_json
 from ._site import client_address, download_url, name_of
 
 log = Logger()
@@ -270,21 +270,16 @@ class StatsResource(JSONResource):
             file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group
         )
 
-        def answer(rows: list[dict[str, Any]]) -> None:
+        def send(rows: list[dict[str, Any]]) -> None:
             if fmt == "csv":
                 request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-                body = to_csv(rows).encode("utf-8")
+                answer(request, to_csv(rows).encode("utf-8"))
             else:
-                body = render_json(request, {"rows": rows})
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+                answer(request, render_json(request, {"rows": rows}))
 
         def failed(failure: Any) -> None:
             log.failure("stats query failed", failure)
-            body = render_error(request, 500, "internal", "the stats query failed")
-            request.write(body)
-            request.finish()
+            answer(request, render_error(request, 500, "internal", "the stats query failed"))
 
-        d.addCallbacks(answer, failed)
+        d.addCallbacks(send, failed)
         return NOT_DONE_YET

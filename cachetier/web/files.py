@@ -24,7 +24,7 @@ from ..names import InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Handle
 from ..sync import Fill, Lookup, Outcome, Syncer
-from ._json import JSONResource, render_error
+from ._json import JSONResource, answer, answerable, render_error
 from ._site import OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
@@ -215,21 +215,6 @@ class FillResponse(MediaResponse):
         FillProducer(request, self.fill, offset, length).start()
 
 
-def _answer(request: Any, body: bytes | int) -> None:
-    """
-    End a deferred answer with what a render produced: its bytes (with
-    their length, except for a HEAD, whose render set the length of what
-    a GET would get), or nothing when a producer now owns the response.
-    """
-    if body is server.NOT_DONE_YET:
-        return
-    assert isinstance(body, bytes)
-    if request.method != b"HEAD":
-        request.setHeader(b"content-length", b"%d" % (len(body),))
-    request.write(body)
-    request.finish()
-
-
 def _cancelling(result: object, call: Any) -> object:
     """
     A callback that cancels C{call} if it is still pending.
@@ -342,10 +327,10 @@ class FilesResource(JSONResource):
         return server.NOT_DONE_YET
 
     def _still_queued(self, fill: Fill, request: Any) -> None:
-        if fill.state != "queued" or request.finished or request._disconnected:
+        if fill.state != "queued" or not answerable(request):
             return
         error = Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
-        _answer(request, self._failed(request, error))
+        answer(request, self._failed(request, error))
 
     render_HEAD = render_GET
 
@@ -375,8 +360,8 @@ class FilesResource(JSONResource):
         return b""
 
     def _follow(self, fill: Fill, request: Any) -> None:
-        if request.finished:
-            return  # answered already (the listener's wait ran out)
+        if not answerable(request):
+            return  # answered already (the listener's wait ran out), or gone
         if fill.readable:
             body = FillResponse(fill, self.default_max_age).render(request)
         elif fill.stored is not None:
@@ -386,7 +371,7 @@ class FilesResource(JSONResource):
         else:
             # Passed through (no-store) or purged before this reader came.
             body = self._failed(request, Overloaded("the download ended; ask again"))
-        _answer(request, body)
+        answer(request, body)
 
     def _broken(self, failure: Failure, request: Any) -> None:
         """
@@ -394,14 +379,14 @@ class FilesResource(JSONResource):
         dropped rather than left hanging.
         """
         log.failure("answering {name} failed", failure, name=request.cache_name)
-        if not request.finished and not request._disconnected:
+        if answerable(request):
             request.transport.abortConnection()
 
     def _start_failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(CancelledError) or request.finished:
+        if failure.check(CancelledError) or not answerable(request):
             return
         lookup = self.syncer.after_failure(request.cache_name, failure.value)
-        _answer(request, self._render(request, lookup, self.clock.seconds()))
+        answer(request, self._render(request, lookup, self.clock.seconds()))
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
         """

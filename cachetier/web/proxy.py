@@ -19,7 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from ._json import render_error
+from ._json import answer, finish, render_error
 from ._site import RELAYED_FOR, RELAYED_LENGTH, client_address
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
@@ -127,15 +127,15 @@ class PrimaryProxy(Resource):
             request.setHeader(b"content-length", b"%d" % (response.length,))
         if request.method == b"HEAD" or response.code in NO_BODY_CODES:
             response.deliverBody(_Relay(None))
-            request.finish()
+            finish(request)
             return
         response.deliverBody(_Relay(request))
 
     def _failed(self, failure: Failure, request: Any) -> None:
-        request.write(
-            render_error(request, 502, "primary_unavailable", "the primary process did not answer")
+        answer(
+            request,
+            render_error(request, 502, "primary_unavailable", "the primary process did not answer"),
         )
-        request.finish()
 
 
 class _Relay(Protocol):
