@@ -176,7 +176,7 @@ class WorkerBacklogTests(WorkersTestCase):
 
     def test_an_explicit_backlog_wins(self) -> None:
         site = Site(Data(b"", "text/plain"))
-        public = PublicPorts([("tcp:0:interface=127.0.0.1:backlog=100", None)], site, reactor, 2)
+        public = PublicPorts(["tcp:0:interface=127.0.0.1:backlog=100"], site, reactor, 2)
         public.privilegedStartService()
         self.addCleanup(public.stopService)
         self.assertEqual(listen_backlogs(public.ports[0].getHost().port), [100] * 2)
