@@ -2,6 +2,11 @@
 The service twistd runs: what happens, in which order, at start, on
 signals and at stop.
 
+C{makeService} returns a C{MultiService} of the listeners, the cache
+(L{CacheService}), a C{TimerService} that flushes buffered log lines
+once a second, and with C{--workers} the workers; Twisted starts them in
+that order and stops them in the reverse.
+
 Start.  twistd calls C{privilegedStartService} as root (if started as
 root), switches to C{--uid}/C{--gid}, then calls C{startService}:
 
@@ -30,24 +35,26 @@ from __future__ import annotations
 # encode every origin host name with it.
 import encodings.idna  # noqa: F401
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.python.logfile import BaseLogFile
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from .config import Settings
+from .limits import site_limits
 from .metrics import Metrics
 from .web import CacheSite
 from .web._json import render_error
-from .workers import PublicPorts, WorkersService
+from .workers import WorkersService
 
 log = Logger()
 
@@ -63,6 +70,43 @@ class _Starting(Resource):
     def render(self, request: Any) -> bytes:
         request.setHeader(b"retry-after", b"1")
         return render_error(request, 503, "starting", "the cache is starting")
+
+
+def starting_site(settings: Settings, reactor: Any) -> CacheSite:
+    """
+    The site the listeners serve: it answers 503 until the cache is open,
+    and then serves it.
+    """
+    return CacheSite(_Starting(), Metrics(), reactor=reactor, **site_limits(settings))
+
+
+@implementer(IStreamServerEndpoint)
+class _AtOnce:
+    """
+    An endpoint that listens at once or stops startup with one line
+    saying where and why (no traceback).
+    """
+
+    def __init__(self, description: str, endpoint: Any) -> None:
+        self.description = description
+        self.endpoint = endpoint
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        failures: list[Failure] = []
+        d = self.endpoint.listen(factory)
+        d.addErrback(failures.append)
+        if failures:
+            why = failures[0].getErrorMessage()
+            raise SystemExit(f"cachetier: cannot listen on {self.description}: {why}")
+        return d
+
+
+def listener(description: str, endpoint: Any, site: CacheSite) -> StreamServerEndpointService:
+    """
+    The service listening on one C{--listen}, bound before privileges
+    are dropped.
+    """
+    return StreamServerEndpointService(_AtOnce(description, endpoint), site)
 
 
 def prepare_cache_dir(path: str, owner: tuple[int, int] | None) -> None:
@@ -107,50 +151,44 @@ def reopen_twistd_logs() -> int:
 
 class CacheService(Service):
     """
-    The whole cache tier, as twistd starts and stops it (see the module's
+    The cache: it makes the cache directory, opens the store onto the
+    listening site, reopens and reloads on SIGHUP, and at stop lets the
+    responses in flight finish before it closes (see the module's
     docstring for the order of things).
 
-    @param endpoints: (description, endpoint) pairs to listen on.
+    @param site: the site the listeners serve, which serves the cache
+        once it is open.
+    @param assemble: builds the cache's parts onto C{site}.
+    @param owner: the uid and gid twistd switches to, if it does.
     @param reloadables: what SIGHUP reloads besides the logs (TLS
         certificates).
-    @param owner: the uid and gid twistd switches to, if it does.
-    @param assemble: builds the cache's parts onto the listening site.
+    @param workers: the worker processes, if any: told of SIGHUP, and
+        waited for before the cache closes.
     """
 
     def __init__(
         self,
         settings: Settings,
         reactor: Any,
-        endpoints: list[tuple[str, Any]],
-        site_limits: dict[str, Any],
+        site: CacheSite,
         assemble: Callable[[Settings, Any, CacheSite], Any],
-        worker_args: list[str],
         owner: tuple[int, int] | None = None,
         reloadables: list[Callable[[], None]] | None = None,
+        workers: WorkersService | None = None,
     ) -> None:
         self.settings = settings
         self.reactor = reactor
+        self.site = site
         self.owner = owner
         self.reloadables = reloadables or []
+        self.workers = workers
         self._assemble = assemble
-        self._worker_args = worker_args
-        self.site = CacheSite(_Starting(), Metrics(), reactor=reactor, **site_limits)
-        self.public = PublicPorts(endpoints, self.site, reactor, copies=settings.workers)
         self.assembly: Any = None
-        self.workers: WorkersService | None = None
-        self._flusher: LoopingCall | None = None
-        self._private: Any = None
-        self._runtime: str | None = None
         self._previous: dict[int, Any] = {}
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self.public.privilegedStartService()
-        try:
-            prepare_cache_dir(self.settings.cache_dir, self.owner)
-        except SystemExit:
-            self.public.stopService()
-            raise
+        prepare_cache_dir(self.settings.cache_dir, self.owner)
 
     def startService(self) -> None:
         super().startService()
@@ -160,33 +198,15 @@ class CacheService(Service):
             raise SystemExit(
                 f"cachetier: cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
             ) from None
-        self.public.startService()
-        self._flusher = LoopingCall(self._flush)
-        self._flusher.clock = self.reactor
-        self._flusher.start(1.0, now=False)
-        if self.settings.workers > 1:
-            self._start_workers()
         self._install_signals()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """
-        Once a second: buffered access lines and analytics events out.
+        Once a second (a C{TimerService} calls it): buffered access lines
+        and analytics events out.
         """
-        if self.assembly.access_file is not None:
-            self.assembly.access_file.flush()
-        if self.assembly.analytics is not None:
-            self.assembly.analytics.flush()
-
-    def _start_workers(self) -> None:
-        # The workers' way to the primary: private (a 0700 directory of
-        # its own) and short, as UNIX socket paths must be under 108 bytes.
-        self._runtime = tempfile.mkdtemp(prefix="cachetier-")
-        path = os.path.join(self._runtime, "primary.sock")
-        self._private = self.reactor.listenUNIX(path, self.site, mode=0o600)
-        self.workers = WorkersService(
-            self.reactor, self.settings.workers, self.public, path, self._worker_args
-        )
-        self.workers.startService()
+        if self.assembly is not None:
+            self.assembly.flush()
 
     def _install_signals(self) -> None:
         def on(signum: int, handler: Callable[[], None]) -> None:
@@ -231,23 +251,16 @@ class CacheService(Service):
         )
 
     def stopService(self) -> Deferred[Any]:
+        """
+        Let the responses in flight finish (up to C{--shutdown-grace}) and
+        the workers end, then cancel the downloads and close the rest.
+        The listeners stop accepting beside this.
+        """
         super().stopService()
         self._restore_signals()
-        if self._flusher is not None and self._flusher.running:
-            self._flusher.stop()
-        closing = [self.public.stopService()]
+        closing = [self.site.drain(self.settings.shutdown_grace)]
         if self.workers is not None:
-            closing.append(self.workers.stopService())
-        closing.append(self.site.drain(self.settings.shutdown_grace))
+            closing.append(self.workers.ended())
         d = DeferredList(closing)
-        d.addCallback(lambda _: self._close())
+        d.addCallback(lambda _: self.assembly.stop() if self.assembly is not None else None)
         return d
-
-    def _close(self) -> Deferred[Any] | None:
-        if self._private is not None:
-            self._private.stopListening()
-        if self._runtime is not None:
-            shutil.rmtree(self._runtime, ignore_errors=True)
-        if self.assembly is not None:
-            return self.assembly.stop()  # type: ignore[no-any-return]
-        return None

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from .config import parse_endpoint
+from .config import default_backlog, parse_endpoint
 
 log = Logger()
 
@@ -127,7 +127,7 @@ def tls_endpoint(reactor: Any, description: str) -> tuple[Any, ReloadableCertifi
     if port is None:
         raise ValueError("ssl: needs a port")
     interface = named.pop("interface", "")
-    backlog = int(named.pop("backlog", "50"))
+    backlog = int(named.pop("backlog", default_backlog()))
     if named:
         raise ValueError(f"ssl: does not take {', '.join(sorted(named))}")
     endpoint = SSL4ServerEndpoint(reactor, int(port), certificate, backlog, interface)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
+import shutil
 import socket
 import sys
-from ipaddress import ip_network
+import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -30,10 +31,12 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
-from .config import parse_endpoint
+from .config import Settings, default_backlog, from_json, parse_endpoint, to_json
 
 log = Logger()
 
+# The environment variable that carries a worker's settings, as JSON.
+SETTINGS = "CACHETIER_WORKER_SETTINGS"
 _FIRST_FD = 3
 # The longest wait before restarting a worker that keeps dying.
 MAX_BACKOFF = 60.0
@@ -89,10 +92,14 @@ class _Worker(ProcessProtocol):
 
 class WorkersService(Service):
     """
-    Listens on the public endpoints (in the primary) and keeps N-1 worker
-    processes serving them, restarting any that dies.
+    Keeps N-1 worker processes serving the public sockets, restarting any
+    that dies, and listens for them on the primary's private socket (a
+    UNIX socket in a 0700 directory of its own).
 
     @param public: the public ports, which hold each worker's sockets.
+    @param site: the primary's site, which the workers' requests reach.
+    @param settings: what each worker is given (as JSON in its
+        environment, under L{SETTINGS}).
     """
 
     def __init__(
@@ -100,20 +107,26 @@ class WorkersService(Service):
         reactor: Any,
         count: int,
         public: PublicPorts,
-        primary_socket: str,
-        worker_args: list[str],
+        site: Any,
+        settings: Settings,
     ) -> None:
         self.reactor = reactor
         self.count = count
         self.public = public
-        self.primary_socket = primary_socket
-        self.worker_args = worker_args
+        self.site = site
+        self.settings = settings
+        self.primary_socket = ""
+        self._private: Any = None
         self._workers: dict[int, tuple[Any, _Worker]] = {}
         # Consecutive quick deaths per worker, for the restart back-off.
         self._crashes: dict[int, int] = {}
 
     def startService(self) -> None:
         super().startService()
+        # Private, and short: UNIX socket paths must be under 108 bytes.
+        runtime = tempfile.mkdtemp(prefix="cachetier-")
+        self.primary_socket = os.path.join(runtime, "primary.sock")
+        self._private = self.reactor.listenUNIX(self.primary_socket, self.site, mode=0o600)
         for number in range(1, self.count):
             self._spawn(number)
 
@@ -126,10 +139,9 @@ class WorkersService(Service):
             fd = _FIRST_FD + offset
             fds[fd] = listening
             args.append(f"--fd={fd}:{'inet6' if family == socket.AF_INET6 else 'inet'}")
-        args += self.worker_args + [f"--number={number}"]
-        process = self.reactor.spawnProcess(
-            protocol, sys.executable, args, env=os.environ.copy(), childFDs=fds
-        )
+        args.append(f"--number={number}")
+        env = {**os.environ, SETTINGS: to_json(self.settings)}
+        process = self.reactor.spawnProcess(protocol, sys.executable, args, env=env, childFDs=fds)
         self._workers[number] = (process, protocol)
         log.info("worker {number} started (pid {pid})", number=number, pid=process.pid)
 
@@ -166,40 +178,52 @@ class WorkersService(Service):
         for process, _ in list(self._workers.values()):
             process.signalProcess(name)
 
+    def ended(self) -> Deferred[Any]:
+        """
+        Fires when every worker running now has ended.
+        """
+        return DeferredList([protocol.ended for _, protocol in list(self._workers.values())])
+
     def stopService(self) -> Deferred[Any]:
         """
-        Tell every worker to stop (each drains its connections first) and
-        fire when all have ended.
+        Tell every worker to stop (each drains its connections first),
+        then close the private socket when all have ended.
         """
         super().stopService()
-        ended = []
-        for process, protocol in list(self._workers.values()):
+        for process, _ in list(self._workers.values()):
             process.signalProcess("TERM")
-            ended.append(protocol.ended)
-        return DeferredList(ended)
+        d = self.ended()
+        d.addCallback(lambda _: self._close())
+        return d
+
+    def _close(self) -> None:
+        if self._private is not None:
+            self._private.stopListening()
+            shutil.rmtree(os.path.dirname(self.primary_socket), ignore_errors=True)
+            self._private = None
 
 
 class PublicPorts(Service):
     """
-    The public listening ports, opened in the primary before privileges
-    are dropped.  If one cannot be opened, startup stops with one line
-    saying which and why.
+    The public listening ports with C{--workers}, opened in the primary
+    before privileges are dropped.  If one cannot be opened, startup
+    stops with one line saying which and why.
 
-    With C{copies} > 1 (C{--workers}), each plain TCP address is bound
-    C{copies} times with C{SO_REUSEPORT}: one listening socket per process,
-    so the kernel spreads new connections evenly over them (one shared
-    socket lets whichever process wakes first accept nearly all of a burst).
-    The primary listens on the first; L{socket_for} gives each worker its
-    own, which the primary holds and listens on itself while that worker
-    is down, so no connection waits for a restart.
+    Each plain TCP address is bound C{copies} times with C{SO_REUSEPORT}:
+    one listening socket per process, so the kernel spreads new
+    connections evenly over them (one shared socket lets whichever
+    process wakes first accept nearly all of a burst).  The primary
+    listens on the first; L{sockets_for} gives each worker its own,
+    which the primary holds and listens on itself while that worker is
+    down, so no connection waits for a restart.
 
-    @param endpoints: (description, endpoint) pairs.
+    @param descriptions: the C{tcp:} and C{tcp6:} endpoints to listen on.
     """
 
     def __init__(
-        self, endpoints: list[tuple[str, Any]], factory: Any, reactor: Any, copies: int = 1
+        self, descriptions: Sequence[str], factory: Any, reactor: Any, copies: int
     ) -> None:
-        self.endpoints = endpoints
+        self.descriptions = descriptions
         self.factory = factory
         self.reactor = reactor
         self.copies = copies
@@ -210,16 +234,9 @@ class PublicPorts(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        for description, endpoint in self.endpoints:
+        for description in self.descriptions:
             try:
-                if self.copies > 1:
-                    self._listen_copies(description)
-                else:
-                    failures: list[Failure] = []
-                    d = endpoint.listen(self.factory)
-                    d.addCallbacks(self.ports.append, failures.append)
-                    if failures:
-                        raise OSError(failures[0].getErrorMessage())
+                self._listen_copies(description)
             except OSError as e:
                 self._close()
                 why = e.strerror or str(e)
@@ -296,7 +313,11 @@ def tcp_address(description: str) -> tuple[int, str, int, int]:
     """
     kind, positional, named = parse_endpoint(description)
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
-    fields = {"interface": "::" if kind == "tcp6" else "0.0.0.0", "backlog": "50", **named}
+    fields = {
+        "interface": "::" if kind == "tcp6" else "0.0.0.0",
+        "backlog": str(default_backlog()),
+        **named,
+    }
     port = int(fields.get("port", positional[0] if positional else "0"))
     return family, fields["interface"], port, int(fields["backlog"])
 
@@ -312,101 +333,34 @@ class _ExitWithPrimary(Protocol):
 
 def main(argv: list[str] | None = None) -> None:
     """
-    Run one worker process (spawned by L{WorkersService}).
+    Run one worker process (spawned by L{WorkersService}) with the
+    settings the primary put in its environment.
     """
     parser = argparse.ArgumentParser(prog="python -m cachetier.workers")
     parser.add_argument("--primary", required=True, help="the primary's UNIX socket")
     parser.add_argument("--fd", action="append", default=[], help="FD:inet|inet6 to adopt")
-    parser.add_argument("--cache-dir", required=True)
-    parser.add_argument("--cache-control-max-age", type=int, required=True)
-    parser.add_argument("--access-log")
-    parser.add_argument("--idle-timeout", type=float, default=60.0)
-    parser.add_argument("--send-timeout", type=float, default=60.0)
-    parser.add_argument("--max-connections", type=int)
-    parser.add_argument("--shutdown-grace", type=float, default=30.0)
-    parser.add_argument("--analytics-retention-days", type=int)
-    parser.add_argument("--trusted-proxy", action="append", default=[], type=ip_network)
     parser.add_argument("--number", type=int, required=True)
     args = parser.parse_args(argv)
+    settings = from_json(os.environ[SETTINGS])
+    sockets = []
+    for spec in args.fd:
+        fd, family = spec.split(":")
+        sockets.append((int(fd), socket.AF_INET6 if family == "inet6" else socket.AF_INET))
 
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
     from twisted.internet.stdio import StandardIO
-    from twisted.internet.task import LoopingCall
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
-    from .metrics import Metrics
-    from .store import GENERATION_FILE, CacheStore, Generation
-    from .web._site import AccessLogFile, CacheSite
-    from .web.proxy import PrimaryProxy, primary_agent
-    from .web.worker import Reporter, WorkerFiles, build_worker_root
+    from .tap import makeWorkerService
 
     # Events go to the primary as JSON on stdout, a record a line, as they
     # happen; it logs them for us.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    agent = primary_agent(reactor, args.primary)
-    files = WorkerFiles(
-        CacheStore(args.cache_dir),
-        Generation(os.path.join(args.cache_dir, GENERATION_FILE)),
-        reactor,
-        PrimaryProxy(agent),
-        args.cache_control_max_age,
-    )
-    metrics = Metrics()
-    limits = {
-        "idle_timeout": args.idle_timeout,
-        "send_timeout": args.send_timeout,
-        "max_connections": args.max_connections,
-        "trusted_proxies": tuple(args.trusted_proxy),
-        "reactor": reactor,
-    }
-    access_file = None
-    if args.access_log == "off":
-        site = CacheSite(build_worker_root(files), metrics, access_log=None, **limits)
-    elif args.access_log:
-        # The primary's file: every line is appended whole.
-        access_file = AccessLogFile(args.access_log)
-        access = Logger(namespace="cachetier.access", observer=access_file)
-        site = CacheSite(build_worker_root(files), metrics, access_log=access, **limits)
-        reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
-        LoopingCall(access_file.flush).start(1.0, now=False)
-    else:
-        site = CacheSite(build_worker_root(files), metrics, **limits)
-    if args.analytics_retention_days is not None:
-        from twisted.internet.threads import deferToThread
-
-        from .analytics import Analytics
-
-        # The primary's database: SQLite (WAL) takes writes from every process.
-        site.analytics = analytics = Analytics(
-            args.cache_dir, deferToThread, files.store.locate, args.analytics_retention_days
-        )
-        LoopingCall(analytics.flush).start(1.0, now=False)
-        reactor.addSystemEventTrigger("before", "shutdown", analytics.drain)
-    reporter = Reporter(files, metrics, agent, reactor)
-    LoopingCall(lambda: Deferred.fromCoroutine(reporter.report())).start(1.0, now=False)
-    ports = []
-    for spec in args.fd:
-        fd, family = spec.split(":")
-        ports.append(
-            reactor.adoptStreamPort(
-                int(fd), socket.AF_INET6 if family == "inet6" else socket.AF_INET, site
-            )
-        )
-        os.close(int(fd))
-
-    def drain() -> Deferred[None]:
-        # SIGTERM from the primary: stop accepting, let responses finish.
-        for port in ports:
-            port.stopListening()
-        return site.drain(args.shutdown_grace)
-
-    reactor.addSystemEventTrigger("before", "shutdown", drain)
-    if access_file is not None:
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(access_file.reopen))
-    else:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    service = makeWorkerService(settings, args.primary, sockets, reactor)
+    service.startService()
+    # SIGTERM from the primary: stop accepting, let responses finish.
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     StandardIO(_ExitWithPrimary(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
     log.info("worker {number} serving", number=args.number)
     reactor.run()

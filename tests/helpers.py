@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
+import subprocess
 import tempfile
 from collections import Counter
 from typing import Any
@@ -30,7 +32,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web import http, server
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -38,12 +40,13 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+import cachetier
+from cachetier.assembly import Assembly, assemble
 from cachetier.config import Settings
 from cachetier.metrics import Metrics
 from cachetier.origin import Breaker, Origin, RetryPolicy
 from cachetier.store import CacheStore
 from cachetier.sync import Syncer
-from cachetier.tap import Assembly, assemble
 from cachetier.web import build_root
 
 log = Logger()
@@ -734,3 +737,37 @@ class ProcessOutput(ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(reason.value)
+
+
+def listen_backlogs(port: int) -> list[int]:
+    """
+    The backlog of each socket listening on TCP C{port}, as the kernel
+    holds it (a listening socket's Send-Q in C{ss}).
+    """
+    ss = shutil.which("ss")
+    if ss is None:
+        raise SkipTest("ss is not installed")
+    lines = subprocess.run(
+        [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return [int(line.split()[2]) for line in lines]
+
+
+def somaxconn() -> int:
+    """
+    The kernel's cap on a listen backlog.
+    """
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
+
+
+def child_environment() -> dict[str, str]:
+    """
+    The environment of a process a test starts (twistd, and its workers):
+    it imports the cachetier under test, not the one installed, since trial
+    runs in C{_trial_temp}, whence the source tree is not on the path.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cachetier.__file__)))
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

@@ -5,6 +5,7 @@ IAB-style counts, over HTTP; the 24-hour window; what is (not) stored.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import os
@@ -14,13 +15,25 @@ from typing import Any
 
 from treq import content
 from twisted.internet import reactor
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import server
 
 from cachetier.analytics import DB_FILE, DEFAULT_MINUTE_BYTES, Analytics, Event
+from cachetier.web.api import StatsResource
 
-from .helpers import body_of, http_client, start_cachetier, start_origin
+from .helpers import (
+    body_of,
+    child_environment,
+    http_client,
+    listen,
+    start_cachetier,
+    start_origin,
+)
 
 TOKEN = "s" * 32
 EP = 3_000_000
@@ -101,7 +114,7 @@ class ScriptedDayTests(TestCase):
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             ["-m", "cachetier.cli", "stats", f"--server={self.url}", "--group=file"],
-            env=dict(os.environ, CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="150"),
+            env=dict(child_environment(), CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="150"),
             reactor=reactor,
         )
         self.assertEqual(code, 0, err)
@@ -148,3 +161,40 @@ class WindowTests(SynchronousTestCase):
         hear(day + 4 * 86400)
         self.assertEqual(db.execute("SELECT COUNT(*) FROM salts").fetchone()[0], 1)
         db.close()
+
+
+class StatsListenerGoneTests(TestCase):
+    async def test_a_listener_gone_before_the_answer_is_not_answered(self) -> None:
+        queries: list[tuple[Deferred[Any], Any, dict[str, Any]]] = []
+
+        def hold(f: Any, **kwargs: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            queries.append((d, f, kwargs))
+            return d
+
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        site = server.Site(StatsResource(Analytics(directory, hold), TOKEN.encode()))
+        gone: Deferred[None] = Deferred()
+
+        class Request(server.Request):
+            def connectionLost(self, reason: Any) -> None:
+                super().connectionLost(reason)
+                gone.callback(None)
+
+        site.requestFactory = Request
+        port = listen(self, site).getHost().port
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
+        client.transport.write(
+            b"GET /?group=file HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+        )
+        while not queries:
+            await deferLater(reactor, 0.01)
+        client.transport.abortConnection()
+        await gone
+        d, f, kwargs = queries.pop()
+        d.callback(f(**kwargs))
+        del d
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])

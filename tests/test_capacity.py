@@ -15,7 +15,9 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 
-from cachetier.store import META_BYTES, CacheStore, ObjectHeaders
+from cachetier.errors import Reason
+from cachetier.objects import ObjectHeaders
+from cachetier.store import META_BYTES, CacheStore
 
 from .helpers import CacheTestCase, body_of
 
@@ -110,7 +112,7 @@ class WriteFailureTests(CapacityTestCase):
         with self.assertRaises(ResponseFailed):
             await self.fetch("big.mp3")
         status = self.cache.syncer.status("big.mp3", start=False)
-        self.assertEqual((status.state, status.error.reason), ("error", "no_space"))
+        self.assertEqual((status.state, status.error.reason), ("error", Reason.no_space))
         self.assertEqual(os.listdir(os.path.join(store.root, "tmp")), [])
         self.assertEqual(await self.fetch("kept.mp3"), (200, kept))
 
@@ -165,9 +167,10 @@ class QueueCapTests(CapacityTestCase):
 
 class MinFreeTests(SynchronousTestCase):
     def test_reservations_keep_min_free_on_the_file_system(self) -> None:
-        store = CacheStore.open(os.path.abspath(self.mktemp()), min_free=1_000_000)
-        free = [1_500_000]
-        store.quota.free_bytes = lambda: free[0]  # a file system with 1.5 MB free
+        free = [1_500_000]  # a file system with 1.5 MB free
+        store = CacheStore.open(
+            os.path.abspath(self.mktemp()), min_free=1_000_000, free_bytes=lambda: free[0]
+        )
         fd, temp = store.new_temp()
         os.write(fd, b"x" * 100)
         obj = store.commit("old", fd, temp, 100, ObjectHeaders("audio/mpeg"), lifetime=60)

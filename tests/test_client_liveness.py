@@ -22,7 +22,7 @@ from twisted.web import server
 from cachetier.client import AsyncioCacheTierClient, BlockingCacheTierClient, CacheTierClient
 from cachetier.client._policy import Policy
 
-from .helpers import body_of, listen, start_origin
+from .helpers import body_of, child_environment, listen, start_origin
 from .test_client import _Node, run_asyncio, status_json
 from .test_client_policy import status
 from .test_twistd import _TWISTD, _Twistd
@@ -102,7 +102,7 @@ class _Server:
             f"--cache-dir={os.path.abspath(test.mktemp())}",
             "--listen=tcp:0:interface=127.0.0.1",
         ]
-        self.process = reactor.spawnProcess(self.protocol, args[0], args, env=os.environ.copy())
+        self.process = reactor.spawnProcess(self.protocol, args[0], args, env=child_environment())
         test.addCleanup(self.stop)
 
     async def url(self) -> str:

@@ -6,6 +6,7 @@ nothing is leaked, nothing lost, no reader left hanging.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from typing import Any
@@ -17,11 +18,14 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
+from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
+from cachetier.objects import ObjectHeaders
 from cachetier.origin import Origin, OriginResponse
-from cachetier.store import GENERATION_FILE, CacheStore, Handle, ObjectHeaders
+from cachetier.store import GENERATION_FILE, CacheStore, Handle
 from cachetier.sync import Fill, Syncer
+from cachetier.web.api import FileStatusResource, PurgeResource
 from cachetier.web.proxy import PrimaryProxy
 
 from .helpers import TestOrigin, body_of, http_client, start_cachetier, start_origin
@@ -52,6 +56,8 @@ class _Faults:
     def __init__(self) -> None:
         self.fail_temp = 0
         self.fail_dir_fsync = 0
+        # Each directory fsynced, with what it held then.
+        self.synced_dirs: list[tuple[str, list[str]]] = []
 
     def open_file(self, path: str, flags: int, *args: Any) -> int:
         if path.endswith(".part") and self.fail_temp:
@@ -59,8 +65,11 @@ class _Faults:
         return os.open(path, flags, *args)
 
     def fsync(self, fd: int) -> None:
-        if self.fail_dir_fsync and stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(self.fail_dir_fsync, os.strerror(self.fail_dir_fsync))
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            if self.fail_dir_fsync:
+                raise OSError(self.fail_dir_fsync, os.strerror(self.fail_dir_fsync))
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            self.synced_dirs.append((path, sorted(os.listdir(path))))
         os.fsync(fd)
 
 
@@ -139,6 +148,53 @@ class SyncFailureTests(SynchronousTestCase):
         self.assertEqual(files_under(self.store.root), [])
         self.assertIsNone(self.store.get("a.mp3"))
 
+    def admin(self, syncer: Syncer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        api = Resource()
+        api.putChild(b"files", FileStatusResource(syncer, None, b"token"))
+        api.putChild(b"purge", PurgeResource(syncer, b"token"))
+        treq = StubTreq(api)
+        response = self.successResultOf(
+            treq.request(
+                method,
+                "http://cache.test/" + path,
+                headers={b"authorization": [b"Bearer token"]},
+                data=None if body is None else json.dumps(body).encode(),
+            )
+        )
+        return response.code, self.successResultOf(content(response))
+
+    def test_a_purge_is_durable_before_it_is_answered(self) -> None:
+        syncer = self.make()
+        for method, path, body in (
+            ("DELETE", "files/a.mp3", None),
+            ("POST", "purge", {"files": ["a.mp3"]}),
+            ("POST", "purge", {"prefix": "a."}),
+        ):
+            self.origin.put("a.mp3", body_of(10_000))
+            self.successResultOf(self.sync(syncer, "a.mp3"))
+            bucket = os.path.dirname(self.store.get("a.mp3").path)  # type: ignore[union-attr]
+            self.faults.synced_dirs.clear()
+            code, reply = self.admin(syncer, method, path, body)
+            self.assertEqual(code, 200, reply)
+            self.assertIn(b"a.mp3", reply)
+            # The directory was fsynced once its files were gone.
+            synced = self.faults.synced_dirs
+            self.assertIn((bucket, []), synced, f"{method} {path} {body}: fsynced {synced}")
+
+    def test_a_purge_that_cannot_be_made_durable_is_not_answered_purged(self) -> None:
+        syncer = self.make()
+        self.origin.put("a.mp3", body_of(10_000))
+        self.successResultOf(self.sync(syncer, "a.mp3"))
+        generation = self.store.generation.value  # type: ignore[union-attr]
+        self.faults.fail_dir_fsync = errno.EIO
+        code, reply = self.admin(syncer, "DELETE", "files/a.mp3")
+        self.assertEqual(code, 500, reply)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        # Forgotten all the same, in every process.
+        self.assertIsNone(self.store.get("a.mp3"))
+        self.assertGreater(self.store.generation.value, generation)  # type: ignore[union-attr]
+        self.assertEqual(files_under(self.store.root), [])
+
     def test_a_404_while_revalidating_keeps_the_stale_copy(self) -> None:
         syncer = self.make()
         self.origin.put("a.mp3", body_of(10_000))
@@ -178,9 +234,10 @@ class FillDescriptorTests(SynchronousTestCase):
 
 class MinFreeTests(SynchronousTestCase):
     def test_bytes_already_written_are_not_counted_twice(self) -> None:
-        store = CacheStore.open(os.path.abspath(self.mktemp()), min_free=1_000_000)
         disk = {"free": 1_500_000}
-        store.quota.free_bytes = lambda: disk["free"]
+        store = CacheStore.open(
+            os.path.abspath(self.mktemp()), min_free=1_000_000, free_bytes=lambda: disk["free"]
+        )
         first = store.reserve(400_000)
         assert first is not None
         first.ensure(400_000)
@@ -191,14 +248,6 @@ class MinFreeTests(SynchronousTestCase):
 
     def test_min_free_never_evicts_a_body_still_open(self) -> None:
         root = os.path.abspath(self.mktemp())
-        store = CacheStore.open(root, min_free=1_000_000)
-        for name in ("open", "closed"):
-            fd, temp = store.new_temp()
-            os.write(fd, b"x" * 200_000)
-            store.install(store.commit(name, fd, temp, 200_000, ObjectHeaders("a/b"), 60))
-            os.close(fd)
-        reader = store.handles.acquire(store.get("open"))  # type: ignore[arg-type]
-        self.addCleanup(reader.release)
 
         def free() -> int:
             # A file system of 1.5 MB: bodies on disk, and unlinked ones
@@ -208,7 +257,14 @@ class MinFreeTests(SynchronousTestCase):
                 used += 200_000
             return 1_500_000 - used
 
-        store.quota.free_bytes = free
+        store = CacheStore.open(root, min_free=1_000_000, free_bytes=free)
+        for name in ("open", "closed"):
+            fd, temp = store.new_temp()
+            os.write(fd, b"x" * 200_000)
+            store.install(store.commit(name, fd, temp, 200_000, ObjectHeaders("a/b"), 60))
+            os.close(fd)
+        reader = store.handles.acquire(store.get("open"))  # type: ignore[arg-type]
+        self.addCleanup(reader.release)
         self.assertIsNotNone(store.reserve(150_000))
         self.assertEqual(store.names(), ["open"])
 

@@ -15,6 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from cachetier.errors import Reason
+
 from .helpers import CacheTestCase, body_of
 
 
@@ -253,7 +255,7 @@ class OriginBoundsTests(LimitsTestCase):
         self.assertLess(len(body), 1_000_000, "aborted, never a short body passed off as whole")
         self.assertIsNone(self.cache.store.get("slow.mp3"))
         error = self.cache.syncer.recent_failure("slow.mp3")
-        self.assertEqual(getattr(error, "reason", None), "too_slow")
+        self.assertEqual(getattr(error, "reason", None), Reason.too_slow)
 
     async def test_a_listener_of_a_queued_sync_gets_an_answer_in_time(self) -> None:
         self.origin.put("h.mp3", body_of(1000))

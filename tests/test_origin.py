@@ -1,19 +1,23 @@
 """
-The origin client in memory: breaker, retries, conditional GETs.
+The origin client in memory: breaker, retries, conditional GETs, and the
+agents under it (redirects, signing, S3's rejections).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from botocore.credentials import ReadOnlyCredentials
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from cachetier.origin import Breaker, NotFoundAtOrigin, Origin, OriginError, RetryPolicy
-from cachetier.store import StoredObject
+from cachetier.errors import NotFoundAtOrigin, OriginError, Reason
+from cachetier.objects import StoredObject
+from cachetier.origin import Breaker, Origin, RetryPolicy
+from cachetier.origin.auth import S3Signer
 
 from .helpers import TestOrigin
 
@@ -94,7 +98,7 @@ class OriginTests(SynchronousTestCase):
         script = _Script(503, 503, 503, 503)
         origin = self.make(script, retry=RetryPolicy(attempts=3, base=0.5, budget=10))
         failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
-        self.assertEqual(failure.value.reason, "http_503")
+        self.assertEqual(failure.value.label, "http_503")
         self.assertEqual(len(script.seen), 3)
 
     def test_retries_are_bounded_in_time(self) -> None:
@@ -116,7 +120,7 @@ class OriginTests(SynchronousTestCase):
         for name in ("a.mp3", "b.mp3"):
             self.failureResultOf(self.drive(origin.get(name)), OriginError)
         d = Deferred.fromCoroutine(origin.get("a.mp3"))
-        self.assertEqual(self.failureResultOf(d, OriginError).value.reason, "breaker_open")
+        self.assertEqual(self.failureResultOf(d, OriginError).value.reason, Reason.breaker_open)
         self.assertEqual(len(script.seen), 2)
 
     def test_revalidation_sends_the_origin_validators(self) -> None:
@@ -169,3 +173,99 @@ class BreakerByNameTests(SynchronousTestCase):
             test_origin.status[name] = 502
             self.get(origin, name)
         self.assertEqual(origin.breaker.state, "open")
+
+
+class _S3Error(Resource):
+    """
+    Answers every GET with C{code} and an S3 error body naming C{error}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int, error: str) -> None:
+        super().__init__()
+        self.code = code
+        self.error = error
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(self.code)
+        body = f"<Error><Code>{self.error}</Code><Message>no</Message></Error>"
+        return body.encode()
+
+
+class _Credentials:
+    def frozen(self) -> ReadOnlyCredentials:
+        return ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)
+
+
+class AgentTests(SynchronousTestCase):
+    """
+    The agents under L{Origin}: redirects followed only within the origin,
+    each request signed for its own URL, S3's rejections read.
+    """
+
+    def make(self, resource: Resource | None = None, **kwargs: Any) -> Origin:
+        self.clock = Clock()
+        self.origin = TestOrigin()
+        self.treq = StubTreq(resource or self.origin)
+        return Origin("http://origin.test/media/", self.treq, self.clock, 30, **kwargs)
+
+    def drive(self, d: Any) -> Deferred[Any]:
+        result = Deferred.fromCoroutine(d)
+        for _ in range(50):
+            self.treq.flush()
+            self.clock.advance(1)
+        return result
+
+    def test_a_redirect_within_the_origin_is_followed(self) -> None:
+        origin = self.make()
+        self.origin.redirects["media/old.mp3"] = "/media/new.mp3"
+        self.origin.put("media/new.mp3", b"x")
+        response = self.successResultOf(self.drive(origin.get("old.mp3")))
+        origin.abandon(response)
+        self.assertEqual(response.response.code, 200)
+        self.assertEqual(self.origin.paths, [b"/media/old.mp3", b"/media/new.mp3"])
+
+    def test_a_redirect_off_the_origin_or_its_base_path_is_not_followed(self) -> None:
+        origin = self.make()
+        away = ("http://elsewhere.test/media/x", "https://origin.test/media/x", "/other/x")
+        for location in away:
+            self.origin.redirects["media/away.mp3"] = location
+            failure = self.failureResultOf(self.drive(origin.get("away.mp3")), OriginError)
+            self.assertEqual(failure.value.reason, Reason.origin_redirect)
+        self.assertEqual(self.origin.paths, [b"/media/away.mp3"] * len(away))
+
+    def test_redirects_are_followed_five_times_at_most(self) -> None:
+        origin = self.make()
+        self.origin.redirects["media/loop.mp3"] = "/media/loop.mp3"
+        failure = self.failureResultOf(self.drive(origin.get("loop.mp3")), OriginError)
+        self.assertEqual(str(failure.value), "more than 5 redirects")
+        self.assertEqual(len(self.origin.paths), 6)
+
+    def test_each_request_is_signed_for_its_own_url(self) -> None:
+        origin = self.make(signer=S3Signer("us-east-1", _Credentials()))
+        self.origin.redirects["media/old.mp3"] = "/media/new.mp3"
+        self.origin.put("media/new.mp3", b"x")
+        origin.abandon(self.successResultOf(self.drive(origin.get("old.mp3"))))
+        signatures = [h.getRawHeaders(b"authorization") for _, _, h in self.origin.requests]
+        self.assertEqual(len(signatures), 2)
+        self.assertNotEqual(signatures[0], signatures[1])
+        self.assertTrue(all(s and s[0].startswith(b"AWS4-HMAC-SHA256 ") for s in signatures))
+
+    def test_an_s3_rejection_is_an_auth_error_never_a_404(self) -> None:
+        origin = self.make(
+            _S3Error(403, "SignatureDoesNotMatch"), signer=S3Signer("us-east-1", _Credentials())
+        )
+        failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
+        self.assertEqual(failure.value.reason, Reason.auth)
+        assert origin.rejected is not None
+        self.assertIn("SignatureDoesNotMatch: no (check the secret key)", origin.rejected[1])
+
+    def test_other_s3_errors_are_read_once_and_mapped_by_status(self) -> None:
+        signer = S3Signer("us-east-1", _Credentials())
+        origin = self.make(_S3Error(403, "NoSuchKey"), signer=signer)
+        self.failureResultOf(self.drive(origin.get("a.mp3")), NotFoundAtOrigin)
+        origin = self.make(_S3Error(400, "InvalidArgument"), signer=signer)
+        failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
+        self.assertEqual(failure.value.label, "http_400")
+        self.assertIsNone(origin.rejected)

@@ -40,10 +40,10 @@ class HeaderFileTests(CacheTestCase):
         for path in ("api/v1/files/ep.mp3", "healthz", "metrics"):
             answer = await content(await self.client.get(self.url + path))
             self.assertNotIn(b"sk-live", answer)
-        self.assertNotIn("sk-live", repr(self.cache.syncer.origin._header_file.path))
+        self.assertNotIn("sk-live", repr(self.cache.syncer.origin._signing.header_file.path))
 
     async def test_a_reload_takes_the_new_values_and_a_bad_file_keeps_the_old(self) -> None:
-        header_file = self.cache.syncer.origin._header_file
+        header_file = self.cache.syncer.origin._signing.header_file
         with open(self.path, "w") as f:
             f.write("Authorization: Bearer rotated\n")
         header_file.reload()

@@ -94,7 +94,7 @@ class S3TestCase(TestCase):
             **self.settings,
         )
         # The chain as deployed, but reading this test's shared file only.
-        self.cache.syncer.origin._signer.credentials = CredentialSource(self.session)
+        self.cache.syncer.origin._signing.signer.credentials = CredentialSource(self.session)
         self.client = http_client(self)
 
     def session(self) -> Any:

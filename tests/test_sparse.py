@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseFailed
 
+from cachetier.errors import Reason
 from cachetier.sync.coverage import Coverage
 from cachetier.sync.sparse import SLICE
 
@@ -137,7 +138,7 @@ class SeekAheadTests(SparseTestCase):
             with self.assertRaises(ResponseFailed):
                 await content(await reader)
         status = self.cache.syncer.status("ep.mp3", start=False)
-        self.assertEqual((status.state, status.error.reason), ("error", "checksum"))
+        self.assertEqual((status.state, status.error.reason), ("error", Reason.checksum))
         self.assertIsNone(self.cache.store.get("ep.mp3"))
 
 

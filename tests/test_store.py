@@ -10,7 +10,8 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachetier.store import CacheStore, ObjectHeaders
+from cachetier.objects import ObjectHeaders
+from cachetier.store import CacheStore
 
 HEADERS = ObjectHeaders(content_type="audio/mpeg", etag='"abc"', last_modified=1_700_000_000.0)
 

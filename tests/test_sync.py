@@ -14,9 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from cachetier.origin import NotFoundAtOrigin, Origin, OriginError, RetryPolicy
+from cachetier.errors import NotFoundAtOrigin, OriginError, Reason
+from cachetier.origin import Origin, RetryPolicy
 from cachetier.store import CacheStore
-from cachetier.sync import Syncer
+from cachetier.sync import Lookup, Outcome, Syncer
 
 from .helpers import TestOrigin, body_of
 
@@ -97,7 +98,7 @@ class SyncerTests(SynchronousTestCase):
         self.assertNoResult(done)
         self.clock.advance(2)
         failure = self.failureResultOf(done, OriginError)
-        self.assertEqual(failure.value.reason, "timeout")
+        self.assertEqual(failure.value.reason, Reason.timeout)
         status = syncer.status("a.mp3")
         self.assertEqual(status.state, "error")
 
@@ -109,7 +110,7 @@ class SyncerTests(SynchronousTestCase):
         self.assertEqual(fill.written, 1000)
         self.clock.advance(31)
         self.treq.flush()
-        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "timeout")
+        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, Reason.timeout)
         self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
         self.assertIsNone(self.store.get("a.mp3"))
 
@@ -134,7 +135,7 @@ class SyncerTests(SynchronousTestCase):
         syncer.start("a.mp3")
         self.treq.flush()
         status = syncer.status("a.mp3")
-        self.assertEqual((status.state, status.error.reason), ("error", "http_503"))
+        self.assertEqual((status.state, status.error.label), ("error", "http_503"))
         self.assertEqual(syncer.status("a.mp3").state, "error")
         self.assertEqual(origin.counts["a.mp3"], 1)
         self.clock.advance(6)
@@ -160,8 +161,8 @@ class SyncerTests(SynchronousTestCase):
         stopped = syncer.stop()
         self.treq.flush()
         self.successResultOf(stopped)
-        self.assertEqual(self.failureResultOf(first, OriginError).value.reason, "cancelled")
-        self.assertEqual(self.failureResultOf(queued, OriginError).value.reason, "cancelled")
+        self.assertEqual(self.failureResultOf(first, OriginError).value.reason, Reason.cancelled)
+        self.assertEqual(self.failureResultOf(queued, OriginError).value.reason, Reason.cancelled)
         self.assertEqual(os.listdir(os.path.join(self.store.root, "tmp")), [])
 
     def test_stop_lets_a_publish_in_progress_finish(self) -> None:
@@ -191,7 +192,7 @@ class SyncerTests(SynchronousTestCase):
         done = syncer.start("a.mp3").when_done()
         stopped = syncer.stop()
         self.successResultOf(stopped)
-        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, "cancelled")
+        self.assertEqual(self.failureResultOf(done, OriginError).value.reason, Reason.cancelled)
         self.clock.advance(60)
         self.assertEqual(len(stall.requests), 1)
 
@@ -201,4 +202,80 @@ class SyncerTests(SynchronousTestCase):
         fills = [syncer.start(f"q{n}") for n in range(3)]
         self.successResultOf(syncer.stop())
         self.assertEqual(len(stall.requests), 1)
-        self.assertEqual([f.error.reason for f in fills], ["cancelled"] * 3)
+        self.assertEqual([f.error.reason for f in fills], [Reason.cancelled] * 3)
+
+
+class LookupTests(SynchronousTestCase):
+    """
+    What a request for a name gets: one L{Lookup}, decided by the syncer.
+    """
+
+    make = SyncerTests.make
+
+    def cached(self, cache_control: str, **kwargs: Any) -> tuple[TestOrigin, Syncer]:
+        """
+        A syncer with C{a.mp3} cached for 10 seconds, and now stale.
+        """
+        origin = TestOrigin()
+        origin.put("a.mp3", body_of(1000), extra_headers={"cache-control": cache_control})
+        syncer = self.make(origin, **kwargs)
+        syncer.start("a.mp3")
+        self.treq.flush()
+        self.assertIs(syncer.lookup("a.mp3").outcome, Outcome.CACHED)
+        self.clock.advance(11)
+        return origin, syncer
+
+    def test_a_miss_is_a_fill_to_follow(self) -> None:
+        syncer = self.make(_Stall(b"x" * 10))
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual((lookup.outcome, lookup.fill), (Outcome.FILL, syncer.fill_for("a.mp3")))
+        self.assertFalse(lookup.servable)
+
+    def test_a_name_the_origin_lacks_is_an_error(self) -> None:
+        syncer = self.make(TestOrigin())
+        syncer.lookup("gone.mp3")
+        self.treq.flush()
+        lookup = syncer.lookup("gone.mp3")
+        self.assertEqual((lookup.outcome, lookup.not_found), (Outcome.ERROR, True))
+        self.assertFalse(lookup.servable)
+
+    def test_a_stale_copy_is_served_while_it_revalidates(self) -> None:
+        origin, syncer = self.cached("max-age=10")
+        origin.hang.add("a.mp3")
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual((lookup.outcome, lookup.stored), (Outcome.STALE, self.store.get("a.mp3")))
+        self.assertIsNotNone(syncer.fill_for("a.mp3"))
+
+    def test_a_copy_that_must_revalidate_waits_for_it(self) -> None:
+        origin, syncer = self.cached("max-age=10, must-revalidate")
+        origin.hang.add("a.mp3")
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual(
+            (lookup.outcome, lookup.fill), (Outcome.MUST_WAIT, syncer.fill_for("a.mp3"))
+        )
+
+    def test_a_copy_that_must_revalidate_is_withheld_while_the_origin_fails(self) -> None:
+        origin, syncer = self.cached("max-age=10, must-revalidate")
+        origin.status["a.mp3"] = 503
+        lookup = syncer.lookup("a.mp3")
+        assert isinstance(lookup.error, OriginError)
+        self.assertEqual((lookup.outcome, lookup.error.label), (Outcome.WITHHELD, "http_503"))
+        again = syncer.after_failure("a.mp3", lookup.error)
+        self.assertEqual(again, Lookup(Outcome.WITHHELD, error=lookup.error))
+
+    def test_a_stale_copy_is_served_while_the_origin_fails(self) -> None:
+        origin, syncer = self.cached("max-age=10", stale_if_error=60)
+        origin.status["a.mp3"] = 503
+        stored = self.store.get("a.mp3")
+        lookup = syncer.lookup("a.mp3")
+        self.assertEqual((lookup.outcome, lookup.stored), (Outcome.STALE, stored))
+        error = syncer.recent_failure("a.mp3")
+        assert error is not None
+        self.assertEqual(syncer.after_failure("a.mp3", error), Lookup(Outcome.STALE, stored))
+        self.clock.advance(60)
+        self.assertIs(syncer.lookup("a.mp3").outcome, Outcome.WITHHELD)
+
+    def test_after_a_failed_miss_there_is_nothing_to_serve(self) -> None:
+        syncer = self.make(TestOrigin())
+        error = OriginError(Reason.internal, "a bug")
+        self.assertEqual(syncer.after_failure("a.mp3", error), Lookup(Outcome.ERROR, error=error))

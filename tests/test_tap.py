@@ -1,15 +1,32 @@
 """
-Command-line options: every bad value is refused, naming its flag.
+Command-line options: every bad value is refused, naming its flag.  The
+service they make: the listeners, the cache, its flushes, the workers.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+from types import SimpleNamespace
 
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService
+from twisted.internet import reactor
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
+from twisted.web.static import Data
 
-from cachetier.tap import Options
+from cachetier.assembly import Assembly
+from cachetier.config import Settings, default_backlog
+from cachetier.service import CacheService, listener
+from cachetier.tap import Options, listen_endpoint, makeService, makeWorkerService
+from cachetier.workers import PublicPorts, WorkersService
+
+from .helpers import listen_backlogs, make_tls_certificate, somaxconn
 
 ORIGIN = "--origin=http://127.0.0.1:9/"
 
@@ -106,3 +123,93 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(self.parse()["settings"].access_log)
         self.assertEqual(self.parse("--access-log=off")["settings"].access_log, "off")
         self.assertRefused("--access-log", "--access-log=/nonexistent/dir/access.log")
+
+
+class _Unflushable:
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # makeService raises the open-files limit, as twistd would.
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, limits)
+
+    def service(self, *args: str) -> MultiService:
+        options = Options()
+        options.parseOptions([ORIGIN, f"--cache-dir={self.mktemp()}", *args])
+        return makeService(options, MemoryReactor())
+
+    def test_listeners_cache_flushes(self) -> None:
+        service = self.service("--listen=tcp:0", "--listen=tcp:0:interface=127.0.0.1")
+        kinds = [type(child) for child in service]
+        self.assertEqual(
+            kinds,
+            [StreamServerEndpointService, StreamServerEndpointService, CacheService, TimerService],
+        )
+
+    def test_with_workers_the_workers_too(self) -> None:
+        service = self.service("--listen=tcp:0", "--workers=2")
+        kinds = [type(child) for child in service]
+        self.assertEqual(kinds, [PublicPorts, CacheService, TimerService, WorkersService])
+
+    def test_a_worker_has_the_same_cache_and_flushes_and_reports(self) -> None:
+        service = makeWorkerService(
+            Settings(origin="http://127.0.0.1:9/"), "/nonexistent.sock", [], MemoryReactor()
+        )
+        self.assertEqual(
+            [type(child) for child in service], [CacheService, TimerService, TimerService]
+        )
+
+    def test_a_port_that_cannot_be_bound_is_one_line(self) -> None:
+        busy = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+        endpoint = SimpleNamespace(listen=lambda factory: fail(busy))
+        service = listener("tcp:8080:interface=127.0.0.1", endpoint, None)  # type: ignore
+        with self.assertRaises(SystemExit) as caught:
+            service.privilegedStartService()
+        self.assertEqual(
+            str(caught.exception),
+            "cachetier: cannot listen on tcp:8080:interface=127.0.0.1:"
+            " Couldn't listen on 127.0.0.1:8080: [Errno 98] Address already in use.",
+        )
+
+    def test_a_failed_flush_is_logged_and_the_next_one_runs(self) -> None:
+        assembly = Assembly(None, None, None, None, access_file=_Unflushable())  # type: ignore
+        assembly.flush()
+        assembly.flush()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+
+class BacklogTests(TestCase):
+    """
+    A burst of new connections waits in the kernel's queue, not in SYN
+    retries: listeners take the kernel's cap as their backlog.
+    """
+
+    def descriptions(self, extra: str = "") -> list[str]:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        key, cert, _ = make_tls_certificate(directory)
+        return [
+            "tcp:0:interface=127.0.0.1" + extra,
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}" + extra,
+        ]
+
+    async def backlog(self, description: str) -> list[int]:
+        endpoint, _ = listen_endpoint(reactor, description)
+        port = await endpoint.listen(Site(Data(b"", "text/plain")))
+        self.addCleanup(port.stopListening)
+        return listen_backlogs(port.getHost().port)
+
+    async def test_by_default_the_kernels_cap(self) -> None:
+        for description in self.descriptions():
+            self.assertEqual(await self.backlog(description), [somaxconn()], description)
+
+    async def test_an_explicit_backlog_wins(self) -> None:
+        for description in self.descriptions(":backlog=100"):
+            self.assertEqual(await self.backlog(description), [100], description)
+
+    def test_without_the_kernels_cap_that_of_nginx(self) -> None:
+        self.assertEqual(default_backlog(), somaxconn())
+        self.assertEqual(default_backlog(os.path.abspath(self.mktemp())), 511)

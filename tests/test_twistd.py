@@ -19,7 +19,7 @@ from twisted.internet.protocol import ProcessProtocol, ServerFactory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, start_origin
+from .helpers import body_of, child_environment, http_client, start_origin
 
 _TWISTD = [
     sys.executable,
@@ -58,7 +58,7 @@ def spawn_twistd(
     protocol = _Twistd()
     protocol.port.addErrback(lambda _: None)
     argv = [*prefix, *_TWISTD, *twistd, "--pidfile=", "cachetier", *args]
-    process = reactor.spawnProcess(protocol, argv[0], argv, env=os.environ.copy())
+    process = reactor.spawnProcess(protocol, argv[0], argv, env=child_environment())
 
     async def stop() -> None:
         if not protocol.ended.called:
@@ -96,7 +96,7 @@ class TwistdTests(TestCase):
                 "--listen=tcp:0:interface=127.0.0.1",
             ]
         )
-        process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
+        process = reactor.spawnProcess(protocol, args[0], args, env=child_environment())
         self.process, self.protocol = process, protocol
 
         async def stop() -> None:
@@ -196,7 +196,7 @@ class TwistdTests(TestCase):
                 f"--listen=tcp:{port}:interface=127.0.0.1",
                 f"--workers={workers}",
             ]
-            process = reactor.spawnProcess(protocol, args[0], args, env=os.environ.copy())
+            process = reactor.spawnProcess(protocol, args[0], args, env=child_environment())
             timeout = reactor.callLater(20, process.signalProcess, "KILL")
             ended = await protocol.ended
             timeout.cancel()

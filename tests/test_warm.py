@@ -6,7 +6,6 @@ the C{cachetier warm} command (a real subprocess against a real server).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -15,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from .helpers import CacheTestCase, ProcessOutput, body_of
+from .helpers import CacheTestCase, ProcessOutput, body_of, child_environment
 
 TOKEN = "t" * 32
 
@@ -42,7 +41,7 @@ class WarmTestCase(CacheTestCase):
     def command(self, *args: str) -> tuple[Any, ProcessOutput]:
         protocol = ProcessOutput()
         argv = [sys.executable, "-m", "cachetier.cli", "warm", f"--server={self.url}", *args]
-        env = dict(os.environ, CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="200")
+        env = dict(child_environment(), CACHETIER_ADMIN_TOKEN=TOKEN, COLUMNS="200")
         process = reactor.spawnProcess(protocol, argv[0], argv, env=env)
 
         async def stop() -> None:

@@ -12,8 +12,12 @@ import os
 
 from treq import content
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.http import datetimeToString
+from twisted.web.test.requesthelper import DummyRequest
+
+from cachetier.web.conditional import not_modified, range_still_valid
 
 from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, read_then_hang_up
 
@@ -211,3 +215,53 @@ class RedirectModeTests(FilesTestCase):
         await self.cache.syncer.fill_for("ep 1.mp3").when_done()
         code, _, body = await self.get("ep%201.mp3")
         self.assertEqual((code, body), (200, data))
+
+
+class UnreadableConditionalTests(FilesTestCase):
+    """
+    A conditional header that is empty or not a date is ignored (RFC 9110
+    section 13.1.3), on a hit and on a miss: the listener gets the whole file
+    (an If-Range that names no version matches none, so its Range is ignored).
+    """
+
+    CASES = [
+        {"if_modified_since": ""},
+        {"if_modified_since": "not a date"},
+        {"range": "bytes=0-9", "if_range": ""},
+        {"range": "bytes=0-9", "if_range": "not a date"},
+    ]
+
+    async def test_on_a_hit_they_are_ignored(self) -> None:
+        data = body_of(5000)
+        self.origin.put("a.mp3", data)
+        await self.cache.syncer.start("a.mp3").when_done()
+        for headers in self.CASES:
+            code, _, body = await self.get("a.mp3", **headers)
+            self.assertEqual((code, body), (200, data), headers)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_on_a_miss_they_are_ignored(self) -> None:
+        data = body_of(300_000)
+        for i, headers in enumerate(self.CASES):
+            self.origin.put(f"{i}.mp3", data)
+            code, _, body = await self.get(f"{i}.mp3", **headers)
+            self.assertEqual((code, body), (200, data), headers)
+            await self.cache.syncer.fill_for(f"{i}.mp3").when_done()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class UnreadableValidatorTests(SynchronousTestCase):
+    def request(self, name: bytes, value: bytes) -> DummyRequest:
+        request = DummyRequest([b"a.mp3"])
+        request.requestHeaders.setRawHeaders(name, [value])
+        return request
+
+    def test_an_unreadable_if_modified_since_never_matches(self) -> None:
+        for value in (b"", b" ", b"not a date", b"Sun, 06 Nov 1994 08:49 GMT", b"\xff"):
+            request = self.request(b"if-modified-since", value)
+            self.assertFalse(not_modified(request, b'"v1"', 1_700_000_000.0), value)
+
+    def test_an_unreadable_if_range_matches_no_version(self) -> None:
+        for value in (b"", b" ", b"not a date", b"\xff"):
+            request = self.request(b"if-range", value)
+            self.assertFalse(range_still_valid(request, b'"v1"', 1_700_000_000.0), value)

@@ -8,8 +8,10 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachetier.origin import OriginError, OriginResponse
-from cachetier.store import CacheStore, Handle, ObjectHeaders
+from cachetier.errors import OriginError, Reason
+from cachetier.objects import ObjectHeaders
+from cachetier.origin import OriginResponse
+from cachetier.store import CacheStore, Handle
 from cachetier.sync import Fill
 from cachetier.web.bodies import FillProducer
 
@@ -96,7 +98,7 @@ class FillProducerTests(SynchronousTestCase):
         self.fill.write(self.data[:500_000])
         request = _FullRequest()
         FillProducer(request, self.fill, 0, 1_000_000).start()
-        self.fill.fail(OriginError("truncated", "boom"))
+        self.fill.fail(OriginError(Reason.truncated, "boom"))
         self.assertTrue(request.aborted)
         self.assertFalse(request.finished)
         self.assertEqual(self.fill._followers, set())
@@ -123,6 +125,6 @@ class ChecksumHoldBackTests(SynchronousTestCase):
             producer.resumeProducing()
         self.assertEqual(b"".join(request.written), data[:999])
         self.assertFalse(request.finished)
-        fill.fail(OriginError("checksum", "the body does not match the origin's MD5"))
+        fill.fail(OriginError(Reason.checksum, "the body does not match the origin's MD5"))
         self.assertTrue(request.aborted)
         self.assertFalse(request.finished)

@@ -19,8 +19,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
+from cachetier.assembly import assemble
 from cachetier.config import Settings
-from cachetier.tap import assemble
 
 from .helpers import body_of, make_tls_certificate, read_then_hang_up, start_cachetier, start_origin
 

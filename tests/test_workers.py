@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -19,9 +20,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
+from twisted.web.static import Data
 
+from cachetier.config import Settings
 from cachetier.metrics import Metrics
 from cachetier.store import GENERATION_FILE, CacheStore, Generation
 from cachetier.web._site import CacheSite
@@ -29,7 +34,16 @@ from cachetier.web.proxy import PrimaryProxy, primary_agent
 from cachetier.web.worker import Reporter, WorkerFiles, build_worker_root
 from cachetier.workers import PublicPorts, WorkersService
 
-from .helpers import body_of, http_client, listen, start_cachetier, start_origin
+from .helpers import (
+    body_of,
+    child_environment,
+    http_client,
+    listen,
+    listen_backlogs,
+    somaxconn,
+    start_cachetier,
+    start_origin,
+)
 from .test_twistd import _TWISTD, _Twistd
 
 _LINE = r'\] 127\.0\.0\.1 - - \[[^]]+\] "GET /files/ep\.mp3 HTTP/1\.1" 200 3000000 "-" "[^"]*" "-"'
@@ -72,7 +86,7 @@ class WorkersTestCase(TestCase):
             *extra,
         ]
         self.process = process = reactor.spawnProcess(
-            protocol, sys.executable, args, env=os.environ.copy()
+            protocol, sys.executable, args, env=child_environment()
         )
 
         async def stop() -> None:
@@ -152,6 +166,20 @@ class WorkersTests(WorkersTestCase):
                 break
             await deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(os.path.exists(f"/proc/{worker_pid}"), "the worker exits with the primary")
+
+
+class WorkerBacklogTests(WorkersTestCase):
+    async def test_every_process_listens_with_the_kernels_cap(self) -> None:
+        url = await self.start()
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        self.assertEqual(listen_backlogs(port), [somaxconn()] * 2)
+
+    def test_an_explicit_backlog_wins(self) -> None:
+        site = Site(Data(b"", "text/plain"))
+        public = PublicPorts(["tcp:0:interface=127.0.0.1:backlog=100"], site, reactor, 2)
+        public.privilegedStartService()
+        self.addCleanup(public.stopService)
+        self.assertEqual(listen_backlogs(public.ports[0].getHost().port), [100] * 2)
 
 
 class WorkerTruthTests(WorkersTestCase):
@@ -286,6 +314,37 @@ def _total(metrics: Metrics, attr: str, labels: dict[str, str]) -> float:
     return metrics.counter_values().get(key, 0.0)
 
 
+class InternalTrafficTests(TestCase):
+    async def test_a_workers_reports_are_neither_logged_nor_counted(self) -> None:
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        paths: list[str] = []
+        cache.site.access_log = Logger(observer=lambda event: paths.append(event["path"]))
+        socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
+        port = reactor.listenUNIX(socket_path, cache.site)
+        self.addCleanup(port.stopListening)
+        agent = primary_agent(reactor, socket_path)
+        self.addCleanup(agent._pool.closeCachedConnections)
+        files = WorkerFiles(
+            CacheStore(cache.store.root),
+            Generation(os.path.join(cache.store.root, GENERATION_FILE)),
+            reactor,
+            PrimaryProxy(agent),
+            60,
+        )
+        worker_metrics = Metrics()
+        reporter = Reporter(files, worker_metrics, agent, reactor)
+        primary = cache.site.metrics
+        for second in range(1, 4):
+            worker_metrics.http_requests.inc()
+            worker_metrics.bytes_served.inc(1000)
+            await reporter.report()
+            # Only what the worker served, reported.
+            self.assertEqual(_total(primary, "http_requests", {}), second)
+            self.assertEqual(_total(primary, "bytes_served", {}), 1000 * second)
+        self.assertEqual(paths, [])
+
+
 class _SpawningClock(Clock):
     """
     A clock that records the processes it is asked to spawn.
@@ -299,13 +358,17 @@ class _SpawningClock(Clock):
         self.spawned.append(protocol)
         return SimpleNamespace(pid=1000 + len(self.spawned))
 
+    def listenUNIX(self, path: str, factory: Any, mode: int) -> Any:
+        return SimpleNamespace(stopListening=lambda: None)
+
 
 class RestartTests(SynchronousTestCase):
     def test_a_crashing_worker_is_restarted_with_back_off(self) -> None:
         clock = _SpawningClock()
         public = PublicPorts([], None, clock, copies=2)
-        service = WorkersService(clock, 2, public, "/nonexistent.sock", [])
+        service = WorkersService(clock, 2, public, None, Settings(origin="http://127.0.0.1:9/"))
         service.startService()
+        self.addCleanup(shutil.rmtree, os.path.dirname(service.primary_socket))
         delays = []
         for _ in range(9):
             protocol = clock.spawned[-1]

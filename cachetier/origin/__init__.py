@@ -1,19 +1,21 @@
 """
-The origin: requests through an injected treq client (L{client}), the
-lifetimes its headers allow (L{freshness}), and the breaker and retries
-that protect it (L{breaker}).
+The origin: requests through an injected treq client (L{client}), down a
+stack of agents that follow redirects within the origin and sign
+(L{agents}); what an answer says (L{response}) and how its body is read
+(L{body}); the lifetimes its headers allow (L{freshness}), and the breaker
+and retries that protect it (L{breaker}).
 """
 
+from .agents import IdentityAgent
 from .breaker import Breaker, RetryPolicy
-from .client import IdentityAgent, NotFoundAtOrigin, Origin, OriginError, OriginResponse
+from .client import Origin
 from .freshness import parse_cache_control
+from .response import OriginResponse
 
 __all__ = [
     "Breaker",
     "IdentityAgent",
-    "NotFoundAtOrigin",
     "Origin",
-    "OriginError",
     "OriginResponse",
     "RetryPolicy",
     "parse_cache_control",

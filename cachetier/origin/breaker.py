@@ -10,6 +10,8 @@ from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..errors import Reason
+
 log = Logger()
 
 
@@ -93,7 +95,9 @@ class Breaker:
         self._probing = False
 
 
-RETRYABLE = frozenset({"connection", "timeout"})
+# What a retry may mend: the way to the origin, or an origin's 5xx.
+RETRYABLE = frozenset({Reason.connection, Reason.timeout})
+RETRYABLE_STATUSES = range(500, 600)
 
 
 @frozen

@@ -4,7 +4,8 @@ The cache store: complete objects on local disk, indexed in memory.
 L{layout} owns the files (atomic publish, recovery), L{index} what is
 cached and in which order it was used, L{quota} reservations and eviction,
 L{handles} the shared descriptors of open bodies; L{CacheStore} puts them
-together for the rest of the server.
+together and is the rest of the server's only way to them: nothing outside
+this package reaches a layout or a quota.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from ..objects import ObjectHeaders, Partial, StoredObject
 from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
-from .layout import Layout, ObjectHeaders, Partial, StoredObject, unlink
+from .layout import Layout, unlink
 from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
@@ -28,10 +30,7 @@ __all__ = [
     "CacheStore",
     "Generation",
     "Handle",
-    "ObjectHeaders",
-    "Partial",
     "Reservation",
-    "StoredObject",
 ]
 
 log = Logger()
@@ -54,6 +53,8 @@ class CacheStore:
         reads it from a thread).
     @param open_file: L{os.open}, or a stand-in that fails on demand (tests).
     @param fsync: L{os.fsync}, or a stand-in that fails on demand (tests).
+    @param free_bytes: the file system's free bytes, or a stand-in (tests);
+        by default what C{statvfs} says of C{root}.
     """
 
     def __init__(
@@ -65,26 +66,24 @@ class CacheStore:
         now: Callable[[], float] = time.time,
         open_file: Callable[..., int] = os.open,
         fsync: Callable[[int], None] = os.fsync,
+        free_bytes: Callable[[], int] | None = None,
     ) -> None:
         self._now = now
-        self.layout = Layout(root, now, open_file, fsync)
-        self.root = self.layout.root
+        self._layout = Layout(root, now, open_file, fsync)
+        self.root = self._layout.root
         self._index = Index()
         self.handles = Handles(open_file)
-        self.quota = Quota(
-            self.root, self._index, self._evict, self.handles.is_open, max_size, min_free
+        self._quota = Quota(
+            self.root,
+            self._index,
+            self._evict,
+            self.handles.is_open,
+            max_size,
+            min_free,
+            free_bytes,
         )
         self._on_evict = on_evict
         self.generation: Generation | None = None
-        # The layout's file operations, as the store's own.
-        self.new_temp = self.layout.new_temp
-        self.write = self.layout.write
-        self.discard_temp = self.layout.discard_temp
-        self.data_path = self.layout.data_path
-        self.commit = self.layout.commit
-        self.renewed = self.layout.renewed
-        self.write_meta = self.layout.write_meta
-        self.read = self.layout.read
 
     @classmethod
     def open(cls, root: str, **kwargs: Any) -> CacheStore:
@@ -93,9 +92,9 @@ class CacheStore:
         index.
         """
         store = cls(root, **kwargs)
-        store.layout.create()
+        store._layout.create()
         store.generation = Generation(os.path.join(store.root, GENERATION_FILE))
-        store._index.load(store.layout.recover())
+        store._index.load(store._layout.recover())
         log.info(
             "cache at {root}: {count} objects, {bytes} bytes",
             root=store.root,
@@ -126,7 +125,7 @@ class CacheStore:
         The body's path and size of C{name} as its metadata on disk says
         (so from any process, any thread).
         """
-        obj = self.layout.read(name)
+        obj = self._layout.read(name)
         return None if obj is None else (obj.path, obj.size)
 
     @property
@@ -137,28 +136,47 @@ class CacheStore:
 
     @property
     def max_size(self) -> int | None:
-        return self.quota.max_size
+        return self._quota.max_size
 
     @max_size.setter
     def max_size(self, value: int | None) -> None:
-        self.quota.max_size = value
+        self._quota.max_size = value
 
     @property
     def min_free(self) -> int:
-        return self.quota.min_free
+        return self._quota.min_free
 
     @property
     def reserved(self) -> int:
-        return self.quota.reserved
+        return self._quota.reserved
 
     def free_bytes(self) -> int:
-        return self.quota.free_bytes()
+        return self._quota.free_bytes()
+
+    def capacity(self) -> int:
+        """
+        The most the cache could ever hold (see L{Quota.capacity}).
+        """
+        return self._quota.capacity()
+
+    def largest_object(self) -> int:
+        """
+        The biggest body that could ever be cached, with its metadata.
+        """
+        return self._quota.largest_object()
 
     def reserve(self, size: int, keep: str | None = None) -> Reservation | None:
         """
         Set aside C{size} bytes for a download (see L{Quota.reserve}).
         """
-        return self.quota.reserve(size, keep)
+        return self._quota.reserve(size, keep)
+
+    def writable(self) -> str | None:
+        """
+        Whether a download could create its temp file now: L{None}, or why
+        not (see L{Layout.writable}).
+        """
+        return self._layout.writable()
 
     def _evict(self, name: str) -> StoredObject | None:
         obj = self.remove(name)
@@ -166,7 +184,99 @@ class CacheStore:
             self._on_evict(obj)
         return obj
 
+    # --- downloads (blocking file work may run in a thread) ----------------
+
+    def new_temp(self) -> tuple[int, str]:
+        """
+        Create an empty temp file for a download: its read-write descriptor
+        and its path.
+        """
+        return self._layout.new_temp()
+
+    def write(self, fd: int, data: bytes, offset: int) -> None:
+        """
+        Write C{data} at C{offset} of a download's file (see L{Layout.write}).
+        """
+        self._layout.write(fd, data, offset)
+
+    def discard_temp(self, path: str) -> None:
+        self._layout.discard_temp(path)
+
+    def partial(self, name: str) -> Partial | None:
+        """
+        What an out-of-order fill of C{name} left on disk, if anything usable.
+        """
+        return self._layout.partial(name)
+
+    def open_partial(self, name: str, fresh: bool) -> tuple[int, str]:
+        """
+        Open the body of an out-of-order fill of C{name}: the leftover one,
+        or (C{fresh}) a new empty one in its place.
+        """
+        return self._layout.open_partial(name, fresh)
+
+    def save_partial(self, fd: int, partial: Partial) -> None:
+        """
+        Record what of an out-of-order body is on disk (see
+        L{Layout.save_partial}).  Blocking.
+        """
+        self._layout.save_partial(fd, partial)
+
+    def discard_partial(self, name: str, body: bool = True) -> None:
+        """
+        Forget an out-of-order fill's leftover: its record, and (C{body}) its
+        body.
+        """
+        self._layout.discard_partial(name, body)
+
     # --- publishing ------------------------------------------------------
+
+    def data_path(self, name: str, version: str) -> str:
+        """
+        Where version C{version} of C{name}'s body lives.
+        """
+        return self._layout.data_path(name, version)
+
+    def commit(
+        self,
+        name: str,
+        fd: int,
+        temp_path: str,
+        size: int,
+        headers: ObjectHeaders,
+        lifetime: float,
+    ) -> StoredObject:
+        """
+        Make a complete temp file durable as the next version of C{name}
+        (see L{Layout.commit}); blocking, and invisible until L{install}ed.
+        """
+        return self._layout.commit(name, fd, temp_path, size, headers, lifetime)
+
+    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
+        """
+        Durably record that the origin confirmed C{obj} (see
+        L{Layout.renewed}); blocking, and invisible until L{install}ed.
+        """
+        return self._layout.renewed(obj, lifetime, age)
+
+    def write_meta(self, obj: StoredObject) -> None:
+        """
+        Durably make C{obj} what its name's metadata says.  Blocking.
+        """
+        self._layout.write_meta(obj)
+
+    def read(self, name: str) -> StoredObject | None:
+        """
+        C{name}'s object as its metadata file says now, without the index.
+        """
+        return self._layout.read(name)
+
+    def delete(self, obj: StoredObject) -> None:
+        """
+        Delete the files of C{obj}, a version the index does not hold.
+        Blocking.
+        """
+        self._layout.delete(obj)
 
     def install(self, obj: StoredObject, used_at: float | None = None) -> None:
         """
@@ -181,15 +291,21 @@ class CacheStore:
             unlink(old.path)
             self._retired()
 
-    def remove(self, name: str) -> StoredObject | None:
+    def remove(self, name: str, durable: bool = False) -> StoredObject | None:
         """
         Forget C{name} and delete its files.  Readers with the body open
         finish reading it.
+
+        @param durable: whether the deletion must survive a power cut before
+            this returns (see L{Layout.delete}); every process stops serving
+            the object even when that fails.
         """
         obj = self._index.pop(name)
         if obj is not None:
-            self.layout.delete(obj)
-            self._retired()
+            try:
+                self._layout.delete(obj, durable)
+            finally:
+                self._retired()
         return obj
 
     def touch(self, name: str) -> None:

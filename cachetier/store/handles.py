@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .layout import StoredObject
+from ..objects import StoredObject
 
 
 class Handle:

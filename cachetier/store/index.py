@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
-from .layout import StoredObject
+from ..objects import StoredObject
 
 
 class Index:

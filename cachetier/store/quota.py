@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from ..objects import StoredObject
 from .index import Index
-from .layout import StoredObject
 
 log = Logger()
 
@@ -35,6 +35,8 @@ class Quota:
 
     @param evict: removes one object by name, returning it.
     @param is_open: whether a reader holds an object's body open.
+    @param free_bytes: the file system's free bytes (by default what
+        C{statvfs} says of C{root}).
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class Quota:
         is_open: Callable[[StoredObject], bool],
         max_size: int | None = None,
         min_free: int = 0,
+        free_bytes: Callable[[], int] | None = None,
     ) -> None:
         self._root = root
+        self._free_bytes = free_bytes
         self._index = index
         self._evict = evict
         self._is_open = is_open
@@ -57,6 +61,8 @@ class Quota:
         self.written = 0
 
     def free_bytes(self) -> int:
+        if self._free_bytes is not None:
+            return self._free_bytes()
         st = os.statvfs(self._root)
         return st.f_bavail * st.f_frsize
 

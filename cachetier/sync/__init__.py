@@ -3,11 +3,12 @@ Single-flight downloads from the origin into the store.
 
 L{fill} is one download as its readers see it, L{download} one origin
 transfer and the resources it owns, L{admission} the caps and the memory
-of failures, L{syncer} the registry that ties them together.
+of failures, L{syncer} the registry that ties them together, and
+L{outcomes} what it answers.
 """
 
-from .admission import Overloaded
 from .fill import Fill, Follower
-from .syncer import FileStatus, Syncer
+from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
+from .syncer import Syncer
 
-__all__ = ["FileStatus", "Fill", "Follower", "Overloaded", "Syncer"]
+__all__ = ["FileStatus", "Fill", "Follower", "Lookup", "OriginHealth", "Outcome", "Syncer"]

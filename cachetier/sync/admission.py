@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
+from ..errors import Overloaded
 from ..metrics import Metrics
 
 # How many failed names to remember at most; a flood of random names must
@@ -17,12 +18,6 @@ from ..metrics import Metrics
 _MAX_REMEMBERED = 100_000
 # How many client addresses have a bucket of their own at most.
 _MAX_CLIENTS = 10_000
-
-
-class Overloaded(Exception):
-    """
-    Too many syncs are queued or starting; this one was refused, not queued.
-    """
 
 
 class TokenBucket:

@@ -18,9 +18,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..errors import OriginError, Reason
 from ..metrics import Metrics
-from ..origin import Origin, OriginError, OriginResponse
-from ..store import CacheStore, Handle, ObjectHeaders, Partial, Reservation, StoredObject
+from ..objects import ObjectHeaders, Partial, StoredObject
+from ..origin import Origin, OriginResponse
+from ..store import CacheStore, Handle, Reservation
 from .coverage import Coverage
 from .fill import Fill
 from .sparse import SLICE, SparseFill
@@ -84,25 +86,25 @@ class Download:
         if limit is not None and length is not None and length > limit:
             self._origin.abandon(response)
             raise OriginError(
-                "too_large", f"{length} bytes is over the --max-object-size of {limit}"
+                Reason.too_large, f"{length} bytes is over the --max-object-size of {limit}"
             )
         # A body that could never fit is treated the same way: sent to the
         # origin, instead of failing with no_space on every request.
-        largest = store.quota.largest_object()
+        largest = store.largest_object()
         if length is not None and length > largest:
             self._origin.abandon(response)
-            raise OriginError("too_large", f"{length} bytes can never fit in the cache")
+            raise OriginError(Reason.too_large, f"{length} bytes can never fit in the cache")
         if limit is None or largest < limit:
             limit = self._limit = largest
         reservation = store.reserve(length or 0, keep=name)
         if reservation is None:
             self._origin.abandon(response)
-            raise OriginError("no_space", f"no room in the cache for {length} more bytes")
+            raise OriginError(Reason.no_space, f"no room in the cache for {length} more bytes")
         try:
             sparse = resume is not None or self._sparse(response)
             try:
                 if sparse:
-                    fd, temp_path = store.layout.open_partial(name, fresh=resume is None)
+                    fd, temp_path = store.open_partial(name, fresh=resume is None)
                 else:
                     fd, temp_path = store.new_temp()
             except OSError:
@@ -154,10 +156,10 @@ class Download:
         lets us resume, if any: for a name with one, a Range request for
         its first missing bytes, naming its version with If-Range.
         """
-        fill, layout = self.fill, self._store.layout
+        fill, store = self.fill, self._store
         partial = None
         if fill.revalidating is None and self._clock is not None:
-            partial = layout.partial(fill.name)
+            partial = store.partial(fill.name)
         if partial is None:
             return await self._origin.get(fill.name, fill.revalidating), None
         on_disk = Coverage(list(partial.intervals))
@@ -169,7 +171,7 @@ class Download:
                 fill.name, byte_range=(first, end - 1, partial.validator)
             )
         except OriginError as e:
-            if e.reason != "changed":
+            if e.reason is not Reason.changed:
                 raise
             response = None
         if response is not None and response.content_range == (first, partial.length):
@@ -192,7 +194,7 @@ class Download:
             )
             return resumed, partial
         log.info("the leftover of {name} is of another version: fetching anew", name=fill.name)
-        layout.discard_partial(fill.name)
+        store.discard_partial(fill.name)
         if response is not None and response.content_range is None:
             return response, None  # the new version, whole
         if response is not None:
@@ -220,20 +222,8 @@ class Download:
         if resume is not None:
             fill.coverage = Coverage(list(resume.intervals))
         fill.begin(response, handle, store.write)
-        if resume is None:
-            # Laid out at full length (a sparse file: no blocks yet).
-            os.ftruncate(handle.fd, length)
-            checksum = None
-            if response.checksum is not None:
-                checksum = (response.checksum[0], base64.b64encode(response.checksum[1]).decode())
-            record = Partial(fill.name, length, validator, response.headers, checksum)
-            start, end = 0, length
-        else:
-            record = resume
-            assert response.content_range is not None
-            start = response.content_range[0]
-            end = fill.coverage.next_covered(start, length)
-        saver = _Saver(self._run_in_thread, store.layout.save_partial, handle.fd, record, fill)
+        record, start, end = self._sparse_record(response, handle, resume)
+        saver = _Saver(self._run_in_thread, store.save_partial, handle.fd, record, fill)
         try:
             await saver.save()
             saving = LoopingCall(saver.start)
@@ -265,7 +255,27 @@ class Download:
                 # What is on disk now, for the next try.
                 await saver.save()
             else:
-                store.layout.discard_partial(fill.name, body=not self._committed)
+                store.discard_partial(fill.name, body=not self._committed)
+
+    def _sparse_record(
+        self, response: OriginResponse, handle: Handle, resume: Partial | None
+    ) -> tuple[Partial, int, int]:
+        """
+        A sparse fill's progress record, and the region its first answer
+        brings: a new body laid out at full length, or the leftover resumed.
+        """
+        length, validator = response.length, response.validator
+        assert length is not None and validator is not None
+        if resume is not None:
+            assert response.content_range is not None
+            start = response.content_range[0]
+            return resume, start, self.fill.coverage.next_covered(start, length)
+        # Laid out at full length (a sparse file: no blocks yet).
+        os.ftruncate(handle.fd, length)
+        checksum = None
+        if response.checksum is not None:
+            checksum = (response.checksum[0], base64.b64encode(response.checksum[1]).decode())
+        return Partial(self.fill.name, length, validator, response.headers, checksum), 0, length
 
     async def _publish(
         self, response: OriginResponse, handle: Handle, temp_path: str | None
@@ -341,7 +351,7 @@ class Download:
         # Purged or replaced while the metadata was being written: put back
         # what is true now.
         if current is None:
-            await self._run_in_thread(store.layout.delete, renewed)
+            await self._run_in_thread(store.delete, renewed)
         else:
             await self._run_in_thread(store.write_meta, current)
         return None
@@ -368,7 +378,7 @@ _NOT_RESUMABLE = frozenset({"changed", "checksum", "too_large", "no_space", "wri
 
 class _Saver:
     """
-    Records a sparse fill's coverage (see L{Layout.save_partial}), one
+    Records a sparse fill's coverage (see L{CacheStore.save_partial}), one
     save at a time, in a thread.
     """
 

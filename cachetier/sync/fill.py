@@ -15,15 +15,25 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from ..origin import OriginError, OriginResponse
-from ..origin.client import HASHERS
-from ..store import Handle, ObjectHeaders, StoredObject
+from ..errors import OriginError, Reason
+from ..objects import HASHERS, ObjectHeaders, StoredObject
+from ..origin import OriginResponse
+from ..store import Handle
 from .coverage import Coverage
 
 T = TypeVar("T")
 
 
 class Follower(Protocol):
+    """
+    A reader of a L{Fill} while it runs.
+
+    @ivar position: the offset of the next byte it reads, which an
+        out-of-order fill makes sure is on its way.
+    """
+
+    position: int
+
     def fill_progressed(self) -> None:
         """
         The fill has more bytes on disk, or has ended (see L{Fill.state}).
@@ -219,7 +229,7 @@ class Fill:
         """
         if self.length is not None and self.written != self.length:
             raise OriginError(
-                "truncated",
+                Reason.truncated,
                 f"the origin promised {self.length} bytes and sent {self.written}",
             )
         if self._expected is not None and self._hasher is not None:
@@ -246,7 +256,7 @@ class Fill:
         algorithm, expected = self._expected
         if digest != expected:
             raise OriginError(
-                "checksum", f"the body does not match the origin's {algorithm.upper()}"
+                Reason.checksum, f"the body does not match the origin's {algorithm.upper()}"
             )
 
     def close(self) -> None:

@@ -32,8 +32,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..errors import OriginError, Reason
 from ..metrics import Metrics
-from ..origin import Origin, OriginError, OriginResponse
+from ..origin import Origin, OriginResponse
 from .fill import Fill
 
 log = Logger()
@@ -204,16 +205,14 @@ class SparseFill:
         if not self._ranges:
             if not any(not t.stopped for t in self._transfers):
                 self._fail(
-                    OriginError("truncated", "the origin stopped sending and takes no ranges")
+                    OriginError(Reason.truncated, "the origin stopped sending and takes no ranges")
                 )
             return
         # Readers still inside a slice that ended get the next one.
         for follower in list(self.fill.followers):
-            position = getattr(follower, "position", None)
-            if position is not None:
-                end = self.fill.coverage.until(position)
-                if end < self.length:
-                    self.need(end)
+            end = self.fill.coverage.until(follower.position)
+            if end < self.length:
+                self.need(end)
         while True:
             working = [t for t in self._transfers if not t.reader and not t.stopped]
             if len(working) >= max(1, self.connections):
@@ -271,13 +270,13 @@ class SparseFill:
             first, total = response.content_range
             if first != transfer.start or total != self.length:
                 self.origin.abandon(response)
-                self._fail(OriginError("changed", "the origin sent another range or length"))
+                self._fail(OriginError(Reason.changed, "the origin sent another range or length"))
                 return
         else:
             # A 200: the whole object.  Another version, or ranges ignored.
             if response.validator != self.validator or response.length != self.length:
                 self.origin.abandon(response)
-                self._fail(OriginError("changed", "the object changed at the origin"))
+                self._fail(OriginError(Reason.changed, "the object changed at the origin"))
                 return
             if self._ranges:
                 log.info(
@@ -341,7 +340,7 @@ class SparseFill:
             self.done.errback(error)
 
     def _cancel(self) -> None:
-        self._error = OriginError("cancelled", "the download was cancelled")
+        self._error = OriginError(Reason.cancelled, "the download was cancelled")
         self.fill.on_need = None
         for transfer in list(self._transfers):
             transfer.stop()

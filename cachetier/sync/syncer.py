@@ -8,41 +8,25 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
 from ..metrics import Metrics
-from ..origin import NotFoundAtOrigin, Origin, OriginError
+from ..objects import ObjectHeaders, StoredObject
+from ..origin import Origin
 from ..origin.freshness import stale_policy
-from ..store import CacheStore, ObjectHeaders, StoredObject
-from .admission import Admission, FailureMemory, Overloaded
+from ..store import CacheStore
+from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
 from .fill import Fill
+from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
 
 log = Logger()
 
 # Names that may wait to be warmed.
 MAX_WARM_QUEUE = 10_000
-
-
-@frozen
-class FileStatus:
-    """
-    What the cache knows of one name right now.
-
-    @ivar state: C{cached}, C{syncing}, C{missing}, C{not_found} or C{error}.
-    @ivar stale: a cached object past its lifetime, served while it is
-        revalidated (or while the origin fails, up to stale-if-error).
-    """
-
-    name: str
-    state: str
-    stored: StoredObject | None = None
-    fill: Fill | None = None
-    error: Exception | None = None
-    stale: bool = False
 
 
 class Syncer:
@@ -124,6 +108,51 @@ class Syncer:
         Why the last sync of C{name} failed, while that is still remembered.
         """
         return self._failures.get(name)
+
+    def origin_url(self, name: str) -> str:
+        """
+        Where the origin serves C{name} (for listeners sent there).
+        """
+        return self.origin.url_for(name)
+
+    def origin_health(self) -> OriginHealth:
+        """
+        How the origin fares now (for C{/healthz} and the dashboard).
+        """
+        origin = self.origin
+        breaker = origin.breaker
+        return OriginHealth(origin.base, breaker.state, breaker.failures, origin.rejected)
+
+    def lookup(self, name: str, client: str | None = None) -> Lookup:
+        """
+        What a request for C{name} gets (see L{status}, which this starts
+        like): the cached copy, fresh or stale; the download to follow; or
+        why there is nothing to serve.
+        """
+        stored = self.store.get(name)
+        if stored is not None and self.clock.seconds() < stored.expires_at:
+            return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
+        cached = stored is not None
+        status = self.status(name, client=client)
+        if status.state == "cached":
+            outcome = Outcome.STALE if status.stale else Outcome.CACHED
+            return Lookup(outcome, stored=status.stored)
+        if status.fill is not None:
+            return Lookup(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
+        return Lookup(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+
+    def after_failure(self, name: str, error: Exception) -> Lookup:
+        """
+        What a request that waited for a download of C{name} gets when that
+        download failed with C{error}: a revalidated copy may still be
+        served within its stale-if-error window.
+        """
+        if self.store.get(name) is None:
+            return Lookup(Outcome.ERROR, error=error)
+        status = self.status(name, start=False)
+        if status.stored is not None:
+            return Lookup(Outcome.STALE, stored=status.stored)
+        return Lookup(Outcome.WITHHELD, error=error)
 
     def status(self, name: str, start: bool = True, client: str | None = None) -> FileStatus:
         """
@@ -245,14 +274,14 @@ class Syncer:
         Forget C{name}: its cached copy, its download (readers finish;
         nothing is published) and any remembered failure.
 
-        @return: whether there was anything to forget.
+        @return: whether there was anything to forget, once that is durable.
         """
-        removed = self.store.remove(name) is not None
         self._warm_set.discard(name)
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
         forgot = self._failures.forget(name)
+        removed = self.store.remove(name, durable=True) is not None
         if removed or fill is not None or forgot:
             log.info("purged {name}", name=name)
             self.metrics.purges.inc()
@@ -292,11 +321,11 @@ class Syncer:
         try:
             await self._slots.acquire()
         except CancelledError:
-            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            self._ended(fill, OriginError(Reason.cancelled, "the service stopped"))
             return
         if self._stopping:
             self._slots.release()
-            self._ended(fill, OriginError("cancelled", "the service stopped"))
+            self._ended(fill, OriginError(Reason.cancelled, "the service stopped"))
             return
         try:
             await self._download(fill)
@@ -323,12 +352,14 @@ class Syncer:
         except (NotFoundAtOrigin, OriginError) as e:
             self._ended(fill, e)
         except CancelledError:
-            self._ended(fill, OriginError("cancelled", "the download was cancelled"))
+            self._ended(fill, OriginError(Reason.cancelled, "the download was cancelled"))
         except OSError as e:
-            self._ended(fill, OriginError("write_error", f"cache write failed: {e.strerror or e}"))
+            self._ended(
+                fill, OriginError(Reason.write_error, f"cache write failed: {e.strerror or e}")
+            )
         except Exception:
             log.failure("sync of {name} failed unexpectedly", name=fill.name)
-            self._ended(fill, OriginError("internal", "internal error"))
+            self._ended(fill, OriginError(Reason.internal, "internal error"))
         else:
             log.info(
                 "synced {name} ({size} bytes) in {secs:.2f}s",
@@ -356,30 +387,30 @@ class Syncer:
             # S3 policy mistake or a WAF challenge must not wipe the cache,
             # so the copy stays and stale-if-error decides.  A purge is the
             # way to take a file down.
-            reason, ttl = "not_found", self._negative_ttl
+            reason, label, ttl = error.reason, error.reason.value, self._negative_ttl
         else:
             assert isinstance(error, OriginError)
-            reason = error.reason
-            ttl = self._negative_ttl if reason == "too_large" else self._error_ttl
-            self.metrics.sync_failures.labels(reason=reason).inc()
-            self.last_failed[reason] = self.clock.seconds()
+            reason, label = error.reason, error.label
+            ttl = self._negative_ttl if reason is Reason.too_large else self._error_ttl
+            self.metrics.sync_failures.labels(reason=label).inc()
+            self.last_failed[label] = self.clock.seconds()
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(
-                result="not_found" if reason == "not_found" else "error"
+                result="not_found" if reason is Reason.not_found else "error"
             ).inc()
         current = self._fills.get(fill.name) is fill
-        if reason not in ("cancelled", "changed") and current:
+        if reason not in (Reason.cancelled, Reason.changed) and current:
             self._failures.remember(fill.name, error, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
             name=fill.name,
-            reason=reason,
+            reason=label,
             why=str(error),
-            result=reason,
+            result=label,
         )
         self._forget(fill)
         fill.fail(error)
-        if reason == "changed" and current and not self._stopping:
+        if reason is Reason.changed and current and not self._stopping:
             # Another version at the origin: its readers were aborted; a
             # new fill fetches the new one from the start.
             try:

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 
 def _json_headers(request: IRequest, code: int) -> None:
@@ -44,6 +45,38 @@ def render_error(request: IRequest, code: int, error: str, message: str) -> byte
     """
     _json_headers(request, code)
     return error_body(error, message)
+
+
+def answerable(request: IRequest) -> bool:
+    """
+    Whether C{request} can still be answered: not answered already, and
+    its listener still connected (Twisted raises on finishing it then).
+    """
+    return not request.finished and not getattr(request, "_disconnected", False)
+
+
+def finish(request: IRequest) -> None:
+    """
+    End a deferred answer, unless L{answerable} says it cannot be: a listener
+    who left is not an error.
+    """
+    if answerable(request):
+        request.finish()
+
+
+def answer(request: IRequest, body: bytes | int) -> None:
+    """
+    End a deferred answer with what a render produced: its bytes with their
+    length (an empty HEAD's render set the length of what a GET would get),
+    or nothing when a producer now owns the response.  See L{finish}.
+    """
+    if body is NOT_DONE_YET or not answerable(request):
+        return
+    assert isinstance(body, bytes)
+    if request.method != b"HEAD" or body:
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+    request.write(body)
+    request.finish()
 
 
 class JSONResource(Resource):

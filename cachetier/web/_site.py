@@ -355,10 +355,10 @@ class CacheSite(server.Site):
 
     def log(self, request: CacheRequest) -> None:
         outcome = request.outcome
-        if outcome == "relayed":
+        if outcome in ("relayed", "internal"):
             # A worker's relayed request is logged and counted once, by the
             # primary, which knows what it did and gets the listener's
-            # address with it.
+            # address with it; a worker's report is no listener's.
             return
         aborted = request.aborted
         sent = request.sentLength

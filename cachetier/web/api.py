@@ -13,11 +13,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from ..analytics import Analytics, to_csv
+from ..errors import OriginError, Overloaded, Reason
 from ..names import InvalidName, validate_name
-from ..origin import OriginError
-from ..sync import FileStatus, Overloaded, Syncer
+from ..sync import FileStatus, Syncer
 from ._admin import refuse
-from ._json import JSONResource, render_error, render_json
+from ._json import JSONResource, answer, render_error, render_json
 from ._site import client_address, download_url, name_of
 
 log = Logger()
@@ -68,8 +68,8 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
 
 def _reason(error: Exception) -> str:
     if isinstance(error, OriginError):
-        return error.reason
-    return "overloaded" if isinstance(error, Overloaded) else "not_found"
+        return error.label
+    return (Reason.overloaded if isinstance(error, Overloaded) else Reason.not_found).value
 
 
 class FileStatusResource(JSONResource):
@@ -108,7 +108,7 @@ class FileStatusResource(JSONResource):
             status_body(
                 status,
                 download_url(request, self.public_url, name),
-                self.syncer.origin.url_for(name),
+                self.syncer.origin_url(name),
             ),
         )
 
@@ -270,21 +270,16 @@ class StatsResource(JSONResource):
             file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group
         )
 
-        def answer(rows: list[dict[str, Any]]) -> None:
+        def send(rows: list[dict[str, Any]]) -> None:
             if fmt == "csv":
                 request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-                body = to_csv(rows).encode("utf-8")
+                answer(request, to_csv(rows).encode("utf-8"))
             else:
-                body = render_json(request, {"rows": rows})
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+                answer(request, render_json(request, {"rows": rows}))
 
         def failed(failure: Any) -> None:
             log.failure("stats query failed", failure)
-            body = render_error(request, 500, "internal", "the stats query failed")
-            request.write(body)
-            request.finish()
+            answer(request, render_error(request, 500, "internal", "the stats query failed"))
 
-        d.addCallbacks(answer, failed)
+        d.addCallbacks(send, failed)
         return NOT_DONE_YET

@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from twisted.web import http
 from zope.interface import implementer
 
-from ..store import Handle, StoredObject
+from ..objects import StoredObject
+from ..store import Handle
 from ..sync import Fill
 from .headers import downstream_cache_control
 

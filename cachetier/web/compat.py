@@ -68,7 +68,7 @@ class DownloadResource(JSONResource):
         if status.state == "cached":
             target = download_url(request, self.public_url, name)
         else:
-            target = self.syncer.origin.url_for(name)
+            target = self.syncer.origin_url(name)
         request.redirect(target.encode("latin-1"))
         request.setHeader(b"cache-control", b"no-store")
         return b""

@@ -13,6 +13,17 @@ def _opaque(tag: bytes) -> bytes:
     return tag[2:] if tag.startswith(b"W/") else tag
 
 
+def _date(value: bytes) -> int | None:
+    """
+    The HTTP-date C{value} names, or L{None} when it names none: an empty or
+    unreadable date is ignored (RFC 9110 section 13.1.3), never an error.
+    """
+    try:
+        return http.stringToDatetime(value)
+    except (ValueError, IndexError):
+        return None
+
+
 def not_modified(request: IRequest, etag: bytes | None, last_modified: float | None) -> bool:
     """
     Whether the request's validators match, per RFC 9110 13.2.2: when
@@ -26,10 +37,8 @@ def not_modified(request: IRequest, etag: bytes | None, last_modified: float | N
     since = request.getHeader(b"if-modified-since")
     if since is None or last_modified is None:
         return False
-    try:
-        return http.stringToDatetime(since.split(b";", 1)[0]) >= int(last_modified)
-    except ValueError:
-        return False
+    date = _date(since.split(b";", 1)[0])
+    return date is not None and date >= int(last_modified)
 
 
 def range_still_valid(request: IRequest, etag: bytes | None, last_modified: float | None) -> bool:
@@ -45,7 +54,4 @@ def range_still_valid(request: IRequest, etag: bytes | None, last_modified: floa
     if if_range.startswith((b'"', b"W/")):
         # If-Range takes a strong comparison only.
         return etag is not None and not if_range.startswith(b"W/") and if_range == etag
-    try:
-        return last_modified is not None and http.stringToDatetime(if_range) == int(last_modified)
-    except ValueError:
-        return False
+    return last_modified is not None and _date(if_range) == int(last_modified)

@@ -23,7 +23,7 @@ from ..metrics import Metrics
 from ..store import CacheStore
 from ..sync import Syncer
 from ._admin import refuse
-from ._json import JSONResource, render_json
+from ._json import JSONResource, answer, render_json
 from .health import Health
 
 log = Logger()
@@ -81,7 +81,6 @@ class DashboardData(JSONResource):
         for (attr, labels), value in counters.items():
             if attr == "requests":
                 requests[dict(labels)["outcome"]] = value
-        quota = self.store.quota
         return {
             "time": time.time(),
             "status": self.health.verdict()["status"],
@@ -94,8 +93,8 @@ class DashboardData(JSONResource):
             ],
             "disk": {
                 "cached": self.store.total_bytes,
-                "quota": quota.capacity(),
-                "free": quota.free_bytes(),
+                "quota": self.store.capacity(),
+                "free": self.store.free_bytes(),
             },
             "top_today": [],
         }
@@ -110,7 +109,7 @@ class DashboardData(JSONResource):
         today = time.strftime("%Y-%m-%d", time.gmtime())
         d = self.analytics.query(start=today, end=today, group="file")
 
-        def answer(rows: list[dict[str, Any]]) -> None:
+        def top(rows: list[dict[str, Any]]) -> None:
             body["top_today"] = [
                 {"file": r["file"], "downloads": r["downloads"]} for r in rows[:TOP]
             ]
@@ -119,12 +118,8 @@ class DashboardData(JSONResource):
             log.failure("the dashboard's top episodes failed", failure)
 
         def send(_: Any) -> None:
-            if not request.finished and not request._disconnected:
-                data = render_json(request, body)
-                request.setHeader(b"content-length", b"%d" % len(data))
-                request.write(data)
-                request.finish()
+            answer(request, render_json(request, body))
 
-        d.addCallbacks(answer, failed)
+        d.addCallbacks(top, failed)
         d.addCallback(send)
         return NOT_DONE_YET

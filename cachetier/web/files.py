@@ -19,11 +19,12 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
+from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
 from ..names import InvalidName
-from ..origin import NotFoundAtOrigin, OriginError
-from ..store import CacheStore, Handle, StoredObject
-from ..sync import Fill, Overloaded, Syncer
-from ._json import JSONResource, render_error
+from ..objects import StoredObject
+from ..store import CacheStore, Handle
+from ..sync import Fill, Lookup, Outcome, Syncer
+from ._json import JSONResource, answer, answerable, render_error
 from ._site import OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
@@ -214,21 +215,6 @@ class FillResponse(MediaResponse):
         FillProducer(request, self.fill, offset, length).start()
 
 
-def _answer(request: Any, body: bytes | int) -> None:
-    """
-    End a deferred answer with what a render produced: its bytes (with
-    their length, except for a HEAD, whose render set the length of what
-    a GET would get), or nothing when a producer now owns the response.
-    """
-    if body is server.NOT_DONE_YET:
-        return
-    assert isinstance(body, bytes)
-    if request.method != b"HEAD":
-        request.setHeader(b"content-length", b"%d" % (len(body),))
-    request.write(body)
-    request.finish()
-
-
 def _cancelling(result: object, call: Any) -> object:
     """
     A callback that cancels C{call} if it is still pending.
@@ -322,22 +308,14 @@ class FilesResource(JSONResource):
             request.outcome = "bad_name"
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
-        obj = self.store.get(name)
         now = self.clock.seconds()
-        if obj is not None and now < obj.expires_at:
-            return self._serve(request, obj, "hit", now)
-        status = self.syncer.status(name, client=client_address(request))
-        if status.state == "cached":
-            assert status.stored is not None
-            return self._serve(request, status.stored, "stale" if status.stale else "hit", now)
-        if self.miss == "redirect" and status.state != "not_found":
+        lookup = self.syncer.lookup(name, client=client_address(request))
+        if self.miss == "redirect" and not (lookup.servable or lookup.not_found):
             return self._redirect(request, name)
-        if status.fill is None:
-            if obj is not None:
-                return self._withheld(request, status.error)
-            return self._failed(request, status.error)
+        if lookup.fill is None:
+            return self._render(request, lookup, now)
         request.outcome = "miss"
-        fill = status.fill
+        fill = lookup.fill
         started = fill.when_started()
         # A listener waits for a download slot at most queue_timeout; once
         # the download runs, the origin's own deadlines bound the wait.
@@ -349,12 +327,26 @@ class FilesResource(JSONResource):
         return server.NOT_DONE_YET
 
     def _still_queued(self, fill: Fill, request: Any) -> None:
-        if fill.state != "queued" or request.finished or request._disconnected:
+        if fill.state != "queued" or not answerable(request):
             return
         error = Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
-        _answer(request, self._failed(request, error))
+        answer(request, self._failed(request, error))
 
     render_HEAD = render_GET
+
+    def _render(self, request: Any, lookup: Lookup, now: float) -> bytes | int:
+        """
+        Answer with what a lookup found, other than a download to follow.
+        """
+        if lookup.outcome is Outcome.CACHED:
+            assert lookup.stored is not None
+            return self._serve(request, lookup.stored, "hit", now)
+        if lookup.outcome is Outcome.STALE:
+            assert lookup.stored is not None
+            return self._serve(request, lookup.stored, "stale", now)
+        if lookup.outcome is Outcome.WITHHELD:
+            return self._withheld(request, lookup.error)
+        return self._failed(request, lookup.error)
 
     def _serve(self, request: Any, obj: StoredObject, outcome: str, now: float) -> bytes | int:
         request.outcome = outcome
@@ -363,13 +355,13 @@ class FilesResource(JSONResource):
 
     def _redirect(self, request: Any, name: str) -> bytes:
         request.outcome = "redirect"
-        request.redirect(self.syncer.origin.url_for(name).encode("ascii"))
+        request.redirect(self.syncer.origin_url(name).encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
     def _follow(self, fill: Fill, request: Any) -> None:
-        if request.finished:
-            return  # answered already (the listener's wait ran out)
+        if not answerable(request):
+            return  # answered already (the listener's wait ran out), or gone
         if fill.readable:
             body = FillResponse(fill, self.default_max_age).render(request)
         elif fill.stored is not None:
@@ -379,7 +371,7 @@ class FilesResource(JSONResource):
         else:
             # Passed through (no-store) or purged before this reader came.
             body = self._failed(request, Overloaded("the download ended; ask again"))
-        _answer(request, body)
+        answer(request, body)
 
     def _broken(self, failure: Failure, request: Any) -> None:
         """
@@ -387,23 +379,14 @@ class FilesResource(JSONResource):
         dropped rather than left hanging.
         """
         log.failure("answering {name} failed", failure, name=request.cache_name)
-        if not request.finished and not request._disconnected:
+        if answerable(request):
             request.transport.abortConnection()
 
     def _start_failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(CancelledError) or request.finished:
+        if failure.check(CancelledError) or not answerable(request):
             return
-        if self.store.get(request.cache_name) is not None:
-            # A revalidation this listener waited for failed: the copy may
-            # still be served within its stale-if-error window.
-            status = self.syncer.status(request.cache_name, start=False)
-            if status.stored is not None:
-                body = self._serve(request, status.stored, "stale", self.clock.seconds())
-            else:
-                body = self._withheld(request, failure.value)
-        else:
-            body = self._failed(request, failure.value)
-        _answer(request, body)
+        lookup = self.syncer.after_failure(request.cache_name, failure.value)
+        answer(request, self._render(request, lookup, self.clock.seconds()))
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
         """
@@ -424,18 +407,18 @@ class FilesResource(JSONResource):
             return render_error(
                 request, 404, "not_found", f"the origin has no such file ({error.code})"
             )
-        if isinstance(error, OriginError) and error.reason == "too_large":
+        if isinstance(error, OriginError) and error.reason is Reason.too_large:
             # Not ours to cache: the listener fetches it from the origin.
             return self._redirect(request, request.cache_name)
         if isinstance(error, Overloaded):
             request.outcome = "overloaded"
             request.setHeader(b"retry-after", b"1")
             return render_error(request, 503, "overloaded", str(error))
-        if isinstance(error, OriginError) and error.reason == "no_space":
+        if isinstance(error, OriginError) and error.reason is Reason.no_space:
             # Every byte of the quota is held by downloads in progress.
             request.outcome = "no_space"
             request.setHeader(b"retry-after", b"5")
             return render_error(request, 503, "no_space", str(error))
         request.outcome = "error"
-        reason = error.reason if isinstance(error, OriginError) else "error"
+        reason = error.label if isinstance(error, OriginError) else "error"
         return render_error(request, 502, "origin_error", f"{reason}: {error}")

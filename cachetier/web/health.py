@@ -50,17 +50,17 @@ class Health:
 
     def _check(self, now: float) -> dict[str, Any]:
         failing, degraded = [], []
-        why = self.store.layout.writable()
+        why = self.store.writable()
         if why is not None:
             failing.append(f"the cache directory takes no new file ({why})")
         recent = {r for r, at in self.syncer.last_failed.items() if now - at <= RECENT}
         failing += [
             f"{text} in the last minute" for r, text in _NODE_FAILURES.items() if r in recent
         ]
-        breaker = self.syncer.origin.breaker
-        if breaker.state != "closed":
-            degraded.append(f"the origin breaker is {breaker.state.replace('_', '-')}")
-        rejected = self.syncer.origin.rejected
+        origin = self.syncer.origin_health()
+        if origin.breaker != "closed":
+            degraded.append(f"the origin breaker is {origin.breaker.replace('_', '-')}")
+        rejected = origin.rejected
         if rejected is not None and now - rejected[0] <= RECENT:
             degraded.append(rejected[1])
         origin_errors = sorted(recent - _NOT_ORIGIN)
@@ -70,13 +70,13 @@ class Health:
         return {
             "status": status,
             "reasons": failing + degraded,
-            "origin": self.syncer.origin.base,
+            "origin": origin.base,
             "cached_objects": len(self.store),
             "cached_bytes": self.store.total_bytes,
             "syncs_in_flight": self.syncer.in_flight,
             "syncs_queued": self.syncer.queued,
-            "origin_breaker": breaker.state,
-            "origin_consecutive_failures": breaker.failures,
+            "origin_breaker": origin.breaker,
+            "origin_consecutive_failures": origin.failures,
         }
 
 

@@ -39,6 +39,8 @@ class ReportResource(JSONResource):
     def render(self, request: IRequest) -> bytes | int:
         if not private(request):
             return NotFound().render(request)
+        # Traffic between our processes: never logged or counted as a listener's.
+        request.outcome = "internal"  # type: ignore[attr-defined]
         return super().render(request)
 
     def render_POST(self, request: IRequest) -> bytes:

@@ -19,7 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from ._json import render_error
+from ._json import answer, finish, render_error
 from ._site import RELAYED_FOR, RELAYED_LENGTH, client_address
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
@@ -47,12 +47,23 @@ class _UNIXEndpoints:
         return UNIXClientEndpoint(self.reactor, self.path)
 
 
-def primary_agent(reactor: Any, socket_path: str) -> Agent:
+def primary_pool(reactor: Any) -> HTTPConnectionPool:
     """
-    An agent whose every request goes to the primary's UNIX socket.
+    The connections a worker keeps open to the primary.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 64
+    return pool
+
+
+def primary_agent(reactor: Any, socket_path: str, pool: HTTPConnectionPool | None = None) -> Agent:
+    """
+    An agent whose every request goes to the primary's UNIX socket.
+
+    @param pool: its connections; by default a L{primary_pool} of its own.
+    """
+    if pool is None:
+        pool = primary_pool(reactor)
     return Agent.usingEndpointFactory(reactor, _UNIXEndpoints(reactor, socket_path), pool=pool)
 
 
@@ -116,15 +127,15 @@ class PrimaryProxy(Resource):
             request.setHeader(b"content-length", b"%d" % (response.length,))
         if request.method == b"HEAD" or response.code in NO_BODY_CODES:
             response.deliverBody(_Relay(None))
-            request.finish()
+            finish(request)
             return
         response.deliverBody(_Relay(request))
 
     def _failed(self, failure: Failure, request: Any) -> None:
-        request.write(
-            render_error(request, 502, "primary_unavailable", "the primary process did not answer")
+        answer(
+            request,
+            render_error(request, 502, "primary_unavailable", "the primary process did not answer"),
         )
-        request.finish()
 
 
 class _Relay(Protocol):

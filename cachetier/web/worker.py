@@ -18,7 +18,8 @@ from twisted.web.resource import Resource
 
 from ..metrics import Metrics
 from ..names import InvalidName
-from ..store import CacheStore, Generation, StoredObject
+from ..objects import StoredObject
+from ..store import CacheStore, Generation
 from ._site import name_of
 from .bodies import SmallBodies
 from .files import serve_stored

@@ -1,13 +1,16 @@
 """
-Settings and the parsers for the human-friendly values operators type.
+Settings, and the parsers for the human-friendly values operators type
+(L{cachetier.config.flags} checks the flags with them).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+from typing import Any
 
-from attrs import field, frozen
+from attrs import asdict, field, frozen
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -57,6 +60,20 @@ def parse_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
         else:
             positional.append(part)
     return parts[0], positional, named
+
+
+def default_backlog(path: str = "/proc/sys/net/core/somaxconn") -> int:
+    """
+    The backlog a TCP or TLS listener gets unless its C{--listen} says
+    C{backlog=}: the kernel's cap (C{somaxconn}), so a burst of new
+    connections (a push notification's listeners) waits in the accept queue,
+    not in SYN retries; 511, as nginx, where the cap cannot be read.
+    """
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 511
 
 
 def parse_rate(text: str) -> int:
@@ -119,7 +136,7 @@ class Settings:
     # Connections: headers (and keep-alive idleness) and stalled responses.
     idle_timeout: float = 60.0
     send_timeout: float = 60.0
-    # None: as many as the descriptor limit allows (see tap.connection_cap).
+    # None: as many as the descriptor limit allows (see limits.connection_cap).
     max_connections: int | None = None
     # Downloads slower than this many bytes a second over a window are
     # abandoned; listeners wait this long for a queued sync to start.
@@ -146,3 +163,30 @@ class Settings:
     analytics_retention_days: int | None = 400
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
+
+
+def to_json(settings: Settings) -> str:
+    """
+    C{settings} as JSON for a worker process, all but the admin token: a
+    worker relays every admin request to the primary, and a secret has
+    no place in a child's environment.
+    """
+
+    def plain(_instance: object, _attribute: object, value: Any) -> Any:
+        if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            return str(value)
+        return value
+
+    return json.dumps(
+        asdict(settings, filter=lambda a, _: a.name != "admin_token", value_serializer=plain)
+    )
+
+
+def from_json(text: str) -> Settings:
+    """
+    The L{Settings} that L{to_json} wrote.
+    """
+    fields = json.loads(text)
+    fields["listen"] = tuple(fields["listen"])
+    fields["trusted_proxies"] = tuple(ipaddress.ip_network(n) for n in fields["trusted_proxies"])
+    return Settings(**fields)
