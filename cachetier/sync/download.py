@@ -174,7 +174,10 @@ class Download:
             if e.reason is not Reason.changed:
                 raise
             response = None
-        if response is not None and response.content_range == (first, partial.length):
+        if response is not None and (response.content_range, response.validator) == (
+            (first, partial.length),
+            partial.validator,
+        ):
             log.info(
                 "resuming {name}: {have} of {length} bytes already on disk",
                 name=fill.name,
@@ -246,7 +249,7 @@ class Download:
                 saving.stop()
             return await self._publish(response, handle, temp_path)
         except (OriginError, CancelledError) as e:
-            reason = getattr(e, "reason", "cancelled")
+            reason = getattr(e, "reason", Reason.cancelled)
             keep = reason not in _NOT_RESUMABLE and fill.publish
             raise
         finally:
@@ -373,7 +376,9 @@ def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
 
 
 # Why a sparse fill may end with its body not worth resuming.
-_NOT_RESUMABLE = frozenset({"changed", "checksum", "too_large", "no_space", "write_error"})
+_NOT_RESUMABLE = frozenset(
+    {Reason.changed, Reason.checksum, Reason.too_large, Reason.no_space, Reason.write_error}
+)
 
 
 class _Saver:
