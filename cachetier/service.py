@@ -39,7 +39,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.python.logfile import BaseLogFile
 from twisted.web.resource import Resource
 
@@ -47,6 +47,7 @@ from .config import Settings
 from .metrics import Metrics
 from .web import CacheSite
 from .web._json import render_error
+from .web._twisted import log_observers, observer_file
 from .workers import PublicPorts, WorkersService
 
 log = Logger()
@@ -97,8 +98,8 @@ def reopen_twistd_logs() -> int:
     @return: how many files were reopened.
     """
     reopened = 0
-    for observer in getattr(globalLogPublisher, "_observers", ()):
-        out = getattr(observer, "_outFile", None)
+    for observer in log_observers():
+        out = observer_file(observer)
         if isinstance(out, BaseLogFile):
             out.reopen()
             reopened += 1

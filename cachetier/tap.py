@@ -28,7 +28,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 
 import twisted
 
@@ -45,6 +45,7 @@ from .sync import Syncer
 from .tls import ReloadableCertificate, is_tls, tls_endpoint
 from .web import CacheSite, build_root
 from .web._site import AccessLogFile
+from .web._twisted import QuietPool
 
 T = TypeVar("T")
 
@@ -481,19 +482,6 @@ class Options(usage.Options):
             analytics_retention_days=self._retention(),
             **self._origin_auth(origin),
         )
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Not a "Starting factory" line in the log for every origin connection.
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
-    """
-    An origin connection pool that does not log each connection.
-    """
-
-    _factory = _QuietClientFactory
 
 
 @frozen

@@ -24,7 +24,7 @@ from ..analytics import Analytics, Event
 from ..metrics import Metrics
 from ..names import name_from_path, quote_name
 from ._json import error_body
-from .bodies import unsent_bytes
+from ._twisted import request_line, unsent_bytes
 
 log = Logger()
 
@@ -196,12 +196,12 @@ class CacheChannel(http.HTTPChannel):
         headers = request.requestHeaders
         declared = _declared_length(headers)
         if declared:
-            route = (self._command, self._path.split(b"?", 1)[0])
-            if route not in BODY_ROUTES:
-                if self._command in _READ_METHODS:
+            method, target = request_line(self)
+            if (method, target.split(b"?", 1)[0]) not in BODY_ROUTES:
+                if method in _READ_METHODS:
                     self.refuse_body(413, "body_not_allowed", "this URL takes no request body")
                 else:
-                    method = self._command.decode("latin-1")
+                    method = method.decode("latin-1")
                     self.refuse_body(405, "method_not_allowed", f"{method} is not allowed here")
                 return
             if declared > MAX_ADMIN_BODY:
@@ -618,3 +618,19 @@ def public_base(request: IRequest, configured: str | None) -> str:
 
 def download_url(request: IRequest, configured: str | None, name: str) -> str:
     return public_base(request, configured) + "files/" + quote_name(name)
+
+
+class EndWatch:
+    """
+    Whether a request has ended, answered or abandoned: a flag set from
+    C{notifyFinish()}, as klein keeps one, for work that finishes later
+    and must not answer a request that is gone.
+    """
+
+    ended = False
+
+    def __init__(self, request: IRequest) -> None:
+        request.notifyFinish().addBoth(self._end)
+
+    def _end(self, _: object) -> None:
+        self.ended = True

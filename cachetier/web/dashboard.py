@@ -24,6 +24,7 @@ from ..store import CacheStore
 from ..sync import Syncer
 from ._admin import refuse
 from ._json import JSONResource, render_json
+from ._site import EndWatch
 from .health import Health
 
 log = Logger()
@@ -108,6 +109,7 @@ class DashboardData(JSONResource):
         if self.analytics is None:
             return render_json(request, body)
         today = time.strftime("%Y-%m-%d", time.gmtime())
+        watch = EndWatch(request)
         d = self.analytics.query(start=today, end=today, group="file")
 
         def answer(rows: list[dict[str, Any]]) -> None:
@@ -119,7 +121,7 @@ class DashboardData(JSONResource):
             log.failure("the dashboard's top episodes failed", failure)
 
         def send(_: Any) -> None:
-            if not request.finished and not request._disconnected:
+            if not request.finished and not watch.ended:
                 data = render_json(request, body)
                 request.setHeader(b"content-length", b"%d" % len(data))
                 request.write(data)

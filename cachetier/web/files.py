@@ -24,7 +24,7 @@ from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, Handle, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
-from ._site import OncePerSecond, client_address, name_of
+from ._site import EndWatch, OncePerSecond, client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
 from .headers import downstream_cache_control
@@ -341,15 +341,18 @@ class FilesResource(JSONResource):
         started = fill.when_started()
         # A listener waits for a download slot at most queue_timeout; once
         # the download runs, the origin's own deadlines bound the wait.
-        deadline = self.clock.callLater(self.queue_timeout, self._still_queued, fill, request)
+        watch = EndWatch(request)
+        deadline = self.clock.callLater(
+            self.queue_timeout, self._still_queued, fill, request, watch
+        )
         started.addBoth(_cancelling, deadline)
         request.notifyFinish().addErrback(lambda _: started.cancel())
         started.addCallbacks(self._follow, self._start_failed, (request,), None, (request,))
-        started.addErrback(self._broken, request)
+        started.addErrback(self._broken, request, watch)
         return server.NOT_DONE_YET
 
-    def _still_queued(self, fill: Fill, request: Any) -> None:
-        if fill.state != "queued" or request.finished or request._disconnected:
+    def _still_queued(self, fill: Fill, request: Any, watch: EndWatch) -> None:
+        if fill.state != "queued" or request.finished or watch.ended:
             return
         error = Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
         _answer(request, self._failed(request, error))
@@ -381,13 +384,13 @@ class FilesResource(JSONResource):
             body = self._failed(request, Overloaded("the download ended; ask again"))
         _answer(request, body)
 
-    def _broken(self, failure: Failure, request: Any) -> None:
+    def _broken(self, failure: Failure, request: Any, watch: EndWatch) -> None:
         """
         A bug while answering a miss: logged, and the listener's connection
         dropped rather than left hanging.
         """
         log.failure("answering {name} failed", failure, name=request.cache_name)
-        if not request.finished and not request._disconnected:
+        if not request.finished and not watch.ended:
             request.transport.abortConnection()
 
     def _start_failed(self, failure: Failure, request: Any) -> None:
