@@ -44,8 +44,8 @@ from .store import CacheStore
 from .sync import Syncer
 from .tls import ReloadableCertificate, is_tls, tls_endpoint
 from .web import CacheSite, build_root
-from .web._site import AccessLogFile
 from .web._twisted import QuietPool
+from .web.access import AccessLine, AccessLogFile
 
 T = TypeVar("T")
 
@@ -598,7 +598,7 @@ def assemble(settings: Settings, reactor: Any, site: CacheSite | None = None) ->
         site.access_log = None
     elif settings.access_log:
         access_file = AccessLogFile(settings.access_log)
-        site.access_log = Logger(namespace="cachetier.access", observer=access_file)
+        site.access_log = AccessLine(access_file.write, reactor.seconds)
     return Assembly(store, syncer, site, pool, access_file, reloadables, analytics)
 
 

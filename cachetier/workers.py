@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from .metrics import Metrics
     from .store import GENERATION_FILE, CacheStore, Generation
-    from .web._site import AccessLogFile, CacheSite
+    from .web._site import CacheSite
+    from .web.access import AccessLine, AccessLogFile
     from .web.proxy import PrimaryProxy, primary_agent
     from .web.worker import Reporter, WorkerFiles, build_worker_root
 
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.access_log:
         # The primary's file: every line is appended whole.
         access_file = AccessLogFile(args.access_log)
-        access = Logger(namespace="cachetier.access", observer=access_file)
+        access = AccessLine(access_file.write, reactor.seconds)
         site = CacheSite(build_worker_root(files), metrics, access_log=access, **limits)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
         LoopingCall(access_file.flush).start(1.0, now=False)

@@ -18,7 +18,7 @@ from ..origin import OriginError
 from ..sync import FileStatus, Overloaded, Syncer
 from ._admin import refuse
 from ._json import JSONResource, render_error, render_json
-from ._site import client_address, download_url, name_of
+from .addresses import client_address, download_url, name_of
 
 log = Logger()
 

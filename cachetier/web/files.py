@@ -24,7 +24,9 @@ from ..origin import NotFoundAtOrigin, OriginError
 from ..store import CacheStore, Handle, StoredObject
 from ..sync import Fill, Overloaded, Syncer
 from ._json import JSONResource, render_error
-from ._site import EndWatch, OncePerSecond, client_address, name_of
+from ._site import EndWatch
+from .access import OncePerSecond
+from .addresses import client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
 from .headers import downstream_cache_control

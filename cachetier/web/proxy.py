@@ -20,7 +20,8 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ._json import render_error
-from ._site import RELAYED_FOR, RELAYED_LENGTH, client_address
+from ._site import RELAYED_LENGTH
+from .addresses import RELAYED_FOR, client_address
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset(

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from ..metrics import Metrics
 from ..names import InvalidName
 from ..store import CacheStore, Generation, StoredObject
-from ._site import name_of
+from .addresses import name_of
 from .bodies import SmallBodies
 from .files import serve_stored
 from .proxy import PrimaryProxy
