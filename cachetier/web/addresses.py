@@ -6,6 +6,7 @@ listeners are given.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from twisted.web.iweb import IRequest
@@ -18,6 +19,10 @@ from ..names import name_from_path, quote_name
 RELAYED_FOR = b"x-cachetier-relayed-for"
 
 Trusted = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+# A hit's name is validated once per path, not once a request: the names
+# listeners ask for most stay in it (at most a few MiB of paths).
+_name_from_path = functools.lru_cache(maxsize=1024)(name_from_path)
 
 
 def client_address(request: IRequest) -> str:
@@ -66,7 +71,7 @@ def name_of(request: IRequest) -> str:
     @raise cachetier.names.InvalidName: when the path is not a valid name.
     """
     segments = request.path.split(b"/")
-    return name_from_path(b"/".join(segments[1 + len(request.prepath) :]))
+    return _name_from_path(b"/".join(segments[1 + len(request.prepath) :]))
 
 
 def public_base(request: IRequest, configured: str | None) -> str:
