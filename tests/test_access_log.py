@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogPublisher, formatTime, textFileLogObserver
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -179,11 +180,21 @@ class TwistdLogTests(SynchronousTestCase):
 
     when = 1_700_000_000.25
 
-    def written(self, *others: Any) -> str:
-        path = os.path.abspath(self.mktemp())
-        log_file = LogFile.fromFullPath(path, rotateLength=None)
-        publisher = LogPublisher(textFileLogObserver(log_file), *others)
-        request = SimpleNamespace(
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.log_file = LogFile.fromFullPath(self.path, rotateLength=None)
+        self.addCleanup(self.log_file.close)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(self.when)
+
+    def log(self, *others: Any) -> TwistdAccessLog:
+        publisher = LogPublisher(textFileLogObserver(self.log_file), *others)
+        access_log = TwistdAccessLog(self.reactor, publisher)
+        access_log(self.request())
+        return access_log
+
+    def request(self) -> SimpleNamespace:
+        return SimpleNamespace(
             client_address="192.0.2.1",
             method=b"GET",
             uri=b"/files/a.mp3",
@@ -198,14 +209,19 @@ class TwistdLogTests(SynchronousTestCase):
             duration=0.0123,
             aborted=False,
         )
-        TwistdAccessLog(lambda: self.when, publisher)(request)
-        log_file.close()
-        with open(path, encoding="utf-8") as f:
+
+    def written(self) -> str:
+        self.log_file.flush()
+        with open(self.path, encoding="utf-8") as f:
             return f.read()
 
     def test_the_finished_line_is_the_text_twistd_writes_for_the_event(self) -> None:
         events: list[dict[str, Any]] = []
-        finished, event = self.written(), self.written(events.append)
+        self.log(events.append)
+        event = self.written()
+        self.log()
+        self.reactor.advance(0)
+        finished = self.written()[len(event) :]
         stamp, _, text = finished.partition(" ")
         self.assertEqual(stamp, formatTime(self.when))
         self.assertEqual(text, event.partition(" ")[2])
@@ -219,3 +235,13 @@ class TwistdLogTests(SynchronousTestCase):
         self.assertEqual(
             (fields["status"], fields["bytes"], fields["range"]), (206, 100, "bytes=0-99")
         )
+
+    def test_the_lines_of_a_turn_go_out_when_it_ends_and_at_shutdown(self) -> None:
+        access_log = self.log()
+        self.assertEqual(self.written(), "")
+        self.reactor.advance(0)
+        self.assertEqual(len(self.written().splitlines()), 1)
+        access_log(self.request())
+        [(flush, _, _)] = self.reactor.triggers["after"]["shutdown"]
+        flush()
+        self.assertEqual(len(self.written().splitlines()), 2)

@@ -6,10 +6,9 @@ per-request bookkeeping, and the observers of each finished request
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -45,7 +44,6 @@ MAX_ADMIN_BODY = 1 << 20
 _READ_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
 
 AccessObserver = Callable[["CacheRequest"], None]
-_TWISTD_LOG = TwistdAccessLog()
 
 
 class CacheRequest(server.Request):
@@ -74,6 +72,7 @@ class CacheRequest(server.Request):
         super().__init__(*args, **kwargs)
         self.received = time.monotonic()
         self._body_bytes = 0
+        self._client_address: str | None = None
 
     def connectionLost(self, reason: Any) -> None:
         # Twisted logs only finished requests; one the client abandoned (a
@@ -119,13 +118,15 @@ class CacheRequest(server.Request):
         self.sent = sent
         self.duration = time.monotonic() - self.received
 
-    @functools.cached_property
+    @property
     def client_address(self) -> str:
         """
         The address the request came from (see
-        L{addresses.client_address}).
+        L{addresses.client_address}), found once.
         """
-        return addresses.client_address(self)
+        if self._client_address is None:
+            self._client_address = addresses.client_address(self)
+        return self._client_address
 
     @property
     def user_agent(self) -> str:
@@ -290,9 +291,9 @@ class CacheSite(server.Site):
     metrics, the download analytics (L{analytics}, when kept) and the
     access line (L{access_log}).
 
-    @param access_log: the access line observer: by default into twistd's
-        log (L{TwistdAccessLog}); L{AccessLine} for a file of its own;
-        L{None} for none.
+    @param access_log: the access line observer: C{"twistd"} (the default)
+        for twistd's log (L{TwistdAccessLog}); L{AccessLine} for a file of
+        its own; L{None} for none.
     @param max_connections: connections past this many are closed as soon
         as they are accepted (L{None}: no cap).
     @param trusted_proxies: networks whose X-Forwarded-For is believed.
@@ -305,7 +306,7 @@ class CacheSite(server.Site):
         self,
         resource: object,
         metrics: Metrics,
-        access_log: AccessObserver | None = _TWISTD_LOG,
+        access_log: AccessObserver | Literal["twistd"] | None = "twistd",
         *,
         idle_timeout: float | None = 60.0,
         send_timeout: float | None = 60.0,
@@ -319,7 +320,9 @@ class CacheSite(server.Site):
         self.analytics: Analytics | None = None
         self.metrics = metrics
         self.count = RequestMetrics(metrics)
-        self.access_log = access_log
+        self.access_log = (
+            TwistdAccessLog(self.reactor) if isinstance(access_log, str) else access_log
+        )
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.max_connections = max_connections

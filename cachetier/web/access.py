@@ -125,34 +125,57 @@ class TwistdAccessLog:
     to it finished instead: the very text twistd's observer would write
     for the event, its prefix formatted once a second.  Formatting an
     event per request (a timestamp with its time zone, the format string)
-    costs a third of a small hit; a line costs what a file of its own
-    costs.  Whether the file is there and writes that text is looked at
-    again each second.
+    costs a third of a small hit.  The lines of one turn of the reactor
+    go out in one write when the turn ends (and at shutdown), so the
+    default costs what a file of its own costs; an event logged later in
+    the same turn may come before them.  Whether the file is there and
+    writes that text is looked at again each second.
+
+    @param reactor: its C{seconds} stamps the lines; its C{callLater}
+        ends a turn's batch.
     """
 
-    def __init__(
-        self, clock: Callable[[], float] = time.time, publisher: LogPublisher = globalLogPublisher
-    ) -> None:
-        self._clock = clock
+    def __init__(self, reactor: Any, publisher: LogPublisher = globalLogPublisher) -> None:
+        self._reactor = reactor
         self._publisher = publisher
         self._log = Logger(namespace=NAMESPACE, observer=publisher)
         self._second = -1
         self._timestamp = ""
         self._file: BaseLogFile | None = None
         self._prefix = ""
+        self._lines: list[str] = []
+        self._flushing_at_shutdown = False
 
     def __call__(self, request: CacheRequest) -> None:
-        second = int(self._clock())
+        second = int(self._reactor.seconds())
         if second != self._second:
-            self._second = second
-            self._timestamp = access_time(second)
-            self._file, self._prefix = twistd_log_file(self._publisher, second)
+            self._next_second(second)
         fields = access_fields(request)
         line = format_access(self._timestamp, fields)
         if self._file is None:
             self._log.info("{line}", line=line, **fields)
-        else:
-            self._file.write(self._prefix + line.replace("\n", "\n\t") + "\n")
+            return
+        if not self._lines:
+            self._reactor.callLater(0, self.flush)
+        self._lines.append(self._prefix + line.replace("\n", "\n\t") + "\n")
+
+    def _next_second(self, second: int) -> None:
+        self.flush()
+        self._second = second
+        self._timestamp = access_time(second)
+        self._file, self._prefix = twistd_log_file(self._publisher, second)
+        if self._file is not None and not self._flushing_at_shutdown:
+            self._flushing_at_shutdown = True
+            self._reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+
+    def flush(self) -> None:
+        """
+        Write the lines held to twistd's log file, in one write.
+        """
+        if self._lines and self._file is not None:
+            data = "".join(self._lines)
+            self._lines.clear()
+            self._file.write(data)
 
 
 def twistd_log_file(publisher: LogPublisher, second: int) -> tuple[BaseLogFile | None, str]:
