@@ -229,8 +229,8 @@ class CacheChannel(http.HTTPChannel):
                 if method in _READ_METHODS:
                     self.refuse_body(413, "body_not_allowed", "this URL takes no request body")
                 else:
-                    method = method.decode("latin-1")
-                    self.refuse_body(405, "method_not_allowed", f"{method} is not allowed here")
+                    named = method.decode("latin-1")
+                    self.refuse_body(405, "method_not_allowed", f"{named} is not allowed here")
                 return
             if declared > MAX_ADMIN_BODY:
                 self.refuse_body(413, "too_large", "request bodies are capped at 1 MiB")
