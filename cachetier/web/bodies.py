@@ -36,6 +36,7 @@ from zope.interface import implementer
 from ..objects import StoredObject
 from ..store import Handle
 from ..sync import Fill
+from ._twisted import unsent_bytes
 from .headers import downstream_cache_control
 
 log = Logger()
@@ -161,18 +162,6 @@ def can_sendfile(request: Any) -> bool:
     must encrypt in user space).
     """
     return isinstance(getattr(request, "transport", None), tcp.Connection)
-
-
-def unsent_bytes(transport: Any) -> int:
-    """
-    What a TCP transport still holds in its own write buffer (Twisted's
-    C{FileDescriptor} internals), not yet handed to the kernel; 0 for any
-    other transport.
-    """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        return 0
 
 
 class SendfileProducer(BodyProducer):
