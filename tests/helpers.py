@@ -221,9 +221,14 @@ def _single_range(request: server.Request, f: OriginFile) -> tuple[int, int] | N
     if header is None:
         return None
     if_range = request.getHeader(b"if-range")
-    if if_range is not None and not f.ignore_if_range and if_range not in (
-        (f.etag or "").encode(),
-        http.datetimeToString(f.last_modified),
+    if (
+        if_range is not None
+        and not f.ignore_if_range
+        and if_range
+        not in (
+            (f.etag or "").encode(),
+            http.datetimeToString(f.last_modified),
+        )
     ):
         return None
     unit, _, spec = header.decode("latin-1").partition("=")

@@ -341,7 +341,9 @@ class SparseFill:
             self.origin.abandon(response)
             raise OriginError(Reason.changed, "the object changed at the origin")
         if self._ranges:
-            log.info("the origin ignores Range for {name}: filling it in order", name=self.fill.name)
+            log.info(
+                "the origin ignores Range for {name}: filling it in order", name=self.fill.name
+            )
         self._ranges = False
         others = [t for t in self._transfers if t is not transfer and not t.stopped]
         in_order = [t for t in others if t.skip or t.start == 0]
