@@ -252,12 +252,12 @@ class CacheStore:
         """
         return self._layout.commit(name, fd, temp_path, size, headers, lifetime)
 
-    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
+    def renewed(self, obj: StoredObject, headers: ObjectHeaders, lifetime: float) -> StoredObject:
         """
         Durably record that the origin confirmed C{obj} (see
         L{Layout.renewed}); blocking, and invisible until L{install}ed.
         """
-        return self._layout.renewed(obj, lifetime, age)
+        return self._layout.renewed(obj, headers, lifetime)
 
     def write_meta(self, obj: StoredObject) -> None:
         """

@@ -296,14 +296,20 @@ class Layout:
         self._replace_json(meta_path, obj.to_json())
         self._fsync_dir(os.path.dirname(meta_path))
 
-    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
+    def renewed(self, obj: StoredObject, headers: ObjectHeaders, lifetime: float) -> StoredObject:
         """
-        Durably record that the origin confirmed C{obj} (a 304): fresh for
-        C{lifetime} more seconds, C{age} seconds old already, body untouched.  Blocking, like
-        L{commit}; install the result.
+        Durably record that the origin confirmed C{obj} with a 304 carrying
+        C{headers}: its stored headers updated by them, fresh for
+        C{lifetime} more seconds, as old as the 304 was, body untouched.
+        Blocking, like L{commit}; install the result.
         """
         now = self._now()
-        new = evolve(obj, fetched_at=now, expires_at=now + lifetime, initial_age=age)
+        new = evolve(
+            obj.updated_by(headers),
+            fetched_at=now,
+            expires_at=now + lifetime,
+            initial_age=headers.initial_age,
+        )
         self.write_meta(new)
         return new
 

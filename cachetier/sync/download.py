@@ -361,7 +361,7 @@ class Download:
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, self._lifetime(response.headers), response.headers.initial_age
+            store.renewed, old, response.headers, self._lifetime(response.headers)
         )
         current = store.get(fill.name)
         if current == old:
