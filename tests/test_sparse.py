@@ -193,6 +193,25 @@ class VersionCheckTests(SparseTestCase):
         self.assertEqual(await self.cached_body("video.mp4"), new)
 
 
+class PurgeDuringFillTests(SparseTestCase):
+    async def test_asked_again_after_a_purge_the_new_fill_is_whole(self) -> None:
+        size = 32 * MiB
+        data = body_of(size, "purged")
+        self.origin.put("video.mp4", data, ranges=True)
+        self.origin.rate = 16 * MiB
+        old = self.cache.syncer.start("video.mp4")
+        await old.when_started()
+        await deferLater(reactor, 0.3, lambda: None)  # some of it on disk
+        self.assertTrue(self.cache.syncer.purge("video.mp4"))
+        code, _, body = await self.get("video.mp4")
+        self.assertEqual((code, len(body)), (200, size))
+        self.assertEqual(body, data)
+        self.assertEqual(await self.cached_body("video.mp4"), data)
+        response = await self.client.get(self.url + "healthz")
+        self.assertEqual(response.code, 200, await content(response))
+        self.assertEqual(os.listdir(os.path.join(self.cache.store.root, "tmp")), [])
+
+
 class ParallelBudgetTests(SparseTestCase):
     settings = {"fill_connections": 4, "max_concurrent_syncs": 2}
 
@@ -252,7 +271,7 @@ class ResumeTests(TestCase):
             for name in os.listdir(os.path.join(self.cache_dir, "tmp"))
             if not name.endswith(".tmp")
         )
-        self.assertEqual([name.split(".", 1)[1] for name in leftovers], ["partial", "partial.json"])
+        self.assertEqual([name.split(".", 2)[2] for name in leftovers], ["partial", "partial.json"])
         with open(os.path.join(self.cache_dir, "tmp", leftovers[1])) as f:
             self.recorded = sum(end - start for start, end in json.load(f)["intervals"])
 

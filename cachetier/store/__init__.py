@@ -208,12 +208,12 @@ class CacheStore:
         """
         return self._layout.partial(name)
 
-    def open_partial(self, name: str, fresh: bool) -> tuple[int, str]:
+    def open_partial(self, name: str, validator: str, fresh: bool) -> tuple[int, str]:
         """
-        Open the body of an out-of-order fill of C{name}: the leftover one,
-        or (C{fresh}) a new empty one in its place.
+        Open the body of an out-of-order fill of C{name}'s version
+        C{validator}: the leftover one, or (C{fresh}) a new empty one.
         """
-        return self._layout.open_partial(name, fresh)
+        return self._layout.open_partial(name, validator, fresh)
 
     def save_partial(self, fd: int, partial: Partial) -> None:
         """
@@ -222,12 +222,12 @@ class CacheStore:
         """
         self._layout.save_partial(fd, partial)
 
-    def discard_partial(self, name: str, body: bool = True) -> None:
+    def discard_partial(self, partial: Partial, body: bool = True) -> None:
         """
         Forget an out-of-order fill's leftover: its record, and (C{body}) its
         body.
         """
-        self._layout.discard_partial(name, body)
+        self._layout.discard_partial(partial, body)
 
     # --- publishing ------------------------------------------------------
 
@@ -252,12 +252,12 @@ class CacheStore:
         """
         return self._layout.commit(name, fd, temp_path, size, headers, lifetime)
 
-    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
+    def renewed(self, obj: StoredObject, headers: ObjectHeaders, lifetime: float) -> StoredObject:
         """
         Durably record that the origin confirmed C{obj} (see
         L{Layout.renewed}); blocking, and invisible until L{install}ed.
         """
-        return self._layout.renewed(obj, lifetime, age)
+        return self._layout.renewed(obj, headers, lifetime)
 
     def write_meta(self, obj: StoredObject) -> None:
         """

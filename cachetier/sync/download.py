@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import errno
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,6 +28,7 @@ from .fill import Fill
 from .sparse import SLICE, SparseFill
 
 RunInThread = Callable[..., "Deferred[Any]"]
+T = TypeVar("T")
 
 log = Logger()
 
@@ -104,7 +105,8 @@ class Download:
             sparse = resume is not None or self._sparse(response)
             try:
                 if sparse:
-                    fd, temp_path = store.open_partial(name, fresh=resume is None)
+                    assert response.validator is not None
+                    fd, temp_path = store.open_partial(name, response.validator, resume is None)
                 else:
                     fd, temp_path = store.new_temp()
             except OSError:
@@ -144,7 +146,7 @@ class Download:
             if response.headers.no_store:
                 fill.publish = False
             fill.begin(response, handle, store.write)
-            await self._origin.stream(response, write)
+            await self._interruptible(self._origin.stream(response, write))
             return await self._publish(response, handle, temp_path)
         finally:
             if temp_path is not None and not self._committed:
@@ -161,14 +163,14 @@ class Download:
         if fill.revalidating is None and self._clock is not None:
             partial = store.partial(fill.name)
         if partial is None:
-            return await self._origin.get(fill.name, fill.revalidating), None
+            return await self._interruptible(self._origin.get(fill.name, fill.revalidating)), None
         on_disk = Coverage(list(partial.intervals))
         gaps = on_disk.gaps(partial.length)
         first, end = gaps[0] if gaps else (0, partial.length)
         response: OriginResponse | None
         try:
-            response = await self._origin.get(
-                fill.name, byte_range=(first, end - 1, partial.validator)
+            response = await self._interruptible(
+                self._origin.get(fill.name, byte_range=(first, end - 1, partial.validator))
             )
         except OriginError as e:
             if e.reason is not Reason.changed:
@@ -197,12 +199,12 @@ class Download:
             )
             return resumed, partial
         log.info("the leftover of {name} is of another version: fetching anew", name=fill.name)
-        store.discard_partial(fill.name)
+        store.discard_partial(partial)
         if response is not None and response.content_range is None:
             return response, None  # the new version, whole
         if response is not None:
             self._origin.abandon(response)
-        return await self._origin.get(fill.name), None
+        return await self._interruptible(self._origin.get(fill.name)), None
 
     async def _fetch_sparse(
         self,
@@ -233,7 +235,7 @@ class Download:
             saving.clock = self._clock
             saving.start(1.0, now=False)
             try:
-                await SparseFill(
+                sparse = SparseFill(
                     fill,
                     self._origin,
                     self._clock,
@@ -244,7 +246,8 @@ class Download:
                     borrow=self._borrow,
                     give_back=self._give_back,
                     wrote=lambda: (reservation.wrote(fill.written), saver.progressed()),
-                ).run(response, start, end)
+                )
+                await self._interruptible(sparse.run(response, start, end))
             finally:
                 saving.stop()
             return await self._publish(response, handle, temp_path)
@@ -258,7 +261,7 @@ class Download:
                 # What is on disk now, for the next try.
                 await saver.save()
             else:
-                store.discard_partial(fill.name, body=not self._committed)
+                store.discard_partial(record, body=not self._committed)
 
     def _sparse_record(
         self, response: OriginResponse, handle: Handle, resume: Partial | None
@@ -319,6 +322,19 @@ class Download:
             return None
         return stored
 
+    async def _interruptible(self, wait: Awaitable[T]) -> T:
+        """
+        Await the queue or the origin in a way a purge may stop at once
+        (L{Fill.interrupt}); nothing else of a download is ever cut short.
+        """
+        d = Deferred.fromCoroutine(wait) if isinstance(wait, Coroutine) else wait
+        assert isinstance(d, Deferred)
+        self.fill.interrupt = d.cancel
+        try:
+            return await d
+        finally:
+            self.fill.interrupt = None
+
     def _sparse(self, response: OriginResponse) -> bool:
         """
         Whether to fill out of order with Range requests: the origin takes
@@ -345,7 +361,7 @@ class Download:
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, self._lifetime(response.headers), response.headers.initial_age
+            store.renewed, old, response.headers, self._lifetime(response.headers)
         )
         current = store.get(fill.name)
         if current == old:
