@@ -57,8 +57,10 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachetier.origin import OriginError, OriginResponse
-from cachetier.store import META_BYTES, CacheStore, Handle, ObjectHeaders, StoredObject
+from cachetier.errors import OriginError, Reason
+from cachetier.objects import ObjectHeaders, StoredObject
+from cachetier.origin import OriginResponse
+from cachetier.store import META_BYTES, CacheStore, Handle
 from cachetier.sync import Syncer
 from cachetier.sync.fill import Fill
 from cachetier.sync.sparse import SLICE
@@ -232,9 +234,13 @@ class FakeOrigin:
             )
         )
 
-    def fail(self, request: _Request, reason: str) -> None:
+    def fail(self, request: _Request, how: str) -> None:
         self.requests.remove(request)
-        request.deferred.errback(OriginError(reason, f"the fake origin: {reason}"))
+        if how.startswith("http_"):
+            error = OriginError(Reason.http_status, f"the fake origin: {how}", int(how[5:]))
+        else:
+            error = OriginError(Reason(how), f"the fake origin: {how}")
+        request.deferred.errback(error)
 
     def deliver(self, body: _Body, chunks: int) -> None:
         """
@@ -248,7 +254,7 @@ class FakeOrigin:
             try:
                 body.write(data)
             except OSError as e:
-                self.break_off(body, OriginError("write_error", str(e)))
+                self.break_off(body, OriginError(Reason.write_error, str(e)))
                 return
             if body.state == "streaming" and body.sent == len(body.data):
                 body.state = "done"
@@ -537,7 +543,7 @@ class FillMachine(RuleBasedStateMachine):
         elif how == "go":
             self.origin.deliver(chosen, chunks)
         else:
-            self.origin.break_off(chosen, OriginError("truncated", "the connection broke"))
+            self.origin.break_off(chosen, OriginError(Reason.truncated, "the connection broke"))
 
     @precondition(lambda self: "replace" in self.actions)
     @rule(obj=st.integers(0, 2))
@@ -611,7 +617,7 @@ class FillMachine(RuleBasedStateMachine):
         assert not self.origin.misuse, self.origin.misuse[0]
         assert not self.logged, f"logged an error: {self.logged[0]}"
         for fill in self.fills:
-            reason = getattr(fill.error, "reason", None)
+            reason = getattr(fill.error, "label", None)
             assert fill.state != "failed" or reason in EXPLAINED, (
                 f"the fill of {fill.name} failed with no fault of the origin: "
                 f"{reason}: {fill.error}"

@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import errno
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from attrs import evolve
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -322,13 +322,12 @@ class Download:
             return None
         return stored
 
-    async def _interruptible(self, wait: Awaitable[T]) -> T:
+    async def _interruptible(self, wait: Deferred[T] | Coroutine[Any, Any, T]) -> T:
         """
         Await the queue or the origin in a way a purge may stop at once
         (L{Fill.interrupt}); nothing else of a download is ever cut short.
         """
-        d = Deferred.fromCoroutine(wait) if isinstance(wait, Coroutine) else wait
-        assert isinstance(d, Deferred)
+        d = ensureDeferred(wait)
         self.fill.interrupt = d.cancel
         try:
             return await d

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -292,7 +292,7 @@ class SparseFill:
         end = min(start + size, self.fill.coverage.next_covered(start, self.length), self.length)
         transfer = _Transfer(self, start, end, reader, give_back)
         self._transfers.add(transfer)
-        d = Deferred.fromCoroutine(
+        d = ensureDeferred(
             self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
         )
         self._follow(transfer, d.addCallback(self._answered, transfer))
