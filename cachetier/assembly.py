@@ -73,8 +73,9 @@ class Assembly:
 
     def flush(self) -> None:
         """
-        Buffered access lines and analytics events out.  A failure is
-        logged, and the next flush tries again.
+        Buffered access lines and analytics events out, and (in the
+        primary) sparse fills' leftovers nobody resumed in a day removed.
+        A failure is logged, and the next flush tries again.
         """
         for buffered in (self.access_file, self.analytics):
             if buffered is not None:
@@ -82,6 +83,11 @@ class Assembly:
                     buffered.flush()
                 except Exception:
                     log.failure("flushing {what} failed", what=type(buffered).__name__)
+        if self.syncer is not None:
+            try:
+                self.store.expire_partials()
+            except OSError:
+                log.failure("removing old leftovers failed")
 
     def stop(self) -> Deferred[Any]:
         """

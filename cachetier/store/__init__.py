@@ -21,7 +21,7 @@ from ..objects import ObjectHeaders, Partial, StoredObject
 from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
-from .layout import Layout, unlink
+from .layout import PARTIAL_MAX_AGE, Layout, unlink
 from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
@@ -77,6 +77,7 @@ class CacheStore:
             self.root,
             self._index,
             self._evict,
+            self._layout.discard_partial,
             self.handles.is_open,
             max_size,
             min_free,
@@ -95,6 +96,8 @@ class CacheStore:
         store._layout.create()
         store.generation = Generation(os.path.join(store.root, GENERATION_FILE))
         store._index.load(store._layout.recover())
+        for partial, size, at in store._layout.leftovers():
+            store._quota.keep_leftover(partial, size, at)
         log.info(
             "cache at {root}: {count} objects, {bytes} bytes",
             root=store.root,
@@ -211,9 +214,29 @@ class CacheStore:
     def open_partial(self, name: str, validator: str, fresh: bool) -> tuple[int, str]:
         """
         Open the body of an out-of-order fill of C{name}'s version
-        C{validator}: the leftover one, or (C{fresh}) a new empty one.
+        C{validator}: the leftover one, or (C{fresh}) a new empty one.  The
+        fill's reservation charges it from now on.
         """
+        self._quota.forget_leftover(name, validator)
         return self._layout.open_partial(name, validator, fresh)
+
+    def keep_partial(self, partial: Partial) -> None:
+        """
+        A sparse fill stopped and left C{partial} on disk for the next one:
+        charge its allocated bytes against the quota until it is resumed,
+        evicted, or removed after a day.
+        """
+        size = self._layout.allocated(partial)
+        if size is not None:
+            self._quota.keep_leftover(partial, size, self._now())
+
+    def expire_partials(self) -> None:
+        """
+        Remove leftovers nobody resumed within a day.
+        """
+        for partial in self._quota.leftovers_kept_before(self._now() - PARTIAL_MAX_AGE):
+            log.info("removing the leftover of {name}: a day old", name=partial.name)
+            self.discard_partial(partial)
 
     def save_partial(self, fd: int, partial: Partial) -> None:
         """
@@ -227,6 +250,7 @@ class CacheStore:
         Forget an out-of-order fill's leftover: its record, and (C{body}) its
         body.
         """
+        self._quota.forget_leftover(partial.name, partial.validator)
         self._layout.discard_partial(partial, body)
 
     # --- publishing ------------------------------------------------------

@@ -135,6 +135,37 @@ class Layout:
                 self.discard_partial(partial)
         return found
 
+    def leftovers(self) -> list[tuple[Partial, int, float]]:
+        """
+        Every resumable leftover in tmp/ (after L{recover}): its record,
+        its allocated bytes and when it was last recorded.
+        """
+        found = []
+        for entry in os.scandir(self._tmp):
+            if not entry.name.endswith(".partial.json"):
+                continue
+            try:
+                with open(entry.path, "rb") as f:
+                    partial = Partial.from_json(json.load(f))
+                at = entry.stat().st_mtime
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # the next fill of its name drops it
+            size = self.allocated(partial)
+            if size is not None:
+                found.append((partial, size, at))
+        return found
+
+    def allocated(self, partial: Partial) -> int | None:
+        """
+        The bytes a leftover's body takes on disk (it is sparse), or
+        L{None} if it is gone.
+        """
+        try:
+            st = os.stat(self._partial_path(partial.name, partial.validator))
+        except FileNotFoundError:
+            return None
+        return st.st_blocks * 512
+
     def open_partial(self, name: str, validator: str, fresh: bool) -> tuple[int, str]:
         """
         Open the body of a sparse fill of C{name}'s version C{validator}:

@@ -260,6 +260,7 @@ class Download:
             if keep:
                 # What is on disk now, for the next try.
                 await saver.save()
+                store.keep_partial(record)
             else:
                 store.discard_partial(record, body=not self._committed)
 
