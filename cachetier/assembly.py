@@ -25,7 +25,7 @@ from .limits import site_limits
 from .metrics import Metrics
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
 from .origin.auth import CredentialSource, HeaderFile, S3Signer
-from .store import GENERATION_FILE, CacheStore, Generation
+from .store import GENERATION_FILE, CacheStore, Generation, unlink
 from .sync import Syncer
 from .web import CacheSite, build_root
 from .web._twisted import QuietPool
@@ -164,6 +164,9 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         min_free=settings.min_free,
         on_evict=lambda obj: metrics.evictions.inc(),
         now=reactor.seconds,
+        discard=lambda path: run_in_thread(unlink, path).addErrback(
+            lambda f: log.failure("removing {path} failed", f, path=path)
+        ),
     )
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs

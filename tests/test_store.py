@@ -204,3 +204,33 @@ class LeftoverExpiryTests(SynchronousTestCase):
         now[0] += 2 * 3600
         store.expire_partials()
         self.assertEqual(os.listdir(tmp), [])
+
+
+class RetiredBodyTests(SynchronousTestCase):
+    """
+    Unlinking a multi-gigabyte body can take seconds: the store only moves
+    it aside (a rename) and hands the unlink to its C{discard}, which the
+    service runs in a thread.
+    """
+
+    def test_replaced_evicted_and_purged_bodies_are_unlinked_by_discard(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        discarded: list[str] = []
+        store = CacheStore.open(root, max_size=1 << 20, discard=discarded.append)
+        old = publish(store, "a.mp3", b"old")
+        publish(store, "a.mp3", b"new")  # replaced
+        publish(store, "b.mp3", b"b" * 600_000)
+        self.assertIsNotNone(store.reserve(500_000))  # evicts a, then b
+        publish(store, "c.mp3", b"c")
+        store.remove("c.mp3", durable=True)  # purged
+        self.assertEqual(len(discarded), 4)
+        for path in discarded:
+            self.assertEqual(os.path.dirname(path), os.path.join(root, "tmp"))
+            self.assertTrue(os.path.exists(path), "left to discard to unlink")
+        self.assertFalse(os.path.exists(old))
+        self.assertEqual(store.names(), [])
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(CacheStore.open(root).root, "tmp"))),
+            [],
+            "a restart removes what was retired but not yet unlinked",
+        )

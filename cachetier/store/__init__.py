@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..objects import ObjectHeaders, Partial, StoredObject
@@ -52,6 +53,8 @@ class CacheStore:
     @param now: the clock for fetch and expiry times (thread-safe: L{commit}
         reads it from a thread).
     @param open_file: L{os.open}, or a stand-in that fails on demand (tests).
+    @param discard: unlinks a retired body; the service runs it in a
+        thread (a multi-gigabyte unlink can take seconds).
     @param fsync: L{os.fsync}, or a stand-in that fails on demand (tests).
     @param free_bytes: the file system's free bytes, or a stand-in (tests);
         by default what C{statvfs} says of C{root}.
@@ -67,8 +70,10 @@ class CacheStore:
         open_file: Callable[..., int] = os.open,
         fsync: Callable[[int], None] = os.fsync,
         free_bytes: Callable[[], int] | None = None,
+        discard: Callable[[str], object] = unlink,
     ) -> None:
         self._now = now
+        self._discard = discard
         self._layout = Layout(root, now, open_file, fsync)
         self.root = self._layout.root
         self._index = Index()
@@ -300,7 +305,28 @@ class CacheStore:
         Delete the files of C{obj}, a version the index does not hold.
         Blocking.
         """
-        self._layout.delete(obj)
+        self._discard_retired(obj, self._layout.delete(obj))
+
+    def _discard_retired(self, obj: StoredObject, path: str | None) -> None:
+        """
+        Have a retired body unlinked.  Until it is, the space it will free
+        counts as free (unless a reader holds it open, when it frees
+        nothing yet), so that eviction for --min-free stops in time.
+        """
+        if path is None:
+            return
+        freed = 0 if self.handles.is_open(obj) else obj.size
+        self._quota.discarding += freed
+
+        def unlinked(result: object) -> object:
+            self._quota.discarding -= freed
+            return result
+
+        done = self._discard(path)
+        if isinstance(done, Deferred):
+            done.addBoth(unlinked)
+        else:
+            unlinked(None)
 
     def install(self, obj: StoredObject, used_at: float | None = None) -> None:
         """
@@ -312,7 +338,7 @@ class CacheStore:
         """
         old = self._index.put(obj, used_at, self._now())
         if old is not None and old.path != obj.path:
-            unlink(old.path)
+            self._discard_retired(old, self._layout.retire(old.path))
             self._retired()
 
     def remove(self, name: str, durable: bool = False) -> StoredObject | None:
@@ -321,13 +347,15 @@ class CacheStore:
         finish reading it.
 
         @param durable: whether the deletion must survive a power cut before
-            this returns (see L{Layout.delete}); every process stops serving
-            the object even when that fails.
+            this returns (see L{Layout.sync_deletion}); every process stops
+            serving the object even when that fails.
         """
         obj = self._index.pop(name)
         if obj is not None:
             try:
-                self._layout.delete(obj, durable)
+                self._discard_retired(obj, self._layout.delete(obj))
+                if durable:
+                    self._layout.sync_deletion(obj)
             finally:
                 self._retired()
         return obj

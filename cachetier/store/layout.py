@@ -344,19 +344,37 @@ class Layout:
         self.write_meta(new)
         return new
 
-    def delete(self, obj: StoredObject, durable: bool = False) -> None:
+    def delete(self, obj: StoredObject) -> str | None:
         """
-        Delete C{obj}'s metadata and body.  Readers with the body open
-        finish reading it.
+        Delete C{obj}'s metadata and retire its body (see L{retire}), whose
+        new path this returns.  Readers with the body open finish reading
+        it.
+        """
+        unlink(self._meta_path(obj.name))
+        return self.retire(obj.path)
 
-        @param durable: fsync the directory, so the deletion survives a
-            power cut once this returns (a purge; an eviction need not).
+    def sync_deletion(self, obj: StoredObject) -> None:
         """
-        meta_path = self._meta_path(obj.name)
-        unlink(meta_path)
-        unlink(obj.path)
-        if durable:
-            self._fsync_dir(os.path.dirname(meta_path))
+        fsync the directory C{obj} was deleted from, so the deletion
+        survives a power cut once this returns (a purge; an eviction need
+        not).
+        """
+        self._fsync_dir(os.path.dirname(self._meta_path(obj.name)))
+
+    def retire(self, path: str) -> str | None:
+        """
+        Move a body out of the objects (a rename: at once, however big it
+        is) into tmp/, where L{recover} removes it after a crash; the slow
+        unlink of a big file is left to the caller, off the reactor thread.
+
+        @return: where it went, or L{None} if it was gone.
+        """
+        retired = os.path.join(self._tmp, secrets.token_hex(16) + ".gone")
+        try:
+            os.rename(path, retired)
+        except FileNotFoundError:
+            return None
+        return retired
 
     def read(self, name: str) -> StoredObject | None:
         """

@@ -71,6 +71,8 @@ class Quota:
         self.reserved = 0
         # Of the reserved bytes, those already written to temp files.
         self.written = 0
+        # Bytes of retired bodies whose unlink (in a thread) is under way.
+        self.discarding = 0
 
     def free_bytes(self) -> int:
         if self._free_bytes is not None:
@@ -178,7 +180,7 @@ class Quota:
         if self.min_free <= 0:
             return False
         promised = self.reserved - self.written + size
-        return self.free_bytes() - promised < self.min_free
+        return self.free_bytes() + self.discarding - promised < self.min_free
 
 
 class Reservation:
