@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import feedparser
+from attrs import define, field
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -194,6 +195,89 @@ class Display:
             self.progress.stop()
 
 
+@define
+class Warming:
+    """
+    One warm in progress: the names not yet asked for, the syncs followed,
+    and each finished name's final state and size.
+    """
+
+    server: Server
+    display: Display
+    pending: deque[str]
+    flying: dict[str, str] = field(factory=dict)
+    results: dict[str, dict[str, Any]] = field(factory=dict)
+    sizes: dict[str, int] = field(factory=dict)
+
+    def ask(self, jobs: int) -> None:
+        """
+        Ask the server to warm pending names while fewer than C{jobs} are in
+        flight, until it says it is busy.
+        """
+        while self.pending and len(self.flying) < jobs:
+            name = self.pending.popleft()
+            code, body = self.server.warm(name)
+            if code == 503:
+                self.pending.appendleft(name)  # the server is busy: try again soon
+                break
+            if code != 200:
+                note = body.get("message", f"HTTP {code}")
+                self.results[name] = {"state": "error", "note": note}
+                self.display.event(name, "failed")
+                continue
+            state = body["files"][0]["state"]
+            if state in DONE | FAILED:
+                self.finished(name, state, self.server.status(name))
+            else:
+                self.flying[name] = state
+                self.display.event(name, state)
+
+    def follow(self) -> dict[str, dict[str, Any]]:
+        """
+        Update the syncs in flight from the server and finish those that
+        ended; returns the downloads under way by name.
+        """
+        syncs, queued = self.server.syncs()
+        for name in list(self.flying):
+            if name in queued:
+                continue
+            sync = syncs.get(name)
+            if sync is not None:
+                if sync.get("size"):
+                    self.sizes[name] = sync["size"]
+                self.display.update(name, sync["bytes_synced"], sync.get("size"))
+                continue
+            status = self.server.status(name)
+            if status["state"] == "syncing":
+                continue
+            del self.flying[name]
+            self.sizes[name] = status.get("size") or self.sizes.get(name, 0)
+            self.display.finish(name, status.get("size"))
+            self.finished(name, status["state"], status)
+        return syncs
+
+    def finished(self, name: str, state: str, status: dict[str, Any]) -> None:
+        """
+        Record C{name}'s final C{state} with the size and error of its
+        C{status}, and show it.
+        """
+        self.results[name] = {
+            "state": state,
+            "size": status.get("size"),
+            "note": status.get("error") or "",
+        }
+        self.display.event(name, "cached" if state in DONE else "failed")
+
+    def show_totals(self, syncs: dict[str, dict[str, Any]]) -> None:
+        """
+        Show the bytes cached and under way against the sizes known so far.
+        """
+        total = sum(self.sizes.values())
+        done = sum(self.sizes.get(n, 0) for n, r in self.results.items() if r["state"] == "cached")
+        done += sum(syncs[n]["bytes_synced"] for n in self.flying if n in syncs)
+        self.display.totals(done, total)
+
+
 def warm(
     server: Server, names: list[str], jobs: int, display: Display, poll: float
 ) -> dict[str, Any]:
@@ -201,66 +285,16 @@ def warm(
     Have the server cache C{names}, C{jobs} at a time; returns each name's
     final state and size.
     """
-    pending = deque(names)
-    flying: dict[str, str] = {}
-    results: dict[str, dict[str, Any]] = {}
-    sizes: dict[str, int] = {}
-    while pending or flying:
-        while pending and len(flying) < jobs:
-            name = pending.popleft()
-            code, body = server.warm(name)
-            if code == 503:
-                pending.appendleft(name)  # the server is busy: try again soon
-                break
-            if code != 200:
-                results[name] = {"state": "error", "note": body.get("message", f"HTTP {code}")}
-                display.event(name, "failed")
-                continue
-            state = body["files"][0]["state"]
-            if state in DONE | FAILED:
-                status = server.status(name)
-                results[name] = {
-                    "state": state,
-                    "size": status.get("size"),
-                    "note": status.get("error") or "",
-                }
-                display.event(name, "cached" if state in DONE else "failed")
-            else:
-                flying[name] = state
-                display.event(name, state)
-        if not flying:
-            if pending:
+    run = Warming(server, display, deque(names))
+    while run.pending or run.flying:
+        run.ask(jobs)
+        if not run.flying:
+            if run.pending:
                 time.sleep(poll)
             continue
         time.sleep(poll)
-        syncs, queued = server.syncs()
-        for name in list(flying):
-            if name in queued:
-                continue
-            sync = syncs.get(name)
-            if sync is not None:
-                if sync.get("size"):
-                    sizes[name] = sync["size"]
-                display.update(name, sync["bytes_synced"], sync.get("size"))
-                continue
-            status = server.status(name)
-            if status["state"] == "syncing":
-                continue
-            del flying[name]
-            sizes[name] = status.get("size") or sizes.get(name, 0)
-            display.finish(name, status.get("size"))
-            state = "cached" if status["state"] == "cached" else status["state"]
-            results[name] = {
-                "state": state,
-                "size": status.get("size"),
-                "note": status.get("error") or "",
-            }
-            display.event(name, "cached" if state == "cached" else "failed")
-        total = sum(sizes.values())
-        done = sum(sizes.get(n, 0) for n, r in results.items() if r["state"] == "cached")
-        done += sum(syncs[n]["bytes_synced"] for n in flying if n in syncs)
-        display.totals(done, total)
-    return results
+        run.show_totals(run.follow())
+    return run.results
 
 
 def summary(console: Console, results: dict[str, Any], skipped: list[tuple[str, str]]) -> None:

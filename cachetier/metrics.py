@@ -36,7 +36,17 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._register_requests(self.registry)
+        self._register_origin(self.registry)
+        self._register_responses(self.registry)
+        self._register_cache(self.registry)
+        self._register_disk(self.registry)
+        _register_build_and_process(self.registry)
+
+    def _register_requests(self, r: CollectorRegistry) -> None:
+        """
+        Requests by outcome and the bytes served to listeners.
+        """
         self.requests = Counter(
             "cachetier_requests",
             "File requests by cache outcome (hit, miss, stale, not_found, error...).",
@@ -49,6 +59,12 @@ class Metrics:
         self.bytes_served = Counter(
             "cachetier_served_bytes", "Body bytes sent to listeners.", registry=r
         )
+
+    def _register_origin(self, r: CollectorRegistry) -> None:
+        """
+        What the syncs ask of the origin: requests, bytes, failures, refusals
+        and revalidations.
+        """
         self.origin_requests = Counter(
             "cachetier_origin_requests", "GET requests sent to the origin.", registry=r
         )
@@ -71,6 +87,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def _register_responses(self, r: CollectorRegistry) -> None:
+        """
+        How responses end: connections refused, responses timed out or cut
+        short, and how long they take.
+        """
         self.connections_refused = Counter(
             "cachetier_connections_refused",
             "Connections closed on accept: the connection cap was reached.",
@@ -101,6 +123,12 @@ class Metrics:
             buckets=_FIRST_BYTE_BUCKETS,
             registry=r,
         )
+
+    def _register_cache(self, r: CollectorRegistry) -> None:
+        """
+        The cache's contents and the work on them: evictions, purges, the
+        origin breaker and the syncs in flight or queued.
+        """
         self.evictions = Counter("cachetier_evictions", "Objects evicted to make room.", registry=r)
         self.purges = Counter("cachetier_purges", "Names purged by the admin API.", registry=r)
         self.breaker_open = Gauge(
@@ -120,6 +148,11 @@ class Metrics:
         self.cached_bytes = Gauge(
             "cachetier_cached_bytes", "Bytes of complete objects in the cache.", registry=r
         )
+
+    def _register_disk(self, r: CollectorRegistry) -> None:
+        """
+        The cache's file system: free space, the quota and the reservations.
+        """
         self.disk_free = Gauge(
             "cachetier_disk_free_bytes",
             "Bytes free on the cache's file system (for unprivileged users).",
@@ -135,15 +168,6 @@ class Metrics:
             "Bytes set aside for downloads in progress.",
             registry=r,
         )
-        Info("cachetier_build", "The running version.", registry=r).info(
-            {
-                "version": __version__,
-                "twisted": twisted.__version__,
-                "python": platform.python_version(),
-            }
-        )
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
 
     @property
     def counters(self) -> dict[str, Counter]:
@@ -199,3 +223,18 @@ class Metrics:
         self.syncs_in_flight.set_function(in_flight)
         self.syncs_queued.set_function(queued)
         self.breaker_open.set_function(breaker_open)
+
+
+def _register_build_and_process(r: CollectorRegistry) -> None:
+    """
+    The running version, and the process and platform collectors.
+    """
+    Info("cachetier_build", "The running version.", registry=r).info(
+        {
+            "version": __version__,
+            "twisted": twisted.__version__,
+            "python": platform.python_version(),
+        }
+    )
+    ProcessCollector(registry=r)
+    PlatformCollector(registry=r)
