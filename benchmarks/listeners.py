@@ -4,6 +4,12 @@ in the same run::
 
     python -m benchmarks.listeners                      # 10,000 for 15 s
     python -m benchmarks.listeners --listeners 2000 --seconds 5
+    python -m benchmarks.listeners --burst              # all at once, default listen
+
+With C{--burst} every connection is opened at once (as a push
+notification brings listeners) and both servers listen with their
+default backlog (cachetier's is the kernel's C{somaxconn}, nginx's 511);
+without it, 1,000 arrive every 0.2 s and both listen with C{backlog=4096}.
 
 Each listener GETs a cached 50 MiB file and reads it at 16 KiB/s, as a
 player streaming a 128 kbit/s episode does.  cachetier starts under
@@ -57,7 +63,7 @@ http {{
   default_type application/octet-stream;
   client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp;
   fastcgi_temp_path {root}/tmp; uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
-  server {{ listen 127.0.0.1:{port} backlog=4096; root {www}; }}
+  server {{ listen 127.0.0.1:{port}{backlog}; root {www}; }}
 }}
 """
 
@@ -94,31 +100,32 @@ async def listener(port: int, seconds: float, results: Counter[str]) -> None:
         writer.close()
 
 
-async def listeners(port: int, count: int, seconds: float) -> Counter[str]:
+async def listeners(port: int, count: int, seconds: float, burst: bool) -> Counter[str]:
     """
-    C{count} listeners, started 1,000 every 0.2 s, each for C{seconds}.
+    C{count} listeners, started all at once (C{burst}) or 1,000 every
+    0.2 s, each for C{seconds}.
     """
     results: Counter[str] = Counter()
     tasks = []
     for n in range(count):
         tasks.append(asyncio.ensure_future(listener(port, seconds, results)))
-        if n % 1000 == 999:
+        if n % 1000 == 999 and not burst:
             await asyncio.sleep(0.2)
     await asyncio.gather(*tasks)
     return results
 
 
-def run_load(port: int, count: int, seconds: float) -> Counter[str]:
+def run_load(port: int, count: int, seconds: float, burst: bool) -> Counter[str]:
     """
     The listeners in a process of their own on the load core (this one,
     pinned there), with as many descriptors as the machine allows.
     """
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return asyncio.run(listeners(port, count, seconds))
+    return asyncio.run(listeners(port, count, seconds, burst))
 
 
-def measure(pid: int, port: int, count: int, seconds: float) -> dict[str, Any]:
+def measure(pid: int, port: int, count: int, seconds: float, burst: bool) -> dict[str, Any]:
     before, _ = tree_memory(pid)
     peak = [before]
     done = threading.Event()
@@ -130,7 +137,7 @@ def measure(pid: int, port: int, count: int, seconds: float) -> dict[str, Any]:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        results = run_load(port, count, seconds)
+        results = run_load(port, count, seconds, burst)
     finally:
         done.set()
         sampler.join()
@@ -154,7 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listeners", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--burst", action="store_true", help="open every connection at once")
     args = parser.parse_args()
+    backlog = "" if args.burst else ":backlog=4096"
     ensure_tools()
     os.sched_setaffinity(0, {LOAD_CPU})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -169,6 +178,7 @@ def main() -> None:
         print(
             f"{args.listeners} listeners at {RATE // 1024} KiB/s for {args.seconds:g}s,"
             f" a cached {SIZE // MiB} MiB file; open-files hard limit {hard}"
+            + ("; all at once, default backlogs" if args.burst else "")
         )
         origin_port, port = _procs.free_port(), _procs.free_port()
         origin_body = f"access_log off; server {{ listen 127.0.0.1:{origin_port}; root {www}; }}"
@@ -182,12 +192,12 @@ def main() -> None:
                 "cachetier",
                 f"--origin=http://127.0.0.1:{origin_port}/",
                 f"--cache-dir={os.path.join(root, 'cache')}",
-                f"--listen=tcp:{port}:interface=127.0.0.1:backlog=4096",
+                f"--listen=tcp:{port}:interface=127.0.0.1{backlog}",
             ]
             with _procs.process(args_ct, port, log_path + ".out", SERVER_CPU) as proc:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/files/ep.mp3").read()
                 time.sleep(1)  # the publish
-                m = measure(proc.pid, port, args.listeners, args.seconds)
+                m = measure(proc.pid, port, args.listeners, args.seconds, args.burst)
                 with open(log_path, encoding="utf-8", errors="replace") as f:
                     limit_lines = [line.strip() for line in f if "open-files limit" in line]
             report("cachetier (prlimit 1024:hard)", m, args.listeners)
@@ -203,13 +213,14 @@ def main() -> None:
                     hard=hard,
                     root=root,
                     port=nginx_port,
+                    backlog=backlog.replace(":", " "),
                     www=os.path.dirname(www),
                 )
             )
         nginx_args = ["nginx", "-c", conf, "-p", root]
         out = os.path.join(root, "nginx-static.out")
         with _procs.process(nginx_args, nginx_port, out, SERVER_CPU) as proc:
-            m = measure(proc.pid, nginx_port, args.listeners, args.seconds)
+            m = measure(proc.pid, nginx_port, args.listeners, args.seconds, args.burst)
         report(f"nginx (worker_rlimit_nofile {hard})", m, args.listeners)
     finally:
         shutil.rmtree(root, ignore_errors=True)
