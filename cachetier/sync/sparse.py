@@ -149,7 +149,7 @@ class _Transfer:
         if self.closed:
             return
         self.closed = True
-        self.sparse._transfers.discard(self)
+        self.sparse.transfers.discard(self)
         give_back, self._give_back = self._give_back, None
         if give_back is not None:
             give_back()
@@ -190,7 +190,8 @@ class SparseFill:
         self._borrow = borrow
         self._give_back = give_back
         self._wrote = wrote
-        self._transfers: set[_Transfer] = set()
+        # The transfers under way; each leaves in its close().
+        self.transfers: set[_Transfer] = set()
         self._ranges = True
         self._error: Exception | None = None
         self.done: Deferred[None] = Deferred(lambda _: self._cancel())
@@ -208,7 +209,7 @@ class SparseFill:
         self.fill.on_need = self.need
         end = self.length if end is None else end
         transfer = _Transfer(self, start, end, reader=False)
-        self._transfers.add(transfer)
+        self.transfers.add(transfer)
         self._follow(transfer, self.origin.stream(first, transfer.write))
         self._schedule()
         return self.done
@@ -222,9 +223,9 @@ class SparseFill:
         """
         if self._error is not None or self.fill.coverage.until(position) > position:
             return
-        if any(t.ahead_of(position) for t in self._transfers if not t.stopped):
+        if any(t.ahead_of(position) for t in self.transfers if not t.stopped):
             return
-        readers = sum(1 for t in self._transfers if t.reader and not t.stopped)
+        readers = sum(1 for t in self.transfers if t.reader and not t.stopped)
         if self._ranges and readers < READER_TRANSFERS:
             self._fetch(position, SLICE, reader=True)
 
@@ -236,11 +237,11 @@ class SparseFill:
         """
         if self._error is not None:
             return
-        if not self._transfers and self.fill.coverage.complete(self.length):
+        if not self.transfers and self.fill.coverage.complete(self.length):
             self._finished()
             return
         if not self._ranges:
-            if not any(not t.stopped for t in self._transfers):
+            if not any(not t.stopped for t in self.transfers):
                 self._fail(
                     OriginError(Reason.truncated, "the origin stopped sending and takes no ranges")
                 )
@@ -251,7 +252,7 @@ class SparseFill:
             if end < self.length:
                 self.need(end)
         while True:
-            working = [t for t in self._transfers if not t.reader and not t.stopped]
+            working = [t for t in self.transfers if not t.reader and not t.stopped]
             if len(working) >= max(1, self.connections):
                 return
             region = self._next_region(split=bool(working))
@@ -265,7 +266,7 @@ class SparseFill:
             self._fetch(start, end - start, False, self._give_back if own_slot_busy else None)
 
     def _next_region(self, split: bool) -> tuple[int, int] | None:
-        active = [t for t in self._transfers if not t.stopped]
+        active = [t for t in self.transfers if not t.stopped]
         best: tuple[int, int] | None = None
         for piece in self.fill.coverage.gaps(self.length):
             pieces = [piece]
@@ -291,7 +292,7 @@ class SparseFill:
     ) -> _Transfer:
         end = min(start + size, self.fill.coverage.next_covered(start, self.length), self.length)
         transfer = _Transfer(self, start, end, reader, give_back)
-        self._transfers.add(transfer)
+        self.transfers.add(transfer)
         d = ensureDeferred(
             self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
         )
@@ -345,7 +346,7 @@ class SparseFill:
                 "the origin ignores Range for {name}: filling it in order", name=self.fill.name
             )
         self._ranges = False
-        others = [t for t in self._transfers if t is not transfer and not t.stopped]
+        others = [t for t in self.transfers if t is not transfer and not t.stopped]
         in_order = [t for t in others if t.skip or t.start == 0]
         if in_order:
             # The transfer from byte 0 is still coming: it alone goes on,
@@ -368,7 +369,7 @@ class SparseFill:
             return
         self._error = error
         self.fill.on_need = None
-        for transfer in list(self._transfers):
+        for transfer in list(self.transfers):
             transfer.stop()
         if not self.done.called:
             self.done.errback(error)
@@ -376,5 +377,5 @@ class SparseFill:
     def _cancel(self) -> None:
         self._error = OriginError(Reason.cancelled, "the download was cancelled")
         self.fill.on_need = None
-        for transfer in list(self._transfers):
+        for transfer in list(self.transfers):
             transfer.stop()
