@@ -86,6 +86,8 @@ class _Transfer:
         self.sparse = sparse
         self.borrowed = give_back is not None
         self._give_back = give_back
+        # Asked with a Range request (not the fill's first answer).
+        self.ranged = False
         self.closed = False
         self.start = self.position = start
         # Where the origin's answer ends, and where this transfer stops
@@ -292,6 +294,7 @@ class SparseFill:
     ) -> _Transfer:
         end = min(start + size, self.fill.coverage.next_covered(start, self.length), self.length)
         transfer = _Transfer(self, start, end, reader, give_back)
+        transfer.ranged = True
         self.transfers.add(transfer)
         d = ensureDeferred(
             self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
@@ -313,10 +316,57 @@ class SparseFill:
         stopped = transfer.stopped and (
             not isinstance(result, Failure) or result.check(CancelledError, OriginError)
         )
-        if isinstance(result, Failure) and not stopped:
+        if isinstance(result, Failure) and not stopped and not self._refused(result, transfer):
             self._fail(result.value)  # nothing more once the fill has failed
         else:
             self._schedule()
+
+    def _refused(self, failure: Failure, transfer: _Transfer) -> bool:
+        """
+        Whether a Range request answered with an error status can be done
+        without: ranges are given up and the transfer from byte 0, if it is
+        still coming, goes on to the end.
+        """
+        error = failure.value
+        if not (transfer.ranged and isinstance(error, OriginError)):
+            return False
+        if error.reason is not Reason.http_status or self._error is not None:
+            return False
+        if self._ranges:
+            log.warn(
+                "the origin refuses Range requests for {name} ({status}): filling it in order",
+                name=self.fill.name,
+                status=error.status,
+            )
+        if not self._in_order_only():
+            self._fetch_whole()
+        return True
+
+    def _fetch_whole(self) -> None:
+        """
+        Ranges are refused and no transfer from byte 0 is left: ask for the
+        whole object again, writing only what is missing (the bytes on
+        disk come twice: the price of an origin that offers ranges and
+        refuses them).
+        """
+        transfer = _Transfer(self, 0, self.length, reader=False)
+        transfer.skip = True
+        self.transfers.add(transfer)
+        d = ensureDeferred(self.origin.get(self.fill.name))
+        self._follow(transfer, d.addCallback(self._answered, transfer))
+
+    def _in_order_only(self) -> bool:
+        """
+        No more Range requests: the transfer from byte 0, if one is still
+        coming, alone goes on, to the end, past what others wrote.
+
+        @return: whether there is one.
+        """
+        self._ranges = False
+        in_order = [t for t in self.transfers if not t.stopped and (t.skip or t.start == 0)]
+        if in_order:
+            in_order[0].end, in_order[0].skip = self.length, True
+        return bool(in_order)
 
     def _answered(self, response: OriginResponse, transfer: _Transfer) -> Deferred[None] | None:
         """
@@ -341,19 +391,17 @@ class SparseFill:
         if response.validator != self.validator or response.length != self.length:
             self.origin.abandon(response)
             raise OriginError(Reason.changed, "the object changed at the origin")
+        if not transfer.ranged:
+            return self.origin.stream(response, transfer.write)  # asked whole (_fetch_whole)
         if self._ranges:
             log.info(
                 "the origin ignores Range for {name}: filling it in order", name=self.fill.name
             )
-        self._ranges = False
-        others = [t for t in self.transfers if t is not transfer and not t.stopped]
-        in_order = [t for t in others if t.skip or t.start == 0]
-        if in_order:
-            # The transfer from byte 0 is still coming: it alone goes on,
-            # to the end, past what others wrote.
-            in_order[0].end, in_order[0].skip = self.length, True
+        self.transfers.discard(transfer)
+        if self._in_order_only():
             self.origin.abandon(response)
             return None
+        self.transfers.add(transfer)
         transfer.start = transfer.position = 0
         transfer.end = self.length
         transfer.skip = True
