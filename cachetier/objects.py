@@ -49,9 +49,10 @@ class StoredObject:
 
     def updated_by(self, headers: ObjectHeaders) -> StoredObject:
         """
-        This object as a 304 carrying C{headers} updates it (RFC 9111
-        section 4.3.4): each header the 304 carries replaces the stored one
-        of that name, the others stay; the body is untouched.
+        This object as a 304 for its version, carrying C{headers}, updates
+        it (RFC 9111 section 4.3.4): each header the 304 carries replaces
+        the stored one of that name, the others stay; the body is
+        untouched.
         """
         sent = {name for name, _ in headers.extra}
         changes: dict[str, Any] = {
@@ -59,10 +60,8 @@ class StoredObject:
         }
         if headers.cache_control is not None:
             changes["cache_control"] = headers.cache_control
-        if headers.etag is not None and self.origin_etag is not None:
-            changes["etag"] = changes["origin_etag"] = headers.etag
-        if headers.last_modified is not None and self.origin_last_modified is not None:
-            changes["last_modified"] = changes["origin_last_modified"] = headers.last_modified
+        # The validators stay: a 304 is used only when it names this
+        # version (Download._confirms).
         return evolve(self, **changes)
 
     @property

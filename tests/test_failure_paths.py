@@ -21,6 +21,7 @@ from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
+from cachetier.errors import OriginError, Reason
 from cachetier.objects import ObjectHeaders
 from cachetier.origin import Origin, OriginResponse
 from cachetier.store import GENERATION_FILE, CacheStore, Handle
@@ -121,6 +122,57 @@ class SyncFailureTests(SynchronousTestCase):
         self.assertIsNone(self.store.get("a.mp3"))
         self.assertEqual(self.store.reserved, 0)
         self.assertEqual(files_under(self.store.root), [])
+
+    def hold(self) -> tuple[Any, Any]:
+        """
+        A run_in_thread that holds each call until C{release}.
+        """
+        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def hold(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((d, f, args))
+            return d
+
+        def release() -> int:
+            count = len(held)
+            while held:
+                d, f, args = held.pop(0)
+                d.callback(f(*args))
+                self.treq.flush()
+            return count
+
+        return hold, release
+
+    def test_a_purge_during_a_publish_is_durable(self) -> None:
+        hold, release = self.hold()
+        syncer = self.make(run_in_thread=hold)
+        self.origin.put("a.mp3", body_of(10_000))
+        done = self.sync(syncer, "a.mp3")
+        self.assertEqual(syncer.fill_for("a.mp3").state, "publishing")
+        self.assertTrue(syncer.purge("a.mp3"))
+        self.faults.synced_dirs.clear()
+        release()  # the commit: rename, metadata, directory fsync
+        self.successResultOf(done)
+        self.assertIsNone(self.store.get("a.mp3"))
+        self.assertEqual(files_under(self.store.root), [])
+        last = dict(self.faults.synced_dirs)
+        bucket = [path for path in last if "/objects/" in path]
+        self.assertEqual([last[path] for path in bucket], [[]], "last fsynced with its files")
+
+    def test_a_purge_while_a_sparse_fill_records_its_start_stops_it(self) -> None:
+        hold, release = self.hold()
+        syncer = self.make(run_in_thread=hold)
+        self.origin.put("v.mp4", body_of(9 << 20), ranges=True)
+        old = syncer.start("v.mp4")
+        self.treq.flush()  # the first answer; its first record is being saved
+        self.assertTrue(syncer.purge("v.mp4"))
+        written = old.written
+        while release():
+            pass
+        failure = self.failureResultOf(old.when_done(), OriginError)
+        self.assertIs(failure.value.reason, Reason.cancelled)
+        self.assertLess(old.written - written, 1 << 20, "the purged fill went on downloading")
 
     def test_a_304_after_a_purge_writes_no_metadata(self) -> None:
         held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []

@@ -100,6 +100,29 @@ class RevalidationTests(FreshnessTestCase):
             headers.getRawHeaders(b"content-disposition"), [b'attachment; filename="a.mp3"']
         )
 
+    def test_a_304_naming_another_version_renews_nothing(self) -> None:
+        data = body_of(10_000, "A")
+        self.cached("a.mp3", data)
+        etag = self.cache.store.get("a.mp3").etag
+        plain = self.origin.render_GET
+
+        def answer(request: Any) -> bytes | int:
+            # An origin that checks only the date, and names version B.
+            if request.getHeader(b"if-none-match") is not None:
+                self.origin.counts["a.mp3"] += 1
+                request.setResponseCode(304)
+                request.setHeader(b"etag", b'"version-B"')
+                return b""
+            return plain(request)
+
+        self.origin.render_GET = answer  # type: ignore[method-assign]
+        self.wait(0.35)
+        self.get("a.mp3")
+        self.revalidation_done("a.mp3")
+        self.assertEqual(self.origin.counts["a.mp3"], 3, "the 304, then the whole object")
+        _, headers, body = self.get("a.mp3")
+        self.assertEqual((body, headers.getRawHeaders(b"etag")), (data, [etag.encode()]))
+
     def test_changed_file_is_served_in_its_new_version_after_its_ttl(self) -> None:
         old, new = body_of(100_000, "old"), body_of(120_000, "new")
         self.cached("a.mp3", old)

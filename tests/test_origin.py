@@ -306,3 +306,24 @@ class ProbeTests(SynchronousTestCase):
         self.assertFalse(breaker.allow(), "a second probe while the first is out")
         breaker.settle(probe)
         self.assertTrue(breaker.allow())
+
+    def test_a_request_cancelled_beside_the_probe_does_not_end_it(self) -> None:
+        clock = Clock()
+        origin = TestOrigin()
+        origin.hang.update({"slow.mp3", "probe.mp3"})
+        origin.status["bad.mp3"] = 503
+        treq = StubTreq(origin)
+        breaker = Breaker(clock, threshold=1, cooloff=5)
+        client = Origin("http://origin.test/", treq, clock, 30, breaker=breaker)
+        early = Deferred.fromCoroutine(client.get("slow.mp3"))  # let through, hangs
+        treq.flush()
+        self.failureResultOf(Deferred.fromCoroutine(client.get("bad.mp3")), OriginError)
+        clock.advance(6)
+        probe = Deferred.fromCoroutine(client.get("probe.mp3"))
+        treq.flush()
+        self.assertIsNotNone(breaker.probe)
+        early.cancel()  # a purge of slow.mp3, say
+        self.failureResultOf(early)
+        self.assertIsNotNone(breaker.probe, "the probe was ended by another request")
+        self.assertNoResult(probe)
+        origin.release_hanging()

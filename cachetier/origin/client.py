@@ -281,7 +281,7 @@ class _Send:
             return await d
         except Exception as e:
             if _cancelled(e):
-                self._breaker.abandoned()
+                # No verdict; if this was the probe, Origin settles it.
                 raise CancelledError() from None
             self._breaker.failed()
             if isinstance(e, OriginError):

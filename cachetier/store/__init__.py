@@ -300,12 +300,17 @@ class CacheStore:
         """
         return self._layout.read(name)
 
-    def delete(self, obj: StoredObject) -> None:
+    def delete(self, obj: StoredObject, durable: bool = False) -> None:
         """
-        Delete the files of C{obj}, a version the index does not hold.
-        Blocking.
+        Delete the files of C{obj}, a version the index does not hold, and
+        (C{durable}) make that survive a power cut.  Blocking: run it in a
+        thread.
         """
-        self._discard_retired(obj, self._layout.delete(obj))
+        retired = self._layout.delete(obj)
+        if retired is not None:
+            unlink(retired)
+        if durable:
+            self._layout.sync_deletion(obj)
 
     def _discard_retired(self, obj: StoredObject, path: str | None) -> None:
         """

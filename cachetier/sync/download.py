@@ -25,6 +25,7 @@ from ..origin import Origin, OriginResponse
 from ..store import CacheStore, Handle, Reservation
 from .coverage import Coverage
 from .fill import Fill
+from .progress import Saver
 from .sparse import SLICE, SparseFill
 
 RunInThread = Callable[..., "Deferred[Any]"]
@@ -82,7 +83,10 @@ class Download:
         self._metrics.origin_requests.inc()
         response, resume = await self._first_answer()
         if response.not_modified:
-            return await self._renew(response)
+            if self._confirms(response):
+                return await self._renew(response)
+            log.info("a 304 for {name} names another version: fetching it whole", name=name)
+            response = await self._interruptible(self._origin.get(name))
         length, limit = response.length, self._limit
         if limit is not None and length is not None and length > limit:
             self._origin.abandon(response)
@@ -228,9 +232,11 @@ class Download:
             fill.coverage = Coverage(list(resume.intervals))
         fill.begin(response, handle, store.write)
         record, start, end = self._sparse_record(response, handle, resume)
-        saver = _Saver(self._run_in_thread, store.save_partial, handle.fd, record, fill)
+        saver = Saver(self._run_in_thread, store.save_partial, handle.fd, record, fill)
         try:
             await saver.save()
+            if fill.purged:
+                raise CancelledError()  # while the first record was saved
             saving = LoopingCall(saver.start)
             saving.clock = self._clock
             saving.start(1.0, now=False)
@@ -318,8 +324,9 @@ class Download:
         self._committed = True
         store.install(stored, None if fill.revalidating else fill.used_at)
         if not fill.publish:
-            # Purged while its files were being committed.
-            store.remove(name)
+            # Purged while its files were being committed: as durably as the
+            # purge that was answered.
+            store.remove(name, durable=True)
             return None
         return stored
 
@@ -330,6 +337,8 @@ class Download:
         """
         d = ensureDeferred(wait)
         self.fill.interrupt = d.cancel
+        if self.fill.purged:
+            d.cancel()  # purged while the fill was busy with its disk
         try:
             return await d
         finally:
@@ -348,6 +357,21 @@ class Download:
             and response.length is not None
             and response.length > 2 * SLICE
         )
+
+    def _confirms(self, response: OriginResponse) -> bool:
+        """
+        Whether a 304 is for the version being revalidated (RFC 9111
+        section 4.3.4): its strong ETag, or else its Last-Modified, if it
+        sends one, is the stored one.
+        """
+        old, headers = self.fill.revalidating, response.headers
+        assert old is not None
+        etag = headers.etag
+        if etag is not None and not etag.startswith("W/") and old.origin_etag is not None:
+            return etag == old.origin_etag
+        if headers.last_modified is not None and old.origin_last_modified is not None:
+            return headers.last_modified == old.origin_last_modified
+        return True
 
     async def _renew(self, response: OriginResponse) -> StoredObject | None:
         """
@@ -370,7 +394,7 @@ class Download:
         # Purged or replaced while the metadata was being written: put back
         # what is true now.
         if current is None:
-            await self._run_in_thread(store.delete, renewed)
+            await self._run_in_thread(store.delete, renewed, True)
         else:
             await self._run_in_thread(store.write_meta, current)
         return None
@@ -395,57 +419,3 @@ def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
 _NOT_RESUMABLE = frozenset(
     {Reason.changed, Reason.checksum, Reason.too_large, Reason.no_space, Reason.write_error}
 )
-
-
-class _Saver:
-    """
-    Records a sparse fill's coverage (see L{CacheStore.save_partial}), one
-    save at a time, in a thread.
-    """
-
-    def __init__(
-        self, run_in_thread: RunInThread, save: Any, fd: int, record: Partial, fill: Fill
-    ) -> None:
-        self._run_in_thread = run_in_thread
-        self._save = save
-        self._fd = fd
-        self._record = record
-        self._fill = fill
-        self._busy = False
-        self._current: Deferred[None] | None = None
-        self._saved = fill.written
-        # Progress worth a record: 1% of the object (at most 8 MiB), so a
-        # crash costs at most that much again, plus what was in flight.
-        self._every = max(256 << 10, min(8 << 20, record.length // 100))
-
-    def progressed(self) -> None:
-        if self._fill.written - self._saved >= self._every:
-            self.start()
-
-    def start(self) -> None:
-        """
-        Save now, in the background, unless a save is under way.
-        """
-        if not self._busy:
-            self._current = Deferred.fromCoroutine(self.save())
-
-    async def idle(self) -> None:
-        """
-        Wait for a save in progress, if any.
-        """
-        current, self._current = self._current, None
-        if current is not None and not current.called:
-            await current
-
-    async def save(self) -> None:
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            self._saved = self._fill.written
-            record = evolve(self._record, intervals=tuple(self._fill.coverage.intervals))
-            await self._run_in_thread(self._save, self._fd, record)
-        except OSError as e:
-            log.warn("could not record the progress of {name}: {why}", name=self._fill.name, why=e)
-        finally:
-            self._busy = False

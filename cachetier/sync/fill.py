@@ -71,6 +71,9 @@ class Fill:
         # it waits on one of them (never its disk work, which runs in
         # threads and must finish): set by the syncer and the download.
         self.interrupt: Callable[[], object] | None = None
+        # Purged: every wait on the queue or the origin from now on is
+        # interrupted at once (a purge may land during disk work).
+        self.purged = False
         self.coverage = Coverage()
         self.length: int | None = None
         self.headers: ObjectHeaders | None = None

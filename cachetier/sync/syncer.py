@@ -284,6 +284,7 @@ class Syncer:
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
+            fill.purged = True
             self._purged[name] = fill
             if fill.interrupt is not None:
                 fill.interrupt()
