@@ -28,7 +28,7 @@ from cachetier.client import (
     CacheTierClient,
 )
 
-from .helpers import body_of, listen, start_cachetier, start_origin
+from .helpers import body_of, filled, listen, start_cachetier, start_origin
 
 
 class _Node(Resource):
@@ -199,7 +199,7 @@ class DropInTests(TestCase):
             await deferToThread(legacy_page, self.url, "episode-42.mp3"),
             "https://origin.example/episode-42.mp3",
         )
-        await self.cache.syncer.fill_for("episode-42.mp3").when_done()
+        await filled(self.cache, "episode-42.mp3")
         url = await deferToThread(legacy_page, self.url, "episode-42.mp3")
         self.assertEqual(url, self.url + "files/episode-42.mp3")
 
