@@ -16,7 +16,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
 from .analytics import Analytics
@@ -28,24 +28,12 @@ from .origin.auth import CredentialSource, HeaderFile, S3Signer
 from .store import GENERATION_FILE, CacheStore, Generation
 from .sync import Syncer
 from .web import CacheSite, build_root
-from .web._site import AccessLogFile
+from .web._twisted import QuietPool
+from .web.access import AccessLine, AccessLogFile
 from .web.proxy import PrimaryProxy, primary_agent, primary_pool
 from .web.worker import Reporter, WorkerFiles, build_worker_root
 
 log = Logger()
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Not a "Starting factory" line in the log for every origin connection.
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
-    """
-    An origin connection pool that does not log each connection.
-    """
-
-    _factory = _QuietClientFactory
 
 
 @frozen
@@ -85,8 +73,9 @@ class Assembly:
 
     def flush(self) -> None:
         """
-        Buffered access lines and analytics events out.  A failure is
-        logged, and the next flush tries again.
+        Buffered access lines and analytics events out, and (in the
+        primary) sparse fills' leftovers nobody resumed in a day removed.
+        A failure is logged, and the next flush tries again.
         """
         for buffered in (self.access_file, self.analytics):
             if buffered is not None:
@@ -94,6 +83,11 @@ class Assembly:
                     buffered.flush()
                 except Exception:
                     log.failure("flushing {what} failed", what=type(buffered).__name__)
+        if self.syncer is not None:
+            try:
+                self.store.expire_partials()
+            except OSError:
+                log.failure("removing old leftovers failed")
 
     def stop(self) -> Deferred[Any]:
         """
@@ -137,7 +131,7 @@ def assemble(
     elif settings.access_log:
         # In a worker, the primary's file: every line is appended whole.
         access_file = AccessLogFile(settings.access_log)
-        site.access_log = Logger(namespace="cachetier.access", observer=access_file)
+        site.access_log = AccessLine(access_file.write, reactor.seconds)
     return Assembly(
         tree.store,
         tree.syncer,

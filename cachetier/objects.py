@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 
 @frozen
@@ -46,6 +46,24 @@ class StoredObject:
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
     initial_age: float = 0.0
+
+    def updated_by(self, headers: ObjectHeaders) -> StoredObject:
+        """
+        This object as a 304 carrying C{headers} updates it (RFC 9111
+        section 4.3.4): each header the 304 carries replaces the stored one
+        of that name, the others stay; the body is untouched.
+        """
+        sent = {name for name, _ in headers.extra}
+        changes: dict[str, Any] = {
+            "extra": tuple(pair for pair in self.extra if pair[0] not in sent) + headers.extra
+        }
+        if headers.cache_control is not None:
+            changes["cache_control"] = headers.cache_control
+        if headers.etag is not None and self.origin_etag is not None:
+            changes["etag"] = changes["origin_etag"] = headers.etag
+        if headers.last_modified is not None and self.origin_last_modified is not None:
+            changes["last_modified"] = changes["origin_last_modified"] = headers.last_modified
+        return evolve(self, **changes)
 
     @property
     def lifetime(self) -> float:

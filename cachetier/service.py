@@ -43,7 +43,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.logfile import BaseLogFile
 from twisted.web.resource import Resource
@@ -54,6 +54,7 @@ from .limits import site_limits
 from .metrics import Metrics
 from .web import CacheSite
 from .web._json import render_error
+from .web._twisted import log_observers, observer_file
 from .workers import WorkersService
 
 log = Logger()
@@ -141,8 +142,8 @@ def reopen_twistd_logs() -> int:
     @return: how many files were reopened.
     """
     reopened = 0
-    for observer in getattr(globalLogPublisher, "_observers", ()):
-        out = getattr(observer, "_outFile", None)
+    for observer in log_observers():
+        out = observer_file(observer)
         if isinstance(out, BaseLogFile):
             out.reopen()
             reopened += 1

@@ -10,13 +10,12 @@ worker serves fresh hits from disk and relays the rest to the primary, so
 each file is still downloaded exactly once, and a worker's listener on a
 miss follows the primary's download as it fills.
 
-A worker's entry point is C{python -m cachetier.workers}; it exits when
-the primary does (its stdin, a pipe from the primary, closes).
+A worker's entry point is C{python -m cachetier.worker_process}; it exits
+when the primary does (its stdin, a pipe from the primary, closes).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -27,11 +26,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
-from .config import Settings, default_backlog, from_json, parse_endpoint, to_json
+from .config import Settings, default_backlog, parse_endpoint, to_json
 
 log = Logger()
 
@@ -133,7 +132,12 @@ class WorkersService(Service):
     def _spawn(self, number: int) -> None:
         protocol = _Worker(self, number, self.reactor.seconds())
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
-        args = [sys.executable, "-m", "cachetier.workers", f"--primary={self.primary_socket}"]
+        args = [
+            sys.executable,
+            "-m",
+            "cachetier.worker_process",
+            f"--primary={self.primary_socket}",
+        ]
         self.public.stand_down(number)
         for offset, (listening, family) in enumerate(self.public.sockets_for(number)):
             fd = _FIRST_FD + offset
@@ -320,51 +324,3 @@ def tcp_address(description: str) -> tuple[int, str, int, int]:
     }
     port = int(fields.get("port", positional[0] if positional else "0"))
     return family, fields["interface"], port, int(fields["backlog"])
-
-
-class _ExitWithPrimary(Protocol):
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self.reactor.running:
-            self.reactor.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """
-    Run one worker process (spawned by L{WorkersService}) with the
-    settings the primary put in its environment.
-    """
-    parser = argparse.ArgumentParser(prog="python -m cachetier.workers")
-    parser.add_argument("--primary", required=True, help="the primary's UNIX socket")
-    parser.add_argument("--fd", action="append", default=[], help="FD:inet|inet6 to adopt")
-    parser.add_argument("--number", type=int, required=True)
-    args = parser.parse_args(argv)
-    settings = from_json(os.environ[SETTINGS])
-    sockets = []
-    for spec in args.fd:
-        fd, family = spec.split(":")
-        sockets.append((int(fd), socket.AF_INET6 if family == "inet6" else socket.AF_INET))
-
-    from twisted.internet import reactor
-    from twisted.internet.stdio import StandardIO
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
-
-    from .tap import makeWorkerService
-
-    # Events go to the primary as JSON on stdout, a record a line, as they
-    # happen; it logs them for us.
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    service = makeWorkerService(settings, args.primary, sockets, reactor)
-    service.startService()
-    # SIGTERM from the primary: stop accepting, let responses finish.
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    StandardIO(_ExitWithPrimary(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
-    log.info("worker {number} serving", number=args.number)
-    reactor.run()
-
-
-if __name__ == "__main__":
-    main()

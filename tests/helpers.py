@@ -65,6 +65,9 @@ class OriginFile:
         (honouring If-Range) with a 206.
     @ivar ignore_ranges: say C{Accept-Ranges: bytes} but answer every
         Range request with the whole file.
+    @ivar ignore_if_range: with C{ranges}, honour a Range even when its
+        If-Range names another version (such origins exist).
+    @ivar range_status: answer every Range request with this status.
     """
 
     body: bytes
@@ -78,6 +81,8 @@ class OriginFile:
     extra_headers: dict[str, str] = field(factory=dict)
     ranges: bool = False
     ignore_ranges: bool = False
+    ignore_if_range: bool = False
+    range_status: int | None = None
 
 
 def body_of(size: int, seed: str = "x") -> bytes:
@@ -175,6 +180,9 @@ class TestOrigin(Resource):
             return b""
         if f.ranges or f.ignore_ranges:
             request.setHeader(b"accept-ranges", b"bytes")
+        if f.range_status is not None and request.getHeader(b"range") is not None:
+            request.setResponseCode(f.range_status)
+            return b"origin says no to ranges"
         first, end = 0, len(f.body)
         wanted = _single_range(request, f) if f.ranges else None
         if wanted is not None:
@@ -213,9 +221,14 @@ def _single_range(request: server.Request, f: OriginFile) -> tuple[int, int] | N
     if header is None:
         return None
     if_range = request.getHeader(b"if-range")
-    if if_range is not None and if_range not in (
-        (f.etag or "").encode(),
-        http.datetimeToString(f.last_modified),
+    if (
+        if_range is not None
+        and not f.ignore_if_range
+        and if_range
+        not in (
+            (f.etag or "").encode(),
+            http.datetimeToString(f.last_modified),
+        )
     ):
         return None
     unit, _, spec = header.decode("latin-1").partition("=")

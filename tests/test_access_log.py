@@ -8,12 +8,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from types import SimpleNamespace
+from typing import Any
 
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogPublisher, formatTime, textFileLogObserver
+from twisted.python.logfile import LogFile
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+
+from cachetier.web.access import TwistdAccessLog
 
 from .helpers import CacheTestCase, body_of, read_then_hang_up
 
@@ -159,3 +168,79 @@ class NeverFitsTests(AccessLogTestCase):
         self.assertEqual(
             response.headers.getRawHeaders(b"location"), [(self.origin_url + "huge.mp4").encode()]
         )
+
+
+class TwistdLogTests(SynchronousTestCase):
+    """
+    The default access log writes the line into twistd's log finished when
+    that log is a file and its only observer, and as an event otherwise:
+    the same text either way.
+    """
+
+    when = 1_700_000_000.25
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.log_file = LogFile.fromFullPath(self.path, rotateLength=None)
+        self.addCleanup(self.log_file.close)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(self.when)
+
+    def log(self, *others: Any) -> TwistdAccessLog:
+        publisher = LogPublisher(textFileLogObserver(self.log_file), *others)
+        access_log = TwistdAccessLog(self.reactor, publisher)
+        access_log(self.request())
+        return access_log
+
+    def request(self) -> SimpleNamespace:
+        return SimpleNamespace(
+            client_address="192.0.2.1",
+            method=b"GET",
+            uri=b"/files/a.mp3",
+            clientproto=b"HTTP/1.1",
+            cache_name="a.mp3",
+            code=206,
+            startedWriting=True,
+            sent=100,
+            requestHeaders=Headers({b"range": [b"bytes=0-99"], b"referer": [b'"x"']}),
+            user_agent="Podcast/1.0",
+            outcome="hit",
+            duration=0.0123,
+            aborted=False,
+        )
+
+    def written(self) -> str:
+        self.log_file.flush()
+        with open(self.path, encoding="utf-8") as f:
+            return f.read()
+
+    def test_the_finished_line_is_the_text_twistd_writes_for_the_event(self) -> None:
+        events: list[dict[str, Any]] = []
+        self.log(events.append)
+        event = self.written()
+        self.log()
+        self.reactor.advance(0)
+        finished = self.written()[len(event) :]
+        stamp, _, text = finished.partition(" ")
+        self.assertEqual(stamp, formatTime(self.when))
+        self.assertEqual(text, event.partition(" ")[2])
+        self.assertEqual(
+            text,
+            '[cachetier.web._site#info] 192.0.2.1 - - [14/Nov/2023:22:13:20 +0000] "GET'
+            ' /files/a.mp3 HTTP/1.1" 206 100 "\\x22x\\x22" "Podcast/1.0" "bytes=0-99" hit'
+            " 12.3ms OK\n",
+        )
+        [fields] = events
+        self.assertEqual(
+            (fields["status"], fields["bytes"], fields["range"]), (206, 100, "bytes=0-99")
+        )
+
+    def test_the_lines_of_a_turn_go_out_when_it_ends_and_at_shutdown(self) -> None:
+        access_log = self.log()
+        self.assertEqual(self.written(), "")
+        self.reactor.advance(0)
+        self.assertEqual(len(self.written().splitlines()), 1)
+        access_log(self.request())
+        [(flush, _, _)] = self.reactor.triggers["after"]["shutdown"]
+        flush()
+        self.assertEqual(len(self.written().splitlines()), 2)

@@ -39,6 +39,9 @@ def disk_usage(root: str) -> int:
     return total
 
 
+MiB = 1 << 20
+
+
 class CapacityTestCase(CacheTestCase):
     def fetch(self, name: str) -> Deferred[tuple[int, bytes]]:
         """
@@ -93,6 +96,40 @@ class EvictionTests(CapacityTestCase):
             await self.settle(name)
         self.assertLessEqual(max(samples), 350_000)
         self.assertEqual(self.cache.store.reserved, 0)
+
+
+def allocated(root: str) -> int:
+    """
+    Bytes every file under C{root} takes on disk, as C{du} counts them
+    (a sparse fill's body is laid out at full length, mostly holes).
+    """
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class LeftoverTests(CapacityTestCase):
+    settings = {"max_size": 64 * MiB}
+
+    async def test_leftovers_of_stopped_fills_count_and_are_evicted(self) -> None:
+        for n in range(4):
+            self.origin.put(
+                f"cut{n}.mp4", body_of(20 * MiB, str(n)), ranges=True, die_after=12 * MiB
+            )
+            await self.cache.syncer.start(f"cut{n}.mp4").when_done().addErrback(lambda _: None)
+        leftovers = [f for f in os.listdir(os.path.join(self.cache.store.root, "tmp"))]
+        self.assertEqual(len(leftovers), 8, "four resumable leftovers and their records")
+        for n in range(2):
+            data = body_of(20 * MiB, f"whole{n}")
+            self.origin.put(f"whole{n}.mp4", data, ranges=True)
+            await self.cache.syncer.start(f"whole{n}.mp4").when_done()
+        self.assertLessEqual(allocated(self.cache.store.root), 64 * MiB)
+        self.assertEqual(sorted(self.cache.store.names()), ["whole0.mp4", "whole1.mp4"])
 
 
 class WriteFailureTests(CapacityTestCase):

@@ -81,6 +81,24 @@ class RevalidationTests(FreshnessTestCase):
         self.assertEqual(self.metric('cachetier_revalidations_total{result="not_modified"}'), 1)
         self.assertEqual(self.metric("cachetier_origin_bytes_total"), 200_000)
 
+    def test_a_304_updates_the_stored_headers(self) -> None:
+        data = body_of(10_000)
+        self.cached("a.mp3", data, extra_headers={"content-disposition": "inline"})
+        self.origin.files["a.mp3"].extra_headers = {
+            "cache-control": "public, max-age=600",
+            "content-disposition": 'attachment; filename="a.mp3"',
+        }
+        self.wait(0.35)
+        self.get("a.mp3")  # stale: revalidated, the origin says 304
+        self.revalidation_done("a.mp3")
+        self.assertEqual(self.origin.counts["a.mp3"], 2)
+        _, headers, body = self.get("a.mp3")
+        self.assertEqual(body, data)
+        self.assertEqual(headers.getRawHeaders(b"cache-control"), [b"public, max-age=600"])
+        self.assertEqual(
+            headers.getRawHeaders(b"content-disposition"), [b'attachment; filename="a.mp3"']
+        )
+
     def test_changed_file_is_served_in_its_new_version_after_its_ttl(self) -> None:
         old, new = body_of(100_000, "old"), body_of(120_000, "new")
         self.cached("a.mp3", old)

@@ -269,3 +269,40 @@ class AgentTests(SynchronousTestCase):
         failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
         self.assertEqual(failure.value.label, "http_400")
         self.assertIsNone(origin.rejected)
+
+
+class ProbeTests(SynchronousTestCase):
+    """
+    In half-open, the one request let through always ends the probe, with
+    a verdict or without one.
+    """
+
+    def test_a_probe_ending_without_a_verdict_lets_the_next_request_probe(self) -> None:
+        clock = Clock()
+        origin = TestOrigin()
+        treq = StubTreq(origin)
+        breaker = Breaker(clock, threshold=1, cooloff=10)
+        client = Origin("http://origin.test/media/", treq, clock, 30, breaker=breaker)
+        breaker.failed()
+        clock.advance(10)
+        self.assertEqual(breaker.state, "half_open")
+        # The probe meets a redirect off the origin: not the origin's fault.
+        origin.redirects["media/away.mp3"] = "http://elsewhere.test/x"
+        d = Deferred.fromCoroutine(client.get("away.mp3"))
+        treq.flush()
+        self.assertEqual(self.failureResultOf(d, OriginError).value.reason, Reason.origin_redirect)
+        origin.put("media/a.mp3", b"a")
+        d = Deferred.fromCoroutine(client.get("a.mp3"))
+        treq.flush()
+        client.abandon(self.successResultOf(d))
+        self.assertEqual(breaker.state, "closed")
+
+    def test_only_the_probes_own_request_can_end_it(self) -> None:
+        breaker = Breaker(Clock(), threshold=1, cooloff=0)
+        breaker.failed()
+        self.assertTrue(breaker.allow())
+        probe = breaker.probe
+        breaker.settle(None)  # a request let through before the breaker opened
+        self.assertFalse(breaker.allow(), "a second probe while the first is out")
+        breaker.settle(probe)
+        self.assertTrue(breaker.allow())

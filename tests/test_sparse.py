@@ -159,6 +159,59 @@ class ParallelFillTests(SparseTestCase):
         self.assertEqual(self.cache.syncer.in_flight, 0, "every borrowed slot given back")
 
 
+class SlotTests(SparseTestCase):
+    settings = {"fill_connections": 4, "max_concurrent_syncs": 4}
+
+    async def test_extra_transfers_that_fail_give_their_slots_back(self) -> None:
+        size = 32 * MiB
+        self.origin.put("video.mp4", body_of(size, "slots"), ranges=True, range_status=503)
+        self.origin.rate = 16 * MiB
+        fill = self.cache.syncer.start("video.mp4")
+        await fill.when_done().addErrback(lambda _: None)
+        await deferLater(reactor, 0.01, lambda: None)  # the fill's own slot, after it
+        self.assertEqual(self.cache.syncer.in_flight, 0, "every borrowed slot given back")
+
+
+class VersionCheckTests(SparseTestCase):
+    settings = {"fill_connections": 2}
+
+    async def test_a_206_of_another_version_is_never_written(self) -> None:
+        size = 32 * MiB
+        old, new = body_of(size, "old"), body_of(size, "new")
+        self.origin.put("video.mp4", old, ranges=True, ignore_if_range=True, etag='"old"')
+        self.origin.rate = 8 * MiB
+        fill = self.cache.syncer.start("video.mp4")
+        await fill.when_started()
+        # Replaced before the fill's Range request reaches the origin, which
+        # honours the range whatever If-Range says.
+        self.origin.put("video.mp4", new, ranges=True, ignore_if_range=True, etag='"new"')
+        failed = await fill.when_done().addCallbacks(lambda _: [], lambda f: [f.value])
+        self.assertEqual(
+            [e.reason for e in failed], [Reason.changed], "a mix of two versions was published"
+        )
+        self.origin.rate = None
+        self.assertEqual(await self.cached_body("video.mp4"), new)
+
+
+class PurgeDuringFillTests(SparseTestCase):
+    async def test_asked_again_after_a_purge_the_new_fill_is_whole(self) -> None:
+        size = 32 * MiB
+        data = body_of(size, "purged")
+        self.origin.put("video.mp4", data, ranges=True)
+        self.origin.rate = 16 * MiB
+        old = self.cache.syncer.start("video.mp4")
+        await old.when_started()
+        await deferLater(reactor, 0.3, lambda: None)  # some of it on disk
+        self.assertTrue(self.cache.syncer.purge("video.mp4"))
+        code, _, body = await self.get("video.mp4")
+        self.assertEqual((code, len(body)), (200, size))
+        self.assertEqual(body, data)
+        self.assertEqual(await self.cached_body("video.mp4"), data)
+        response = await self.client.get(self.url + "healthz")
+        self.assertEqual(response.code, 200, await content(response))
+        self.assertEqual(os.listdir(os.path.join(self.cache.store.root, "tmp")), [])
+
+
 class ParallelBudgetTests(SparseTestCase):
     settings = {"fill_connections": 4, "max_concurrent_syncs": 2}
 
@@ -218,7 +271,7 @@ class ResumeTests(TestCase):
             for name in os.listdir(os.path.join(self.cache_dir, "tmp"))
             if not name.endswith(".tmp")
         )
-        self.assertEqual([name.split(".", 1)[1] for name in leftovers], ["partial", "partial.json"])
+        self.assertEqual([name.split(".", 2)[2] for name in leftovers], ["partial", "partial.json"])
         with open(os.path.join(self.cache_dir, "tmp", leftovers[1])) as f:
             self.recorded = sum(end - start for start, end in json.load(f)["intervals"])
 

@@ -10,7 +10,7 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cachetier.objects import ObjectHeaders
+from cachetier.objects import ObjectHeaders, Partial
 from cachetier.store import CacheStore
 
 HEADERS = ObjectHeaders(content_type="audio/mpeg", etag='"abc"', last_modified=1_700_000_000.0)
@@ -183,3 +183,24 @@ class LeastRecentlyUsedTests(SynchronousTestCase):
         reservation = self.store.reserve(1)
         self.assertIsNotNone(reservation)
         self.assertEqual(self.store.names(), ["c", "a"])
+
+
+class LeftoverExpiryTests(SynchronousTestCase):
+    def test_a_leftover_nobody_resumes_is_removed_after_a_day_while_running(self) -> None:
+        now = [1_800_000_000.0]
+        store = CacheStore.open(os.path.abspath(self.mktemp()), now=lambda: now[0])
+        partial = Partial("ep.mp3", 1 << 20, '"v1"', ObjectHeaders("audio/mpeg"), None)
+        fd, _ = store.open_partial("ep.mp3", '"v1"', fresh=True)
+        os.ftruncate(fd, 1 << 20)
+        os.pwrite(fd, b"x" * 65536, 0)
+        store.save_partial(fd, partial)
+        os.close(fd)
+        store.keep_partial(partial)
+        tmp = os.path.join(store.root, "tmp")
+        self.assertEqual(len(os.listdir(tmp)), 2)
+        now[0] += 23 * 3600
+        store.expire_partials()
+        self.assertIsNotNone(store.partial("ep.mp3"), "younger than a day: kept")
+        now[0] += 2 * 3600
+        store.expire_partials()
+        self.assertEqual(os.listdir(tmp), [])

@@ -20,7 +20,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
@@ -324,8 +323,8 @@ class InternalTrafficTests(TestCase):
     async def test_a_workers_reports_are_neither_logged_nor_counted(self) -> None:
         origin, origin_url = start_origin(self)
         cache, _ = start_cachetier(self, origin_url)
-        paths: list[str] = []
-        cache.site.access_log = Logger(observer=lambda event: paths.append(event["path"]))
+        paths: list[bytes] = []
+        cache.site.access_log = lambda request: paths.append(request.path)
         socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
         port = reactor.listenUNIX(socket_path, cache.site)
         self.addCleanup(port.stopListening)

@@ -36,6 +36,8 @@ class Breaker:
         self._open = False
         self._opened_at = 0.0
         self._probing = False
+        # Numbers the probes, so that only the probe's own request can end it.
+        self._probes = 0
 
     @property
     def state(self) -> str:
@@ -58,8 +60,27 @@ class Breaker:
             return True
         if state == "half_open" and not self._probing:
             self._probing = True
+            self._probes += 1
             return True
         return False
+
+    @property
+    def probe(self) -> int | None:
+        """
+        The number of the probe in flight, if one is.
+        """
+        return self._probes if self._probing else None
+
+    def settle(self, probe: int | None) -> None:
+        """
+        A request that L{allow} let through is over, whatever happened to
+        it: if it was the probe C{probe} and it ended with no verdict (an
+        error that is not the origin's: credentials, a redirect off the
+        origin, a cancellation), the probe is abandoned, so the next
+        request may probe instead of the origin being shut out for good.
+        """
+        if probe is not None and self.probe == probe:
+            self.abandoned()
 
     def succeeded(self) -> None:
         self.failures = 0

@@ -146,6 +146,18 @@ class Origin:
             raise OriginError(
                 Reason.breaker_open, "the origin is failing; not contacting it for now"
             )
+        probe = self.breaker.probe
+        try:
+            return await self._ask(name, validators, byte_range)
+        finally:
+            self.breaker.settle(probe)
+
+    async def _ask(
+        self,
+        name: str,
+        validators: StoredObject | None,
+        byte_range: tuple[int, int, str] | None,
+    ) -> OriginResponse:
         agent = WithinOrigin(self._agent, self.base, self._clock, self._timeout, name)
         response = await agent.request(
             b"GET", self.url_for(name).encode("utf-8"), _request_headers(validators, byte_range)

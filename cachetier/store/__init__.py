@@ -21,7 +21,7 @@ from ..objects import ObjectHeaders, Partial, StoredObject
 from .generation import Generation
 from .handles import Handle, Handles
 from .index import Index
-from .layout import Layout, unlink
+from .layout import PARTIAL_MAX_AGE, Layout, unlink
 from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
@@ -77,6 +77,7 @@ class CacheStore:
             self.root,
             self._index,
             self._evict,
+            self._layout.discard_partial,
             self.handles.is_open,
             max_size,
             min_free,
@@ -95,6 +96,8 @@ class CacheStore:
         store._layout.create()
         store.generation = Generation(os.path.join(store.root, GENERATION_FILE))
         store._index.load(store._layout.recover())
+        for partial, size, at in store._layout.leftovers():
+            store._quota.keep_leftover(partial, size, at)
         log.info(
             "cache at {root}: {count} objects, {bytes} bytes",
             root=store.root,
@@ -208,12 +211,32 @@ class CacheStore:
         """
         return self._layout.partial(name)
 
-    def open_partial(self, name: str, fresh: bool) -> tuple[int, str]:
+    def open_partial(self, name: str, validator: str, fresh: bool) -> tuple[int, str]:
         """
-        Open the body of an out-of-order fill of C{name}: the leftover one,
-        or (C{fresh}) a new empty one in its place.
+        Open the body of an out-of-order fill of C{name}'s version
+        C{validator}: the leftover one, or (C{fresh}) a new empty one.  The
+        fill's reservation charges it from now on.
         """
-        return self._layout.open_partial(name, fresh)
+        self._quota.forget_leftover(name, validator)
+        return self._layout.open_partial(name, validator, fresh)
+
+    def keep_partial(self, partial: Partial) -> None:
+        """
+        A sparse fill stopped and left C{partial} on disk for the next one:
+        charge its allocated bytes against the quota until it is resumed,
+        evicted, or removed after a day.
+        """
+        size = self._layout.allocated(partial)
+        if size is not None:
+            self._quota.keep_leftover(partial, size, self._now())
+
+    def expire_partials(self) -> None:
+        """
+        Remove leftovers nobody resumed within a day.
+        """
+        for partial in self._quota.leftovers_kept_before(self._now() - PARTIAL_MAX_AGE):
+            log.info("removing the leftover of {name}: a day old", name=partial.name)
+            self.discard_partial(partial)
 
     def save_partial(self, fd: int, partial: Partial) -> None:
         """
@@ -222,12 +245,13 @@ class CacheStore:
         """
         self._layout.save_partial(fd, partial)
 
-    def discard_partial(self, name: str, body: bool = True) -> None:
+    def discard_partial(self, partial: Partial, body: bool = True) -> None:
         """
         Forget an out-of-order fill's leftover: its record, and (C{body}) its
         body.
         """
-        self._layout.discard_partial(name, body)
+        self._quota.forget_leftover(partial.name, partial.validator)
+        self._layout.discard_partial(partial, body)
 
     # --- publishing ------------------------------------------------------
 
@@ -252,12 +276,12 @@ class CacheStore:
         """
         return self._layout.commit(name, fd, temp_path, size, headers, lifetime)
 
-    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
+    def renewed(self, obj: StoredObject, headers: ObjectHeaders, lifetime: float) -> StoredObject:
         """
         Durably record that the origin confirmed C{obj} (see
         L{Layout.renewed}); blocking, and invisible until L{install}ed.
         """
-        return self._layout.renewed(obj, lifetime, age)
+        return self._layout.renewed(obj, headers, lifetime)
 
     def write_meta(self, obj: StoredObject) -> None:
         """

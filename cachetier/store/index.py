@@ -37,6 +37,12 @@ class Index:
     def get(self, name: str) -> StoredObject | None:
         return self._objects.get(name)
 
+    def used(self) -> Iterator[tuple[float, str]]:
+        """
+        When each object was last used, and its name, least recent first.
+        """
+        return ((self._last_used[name], name) for name in self._objects)
+
     def touch(self, name: str, now: float) -> None:
         """
         Mark C{name} as used at C{now}, the latest use so far.

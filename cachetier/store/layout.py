@@ -95,33 +95,83 @@ class Layout:
         fd = self._open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         return fd, path
 
-    def _partial_path(self, name: str) -> str:
-        return os.path.join(self._tmp, _key(name) + ".partial")
+    def _partial_path(self, name: str, validator: str) -> str:
+        # A partial's identity is its name and the version it fills: two
+        # fills of one name never share a file.
+        return os.path.join(self._tmp, f"{_key(name)}.{_key(validator)[:16]}.partial")
 
     def partial(self, name: str) -> Partial | None:
         """
-        What a sparse fill of C{name} left on disk, if anything usable.
+        What a sparse fill of C{name} left on disk, if anything usable: the
+        newest leftover (of whichever version); older ones are dropped.
         """
-        path = self._partial_path(name)
+        prefix = _key(name) + "."
+        records = [
+            entry
+            for entry in os.scandir(self._tmp)
+            if entry.name.startswith(prefix) and entry.name.endswith(".partial.json")
+        ]
+        records.sort(key=lambda entry: entry.stat().st_mtime, reverse=True)
+        found = None
+        for entry in records:
+            try:
+                with open(entry.path, "rb") as f:
+                    partial = Partial.from_json(json.load(f))
+                body = self._partial_path(partial.name, partial.validator)
+                if partial.name != name or body + ".json" != entry.path:
+                    raise ValueError("the leftover does not match its record")
+                if os.stat(body).st_size != partial.length:
+                    raise ValueError("the leftover does not match its record")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warn(
+                    "dropping an unusable partial body of {name}: {why}", name=name, why=str(e)
+                )
+                unlink(entry.path)
+                unlink(entry.path[: -len(".json")])
+                continue
+            if found is None:
+                found = partial
+            else:
+                self.discard_partial(partial)
+        return found
+
+    def leftovers(self) -> list[tuple[Partial, int, float]]:
+        """
+        Every resumable leftover in tmp/ (after L{recover}): its record,
+        its allocated bytes and when it was last recorded.
+        """
+        found = []
+        for entry in os.scandir(self._tmp):
+            if not entry.name.endswith(".partial.json"):
+                continue
+            try:
+                with open(entry.path, "rb") as f:
+                    partial = Partial.from_json(json.load(f))
+                at = entry.stat().st_mtime
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # the next fill of its name drops it
+            size = self.allocated(partial)
+            if size is not None:
+                found.append((partial, size, at))
+        return found
+
+    def allocated(self, partial: Partial) -> int | None:
+        """
+        The bytes a leftover's body takes on disk (it is sparse), or
+        L{None} if it is gone.
+        """
         try:
-            with open(path + ".json", "rb") as f:
-                partial = Partial.from_json(json.load(f))
-            if partial.name != name or os.stat(path).st_size != partial.length:
-                raise ValueError("the leftover does not match its record")
+            st = os.stat(self._partial_path(partial.name, partial.validator))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warn("dropping an unusable partial body of {name}: {why}", name=name, why=str(e))
-            self.discard_partial(name)
-            return None
-        return partial
+        return st.st_blocks * 512
 
-    def open_partial(self, name: str, fresh: bool) -> tuple[int, str]:
+    def open_partial(self, name: str, validator: str, fresh: bool) -> tuple[int, str]:
         """
-        Open the body of a sparse fill of C{name}: the leftover one, or
-        (C{fresh}) a new empty one in its place.
+        Open the body of a sparse fill of C{name}'s version C{validator}:
+        the leftover one, or (C{fresh}) a new empty one in its place.
         """
-        path = self._partial_path(name)
+        path = self._partial_path(name, validator)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if fresh else 0)
         if fresh:
             unlink(path + ".json")
@@ -133,7 +183,8 @@ class Layout:
         so the record never claims bytes a power cut could lose.  Blocking.
         """
         self._fsync(fd)
-        self._replace_json(self._partial_path(partial.name) + ".json", partial.to_json())
+        path = self._partial_path(partial.name, partial.validator)
+        self._replace_json(path + ".json", partial.to_json())
 
     def _replace_json(self, path: str, data: dict[str, Any]) -> None:
         """
@@ -148,11 +199,11 @@ class Layout:
             os.close(fd)
         os.rename(temp, path)
 
-    def discard_partial(self, name: str, body: bool = True) -> None:
+    def discard_partial(self, partial: Partial, body: bool = True) -> None:
         """
         Forget a sparse fill's leftover: its record, and (C{body}) its body.
         """
-        path = self._partial_path(name)
+        path = self._partial_path(partial.name, partial.validator)
         unlink(path + ".json")
         if body:
             unlink(path)
@@ -276,14 +327,20 @@ class Layout:
         self._replace_json(meta_path, obj.to_json())
         self._fsync_dir(os.path.dirname(meta_path))
 
-    def renewed(self, obj: StoredObject, lifetime: float, age: float = 0.0) -> StoredObject:
+    def renewed(self, obj: StoredObject, headers: ObjectHeaders, lifetime: float) -> StoredObject:
         """
-        Durably record that the origin confirmed C{obj} (a 304): fresh for
-        C{lifetime} more seconds, C{age} seconds old already, body untouched.  Blocking, like
-        L{commit}; install the result.
+        Durably record that the origin confirmed C{obj} with a 304 carrying
+        C{headers}: its stored headers updated by them, fresh for
+        C{lifetime} more seconds, as old as the 304 was, body untouched.
+        Blocking, like L{commit}; install the result.
         """
         now = self._now()
-        new = evolve(obj, fetched_at=now, expires_at=now + lifetime, initial_age=age)
+        new = evolve(
+            obj.updated_by(headers),
+            fetched_at=now,
+            expires_at=now + lifetime,
+            initial_age=headers.initial_age,
+        )
         self.write_meta(new)
         return new
 

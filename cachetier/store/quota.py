@@ -6,12 +6,13 @@ and the file system's free space.
 from __future__ import annotations
 
 import errno
+import heapq
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from twisted.logger import Logger
 
-from ..objects import StoredObject
+from ..objects import Partial, StoredObject
 from .index import Index
 
 log = Logger()
@@ -33,7 +34,12 @@ class Quota:
     subtracted from it.  A body still held open frees no space when it is
     deleted, so it is never evicted to keep C{min_free}.
 
+    Leftovers of sparse fills that stopped (L{keep_leftover}) are charged
+    their allocated bytes too, and are evicted with the objects, least
+    recently used first.
+
     @param evict: removes one object by name, returning it.
+    @param drop: removes one leftover.
     @param is_open: whether a reader holds an object's body open.
     @param free_bytes: the file system's free bytes (by default what
         C{statvfs} says of C{root}).
@@ -44,6 +50,7 @@ class Quota:
         root: str,
         index: Index,
         evict: Callable[[str], StoredObject | None],
+        drop: Callable[[Partial], None],
         is_open: Callable[[StoredObject], bool],
         max_size: int | None = None,
         min_free: int = 0,
@@ -53,6 +60,11 @@ class Quota:
         self._free_bytes = free_bytes
         self._index = index
         self._evict = evict
+        self._drop = drop
+        # Leftovers nobody fills now, by name and version: (the record,
+        # allocated bytes, when the fill stopped).
+        self._leftovers: dict[tuple[str, str], tuple[Partial, int, float]] = {}
+        self.leftover_bytes = 0
         self._is_open = is_open
         self.max_size = max_size
         self.min_free = min_free
@@ -81,6 +93,26 @@ class Quota:
         """
         return self.capacity() - META_BYTES
 
+    def keep_leftover(self, partial: Partial, size: int, at: float) -> None:
+        """
+        Charge a sparse fill's leftover, C{size} bytes allocated, kept at
+        C{at}, until it is resumed, dropped or evicted.
+        """
+        self.forget_leftover(partial.name, partial.validator)
+        self._leftovers[(partial.name, partial.validator)] = (partial, size, at)
+        self.leftover_bytes += size
+
+    def forget_leftover(self, name: str, validator: str) -> None:
+        """
+        Stop charging a leftover: a fill took it over, or it is gone.
+        """
+        found = self._leftovers.pop((name, validator), None)
+        if found is not None:
+            self.leftover_bytes -= found[1]
+
+    def leftovers_kept_before(self, when: float) -> list[Partial]:
+        return [partial for partial, _, at in self._leftovers.values() if at < when]
+
     def reserve(self, size: int, keep: str | None = None) -> Reservation | None:
         """
         Set aside C{size} bytes for a download, evicting least recently used
@@ -99,16 +131,33 @@ class Quota:
         # goes; short of free space only bodies no reader holds open, since
         # deleting an open one frees nothing yet.  Neither condition can
         # come back once it is met: eviction only lowers the charge.
-        for victim in [n for n in self._index if n != keep]:
+        for victim in list(self._victims(keep)):
             if not self._over_quota(size):
                 if not self._short_of_free(size):
                     return True
-                if self._open(victim):
+                if isinstance(victim, str) and self._open(victim):
                     continue
+            if isinstance(victim, Partial):
+                log.info("evicted the leftover of {name}", name=victim.name)
+                self.forget_leftover(victim.name, victim.validator)
+                self._drop(victim)
+                continue
             obj = self._evict(victim)
             if obj is not None:
                 log.info("evicted {name} ({size} bytes)", name=obj.name, size=obj.size)
         return not (self._over_quota(size) or self._short_of_free(size))
+
+    def _victims(self, keep: str | None) -> Iterator[str | Partial]:
+        """
+        Objects (by name) and leftovers, least recently used first.
+        """
+        objects = ((at, 0, name) for at, name in self._index.used() if name != keep)
+        leftovers = sorted(
+            ((at, 1, partial) for partial, _, at in self._leftovers.values()),
+            key=lambda entry: entry[0],
+        )
+        for _, _, victim in heapq.merge(objects, leftovers, key=lambda entry: entry[:2]):
+            yield victim
 
     def _open(self, name: str) -> bool:
         obj = self._index.get(name)
@@ -117,7 +166,12 @@ class Quota:
     def _over_quota(self, size: int) -> bool:
         if self.max_size is None:
             return False
-        charged = self._index.total_bytes + len(self._index) * META_BYTES + self.reserved
+        charged = (
+            self._index.total_bytes
+            + len(self._index) * META_BYTES
+            + self.reserved
+            + self.leftover_bytes
+        )
         return charged + size > self.max_size
 
     def _short_of_free(self, size: int) -> bool:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import errno
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from attrs import evolve
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -28,6 +28,7 @@ from .fill import Fill
 from .sparse import SLICE, SparseFill
 
 RunInThread = Callable[..., "Deferred[Any]"]
+T = TypeVar("T")
 
 log = Logger()
 
@@ -104,7 +105,8 @@ class Download:
             sparse = resume is not None or self._sparse(response)
             try:
                 if sparse:
-                    fd, temp_path = store.open_partial(name, fresh=resume is None)
+                    assert response.validator is not None
+                    fd, temp_path = store.open_partial(name, response.validator, resume is None)
                 else:
                     fd, temp_path = store.new_temp()
             except OSError:
@@ -144,7 +146,7 @@ class Download:
             if response.headers.no_store:
                 fill.publish = False
             fill.begin(response, handle, store.write)
-            await self._origin.stream(response, write)
+            await self._interruptible(self._origin.stream(response, write))
             return await self._publish(response, handle, temp_path)
         finally:
             if temp_path is not None and not self._committed:
@@ -161,20 +163,23 @@ class Download:
         if fill.revalidating is None and self._clock is not None:
             partial = store.partial(fill.name)
         if partial is None:
-            return await self._origin.get(fill.name, fill.revalidating), None
+            return await self._interruptible(self._origin.get(fill.name, fill.revalidating)), None
         on_disk = Coverage(list(partial.intervals))
         gaps = on_disk.gaps(partial.length)
         first, end = gaps[0] if gaps else (0, partial.length)
         response: OriginResponse | None
         try:
-            response = await self._origin.get(
-                fill.name, byte_range=(first, end - 1, partial.validator)
+            response = await self._interruptible(
+                self._origin.get(fill.name, byte_range=(first, end - 1, partial.validator))
             )
         except OriginError as e:
             if e.reason is not Reason.changed:
                 raise
             response = None
-        if response is not None and response.content_range == (first, partial.length):
+        if response is not None and (response.content_range, response.validator) == (
+            (first, partial.length),
+            partial.validator,
+        ):
             log.info(
                 "resuming {name}: {have} of {length} bytes already on disk",
                 name=fill.name,
@@ -194,12 +199,12 @@ class Download:
             )
             return resumed, partial
         log.info("the leftover of {name} is of another version: fetching anew", name=fill.name)
-        store.discard_partial(fill.name)
+        store.discard_partial(partial)
         if response is not None and response.content_range is None:
             return response, None  # the new version, whole
         if response is not None:
             self._origin.abandon(response)
-        return await self._origin.get(fill.name), None
+        return await self._interruptible(self._origin.get(fill.name)), None
 
     async def _fetch_sparse(
         self,
@@ -230,7 +235,7 @@ class Download:
             saving.clock = self._clock
             saving.start(1.0, now=False)
             try:
-                await SparseFill(
+                sparse = SparseFill(
                     fill,
                     self._origin,
                     self._clock,
@@ -241,12 +246,13 @@ class Download:
                     borrow=self._borrow,
                     give_back=self._give_back,
                     wrote=lambda: (reservation.wrote(fill.written), saver.progressed()),
-                ).run(response, start, end)
+                )
+                await self._interruptible(sparse.run(response, start, end))
             finally:
                 saving.stop()
             return await self._publish(response, handle, temp_path)
         except (OriginError, CancelledError) as e:
-            reason = getattr(e, "reason", "cancelled")
+            reason = getattr(e, "reason", Reason.cancelled)
             keep = reason not in _NOT_RESUMABLE and fill.publish
             raise
         finally:
@@ -254,8 +260,9 @@ class Download:
             if keep:
                 # What is on disk now, for the next try.
                 await saver.save()
+                store.keep_partial(record)
             else:
-                store.discard_partial(fill.name, body=not self._committed)
+                store.discard_partial(record, body=not self._committed)
 
     def _sparse_record(
         self, response: OriginResponse, handle: Handle, resume: Partial | None
@@ -316,6 +323,18 @@ class Download:
             return None
         return stored
 
+    async def _interruptible(self, wait: Deferred[T] | Coroutine[Any, Any, T]) -> T:
+        """
+        Await the queue or the origin in a way a purge may stop at once
+        (L{Fill.interrupt}); nothing else of a download is ever cut short.
+        """
+        d = ensureDeferred(wait)
+        self.fill.interrupt = d.cancel
+        try:
+            return await d
+        finally:
+            self.fill.interrupt = None
+
     def _sparse(self, response: OriginResponse) -> bool:
         """
         Whether to fill out of order with Range requests: the origin takes
@@ -342,7 +361,7 @@ class Download:
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, self._lifetime(response.headers), response.headers.initial_age
+            store.renewed, old, response.headers, self._lifetime(response.headers)
         )
         current = store.get(fill.name)
         if current == old:
@@ -373,7 +392,9 @@ def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
 
 
 # Why a sparse fill may end with its body not worth resuming.
-_NOT_RESUMABLE = frozenset({"changed", "checksum", "too_large", "no_space", "write_error"})
+_NOT_RESUMABLE = frozenset(
+    {Reason.changed, Reason.checksum, Reason.too_large, Reason.no_space, Reason.write_error}
+)
 
 
 class _Saver:

@@ -67,6 +67,10 @@ class Fill:
         self.revalidating = revalidating
         self.publish = True
         self.state = "queued"
+        # Stops what the fill waits on from the queue or the origin, while
+        # it waits on one of them (never its disk work, which runs in
+        # threads and must finish): set by the syncer and the download.
+        self.interrupt: Callable[[], object] | None = None
         self.coverage = Coverage()
         self.length: int | None = None
         self.headers: ObjectHeaders | None = None

@@ -28,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..errors import OriginError, Reason
 from ..metrics import Metrics
@@ -56,14 +57,36 @@ def _minus(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
 
 class _Transfer:
     """
-    One origin transfer writing C{[position, end)} of the fill.
+    One origin transfer writing C{[position, end)} of the fill.  It owns
+    its download slot (when it borrowed one) and its origin request, from
+    the request to the end of the body, and gives both back in one place,
+    L{close}, however it ends:
+
+        ========================  ===================================  ==========
+        state                     how it leaves                        next
+        ========================  ===================================  ==========
+        waiting for headers       answered and checked                 streaming
+                                  answer refused, failed, cancelled    closed
+        streaming                 body ended, failed, cancelled        closed
+        closed                    (slot given back, out of the fill)   --
+        ========================  ===================================  ==========
 
     @ivar skip: write only what is missing and never stop early (the origin
         ignored a Range request and sent the whole object).
     """
 
-    def __init__(self, sparse: SparseFill, start: int, end: int, reader: bool) -> None:
+    def __init__(
+        self,
+        sparse: SparseFill,
+        start: int,
+        end: int,
+        reader: bool,
+        give_back: Callable[[], None] | None = None,
+    ) -> None:
         self.sparse = sparse
+        self.borrowed = give_back is not None
+        self._give_back = give_back
+        self.closed = False
         self.start = self.position = start
         # Where the origin's answer ends, and where this transfer stops
         # (sooner, when another took over the rest).
@@ -112,11 +135,24 @@ class _Transfer:
 
     def stop(self) -> None:
         """
-        Enough: the rest is on disk or on its way.
+        Enough: the rest is on disk or on its way (or the fill is over).
+        Cancelling the request ends it, and so closes the transfer.
         """
         if not self.stopped and self.stream is not None:
             self.stopped = True
             self.stream.cancel()
+
+    def close(self) -> None:
+        """
+        The one way out: leave the fill and give back a borrowed slot.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.sparse._transfers.discard(self)
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
 
 
 class SparseFill:
@@ -155,7 +191,6 @@ class SparseFill:
         self._give_back = give_back
         self._wrote = wrote
         self._transfers: set[_Transfer] = set()
-        self._borrowed: set[_Transfer] = set()
         self._ranges = True
         self._error: Exception | None = None
         self.done: Deferred[None] = Deferred(lambda _: self._cancel())
@@ -172,7 +207,9 @@ class SparseFill:
         """
         self.fill.on_need = self.need
         end = self.length if end is None else end
-        self._stream(_Transfer(self, start, end, reader=False), first)
+        transfer = _Transfer(self, start, end, reader=False)
+        self._transfers.add(transfer)
+        self._follow(transfer, self.origin.stream(first, transfer.write))
         self._schedule()
         return self.done
 
@@ -221,13 +258,11 @@ class SparseFill:
             if region is None:
                 return
             # The fill's own download slot, or one more borrowed.
-            own_slot_busy = any(t not in self._borrowed for t in working)
+            own_slot_busy = any(not t.borrowed for t in working)
             if own_slot_busy and not self._borrow():
                 return
             start, end = region
-            transfer = self._fetch(start, end - start, reader=False)
-            if own_slot_busy:
-                self._borrowed.add(transfer)
+            self._fetch(start, end - start, False, self._give_back if own_slot_busy else None)
 
     def _next_region(self, split: bool) -> tuple[int, int] | None:
         active = [t for t in self._transfers if not t.stopped]
@@ -251,78 +286,77 @@ class SparseFill:
 
     # --- transfers -----------------------------------------------------------
 
-    def _fetch(self, start: int, size: int, reader: bool) -> _Transfer:
+    def _fetch(
+        self, start: int, size: int, reader: bool, give_back: Callable[[], None] | None = None
+    ) -> _Transfer:
         end = min(start + size, self.fill.coverage.next_covered(start, self.length), self.length)
-        transfer = _Transfer(self, start, end, reader)
+        transfer = _Transfer(self, start, end, reader, give_back)
         self._transfers.add(transfer)
-        d = self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
-        d = Deferred.fromCoroutine(d) if not isinstance(d, Deferred) else d
-        d.addCallbacks(lambda response: self._answered(transfer, response), self._failed)
-        transfer.stream = d
+        d = ensureDeferred(
+            self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
+        )
+        self._follow(transfer, d.addCallback(self._answered, transfer))
         return transfer
 
-    def _answered(self, transfer: _Transfer, response: OriginResponse) -> None:
+    def _follow(self, transfer: _Transfer, d: Deferred[Any]) -> None:
+        """
+        C{d} is C{transfer}'s whole life (its request, then its body):
+        however it ends, the transfer closes, and then the fill goes on or
+        fails.
+        """
+        transfer.stream = d
+        d.addBoth(self._transfer_ended, transfer)
+
+    def _transfer_ended(self, result: object, transfer: _Transfer) -> None:
+        transfer.close()
+        stopped = transfer.stopped and (
+            not isinstance(result, Failure) or result.check(CancelledError, OriginError)
+        )
+        if isinstance(result, Failure) and not stopped:
+            self._fail(result.value)  # nothing more once the fill has failed
+        else:
+            self._schedule()
+
+    def _answered(self, response: OriginResponse, transfer: _Transfer) -> Deferred[None] | None:
+        """
+        Check an answer before a byte of it is written: a 206 for exactly
+        the bytes asked, of this fill's version, or a 200 of this version
+        (ranges ignored).  Anything else fails the fill as C{changed}.
+
+        @return: the body's stream, or L{None} when it is not wanted.
+        """
         if self._error is not None or transfer.stopped:
             self.origin.abandon(response)
-            self._ended(transfer)
-            return
+            return None
         if response.content_range is not None:
             first, total = response.content_range
-            if first != transfer.start or total != self.length:
+            if (first, total, response.validator) != (transfer.start, self.length, self.validator):
                 self.origin.abandon(response)
-                self._fail(OriginError(Reason.changed, "the origin sent another range or length"))
-                return
-        else:
-            # A 200: the whole object.  Another version, or ranges ignored.
-            if response.validator != self.validator or response.length != self.length:
-                self.origin.abandon(response)
-                self._fail(OriginError(Reason.changed, "the object changed at the origin"))
-                return
-            if self._ranges:
-                log.info(
-                    "the origin ignores Range for {name}: filling it in order",
-                    name=self.fill.name,
+                raise OriginError(
+                    Reason.changed, "the origin sent another range, length or version"
                 )
-            self._ranges = False
-            others = [t for t in self._transfers if t is not transfer and not t.stopped]
-            in_order = [t for t in others if t.skip or t.start == 0]
-            if in_order:
-                # The transfer from byte 0 is still coming: it alone goes
-                # on, to the end, past what others wrote.
-                in_order[0].end, in_order[0].skip = self.length, True
-                self.origin.abandon(response)
-                self._ended(transfer)
-                return
-            transfer.start = transfer.position = 0
-            transfer.end = self.length
-            transfer.skip = True
-        self._stream(transfer, response)
-
-    def _stream(self, transfer: _Transfer, response: OriginResponse) -> None:
-        self._transfers.add(transfer)
-        d = self.origin.stream(response, transfer.write)
-        transfer.stream = d
-        d.addCallbacks(
-            lambda _: self._ended(transfer), self._transfer_failed, errbackArgs=(transfer,)
-        )
-
-    def _transfer_failed(self, failure: Any, transfer: _Transfer) -> None:
-        if transfer.stopped and failure.check(CancelledError, OriginError):
-            self._ended(transfer)
-            return
-        self._failed(failure)
-
-    def _failed(self, failure: Any) -> None:
-        if failure.check(CancelledError) and self._error is not None:
-            return
-        self._fail(failure.value)
-
-    def _ended(self, transfer: _Transfer) -> None:
-        self._transfers.discard(transfer)
-        if transfer in self._borrowed:
-            self._borrowed.discard(transfer)
-            self._give_back()
-        self._schedule()
+            return self.origin.stream(response, transfer.write)
+        # A 200: the whole object.  Another version, or ranges ignored.
+        if response.validator != self.validator or response.length != self.length:
+            self.origin.abandon(response)
+            raise OriginError(Reason.changed, "the object changed at the origin")
+        if self._ranges:
+            log.info(
+                "the origin ignores Range for {name}: filling it in order", name=self.fill.name
+            )
+        self._ranges = False
+        others = [t for t in self._transfers if t is not transfer and not t.stopped]
+        in_order = [t for t in others if t.skip or t.start == 0]
+        if in_order:
+            # The transfer from byte 0 is still coming: it alone goes on,
+            # to the end, past what others wrote.
+            in_order[0].end, in_order[0].skip = self.length, True
+            self.origin.abandon(response)
+            return None
+        transfer.start = transfer.position = 0
+        transfer.end = self.length
+        transfer.skip = True
+        return self.origin.stream(response, transfer.write)
 
     def _finished(self) -> None:
         self.fill.on_need = None

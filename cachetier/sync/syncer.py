@@ -87,6 +87,9 @@ class Syncer:
         self._warm: deque[str] = deque()
         self._warm_set: set[str] = set()
         self._tasks: dict[Fill, Deferred[None]] = {}
+        # Purged fills still winding down: the next fill of the name starts
+        # only once its files are gone.
+        self._purged: dict[str, Fill] = {}
         self._stopping = False
 
     @property
@@ -271,8 +274,9 @@ class Syncer:
 
     def purge(self, name: str) -> bool:
         """
-        Forget C{name}: its cached copy, its download (readers finish;
-        nothing is published) and any remembered failure.
+        Forget C{name}: its cached copy, its download (cancelled: its
+        readers are aborted, nothing is published, its temp files go) and
+        any remembered failure.
 
         @return: whether there was anything to forget, once that is durable.
         """
@@ -280,6 +284,9 @@ class Syncer:
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
+            self._purged[name] = fill
+            if fill.interrupt is not None:
+                fill.interrupt()
         forgot = self._failures.forget(name)
         removed = self.store.remove(name, durable=True) is not None
         if removed or fill is not None or forgot:
@@ -318,20 +325,31 @@ class Syncer:
         return lifetime - headers.initial_age
 
     async def _run(self, fill: Fill) -> None:
+        purged = self._purged.get(fill.name)
         try:
-            await self._slots.acquire()
+            if purged is not None:
+                await purged.when_done().addErrback(lambda _: None)
+            acquiring = self._slots.acquire()
+            fill.interrupt = acquiring.cancel
+            await acquiring
         except CancelledError:
-            self._ended(fill, OriginError(Reason.cancelled, "the service stopped"))
+            self._ended(fill, self._cancelled())
             return
-        if self._stopping:
+        finally:
+            fill.interrupt = None
+        if self._stopping or self._purged.get(fill.name) is fill:
             self._slots.release()
-            self._ended(fill, OriginError(Reason.cancelled, "the service stopped"))
+            self._ended(fill, self._cancelled())
             return
         try:
             await self._download(fill)
         finally:
             self._slots.release()
             self._pump_warm()
+
+    def _cancelled(self) -> OriginError:
+        why = "the service stopped" if self._stopping else "purged while queued"
+        return OriginError(Reason.cancelled, why)
 
     async def _download(self, fill: Fill) -> None:
         started = self.clock.seconds()
@@ -421,5 +439,7 @@ class Syncer:
     def _forget(self, fill: Fill) -> None:
         fill.close()
         self._tasks.pop(fill, None)
+        if self._purged.get(fill.name) is fill:
+            del self._purged[fill.name]
         if self._fills.get(fill.name) is fill:
             del self._fills[fill.name]

@@ -47,30 +47,47 @@ def render_error(request: IRequest, code: int, error: str, message: str) -> byte
     return error_body(error, message)
 
 
-def answerable(request: IRequest) -> bool:
+class EndWatch:
+    """
+    Whether a request has ended, answered or abandoned: a flag set from
+    C{notifyFinish()}, as klein keeps one, for work that finishes later
+    and must not answer a request that is gone.  Make one while rendering,
+    before the request can end.
+    """
+
+    ended = False
+
+    def __init__(self, request: IRequest) -> None:
+        request.notifyFinish().addBoth(self._end)
+
+    def _end(self, _: object) -> None:
+        self.ended = True
+
+
+def answerable(request: IRequest, watch: EndWatch) -> bool:
     """
     Whether C{request} can still be answered: not answered already, and
     its listener still connected (Twisted raises on finishing it then).
     """
-    return not request.finished and not getattr(request, "_disconnected", False)
+    return not request.finished and not watch.ended
 
 
-def finish(request: IRequest) -> None:
+def finish(request: IRequest, watch: EndWatch) -> None:
     """
     End a deferred answer, unless L{answerable} says it cannot be: a listener
     who left is not an error.
     """
-    if answerable(request):
+    if answerable(request, watch):
         request.finish()
 
 
-def answer(request: IRequest, body: bytes | int) -> None:
+def answer(request: IRequest, watch: EndWatch, body: bytes | int) -> None:
     """
     End a deferred answer with what a render produced: its bytes with their
     length (an empty HEAD's render set the length of what a GET would get),
     or nothing when a producer now owns the response.  See L{finish}.
     """
-    if body is NOT_DONE_YET or not answerable(request):
+    if body is NOT_DONE_YET or not answerable(request, watch):
         return
     assert isinstance(body, bytes)
     if request.method != b"HEAD" or body:

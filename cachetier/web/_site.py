@@ -1,39 +1,33 @@
 """
 The site: connections (deadlines, the cap, request bodies refused unread),
-per-request bookkeeping, the access log and request metrics.
+per-request bookkeeping, and the observers of each finished request
+(metrics, analytics, the access line).
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import os
-import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import Logger
 from twisted.web import http, server
-from twisted.web.iweb import IRequest
-from zope.interface import implementer
 
-from ..analytics import Analytics, Event
+from ..analytics import Analytics
 from ..metrics import Metrics
-from ..names import name_from_path, quote_name
+from . import addresses
 from ._json import error_body
-from .bodies import unsent_bytes
+from ._twisted import request_line, unsent_bytes
+from .access import OncePerSecond, TwistdAccessLog
+from .addresses import RELAYED_FOR, Trusted
+from .observers import RequestMetrics, record_download
 
 log = Logger()
 
-
-# Set by a worker on requests it relays to the primary over the private
-# UNIX socket: the listener's address, which the primary would otherwise
-# see as the worker's; and by the primary on its answers to those, the
-# true Content-Length.
-RELAYED_FOR = b"x-cachetier-relayed-for"
+# Set by the primary on its answers to requests a worker relayed (see
+# L{RELAYED_FOR}): the true Content-Length.
 RELAYED_LENGTH = b"x-cachetier-length"
 
 # The only routes that take a request body (admin JSON), and its cap.
@@ -45,9 +39,10 @@ BODY_ROUTES = frozenset(
     }
 )
 MAX_ADMIN_BODY = 1 << 20
-Trusted = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 _READ_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
+
+AccessObserver = Callable[["CacheRequest"], None]
 
 
 class CacheRequest(server.Request):
@@ -57,10 +52,15 @@ class CacheRequest(server.Request):
     @ivar cache_name: the validated file name asked for, if any.
     @ivar outcome: C{hit}, C{miss}, C{not_found}, C{error}... or L{None}
         for requests that are not about a file.
+    @ivar sent: the bytes of the response that reached the kernel, and
+    @ivar duration: the seconds it took, both fixed by L{tally} for every
+        observer of the finished request.
     """
 
     cache_name: str | None = None
     outcome: str | None = None
+    sent = 0
+    duration = 0.0
 
     # When the first body byte was written (time.monotonic()).
     first_byte: float | None = None
@@ -71,6 +71,7 @@ class CacheRequest(server.Request):
         super().__init__(*args, **kwargs)
         self.received = time.monotonic()
         self._body_bytes = 0
+        self._client_address: str | None = None
 
     def connectionLost(self, reason: Any) -> None:
         # Twisted logs only finished requests; one the client abandoned (a
@@ -104,6 +105,32 @@ class CacheRequest(server.Request):
             self.channel.refuse_body(413, "too_large", "request bodies are capped at 1 MiB")
             return
         super().handleContentChunk(data)
+
+    def tally(self) -> None:
+        """
+        Fix L{sent} and L{duration}: for a response cut short, only what
+        left Twisted's buffer counts as sent.
+        """
+        sent = self.sentLength
+        if self.aborted:
+            sent = max(0, sent - unsent_bytes(self.transport))
+        self.sent = sent
+        self.duration = time.monotonic() - self.received
+
+    @property
+    def client_address(self) -> str:
+        """
+        The address the request came from (see
+        L{addresses.client_address}), found once.
+        """
+        if self._client_address is None:
+            self._client_address = addresses.client_address(self)
+        return self._client_address
+
+    @property
+    def user_agent(self) -> str:
+        value = self.requestHeaders.getRawHeaders(b"user-agent")
+        return value[-1].decode("latin-1") if value else "-"
 
 
 class CacheChannel(http.HTTPChannel):
@@ -196,13 +223,13 @@ class CacheChannel(http.HTTPChannel):
         headers = request.requestHeaders
         declared = _declared_length(headers)
         if declared:
-            route = (self._command, self._path.split(b"?", 1)[0])
-            if route not in BODY_ROUTES:
-                if self._command in _READ_METHODS:
+            method, target = request_line(self)
+            if (method, target.split(b"?", 1)[0]) not in BODY_ROUTES:
+                if method in _READ_METHODS:
                     self.refuse_body(413, "body_not_allowed", "this URL takes no request body")
                 else:
-                    method = self._command.decode("latin-1")
-                    self.refuse_body(405, "method_not_allowed", f"{method} is not allowed here")
+                    named = method.decode("latin-1")
+                    self.refuse_body(405, "method_not_allowed", f"{named} is not allowed here")
                 return
             if declared > MAX_ADMIN_BODY:
                 self.refuse_body(413, "too_large", "request bodies are capped at 1 MiB")
@@ -258,11 +285,14 @@ def _declared_length(headers: http.Headers) -> int:
 
 class CacheSite(server.Site):
     """
-    A L{server.Site} that emits one structured access event per request and
-    bounds its connections (see L{CacheChannel}).
+    A L{server.Site} that bounds its connections (see L{CacheChannel}) and
+    hands each finished request to its observers in turn: the request
+    metrics, the download analytics (L{analytics}, when kept) and the
+    access line (L{access_log}).
 
-    @param access_log: where the access events go: a L{Logger} (by default
-        the module's, so into twistd's log), or L{None} for none.
+    @param access_log: the access line observer: C{"twistd"} (the default)
+        for twistd's log (L{TwistdAccessLog}); L{AccessLine} for a file of
+        its own; L{None} for none.
     @param max_connections: connections past this many are closed as soon
         as they are accepted (L{None}: no cap).
     @param trusted_proxies: networks whose X-Forwarded-For is believed.
@@ -275,7 +305,7 @@ class CacheSite(server.Site):
         self,
         resource: object,
         metrics: Metrics,
-        access_log: Logger | None = log,
+        access_log: AccessObserver | Literal["twistd"] | None = "twistd",
         *,
         idle_timeout: float | None = 60.0,
         send_timeout: float | None = 60.0,
@@ -288,14 +318,16 @@ class CacheSite(server.Site):
         # Download analytics (set by the service), if kept.
         self.analytics: Analytics | None = None
         self.metrics = metrics
-        self.access_log = access_log
+        self.count = RequestMetrics(metrics)
+        self.access_log = (
+            TwistdAccessLog(self.reactor) if isinstance(access_log, str) else access_log
+        )
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.max_connections = max_connections
         self.channels: set[CacheChannel] = set()
         self.draining = False
         self._refusals = OncePerSecond()
-        self._outcomes: dict[str, Any] = {}
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.max_connections is not None and self.connections >= self.max_connections:
@@ -354,267 +386,14 @@ class CacheSite(server.Site):
         return done
 
     def log(self, request: CacheRequest) -> None:
-        outcome = request.outcome
-        if outcome in ("relayed", "internal"):
+        if request.outcome in ("relayed", "internal"):
             # A worker's relayed request is logged and counted once, by the
             # primary, which knows what it did and gets the listener's
             # address with it; a worker's report is no listener's.
             return
-        aborted = request.aborted
-        sent = request.sentLength
-        if aborted:
-            sent = max(0, sent - unsent_bytes(request.transport))
-        duration = time.monotonic() - request.received
-        metrics = self.metrics
-        metrics.http_requests.inc()
-        metrics.request_seconds.observe(duration)
-        if outcome is not None:
-            counter = self._outcomes.get(outcome)
-            if counter is None:
-                counter = self._outcomes[outcome] = metrics.requests.labels(outcome=outcome)
-            counter.inc()
-        metrics.bytes_served.inc(sent)
-        if aborted:
-            metrics.responses_aborted.inc()
-            metrics.aborted_bytes.inc(sent)
-        if outcome == "miss" and request.first_byte is not None:
-            metrics.miss_first_byte_seconds.observe(request.first_byte - request.received)
-        analytics, access_log = self.analytics, self.access_log
-        if analytics is None and access_log is None:
-            return
-        headers = request.requestHeaders
-        client = client_address(request)
-        agent = _header(headers, b"user-agent")
-        if (
-            analytics is not None
-            and request.cache_name is not None
-            and request.method == b"GET"
-            and request.code in (200, 206)
-            and request.startedWriting
-        ):
-            analytics.record(
-                Event(
-                    request.cache_name,
-                    client,
-                    agent,
-                    sent,
-                    request.code,
-                    time.time(),
-                    _object_size(request),
-                )
-            )
-        if access_log is None:
-            return
-        event = {
-            "client": client,
-            "method": request.method.decode("latin-1"),
-            "path": request.uri.decode("latin-1"),
-            "protocol": request.clientproto.decode("latin-1"),
-            "name": request.cache_name,
-            # nginx's 499: the client left before any of the answer.
-            "status": request.code if request.startedWriting else 499,
-            "bytes": sent,
-            "referer": _header(headers, b"referer"),
-            "user_agent": agent,
-            "range": _header(headers, b"range"),
-            "outcome": outcome or "-",
-            # Rounded here: a worker's events reach the log as JSON, which
-            # keeps values, not format specs.
-            "duration_ms": round(duration * 1000, 1),
-            "completion": "aborted" if aborted else "OK",
-        }
-        event["line"] = access_line(event, self.reactor.seconds())
-        access_log.info("{line}", **event)
-
-
-def _object_size(request: CacheRequest) -> int | None:
-    """
-    The size of the file a 200 or 206 answered with: its Content-Length,
-    or the total of its Content-Range.
-    """
-    headers = request.responseHeaders
-    if request.code == 206:
-        value = headers.getRawHeaders(b"content-range", [b""])[-1]
-        total = value.rpartition(b"/")[2]
-        return int(total) if total.isdigit() else None
-    length = headers.getRawHeaders(b"content-length", [b""])[-1]
-    return int(length) if length.isdigit() else None
-
-
-def _header(headers: http.Headers, name: bytes) -> str:
-    value = headers.getRawHeaders(name)
-    return value[-1].decode("latin-1") if value else "-"
-
-
-# What nginx escapes in its log variables: no quote or control character
-# can break a line or a field.
-_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
-
-
-def _quoted(text: str) -> str:
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02X}", text)
-
-
-@functools.lru_cache(maxsize=4)
-def _stamp(second: int) -> str:
-    # Formatted once a second, not once a request.
-    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
-
-
-def access_line(event: dict[str, Any], when: float) -> str:
-    """
-    One access log line: nginx's C{combined} format, then the Range asked
-    for, the cache outcome, the duration and whether the response was
-    complete (C{OK}) or cut short (C{aborted}); see the README.
-    """
-    stamp = _stamp(int(when))
-    request = _quoted(f"{event['method']} {event['path']} {event['protocol']}")
-    return (
-        f'{event["client"]} - - [{stamp}] "{request}" {event["status"]} {event["bytes"]}'
-        f' "{_quoted(event["referer"])}" "{_quoted(event["user_agent"])}"'
-        f' "{_quoted(event["range"])}" {event["outcome"]} {event["duration_ms"]:.1f}ms'
-        f" {event['completion']}"
-    )
-
-
-@implementer(ILogObserver)
-class AccessLogFile:
-    """
-    Writes access lines to a file of their own, formatting the timestamp
-    once a second: the cheap way to keep a line per request at tens of
-    thousands of requests a second.
-
-    Lines are buffered and written whole, in C{O_APPEND} writes of at most
-    about 64 KiB: every process of a C{--workers} server appends to the
-    same file and no line is ever split or interleaved.  Call L{flush} now
-    and then (and L{close} at the end); L{reopen} after the file was
-    renamed (log rotation, on SIGHUP).
-    """
-
-    _FLUSH_AT = 1 << 16
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd = self._open()
-        self._lines: list[str] = []
-        self._size = 0
-
-    def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        line = event["line"] + "\n"
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= self._FLUSH_AT:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._lines:
-            data = "".join(self._lines).encode("utf-8")
-            self._lines.clear()
-            self._size = 0
-            os.write(self._fd, data)
-
-    def reopen(self) -> None:
-        """
-        Write what is buffered to the old file, then go on in a new one at
-        the configured path.
-        """
-        self.flush()
-        fd = self._open()
-        os.close(self._fd)
-        self._fd = fd
-
-    def close(self) -> None:
-        self.flush()
-        os.close(self._fd)
-
-
-class OncePerSecond:
-    """
-    A log line for an event that may happen thousands of times a second
-    (descriptors exhausted, connections refused): written at most once a
-    second, with the count since the last one.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._last = -1.0
-        self._count = 0
-
-    def emit(self, logger: Logger, format: str, **fields: Any) -> None:
-        self._count += 1
-        now = self._clock()
-        if now - self._last >= 1.0:
-            logger.warn(format, count=self._count, **fields)
-            self._last = now
-            self._count = 0
-
-
-def client_address(request: IRequest) -> str:
-    """
-    The address a request came from; for a request a worker relayed over
-    the primary's private socket, the listener's address it names.
-
-    When that address is one of the C{trusted} proxies (C{--trusted-proxy}),
-    the client is the last address in X-Forwarded-For that is not, as
-    nginx's C{real_ip_recursive}.
-    """
-    address = request.getClientAddress()
-    host = getattr(address, "host", None)
-    if host is None:
-        relayed = request.getHeader(RELAYED_FOR)
-        return relayed.decode("latin-1") if relayed else "local"
-    host = str(host)
-    trusted = getattr(getattr(request, "site", None), "trusted_proxies", ())
-    if trusted and _is_trusted(host, trusted):
-        forwarded = b",".join(request.requestHeaders.getRawHeaders(b"x-forwarded-for", []))
-        for hop in reversed(forwarded.decode("latin-1").split(",")):
-            hop = hop.strip()
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                break  # garbage: stop at the last address we could trust
-            host = hop
-            if not _is_trusted(hop, trusted):
-                break
-    return host
-
-
-def _is_trusted(host: str, trusted: Trusted) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in trusted)
-
-
-def name_of(request: IRequest) -> str:
-    """
-    The validated file name below the resource that is rendering
-    C{request}, read from the still-encoded path.
-
-    @raise cachetier.names.InvalidName: when the path is not a valid name.
-    """
-    segments = request.path.split(b"/")
-    return name_from_path(b"/".join(segments[1 + len(request.prepath) :]))
-
-
-def public_base(request: IRequest, configured: str | None) -> str:
-    """
-    The base URL listeners reach this server at: the configured one, or the
-    scheme and Host of C{request}.
-    """
-    if configured is not None:
-        return configured
-    scheme = "https" if request.isSecure() else "http"
-    host = request.getHeader(b"host")
-    if host is None:
-        address = request.getHost()
-        host = f"{address.host}:{address.port}".encode("ascii")
-    return f"{scheme}://{host.decode('latin-1')}/"
-
-
-def download_url(request: IRequest, configured: str | None, name: str) -> str:
-    return public_base(request, configured) + "files/" + quote_name(name)
+        request.tally()
+        self.count(request)
+        if self.analytics is not None:
+            record_download(self.analytics, request)
+        if self.access_log is not None:
+            self.access_log(request)

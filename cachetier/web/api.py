@@ -17,8 +17,8 @@ from ..errors import OriginError, Overloaded, Reason
 from ..names import InvalidName, validate_name
 from ..sync import FileStatus, Syncer
 from ._admin import refuse
-from ._json import JSONResource, answer, render_error, render_json
-from ._site import client_address, download_url, name_of
+from ._json import EndWatch, JSONResource, answer, render_error, render_json
+from .addresses import client_address, download_url, name_of
 
 log = Logger()
 
@@ -266,6 +266,7 @@ class StatsResource(JSONResource):
         for key in ("from", "to"):
             if key in args and not _DAY.match(args[key]):
                 return render_error(request, 400, "bad_request", f"{key} is a day: YYYY-MM-DD")
+        watch = EndWatch(request)
         d = self.analytics.query(
             file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group
         )
@@ -273,13 +274,13 @@ class StatsResource(JSONResource):
         def send(rows: list[dict[str, Any]]) -> None:
             if fmt == "csv":
                 request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-                answer(request, to_csv(rows).encode("utf-8"))
+                answer(request, watch, to_csv(rows).encode("utf-8"))
             else:
-                answer(request, render_json(request, {"rows": rows}))
+                answer(request, watch, render_json(request, {"rows": rows}))
 
         def failed(failure: Any) -> None:
             log.failure("stats query failed", failure)
-            answer(request, render_error(request, 500, "internal", "the stats query failed"))
+            answer(request, watch, render_error(request, 500, "internal", "the stats query failed"))
 
         d.addCallbacks(send, failed)
         return NOT_DONE_YET

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from ..objects import StoredObject
 from ..store import Handle
 from ..sync import Fill
+from ._twisted import unsent_bytes
 from .headers import downstream_cache_control
 
 log = Logger()
@@ -161,18 +162,6 @@ def can_sendfile(request: Any) -> bool:
     must encrypt in user space).
     """
     return isinstance(getattr(request, "transport", None), tcp.Connection)
-
-
-def unsent_bytes(transport: Any) -> int:
-    """
-    What a TCP transport still holds in its own write buffer (Twisted's
-    C{FileDescriptor} internals), not yet handed to the kernel; 0 for any
-    other transport.
-    """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        return 0
 
 
 class SendfileProducer(BodyProducer):
@@ -370,7 +359,8 @@ class SmallBodies:
     Small objects' bodies and prepared headers in memory, so a hit on one is
     a dictionary lookup and one write: no open, read, close or producer.
     Keyed by the version's path, so a replaced object is never served from
-    here; least recently used first out past C{max_bytes}.
+    here, and the headers are prepared again when a 304 renewed them;
+    least recently used first out past C{max_bytes}.
     """
 
     max_object = 64 * 1024
@@ -378,7 +368,8 @@ class SmallBodies:
 
     def __init__(self) -> None:
         self._entries: OrderedDict[
-            str, tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes]
+            str,
+            tuple[StoredObject, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes],
         ] = OrderedDict()
         self._bytes = 0
 
@@ -390,11 +381,15 @@ class SmallBodies:
         body.
         """
         entry = self._entries.get(obj.path)
-        if entry is not None:
+        if entry is not None and (entry[0] is obj or entry[0] == obj):
             self._entries.move_to_end(obj.path)
-            return entry
-        with open(obj.path, "rb") as f:
-            body = f.read()
+            return entry[1:]
+        if entry is not None:
+            body = entry[3]  # the same body, its headers renewed
+            self._bytes -= len(body)
+        else:
+            with open(obj.path, "rb") as f:
+                body = f.read()
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in obj.extra]
         headers = [
             (b"content-type", obj.content_type.encode("latin-1")),
@@ -406,9 +401,10 @@ class SmallBodies:
                 downstream_cache_control(obj.cache_control, default_max_age, obj.lifetime),
             ),
         ]
-        entry = self._entries[obj.path] = (extra, headers, body)
+        self._entries[obj.path] = (obj, extra, headers, body)
+        self._entries.move_to_end(obj.path)
         self._bytes += len(body)
         while self._bytes > self.max_bytes:
-            _, (_, _, dropped) = self._entries.popitem(last=False)
+            _, (_, _, _, dropped) = self._entries.popitem(last=False)
             self._bytes -= len(dropped)
-        return entry
+        return extra, headers, body

@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 from ..names import InvalidName
 from ..sync import Syncer
 from ._json import JSONResource, render_json
-from ._site import client_address, download_url, name_of
+from .addresses import client_address, download_url, name_of
 
 
 class VerifyResource(JSONResource):

@@ -23,7 +23,7 @@ from ..metrics import Metrics
 from ..store import CacheStore
 from ..sync import Syncer
 from ._admin import refuse
-from ._json import JSONResource, answer, render_json
+from ._json import EndWatch, JSONResource, answer, render_json
 from .health import Health
 
 log = Logger()
@@ -107,6 +107,7 @@ class DashboardData(JSONResource):
         if self.analytics is None:
             return render_json(request, body)
         today = time.strftime("%Y-%m-%d", time.gmtime())
+        watch = EndWatch(request)
         d = self.analytics.query(start=today, end=today, group="file")
 
         def top(rows: list[dict[str, Any]]) -> None:
@@ -118,7 +119,7 @@ class DashboardData(JSONResource):
             log.failure("the dashboard's top episodes failed", failure)
 
         def send(_: Any) -> None:
-            answer(request, render_json(request, body))
+            answer(request, watch, render_json(request, body))
 
         d.addCallbacks(top, failed)
         d.addCallback(send)

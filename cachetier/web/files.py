@@ -24,8 +24,9 @@ from ..names import InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Handle
 from ..sync import Fill, Lookup, Outcome, Syncer
-from ._json import JSONResource, answer, answerable, render_error
-from ._site import OncePerSecond, client_address, name_of
+from ._json import EndWatch, JSONResource, answer, answerable, render_error
+from .access import OncePerSecond
+from .addresses import client_address, name_of
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
 from .headers import downstream_cache_control
@@ -319,18 +320,23 @@ class FilesResource(JSONResource):
         started = fill.when_started()
         # A listener waits for a download slot at most queue_timeout; once
         # the download runs, the origin's own deadlines bound the wait.
-        deadline = self.clock.callLater(self.queue_timeout, self._still_queued, fill, request)
+        watch = EndWatch(request)
+        deadline = self.clock.callLater(
+            self.queue_timeout, self._still_queued, fill, request, watch
+        )
         started.addBoth(_cancelling, deadline)
         request.notifyFinish().addErrback(lambda _: started.cancel())
-        started.addCallbacks(self._follow, self._start_failed, (request,), None, (request,))
-        started.addErrback(self._broken, request)
+        started.addCallbacks(
+            self._follow, self._start_failed, (request, watch), None, (request, watch)
+        )
+        started.addErrback(self._broken, request, watch)
         return server.NOT_DONE_YET
 
-    def _still_queued(self, fill: Fill, request: Any) -> None:
-        if fill.state != "queued" or not answerable(request):
+    def _still_queued(self, fill: Fill, request: Any, watch: EndWatch) -> None:
+        if fill.state != "queued" or not answerable(request, watch):
             return
         error = Overloaded(f"no download slot within {self.queue_timeout:g}s; try again")
-        answer(request, self._failed(request, error))
+        answer(request, watch, self._failed(request, error))
 
     render_HEAD = render_GET
 
@@ -359,8 +365,8 @@ class FilesResource(JSONResource):
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
-    def _follow(self, fill: Fill, request: Any) -> None:
-        if not answerable(request):
+    def _follow(self, fill: Fill, request: Any, watch: EndWatch) -> None:
+        if not answerable(request, watch):
             return  # answered already (the listener's wait ran out), or gone
         if fill.readable:
             body = FillResponse(fill, self.default_max_age).render(request)
@@ -371,22 +377,22 @@ class FilesResource(JSONResource):
         else:
             # Passed through (no-store) or purged before this reader came.
             body = self._failed(request, Overloaded("the download ended; ask again"))
-        answer(request, body)
+        answer(request, watch, body)
 
-    def _broken(self, failure: Failure, request: Any) -> None:
+    def _broken(self, failure: Failure, request: Any, watch: EndWatch) -> None:
         """
         A bug while answering a miss: logged, and the listener's connection
         dropped rather than left hanging.
         """
         log.failure("answering {name} failed", failure, name=request.cache_name)
-        if answerable(request):
+        if answerable(request, watch):
             request.transport.abortConnection()
 
-    def _start_failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(CancelledError) or not answerable(request):
+    def _start_failed(self, failure: Failure, request: Any, watch: EndWatch) -> None:
+        if failure.check(CancelledError) or not answerable(request, watch):
             return
         lookup = self.syncer.after_failure(request.cache_name, failure.value)
-        answer(request, self._render(request, lookup, self.clock.seconds()))
+        answer(request, watch, self._render(request, lookup, self.clock.seconds()))
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
         """

@@ -19,8 +19,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from ._json import answer, finish, render_error
-from ._site import RELAYED_FOR, RELAYED_LENGTH, client_address
+from ._json import EndWatch, answer, finish, render_error
+from ._site import RELAYED_LENGTH
+from .addresses import RELAYED_FOR, client_address
 
 # Connection-level headers, which are not relayed (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset(
@@ -93,6 +94,7 @@ class PrimaryProxy(Resource):
         if request.method in (b"POST", b"PUT", b"PATCH", b"DELETE"):
             request.content.seek(0)
             body = FileBodyProducer(request.content)
+        watch = EndWatch(request)
         d = self.agent.request(request.method, b"http://primary" + request.uri, headers, body)
         gone: list[Failure] = []
 
@@ -104,13 +106,13 @@ class PrimaryProxy(Resource):
             # However the cancelled request fails, a listener who left is
             # not answered.
             if not gone:
-                self._failed(failure, request)
+                self._failed(failure, request, watch)
 
         request.notifyFinish().addErrback(listener_gone)
-        d.addCallbacks(self._relay, failed, (request,))
+        d.addCallbacks(self._relay, failed, (request, watch))
         return server.NOT_DONE_YET
 
-    def _relay(self, response: Any, request: Any) -> None:
+    def _relay(self, response: Any, request: Any, watch: EndWatch) -> None:
         request.setResponseCode(response.code, response.phrase)
         # Exactly the primary's headers: nothing from an earlier attempt.
         request.responseHeaders = Headers()
@@ -127,13 +129,14 @@ class PrimaryProxy(Resource):
             request.setHeader(b"content-length", b"%d" % (response.length,))
         if request.method == b"HEAD" or response.code in NO_BODY_CODES:
             response.deliverBody(_Relay(None))
-            finish(request)
+            finish(request, watch)
             return
         response.deliverBody(_Relay(request))
 
-    def _failed(self, failure: Failure, request: Any) -> None:
+    def _failed(self, failure: Failure, request: Any, watch: EndWatch) -> None:
         answer(
             request,
+            watch,
             render_error(request, 502, "primary_unavailable", "the primary process did not answer"),
         )
 

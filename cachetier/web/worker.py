@@ -20,7 +20,7 @@ from ..metrics import Metrics
 from ..names import InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Generation
-from ._site import name_of
+from .addresses import name_of
 from .bodies import SmallBodies
 from .files import serve_stored
 from .proxy import PrimaryProxy
