@@ -379,6 +379,19 @@ def start_cachetier(
     return assembly, f"http://127.0.0.1:{port.getHost().port}/"
 
 
+async def filled(cache: Assembly, name: str) -> None:
+    """
+    Wait for the download of C{name} to end well, if it is still in flight:
+    a small one may end before its listener has its answer, and then it
+    has no fill to wait for.  Either way C{name} is then in the store.
+    """
+    fill = cache.syncer.fill_for(name)
+    if fill is not None:
+        await fill.when_done()
+    if cache.store.get(name) is None:
+        raise AssertionError(f"{name} was not stored")
+
+
 def http_client(test: TestCase) -> HTTPClient:
     """
     A treq client whose connections are closed when C{test} ends.

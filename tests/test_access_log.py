@@ -107,9 +107,13 @@ class AccessLineTests(AccessLogTestCase):
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         listener = await connectProtocol(endpoint, Protocol())
         listener.transport.write(b"GET /files/slow.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
-        await deferLater(reactor, 0.2, lambda: None)
+        # Waited for, not slept on: the request has reached the origin, and
+        # then its line has been written.
+        while not self.origin.counts["slow.mp3"]:
+            await deferLater(reactor, 0.02, lambda: None)
         listener.transport.abortConnection()
-        await deferLater(reactor, 0.1, lambda: None)
+        while self.cache.site.connections:
+            await deferLater(reactor, 0.02, lambda: None)
         [line] = self.lines()
         self.assertEqual(
             (line["status"], line["bytes"], line["completion"]), ("499", "0", "aborted")

@@ -19,7 +19,14 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from cachetier.web.conditional import not_modified, range_still_valid
 
-from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, read_then_hang_up
+from .helpers import (
+    CacheTestCase,
+    MemoryCacheTestCase,
+    body_of,
+    filled,
+    header,
+    read_then_hang_up,
+)
 
 
 class FilesTestCase(CacheTestCase):
@@ -212,7 +219,7 @@ class RedirectModeTests(FilesTestCase):
         self.assertEqual(
             response.headers.getRawHeaders(b"location"), [(self.origin_url + "ep%201.mp3").encode()]
         )
-        await self.cache.syncer.fill_for("ep 1.mp3").when_done()
+        await filled(self.cache, "ep 1.mp3")
         code, _, body = await self.get("ep%201.mp3")
         self.assertEqual((code, body), (200, data))
 
@@ -246,7 +253,7 @@ class UnreadableConditionalTests(FilesTestCase):
             self.origin.put(f"{i}.mp3", data)
             code, _, body = await self.get(f"{i}.mp3", **headers)
             self.assertEqual((code, body), (200, data), headers)
-            await self.cache.syncer.fill_for(f"{i}.mp3").when_done()
+            await filled(self.cache, f"{i}.mp3")
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
