@@ -27,6 +27,7 @@ from cachetier.origin import Origin, OriginResponse
 from cachetier.store import GENERATION_FILE, CacheStore, Handle
 from cachetier.sync import Fill, Syncer
 from cachetier.web.api import FileStatusResource, PurgeResource
+from cachetier.web.health import Health
 from cachetier.web.proxy import PrimaryProxy
 
 from .helpers import TestOrigin, body_of, http_client, start_cachetier, start_origin
@@ -173,6 +174,16 @@ class SyncFailureTests(SynchronousTestCase):
         failure = self.failureResultOf(old.when_done(), OriginError)
         self.assertIs(failure.value.reason, Reason.cancelled)
         self.assertLess(old.written - written, 1 << 20, "the purged fill went on downloading")
+
+    def test_the_health_probe_touches_the_disk_in_a_thread(self) -> None:
+        hold, release = self.hold()
+        syncer = self.make(run_in_thread=hold)
+        health = Health(self.store, syncer)
+        self.store.writable = lambda: "Read-only file system"  # type: ignore[method-assign]
+        self.assertEqual(health.verdict()["status"], "ok", "the disk was not asked yet")
+        self.assertEqual(release(), 1, "asked in a thread")
+        self.clock.advance(1)
+        self.assertEqual(health.verdict()["status"], "failing")
 
     def test_a_304_after_a_purge_writes_no_metadata(self) -> None:
         held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []

@@ -68,7 +68,7 @@ class Syncer:
         self.origin = origin
         self.store = store
         self.clock = clock
-        self._run_in_thread = run_in_thread
+        self.run_in_thread = run_in_thread
         self._slots = DeferredSemaphore(max_concurrent)
         self._max_object_size = max_object_size
         self._ttl = ttl
@@ -359,7 +359,7 @@ class Syncer:
                 fill,
                 self.origin,
                 self.store,
-                self._run_in_thread,
+                self.run_in_thread,
                 self.metrics,
                 self._lifetime,
                 self._max_object_size,

@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ..store import CacheStore
 from ..sync import Syncer
 from ._json import JSONResource, render_json
+
+log = Logger()
 
 # Sync failures that mean this node cannot store files; the rest of the
 # failures a sync can have are the origin's.
@@ -33,7 +36,9 @@ class Health:
         the breaker is not closed, or origin errors in the last minute;
       - C{ok} otherwise.
 
-    A verdict is reused for a second, so probes cost nothing much.
+    A verdict is reused for a second, so probes cost nothing much.  Whether
+    the cache directory takes a new file is asked in a thread (a slow disk
+    must not stall the reactor); a verdict uses the last answer.
     """
 
     def __init__(self, store: CacheStore, syncer: Syncer) -> None:
@@ -41,16 +46,34 @@ class Health:
         self.syncer = syncer
         self._verdict: dict[str, Any] | None = None
         self._at = float("-inf")
+        self._unwritable: str | None = None
+        self._probing = False
 
     def verdict(self) -> dict[str, Any]:
         now = self.syncer.clock.seconds()
         if self._verdict is None or now - self._at >= CACHED_FOR:
+            self._probe()
             self._verdict, self._at = self._check(now), now
         return self._verdict
 
+    def _probe(self) -> None:
+        if self._probing:
+            return
+        self._probing = True
+
+        def answered(why: str | None) -> None:
+            self._unwritable = why
+
+        def done(result: object) -> None:
+            self._probing = False
+
+        d = self.syncer.run_in_thread(self.store.writable)
+        d.addCallback(answered).addErrback(lambda f: log.failure("probing the cache failed", f))
+        d.addBoth(done)
+
     def _check(self, now: float) -> dict[str, Any]:
         failing, degraded = [], []
-        why = self.store.writable()
+        why = self._unwritable
         if why is not None:
             failing.append(f"the cache directory takes no new file ({why})")
         recent = {r for r, at in self.syncer.last_failed.items() if now - at <= RECENT}
