@@ -1,25 +1,19 @@
 """
 The cache's files on disk: complete objects, their metadata, atomic
-publishing and crash recovery.
+publishing and crash recovery.  Under the cache root (0700, files 0600)::
 
-Layout under the cache root (created 0700, files 0600)::
+    tmp/<random>.part                   bodies being downloaded
+    tmp/<key>.<version>.partial(.json)  a sparse body, what of it is on disk
+    tmp/<random>.gone                   retired bodies, unlinked in a thread
+    objects/<k2>/<key>.json             metadata: the commit point of an object
+    objects/<k2>/<key>.<version>        the body the metadata names
 
-    tmp/<random>.part                 bodies being downloaded
-    tmp/<key>.partial                 a big body filled out of order (sparse),
-    tmp/<key>.partial.json            and what of it is on disk: kept across
-                                      restarts so the fill resumes
-    objects/<k2>/<key>.json           metadata: the commit point of an object
-    objects/<k2>/<key>.<version>      the body the metadata names
-
-C{key} is the SHA-256 of the name, so any valid name maps to one safe path
-under the root whatever it contains, and C{a} and C{a/b} can both be cached.
-
-Publishing renames the fsynced body to a fresh versioned name (invisible: no
-metadata names it yet), then atomically replaces the metadata file.  A crash
-at any step leaves either the old metadata naming the old body or the new
-metadata naming the new body; startup removes whatever nothing names.
-Replacing an object unlinks the old body only after the new metadata is in
-place, and readers holding the old body open finish with the old bytes.
+C{key} is the SHA-256 of the name: any valid name maps to one safe path,
+and C{a} and C{a/b} can both be cached.  Publishing renames the fsynced
+body to a fresh versioned name (no metadata names it yet), then replaces
+the metadata file atomically: a crash at any step leaves the old metadata
+naming the old body or the new naming the new; startup removes whatever
+nothing names.  Readers holding a replaced body open finish with its bytes.
 """
 
 from __future__ import annotations
