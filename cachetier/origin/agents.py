@@ -39,6 +39,28 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @implementer(IAgent)
+class CoroutineAgent:
+    """
+    An agent whose C{request} is the coroutine C{_request}: the agents of
+    the stack below L{Origin} are written as coroutines.
+    """
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._request(method, uri, headers, bodyProducer))
+
+    async def _request(
+        self, method: bytes, uri: bytes, headers: Headers | None, body: IBodyProducer | None
+    ) -> Any:
+        raise NotImplementedError
+
+
+@implementer(IAgent)
 class IdentityAgent:
     """
     The innermost agent of the origin's treq client.  treq wraps every
@@ -70,8 +92,7 @@ class IdentityAgent:
         return response
 
 
-@implementer(IAgent)
-class SigningAgent:
+class SigningAgent(CoroutineAgent):
     """
     Adds what a private origin asks of every request: the secret headers
     of a L{HeaderFile}, and an S3 SigV4 signature made for this very URL
@@ -91,15 +112,6 @@ class SigningAgent:
         self.signer = signer
         self.header_file = header_file
         self._run_in_thread = run_in_thread or _call_now
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._request(method, uri, headers, bodyProducer))
 
     async def _request(
         self, method: bytes, uri: bytes, headers: Headers | None, body: IBodyProducer | None
@@ -141,8 +153,7 @@ _AUTH_CODES = {
 _S3_ERROR_CODES = frozenset({301, 307, 400, 403})
 
 
-@implementer(IAgent)
-class S3Rejections:
+class S3Rejections(CoroutineAgent):
     """
     Reads S3's error answers (at most 8 KiB of each) before anything above
     acts on their status: one that says our credentials or signature are
@@ -158,15 +169,6 @@ class S3Rejections:
         self._clock = clock
         self._timeout = timeout
         self.rejected: tuple[float, str] | None = None
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._request(method, uri, headers, bodyProducer))
 
     async def _request(
         self, method: bytes, uri: bytes, headers: Headers | None, body: IBodyProducer | None
@@ -192,8 +194,7 @@ def _xml_field(body: bytes, field: str) -> str | None:
     return match.group(1).decode("utf-8", "replace").strip() if match else None
 
 
-@implementer(IAgent)
-class WithinOrigin:
+class WithinOrigin(CoroutineAgent):
     """
     Follows the origin's redirects (at most L{MAX_REDIRECTS}) while they
     stay within the origin: the same scheme, host and port, under the base
@@ -213,15 +214,6 @@ class WithinOrigin:
         self._clock = clock
         self._timeout = timeout
         self._name = name
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._request(method, uri, headers, bodyProducer))
 
     async def _request(
         self, method: bytes, uri: bytes, headers: Headers | None, body: IBodyProducer | None

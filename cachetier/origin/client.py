@@ -19,12 +19,11 @@ from twisted.web.client import ResponseFailed
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
-from zope.interface import implementer
 
 from ..errors import NotFoundAtOrigin, OriginError, Reason
 from ..names import origin_url
 from ..objects import StoredObject
-from .agents import S3Rejections, SigningAgent, WithinOrigin
+from .agents import CoroutineAgent, S3Rejections, SigningAgent, WithinOrigin
 from .auth import HeaderFile, S3Signer
 from .body import BodyReceiver, abandon, read_body
 from .breaker import RETRYABLE, RETRYABLE_STATUSES, Breaker, RetryPolicy
@@ -239,8 +238,7 @@ def _request_headers(
     return Headers(headers)
 
 
-@implementer(IAgent)
-class _Send:
+class _Send(CoroutineAgent):
     """
     The bottom of an origin request's stack: one request through the
     origin's treq client (its body left unread, no redirect followed),
@@ -255,15 +253,6 @@ class _Send:
         self._clock = clock
         self._timeout = timeout
         self._breaker = breaker
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._request(method, uri, headers, bodyProducer))
 
     async def _request(
         self, method: bytes, uri: bytes, headers: Headers | None, body: IBodyProducer | None
