@@ -11,7 +11,7 @@ import stat
 from twisted.trial.unittest import SynchronousTestCase
 
 from cachetier.objects import ObjectHeaders, Partial
-from cachetier.store import CacheStore
+from cachetier.store import BIG_BODY, CacheStore
 
 HEADERS = ObjectHeaders(content_type="audio/mpeg", etag='"abc"', last_modified=1_700_000_000.0)
 
@@ -216,13 +216,16 @@ class RetiredBodyTests(SynchronousTestCase):
     def test_replaced_evicted_and_purged_bodies_are_unlinked_by_discard(self) -> None:
         root = os.path.abspath(self.mktemp())
         discarded: list[str] = []
-        store = CacheStore.open(root, max_size=1 << 20, discard=discarded.append)
-        old = publish(store, "a.mp3", b"old")
-        publish(store, "a.mp3", b"new")  # replaced
-        publish(store, "b.mp3", b"b" * 600_000)
-        self.assertIsNotNone(store.reserve(500_000))  # evicts a, then b
-        publish(store, "c.mp3", b"c")
+        store = CacheStore.open(root, max_size=3 * BIG_BODY, discard=discarded.append)
+        big = b"x" * BIG_BODY
+        old = publish(store, "a.mp3", big)
+        publish(store, "a.mp3", big)  # replaced
+        publish(store, "b.mp3", big)
+        self.assertIsNotNone(store.reserve(2 * BIG_BODY))  # evicts a, then b
+        publish(store, "c.mp3", big)
+        publish(store, "small.mp3", b"s")
         store.remove("c.mp3", durable=True)  # purged
+        store.remove("small.mp3", durable=True)  # small: unlinked at once
         self.assertEqual(len(discarded), 4)
         for path in discarded:
             self.assertEqual(os.path.dirname(path), os.path.join(root, "tmp"))

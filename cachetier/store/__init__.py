@@ -26,6 +26,7 @@ from .layout import PARTIAL_MAX_AGE, Layout, unlink
 from .quota import META_BYTES, Quota, Reservation
 
 __all__ = [
+    "BIG_BODY",
     "META_BYTES",
     "GENERATION_FILE",
     "CacheStore",
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 log = Logger()
+
+# Bodies from this size up are unlinked in a thread: on ext4 and XFS an
+# unlink takes time in proportion to a file's extents, seconds for gigabytes.
+BIG_BODY = 16 << 20
 
 # The shared generation counter's file, beside tmp/ and objects/.
 GENERATION_FILE = "generation"
@@ -314,11 +319,17 @@ class CacheStore:
 
     def _discard_retired(self, obj: StoredObject, path: str | None) -> None:
         """
-        Have a retired body unlinked.  Until it is, the space it will free
-        counts as free (unless a reader holds it open, when it frees
-        nothing yet), so that eviction for --min-free stops in time.
+        Have a retired body unlinked: a small one at once (a few blocks, no
+        slower than the rename), a big one by C{discard}, in a thread.
+        Until that is done the space it will free counts as free (unless a
+        reader holds it open, when it frees nothing yet), so that eviction
+        for --min-free stops in time; bytes on disk may pass --max-size by
+        that body for as long as its unlink takes.
         """
         if path is None:
+            return
+        if obj.size < BIG_BODY:
+            unlink(path)
             return
         freed = 0 if self.handles.is_open(obj) else obj.size
         self._quota.discarding += freed
