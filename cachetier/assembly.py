@@ -153,6 +153,35 @@ def _analytics(settings: Settings, run_in_thread: Any, store: CacheStore) -> Ana
     )
 
 
+def syncer_for(
+    settings: Settings,
+    origin: Origin,
+    store: CacheStore,
+    clock: Any,
+    run_in_thread: Any,
+    metrics: Metrics,
+) -> Syncer:
+    """
+    The syncer the settings call for, over C{origin} and C{store}.
+    """
+    return Syncer(
+        origin,
+        store,
+        clock,
+        run_in_thread,
+        max_concurrent=settings.max_concurrent_syncs,
+        max_queued=settings.max_queued_syncs,
+        max_new_per_second=settings.max_syncs_per_second,
+        max_new_per_client=settings.max_syncs_per_client,
+        max_object_size=settings.max_object_size,
+        ttl=settings.ttl,
+        stale_if_error=settings.stale_if_error,
+        negative_ttl=settings.negative_ttl,
+        metrics=metrics,
+        fill_connections=settings.fill_connections,
+    )
+
+
 def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thread: Any) -> Tree:
     """
     The primary's part: the store, opened and recovered, and the syncer
@@ -171,22 +200,7 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     origin, reloadables = _origin(settings, reactor, pool, run_in_thread)
-    syncer = Syncer(
-        origin,
-        store,
-        reactor,
-        run_in_thread,
-        max_concurrent=settings.max_concurrent_syncs,
-        max_queued=settings.max_queued_syncs,
-        max_new_per_second=settings.max_syncs_per_second,
-        max_new_per_client=settings.max_syncs_per_client,
-        max_object_size=settings.max_object_size,
-        ttl=settings.ttl,
-        stale_if_error=settings.stale_if_error,
-        negative_ttl=settings.negative_ttl,
-        metrics=metrics,
-        fill_connections=settings.fill_connections,
-    )
+    syncer = syncer_for(settings, origin, store, reactor, run_in_thread, metrics)
     metrics.watch(
         objects=lambda: len(store),
         cached_bytes=lambda: store.total_bytes,

@@ -41,12 +41,11 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 import cachetier
-from cachetier.assembly import Assembly, assemble
+from cachetier.assembly import Assembly, assemble, syncer_for
 from cachetier.config import Settings
 from cachetier.metrics import Metrics
 from cachetier.origin import Breaker, Origin, RetryPolicy
 from cachetier.store import CacheStore
-from cachetier.sync import Syncer
 from cachetier.web import build_root
 
 log = Logger()
@@ -543,21 +542,13 @@ class MemoryCache:
             min_rate=config.origin_min_rate,
             rate_window=config.origin_min_rate_window,
         )
-        self.syncer = Syncer(
+        self.syncer = syncer_for(
+            config,
             origin,
             self.store,
             self.clock,
             lambda f, *args: maybeDeferred(f, *args),
-            max_concurrent=config.max_concurrent_syncs,
-            max_queued=config.max_queued_syncs,
-            max_new_per_second=config.max_syncs_per_second,
-            max_new_per_client=config.max_syncs_per_client,
-            max_object_size=config.max_object_size,
-            ttl=config.ttl,
-            stale_if_error=config.stale_if_error,
-            negative_ttl=config.negative_ttl,
-            metrics=self.metrics,
-            fill_connections=config.fill_connections,
+            self.metrics,
         )
         self.client = StubTreq(build_root(self.store, self.syncer, config, self.metrics))
 
