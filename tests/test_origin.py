@@ -74,6 +74,17 @@ class BreakerTests(SynchronousTestCase):
         self.assertTrue(breaker.allow())
 
 
+def drive(treq: StubTreq, clock: Clock, d: Any) -> Deferred[Any]:
+    """
+    Run the coroutine C{d} against an in-memory origin for 50 clock seconds.
+    """
+    result = Deferred.fromCoroutine(d)
+    for _ in range(50):
+        treq.flush()
+        clock.advance(1)
+    return result
+
+
 class OriginTests(SynchronousTestCase):
     def make(self, resource: Resource, **kwargs: Any) -> Origin:
         self.clock = Clock()
@@ -81,11 +92,7 @@ class OriginTests(SynchronousTestCase):
         return Origin("http://origin.test/", self.treq, self.clock, 30, **kwargs)
 
     def drive(self, d: Any) -> Deferred[Any]:
-        result = Deferred.fromCoroutine(d)
-        for _ in range(50):
-            self.treq.flush()
-            self.clock.advance(1)
-        return result
+        return drive(self.treq, self.clock, d)
 
     def test_5xx_is_retried_with_backoff_until_success(self) -> None:
         script = _Script(503, 502)
@@ -211,11 +218,7 @@ class AgentTests(SynchronousTestCase):
         return Origin("http://origin.test/media/", self.treq, self.clock, 30, **kwargs)
 
     def drive(self, d: Any) -> Deferred[Any]:
-        result = Deferred.fromCoroutine(d)
-        for _ in range(50):
-            self.treq.flush()
-            self.clock.advance(1)
-        return result
+        return drive(self.treq, self.clock, d)
 
     def test_a_redirect_within_the_origin_is_followed(self) -> None:
         origin = self.make()

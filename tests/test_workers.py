@@ -281,22 +281,31 @@ class WorkerTruthTests(WorkersTestCase):
         self.assertNotRegex(self.log(), r"worker1#info\] GET /api/")
 
 
+def worker_of(test: TestCase, cache: Any) -> tuple[WorkerFiles, Any]:
+    """
+    A worker's files over C{cache}'s store, relaying to its site over a
+    private UNIX socket as a real worker does, and the agent it relays with.
+    """
+    socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
+    port = reactor.listenUNIX(socket_path, cache.site)
+    test.addCleanup(port.stopListening)
+    agent = primary_agent(reactor, socket_path)
+    test.addCleanup(agent._pool.closeCachedConnections)
+    files = WorkerFiles(
+        CacheStore(cache.store.root),
+        Generation(os.path.join(cache.store.root, GENERATION_FILE)),
+        reactor,
+        PrimaryProxy(agent),
+        60,
+    )
+    return files, agent
+
+
 class WorkerLRUTests(TestCase):
     async def test_hits_only_a_worker_saw_move_the_primarys_lru(self) -> None:
         origin, origin_url = start_origin(self)
         cache, _ = start_cachetier(self, origin_url)
-        socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
-        port = reactor.listenUNIX(socket_path, cache.site)
-        self.addCleanup(port.stopListening)
-        agent = primary_agent(reactor, socket_path)
-        self.addCleanup(agent._pool.closeCachedConnections)
-        files = WorkerFiles(
-            CacheStore(cache.store.root),
-            Generation(os.path.join(cache.store.root, GENERATION_FILE)),
-            reactor,
-            PrimaryProxy(agent),
-            60,
-        )
+        files, agent = worker_of(self, cache)
         worker_metrics = Metrics()
         worker = listen(self, CacheSite(build_worker_root(files), worker_metrics, reactor=reactor))
         worker_url = f"http://127.0.0.1:{worker.getHost().port}/"
@@ -325,18 +334,7 @@ class InternalTrafficTests(TestCase):
         cache, _ = start_cachetier(self, origin_url)
         paths: list[bytes] = []
         cache.site.access_log = lambda request: paths.append(request.path)
-        socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
-        port = reactor.listenUNIX(socket_path, cache.site)
-        self.addCleanup(port.stopListening)
-        agent = primary_agent(reactor, socket_path)
-        self.addCleanup(agent._pool.closeCachedConnections)
-        files = WorkerFiles(
-            CacheStore(cache.store.root),
-            Generation(os.path.join(cache.store.root, GENERATION_FILE)),
-            reactor,
-            PrimaryProxy(agent),
-            60,
-        )
+        files, agent = worker_of(self, cache)
         worker_metrics = Metrics()
         reporter = Reporter(files, worker_metrics, agent, reactor)
         primary = cache.site.metrics
