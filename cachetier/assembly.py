@@ -266,6 +266,7 @@ def worker_tree(
         reactor,
         PrimaryProxy(agent),
         settings.cache_control_max_age,
+        run_in_thread,
     )
     return Tree(
         store,
