@@ -118,6 +118,34 @@ class WarmCommandTests(WarmTestCase):
         counts["feed.xml"] += 1
         self.assertEqual(dict(self.origin.counts), counts)
 
+    async def test_enclosures_behind_tracking_prefixes_are_warmed_by_their_names(self) -> None:
+        hostpath = self.origin_url.split("://", 1)[1]
+        prefixes = {
+            "ep1.mp3": "https://dts.podtrac.com/redirect.mp3/",
+            "ep2.mp3": "https://op3.dev/e/https://",
+            "ep3.mp3": "https://chrt.fm/track/ABC123/",
+            "ep4.mp3": "https://pdst.fm/e/",
+            "ep5.mp3": "https://verifi.podscribe.com/rss/p/",
+            # Chained prefixes, the way networks stack them.
+            "ep6.mp3": "https://dts.podtrac.com/redirect.mp3/chrt.fm/track/X9/op3.dev/e/",
+        }
+        for name in prefixes:
+            self.origin.put(name, body_of(20_000, name))
+        urls = [prefix + hostpath + name + "?ref=feed" for name, prefix in prefixes.items()]
+        self.origin.put("feed.xml", feed(self.origin_url, urls), content_type="application/rss+xml")
+        process, protocol = self.command(f"--feed={self.origin_url}feed.xml")
+        ended = await protocol.ended
+        output = protocol.output.decode()
+        self.assertEqual(ended.exitCode, 0, output)
+        for name in prefixes:
+            self.assertIsNotNone(self.cache.store.get(name), output)
+        self.assertNotIn("skipped", output)
+        for host in ("dts.podtrac.com", "op3.dev", "chrt.fm", "pdst.fm", "verifi.podscribe.com"):
+            self.assertIn(f"tracking prefix https://{host}/", output)
+        # Only the origin was asked, each file once: the names went to the
+        # server, never a URL of a prefix's host.
+        self.assertEqual(dict(self.origin.counts), {"feed.xml": 1, **dict.fromkeys(prefixes, 1)})
+
     async def test_a_missing_file_makes_the_exit_status_non_zero(self) -> None:
         self.origin.put("here.mp3", body_of(1000))
         process, protocol = self.command("here.mp3", "gone.mp3")
