@@ -4,6 +4,7 @@ admin API (never to the origin).
 
   cachetier warm [NAME ...] [--from-file FILE|-] [--feed URL] [--watch SECONDS]
   cachetier stats [--file NAME] [--from DAY] [--to DAY] [--group day|file]
+                  [--format table|csv]
 
 Warms files ahead of a release: each is synced by the server at low
 priority, at most C{--jobs} at a time, with a progress bar per file in
@@ -14,6 +15,7 @@ summary table at the end.  Exit status 0 only if every file is cached.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -41,6 +43,8 @@ from .feeds import Feed, FeedError, FeedNames, names_from
 from .names import InvalidName, validate_name
 
 DONE = frozenset({"cached"})
+# The width of a console that is not a terminal: nothing is cut to fit.
+UNBOUNDED = 1 << 16
 FAILED = frozenset({"not_found", "error"})
 
 
@@ -344,12 +348,21 @@ def run_stats(args: argparse.Namespace, console: Console) -> int:
     code, body = server.call("GET", "api/v1/stats?" + urlencode(query))
     if code != 200:
         raise ServerError(body.get("message", f"HTTP {code}"))
-    table = Table(title="downloads (IAB-style: one a listener a file a day)")
     columns = ["file", "day", "requests", "bytes", "complete", "downloads"]
     if args.group == "file":
         columns.remove("day")
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([row[c] for c in columns] for row in body["rows"])
+        return 0
+    table = Table(title="downloads (IAB-style: one a listener a file a day)")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("file", "day") else "right")
+        table.add_column(
+            column,
+            justify="left" if column in ("file", "day") else "right",
+            overflow="fold",
+        )
     for row in body["rows"]:
         table.add_row(*(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns))
     console.print(table)
@@ -385,8 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--from", dest="start", metavar="YYYY-MM-DD")
     st.add_argument("--to", dest="end", metavar="YYYY-MM-DD")
     st.add_argument("--group", choices=("day", "file"), default="day")
+    st.add_argument(
+        "--format", choices=("table", "csv"), default="table", help="a table, or CSV rows"
+    )
     args = parser.parse_args(argv)
     console = Console()
+    if not console.is_terminal:
+        # Piped or redirected: a table as wide as its contents, never cut.
+        console = Console(width=UNBOUNDED)
     try:
         if args.command == "stats":
             return run_stats(args, console)
@@ -396,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--jobs must be at least 1")
         return run_warm(args, console)
     except (ServerError, FeedError) as e:
-        console.print(f"cachetier {args.command}: {e}", highlight=False, style="red")
+        print(f"cachetier {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
