@@ -43,9 +43,11 @@ from .feeds import Feed, FeedError, FeedNames, names_from
 from .names import InvalidName, validate_name
 
 DONE = frozenset({"cached"})
+FAILED = frozenset({"not_found", "error"})
 # The width of a console that is not a terminal: nothing is cut to fit.
 UNBOUNDED = 1 << 16
-FAILED = frozenset({"not_found", "error"})
+# --help's description: the docstring's first paragraph is epytext.
+DESCRIPTION = "Operator tools that talk to a running cachetier's admin API (never to the origin)."
 
 
 class ServerError(Exception):
@@ -377,7 +379,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cachetier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="cachetier", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     w = commands.add_parser("warm", help="cache files ahead of their listeners")
     w.add_argument("names", nargs="*", help="file names (as under /files/)")

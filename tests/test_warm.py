@@ -13,6 +13,7 @@ from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 
 from .helpers import CacheTestCase, ProcessOutput, body_of, child_environment
 
@@ -145,6 +146,14 @@ class WarmCommandTests(WarmTestCase):
         # Only the origin was asked, each file once: the names went to the
         # server, never a URL of a prefix's host.
         self.assertEqual(dict(self.origin.counts), {"feed.xml": 1, **dict.fromkeys(prefixes, 1)})
+
+    async def test_help_is_plain_text(self) -> None:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "cachetier.cli", "--help"], env=child_environment()
+        )
+        self.assertEqual(code, 0, err)
+        self.assertNotRegex(out.decode(), r"[CLIB]\{")
+        self.assertIn(b"cachetier's admin", out)
 
     async def test_a_missing_file_makes_the_exit_status_non_zero(self) -> None:
         self.origin.put("here.mp3", body_of(1000))
