@@ -14,6 +14,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachetier.feeds import names_from, unwrap
 
 from .helpers import CacheTestCase, ProcessOutput, body_of, child_environment
 
@@ -180,3 +183,41 @@ class WarmCommandTests(WarmTestCase):
             await deferLater(reactor, 0.05, lambda: None)
         self.assertIsNotNone(self.cache.store.get("ep2.mp3"), protocol.output.decode())
         self.assertIn("new in the feed: ep2.mp3", protocol.output.decode())
+
+
+class UnwrapTests(SynchronousTestCase):
+    ORIGIN = "https://media.example.com/pod/"
+
+    def test_the_origin_after_a_prefix_is_found_and_nothing_else(self) -> None:
+        cases = {
+            "https://media.example.com/pod/a.mp3": ("a.mp3", ""),
+            "https://pdst.fm/e/MEDIA.Example.com/pod/a.mp3": ("a.mp3", "https://pdst.fm/e/"),
+            "https://op3.dev/e/http://media.example.com/pod/a.mp3": (
+                "a.mp3",
+                "https://op3.dev/e/",
+            ),
+            # The path compares as it is; a longer host is another host.
+            "https://pdst.fm/e/media.example.com/Pod/a.mp3": None,
+            "https://pdst.fm/e/media.example.com.evil/pod/a.mp3": None,
+            "https://media.example.com.evil/pod/a.mp3": None,
+            "https://elsewhere.example/a.mp3": None,
+        }
+        for url, expected in cases.items():
+            self.assertEqual(unwrap(url, self.ORIGIN), expected, url)
+
+    def test_skipped_urls_say_why_and_prefixes_are_kept_by_name(self) -> None:
+        found = names_from(
+            [
+                "https://chrt.fm/track/X/media.example.com/pod/a.mp3?x=1",
+                "https://media.example.com/pod/a.mp3",
+                "https://chrt.fm/track/X/media.example.com/pod/../b.mp3",
+                "https://elsewhere.example/c.mp3",
+            ],
+            self.ORIGIN,
+        )
+        self.assertEqual(found.names, ["a.mp3"])
+        self.assertEqual(found.prefixes, {"a.mp3": "https://chrt.fm/track/X/"})
+        self.assertEqual(
+            [why.split(":")[0] for _, why in found.skipped],
+            ["not a valid name", "not under the cache's origin (elsewhere.example)"],
+        )
