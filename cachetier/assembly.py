@@ -132,13 +132,16 @@ def assemble(
         # In a worker, the primary's file: every line is appended whole.
         access_file = AccessLogFile(settings.access_log)
         site.access_log = AccessLine(access_file.write, reactor.seconds)
+    reloadables = list(tree.reloadables)
+    if tree.analytics is not None:
+        reloadables.append(tree.analytics.reload_bots)
     return Assembly(
         tree.store,
         tree.syncer,
         site,
         tree.pool,
         access_file,
-        tree.reloadables,
+        reloadables,
         tree.analytics,
         tree.reporter,
     )
@@ -149,7 +152,11 @@ def _analytics(settings: Settings, run_in_thread: Any, store: CacheStore) -> Ana
     if settings.analytics_retention_days is None:
         return None
     return Analytics(
-        settings.cache_dir, run_in_thread, store.locate, settings.analytics_retention_days
+        settings.cache_dir,
+        run_in_thread,
+        store.locate,
+        settings.analytics_retention_days,
+        bots_file=settings.bots_file,
     )
 
 

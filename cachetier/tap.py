@@ -154,6 +154,13 @@ class Options(usage.Options):
             "How long per-file download counts are kept, or 'off' to keep none.",
         ],
         [
+            "bots-file",
+            None,
+            None,
+            "User-Agent fragments, one a line, that never count as downloads, added to"
+            " the shipped list (re-read on SIGHUP).",
+        ],
+        [
             "shutdown-grace",
             None,
             "30s",

@@ -27,7 +27,7 @@ def _browser() -> tuple[Any, str]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        raise SkipTest("playwright is not installed (pip install -e '.[dev]')") from None
+        raise SkipTest("playwright is not installed (pip install -e '.[test]')") from None
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SkipTest("no chromium: apt-get install chromium (.ci/run does)")

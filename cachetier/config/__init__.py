@@ -161,6 +161,8 @@ class Settings:
     origin_header_file: str | None = None
     # Download analytics are kept this many days (None: not kept).
     analytics_retention_days: int | None = 400
+    # An operator's bots list, added to the shipped one (--bots-file).
+    bots_file: str | None = None
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
 

@@ -196,6 +196,7 @@ def settings_from(
         shutdown_grace=option("shutdown-grace", parse_duration, flags["shutdown-grace"]),
         fill_connections=option("fill-connections", positive, flags["fill-connections"]),
         analytics_retention_days=_retention(flags["analytics-retention"]),
+        bots_file=_bots_file(flags["bots-file"]),
         **origin_auth(flags, where["origin"], read_header_file),
     )
 
@@ -299,6 +300,23 @@ def _bounds(flags: Mapping[str, Any]) -> dict[str, Any]:
         "breaker_threshold": value("breaker-threshold", positive),
         "breaker_cooloff": value("breaker-cooloff", positive_duration),
     }
+
+
+def _bots_file(path: str | None) -> str | None:
+    """
+    C{--bots-file}: a UTF-8 text file that can be read now (and, to be
+    read again on SIGHUP, by the user the service runs as).
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read()
+    except OSError as e:
+        raise SettingError(f"--bots-file: cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        raise SettingError(f"--bots-file: {path} is not UTF-8 text") from None
+    return os.path.abspath(path)
 
 
 def _retention(text: str) -> int | None:

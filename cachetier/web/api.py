@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from typing import Any
 
 from twisted.logger import Logger
@@ -238,6 +239,17 @@ class SyncsResource(_SyncerAdmin):
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+def _is_day(text: str) -> bool:
+    """
+    Whether C{text} is a day of the calendar, as YYYY-MM-DD.
+    """
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return _DAY.match(text) is not None
+
+
 class StatsResource(JSONResource):
     """
     C{GET /api/v1/stats?file=&from=&to=&group=day|file&format=json|csv}
@@ -264,8 +276,10 @@ class StatsResource(JSONResource):
                 request, 400, "bad_request", "group is day or file; format is json or csv"
             )
         for key in ("from", "to"):
-            if key in args and not _DAY.match(args[key]):
-                return render_error(request, 400, "bad_request", f"{key} is a day: YYYY-MM-DD")
+            if key in args and not _is_day(args[key]):
+                return render_error(
+                    request, 400, "bad_date", f"{key} must be a day of the calendar, YYYY-MM-DD"
+                )
         watch = EndWatch(request)
         d = self.analytics.query(
             file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group
