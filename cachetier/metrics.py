@@ -17,6 +17,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 
 import twisted
 
@@ -26,6 +27,35 @@ from . import __version__
 # episode to a slow listener many minutes.
 _DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, 1800.0)
 _FIRST_BYTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ByteTally:
+    """
+    A counter of bytes that the serving path adds to for every chunk it
+    sends: one int add on a plain attribute (L{value}), no lock and no
+    label lookup, as a body may be thousands of chunks.  Read (as a
+    Prometheus counter) only when scraped, in the reactor thread like
+    every add.
+    """
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+        registry.register(self)
+
+    def inc(self, amount: float = 1) -> None:
+        """
+        Count C{amount} more (as L{Counter.inc}).
+        """
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self.value += int(amount)
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.value)]
+
+    describe = collect
 
 
 class Metrics:
@@ -56,8 +86,10 @@ class Metrics:
         self.http_requests = Counter(
             "cachetier_http_requests", "Responses of every kind, from every process.", registry=r
         )
-        self.bytes_served = Counter(
-            "cachetier_served_bytes", "Body bytes sent to listeners.", registry=r
+        self.bytes_served = ByteTally(
+            "cachetier_served_bytes",
+            "Body bytes sent to listeners, counted as they leave (see cachetier.web.bodies).",
+            r,
         )
 
     def _register_origin(self, r: CollectorRegistry) -> None:
@@ -68,8 +100,8 @@ class Metrics:
         self.origin_requests = Counter(
             "cachetier_origin_requests", "GET requests sent to the origin.", registry=r
         )
-        self.origin_bytes = Counter(
-            "cachetier_origin_bytes", "Body bytes received from the origin.", registry=r
+        self.origin_bytes = ByteTally(
+            "cachetier_origin_bytes", "Body bytes received from the origin, as they land.", r
         )
         self.sync_failures = Counter(
             "cachetier_sync_failures", "Failed syncs by reason.", ["reason"], registry=r
@@ -170,11 +202,11 @@ class Metrics:
         )
 
     @property
-    def counters(self) -> dict[str, Counter]:
+    def counters(self) -> dict[str, Counter | ByteTally]:
         """
         The counters by attribute name: what a worker reports to the primary.
         """
-        return {k: v for k, v in vars(self).items() if isinstance(v, Counter)}
+        return {k: v for k, v in vars(self).items() if isinstance(v, Counter | ByteTally)}
 
     def counter_values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """
@@ -198,7 +230,7 @@ class Metrics:
             return
         try:
             (counter.labels(**labels) if labels else counter).inc(delta)
-        except ValueError:
+        except (ValueError, AttributeError):
             pass  # labels this counter does not have
 
     def watch(
