@@ -6,7 +6,11 @@ in one process never share counters.
 from __future__ import annotations
 
 import platform
+import time
+from collections import deque
 from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,6 +31,28 @@ from . import __version__
 # episode to a slow listener many minutes.
 _DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, 1800.0)
 _FIRST_BYTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# What the status page draws of the requests' outcomes: each outcome's
+# group (the others, such as relayed or internal, are counted where they
+# are served, or are no listener's).
+OUTCOME_GROUPS = {
+    "hit": "hit",
+    "miss": "miss",
+    "redirect": "miss",
+    "stale": "stale",
+    "error": "error",
+    "overloaded": "error",
+    "no_space": "error",
+    "refused": "error",
+    "stale_withheld": "error",
+    "not_found": "not_found",
+    "bad_name": "not_found",
+}
+GROUPS = ("hit", "miss", "stale", "error", "not_found")
+# Sync failures that are not the origin's fault: the rest are.
+NOT_ORIGIN_FAILURES = frozenset(
+    {"not_found", "too_large", "cancelled", "internal", "write_error", "no_space"}
+)
 
 
 class ByteTally:
@@ -72,6 +98,7 @@ class Metrics:
         self._register_cache(self.registry)
         self._register_disk(self.registry)
         _register_build_and_process(self.registry)
+        self.history = History(self)
 
     def _register_requests(self, r: CollectorRegistry) -> None:
         """
@@ -255,6 +282,72 @@ class Metrics:
         self.syncs_in_flight.set_function(in_flight)
         self.syncs_queued.set_function(queued)
         self.breaker_open.set_function(breaker_open)
+
+
+class History:
+    """
+    The last C{seconds} of traffic, one sample a second, for the status
+    page to draw when it opens: bytes to listeners and from the origin,
+    requests by outcome group, and origin failures, as counter values
+    (a bounded ring, about 100 bytes a sample).
+
+    L{sample} runs once a second (the service's flush) and whenever the
+    page asks; samples within one second replace each other.
+    """
+
+    def __init__(
+        self, metrics: Metrics, seconds: int = 900, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self._ring: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=seconds + 1)
+
+    def sample(self) -> None:
+        m = self.metrics
+        outcomes = dict.fromkeys(GROUPS, 0.0)
+        for family in m.requests.collect():
+            for s in family.samples:
+                group = OUTCOME_GROUPS.get(s.labels.get("outcome", ""))
+                if group is not None and s.name.endswith("_total"):
+                    outcomes[group] += s.value
+        failures = 0.0
+        for family in m.sync_failures.collect():
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels.get("reason") not in NOT_ORIGIN_FAILURES:
+                    failures += s.value
+        values = (m.bytes_served.value, m.origin_bytes.value, *outcomes.values(), failures)
+        at = int(self.clock())
+        if self._ring and self._ring[-1][0] == at:
+            self._ring.pop()
+        self._ring.append((at, values))
+
+    def origin_errors_since(self, since: float) -> int:
+        """
+        Syncs failed by the origin from the first sample at or after
+        C{since} to the latest.
+        """
+        first = next((v for at, v in self._ring if at >= since), None)
+        if first is None:
+            return 0
+        return int(self._ring[-1][1][-1] - first[-1])
+
+    def rates(self, since: float = 0) -> list[dict[str, Any]]:
+        """
+        Per sample after C{since}: C{t} (Unix time) and C{dt} (seconds since
+        the sample before, 1 while the service samples), C{out} and C{origin}
+        (bytes a second), each outcome group (requests a second) and
+        C{origin_errors} (failed syncs a second).
+        """
+        keys = ("out", "origin", *GROUPS, "origin_errors")
+        rows = []
+        for (t0, a), (t1, b) in pairwise(self._ring):
+            if t1 <= since:
+                continue
+            dt = t1 - t0
+            row: dict[str, Any] = {"t": t1, "dt": dt}
+            row.update((k, max(0.0, (y - x) / dt)) for k, x, y in zip(keys, a, b, strict=True))
+            rows.append(row)
+        return rows
 
 
 def _register_build_and_process(r: CollectorRegistry) -> None:

@@ -13,7 +13,10 @@ from prometheus_client import generate_latest
 from treq import collect
 from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachetier.metrics import History, Metrics
 
 from .helpers import CacheTestCase, body_of
 
@@ -104,3 +107,64 @@ class ServedBytesTests(CacheTestCase):
         await done
         await self.settle("long.mp3")
         self.assertEqual(self.metric('cachetier_requests_total{outcome="miss"}'), 1)
+
+
+class HistoryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.metrics = Metrics()
+        self.history = History(self.metrics, seconds=900, clock=self.clock.seconds)
+
+    def second(self, served: int = 0, hits: int = 0, errors: int = 0) -> None:
+        self.metrics.bytes_served.inc(served)
+        if hits:
+            self.metrics.requests.labels(outcome="hit").inc(hits)
+        if errors:
+            self.metrics.sync_failures.labels(reason="origin_error").inc(errors)
+            self.metrics.sync_failures.labels(reason="not_found").inc(errors)
+        self.clock.advance(1)
+        self.history.sample()
+
+    def test_rates_are_per_second_between_samples(self) -> None:
+        self.history.sample()
+        self.second(served=1000, hits=2)
+        self.second(served=3000)
+        rows = self.history.rates()
+        self.assertEqual(
+            [(r["out"], r["hit"], r["dt"]) for r in rows], [(1000, 2, 1), (3000, 0, 1)]
+        )
+        self.assertEqual(self.history.rates(since=rows[0]["t"]), rows[1:])
+
+    def test_samples_within_a_second_replace_each_other(self) -> None:
+        self.history.sample()
+        self.second(served=10)
+        self.metrics.bytes_served.inc(5)
+        self.history.sample()
+        [row] = self.history.rates()
+        self.assertEqual(row["out"], 15)
+
+    def test_it_keeps_fifteen_minutes(self) -> None:
+        self.history.sample()
+        for _ in range(1000):
+            self.second(served=1)
+        rows = self.history.rates()
+        self.assertEqual(len(rows), 900)
+        self.assertEqual(rows[-1]["t"] - rows[0]["t"], 899)
+
+    def test_origin_errors_in_the_last_minute_leave_out_missing_files(self) -> None:
+        self.history.sample()
+        self.second(errors=3)
+        for _ in range(60):
+            self.second()
+        self.second(errors=2)
+        self.assertEqual(self.history.origin_errors_since(self.clock.seconds() - 60), 2)
+        self.assertEqual(self.history.rates()[0]["origin_errors"], 3)
+
+    def test_the_served_bytes_tally_is_a_prometheus_counter(self) -> None:
+        self.metrics.bytes_served.inc(7)
+        self.metrics.add("bytes_served", {}, 5)
+        self.assertIn(
+            "cachetier_served_bytes_total 12.0", generate_latest(self.metrics.registry).decode()
+        )
+        self.assertEqual(self.metrics.counter_values()[("bytes_served", ())], 12)
