@@ -289,7 +289,7 @@ class History:
     The last C{seconds} of traffic, one sample a second, for the status
     page to draw when it opens: bytes to listeners and from the origin,
     requests by outcome group, and origin failures, as counter values
-    (a bounded ring, about 100 bytes a sample).
+    (a bounded ring of 901 samples, about 300 bytes each).
 
     L{sample} runs once a second (the service's flush) and whenever the
     page asks; samples within one second replace each other.

@@ -1,10 +1,11 @@
 """
-The status page at C{/}: a live dashboard (bandwidth, requests by outcome
-and hit ratio, syncs in flight, disk, top episodes today) that updates
-itself.  The page holds no data and needs nothing from the internet: its
-script and styles are inline, its charts are SVG it draws from
-C{GET /api/v1/dashboard}, which takes the admin token (kept in the
-browser's session storage; C{/#token=...} sets it).
+The status page at C{/}: a live dashboard (bandwidth and requests by
+outcome over 15 minutes, hit ratios, syncs in flight, the origin, disk,
+top episodes today) that updates itself.  The page holds no data and
+needs nothing from the internet: its script and styles are inline, its
+charts are SVG it draws from C{GET /api/v1/dashboard}, which takes the
+admin token (kept in the browser's session storage; C{/#token=...} sets
+it) and carries the history the service keeps (L{metrics.History}).
 """
 
 from __future__ import annotations
