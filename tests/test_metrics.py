@@ -6,19 +6,21 @@ status page draws.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 from prometheus_client import generate_latest
-from treq import collect
+from treq import collect, content
 from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachetier.metrics import History, Metrics
 
-from .helpers import CacheTestCase, body_of
+from .helpers import CacheTestCase, body_of, http_client, start_origin
+from .test_twistd import spawn_twistd
 
 SERVED = "cachetier_served_bytes_total"
 
@@ -168,3 +170,40 @@ class HistoryTests(SynchronousTestCase):
             "cachetier_served_bytes_total 12.0", generate_latest(self.metrics.registry).decode()
         )
         self.assertEqual(self.metrics.counter_values()[("bytes_served", ())], 12)
+
+
+class TwistdServedBytesTests(TestCase):
+    timeout = 60
+
+    async def test_metrics_show_a_throttled_download_while_it_runs(self) -> None:
+        origin, origin_url = start_origin(self)
+        client = http_client(self)
+        size = 8_000_000
+        origin.put("long.mp3", body_of(size, "long"))
+        origin.rate = 1_000_000
+        cache_dir = os.path.abspath(self.mktemp())
+        args = [
+            f"--origin={origin_url}",
+            f"--cache-dir={cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+        ]
+        _, twistd = spawn_twistd(self, args)
+        url = f"http://127.0.0.1:{await twistd.port}/"
+        response = await client.get(url + "files/long.mp3")
+        finished: list[object] = []
+        done = collect(response, lambda data: None)
+        done.addBoth(finished.append)
+        # /metrics' own bodies count too: what they sent before is taken off.
+        scraped = 0
+        listeners = 0.0
+        while not finished and listeners < 256 * 1024:
+            page = await content(await client.get(url + "metrics"))
+            match = re.search(rb"^cachetier_served_bytes_total (\S+)$", page, re.MULTILINE)
+            assert match is not None
+            listeners = float(match.group(1)) - scraped
+            scraped += len(page)
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(finished, [], "the download ended before the counter moved")
+        self.assertGreaterEqual(listeners, 256 * 1024)
+        self.assertLess(listeners, size)
+        await done
