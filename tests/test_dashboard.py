@@ -16,9 +16,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cachetier.web.dashboard import top_episodes
+from cachetier.web.dashboard import SyncSpeeds, top_episodes
 
 from .helpers import CacheTestCase, body_of
 
@@ -276,3 +276,16 @@ class DashboardDataTests(CacheTestCase):
                 {"file": "a.mp3", "downloads": 2, "bytes": 100},
             ],
         )
+
+
+class SyncSpeedsTests(SynchronousTestCase):
+    def test_speed_over_the_last_ten_seconds_and_a_new_download_starts_afresh(self) -> None:
+        speeds = SyncSpeeds()
+        self.assertEqual(speeds.update(100.0, {"a": 0}), {"a": None})
+        self.assertEqual(speeds.update(102.0, {"a": 2000}), {"a": 1000.0})
+        for t in range(104, 120, 2):
+            speeds.update(float(t), {"a": 2000 + (t - 102) * 500})
+        # Only the last ten seconds count: 500 bytes a second.
+        self.assertEqual(speeds.update(120.0, {"a": 11_000}), {"a": 500.0})
+        self.assertEqual(speeds.update(122.0, {"a": 100, "b": 0}), {"a": None, "b": None})
+        self.assertEqual(speeds.update(124.0, {"b": 10}), {"b": 5.0})

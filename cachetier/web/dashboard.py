@@ -55,8 +55,9 @@ class DashboardPage(Resource):
 
 class SyncSpeeds:
     """
-    Each sync's speed over the last few seconds, from the progress seen at
-    each snapshot (the page asks every two seconds).
+    Each sync's speed over the last ten seconds, from the progress seen at
+    each snapshot (the page asks every two seconds; at most 64 points a
+    sync, however many pages ask).
     """
 
     window = 10.0
@@ -69,9 +70,11 @@ class SyncSpeeds:
         Record C{progress} (bytes written, by name) at C{now}; the bytes a
         second of each, or L{None} until there are two points.
         """
-        seen = {name: self._seen.get(name) or deque() for name in progress}
+        seen = {name: self._seen.get(name) or deque(maxlen=64) for name in progress}
         speeds: dict[str, float | None] = {}
         for name, points in seen.items():
+            if points and progress[name] < points[-1][1]:
+                points.clear()  # a new download of the name
             points.append((now, progress[name]))
             while len(points) > 2 and now - points[0][0] > self.window:
                 points.popleft()
