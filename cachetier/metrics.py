@@ -256,9 +256,12 @@ class Metrics:
         if counter is None or delta <= 0:
             return
         try:
-            (counter.labels(**labels) if labels else counter).inc(delta)
-        except (ValueError, AttributeError):
-            pass  # labels this counter does not have
+            if not labels:
+                counter.inc(delta)
+            elif isinstance(counter, Counter):
+                counter.labels(**labels).inc(delta)
+        except ValueError:
+            pass  # labels this counter does not have (a byte tally has none)
 
     def watch(
         self,

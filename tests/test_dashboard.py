@@ -201,7 +201,7 @@ class DashboardTests(CacheTestCase):
             page.fill("#token", "still-not-it")
             page.click("#login button")
             page.wait_for_function(
-                "document.getElementById('login-message').textContent.includes('refused')",
+                "() => document.getElementById('login-message').textContent.includes('refused')",
                 timeout=30_000,
             )
             page.fill("#token", "")
