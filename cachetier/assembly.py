@@ -77,6 +77,7 @@ class Assembly:
         primary) sparse fills' leftovers nobody resumed in a day removed.
         A failure is logged, and the next flush tries again.
         """
+        self.site.metrics.history.sample()  # the status page's, once a second
         for buffered in (self.access_file, self.analytics):
             if buffered is not None:
                 try:

@@ -22,6 +22,7 @@ from twisted.web.static import Data
 
 from cachetier.assembly import Assembly
 from cachetier.config import Settings, default_backlog
+from cachetier.metrics import Metrics
 from cachetier.service import CacheService, listener
 from cachetier.tap import Options, listen_endpoint, makeService, makeWorkerService
 from cachetier.workers import PublicPorts, WorkersService
@@ -175,7 +176,8 @@ class MakeServiceTests(SynchronousTestCase):
         )
 
     def test_a_failed_flush_is_logged_and_the_next_one_runs(self) -> None:
-        assembly = Assembly(None, None, None, None, access_file=_Unflushable())  # type: ignore
+        site = SimpleNamespace(metrics=Metrics())
+        assembly = Assembly(None, None, site, None, access_file=_Unflushable())  # type: ignore
         assembly.flush()
         assembly.flush()
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
