@@ -50,6 +50,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from .config import Settings
+from .config.flags import StartupFailure
 from .limits import site_limits
 from .metrics import Metrics
 from .web import CacheSite
@@ -97,8 +98,10 @@ class _AtOnce:
         d = self.endpoint.listen(factory)
         d.addErrback(failures.append)
         if failures:
-            why = failures[0].getErrorMessage()
-            raise SystemExit(f"cachetier: cannot listen on {self.description}: {why}")
+            error = failures[0].value
+            socket_error = getattr(error, "socketError", None)
+            why = getattr(socket_error, "strerror", None) or failures[0].getErrorMessage()
+            raise StartupFailure(f"cannot listen on {self.description}: {why}")
         return d
 
 
@@ -116,7 +119,7 @@ def prepare_cache_dir(path: str, owner: tuple[int, int] | None) -> None:
     give it (and anything in it another user owns) to that user: the
     server writes there after privileges are dropped.
 
-    @raise SystemExit: with one line, when it cannot be done.
+    @raise StartupFailure: when it cannot be done.
     """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -127,9 +130,7 @@ def prepare_cache_dir(path: str, owner: tuple[int, int] | None) -> None:
                 for entry in dirs + files:
                     os.chown(os.path.join(top, entry), uid, gid, follow_symlinks=False)
     except OSError as e:
-        raise SystemExit(
-            f"cachetier: cannot prepare the cache directory {path}: {e.strerror}"
-        ) from None
+        raise StartupFailure(f"cannot prepare the cache directory {path}: {e.strerror}") from None
 
 
 def reopen_twistd_logs() -> int:
@@ -196,8 +197,8 @@ class CacheService(Service):
         try:
             self.assembly = self._assemble(self.settings, self.reactor, self.site)
         except OSError as e:
-            raise SystemExit(
-                f"cachetier: cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
+            raise StartupFailure(
+                f"cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
             ) from None
         self._install_signals()
 

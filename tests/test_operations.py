@@ -14,11 +14,13 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
@@ -35,19 +37,33 @@ async def _sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def _until_in(path: str, text: str) -> None:
+async def _until(condition: Callable[[], bool], what: str, within: float = 20) -> None:
     """
-    Wait until the file at C{path} holds C{text}: what another process
-    writes (the access log, once a second) is waited for, not slept on.
+    Wait until C{condition()} holds, failing naming C{what} after
+    C{within} seconds: what another process does is waited for, not
+    slept on.
     """
-    while True:
-        try:
-            with open(path) as f:
-                if text in f.read():
-                    return
-        except FileNotFoundError:
-            pass
+    deadline = reactor.seconds() + within
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
         await _sleep(0.05)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+async def _until_in(path: str, text: str, within: float = 20) -> None:
+    """
+    Wait until the file at C{path} holds C{text} (the access log is
+    written once a second).
+    """
+    await _until(lambda: text in _read(path), f"{text!r} in {path}: {_read(path)!r}", within)
 
 
 class TwistdProcessCase(TestCase):
@@ -112,6 +128,94 @@ class OptionErrorTests(TwistdProcessCase):
         reason = await self.ended(process, protocol)
         self.assertEqual(reason.exitCode, 0)
         self.assertIn(f"cachetier {__version__} (Twisted ", protocol.output.decode())
+
+
+def _kill_daemon(pidfile: str) -> None:
+    """
+    Kill, by the PID in C{pidfile}, a twistd daemon a test left running.
+    """
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            running = b"twistd" in f.read()
+    except (OSError, ValueError):
+        return
+    if running:
+        os.kill(pid, signal.SIGKILL)
+
+
+class DaemonStartupTests(TwistdProcessCase):
+    """
+    Without C{-n}, twistd's parent waits for the daemon's word that it
+    started: a start-up that fails must reach the terminal through it,
+    at once, and take the pidfile away.
+    """
+
+    def daemon(self, *args: str, owner: int | None = None) -> tuple[Any, _Twistd, str, str]:
+        run = os.path.abspath(self.mktemp())
+        os.mkdir(run)
+        if owner is not None:
+            os.chmod(os.path.dirname(run), 0o755)
+            os.chown(run, owner, owner)
+        pidfile, logfile = os.path.join(run, "twistd.pid"), os.path.join(run, "twistd.log")
+        self.addCleanup(_kill_daemon, pidfile)
+        uid = () if owner is None else (f"--uid={owner}", f"--gid={owner}")
+        process, protocol = self.spawn(
+            *args, twistd=(f"--pidfile={pidfile}", f"--logfile={logfile}", *uid)
+        )
+        return process, protocol, pidfile, logfile
+
+    async def assertReported(
+        self, started: tuple[Any, _Twistd, str, str], shown: str, logged: str
+    ) -> None:
+        process, protocol, pidfile, logfile = started
+        reason = await self.ended(process, protocol, within=20)
+        output = protocol.output.decode()
+        self.assertEqual(reason.exitCode, 1, output)
+        self.assertIn("An error has occurred: b'cachetier.StartupFailure: " + shown, output)
+        # The daemon logs and goes after its word to the parent.
+        await _until(lambda: not os.path.exists(pidfile), "the pidfile removed")
+        await _until_in(logfile, logged)
+
+    async def test_a_busy_port_is_reported_by_twistd(self) -> None:
+        busy = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        port = busy.getHost().port
+        started = self.daemon(
+            f"--cache-dir={self.cache_dir}", f"--listen=tcp:{port}:interface=127.0.0.1"
+        )
+        await self.assertReported(
+            started,
+            f"cannot listen on tcp:{port}",
+            f"cachetier: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use",
+        )
+        self.assertFalse(os.path.exists(self.cache_dir), "created before the port failed")
+
+    async def test_a_cache_directory_the_user_cannot_reach_is_reported_by_twistd(self) -> None:
+        _root_only()
+        locked = os.path.abspath(self.mktemp())
+        os.mkdir(locked, 0o700)
+        cache_dir = os.path.join(locked, "cache")
+        started = self.daemon(
+            f"--cache-dir={cache_dir}", "--listen=tcp:0:interface=127.0.0.1", owner=NOBODY
+        )
+        await self.assertReported(
+            started,
+            "cannot open the cache in",
+            f"cachetier: cannot open the cache in {cache_dir}: Permission denied",
+        )
+
+    async def test_a_bad_option_value_is_one_line_before_forking(self) -> None:
+        process, protocol, pidfile, _ = self.daemon(
+            f"--cache-dir={self.cache_dir}", "--max-size=10MB"
+        )
+        reason = await self.ended(process, protocol, within=20)
+        output = protocol.output.decode()
+        self.assertEqual(reason.exitCode, 2, output)
+        self.assertIn("twistd cachetier: --max-size: not a size: '10MB'", output)
+        self.assertFalse(os.path.exists(pidfile))
+        self.assertFalse(os.path.exists(self.cache_dir))
 
 
 class SignalTests(TwistdProcessCase):

@@ -22,6 +22,7 @@ from twisted.web.static import Data
 
 from cachetier.assembly import Assembly
 from cachetier.config import Settings, default_backlog
+from cachetier.config.flags import StartupFailure
 from cachetier.service import CacheService, listener
 from cachetier.tap import Options, listen_endpoint, makeService, makeWorkerService
 from cachetier.workers import PublicPorts, WorkersService
@@ -166,12 +167,18 @@ class MakeServiceTests(SynchronousTestCase):
         busy = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
         endpoint = SimpleNamespace(listen=lambda factory: fail(busy))
         service = listener("tcp:8080:interface=127.0.0.1", endpoint, None)  # type: ignore
-        with self.assertRaises(SystemExit) as caught:
+        with self.assertRaises(StartupFailure) as caught:
             service.privilegedStartService()
+        # What twistd's waiting parent prints (an Exception's text), and
+        # the line the process ends with (a SystemExit's code).
+        self.assertIsInstance(caught.exception, Exception)
         self.assertEqual(
             str(caught.exception),
-            "cachetier: cannot listen on tcp:8080:interface=127.0.0.1:"
-            " Couldn't listen on 127.0.0.1:8080: [Errno 98] Address already in use.",
+            "cannot listen on tcp:8080:interface=127.0.0.1: Address already in use",
+        )
+        self.assertEqual(
+            caught.exception.code,
+            "cachetier: cannot listen on tcp:8080:interface=127.0.0.1: Address already in use",
         )
 
     def test_a_failed_flush_is_logged_and_the_next_one_runs(self) -> None:

@@ -27,6 +27,30 @@ class SettingError(ValueError):
     """
 
 
+class StartupFailure(SystemExit, Exception):
+    """
+    Start-up cannot go on (a port that cannot be bound, a cache directory
+    out of reach): the process ends with one line and exit status 1.
+
+    Both kinds on purpose.  twistd reports an L{Exception} raised while
+    the application starts: without C{-n}, through the pipe its waiting
+    parent reads (the parent prints it, cut at 100 bytes, and exits 1),
+    and it removes the pidfile; a L{SystemExit} alone skips both and
+    leaves the parent waiting forever.  Being a L{SystemExit} too, it then
+    ends the process with its line alone, no traceback.
+
+    @ivar code: the line the interpreter prints as it exits.
+    """
+
+    # twistd's parent shows the class's dotted name before the message,
+    # within its 100 bytes: the short name leaves room for the message.
+    __module__ = "cachetier"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.code = f"cachetier: {why}"
+
+
 def option(flag: str, parse: Callable[[str], T], text: str) -> T:
     """
     C{parse(text)}, or a L{SettingError} naming C{--flag} and why.
