@@ -43,7 +43,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.logfile import BaseLogFile
 from twisted.web.resource import Resource
@@ -133,21 +133,56 @@ def prepare_cache_dir(path: str, owner: tuple[int, int] | None) -> None:
         raise StartupFailure(f"cannot prepare the cache directory {path}: {e.strerror}") from None
 
 
-def reopen_twistd_logs() -> int:
+def twistd_log_files(publisher: LogPublisher = globalLogPublisher) -> list[BaseLogFile]:
     """
-    Reopen twistd's log file (C{--logfile}), which logrotate may have
-    renamed.  twistd keeps no handle on it but its observer's, so this
-    looks among the global observers for one writing to a Twisted log
-    file.
+    twistd's log file (C{--logfile}), if it has one: twistd keeps no
+    handle on it but its observer's, so this looks among the observers
+    of C{publisher} (the global one) for one writing to a Twisted log file.
+    """
+    files = (observer_file(observer) for observer in log_observers(publisher))
+    return [out for out in files if isinstance(out, BaseLogFile)]
+
+
+def give_twistd_logs(owner: tuple[int, int]) -> None:
+    """
+    Give twistd's log file, which it created as root, to the user it is
+    to switch to: SIGHUP reopens it as that user.
+    """
+    for out in twistd_log_files():
+        try:
+            os.chown(out.path, *owner)
+        except OSError as e:
+            log.warn(
+                "cannot give {path} to uid {uid}: {why}; SIGHUP will not reopen it",
+                path=out.path,
+                uid=owner[0],
+                why=e.strerror,
+            )
+
+
+def reopen_twistd_logs(publisher: LogPublisher = globalLogPublisher) -> int:
+    """
+    Reopen twistd's log file, which logrotate may have renamed.  A file
+    that cannot be opened is logged, and the old one kept: Twisted's
+    C{reopen} closes the old file first, and would leave twistd logging
+    nowhere.
 
     @return: how many files were reopened.
     """
     reopened = 0
-    for observer in log_observers():
-        out = observer_file(observer)
-        if isinstance(out, BaseLogFile):
-            out.reopen()
-            reopened += 1
+    for out in twistd_log_files(publisher):
+        try:
+            with open(out.path, "ab"):
+                pass
+        except OSError as e:
+            log.error(
+                "SIGHUP: cannot reopen {path}: {why}; still writing to the file it had",
+                path=out.path,
+                why=e.strerror,
+            )
+            continue
+        out.reopen()
+        reopened += 1
     return reopened
 
 
@@ -191,6 +226,8 @@ class CacheService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         prepare_cache_dir(self.settings.cache_dir, self.owner)
+        if self.owner is not None:
+            give_twistd_logs(self.owner)
 
     def startService(self) -> None:
         super().startService()
@@ -234,9 +271,17 @@ class CacheService(Service):
         the workers do the same.
         """
         files = reopen_twistd_logs()
-        if self.assembly is not None and self.assembly.access_file is not None:
-            self.assembly.access_file.reopen()
-            files += 1
+        access_file = self.assembly.access_file if self.assembly is not None else None
+        if access_file is not None:
+            try:
+                access_file.reopen()
+                files += 1
+            except OSError as e:
+                log.error(
+                    "SIGHUP: cannot reopen {path}: {why}; still writing to the file it had",
+                    path=access_file.path,
+                    why=e.strerror,
+                )
         extra = self.assembly.reloadables if self.assembly is not None else []
         for reload in [*self.reloadables, *extra]:
             try:

@@ -23,9 +23,13 @@ from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.logger import Logger, LogPublisher, textFileLogObserver
+from twisted.python.logfile import LogFile
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseFailed
 from twisted.web.client import ResponseNeverReceived
+
+from cachetier.service import reopen_twistd_logs
 
 from .helpers import body_of, http_client, start_origin
 from .test_twistd import _Twistd, spawn_twistd
@@ -64,6 +68,19 @@ async def _until_in(path: str, text: str, within: float = 20) -> None:
     written once a second).
     """
     await _until(lambda: text in _read(path), f"{text!r} in {path}: {_read(path)!r}", within)
+
+
+async def _port_in_log(path: str) -> int:
+    """
+    The port twistd says, in its log file at C{path}, it listens on.
+    """
+    await _until(
+        lambda: re.search(r"CacheSite starting on (\d+)", _read(path)) is not None,
+        f"twistd listening, in {path}",
+    )
+    found = re.search(r"CacheSite starting on (\d+)", _read(path))
+    assert found is not None
+    return int(found.group(1))
 
 
 class TwistdProcessCase(TestCase):
@@ -239,16 +256,7 @@ class SignalTests(TwistdProcessCase):
             f"--access-log={access_log}",
             twistd=("-n", f"--logfile={twistd_log}"),
         )
-        port = None
-        for _ in range(200):
-            if os.path.exists(twistd_log):
-                with open(twistd_log) as f:
-                    found = re.search(r"CacheSite starting on (\d+)", f.read())
-                if found:
-                    port = int(found.group(1))
-                    break
-            await _sleep(0.05)
-        self.assertIsNotNone(port, "twistd never listened")
+        port = await _port_in_log(twistd_log)
         url = f"http://127.0.0.1:{port}/"
         await content(await self.client.get(url + "healthz?before"))
         await _until_in(access_log, "/healthz?before")  # flushed once a second
@@ -386,6 +394,73 @@ class PrivilegeTests(TwistdProcessCase):
             # Taken: by the socket the server inherited.
             with self.assertRaises(OSError):
                 s.bind(("127.0.0.1", port))
+
+
+class LogsUnderAServiceUserTests(TwistdProcessCase):
+    """
+    twistd opens C{--logfile} as root, before it switches to C{--uid}:
+    every SIGHUP after must still reopen both logs, as that user.
+    """
+
+    def setUp(self) -> None:
+        _root_only()
+        super().setUp()
+        os.chmod(os.path.dirname(self.cache_dir), 0o755)
+
+    async def test_a_hup_and_a_rename_then_hup_keep_every_line_in_its_file(self) -> None:
+        logs = os.path.abspath(self.mktemp())
+        os.mkdir(logs)
+        os.chmod(os.path.dirname(logs), 0o755)
+        os.chown(logs, NOBODY, NOBODY)  # as the README says: the user's to write
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            f"--access-log={access_log}",
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}", f"--logfile={twistd_log}"),
+        )
+        url = f"http://127.0.0.1:{await _port_in_log(twistd_log)}/"
+
+        async def request(mark: str) -> None:
+            await content(await self.client.get(url + f"healthz?{mark}"))
+            await _until_in(access_log, f"/healthz?{mark}")
+
+        await request("first")
+        process.signalProcess(signal.SIGHUP)  # a plain HUP: the same files
+        await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
+        await request("second")
+        for path in (twistd_log, access_log):  # what logrotate does
+            os.rename(path, path + ".1")
+        process.signalProcess(signal.SIGHUP)
+        await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
+        await request("third")
+
+        old_access, new_access = _read(access_log + ".1"), _read(access_log)
+        self.assertIn("/healthz?first", old_access)
+        self.assertIn("/healthz?second", old_access)
+        self.assertNotIn("/healthz?third", old_access)
+        self.assertNotIn("/healthz?second", new_access)
+        old_twistd, new_twistd = _read(twistd_log + ".1"), _read(twistd_log)
+        self.assertIn("CacheSite starting on", old_twistd)
+        self.assertEqual(old_twistd.count("SIGHUP: reopened 2 log files"), 1)
+        self.assertNotIn("CacheSite starting on", new_twistd)
+        for path in (twistd_log, access_log):
+            self.assertEqual(os.stat(path).st_uid, NOBODY, path)
+        self.assertFalse(protocol.ended.called, "SIGHUP must not stop the server")
+
+
+class ReopenTests(SynchronousTestCase):
+    def test_a_log_file_that_cannot_be_reopened_is_kept(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        log_file = LogFile.fromFullPath(os.path.join(directory, "twistd.log"))
+        self.addCleanup(log_file.close)
+        publisher = LogPublisher(textFileLogObserver(log_file))
+        os.rename(directory, directory + ".gone")  # the path can no longer be opened
+        self.assertEqual(reopen_twistd_logs(publisher), 0)
+        Logger(observer=publisher).info("still logged")
+        with open(os.path.join(directory + ".gone", "twistd.log")) as f:
+            self.assertIn("still logged", f.read())
 
 
 class SystemdUnitTests(TestCase):
