@@ -5,8 +5,10 @@ errors, signals, users and socket activation.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -407,17 +409,28 @@ class LogsUnderAServiceUserTests(TwistdProcessCase):
         super().setUp()
         os.chmod(os.path.dirname(self.cache_dir), 0o755)
 
-    async def test_a_hup_and_a_rename_then_hup_keep_every_line_in_its_file(self) -> None:
-        logs = os.path.abspath(self.mktemp())
-        os.mkdir(logs)
-        os.chmod(os.path.dirname(logs), 0o755)
-        os.chown(logs, NOBODY, NOBODY)  # as the README says: the user's to write
+    def directory(self) -> str:
+        """
+        A directory of the service user's own, as the README says the log
+        and pidfile directories must be.
+        """
+        path = os.path.abspath(self.mktemp())
+        os.mkdir(path)
+        os.chmod(os.path.dirname(path), 0o755)
+        os.chown(path, NOBODY, NOBODY)
+        return path
+
+    async def start(self, logs: str, *twistd: str) -> tuple[Any, _Twistd, Callable[[str], Any]]:
+        """
+        Start twistd as root switching to nobody, logging into C{logs};
+        return it, and a request that waits for its access line.
+        """
         twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
         process, protocol = self.spawn(
             f"--cache-dir={self.cache_dir}",
             "--listen=tcp:0:interface=127.0.0.1",
             f"--access-log={access_log}",
-            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}", f"--logfile={twistd_log}"),
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}", f"--logfile={twistd_log}", *twistd),
         )
         url = f"http://127.0.0.1:{await _port_in_log(twistd_log)}/"
 
@@ -425,6 +438,12 @@ class LogsUnderAServiceUserTests(TwistdProcessCase):
             await content(await self.client.get(url + f"healthz?{mark}"))
             await _until_in(access_log, f"/healthz?{mark}")
 
+        return process, protocol, request
+
+    async def test_a_hup_and_a_rename_then_hup_keep_every_line_in_its_file(self) -> None:
+        logs = self.directory()
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol, request = await self.start(logs)
         await request("first")
         process.signalProcess(signal.SIGHUP)  # a plain HUP: the same files
         await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
@@ -447,6 +466,51 @@ class LogsUnderAServiceUserTests(TwistdProcessCase):
         for path in (twistd_log, access_log):
             self.assertEqual(os.stat(path).st_uid, NOBODY, path)
         self.assertFalse(protocol.ended.called, "SIGHUP must not stop the server")
+
+    async def test_the_contrib_logrotate_entry(self) -> None:
+        logrotate = shutil.which("logrotate")
+        if logrotate is None:
+            raise SkipTest("logrotate is not installed")
+        logs, run = self.directory(), self.directory()
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol, request = await self.start(logs, f"--pidfile={run}/twistd.pid")
+        await request("before")
+        config = os.path.abspath(self.mktemp())
+        entry = os.path.join(os.path.dirname(__file__), "..", "contrib", "logrotate", "cachetier")
+        with open(entry) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(
+                text.replace("/var/log/cachetier", logs)
+                .replace("/run/cachetier", run)
+                .replace("su cachetier cachetier", f"su {_name(NOBODY)} {_group(NOBODY)}")
+            )
+        result = await deferToThread(
+            subprocess.run,
+            [logrotate, "--force", f"--state={config}.state", config],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr.decode())
+        await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
+        await request("after")
+
+        rotated = sorted(name for name in os.listdir(logs) if "-" in name)
+        self.assertEqual([name.split("-")[0] for name in rotated], ["access.log", "twistd.log"])
+        old_access = _read(os.path.join(logs, rotated[0]))
+        self.assertIn("/healthz?before", old_access)
+        self.assertNotIn("/healthz?after", old_access)
+        self.assertNotIn("/healthz?before", _read(access_log))
+        self.assertIn("CacheSite starting on", _read(os.path.join(logs, rotated[1])))
+        self.assertFalse(protocol.ended.called, "the rotation must not stop the server")
+
+
+def _name(uid: int) -> str:
+    return pwd.getpwuid(uid).pw_name
+
+
+def _group(gid: int) -> str:
+    return grp.getgrgid(gid).gr_name
 
 
 class ReopenTests(SynchronousTestCase):
