@@ -25,7 +25,7 @@ import twisted
 from . import __version__
 from .assembly import assemble
 from .config import Settings, default_backlog, parse_endpoint
-from .config.flags import SettingError, owner, settings_from, trusted_proxy
+from .config.flags import SettingError, owner, pidfile, settings_from, trusted_proxy
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
 from .service import CacheService, listener, starting_site
@@ -221,6 +221,10 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         parent = getattr(self, "parent", None) or {}
         self["owner"] = owner(parent.get("uid"), parent.get("gid"))
+        try:
+            pidfile(parent.get("pidfile"), parent.get("rundir", "."), self["owner"])
+        except SettingError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def check_listen(description: str) -> None:

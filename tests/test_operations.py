@@ -505,6 +505,50 @@ class LogsUnderAServiceUserTests(TwistdProcessCase):
         self.assertFalse(protocol.ended.called, "the rotation must not stop the server")
 
 
+class PidfileUnderAServiceUserTests(TwistdProcessCase):
+    """
+    twistd writes C{--pidfile} as root and removes it at stop as the
+    C{--uid} user, which needs to write in its directory.
+    """
+
+    def setUp(self) -> None:
+        _root_only()
+        super().setUp()
+        os.chmod(os.path.dirname(self.cache_dir), 0o755)
+        self.run_dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.run_dir)
+        os.chmod(os.path.dirname(self.run_dir), 0o755)
+
+    def start(self) -> tuple[Any, _Twistd, str]:
+        pidfile = os.path.join(self.run_dir, "twistd.pid")
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}", f"--pidfile={pidfile}"),
+        )
+        return process, protocol, pidfile
+
+    async def test_a_pidfile_the_user_could_not_remove_is_refused(self) -> None:
+        process, protocol, pidfile = self.start()  # the run directory is root's
+        reason = await self.ended(process, protocol)
+        output = protocol.output.decode()
+        self.assertEqual(reason.exitCode, 2, output)
+        self.assertIn(f"twistd cachetier: --pidfile={pidfile}: uid {NOBODY} could not", output)
+        self.assertFalse(os.path.exists(pidfile))
+        self.assertFalse(os.path.exists(self.cache_dir))
+
+    async def test_in_the_users_directory_it_is_removed_at_stop(self) -> None:
+        os.chown(self.run_dir, NOBODY, NOBODY)
+        process, protocol, pidfile = self.start()
+        port = await protocol.port
+        # Answered: running as nobody, with twistd's signal handlers.
+        await content(await self.client.get(f"http://127.0.0.1:{port}/healthz"))
+        self.assertTrue(os.path.exists(pidfile))
+        process.signalProcess("TERM")
+        await self.ended(process, protocol)
+        self.assertFalse(os.path.exists(pidfile), protocol.output.decode()[-2000:])
+
+
 def _name(uid: int) -> str:
     return pwd.getpwuid(uid).pw_name
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -183,8 +185,62 @@ def owner(uid: int | None, gid: int | None) -> tuple[int, int] | None:
     """
     if uid is None:
         return None
-    # twistd keeps its own group when only --uid is given.
-    return uid, os.getgid() if gid is None else gid
+    if gid is not None:
+        return uid, gid
+    # twistd takes the user's own group when only --uid is given.
+    try:
+        return uid, pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid, os.getgid()
+
+
+def pidfile(path: str | None, rundir: str, owner: tuple[int, int] | None) -> None:
+    """
+    Refuse a twistd C{--pidfile} that the user twistd switches to could
+    not remove at stop: twistd writes it as root, before the switch, and
+    removes it after, which takes writing in its directory.  A pidfile
+    left behind names a process that is gone, or another one later.
+
+    @param rundir: twistd's C{--rundir}, where a relative C{path} is.
+    """
+    if not path or owner is None or owner[0] == 0:
+        return
+    directory = os.path.dirname(os.path.abspath(os.path.join(rundir, path)))
+    if not may_write_in(directory, *owner):
+        raise SettingError(
+            f"--pidfile={path}: uid {owner[0]} could not remove it at stop (it cannot write"
+            f" in {directory}); put it in a directory of that user's, e.g. /run/cachetier/"
+        )
+
+
+def may_write_in(directory: str, uid: int, gid: int) -> bool:
+    """
+    Whether C{uid}, with C{gid} and its user's groups, may remove a file
+    of root's from C{directory}, by the mode bits of the directory and
+    its parents (ACLs aside).
+    """
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        groups = {gid}
+
+    def allows(path: str, bits: int) -> bool:
+        st = os.stat(path)
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & bits == bits
+
+    try:
+        parents = [directory]
+        while parents[-1] != os.path.dirname(parents[-1]):
+            parents.append(os.path.dirname(parents[-1]))
+        if not all(allows(parent, 0o1) for parent in parents[1:]):
+            return False
+        # In a sticky directory (/tmp) only the file's owner, root here,
+        # or the directory's may remove it.
+        sticky = os.stat(directory).st_mode & stat.S_ISVTX
+        return allows(directory, 0o3) and not (sticky and os.stat(directory).st_uid != uid)
+    except OSError:
+        return False
 
 
 def trusted_proxy(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
