@@ -25,7 +25,14 @@ import twisted
 from . import __version__
 from .assembly import assemble
 from .config import Settings, default_backlog, parse_endpoint
-from .config.flags import SettingError, owner, pidfile, settings_from, trusted_proxy
+from .config.flags import (
+    SettingError,
+    listen_hint,
+    owner,
+    pidfile,
+    settings_from,
+    trusted_proxy,
+)
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
 from .service import CacheService, listener, starting_site
@@ -171,6 +178,8 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        # The help of an opt_ method is its docstring, indentation and all.
+        self.docs = {name: doc and " ".join(doc.split()) for name, doc in self.docs.items()}
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         """
@@ -245,7 +254,7 @@ def check_listen(description: str) -> None:
         raise SettingError(f"--listen {description!r}: {e}") from None
     except (ValueError, TypeError, OSError, SSL.Error) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise SettingError(f"--listen {description!r}: {why}") from None
+        raise SettingError(f"--listen {description!r}: {why}{listen_hint(description)}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:

@@ -18,6 +18,7 @@ from cachetier.config.flags import (
     admin_token,
     cache_size,
     check_port,
+    listen_hint,
     may_write_in,
     option,
     origin_auth,
@@ -139,6 +140,17 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(owner(nobody.pw_uid, None), (nobody.pw_uid, nobody.pw_gid))
         self.assertEqual(owner(4242424, None), (4242424, os.getgid()))  # no such user
         self.assertEqual(owner(1000, 1001), (1000, 1001))
+
+
+class ListenHintTests(SynchronousTestCase):
+    def test_only_other_servers_shapes_get_a_hint(self) -> None:
+        self.assertEqual(listen_hint("*:80"), " (did you mean tcp:80?)")
+        self.assertEqual(
+            listen_hint("localhost:8080"), " (did you mean tcp:8080:interface=127.0.0.1?)"
+        )
+        self.assertIn("ssl:443:privateKey=", listen_hint("https:443"))
+        for description in ("tcp:8080", "unix:/run/cachetier.sock", "frob:8080", "8080x"):
+            self.assertEqual(listen_hint(description), "", description)
 
 
 class PidfileTests(SynchronousTestCase):

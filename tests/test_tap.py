@@ -78,6 +78,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused("--public-url", "--public-url=cdn.example.com")
         self.assertRefused("--admin-token-file", "--admin-token-file=/nonexistent")
 
+    def test_a_listen_in_another_servers_words_gets_twisteds(self) -> None:
+        for given, meant in [
+            ("8080", "tcp:8080"),
+            ("127.0.0.1:8080", "tcp:8080:interface=127.0.0.1"),
+            ("[::1]:8080", "tcp6:8080:interface=\\:\\:1"),
+            ("http:80", "tcp:80"),
+        ]:
+            with self.assertRaises(UsageError) as caught:
+                self.parse(f"--listen={given}")
+            message = str(caught.exception)
+            self.assertTrue(message.startswith(f"--listen {given!r}: "), message)
+            self.assertTrue(message.endswith(f" (did you mean {meant}?)"), message)
+
     def test_settings_that_cannot_work_are_refused(self) -> None:
         self.assertRefused("--max-size", "--max-size=0")
         self.assertRefused("--max-size", "--max-size=10MB")
@@ -124,6 +137,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(self.parse()["settings"].access_log)
         self.assertEqual(self.parse("--access-log=off")["settings"].access_log, "off")
         self.assertRefused("--access-log", "--access-log=/nonexistent/dir/access.log")
+
+
+class HelpTests(SynchronousTestCase):
+    def test_the_help_reads_as_plain_words(self) -> None:
+        options = Options()
+        for name, doc in options.docs.items():
+            self.assertNotIn("  ", doc or "", name)
+        self.assertNotRegex(str(options), r"[CLI]\{", "epytext markup in the help")
 
 
 class _Unflushable:

@@ -121,6 +121,30 @@ def check_port(description: str) -> None:
         raise SettingError(f"--listen {description!r}: port {port} is not in 0-65535")
 
 
+def listen_hint(description: str) -> str:
+    """
+    What a C{--listen} written as another server's listen directive
+    (nginx's C{8080}, C{127.0.0.1:8080}, a URL's scheme) is in Twisted's
+    words, as a suggestion; C{""} for anything else.
+    """
+    host, _, port = description.rpartition(":")
+    if not port.isdigit():
+        return ""
+    if host in ("", "*", "http"):
+        return f" (did you mean tcp:{port}?)"
+    if host == "https":
+        return f" (did you mean ssl:{port}:privateKey=KEY.pem:certKey=FULLCHAIN.pem?)"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return ""
+    kind = "tcp" if address.version == 4 else "tcp6"
+    interface = str(address).replace(":", "\\:")
+    return f" (did you mean {kind}:{port}:interface={interface}?)"
+
+
 def admin_token(path: str | None) -> bytes | None:
     """
     The admin token, from a file or the environment: never from the
