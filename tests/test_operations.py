@@ -33,8 +33,8 @@ from twisted.web.client import ResponseNeverReceived
 
 from cachetier.service import reopen_twistd_logs
 
-from .helpers import body_of, http_client, start_origin
-from .test_twistd import _Twistd, spawn_twistd
+from .helpers import body_of, child_environment, http_client, start_origin
+from .test_twistd import _TWISTD, _Twistd, spawn_twistd
 
 NOBODY = 65534
 
@@ -139,6 +139,27 @@ class OptionErrorTests(TwistdProcessCase):
             self.assertLessEqual(len(output.splitlines()), 3, output)
             self.assertNotIn("Traceback", output)
             self.assertFalse(os.path.exists(self.cache_dir), f"{bad} created the cache dir")
+
+    async def test_the_tac_names_the_variable_it_refuses(self) -> None:
+        tac = os.path.join(os.path.dirname(__file__), "..", "cachetier.tac")
+        for variable, line in [
+            ("CACHETIER_MAXSIZE=1G", "cachetier.tac: option CACHETIER_MAXSIZE not recognized"),
+            ("CACHETIER_MAX_SIZE=10MB", "cachetier.tac: CACHETIER_MAX_SIZE: not a size: '10MB'"),
+        ]:
+            env = child_environment()
+            env.update(CACHETIER_ORIGIN=self.origin_url, CACHETIER_CACHE_DIR=self.cache_dir)
+            key, _, value = variable.partition("=")
+            env[key] = value
+            protocol = _Twistd()
+            protocol.port.addErrback(lambda _: None)
+            argv = [*_TWISTD, "-n", "--pidfile=", "-y", tac]
+            process = reactor.spawnProcess(protocol, argv[0], argv, env=env)
+            reason = await self.ended(process, protocol)
+            output = protocol.output.decode()
+            self.assertEqual(reason.exitCode, 1, output)
+            self.assertIn(line, output)
+            self.assertNotIn("--max", output)
+            self.assertFalse(os.path.exists(self.cache_dir))
 
     async def test_version(self) -> None:
         from cachetier import __version__
