@@ -407,7 +407,10 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cachetier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="cachetier",
+        description="Operator tools that talk to a running server's admin API (never to the origin).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     w = commands.add_parser("warm", help="cache files ahead of their listeners")
     w.add_argument("names", nargs="*", help="file names (as under /files/)")

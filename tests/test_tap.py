@@ -5,6 +5,8 @@ service they make: the listeners, the cache, its flushes, the workers.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import resource
 from types import SimpleNamespace
@@ -20,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from cachetier import cli
 from cachetier.assembly import Assembly
 from cachetier.config import Settings, default_backlog
 from cachetier.config.flags import StartupFailure
@@ -145,6 +148,13 @@ class HelpTests(SynchronousTestCase):
         for name, doc in options.docs.items():
             self.assertNotIn("  ", doc or "", name)
         self.assertNotRegex(str(options), r"[CLI]\{", "epytext markup in the help")
+
+    def test_so_does_the_cachetier_commands(self) -> None:
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown), self.assertRaises(SystemExit):
+            cli.main(["--help"])
+        self.assertIn("admin API", " ".join(shown.getvalue().split()))
+        self.assertNotRegex(shown.getvalue(), r"[CLI]\{", "epytext markup in the help")
 
 
 class _Unflushable:
