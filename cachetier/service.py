@@ -12,14 +12,18 @@ root), switches to C{--uid}/C{--gid}, then calls C{startService}:
 
   1. the public ports are bound: a failure is one line, and nothing has
      been created yet;
-  2. the cache directory is made, and given to C{--uid}/C{--gid};
+  2. the cache directory is made, and given to C{--uid}/C{--gid}, and so
+     is twistd's log file;
   3. as the service's own user: the store is opened (and recovered), the
      access log opened, the site starts serving the cache;
   4. with C{--workers}: the primary's private socket, then the workers.
 
+A failure in 1 to 3 is a L{StartupFailure}: one line, and without
+C{-n} twistd's report to the command that waits for the daemon.
+
 Signals.  SIGHUP reopens every log file (twistd's and C{--access-log},
-after a rename by logrotate) and reloads TLS certificates, in every
-process.  SIGUSR1 rotates twistd's log file as twistd does, and never
+after a rename by logrotate; one that cannot be opened is logged, and
+the old one kept) and reloads TLS certificates, in every process.  SIGUSR1 rotates twistd's log file as twistd does, and never
 kills the server (under C{-n} it does nothing).
 
 Stop (SIGTERM, SIGINT).  The ports stop accepting; workers are told to
