@@ -25,7 +25,14 @@ import twisted
 from . import __version__
 from .assembly import assemble
 from .config import Settings, default_backlog, parse_endpoint
-from .config.flags import SettingError, owner, settings_from, trusted_proxy
+from .config.flags import (
+    SettingError,
+    listen_hint,
+    owner,
+    pidfile,
+    settings_from,
+    trusted_proxy,
+)
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
 from .service import CacheService, listener, starting_site
@@ -178,6 +185,8 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        # The help of an opt_ method is its docstring, indentation and all.
+        self.docs = {name: doc and " ".join(doc.split()) for name, doc in self.docs.items()}
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         """
@@ -228,6 +237,10 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         parent = getattr(self, "parent", None) or {}
         self["owner"] = owner(parent.get("uid"), parent.get("gid"))
+        try:
+            pidfile(parent.get("pidfile"), parent.get("rundir", "."), self["owner"])
+        except SettingError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def check_listen(description: str) -> None:
@@ -248,7 +261,7 @@ def check_listen(description: str) -> None:
         raise SettingError(f"--listen {description!r}: {e}") from None
     except (ValueError, TypeError, OSError, SSL.Error) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise SettingError(f"--listen {description!r}: {why}") from None
+        raise SettingError(f"--listen {description!r}: {why}{listen_hint(description)}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
