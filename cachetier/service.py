@@ -23,8 +23,9 @@ C{-n} twistd's report to the command that waits for the daemon.
 
 Signals.  SIGHUP reopens every log file (twistd's and C{--access-log},
 after a rename by logrotate; one that cannot be opened is logged, and
-the old one kept) and reloads TLS certificates, in every process.  SIGUSR1 rotates twistd's log file as twistd does, and never
-kills the server (under C{-n} it does nothing).
+the old one kept) and reloads TLS certificates, in every process.
+SIGUSR1 rotates twistd's log file as twistd does, and never kills the
+server (under C{-n} it does nothing).
 
 Stop (SIGTERM, SIGINT).  The ports stop accepting; workers are told to
 stop too; responses in flight get up to C{--shutdown-grace} to finish
