@@ -100,6 +100,8 @@ class TestOrigin(Resource):
     @ivar counts: GET requests per name.
     @ivar rate: bytes per second per response, or L{None} for full speed.
     @ivar status: names answered with this status instead of the file.
+    @ivar answers: names answered with this status, these headers and this
+        body instead of the file.
     @ivar hang: names that never get an answer.
     @ivar redirects: names answered 302 to this Location.
     @ivar plus_is_space: read C{+} in a path as a space, as S3 does.
@@ -118,6 +120,7 @@ class TestOrigin(Resource):
         self.requests: list[tuple[bytes, str, http.Headers]] = []
         self.rate: float | None = None
         self.status: dict[str, int] = {}
+        self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.hang: set[str] = set()
         self.redirects: dict[str, str] = {}
         self.plus_is_space = False
@@ -163,6 +166,12 @@ class TestOrigin(Resource):
         if name in self.status:
             request.setResponseCode(self.status[name])
             return b"origin says no"
+        if name in self.answers:
+            code, headers, body = self.answers[name]
+            request.setResponseCode(code)
+            for key, value in headers.items():
+                request.setHeader(key.encode(), value.encode())
+            return body
         f = self.files.get(name)
         if f is None:
             request.setResponseCode(404)

@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
+from ..errors import OriginAnswer, OriginError, Overloaded, Reason
 from ..metrics import Metrics
 from ..objects import ObjectHeaders, StoredObject
 from ..origin import Origin
@@ -136,8 +136,11 @@ class Syncer:
         if stored is not None and self.clock.seconds() < stored.expires_at:
             return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
         cached = stored is not None
+        if not cached and isinstance(self.recent_failure(name), OriginAnswer):
+            # Remembered for the status API, but not kept: ask again.
+            self._failures.forget(name)
         status = self.status(name, client=client)
-        if status.state == "cached":
+        if status.stored is not None:
             outcome = Outcome.STALE if status.stale else Outcome.CACHED
             return Lookup(outcome, stored=status.stored)
         if status.fill is not None:
@@ -169,7 +172,7 @@ class Syncer:
         if stored is not None:
             now = self.clock.seconds()
             if now < stored.expires_at:
-                return FileStatus(name, "cached", stored=stored)
+                return FileStatus.of(name, stored)
             stale_for = now - stored.expires_at
             policy = stale_policy(stored.cache_control, self._stale_if_error)
             failing = self.recent_failure(name) is not None
@@ -180,16 +183,14 @@ class Syncer:
                     pass
             window = policy.if_error if failing else policy.while_revalidating
             if policy.allowed and stale_for <= window:
-                return FileStatus(name, "cached", stored=stored, stale=True)
+                return FileStatus.of(name, stored, stale=True)
             # The origin forbids serving it stale (or its window is over):
             # readers wait for the revalidation, or get its failure.
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
-            if isinstance(failure, NotFoundAtOrigin):
-                return FileStatus(name, "not_found", error=failure)
             if failure is not None:
-                return FileStatus(name, "error", error=failure)
+                return FileStatus.failed(name, failure)
             if not start:
                 return FileStatus(name, "missing")
             try:
@@ -198,7 +199,7 @@ class Syncer:
                 return FileStatus(name, "missing", error=e)
         if fill.state == "done":
             if fill.stored is not None:
-                return FileStatus(name, "cached", stored=fill.stored)
+                return FileStatus.of(name, fill.stored)
             return FileStatus(name, "missing")
         if fill.state == "failed":
             return self.status(name, start=False)
@@ -367,8 +368,9 @@ class Syncer:
                 fill_connections=self._fill_connections,
                 borrow=self._borrow_slot,
                 give_back=self._slots.release,
+                negative_ttl=self._negative_ttl,
             ).run()
-        except (NotFoundAtOrigin, OriginError) as e:
+        except OriginError as e:
             self._ended(fill, e)
         except CancelledError:
             self._ended(fill, OriginError(Reason.cancelled, "the download was cancelled"))
@@ -401,22 +403,16 @@ class Syncer:
         return True
 
     def _ended(self, fill: Fill, error: Exception) -> None:
-        if isinstance(error, NotFoundAtOrigin):
-            # While revalidating, a 403/404/410 is one more origin error: an
-            # S3 policy mistake or a WAF challenge must not wipe the cache,
-            # so the copy stays and stale-if-error decides.  A purge is the
-            # way to take a file down.
-            reason, label, ttl = error.reason, error.reason.value, self._negative_ttl
-        else:
-            assert isinstance(error, OriginError)
-            reason, label = error.reason, error.label
-            ttl = self._negative_ttl if reason is Reason.too_large else self._error_ttl
-            self.metrics.sync_failures.labels(reason=label).inc()
+        assert isinstance(error, OriginError)
+        reason, label, ttl = error.reason, error.label, self._error_ttl
+        not_found = isinstance(error, OriginAnswer) and error.not_found
+        if reason is Reason.too_large or not_found:
+            ttl = self._negative_ttl
+        self.metrics.sync_failures.labels(reason=label).inc()
+        if not (isinstance(error, OriginAnswer) and error.status < 500):
             self.last_failed[label] = self.clock.seconds()
         if fill.revalidating is not None:
-            self.metrics.revalidations.labels(
-                result="not_found" if reason is Reason.not_found else "error"
-            ).inc()
+            self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.get(fill.name) is fill
         if reason not in (Reason.cancelled, Reason.changed) and current:
             self._failures.remember(fill.name, error, ttl)

@@ -42,8 +42,12 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
         "origin_url": origin,
         "error": None,
         "stale": status.stale,
+        "status": status.status,
     }
-    if status.stored is not None:
+    if status.stored is not None and status.state != "cached":
+        # An answer other than the file is kept (a 404, a redirect...).
+        body["error"] = f"http_{status.status}: the origin answered {status.status}"
+    elif status.stored is not None:
         obj = status.stored
         body.update(
             size=obj.size,
@@ -69,7 +73,7 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
 def _reason(error: Exception) -> str:
     if isinstance(error, OriginError):
         return error.label
-    return (Reason.overloaded if isinstance(error, Overloaded) else Reason.not_found).value
+    return (Reason.overloaded if isinstance(error, Overloaded) else Reason.internal).value
 
 
 class FileStatusResource(JSONResource):
