@@ -83,11 +83,13 @@ class PassedOnTests(AnswerTestCase):
         self.assertEqual(header(headers, "x-origin-says"), ["204"])
 
     async def test_a_head_gets_the_answers_status_and_length(self) -> None:
-        self.answer("gone.mp3", 410, b"gone for good")
-        code, headers, body = await self.fetch("gone.mp3", "HEAD")
-        self.assertEqual((code, body), (410, b""))
-        self.assertEqual(header(headers, "content-length"), ["13"])
-        self.assertEqual(header(headers, "x-origin-says"), ["410"])
+        self.answer("gone.mp3", 410, b"gone for good")  # kept
+        self.answer("down.mp3", 503, b"down")  # passed on
+        for name, status, length in (("gone.mp3", 410, "13"), ("down.mp3", 503, "4")):
+            code, headers, body = await self.fetch(name, "HEAD")
+            self.assertEqual((code, body), (status, b""))
+            self.assertEqual(header(headers, "content-length"), [length])
+            self.assertEqual(header(headers, "x-origin-says"), [str(status)])
 
     async def test_an_answer_over_the_cap_is_cachetiers_own_502(self) -> None:
         self.answer("big.mp3", 500, body_of(MAX_ANSWER_BODY + 1))
@@ -115,6 +117,8 @@ class KeptTests(AnswerTestCase):
             self.assertEqual((code, body), (status, expected), name)
             self.assertEqual(header(headers, "x-origin-says"), [str(status)], name)
             await self.settle(name)
+        if kept:
+            self.assertEqual(len(header(headers, "age")), 1, "a kept answer says its Age")
         self.assertEqual(self.origin.counts[name], 1 if kept else 2, name)
         self.assertEqual(self.cache.store.get(name) is not None, kept, name)
 
