@@ -181,8 +181,9 @@ def parse_response(response: Any, received: float) -> OriginResponse:
     _, no_store = parse_cache_control(cache_control)
     date = header(response, b"date")
     lifetime = freshness_lifetime(cache_control, header(response, b"expires"), date, received)
-    # A response that sets a cookie is somebody's: streamed, never stored.
-    no_store = no_store or response.headers.hasHeader(b"set-cookie")
+    # A response that sets a cookie is somebody's, and one whose Vary has a
+    # "*" matches no later request (RFC 9111 4.1): streamed, never stored.
+    no_store = no_store or response.headers.hasHeader(b"set-cookie") or _varies_by_all(response)
     validator = etag if etag and not etag.startswith("W/") else raw_lm
     accept = (header(response, b"accept-ranges") or "").lower()
     return OriginResponse(
@@ -226,6 +227,11 @@ def storable(headers: ObjectHeaders) -> bool:
     if headers.no_store or (status >= 500 and status != 501):
         return False
     return status in HEURISTIC_STATUSES or headers.max_age is not None
+
+
+def _varies_by_all(response: Any) -> bool:
+    values = response.headers.getRawHeaders(b"vary", [])
+    return any(member.strip() == b"*" for value in values for member in value.split(b","))
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$")
