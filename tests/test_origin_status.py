@@ -98,6 +98,15 @@ class PassedOnTests(AnswerTestCase):
         self.assertEqual(header(headers, "x-origin-says"), [])
         self.assertIn("over 1048576 bytes", json.loads(body)["message"])
 
+    async def test_an_answer_is_remembered_without_its_body(self) -> None:
+        # Up to 100,000 names are remembered: 1 MiB each would be no bound.
+        self.answer("down.mp3", 503, body_of(MAX_ANSWER_BODY))
+        code, _, body = await self.fetch("down.mp3")
+        self.assertEqual((code, body), (503, body_of(MAX_ANSWER_BODY)))
+        await self.settle("down.mp3")
+        remembered = self.cache.syncer.recent_failure("down.mp3")
+        self.assertEqual((remembered.status, remembered.body), (503, b""))
+
     async def test_a_redirect_within_the_origin_is_still_followed(self) -> None:
         self.origin.put("new.mp3", body_of(1000))
         self.answer("old.mp3", 301, Location=self.origin_url + "new.mp3")

@@ -415,7 +415,12 @@ class Syncer:
             self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.get(fill.name) is fill
         if reason not in (Reason.cancelled, Reason.changed) and current:
-            self._failures.remember(fill.name, error, ttl)
+            # Listeners get an answer's body from the fill; remembered (for
+            # the status API and stale-if-error), it needs none.
+            remembered = error
+            if isinstance(error, OriginAnswer):
+                remembered = OriginAnswer(error.headers, b"")
+            self._failures.remember(fill.name, remembered, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
             name=fill.name,
