@@ -67,6 +67,9 @@ class OriginFile:
     @ivar ignore_if_range: with C{ranges}, honour a Range even when its
         If-Range names another version (such origins exist).
     @ivar range_status: answer every Range request with this status.
+    @ivar cors: answer as S3 does with a CORS rule: C{Vary: Origin,
+        Access-Control-Request-Headers, Access-Control-Request-Method}, and
+        C{Access-Control-Allow-Origin} for a request with an C{Origin}.
     """
 
     body: bytes
@@ -82,6 +85,7 @@ class OriginFile:
     ignore_ranges: bool = False
     ignore_if_range: bool = False
     range_status: int | None = None
+    cors: bool = False
 
 
 def body_of(size: int, seed: str = "x") -> bytes:
@@ -184,6 +188,11 @@ class TestOrigin(Resource):
             request.setHeader(b"content-md5", base64.b64encode(f.content_md5))
         for key, value in f.extra_headers.items():
             request.setHeader(key.encode(), value.encode())
+        if f.cors:
+            vary = b"Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
+            request.setHeader(b"vary", vary)
+            if request.getHeader(b"origin") is not None:
+                request.setHeader(b"access-control-allow-origin", request.getHeader(b"origin"))
         if f.etag and request.setETag(f.etag.encode()) is http.CACHED:
             return b""
         if f.ranges or f.ignore_ranges:

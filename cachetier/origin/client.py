@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 
 from ..errors import OriginAnswer, OriginError, Reason
-from ..names import origin_url
+from ..names import origin_url, split_variant
 from ..objects import StoredObject
 from .agents import CoroutineAgent, S3Rejections, SigningAgent, WithinOrigin
 from .auth import HeaderFile, S3Signer
@@ -158,7 +158,9 @@ class Origin:
     ) -> OriginResponse:
         agent = WithinOrigin(self._agent, self.base, self._clock, self._timeout, name)
         response = await agent.request(
-            b"GET", self.url_for(name).encode("utf-8"), _request_headers(validators, byte_range)
+            b"GET",
+            self.url_for(name).encode("utf-8"),
+            _request_headers(validators, byte_range, split_variant(name)[1]),
         )
         if response.code >= 500:
             self.breaker.failed(name)
@@ -216,11 +218,14 @@ class Origin:
 
 
 def _request_headers(
-    validators: StoredObject | None, byte_range: tuple[int, int, str] | None
+    validators: StoredObject | None,
+    byte_range: tuple[int, int, str] | None,
+    selecting: tuple[tuple[str, str | None], ...] = (),
 ) -> Headers:
     """
     What a GET asks for: the object's checksum, or a range of the version a
-    validator names; with the cached copy's validators when revalidating.
+    validator names; with the cached copy's validators when revalidating,
+    and for a variant, the request headers that select it.
     """
     headers = {CHECKSUM_MODE: [b"ENABLED"]}
     if byte_range is not None:
@@ -229,6 +234,9 @@ def _request_headers(
             b"range": [b"bytes=%d-%d" % (first, last)],
             b"if-range": [validator.encode("latin-1")],
         }
+    for name, value in selecting:
+        if value is not None:
+            headers[name.encode("latin-1")] = [value.encode("latin-1")]
     if validators is not None:
         if validators.origin_etag:
             headers[b"if-none-match"] = [validators.origin_etag.encode("latin-1")]

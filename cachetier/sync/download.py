@@ -48,6 +48,8 @@ class Download:
     @param lifetime: an object's freshness lifetime from its headers.
     @param max_object_size: bigger bodies are refused (L{None}: any).
     @param negative_ttl: the heuristic lifetime of a kept 404 or 410.
+    @param keeps: whether a response for a key, with these headers, may be
+        kept under it (see L{Variants.keeps}).
     """
 
     def __init__(
@@ -64,7 +66,9 @@ class Download:
         borrow: Callable[[], bool] = lambda: False,
         give_back: Callable[[], None] = lambda: None,
         negative_ttl: float = 60.0,
+        keeps: Callable[[str, tuple[tuple[str, str], ...]], bool] = lambda key, extra: True,
     ) -> None:
+        self._keeps = keeps
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._committed = False
@@ -93,8 +97,12 @@ class Download:
                 log.info("a 304 for {name} names another version: fetching it whole", name=name)
                 response = await self._interruptible(self._origin.get(name))
         except OriginAnswer as answer:
+            if not self._keeps(name, answer.headers.extra):
+                self.fill.publish = False
             lifetime = answer_lifetime(answer.headers, self._lifetime, self._negative_ttl)
             return await keep_answer(self.fill, self._store, self._run_in_thread, lifetime, answer)
+        if not self._keeps(name, response.headers.extra):
+            self.fill.publish = False  # streamed to its listeners, not kept
         return await self._receive(response, resume)
 
     async def _receive(

@@ -321,7 +321,7 @@ class FilesResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
         now = self.clock.seconds()
-        lookup = self.syncer.lookup(name, client=client_address(request))
+        lookup = self.syncer.lookup(name, client_address(request), request.requestHeaders)
         if self.miss == "redirect" and not (lookup.servable or lookup.answered):
             return self._redirect(request, name)
         if lookup.fill is None:
@@ -402,7 +402,8 @@ class FilesResource(JSONResource):
     def _start_failed(self, failure: Failure, request: Any, watch: EndWatch) -> None:
         if failure.check(CancelledError) or not answerable(request, watch):
             return
-        lookup = self.syncer.after_failure(request.cache_name, failure.value)
+        headers = request.requestHeaders
+        lookup = self.syncer.after_failure(request.cache_name, failure.value, headers)
         answer(request, watch, self._render(request, lookup, self.clock.seconds()))
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
