@@ -20,7 +20,7 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
 from ..errors import OriginAnswer, OriginError, Overloaded, Reason
-from ..names import InvalidName
+from ..names import VARIANT_MARK, InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Handle
 from ..sync import Fill, Lookup, Outcome, Syncer
@@ -379,6 +379,12 @@ class FilesResource(JSONResource):
     def _follow(self, fill: Fill, request: Any, watch: EndWatch) -> None:
         if not answerable(request, watch):
             return  # answered already (the listener's wait ran out), or gone
+        key = self.syncer.variants.key(request.cache_name, request.requestHeaders)
+        if not fill.publish and VARIANT_MARK not in fill.name and key != fill.name:
+            # The first answer for the name varies: this request gets the
+            # variant its headers select, from a fill that sends them.
+            answer(request, watch, self.render_GET(request))
+            return
         if fill.readable:
             body = FillResponse(fill, self.default_max_age).render(request)
         elif fill.stored is not None:
