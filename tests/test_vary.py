@@ -6,6 +6,8 @@ name; a C{*} never matches; S3's CORS Vary.
 
 from __future__ import annotations
 
+import json
+
 from twisted.web.http_headers import Headers
 
 from .helpers import CacheTestCase, body_of, header, start_cachetier
@@ -122,6 +124,11 @@ class S3CorsTests(VaryTestCase):
         # The first answer told how it varies; then one fill a variant.
         self.assertEqual(self.origin.counts["ep.mp3"], 3)
         self.assertEqual(len(self.cache.store), 2)
+        response = await self.client.get(self.url + "api/v1/files/ep.mp3?sync=0")
+        status = json.loads(await response.content())
+        self.assertEqual(
+            (status["file"], status["state"], status["variants"]), ("ep.mp3", "cached", 2)
+        )
 
 
 class VaryStarTests(CacheTestCase):

@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..analytics import Analytics, to_csv
 from ..errors import OriginError, Overloaded, Reason
-from ..names import InvalidName, validate_name
+from ..names import InvalidName, split_variant, validate_name
 from ..sync import FileStatus, Syncer
 from ._admin import refuse
 from ._json import EndWatch, JSONResource, answer, render_error, render_json
@@ -30,7 +30,7 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
     The contract's status fields for one file.
     """
     body: dict[str, Any] = {
-        "file": status.name,
+        "file": split_variant(status.name)[0],
         "available": status.state == "cached",
         "state": status.state,
         "size": None,
@@ -107,14 +107,13 @@ class FileStatusResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         start = request.args.get(b"sync", [b"1"])[-1].lower() not in _NO
         status = self.syncer.status(name, start=start, client=client_address(request))
-        return render_json(
-            request,
-            status_body(
-                status,
-                download_url(request, self.public_url, name),
-                self.syncer.origin_url(name),
-            ),
+        body = status_body(
+            status, download_url(request, self.public_url, name), self.syncer.origin_url(name)
         )
+        # For a name that varies: the variants kept (the rest is of the
+        # one for a request without the headers it varies by).
+        body["variants"] = len(self.syncer.variants.keys_of(name))
+        return render_json(request, body)
 
 
 def _admin_body(request: IRequest, token: bytes | None) -> Any:
@@ -229,14 +228,15 @@ class SyncsResource(_SyncerAdmin):
             return refusal
         syncs = [
             {
-                "file": fill.name,
+                "file": split_variant(fill.name)[0],
                 "state": fill.state,
                 "bytes_synced": fill.written,
                 "size": fill.length,
             }
             for fill in self.syncer.syncs()
         ]
-        return render_json(request, {"syncs": syncs, "warm_queue": self.syncer.warm_queue})
+        warm_queue = [split_variant(key)[0] for key in self.syncer.warm_queue]
+        return render_json(request, {"syncs": syncs, "warm_queue": warm_queue})
 
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
