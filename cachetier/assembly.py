@@ -187,6 +187,7 @@ def syncer_for(
         negative_ttl=settings.negative_ttl,
         metrics=metrics,
         fill_connections=settings.fill_connections,
+        max_variants=settings.max_variants,
     )
 
 

@@ -71,7 +71,8 @@ class Options(usage.Options):
         ],
         ["origin-timeout", None, "30s", "Origin connect, answer and idle timeout."],
         ["cache-control-max-age", None, "1d", "max-age of the Cache-Control sent with files."],
-        ["negative-ttl", None, "60s", "How long an origin 404/403/410 is remembered."],
+        ["negative-ttl", None, "60s", "How long an origin 404/410 is kept without a lifetime."],
+        ["max-variants", None, "8", "Variants (by the origin's Vary) kept of one name."],
         ["ttl", None, "24h", "Lifetime of a cached file when the origin gives no max-age."],
         [
             "stale-if-error",

@@ -122,6 +122,7 @@ class Settings:
     origin_timeout: float = 30.0
     cache_control_max_age: int = 86400
     negative_ttl: float = 60.0
+    max_variants: int = 8
     ttl: float = 86400.0
     stale_if_error: float = 7 * 86400.0
     max_size: int | None = None

@@ -388,6 +388,7 @@ def _bounds(flags: Mapping[str, Any]) -> dict[str, Any]:
         "origin_timeout": value("origin-timeout", positive_duration),
         "cache_control_max_age": int(value("cache-control-max-age", parse_duration)),
         "negative_ttl": value("negative-ttl", parse_duration),
+        "max_variants": value("max-variants", positive),
         "ttl": value("ttl", parse_duration),
         "stale_if_error": value("stale-if-error", parse_duration),
         "max_size": size("max-size", cache_size),

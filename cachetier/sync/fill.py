@@ -50,7 +50,7 @@ class Fill:
         order (see L{cachetier.sync.sparse}).
     @ivar length: the Content-Length the origin promised, if any.
     @ivar headers: what the origin said about the body, once it answered.
-    @ivar error: why the fill failed (a L{NotFoundAtOrigin} or
+    @ivar error: why the fill failed (an L{OriginAnswer} or
         L{OriginError}), once it has.
     @ivar revalidating: the cached object this download may replace; the
         origin is asked whether it changed.

@@ -5,15 +5,15 @@ revalidation of stale objects, purges, and the caps on downloads.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
+from ..errors import OriginAnswer, OriginError, Overloaded, Reason
 from ..metrics import Metrics
+from ..names import split_variant
 from ..objects import ObjectHeaders, StoredObject
 from ..origin import Origin
 from ..origin.freshness import stale_policy
@@ -22,11 +22,10 @@ from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
 from .fill import Fill
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
+from .variants import Variants
+from .warming import Warming
 
 log = Logger()
-
-# Names that may wait to be warmed.
-MAX_WARM_QUEUE = 10_000
 
 
 class Syncer:
@@ -43,6 +42,7 @@ class Syncer:
     @param stale_if_error: how long past its lifetime an object may still
         be served while it cannot be revalidated.
     @param max_object_size: bigger objects are not cached (L{None}: any).
+    @param max_variants: variants kept of one name (see L{Variants}).
     """
 
     def __init__(
@@ -63,7 +63,9 @@ class Syncer:
         error_ttl: float = 5.0,
         metrics: Metrics | None = None,
         fill_connections: int = 1,
+        max_variants: int = 8,
     ) -> None:
+        self.variants = Variants(store, max_variants)
         self._fill_connections = fill_connections
         self.origin = origin
         self.store = store
@@ -84,13 +86,18 @@ class Syncer:
         # reasons, so bounded), for /healthz.
         self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
-        self._warm: deque[str] = deque()
-        self._warm_set: set[str] = set()
         self._tasks: dict[Fill, Deferred[None]] = {}
         # Purged fills still winding down: the next fill of the name starts
         # only once its files are gone.
         self._purged: dict[str, Fill] = {}
         self._stopping = False
+        self.warming = Warming(
+            lambda name: self.status(name, start=False),
+            self._launch,
+            self._fills.get,
+            self._slots,
+            lambda: self._stopping,
+        )
 
     @property
     def in_flight(self) -> int:
@@ -126,30 +133,37 @@ class Syncer:
         breaker = origin.breaker
         return OriginHealth(origin.base, breaker.state, breaker.failures, origin.rejected)
 
-    def lookup(self, name: str, client: str | None = None) -> Lookup:
+    def lookup(self, name: str, client: str | None = None, headers: Any = None) -> Lookup:
         """
-        What a request for C{name} gets (see L{status}, which this starts
-        like): the cached copy, fresh or stale; the download to follow; or
-        why there is nothing to serve.
+        What a request for C{name} with C{headers} gets (see L{status},
+        which this starts like): the cached copy (of the variant its
+        headers select), fresh or stale; the download to follow; or why
+        there is nothing to serve.
         """
+        name = self.variants.key(name, headers)
         stored = self.store.get(name)
         if stored is not None and self.clock.seconds() < stored.expires_at:
+            self.variants.used(name)
             return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
         cached = stored is not None
+        if not cached and isinstance(self.recent_failure(name), OriginAnswer):
+            # Remembered for the status API, but not kept: ask again.
+            self._failures.forget(name)
         status = self.status(name, client=client)
-        if status.state == "cached":
+        if status.stored is not None:
             outcome = Outcome.STALE if status.stale else Outcome.CACHED
             return Lookup(outcome, stored=status.stored)
         if status.fill is not None:
             return Lookup(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
         return Lookup(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
 
-    def after_failure(self, name: str, error: Exception) -> Lookup:
+    def after_failure(self, name: str, error: Exception, headers: Any = None) -> Lookup:
         """
         What a request that waited for a download of C{name} gets when that
         download failed with C{error}: a revalidated copy may still be
         served within its stale-if-error window.
         """
+        name = self.variants.key(name, headers)
         if self.store.get(name) is None:
             return Lookup(Outcome.ERROR, error=error)
         status = self.status(name, start=False)
@@ -165,11 +179,12 @@ class Syncer:
 
         @param client: the address of whoever asks, for fair admission.
         """
+        name = self.variants.key(name)  # a name's own: of a request without headers
         stored = self.store.get(name)
         if stored is not None:
             now = self.clock.seconds()
             if now < stored.expires_at:
-                return FileStatus(name, "cached", stored=stored)
+                return FileStatus.of(name, stored)
             stale_for = now - stored.expires_at
             policy = stale_policy(stored.cache_control, self._stale_if_error)
             failing = self.recent_failure(name) is not None
@@ -180,16 +195,14 @@ class Syncer:
                     pass
             window = policy.if_error if failing else policy.while_revalidating
             if policy.allowed and stale_for <= window:
-                return FileStatus(name, "cached", stored=stored, stale=True)
+                return FileStatus.of(name, stored, stale=True)
             # The origin forbids serving it stale (or its window is over):
             # readers wait for the revalidation, or get its failure.
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
-            if isinstance(failure, NotFoundAtOrigin):
-                return FileStatus(name, "not_found", error=failure)
             if failure is not None:
-                return FileStatus(name, "error", error=failure)
+                return FileStatus.failed(name, failure)
             if not start:
                 return FileStatus(name, "missing")
             try:
@@ -198,7 +211,7 @@ class Syncer:
                 return FileStatus(name, "missing", error=e)
         if fill.state == "done":
             if fill.stored is not None:
-                return FileStatus(name, "cached", stored=fill.stored)
+                return FileStatus.of(name, fill.stored)
             return FileStatus(name, "missing")
         if fill.state == "failed":
             return self.status(name, start=False)
@@ -223,7 +236,7 @@ class Syncer:
 
     def _launch(self, name: str, revalidating: StoredObject | None = None) -> Fill:
         fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
-        self._warm_set.discard(name)
+        self.warming.discard(name)
         self._failures.forget(name)
         task = Deferred.fromCoroutine(self._run(fill))
         if not task.called:
@@ -232,39 +245,14 @@ class Syncer:
 
     def warm(self, name: str) -> str:
         """
-        Sync C{name} ahead of its listeners, at low priority: warm-ups wait
-        in a queue of their own and start only while more than a quarter
-        of the download slots are free, so they never take the last slots
-        listeners need.
-
-        @return: where it stands: C{cached}, C{syncing}, C{queued},
-            C{not_found} or C{error} (a recent failure).
-        @raise Overloaded: when the warm-up queue is full.
+        Sync C{name} ahead of its listeners, at low priority (see
+        L{Warming.warm}).
         """
-        status = self.status(name, start=False)
-        if status.state in ("cached", "syncing", "not_found", "error"):
-            return status.state
-        if name not in self._warm_set:
-            if len(self._warm) >= MAX_WARM_QUEUE:
-                raise Overloaded(f"the warm-up queue is full ({MAX_WARM_QUEUE} names)")
-            self._warm.append(name)
-            self._warm_set.add(name)
-        self._pump_warm()
-        return "syncing" if name in self._fills else "queued"
+        return self.warming.warm(self.variants.key(name))
 
     @property
     def warm_queue(self) -> list[str]:
-        return [name for name in self._warm if name in self._warm_set]
-
-    def _pump_warm(self) -> None:
-        reserve = max(1, self._slots.limit // 4)
-        while self._warm and self._slots.tokens > reserve and not self._stopping:
-            name = self._warm.popleft()
-            if name not in self._warm_set:
-                continue  # taken by a listener meanwhile
-            self._warm_set.discard(name)
-            if self.status(name, start=False).state == "missing":
-                self._launch(name)
+        return self.warming.queue
 
     def syncs(self) -> list[Fill]:
         """
@@ -274,13 +262,17 @@ class Syncer:
 
     def purge(self, name: str) -> bool:
         """
-        Forget C{name}: its cached copy, its download (cancelled: its
-        readers are aborted, nothing is published, its temp files go) and
-        any remembered failure.
+        Forget C{name}: its cached copy (every variant), its download
+        (cancelled: its readers are aborted, nothing is published, its temp
+        files go) and any remembered failure.
 
         @return: whether there was anything to forget, once that is durable.
         """
-        self._warm_set.discard(name)
+        keys = [name, *self.variants.keys_of(name)]
+        return any([self._purge_key(key) for key in keys])
+
+    def _purge_key(self, name: str) -> bool:
+        self.warming.discard(name)
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
@@ -290,6 +282,7 @@ class Syncer:
                 fill.interrupt()
         forgot = self._failures.forget(name)
         removed = self.store.remove(name, durable=True) is not None
+        self.variants.drop(name)
         if removed or fill is not None or forgot:
             log.info("purged {name}", name=name)
             self.metrics.purges.inc()
@@ -301,7 +294,9 @@ class Syncer:
         L{purge} every name starting with C{prefix}; returns those purged.
         """
         names = set(self.store.names()) | set(self._fills) | set(self._failures.names())
-        return sorted(n for n in names if n.startswith(prefix) and self.purge(n))
+        return sorted(
+            {split_variant(n)[0] for n in names if n.startswith(prefix) and self.purge(n)}
+        )
 
     def stop(self) -> Deferred[Any]:
         """
@@ -346,7 +341,7 @@ class Syncer:
             await self._download(fill)
         finally:
             self._slots.release()
-            self._pump_warm()
+            self.warming.pump()
 
     def _cancelled(self) -> OriginError:
         why = "the service stopped" if self._stopping else "purged while queued"
@@ -367,8 +362,10 @@ class Syncer:
                 fill_connections=self._fill_connections,
                 borrow=self._borrow_slot,
                 give_back=self._slots.release,
+                negative_ttl=self._negative_ttl,
+                keeps=self.variants.keeps,
             ).run()
-        except (NotFoundAtOrigin, OriginError) as e:
+        except OriginError as e:
             self._ended(fill, e)
         except CancelledError:
             self._ended(fill, OriginError(Reason.cancelled, "the download was cancelled"))
@@ -387,6 +384,8 @@ class Syncer:
                 secs=self.clock.seconds() - started,
                 result="not_modified" if fill.headers is None else "ok",
             )
+            if stored is not None:
+                self.variants.installed(stored.name)
             self._forget(fill)
             fill.finish(stored)
 
@@ -401,25 +400,24 @@ class Syncer:
         return True
 
     def _ended(self, fill: Fill, error: Exception) -> None:
-        if isinstance(error, NotFoundAtOrigin):
-            # While revalidating, a 403/404/410 is one more origin error: an
-            # S3 policy mistake or a WAF challenge must not wipe the cache,
-            # so the copy stays and stale-if-error decides.  A purge is the
-            # way to take a file down.
-            reason, label, ttl = error.reason, error.reason.value, self._negative_ttl
-        else:
-            assert isinstance(error, OriginError)
-            reason, label = error.reason, error.label
-            ttl = self._negative_ttl if reason is Reason.too_large else self._error_ttl
-            self.metrics.sync_failures.labels(reason=label).inc()
+        assert isinstance(error, OriginError)
+        reason, label, ttl = error.reason, error.label, self._error_ttl
+        not_found = isinstance(error, OriginAnswer) and error.not_found
+        if reason is Reason.too_large or not_found:
+            ttl = self._negative_ttl
+        self.metrics.sync_failures.labels(reason=label).inc()
+        if not (isinstance(error, OriginAnswer) and error.status < 500):
             self.last_failed[label] = self.clock.seconds()
         if fill.revalidating is not None:
-            self.metrics.revalidations.labels(
-                result="not_found" if reason is Reason.not_found else "error"
-            ).inc()
+            self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.get(fill.name) is fill
         if reason not in (Reason.cancelled, Reason.changed) and current:
-            self._failures.remember(fill.name, error, ttl)
+            # Listeners get an answer's body from the fill; remembered (for
+            # the status API and stale-if-error), it needs none.
+            remembered = error
+            if isinstance(error, OriginAnswer):
+                remembered = OriginAnswer(error.headers, b"")
+            self._failures.remember(fill.name, remembered, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
             name=fill.name,
