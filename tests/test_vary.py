@@ -43,15 +43,17 @@ class VariantTests(VaryTestCase):
     async def test_variants_are_kept_apart_by_the_headers_vary_names(self) -> None:
         data = body_of(1000)
         self.origin.put("a.mp3", data, extra_headers={"Vary": "Accept-Language"})
-        # The first answer tells how the name varies: passed on, not kept.
+        # The first answer tells how the name varies; this request, with
+        # the header, gets its own variant.
         code, _, body = await self.fetch("a.mp3", accept_language="en")
         self.assertEqual((code, body), (200, data))
         for language in ("en", "fr", None, "en", "fr", None):
             headers = {} if language is None else {"accept_language": language}
             code, _, body = await self.fetch("a.mp3", **headers)
             self.assertEqual((code, body), (200, data))
-        # One request for each variant, with the header that selects it.
-        self.assertEqual(self.seen("a.mp3", "accept-language"), [None, "en", "fr", None])
+        # One request for each variant, with the header that selects it;
+        # the first, plain, is the variant of requests without one.
+        self.assertEqual(self.seen("a.mp3", "accept-language"), [None, "en", "fr"])
         self.assertEqual(len(self.kept()), 3)
 
     async def test_values_match_with_whitespace_normalised(self) -> None:
@@ -72,7 +74,7 @@ class VariantTests(VaryTestCase):
         self.origin.put("a.mp3", body_of(10), extra_headers={"Vary": "Accept-Language"})
         for language in ("en", "en", "fr"):
             await self.fetch("a.mp3", accept_language=language)
-        self.assertEqual(len(self.cache.store), 2)
+        self.assertEqual(len(self.cache.store), 3, "the plain answer, en and fr")
         self.assertTrue(self.cache.syncer.purge("a.mp3"))
         self.assertEqual(self.kept(), [])
         await self.fetch("a.mp3", accept_language="fr")
@@ -121,14 +123,45 @@ class S3CorsTests(VaryTestCase):
             code, headers, body = await self.fetch("ep.mp3")
             self.assertEqual((code, body), (200, data))
             self.assertEqual(header(headers, "access-control-allow-origin"), [])
-        # The first answer told how it varies; then one fill a variant.
-        self.assertEqual(self.origin.counts["ep.mp3"], 3)
+        # One fill a variant: the first, asked for without Origin, is the
+        # variant of every request without one.
+        self.assertEqual(self.origin.counts["ep.mp3"], 2)
         self.assertEqual(len(self.cache.store), 2)
         response = await self.client.get(self.url + "api/v1/files/ep.mp3?sync=0")
         status = json.loads(await response.content())
         self.assertEqual(
             (status["file"], status["state"], status["variants"]), ("ep.mp3", "cached", 2)
         )
+
+
+class FirstAnswerTests(VaryTestCase):
+    async def test_the_first_answer_of_a_name_that_varies_is_kept(self) -> None:
+        """
+        The first answer for a name, asked for without the headers its
+        Vary names, is the variant of every request without them: kept,
+        so that a file behind S3's CORS rule is fetched once, not once to
+        learn that it varies and once more to keep it.
+        """
+        data = body_of(100_000)
+        self.origin.put("ep.mp3", data, cors=True)
+        for _ in range(3):
+            code, headers, body = await self.fetch("ep.mp3")
+            self.assertEqual((code, body), (200, data))
+            self.assertEqual(header(headers, "access-control-allow-origin"), [])
+        self.assertEqual(self.origin.counts["ep.mp3"], 1)
+        self.assertEqual(self.kept(), ["ep.mp3"])
+
+
+class RestartTests(VaryTestCase):
+    async def test_a_restart_with_only_the_plain_copy_still_knows_it_varies(self) -> None:
+        data = body_of(100_000)
+        self.origin.put("ep.mp3", data, cors=True)
+        await self.fetch("ep.mp3")
+        self.cache, self.url = start_cachetier(self, self.origin_url, self.cache.store.root)
+        site = "https://podcast.example"
+        code, headers, body = await self.fetch("ep.mp3", origin=site)
+        self.assertEqual((code, body), (200, data))
+        self.assertEqual(header(headers, "access-control-allow-origin"), [site])
 
 
 class VaryStarTests(CacheTestCase):

@@ -320,6 +320,30 @@ async def _until_served_here(test: TestCase, files: WorkerFiles, url: str, name:
     test.fail(f"the worker never served {name} itself")
 
 
+class WorkerVaryTests(TestCase):
+    async def test_a_request_with_a_header_the_file_varies_by_goes_to_the_primary(self) -> None:
+        """
+        The plain copy of a file that varies (S3's CORS Vary) answers only
+        requests without the headers it names: a browser's request with
+        Origin is the primary's to answer, from the variant that carries
+        Access-Control-Allow-Origin.
+        """
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        files, _ = worker_of(self, cache)
+        worker = listen(self, CacheSite(build_worker_root(files), Metrics(), reactor=reactor))
+        worker_url = f"http://127.0.0.1:{worker.getHost().port}/"
+        origin.put("ep.mp3", body_of(100_000), cors=True)
+        await cache.syncer.start("ep.mp3").when_done()
+        await _until_served_here(self, files, worker_url, "ep.mp3")
+        site = "https://podcast.example"
+        response = await http_client(self).get(
+            worker_url + "files/ep.mp3", headers={"Origin": site}
+        )
+        self.assertEqual(await content(response), body_of(100_000))
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), [site])
+
+
 class WorkerLRUTests(TestCase):
     async def test_hits_only_a_worker_saw_move_the_primarys_lru(self) -> None:
         origin, origin_url = start_origin(self)

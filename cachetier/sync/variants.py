@@ -4,11 +4,15 @@ key of its own (L{variant_key}: the name and the values of the request
 headers the response names), single flight per key.
 
 The first response for a name tells which request headers select its
-variants; until one has, the name is asked for plainly, and a response
-that turns out to vary is passed on but not kept.  The request that
-starts a variant's fill sends the origin the headers that select it (S3
-answers a request with an C{Origin} with its CORS headers), so what is
-kept under a key is what the origin says to a request with those values.
+variants; until one has, the name is asked for plainly.  A plain request
+sends the origin none of the selecting headers, so its answer is kept
+under the plain name as the variant of every request without them (a
+browser's request without C{Origin}, a podcast app's).  The request that
+starts any other variant's fill sends the origin the headers that select
+it (S3 answers a request with an C{Origin} with its CORS headers), so
+what is kept under a key is what the origin says to a request with those
+values.  Each file is thus fetched once a variant, never once more to
+learn that it varies.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..names import VARIANT_MARK, split_variant, variant_key
+from ..objects import StoredObject
 from ..store import CacheStore
 
 # Selecting headers that are somebody's: a response varying by them is
@@ -56,6 +61,17 @@ def normalised(values: list[bytes] | None) -> str | None:
     return ",".join(" ".join(part.split()) for part in joined.split(","))
 
 
+def selects_plain(obj: StoredObject, headers: Any) -> bool:
+    """
+    Whether a request with C{headers} (a
+    L{twisted.web.http_headers.Headers}) is answered by C{obj}, a plain
+    name's copy: it does not vary, or the request has none of the headers
+    its Vary names.
+    """
+    vary = vary_names(obj.extra)
+    return vary is None or not any(headers.hasHeader(h.encode("latin-1")) for h in vary)
+
+
 class Variants:
     """
     Which request headers select each name's variants, and the variants
@@ -74,6 +90,16 @@ class Variants:
             if selecting:
                 self._vary[name] = tuple(header for header, _ in selecting)
                 self._kept.setdefault(name, OrderedDict())[key] = None
+        for key in store.names():
+            obj = store.get(key)
+            vary = None if obj is None else vary_names(obj.extra)
+            if VARIANT_MARK in key or vary is None or len(self._vary) >= _MAX_LEARNED:
+                continue
+            # A plain copy that varies: the variant of requests without
+            # the headers it names, and how its name varies.
+            self._vary.setdefault(key, vary)
+            self._kept.setdefault(key, OrderedDict())[key] = None
+            self._kept[key].move_to_end(key, last=False)
 
     def key(self, name: str, headers: Any = None) -> str:
         """
@@ -82,17 +108,21 @@ class Variants:
         from.
         """
         vary = self._vary.get(name)
-        if vary is None or VARIANT_MARK in name:
+        if vary is None or VARIANT_MARK in name or headers is None:
             return name
-        get = (lambda header: None) if headers is None else headers.getRawHeaders
-        return variant_key(name, tuple((h, normalised(get(h.encode("latin-1")))) for h in vary))
+        get = headers.getRawHeaders
+        selecting = tuple((h, normalised(get(h.encode("latin-1")))) for h in vary)
+        if all(value is None for _, value in selecting):
+            return name  # the plain copy is the variant of a request without them
+        return variant_key(name, selecting)
 
     def keeps(self, key: str, extra: tuple[tuple[str, str], ...]) -> bool:
         """
         Whether a response for C{key} with the headers C{extra} may be kept
-        under it: it varies by exactly the headers the key was made of.
-        Otherwise how the name varies is learned from it, for the next
-        request.
+        under it: it varies by exactly the headers the key was made of, or
+        C{key} is a plain name (asked for without any of the headers the
+        response names).  How the name varies is learned from it, for the
+        next request.
         """
         name, selecting = split_variant(key)
         vary = vary_names(extra)
@@ -100,8 +130,10 @@ class Variants:
             return True
         if vary is None or "*" in vary or PRIVATE & set(vary):
             self._vary.pop(name, None)
-        elif name in self._vary or len(self._vary) < _MAX_LEARNED:
+            return False
+        if name in self._vary or len(self._vary) < _MAX_LEARNED:
             self._vary[name] = vary
+            return not selecting
         return False
 
     def used(self, key: str) -> None:
@@ -114,24 +146,27 @@ class Variants:
 
     def installed(self, key: str) -> None:
         """
-        C{key} is kept now: drop what it displaces, the plain copy of a name
-        that varies, the variants of one that no longer does, and its least
-        recently used variants beyond C{max_variants}.
+        C{key} is kept now: drop what it displaces, the variants of a name
+        that no longer varies, those selected by other headers than it now
+        varies by, and its least recently used variants beyond
+        C{max_variants} (the plain copy, a request's without any of those
+        headers, among them).
         """
         name, selecting = split_variant(key)
-        if not selecting:
+        vary = self._vary.get(name)
+        if vary is None:
             for old in self.keys_of(name):
-                self.drop(old)
+                if old != key:
+                    self.drop(old)
+            self._kept.pop(name, None)
             return
-        if self.store.get(name) is not None:
-            self.store.remove(name)
         kept = self._kept.setdefault(name, OrderedDict())
         kept[key] = None
         kept.move_to_end(key)
-        vary = self._vary.get(name)
         for old in list(kept):
             gone = self.store.get(old) is None  # evicted
-            if gone or tuple(h for h, _ in split_variant(old)[1]) != vary:
+            headers = tuple(h for h, _ in split_variant(old)[1])
+            if gone or (old != name and headers != vary):
                 self.drop(old)
         while len(kept) > self.max_variants:
             self.drop(next(iter(kept)))

@@ -380,9 +380,10 @@ class FilesResource(JSONResource):
         if not answerable(request, watch):
             return  # answered already (the listener's wait ran out), or gone
         key = self.syncer.variants.key(request.cache_name, request.requestHeaders)
-        if not fill.publish and VARIANT_MARK not in fill.name and key != fill.name:
-            # The first answer for the name varies: this request gets the
-            # variant its headers select, from a fill that sends them.
+        if VARIANT_MARK not in fill.name and key != fill.name:
+            # The first answer for the name varies, and this request has
+            # some of its headers: it gets the variant they select, from a
+            # fill that sends them.
             answer(request, watch, self.render_GET(request))
             return
         if fill.readable:

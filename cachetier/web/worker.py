@@ -22,6 +22,7 @@ from ..metrics import Metrics
 from ..names import InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Generation
+from ..sync.variants import selects_plain
 from .addresses import name_of
 from .bodies import SmallBodies
 from .files import serve_stored
@@ -84,6 +85,8 @@ class WorkerFiles(Resource):
                 return self.proxy.render(request)
             now = self.clock.seconds()
             obj = self._fresh(name, now)
+            if obj is not None and not selects_plain(obj, request.requestHeaders):
+                obj = None  # another variant's: the primary knows which
             if obj is not None:
                 request.cache_name, request.outcome = name, "hit"
                 try:
