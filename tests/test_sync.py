@@ -42,6 +42,15 @@ class _Stall(Resource):
         return server.NOT_DONE_YET
 
 
+def _stop(syncer: Syncer, treq: StubTreq) -> None:
+    """
+    End what a test left running (stalled downloads), so that nothing of
+    it is collected, half-run, during a later test.
+    """
+    syncer.stop().addErrback(lambda _: None)
+    treq.flush()
+
+
 class SyncerTests(SynchronousTestCase):
     def make(
         self,
@@ -54,13 +63,15 @@ class SyncerTests(SynchronousTestCase):
         self.treq = StubTreq(resource)
         self.store = CacheStore.open(os.path.abspath(self.mktemp()), now=self.clock.seconds)
         origin = Origin("http://origin.test/", self.treq, self.clock, timeout=30, retry=retry)
-        return Syncer(
+        syncer = Syncer(
             origin,
             self.store,
             self.clock,
             run_in_thread or (lambda f, *a: maybeDeferred(f, *a)),
             **kwargs,
         )
+        self.addCleanup(_stop, syncer, self.treq)
+        return syncer
 
     def test_a_sync_publishes_the_body(self) -> None:
         origin = TestOrigin()
