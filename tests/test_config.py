@@ -83,6 +83,14 @@ class CheckTests(SynchronousTestCase):
         check_port("tcp:0")
         check_port("unix:/tmp/99999")
 
+    def test_a_port_that_is_not_a_number_is_refused(self) -> None:
+        with self.assertRaises(SettingError) as caught:
+            check_port("tcp:notaport")
+        self.assertEqual(
+            str(caught.exception), "--listen 'tcp:notaport': the port 'notaport' is not a number"
+        )
+        check_port("tcp:port=8080:interface=127.0.0.1")
+
     def test_a_writable_directory_is_tried(self) -> None:
         directory = self.mktemp()
         os.mkdir(directory)

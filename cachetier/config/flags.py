@@ -117,7 +117,9 @@ def check_port(description: str) -> None:
     if kind not in ("tcp", "tcp6", "ssl"):
         return
     port = named.get("port", positional[0] if positional else "")
-    if port.isdigit() and not 0 <= int(port) <= 65535:
+    if not port.isdigit():
+        raise SettingError(f"--listen {description!r}: the port {port!r} is not a number")
+    if not 0 <= int(port) <= 65535:
         raise SettingError(f"--listen {description!r}: port {port} is not in 0-65535")
 
 
