@@ -155,7 +155,7 @@ def give_twistd_logs(owner: tuple[int, int]) -> None:
     """
     for out in twistd_log_files():
         try:
-            os.chown(out.path, *owner)
+            os.chown(out.path, *owner, follow_symlinks=False)
         except OSError as e:
             log.warn(
                 "cannot give {path} to uid {uid}: {why}; SIGHUP will not reopen it",

@@ -25,13 +25,20 @@ from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger, LogPublisher, textFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    Logger,
+    LogPublisher,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+    textFileLogObserver,
+)
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseFailed
 from twisted.web.client import ResponseNeverReceived
 
-from cachetier.service import reopen_twistd_logs
+from cachetier.service import give_twistd_logs, reopen_twistd_logs
 
 from .helpers import body_of, child_environment, http_client, start_origin
 from .test_twistd import _TWISTD, _Twistd, spawn_twistd
@@ -643,3 +650,33 @@ class SocketActivatedTLSTests(TwistdProcessCase):
         # Verified against the root CA alone: the intermediate was sent.
         serial = await deferToThread(_peer_serial, port, chain.ca)
         self.assertEqual(serial, 4242)
+
+
+class LogFileChownTests(SynchronousTestCase):
+    """
+    twistd's --logfile is given to --uid without following a symlink: the
+    service user owns the log directory (SIGHUP reopens the file as that
+    user after logrotate), so it could replace the log with a symlink, and
+    root must never give the link's target (/etc/shadow, say) away.
+    """
+
+    def test_a_symlinked_log_file_does_not_give_its_target_away(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("needs root, as twistd --uid does")
+        top = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(top, "logs"))
+        victim = os.path.join(top, "root-only")
+        with open(victim, "w") as f:
+            f.write("root's\n")
+        os.chmod(victim, 0o600)
+        path = os.path.join(top, "logs", "twistd.log")
+        log_file = LogFile.fromFullPath(path)
+        self.addCleanup(log_file.close)
+        observer = FileLogObserver(log_file, formatEventAsClassicLogText)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        # What the service user can do in its own log directory:
+        os.unlink(path)
+        os.symlink(victim, path)
+        give_twistd_logs((65534, 65534))
+        self.assertEqual(os.stat(victim).st_uid, 0, "root's file given to the service user")
