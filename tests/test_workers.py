@@ -464,3 +464,35 @@ class RestartTests(SynchronousTestCase):
         (call,) = clock.getDelayedCalls()
         self.assertEqual(call.getTime() - clock.seconds(), 1)
         self.flushLoggedErrors()
+
+
+class InternalOutcomeCountedTests(TestCase):
+    """
+    A worker's reports and relayed requests are counted once, by the
+    primary, even now that an outcome counts as its response starts: never
+    as cachetier_requests_total{outcome="internal"} or {outcome="relayed"}.
+    """
+
+    async def test_a_workers_reports_are_not_counted_as_requests(self) -> None:
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        files, agent = worker_of(self, cache)
+        worker_metrics = Metrics()
+        reporter = Reporter(files, worker_metrics, agent, reactor)
+        primary = cache.site.metrics
+        for _ in range(3):
+            worker_metrics.bytes_served.inc(1000)
+            await reporter.report()
+        self.assertEqual(_total(primary, "requests", {"outcome": "internal"}), 0)
+
+
+class RelayedOutcomeCountedTests(WorkersTestCase):
+    async def test_relayed_requests_are_counted_once(self) -> None:
+        url = await self.start()
+        for n in range(20):
+            self.origin.put(f"m{n}.mp3", body_of(1000))
+            await self.request("GET", url + f"files/m{n}.mp3")  # misses: relayed by a worker
+        await deferLater(reactor, 1.5, lambda: None)  # the worker's report
+        _, _, body = await self.request("GET", url + "metrics")
+        match = re.search(rb'^cachetier_requests_total\{outcome="relayed"\} (\S+)$', body, re.M)
+        self.assertIsNone(match, match and match.group(0))

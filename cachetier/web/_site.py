@@ -22,7 +22,7 @@ from ._json import error_body
 from ._twisted import request_line, unsent_bytes
 from .access import OncePerSecond, TwistdAccessLog
 from .addresses import RELAYED_FOR, Trusted
-from .observers import RequestMetrics, record_download
+from .observers import NOT_LISTENERS, RequestMetrics, record_download
 
 log = Logger()
 
@@ -394,7 +394,7 @@ class CacheSite(server.Site):
         return done
 
     def log(self, request: CacheRequest) -> None:
-        if request.outcome in ("relayed", "internal"):
+        if request.outcome in NOT_LISTENERS:
             # A worker's relayed request is logged and counted once, by the
             # primary, which knows what it did and gets the listener's
             # address with it; a worker's report is no listener's.

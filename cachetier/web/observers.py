@@ -15,6 +15,11 @@ from ..metrics import Metrics
 if TYPE_CHECKING:
     from ._site import CacheRequest
 
+# Outcomes that are no listener's request: a worker's relayed request is
+# logged and counted by the primary, which served it; a worker's report
+# is nobody's.
+NOT_LISTENERS = frozenset({"relayed", "internal"})
+
 
 class RequestMetrics:
     """
@@ -34,7 +39,7 @@ class RequestMetrics:
         lasts minutes shows in the requests by outcome at once.
         """
         outcome = request.outcome
-        if outcome is None or request.outcome_counted:
+        if outcome is None or outcome in NOT_LISTENERS or request.outcome_counted:
             return
         request.outcome_counted = True
         counter = self._outcomes.get(outcome)
