@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..analytics import Analytics
 from ..metrics import Metrics
+from ..names import split_variant
 from ..store import CacheStore
 from ..sync import Syncer
 from ._admin import refuse
@@ -98,7 +99,7 @@ def _sync_rows(syncer: Syncer, speeds: SyncSpeeds, now: float) -> list[dict[str,
             left = max(0.0, (f.length - f.written) / rate)
         rows.append(
             {
-                "file": f.name,
+                "file": split_variant(f.name)[0],
                 "state": f.state,
                 "bytes_synced": f.written,
                 "size": f.length,
