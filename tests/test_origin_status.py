@@ -11,10 +11,12 @@ import json
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.web.http_headers import Headers
 
-from .helpers import CacheTestCase, body_of, header, read_response
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, read_response
+from .test_vary import VaryTestCase
 
 _AWAY = "http://elsewhere.test/x"
 # The most of an answer's body cachetier passes on.
@@ -205,3 +207,94 @@ class StatusAPITests(AnswerTestCase):
         )
         self.assertIn("http_503", (await self.status_of("broken.mp3"))["error"])
         self.assertIn("http_301", (await self.status_of("moved.mp3"))["error"])
+
+
+class RevalidationRedirectTests(MemoryCacheTestCase):
+    """
+    A revalidation answered by a redirect outside the origin (a 302, 303
+    or 307: not storable without freshness) is passed on, and the cached
+    file stays (stale): a failed revalidation harms no cached file.
+    """
+
+    settings = {"origin_retries": 1}
+
+    def test_a_temporary_redirect_does_not_remove_the_cached_file(self) -> None:
+        data = body_of(5000)
+        self.cached("ep.mp3", data, extra_headers={"Cache-Control": "max-age=60"})
+        # The origin is under maintenance for a moment: its pages redirect
+        # elsewhere, temporarily.
+        self.origin.redirects["ep.mp3"] = "http://status.example/maintenance"
+        self.wait(120)
+        self.get("ep.mp3")  # stale: served while revalidated
+        self.settle("ep.mp3")
+        self.assertIsNotNone(
+            self.cache.store.get("ep.mp3"),
+            "a failed revalidation (a 302) removed the cached file",
+        )
+
+    def test_the_copy_still_serves_within_stale_if_error_after_a_302(self) -> None:
+        data = body_of(5000)
+        self.cached("ep.mp3", data, extra_headers={"Cache-Control": "max-age=60"})
+        self.origin.redirects["ep.mp3"] = "http://status.example/maintenance"
+        self.wait(120)
+        self.get("ep.mp3")
+        self.settle("ep.mp3")
+        # Then the origin goes down altogether: stale-if-error (the default
+        # --stale-if-error, a week) lets the copy be served.
+        del self.origin.redirects["ep.mp3"]
+        self.cache.origin_down = True
+        self.wait(10)
+        code, _, body = self.get("ep.mp3")
+        self.assertEqual((code, body), (200, data))
+
+
+class UnaskedPartialContentTests(VaryTestCase):
+    """
+    An origin's 206 to a request without Range (a misbehaving origin, or a
+    proxy in front of it) is a part nobody asked for: never passed on
+    without its Content-Range, never kept as the name's object.
+    """
+
+    async def test_an_unasked_206_is_never_served_without_its_content_range(self) -> None:
+        data = body_of(1000)
+        self.origin.answers["ep.mp3"] = (
+            206,
+            {
+                "Content-Range": "bytes 0-99/1000",
+                "Cache-Control": "max-age=600",
+                "Content-Type": "audio/mpeg",
+            },
+            data[:100],
+        )
+        for _ in range(2):
+            code, got, body = await self.fetch("ep.mp3")
+            if code == 206:
+                self.assertEqual(header(got, "content-range"), ["bytes 0-99/1000"])
+        self.assertEqual(self.kept(), [], "a part of a file kept as the name's object")
+
+
+class KeptAnswerCommitWindowTests(VaryTestCase):
+    """
+    A listener arriving while an answer other than the file is committed
+    in a thread gets that answer once it is kept, not a 503 "the download
+    ended".  The commit is slowed (as a busy disk does) to open the window.
+    """
+
+    async def test_a_listener_during_the_commit_of_a_kept_404_gets_the_404(self) -> None:
+        syncer = self.cache.syncer
+        fast = syncer.run_in_thread
+
+        def slow(f, *args):  # type: ignore[no-untyped-def]
+            return deferLater(reactor, 0.5, lambda: None).addCallback(lambda _: fast(f, *args))
+
+        syncer.run_in_thread = slow
+        first = self.get("gone.mp3")
+
+        async def later() -> tuple[int, Headers, bytes]:
+            await deferLater(reactor, 0.25, lambda: None)
+            return await self.get("gone.mp3")
+
+        results = await gatherResults(
+            [Deferred.fromCoroutine(first), Deferred.fromCoroutine(later())]
+        )
+        self.assertEqual([code for code, _, _ in results], [404, 404], results[1][2])

@@ -177,6 +177,12 @@ class Origin:
             raise OriginError(
                 Reason.changed, "the object changed at the origin during the download"
             )
+        if response.code == 206:
+            # A part nobody asked for: never passed on, never kept.
+            abandon(response)
+            raise OriginError(
+                Reason.http_status, "the origin answered 206 to a request without Range", 206
+            )
         parsed = parse_response(response, self._clock.seconds()).headers
         headers = evolve(parsed, status=response.code)
         raise OriginAnswer(headers, await read_answer(response, self._clock, self._timeout))

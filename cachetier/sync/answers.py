@@ -46,8 +46,10 @@ async def keep_answer(
 
     While a file (a 2xx or 3xx) is revalidated, a 4xx is an origin error,
     not a deletion (an S3 policy mistake must not wipe the cache), and a
-    5xx always is: the copy stays and stale-if-error decides.  Otherwise
-    the answer replaces the copy: kept if it may be, else the copy goes.
+    5xx always is: the copy stays and stale-if-error decides.  An answer
+    that may not be kept (a temporary redirect, say) is passed on and the
+    copy stays, stale: the next request asks again.  Otherwise the answer
+    replaces the copy.
 
     @raise OriginAnswer: C{answer}, when it is not kept: the fill fails
         with it, and its readers get it as it came.
@@ -58,8 +60,6 @@ async def keep_answer(
     if not fill.publish:
         raise answer
     if not storable(answer.headers):
-        if old is not None:
-            store.remove(name)
         raise answer
     reservation = store.reserve(len(answer.body), keep=name)
     if reservation is None:
