@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import json
 
+from treq import content
 from twisted.web.http_headers import Headers
 
+from cachetier.sync import variants as variants_module
+
 from .helpers import CacheTestCase, body_of, header, start_cachetier
+
+BROWSER = "https://app.example"
+TOKEN = "d" * 32
 
 
 class VaryTestCase(CacheTestCase):
@@ -182,3 +188,117 @@ class VaryStarTests(CacheTestCase):
             self.assertEqual((code, body), (404, b"no"))
             await self.settle("gone.mp3")
         self.assertEqual(self.origin.counts["gone.mp3"], 2)
+
+
+class VaryForgottenTests(VaryTestCase):
+    """
+    An answer without Vary to a variant's fill (a 503, a 404) does not make
+    the syncer forget that the name varies: browsers never get the podcast
+    apps' plain copy, without the CORS header.
+    """
+
+    async def cached_for_apps(self) -> bytes:
+        data = body_of(1000)
+        self.origin.put("ep.mp3", data, cors=True)
+        # A podcast app: the plain copy, varying by Origin, no ACAO.
+        code, got, _ = await self.fetch("ep.mp3")
+        self.assertEqual((code, header(got, "access-control-allow-origin")), (200, []))
+        return data
+
+    async def test_a_browser_is_not_given_the_plain_copy_while_the_origin_fails(self) -> None:
+        await self.cached_for_apps()
+        self.origin.status["ep.mp3"] = 503  # S3's SlowDown: no Vary
+        code, got, _ = await self.fetch("ep.mp3", origin=BROWSER)
+        # A 503 passed on is right; the app's copy without ACAO is not.
+        if code == 200:
+            self.assertEqual(header(got, "access-control-allow-origin"), [BROWSER])
+
+    async def test_a_browser_gets_its_variant_once_the_origin_is_well(self) -> None:
+        data = await self.cached_for_apps()
+        self.origin.status["ep.mp3"] = 404  # e.g. a brief S3 policy mistake
+        await self.fetch("ep.mp3", origin=BROWSER)
+        del self.origin.status["ep.mp3"]
+        for fill in self.cache.syncer.syncs():
+            await fill.when_done().addErrback(lambda _: None)
+        code, got, body = await self.fetch("ep.mp3", origin=BROWSER)
+        self.assertEqual((code, body), (200, data))
+        self.assertEqual(
+            header(got, "access-control-allow-origin"),
+            [BROWSER],
+            f"origin asked with Origin: {self.seen('ep.mp3', 'origin')}; kept: {self.kept()}",
+        )
+
+
+class PurgeVariantFillTests(VaryTestCase):
+    """
+    A purge of a name stops a variant's fill in flight too: it never
+    publishes the purged version after the purge has answered.
+    """
+
+    async def test_a_purge_stops_a_variant_fill_under_way(self) -> None:
+        old, new = body_of(400_000, "old"), body_of(400_000, "new")
+        self.origin.put("ep.mp3", old, cors=True)
+        await self.fetch("ep.mp3")  # the apps' copy; the name varies
+        self.origin.rate = 200_000  # two seconds a body
+        lookup = self.cache.syncer.lookup("ep.mp3", None, Headers({b"origin": [BROWSER]}))
+        fill = lookup.fill
+        self.assertIsNotNone(fill, "a browser's variant is being fetched")
+        await fill.when_started()
+        # The file changes at the origin; the operator purges it.
+        self.origin.put("ep.mp3", new, cors=True)
+        self.assertTrue(self.cache.syncer.purge("ep.mp3"))
+        await fill.when_done().addErrback(lambda _: None)
+        self.origin.rate = None
+        code, got, body = await self.fetch("ep.mp3", origin=BROWSER)
+        self.assertEqual(code, 200)
+        self.assertTrue(body == new, f"served the purged version; kept: {self.kept()}")
+
+
+class DashboardVariantKeyTests(VaryTestCase):
+    """
+    The dashboard's syncs name files, never a variant's store key (with
+    the request header values in it), as /api/v1/syncs does.
+    """
+
+    settings = {"admin_token": TOKEN.encode()}
+
+    async def test_the_dashboard_names_files_not_variant_keys(self) -> None:
+        self.origin.put("ep.mp3", body_of(400_000), cors=True)
+        await self.fetch("ep.mp3")
+        self.origin.rate = 200_000
+        lookup = self.cache.syncer.lookup("ep.mp3", None, Headers({b"origin": [BROWSER]}))
+        await lookup.fill.when_started()
+        response = await self.client.get(
+            self.url + "api/v1/dashboard", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        body = json.loads(await content(response))
+        response = await self.client.get(
+            self.url + "api/v1/syncs", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        syncs = json.loads(await content(response))
+        self.origin.rate = None
+        await lookup.fill.when_done().addErrback(lambda _: None)
+        self.assertEqual([s["file"] for s in syncs["syncs"]], ["ep.mp3"])
+        self.assertEqual([s["file"] for s in body["syncs"]], ["ep.mp3"])
+
+
+class LearnedNamesTableTests(VaryTestCase):
+    """
+    The names whose Vary is learned are at most _MAX_LEARNED, the least
+    recently used forgotten (their plain copies say it again): a full
+    table never stops new files being kept.  Shown with the cap lowered
+    to 2, the same code path.
+    """
+
+    async def test_purged_names_do_not_stop_new_files_being_cached(self) -> None:
+        self.patch(variants_module, "_MAX_LEARNED", 2)
+        for name in ("a.mp3", "b.mp3"):
+            self.origin.put(name, body_of(100), cors=True)
+            await self.fetch(name)
+            self.assertTrue(self.cache.syncer.purge(name))
+        self.assertEqual(self.kept(), [])
+        self.origin.put("c.mp3", body_of(100), cors=True)
+        await self.fetch("c.mp3")
+        await self.fetch("c.mp3")
+        self.assertEqual(self.kept(), ["c.mp3"])
+        self.assertEqual(self.origin.counts["c.mp3"], 1)

@@ -268,8 +268,9 @@ class Syncer:
 
         @return: whether there was anything to forget, once that is durable.
         """
-        keys = [name, *self.variants.keys_of(name)]
-        return any([self._purge_key(key) for key in keys])
+        keys = {name, *self.variants.keys_of(name)}
+        keys.update(key for key in self._fills if split_variant(key)[0] == name)
+        return any([self._purge_key(key) for key in sorted(keys)])
 
     def _purge_key(self, name: str) -> bool:
         self.warming.discard(name)

@@ -88,18 +88,12 @@ class Variants:
         for key in store.names():
             name, selecting = split_variant(key)
             if selecting:
-                self._vary[name] = tuple(header for header, _ in selecting)
+                self._learn(name, tuple(header for header, _ in selecting))
                 self._kept.setdefault(name, OrderedDict())[key] = None
-        for key in store.names():
-            obj = store.get(key)
-            vary = None if obj is None else vary_names(obj.extra)
-            if VARIANT_MARK in key or vary is None or len(self._vary) >= _MAX_LEARNED:
-                continue
-            # A plain copy that varies: the variant of requests without
-            # the headers it names, and how its name varies.
-            self._vary.setdefault(key, vary)
-            self._kept.setdefault(key, OrderedDict())[key] = None
-            self._kept[key].move_to_end(key, last=False)
+        for name, kept in self._kept.items():
+            if store.get(name) is not None:
+                kept[name] = None
+                kept.move_to_end(name, last=False)
 
     def key(self, name: str, headers: Any = None) -> str:
         """
@@ -107,9 +101,18 @@ class Variants:
         L{twisted.web.http_headers.Headers}, or L{None}: none) is answered
         from.
         """
-        vary = self._vary.get(name)
-        if vary is None or VARIANT_MARK in name or headers is None:
+        if VARIANT_MARK in name or headers is None:
             return name
+        vary = self._vary.get(name)
+        if vary is not None:
+            self._vary.move_to_end(name)
+        else:
+            # Not known (yet, or any more): a plain copy that varies says.
+            obj = self.store.get(name)
+            vary = None if obj is None else vary_names(obj.extra)
+            if vary is None or "*" in vary:
+                return name
+            self._learn(name, vary)
         get = headers.getRawHeaders
         selecting = tuple((h, normalised(get(h.encode("latin-1")))) for h in vary)
         if all(value is None for _, value in selecting):
@@ -121,20 +124,32 @@ class Variants:
         Whether a response for C{key} with the headers C{extra} may be kept
         under it: it varies by exactly the headers the key was made of, or
         C{key} is a plain name (asked for without any of the headers the
-        response names).  How the name varies is learned from it, for the
-        next request.
+        response names).  How a name varies is learned from the answers
+        to plain requests only: a variant's answer that says otherwise (an
+        error without Vary, say) is passed on, not kept, and changes
+        nothing for the name's other variants.
         """
         name, selecting = split_variant(key)
         vary = vary_names(extra)
         if vary == (tuple(header for header, _ in selecting) or None):
             return True
+        if selecting:
+            return False
         if vary is None or "*" in vary or PRIVATE & set(vary):
             self._vary.pop(name, None)
             return False
-        if name in self._vary or len(self._vary) < _MAX_LEARNED:
-            self._vary[name] = vary
-            return not selecting
-        return False
+        self._learn(name, vary)
+        return True
+
+    def _learn(self, name: str, vary: tuple[str, ...]) -> None:
+        """
+        Remember how C{name} varies, forgetting the least recently used
+        names beyond L{_MAX_LEARNED} (their plain copies say it again).
+        """
+        self._vary[name] = vary
+        self._vary.move_to_end(name)
+        while len(self._vary) > _MAX_LEARNED:
+            self._vary.popitem(last=False)
 
     def used(self, key: str) -> None:
         """
