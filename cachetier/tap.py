@@ -25,7 +25,13 @@ import twisted
 from . import __version__
 from .assembly import assemble
 from .config import Settings, default_backlog, parse_endpoint
-from .config.flags import SettingError, owner, settings_from, trusted_proxy
+from .config.flags import (
+    SettingError,
+    forward_request_header,
+    owner,
+    settings_from,
+    trusted_proxy,
+)
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
 from .service import CacheService, listener, starting_site
@@ -71,6 +77,13 @@ class Options(usage.Options):
             None,
             "7d",
             "How long past its lifetime a file is served while the origin fails.",
+        ],
+        [
+            "stale-while-revalidate",
+            None,
+            "0s",
+            "How long past its lifetime a file is served while it is revalidated"
+            " (0: revalidated first).",
         ],
         ["max-size", None, None, "Most bytes the cache may hold, e.g. 50G (default: no limit)."],
         ["min-free", None, "0", "Bytes to keep free on the cache's file system, e.g. 5G."],
@@ -171,6 +184,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        self["forward-request-header"] = []
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         """
@@ -179,6 +193,17 @@ class Options(usage.Options):
         """
         try:
             self["trusted-proxy"].append(trusted_proxy(cidr))
+        except SettingError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_forward_request_header(self, name: str) -> None:
+        """
+        A request header a listener's request sends on to the origin with
+        the fill it starts, e.g. X-Request-ID (repeatable; never
+        Authorization or Cookie).
+        """
+        try:
+            self["forward-request-header"].append(forward_request_header(name))
         except SettingError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -240,7 +240,7 @@ class LookupTests(SynchronousTestCase):
         self.assertFalse(lookup.servable)
 
     def test_a_stale_copy_is_served_while_it_revalidates(self) -> None:
-        origin, syncer = self.cached("max-age=10")
+        origin, syncer = self.cached("max-age=10, stale-while-revalidate=60")
         origin.hang.add("a.mp3")
         lookup = syncer.lookup("a.mp3")
         self.assertEqual((lookup.outcome, lookup.stored), (Outcome.STALE, self.store.get("a.mp3")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -173,6 +174,44 @@ def trusted_proxy(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise SettingError(f"--trusted-proxy: not an address or network: {cidr!r}") from None
 
 
+# Never forwarded: secrets (RFC 9110 section 11.6.2, and a listener's
+# cookies are its own), and what cachetier asks the origin itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "range",
+        "if-range",
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "accept-encoding",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "x-amz-checksum-mode",
+    }
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def forward_request_header(name: str) -> str:
+    """
+    A C{--forward-request-header}: a header name, lower-cased, that is not
+    a secret nor one cachetier sets itself.
+    """
+    if not _TOKEN.match(name):
+        raise SettingError(f"--forward-request-header: not a header name: {name!r}")
+    if name.lower() in _NOT_FORWARDED or name.lower().startswith("x-amz-"):
+        raise SettingError(f"--forward-request-header: {name} is never forwarded")
+    return name.lower()
+
+
 def settings_from(
     flags: Mapping[str, Any],
     check_listen: Callable[[str], None],
@@ -193,6 +232,7 @@ def settings_from(
         **_bounds(flags),
         admin_token=admin_token(flags["admin-token-file"]),
         trusted_proxies=tuple(flags["trusted-proxy"]),
+        forward_request_headers=tuple(flags["forward-request-header"]),
         shutdown_grace=option("shutdown-grace", parse_duration, flags["shutdown-grace"]),
         fill_connections=option("fill-connections", positive, flags["fill-connections"]),
         analytics_retention_days=_retention(flags["analytics-retention"]),
@@ -285,6 +325,7 @@ def _bounds(flags: Mapping[str, Any]) -> dict[str, Any]:
         "negative_ttl": value("negative-ttl", parse_duration),
         "ttl": value("ttl", parse_duration),
         "stale_if_error": value("stale-if-error", parse_duration),
+        "stale_while_revalidate": value("stale-while-revalidate", parse_duration),
         "max_size": size("max-size", cache_size),
         "max_object_size": size("max-object-size"),
         "max_queued_syncs": value("max-queued-syncs", positive),

@@ -72,6 +72,22 @@ class Lookup:
     fill: Fill | None = None
     error: Exception | None = None
 
+    @classmethod
+    def of(cls, status: FileStatus, cached: bool) -> Lookup:
+        """
+        What a request gets where C{status} says the name stands.
+
+        @param cached: whether the store had a copy when it was asked (a
+            download to follow is then a revalidation to wait for, and no
+            answer means the stale copy is withheld).
+        """
+        if status.state == "cached":
+            outcome = Outcome.STALE if status.stale else Outcome.CACHED
+            return cls(outcome, stored=status.stored)
+        if status.fill is not None:
+            return cls(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
+        return cls(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+
     @property
     def servable(self) -> bool:
         """

@@ -5,7 +5,6 @@ revalidation of stale objects, purges, and the caps on downloads.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
@@ -14,19 +13,19 @@ from twisted.logger import Logger
 
 from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
 from ..metrics import Metrics
-from ..objects import ObjectHeaders, StoredObject
+from ..objects import StoredObject
 from ..origin import Origin
-from ..origin.freshness import stale_policy
 from ..store import CacheStore
-from .admission import Admission, FailureMemory
+from .admission import Admission, FailureMemory, WarmQueue
 from .download import Download, RunInThread
 from .fill import Fill
+from .freshness import Freshness
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
 
 log = Logger()
 
-# Names that may wait to be warmed.
-MAX_WARM_QUEUE = 10_000
+# Request headers, as sent to the origin.
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class Syncer:
@@ -39,9 +38,7 @@ class Syncer:
 
     @param run_in_thread: runs a blocking callable off the reactor thread
         and returns a L{Deferred} of its result (the fsyncs of a publish).
-    @param ttl: an object's lifetime when the origin gives none.
-    @param stale_if_error: how long past its lifetime an object may still
-        be served while it cannot be revalidated.
+    @param ttl, stale_while_revalidate, stale_if_error: see L{Freshness}.
     @param max_object_size: bigger objects are not cached (L{None}: any).
     """
 
@@ -58,6 +55,7 @@ class Syncer:
         max_new_per_client: float = 25.0,
         max_object_size: int | None = None,
         ttl: float = 86400.0,
+        stale_while_revalidate: float = 0.0,
         stale_if_error: float = 7 * 86400.0,
         negative_ttl: float = 60.0,
         error_ttl: float = 5.0,
@@ -71,8 +69,7 @@ class Syncer:
         self.run_in_thread = run_in_thread
         self._slots = DeferredSemaphore(max_concurrent)
         self._max_object_size = max_object_size
-        self._ttl = ttl
-        self._stale_if_error = stale_if_error
+        self._freshness = Freshness(ttl, stale_while_revalidate, stale_if_error)
         self._negative_ttl = negative_ttl
         self._error_ttl = error_ttl
         self.metrics = metrics or Metrics()
@@ -84,8 +81,7 @@ class Syncer:
         # reasons, so bounded), for /healthz.
         self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
-        self._warm: deque[str] = deque()
-        self._warm_set: set[str] = set()
+        self._warm = WarmQueue()
         self._tasks: dict[Fill, Deferred[None]] = {}
         # Purged fills still winding down: the next fill of the name starts
         # only once its files are gone.
@@ -126,23 +122,21 @@ class Syncer:
         breaker = origin.breaker
         return OriginHealth(origin.base, breaker.state, breaker.failures, origin.rejected)
 
-    def lookup(self, name: str, client: str | None = None) -> Lookup:
+    def lookup(self, name: str, client: str | None = None, headers: Any = None) -> Lookup:
         """
         What a request for C{name} gets (see L{status}, which this starts
         like): the cached copy, fresh or stale; the download to follow; or
         why there is nothing to serve.
+
+        @param headers: the request's headers: those the origin forwards
+            (L{Origin.forwarded}) go with a fill it starts.
         """
         stored = self.store.get(name)
         if stored is not None and self.clock.seconds() < stored.expires_at:
             return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
-        cached = stored is not None
-        status = self.status(name, client=client)
-        if status.state == "cached":
-            outcome = Outcome.STALE if status.stale else Outcome.CACHED
-            return Lookup(outcome, stored=status.stored)
-        if status.fill is not None:
-            return Lookup(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
-        return Lookup(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+        forwarded = self.origin.forwarded(headers)
+        status = self.status(name, client=client, forwarded=forwarded)
+        return Lookup.of(status, cached=stored is not None)
 
     def after_failure(self, name: str, error: Exception) -> Lookup:
         """
@@ -157,32 +151,24 @@ class Syncer:
             return Lookup(Outcome.STALE, stored=status.stored)
         return Lookup(Outcome.WITHHELD, error=error)
 
-    def status(self, name: str, start: bool = True, client: str | None = None) -> FileStatus:
+    def status(
+        self, name: str, start: bool = True, client: str | None = None, forwarded: Headers = ()
+    ) -> FileStatus:
         """
         Where C{name} stands; with C{start}, begin syncing it if it is
         neither cached, under way nor recently failed, and begin
         revalidating it if it is stale.
 
         @param client: the address of whoever asks, for fair admission.
+        @param forwarded: headers to send the origin with a fill this starts.
         """
         stored = self.store.get(name)
         if stored is not None:
-            now = self.clock.seconds()
-            if now < stored.expires_at:
-                return FileStatus(name, "cached", stored=stored)
-            stale_for = now - stored.expires_at
-            policy = stale_policy(stored.cache_control, self._stale_if_error)
-            failing = self.recent_failure(name) is not None
-            if start and name not in self._fills and not failing:
-                try:
-                    self.start(name, revalidating=stored, client=client)
-                except Overloaded:
-                    pass
-            window = policy.if_error if failing else policy.while_revalidating
-            if policy.allowed and stale_for <= window:
-                return FileStatus(name, "cached", stored=stored, stale=True)
-            # The origin forbids serving it stale (or its window is over):
-            # readers wait for the revalidation, or get its failure.
+            cached = self._cached(stored, start, client, forwarded)
+            if cached is not None:
+                return cached
+            # Stale, and no window allows serving it: readers wait for
+            # the one revalidation, or get its failure.
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
@@ -193,7 +179,7 @@ class Syncer:
             if not start:
                 return FileStatus(name, "missing")
             try:
-                fill = self.start(name, client=client)
+                fill = self.start(name, client=client, forwarded=forwarded)
             except Overloaded as e:
                 return FileStatus(name, "missing", error=e)
         if fill.state == "done":
@@ -206,8 +192,35 @@ class Syncer:
             fill.used_at = self.clock.seconds()
         return FileStatus(name, "syncing", fill=fill)
 
+    def _cached(
+        self, stored: StoredObject, start: bool, client: str | None, forwarded: Headers
+    ) -> FileStatus | None:
+        """
+        The cached copy, if it may be served now (fresh, or stale within
+        its window: L{Freshness.may_serve_stale}); a stale one is
+        revalidated, once, whether it is served meanwhile or not.
+        """
+        name, now = stored.name, self.clock.seconds()
+        if now < stored.expires_at:
+            return FileStatus(name, "cached", stored=stored)
+        if start and name not in self._fills and self.recent_failure(name) is None:
+            try:
+                self.start(name, revalidating=stored, client=client, forwarded=forwarded)
+            except Overloaded:
+                pass
+        # Asked after starting: a revalidation can fail at once (an open
+        # breaker), and then stale-if-error decides.
+        failing = self.recent_failure(name) is not None
+        if self._freshness.may_serve_stale(stored, now, failing):
+            return FileStatus(name, "cached", stored=stored, stale=True)
+        return None
+
     def start(
-        self, name: str, revalidating: StoredObject | None = None, client: str | None = None
+        self,
+        name: str,
+        revalidating: StoredObject | None = None,
+        client: str | None = None,
+        forwarded: Headers = (),
     ) -> Fill:
         """
         Join the download of C{name}, starting one if none is under way.
@@ -218,12 +231,15 @@ class Syncer:
         fill = self._fills.get(name)
         if fill is None:
             self._admission.admit(self._slots.tokens, self.queued, client)
-            fill = self._launch(name, revalidating)
+            fill = self._launch(name, revalidating, forwarded)
         return fill
 
-    def _launch(self, name: str, revalidating: StoredObject | None = None) -> Fill:
+    def _launch(
+        self, name: str, revalidating: StoredObject | None = None, forwarded: Headers = ()
+    ) -> Fill:
         fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
-        self._warm_set.discard(name)
+        fill.forwarded = forwarded
+        self._warm.discard(name)
         self._failures.forget(name)
         task = Deferred.fromCoroutine(self._run(fill))
         if not task.called:
@@ -244,25 +260,20 @@ class Syncer:
         status = self.status(name, start=False)
         if status.state in ("cached", "syncing", "not_found", "error"):
             return status.state
-        if name not in self._warm_set:
-            if len(self._warm) >= MAX_WARM_QUEUE:
-                raise Overloaded(f"the warm-up queue is full ({MAX_WARM_QUEUE} names)")
-            self._warm.append(name)
-            self._warm_set.add(name)
+        self._warm.add(name)
         self._pump_warm()
         return "syncing" if name in self._fills else "queued"
 
     @property
     def warm_queue(self) -> list[str]:
-        return [name for name in self._warm if name in self._warm_set]
+        return self._warm.names
 
     def _pump_warm(self) -> None:
         reserve = max(1, self._slots.limit // 4)
-        while self._warm and self._slots.tokens > reserve and not self._stopping:
-            name = self._warm.popleft()
-            if name not in self._warm_set:
-                continue  # taken by a listener meanwhile
-            self._warm_set.discard(name)
+        while self._slots.tokens > reserve and not self._stopping:
+            name = self._warm.pop()
+            if name is None:
+                break
             if self.status(name, start=False).state == "missing":
                 self._launch(name)
 
@@ -280,7 +291,7 @@ class Syncer:
 
         @return: whether there was anything to forget, once that is durable.
         """
-        self._warm_set.discard(name)
+        self._warm.discard(name)
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
@@ -317,14 +328,6 @@ class Syncer:
                 task.cancel()
         return DeferredList([task for _, task in tasks], consumeErrors=True)
 
-    def _lifetime(self, headers: ObjectHeaders) -> float:
-        """
-        How much longer a response is fresh: its lifetime (the origin's, or
-        the configured TTL) less the age it arrived with.
-        """
-        lifetime = self._ttl if headers.max_age is None else headers.max_age
-        return lifetime - headers.initial_age
-
     async def _run(self, fill: Fill) -> None:
         purged = self._purged.get(fill.name)
         try:
@@ -357,11 +360,11 @@ class Syncer:
         try:
             stored = await Download(
                 fill,
-                self.origin,
+                self.origin.forwarding(fill.forwarded),
                 self.store,
                 self.run_in_thread,
                 self.metrics,
-                self._lifetime,
+                lambda headers: self._freshness.lifetime(headers, self.clock.seconds()),
                 self._max_object_size,
                 clock=self.clock,
                 fill_connections=self._fill_connections,

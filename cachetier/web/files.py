@@ -69,8 +69,7 @@ class MediaResponse:
         self.age = age
 
     def render(self, request: Any) -> bytes | int:
-        for name, value in self.extra:
-            request.responseHeaders.addRawHeader(name, value.encode("latin-1"))
+        replay(request, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.extra])
         if self.size is not None:
             request.setHeader(b"accept-ranges", b"bytes")
         if self.etag is not None:
@@ -216,6 +215,18 @@ class FillResponse(MediaResponse):
         FillProducer(request, self.fill, offset, length).start()
 
 
+def replay(request: Any, extra: list[tuple[bytes, bytes]]) -> None:
+    """
+    Send the origin's stored headers; its Date, if it sent one, replaces
+    the one Twisted set (RFC 9111 section 4: a cache keeps the origin's
+    Date, and Age says how old that makes the answer).
+    """
+    if any(name == b"date" for name, _ in extra):
+        request.responseHeaders.removeHeader(b"date")
+    for name, value in extra:
+        request.responseHeaders.addRawHeader(name, value)
+
+
 def _cancelling(result: object, call: Any) -> object:
     """
     A callback that cancels C{call} if it is still pending.
@@ -256,8 +267,7 @@ def serve_stored(
     try:
         if obj.size <= SmallBodies.max_object and _plain_get(request):
             extra, headers, body = small.get(obj, default_max_age)
-            for name, value in extra:
-                request.responseHeaders.addRawHeader(name, value)
+            replay(request, extra)
             for name, value in headers:
                 request.setHeader(name, value)
             request.setHeader(b"age", b"%d" % (int(obj.age(now)),))
@@ -310,7 +320,9 @@ class FilesResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
         now = self.clock.seconds()
-        lookup = self.syncer.lookup(name, client=client_address(request))
+        lookup = self.syncer.lookup(
+            name, client=client_address(request), headers=request.requestHeaders
+        )
         if self.miss == "redirect" and not (lookup.servable or lookup.not_found):
             return self._redirect(request, name)
         if lookup.fill is None:
