@@ -43,7 +43,8 @@ class Download:
     file's descriptor) is released in reverse order on every way out, each
     by the C{finally} that covers its own acquisition.
 
-    @param lifetime: an object's freshness lifetime from its headers.
+    @param lifetime: an object's freshness lifetime from its headers (and,
+        for a 304, the stored object they update).
     @param max_object_size: bigger bodies are refused (L{None}: any).
     """
 
@@ -54,7 +55,7 @@ class Download:
         store: CacheStore,
         run_in_thread: RunInThread,
         metrics: Metrics,
-        lifetime: Callable[[ObjectHeaders], float],
+        lifetime: Callable[[ObjectHeaders, StoredObject | None], float],
         max_object_size: int | None,
         clock: IReactorTime | None = None,
         fill_connections: int = 1,
@@ -319,7 +320,7 @@ class Download:
             temp_path,
             fill.written,
             response.headers,
-            self._lifetime(response.headers),
+            self._lifetime(response.headers, None),
         )
         self._committed = True
         store.install(stored, None if fill.revalidating else fill.used_at)
@@ -385,7 +386,7 @@ class Download:
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, response.headers, self._lifetime(response.headers)
+            store.renewed, old, response.headers, self._lifetime(response.headers, old)
         )
         current = store.get(fill.name)
         if current == old:

@@ -6,10 +6,10 @@ operator's settings.
 
 from __future__ import annotations
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from ..objects import ObjectHeaders, StoredObject
-from ..origin.freshness import heuristic_lifetime, stale_policy
+from ..origin.freshness import freshness_lifetime, heuristic_lifetime, stale_policy
 
 
 @frozen
@@ -29,11 +29,20 @@ class Freshness:
     stale_while_revalidate: float = 0.0
     stale_if_error: float = 7 * 86400.0
 
-    def lifetime(self, headers: ObjectHeaders, received: float) -> float:
+    def lifetime(
+        self, headers: ObjectHeaders, received: float, renewing: StoredObject | None = None
+    ) -> float:
         """
         How much longer a response is fresh: its lifetime (the origin's, or
         the heuristic one) less the age it arrived with.
+
+        @param renewing: the stored object a 304 with C{headers} renews: its
+            lifetime is that of the stored headers the 304 updates (RFC 9111
+            section 4.3.4), so a 304 without Cache-Control keeps the stored
+            one.
         """
+        if renewing is not None:
+            headers = _updated(renewing, headers, received)
         lifetime = headers.max_age
         if lifetime is None:
             lifetime = heuristic_lifetime(headers, self.ttl, received)
@@ -51,3 +60,20 @@ class Freshness:
         )
         window = policy.if_error if failing else policy.while_revalidating
         return policy.allowed and now - stored.expires_at < window
+
+
+def _updated(stored: StoredObject, headers: ObjectHeaders, received: float) -> ObjectHeaders:
+    """
+    The headers of C{stored} as the 304 carrying C{headers} updates them.
+    """
+    updated = stored.updated_by(headers)
+    extra = dict(updated.extra)
+    return evolve(
+        headers,
+        max_age=freshness_lifetime(
+            updated.cache_control, extra.get("expires"), extra.get("date"), received
+        ),
+        etag=headers.etag or stored.origin_etag,
+        last_modified=headers.last_modified or stored.origin_last_modified,
+        extra=updated.extra,
+    )

@@ -364,7 +364,7 @@ class Syncer:
                 self.store,
                 self.run_in_thread,
                 self.metrics,
-                lambda headers: self._freshness.lifetime(headers, self.clock.seconds()),
+                lambda headers, old: self._freshness.lifetime(headers, self.clock.seconds(), old),
                 self._max_object_size,
                 clock=self.clock,
                 fill_connections=self._fill_connections,
