@@ -114,8 +114,6 @@ class Origin:
         C{headers} with every request too: a listener's, named by
         C{--forward-request-header}, for the fill its request starts.
         """
-        if not headers:
-            return self
         origin = copy.copy(self)
         origin._forwarded = headers
         return origin

@@ -360,7 +360,7 @@ class Syncer:
         try:
             stored = await Download(
                 fill,
-                self.origin.forwarding(fill.forwarded),
+                self.origin.forwarding(fill.forwarded) if fill.forwarded else self.origin,
                 self.store,
                 self.run_in_thread,
                 self.metrics,
