@@ -15,7 +15,13 @@ rule                                                     test
 4.2.1 lifetime: s-maxage, then max-age                   FreshnessOrderTests.test_s_maxage_over_max_age
 4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
 4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
+4.2.1 invalid max-age (quoted, negative) means stale     StaleOnlyWithPermissionTests
+4.2.2 heuristic: 10% of Date - Last-Modified, <= --ttl   HeuristicFreshnessTests
 4.2.3 Age: the origin's Age counts                       AgeTests.test_age_includes_the_origins_age
+4.2.3 Age: corrected for the request's round trip        CorrectedAgeTests
+4.2.4 stale: revalidated before it is served, one        StaleOnlyWithPermissionTests
+     revalidation for all, unless a window allows        .test_concurrent_requests_wait_on_one_revalidation
+3.1  Date and Expires stored and replayed                DateExpiresAgeTests
 4.2.4 must-revalidate: never served stale; revalidated   MustRevalidateTests
      first, and 504 when the origin fails                .test_the_first_request_after_expiry_gets_new_content
                                                          .test_a_failed_revalidation_is_504_not_stale
