@@ -6,19 +6,31 @@
 # Each is the command-line flag of the same name (see twistd cachetier --help).
 # CACHETIER_ADMIN_TOKEN is the admin token itself, read by the service.
 import os
+import re
 
 from twisted.application.service import Application
+from twisted.python.usage import UsageError
 
 from cachetier.tap import Options, makeService
 
+# The flag each variable stands for, so that an error names the variable.
+variables = {
+    "--" + key[len("CACHETIER_") :].lower().replace("_", "-"): key
+    for key in os.environ
+    if key.startswith("CACHETIER_") and key != "CACHETIER_ADMIN_TOKEN"
+}
 options = Options()
-options.parseOptions(
-    [
-        f"--{key[len('CACHETIER_'):].lower().replace('_', '-')}={value}"
-        for key, value in sorted(os.environ.items())
-        if key.startswith("CACHETIER_") and key not in ("CACHETIER_LISTEN", "CACHETIER_ADMIN_TOKEN")
-    ]
-    + [f"--listen={endpoint}" for endpoint in os.environ.get("CACHETIER_LISTEN", "").split()]
-)
+try:
+    options.parseOptions(
+        [
+            f"{flag}={os.environ[key]}"
+            for flag, key in sorted(variables.items())
+            if key != "CACHETIER_LISTEN"
+        ]
+        + [f"--listen={endpoint}" for endpoint in os.environ.get("CACHETIER_LISTEN", "").split()]
+    )
+except UsageError as e:
+    named = re.sub(r"--[a-z0-9-]+", lambda flag: variables.get(flag[0], flag[0]), str(e))
+    raise SystemExit(f"cachetier.tac: {named}") from None
 application = Application("cachetier")
 makeService(options).setServiceParent(application)

@@ -41,7 +41,9 @@ setup(
     ],
     entry_points={"console_scripts": ["cachetier = cachetier.cli:main"]},
     extras_require={
-        "dev": [
+        # The test suite's tools, none of which running the server needs
+        # (README: "Running the tests").
+        "test": [
             # Property tests of the naming rules.
             "hypothesis>=6.100",
             # The original client, to prove wire compatibility with it.

@@ -11,7 +11,8 @@ downloads, and downloads counted the way podcast measurement counts them
     size over its duration (from its ID3/MP4 metadata, read with mutagen),
     or 960,000 bytes (128 kbit/s) when the duration is unknown;
   - GET requests answered 200 or 206 only; known bots and monitors (the
-    User-Agent fragments in C{data/bots.txt}) never count.
+    User-Agent fragments in C{data/bots.txt}, and the operator's in
+    C{--bots-file}) never count.
 
 Addresses are never stored: a listener is a hash of its address and
 User-Agent with a salt that changes every day (yesterday's salt is kept
@@ -63,11 +64,30 @@ CREATE TABLE IF NOT EXISTS media (
 """
 
 
-def load_bots() -> tuple[str, ...]:
-    text = files("cachetier").joinpath("data/bots.txt").read_text(encoding="utf-8")
+def parse_bots(text: str) -> tuple[str, ...]:
+    """
+    The User-Agent fragments of a bots list: one a line, C{#} comments.
+    """
     return tuple(
-        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+        line.strip().lower()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
     )
+
+
+def load_bots() -> tuple[str, ...]:
+    return parse_bots(files("cachetier").joinpath("data/bots.txt").read_text(encoding="utf-8"))
+
+
+def read_bots_file(path: str) -> tuple[str, ...]:
+    """
+    An operator's bots list (C{--bots-file}).
+
+    @raise OSError: when it cannot be read.
+    @raise ValueError: when it is not UTF-8 text.
+    """
+    with open(path, encoding="utf-8") as f:
+        return parse_bots(f.read())
 
 
 # Read at import, while twistd still runs as root: after it switches to
@@ -139,6 +159,8 @@ class Analytics:
     @param locate: the body's path and size for a file name (or L{None}),
         for its duration; it runs in the writing thread.
     @param run_in_thread: runs a blocking callable off the reactor thread.
+    @param bots_file: an operator's bots list, added to C{bots} and read
+        again by L{reload_bots} (SIGHUP).
     """
 
     def __init__(
@@ -148,19 +170,43 @@ class Analytics:
         locate: Callable[[str], tuple[str, int] | None] = lambda name: None,
         retention_days: int = 400,
         bots: tuple[str, ...] | None = None,
+        bots_file: str | None = None,
     ) -> None:
         self.path = os.path.join(directory, DB_FILE)
         self._run_in_thread = run_in_thread
         self._locate = locate
         self.retention_days = retention_days
-        self.bots = BOTS if bots is None else bots
+        self._shipped = BOTS if bots is None else bots
+        self.bots_file = bots_file
+        self.bots = self._shipped
         self._is_bot = functools.lru_cache(maxsize=4096)(lambda agent: is_bot(agent, self.bots))
+        self.reload_bots()
         self._batch = _Batch()
         self._writing: Deferred[Any] | None = None
         self._lock = threading.Lock()
         self.dropped = 0
         with self._connect() as db:
             db.executescript(_SCHEMA)
+
+    def reload_bots(self) -> None:
+        """
+        SIGHUP: read the operator's bots list again.  One that cannot be
+        read leaves the list as it was, and says why.
+        """
+        if self.bots_file is None:
+            return
+        try:
+            extra = read_bots_file(self.bots_file)
+        except (OSError, ValueError) as e:
+            log.error(
+                "--bots-file: cannot read {path} ({why}); the bots list is unchanged",
+                path=self.bots_file,
+                why=getattr(e, "strerror", None) or type(e).__name__,
+            )
+            return
+        self.bots = self._shipped + extra
+        self._is_bot.cache_clear()
+        log.info("--bots-file: {count} patterns from {path}", count=len(extra), path=self.bots_file)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

@@ -77,6 +77,7 @@ class Assembly:
         primary) sparse fills' leftovers nobody resumed in a day removed.
         A failure is logged, and the next flush tries again.
         """
+        self.site.metrics.history.sample()  # the status page's, once a second
         for buffered in (self.access_file, self.analytics):
             if buffered is not None:
                 try:
@@ -132,13 +133,16 @@ def assemble(
         # In a worker, the primary's file: every line is appended whole.
         access_file = AccessLogFile(settings.access_log)
         site.access_log = AccessLine(access_file.write, reactor.seconds)
+    reloadables = list(tree.reloadables)
+    if tree.analytics is not None:
+        reloadables.append(tree.analytics.reload_bots)
     return Assembly(
         tree.store,
         tree.syncer,
         site,
         tree.pool,
         access_file,
-        tree.reloadables,
+        reloadables,
         tree.analytics,
         tree.reporter,
     )
@@ -149,7 +153,11 @@ def _analytics(settings: Settings, run_in_thread: Any, store: CacheStore) -> Ana
     if settings.analytics_retention_days is None:
         return None
     return Analytics(
-        settings.cache_dir, run_in_thread, store.locate, settings.analytics_retention_days
+        settings.cache_dir,
+        run_in_thread,
+        store.locate,
+        settings.analytics_retention_days,
+        bots_file=settings.bots_file,
     )
 
 
@@ -180,6 +188,7 @@ def syncer_for(
         negative_ttl=settings.negative_ttl,
         metrics=metrics,
         fill_connections=settings.fill_connections,
+        max_variants=settings.max_variants,
     )
 
 
@@ -268,6 +277,7 @@ def worker_tree(
         reactor,
         PrimaryProxy(agent),
         settings.cache_control_max_age,
+        run_in_thread,
     )
     return Tree(
         store,

@@ -4,6 +4,7 @@ admin API (never to the origin).
 
   cachetier warm [NAME ...] [--from-file FILE|-] [--feed URL] [--watch SECONDS]
   cachetier stats [--file NAME] [--from DAY] [--to DAY] [--group day|file]
+                  [--format table|csv]
 
 Warms files ahead of a release: each is synced by the server at low
 priority, at most C{--jobs} at a time, with a progress bar per file in
@@ -14,6 +15,7 @@ summary table at the end.  Exit status 0 only if every file is cached.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -21,11 +23,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-import feedparser
 from attrs import define, field
 from rich.console import Console
 from rich.progress import (
@@ -39,10 +39,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .feeds import Feed, FeedError, FeedNames, names_from
 from .names import InvalidName, validate_name
 
 DONE = frozenset({"cached"})
 FAILED = frozenset({"not_found", "error"})
+# The width of a console that is not a terminal: nothing is cut to fit.
+UNBOUNDED = 1 << 16
+# --help's description: the docstring's first paragraph is epytext.
+DESCRIPTION = "Operator tools that talk to a running cachetier's admin API (never to the origin)."
 
 
 class ServerError(Exception):
@@ -93,58 +98,6 @@ class Server:
         """
         _, body = self.call("GET", "api/v1/syncs")
         return {s["file"]: s for s in body.get("syncs", [])}, set(body.get("warm_queue", []))
-
-
-class Feed:
-    """
-    A podcast feed (RSS or Atom), polled with its ETag and Last-Modified.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.etag: str | None = None
-        self.modified: str | None = None
-
-    def enclosures(self) -> list[str] | None:
-        """
-        The enclosure URLs, or L{None} when the feed has not changed.
-        """
-        parsed = feedparser.parse(self.url, etag=self.etag, modified=self.modified)
-        if getattr(parsed, "status", 200) == 304:
-            return None
-        if parsed.bozo and not parsed.entries:
-            raise ServerError(f"cannot read the feed {self.url}: {parsed.bozo_exception}")
-        self.etag = parsed.get("etag")
-        self.modified = parsed.get("modified")
-        return [
-            link["href"]
-            for entry in parsed.entries
-            for link in entry.get("enclosures", [])
-            if link.get("href")
-        ]
-
-
-def names_from(urls: Iterable[str], origin: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """
-    The cache names of enclosure C{urls} under the C{origin} base, and the
-    others with why they were skipped.
-    """
-    names, skipped = [], []
-    for url in urls:
-        plain = url.split("#", 1)[0].split("?", 1)[0]
-        if not plain.startswith(origin):
-            host = urlsplit(url).netloc or url
-            skipped.append((url, f"not under the cache's origin ({host})"))
-            continue
-        name = unquote(plain[len(origin) :])
-        try:
-            validate_name(name)
-        except InvalidName as e:
-            skipped.append((url, f"not a valid name: {e}"))
-            continue
-        if name not in names:
-            names.append(name)
-    return names, skipped
 
 
 class Display:
@@ -297,18 +250,28 @@ def warm(
     return run.results
 
 
-def summary(console: Console, results: dict[str, Any], skipped: list[tuple[str, str]]) -> None:
+def summary(console: Console, results: dict[str, Any], found: FeedNames) -> None:
+    """
+    A row per file warmed (with the tracking prefix its feed URL lost)
+    and per feed URL skipped.
+    """
     table = Table(title="cachetier warm")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")
     table.add_column("state")
     table.add_column("size", justify="right")
-    table.add_column("note")
+    table.add_column("note", overflow="fold")
     for name, result in results.items():
         size = result.get("size")
+        notes = [result.get("note", "")]
+        if name in found.prefixes:
+            notes.append(f"tracking prefix {found.prefixes[name]} stripped")
         table.add_row(
-            name, result["state"], "" if size is None else f"{size:,}", result.get("note", "")
+            name,
+            result["state"],
+            "" if size is None else f"{size:,}",
+            "; ".join(n for n in notes if n),
         )
-    for url, why in skipped:
+    for url, why in found.skipped:
         table.add_row(url, "skipped", "", why)
     console.print(table)
 
@@ -340,12 +303,12 @@ def _read_names(args: argparse.Namespace) -> list[str]:
 def run_warm(args: argparse.Namespace, console: Console) -> int:
     server = Server(args.server, _token(args.admin_token_file))
     names = _read_names(args)
-    skipped: list[tuple[str, str]] = []
+    found = FeedNames()
     feed = Feed(args.feed) if args.feed else None
     origin = server.origin() if feed else ""
     if feed is not None:
-        from_feed, skipped = names_from(feed.enclosures() or [], origin)
-        names += [n for n in from_feed if n not in names]
+        found = names_from(feed.enclosures() or [], origin)
+        names += [n for n in found.names if n not in names]
     if not names and feed is None:
         raise ServerError("nothing to warm: give names, --from-file or --feed")
     display = Display(console)
@@ -353,7 +316,7 @@ def run_warm(args: argparse.Namespace, console: Console) -> int:
         results = warm(server, names, args.jobs, display, args.poll)
     finally:
         display.stop()
-    summary(console, results, skipped)
+    summary(console, results, found)
     ok = all(r["state"] == "cached" for r in results.values())
     if args.watch is None:
         return 0 if ok else 1
@@ -364,8 +327,8 @@ def run_warm(args: argparse.Namespace, console: Console) -> int:
         urls = feed.enclosures()
         if urls is None:
             continue
-        new, skipped = names_from(urls, origin)
-        new = [n for n in new if n not in seen]
+        found = names_from(urls, origin)
+        new = [n for n in found.names if n not in seen]
         if not new:
             continue
         seen.update(new)
@@ -375,7 +338,7 @@ def run_warm(args: argparse.Namespace, console: Console) -> int:
             results = warm(server, new, args.jobs, display, args.poll)
         finally:
             display.stop()
-        summary(console, results, [])
+        summary(console, results, FeedNames([], [], found.prefixes))
 
 
 def run_stats(args: argparse.Namespace, console: Console) -> int:
@@ -387,12 +350,21 @@ def run_stats(args: argparse.Namespace, console: Console) -> int:
     code, body = server.call("GET", "api/v1/stats?" + urlencode(query))
     if code != 200:
         raise ServerError(body.get("message", f"HTTP {code}"))
-    table = Table(title="downloads (IAB-style: one a listener a file a day)")
     columns = ["file", "day", "requests", "bytes", "complete", "downloads"]
     if args.group == "file":
         columns.remove("day")
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([row[c] for c in columns] for row in body["rows"])
+        return 0
+    table = Table(title="downloads (IAB-style: one a listener a file a day)")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("file", "day") else "right")
+        table.add_column(
+            column,
+            justify="left" if column in ("file", "day") else "right",
+            overflow="fold",
+        )
     for row in body["rows"]:
         table.add_row(*(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns))
     console.print(table)
@@ -407,7 +379,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cachetier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="cachetier", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     w = commands.add_parser("warm", help="cache files ahead of their listeners")
     w.add_argument("names", nargs="*", help="file names (as under /files/)")
@@ -428,8 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--from", dest="start", metavar="YYYY-MM-DD")
     st.add_argument("--to", dest="end", metavar="YYYY-MM-DD")
     st.add_argument("--group", choices=("day", "file"), default="day")
+    st.add_argument(
+        "--format", choices=("table", "csv"), default="table", help="a table, or CSV rows"
+    )
     args = parser.parse_args(argv)
     console = Console()
+    if not console.is_terminal:
+        # Piped or redirected: a table as wide as its contents, never cut.
+        console = Console(width=UNBOUNDED)
     try:
         if args.command == "stats":
             return run_stats(args, console)
@@ -438,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1:
             parser.error("--jobs must be at least 1")
         return run_warm(args, console)
-    except ServerError as e:
-        console.print(f"cachetier {args.command}: {e}", highlight=False, style="red")
+    except (ServerError, FeedError) as e:
+        print(f"cachetier {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from .objects import ObjectHeaders
+
 
 class Reason(enum.Enum):
     """
@@ -29,7 +31,6 @@ class Reason(enum.Enum):
     credentials = "credentials"
     # A status cachetier does not follow: shown as C{http_<status>}.
     http_status = "http"
-    not_found = "not_found"
     # This node.
     too_large = "too_large"
     no_space = "no_space"
@@ -64,18 +65,36 @@ class OriginError(Exception):
         return self.reason.value
 
 
-class NotFoundAtOrigin(Exception):
+class OriginAnswer(OriginError):
     """
-    The origin answered 403, 404 or 410 for a name.
+    The origin answered with a status cachetier does not follow (anything
+    but a 200, the 304 or 206 it asked for, or a redirect within the
+    origin): the answer itself, to be passed on as it came, or kept when
+    its status and freshness allow.
 
-    @ivar code: the origin's status.
+    @ivar headers: what the origin said, its status among it.
+    @ivar body: the whole body (at most L{MAX_ANSWER_BODY} bytes).
     """
 
-    reason = Reason.not_found
+    def __init__(self, headers: ObjectHeaders, body: bytes) -> None:
+        super().__init__(
+            Reason.http_status, f"the origin answered {headers.status}", headers.status
+        )
+        self.headers = headers
+        self.body = body
 
-    def __init__(self, code: int) -> None:
-        super().__init__(f"the origin answered {code}")
-        self.code = code
+    @property
+    def not_found(self) -> bool:
+        """
+        Whether the origin says it has no such file (403, 404 or 410).
+        """
+        return self.headers.status in NOT_FOUND_STATUSES
+
+
+# The most of an answer's body cachetier passes on; a bigger one is a 502.
+MAX_ANSWER_BODY = 1 << 20
+# Answers that say the file is not there, for the status API and the logs.
+NOT_FOUND_STATUSES = frozenset({403, 404, 410})
 
 
 class Overloaded(Exception):

@@ -6,7 +6,11 @@ in one process never share counters.
 from __future__ import annotations
 
 import platform
+import time
+from collections import deque
 from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,6 +21,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 
 import twisted
 
@@ -26,6 +31,57 @@ from . import __version__
 # episode to a slow listener many minutes.
 _DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, 1800.0)
 _FIRST_BYTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# What the status page draws of the requests' outcomes: each outcome's
+# group (the others, such as relayed or internal, are counted where they
+# are served, or are no listener's).
+OUTCOME_GROUPS = {
+    "hit": "hit",
+    "miss": "miss",
+    "redirect": "miss",
+    "stale": "stale",
+    "error": "error",
+    "overloaded": "error",
+    "no_space": "error",
+    "refused": "error",
+    "stale_withheld": "error",
+    "not_found": "not_found",
+    "bad_name": "not_found",
+}
+GROUPS = ("hit", "miss", "stale", "error", "not_found")
+# Sync failures that are not the origin's fault: the rest are.
+NOT_ORIGIN_FAILURES = frozenset(
+    {"not_found", "too_large", "cancelled", "internal", "write_error", "no_space"}
+)
+
+
+class ByteTally:
+    """
+    A counter of bytes that the serving path adds to for every chunk it
+    sends: one int add on a plain attribute (L{value}), no lock and no
+    label lookup, as a body may be thousands of chunks.  Read (as a
+    Prometheus counter) only when scraped, in the reactor thread like
+    every add.
+    """
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+        registry.register(self)
+
+    def inc(self, amount: float = 1) -> None:
+        """
+        Count C{amount} more (as L{Counter.inc}).
+        """
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self.value += int(amount)
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.value)]
+
+    describe = collect
 
 
 class Metrics:
@@ -42,6 +98,7 @@ class Metrics:
         self._register_cache(self.registry)
         self._register_disk(self.registry)
         _register_build_and_process(self.registry)
+        self.history = History(self)
 
     def _register_requests(self, r: CollectorRegistry) -> None:
         """
@@ -56,8 +113,10 @@ class Metrics:
         self.http_requests = Counter(
             "cachetier_http_requests", "Responses of every kind, from every process.", registry=r
         )
-        self.bytes_served = Counter(
-            "cachetier_served_bytes", "Body bytes sent to listeners.", registry=r
+        self.bytes_served = ByteTally(
+            "cachetier_served_bytes",
+            "Body bytes sent to listeners, counted as they leave (see cachetier.web.bodies).",
+            r,
         )
 
     def _register_origin(self, r: CollectorRegistry) -> None:
@@ -68,8 +127,8 @@ class Metrics:
         self.origin_requests = Counter(
             "cachetier_origin_requests", "GET requests sent to the origin.", registry=r
         )
-        self.origin_bytes = Counter(
-            "cachetier_origin_bytes", "Body bytes received from the origin.", registry=r
+        self.origin_bytes = ByteTally(
+            "cachetier_origin_bytes", "Body bytes received from the origin, as they land.", r
         )
         self.sync_failures = Counter(
             "cachetier_sync_failures", "Failed syncs by reason.", ["reason"], registry=r
@@ -170,11 +229,11 @@ class Metrics:
         )
 
     @property
-    def counters(self) -> dict[str, Counter]:
+    def counters(self) -> dict[str, Counter | ByteTally]:
         """
         The counters by attribute name: what a worker reports to the primary.
         """
-        return {k: v for k, v in vars(self).items() if isinstance(v, Counter)}
+        return {k: v for k, v in vars(self).items() if isinstance(v, Counter | ByteTally)}
 
     def counter_values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """
@@ -197,9 +256,12 @@ class Metrics:
         if counter is None or delta <= 0:
             return
         try:
-            (counter.labels(**labels) if labels else counter).inc(delta)
+            if not labels:
+                counter.inc(delta)
+            elif isinstance(counter, Counter):
+                counter.labels(**labels).inc(delta)
         except ValueError:
-            pass  # labels this counter does not have
+            pass  # labels this counter does not have (a byte tally has none)
 
     def watch(
         self,
@@ -223,6 +285,72 @@ class Metrics:
         self.syncs_in_flight.set_function(in_flight)
         self.syncs_queued.set_function(queued)
         self.breaker_open.set_function(breaker_open)
+
+
+class History:
+    """
+    The last C{seconds} of traffic, one sample a second, for the status
+    page to draw when it opens: bytes to listeners and from the origin,
+    requests by outcome group, and origin failures, as counter values
+    (a bounded ring of 901 samples, about 300 bytes each).
+
+    L{sample} runs once a second (the service's flush) and whenever the
+    page asks; samples within one second replace each other.
+    """
+
+    def __init__(
+        self, metrics: Metrics, seconds: int = 900, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self._ring: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=seconds + 1)
+
+    def sample(self) -> None:
+        m = self.metrics
+        outcomes = dict.fromkeys(GROUPS, 0.0)
+        for family in m.requests.collect():
+            for s in family.samples:
+                group = OUTCOME_GROUPS.get(s.labels.get("outcome", ""))
+                if group is not None and s.name.endswith("_total"):
+                    outcomes[group] += s.value
+        failures = 0.0
+        for family in m.sync_failures.collect():
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels.get("reason") not in NOT_ORIGIN_FAILURES:
+                    failures += s.value
+        values = (m.bytes_served.value, m.origin_bytes.value, *outcomes.values(), failures)
+        at = int(self.clock())
+        if self._ring and self._ring[-1][0] == at:
+            self._ring.pop()
+        self._ring.append((at, values))
+
+    def origin_errors_since(self, since: float) -> int:
+        """
+        Syncs failed by the origin from the first sample at or after
+        C{since} to the latest.
+        """
+        first = next((v for at, v in self._ring if at >= since), None)
+        if first is None:
+            return 0
+        return int(self._ring[-1][1][-1] - first[-1])
+
+    def rates(self, since: float = 0) -> list[dict[str, Any]]:
+        """
+        Per sample after C{since}: C{t} (Unix time) and C{dt} (seconds since
+        the sample before, 1 while the service samples), C{out} and C{origin}
+        (bytes a second), each outcome group (requests a second) and
+        C{origin_errors} (failed syncs a second).
+        """
+        keys = ("out", "origin", *GROUPS, "origin_errors")
+        rows = []
+        for (t0, a), (t1, b) in pairwise(self._ring):
+            if t1 <= since:
+                continue
+            dt = t1 - t0
+            row: dict[str, Any] = {"t": t1, "dt": dt}
+            row.update((k, max(0.0, (y - x) / dt)) for k, x, y in zip(keys, a, b, strict=True))
+            rows.append(row)
+        return rows
 
 
 def _register_build_and_process(r: CollectorRegistry) -> None:

@@ -9,7 +9,7 @@ property-tested in isolation.
 
 from __future__ import annotations
 
-from urllib.parse import quote, unquote_to_bytes, urlsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
 MAX_NAME_BYTES = 1024
 
@@ -20,6 +20,41 @@ MAX_NAME_BYTES = 1024
 # path as a space, and other servers give other reserved characters other
 # meanings, so every one of them is percent-encoded.
 _SAFE = "/-._~"
+
+
+# A variant's key: its name, this mark (never in a name: it would be an
+# empty segment), then the request headers that select the variant.
+VARIANT_MARK = "//"
+
+
+def variant_key(name: str, selecting: tuple[tuple[str, str | None], ...]) -> str:
+    """
+    The key a variant of C{name} is kept under: C{selecting} are the
+    request headers its response's Vary names, with their values (L{None}:
+    absent), in order.
+    """
+    parts = [
+        quote(header, safe="")
+        if value is None
+        else f"{quote(header, safe='')}={quote(value, safe='')}"
+        for header, value in selecting
+    ]
+    return name + VARIANT_MARK + "&".join(parts)
+
+
+def split_variant(key: str) -> tuple[str, tuple[tuple[str, str | None], ...]]:
+    """
+    The name and the selecting request headers of a key from
+    L{variant_key}; a plain name has none.
+    """
+    name, mark, rest = key.partition(VARIANT_MARK)
+    if not mark or not rest:
+        return name, ()
+    selecting = []
+    for part in rest.split("&"):
+        header, equals, value = part.partition("=")
+        selecting.append((unquote(header), unquote(value) if equals else None))
+    return name, tuple(selecting)
 
 
 class InvalidName(ValueError):
@@ -113,5 +148,6 @@ def origin_url(base: str, name: str) -> str:
     validated name, so no name can point the server at another host.
 
     @param base: a base from L{normalise_base}.
+    @param name: a name, or the key of one of its variants.
     """
-    return base + quote_name(validate_name(name))
+    return base + quote_name(validate_name(split_variant(name)[0]))

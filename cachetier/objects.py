@@ -31,6 +31,8 @@ class StoredObject:
     @ivar extra: the origin's other end-to-end headers, replayed.
     @ivar expires_at: when the object stops being fresh and must be
         revalidated.
+    @ivar status: the origin's status: 200 for a file, another for an
+        answer kept as it came (a 404, a 301...).
     """
 
     name: str
@@ -46,6 +48,7 @@ class StoredObject:
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
     initial_age: float = 0.0
+    status: int = 200
 
     def updated_by(self, headers: ObjectHeaders) -> StoredObject:
         """
@@ -93,6 +96,7 @@ class StoredObject:
             "cache_control": self.cache_control,
             "extra": [list(pair) for pair in self.extra],
             "initial_age": self.initial_age,
+            "status": self.status,
         }
 
     @classmethod
@@ -112,6 +116,7 @@ class StoredObject:
             cache_control=raw.get("cache_control"),
             extra=tuple((str(k), str(v)) for k, v in raw.get("extra", ())),
             initial_age=float(raw.get("initial_age", 0.0)),
+            status=int(raw.get("status", 200)),
         )
 
 
@@ -130,6 +135,8 @@ class ObjectHeaders:
     @ivar cache_control: the origin's Cache-Control, as it sent it.
     @ivar extra: the origin's other end-to-end headers (lower-case names),
         Content-Encoding, Content-Disposition and CORS among them.
+    @ivar status: the origin's status (200 for a 206 or 304 about the
+        file).
     """
 
     content_type: str
@@ -140,6 +147,7 @@ class ObjectHeaders:
     initial_age: float = 0.0
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    status: int = 200
 
 
 @frozen

@@ -12,15 +12,20 @@ root), switches to C{--uid}/C{--gid}, then calls C{startService}:
 
   1. the public ports are bound: a failure is one line, and nothing has
      been created yet;
-  2. the cache directory is made, and given to C{--uid}/C{--gid};
+  2. the cache directory is made, and given to C{--uid}/C{--gid}, and so
+     is twistd's log file;
   3. as the service's own user: the store is opened (and recovered), the
      access log opened, the site starts serving the cache;
   4. with C{--workers}: the primary's private socket, then the workers.
 
+A failure in 1 to 3 is a L{StartupFailure}: one line, and without
+C{-n} twistd's report to the command that waits for the daemon.
+
 Signals.  SIGHUP reopens every log file (twistd's and C{--access-log},
-after a rename by logrotate) and reloads TLS certificates, in every
-process.  SIGUSR1 rotates twistd's log file as twistd does, and never
-kills the server (under C{-n} it does nothing).
+after a rename by logrotate; one that cannot be opened is logged, and
+the old one kept) and reloads TLS certificates, in every process.
+SIGUSR1 rotates twistd's log file as twistd does, and never kills the
+server (under C{-n} it does nothing).
 
 Stop (SIGTERM, SIGINT).  The ports stop accepting; workers are told to
 stop too; responses in flight get up to C{--shutdown-grace} to finish
@@ -43,13 +48,14 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.logfile import BaseLogFile
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from .config import Settings
+from .config.flags import StartupFailure
 from .limits import site_limits
 from .metrics import Metrics
 from .web import CacheSite
@@ -97,8 +103,10 @@ class _AtOnce:
         d = self.endpoint.listen(factory)
         d.addErrback(failures.append)
         if failures:
-            why = failures[0].getErrorMessage()
-            raise SystemExit(f"cachetier: cannot listen on {self.description}: {why}")
+            error = failures[0].value
+            socket_error = getattr(error, "socketError", None)
+            why = getattr(socket_error, "strerror", None) or failures[0].getErrorMessage()
+            raise StartupFailure(f"cannot listen on {self.description}: {why}")
         return d
 
 
@@ -116,7 +124,7 @@ def prepare_cache_dir(path: str, owner: tuple[int, int] | None) -> None:
     give it (and anything in it another user owns) to that user: the
     server writes there after privileges are dropped.
 
-    @raise SystemExit: with one line, when it cannot be done.
+    @raise StartupFailure: when it cannot be done.
     """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -127,26 +135,59 @@ def prepare_cache_dir(path: str, owner: tuple[int, int] | None) -> None:
                 for entry in dirs + files:
                     os.chown(os.path.join(top, entry), uid, gid, follow_symlinks=False)
     except OSError as e:
-        raise SystemExit(
-            f"cachetier: cannot prepare the cache directory {path}: {e.strerror}"
-        ) from None
+        raise StartupFailure(f"cannot prepare the cache directory {path}: {e.strerror}") from None
 
 
-def reopen_twistd_logs() -> int:
+def twistd_log_files(publisher: LogPublisher = globalLogPublisher) -> list[BaseLogFile]:
     """
-    Reopen twistd's log file (C{--logfile}), which logrotate may have
-    renamed.  twistd keeps no handle on it but its observer's, so this
-    looks among the global observers for one writing to a Twisted log
-    file.
+    twistd's log file (C{--logfile}), if it has one: twistd keeps no
+    handle on it but its observer's, so this looks among the observers
+    of C{publisher} (the global one) for one writing to a Twisted log file.
+    """
+    files = (observer_file(observer) for observer in log_observers(publisher))
+    return [out for out in files if isinstance(out, BaseLogFile)]
+
+
+def give_twistd_logs(owner: tuple[int, int]) -> None:
+    """
+    Give twistd's log file, which it created as root, to the user it is
+    to switch to: SIGHUP reopens it as that user.
+    """
+    for out in twistd_log_files():
+        try:
+            os.chown(out.path, *owner)
+        except OSError as e:
+            log.warn(
+                "cannot give {path} to uid {uid}: {why}; SIGHUP will not reopen it",
+                path=out.path,
+                uid=owner[0],
+                why=e.strerror,
+            )
+
+
+def reopen_twistd_logs(publisher: LogPublisher = globalLogPublisher) -> int:
+    """
+    Reopen twistd's log file, which logrotate may have renamed.  A file
+    that cannot be opened is logged, and the old one kept: Twisted's
+    C{reopen} closes the old file first, and would leave twistd logging
+    nowhere.
 
     @return: how many files were reopened.
     """
     reopened = 0
-    for observer in log_observers():
-        out = observer_file(observer)
-        if isinstance(out, BaseLogFile):
-            out.reopen()
-            reopened += 1
+    for out in twistd_log_files(publisher):
+        try:
+            with open(out.path, "ab"):
+                pass
+        except OSError as e:
+            log.error(
+                "SIGHUP: cannot reopen {path}: {why}; still writing to the file it had",
+                path=out.path,
+                why=e.strerror,
+            )
+            continue
+        out.reopen()
+        reopened += 1
     return reopened
 
 
@@ -190,14 +231,16 @@ class CacheService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         prepare_cache_dir(self.settings.cache_dir, self.owner)
+        if self.owner is not None:
+            give_twistd_logs(self.owner)
 
     def startService(self) -> None:
         super().startService()
         try:
             self.assembly = self._assemble(self.settings, self.reactor, self.site)
         except OSError as e:
-            raise SystemExit(
-                f"cachetier: cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
+            raise StartupFailure(
+                f"cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
             ) from None
         self._install_signals()
 
@@ -233,9 +276,17 @@ class CacheService(Service):
         the workers do the same.
         """
         files = reopen_twistd_logs()
-        if self.assembly is not None and self.assembly.access_file is not None:
-            self.assembly.access_file.reopen()
-            files += 1
+        access_file = self.assembly.access_file if self.assembly is not None else None
+        if access_file is not None:
+            try:
+                access_file.reopen()
+                files += 1
+            except OSError as e:
+                log.error(
+                    "SIGHUP: cannot reopen {path}: {why}; still writing to the file it had",
+                    path=access_file.path,
+                    why=e.strerror,
+                )
         extra = self.assembly.reloadables if self.assembly is not None else []
         for reload in [*self.reloadables, *extra]:
             try:

@@ -28,7 +28,9 @@ from .config import Settings, default_backlog, parse_endpoint
 from .config.flags import (
     SettingError,
     forward_request_header,
+    listen_hint,
     owner,
+    pidfile,
     settings_from,
     trusted_proxy,
 )
@@ -70,7 +72,8 @@ class Options(usage.Options):
         ],
         ["origin-timeout", None, "30s", "Origin connect, answer and idle timeout."],
         ["cache-control-max-age", None, "1d", "max-age of the Cache-Control sent with files."],
-        ["negative-ttl", None, "60s", "How long an origin 404/403/410 is remembered."],
+        ["negative-ttl", None, "60s", "How long an origin 404/410 is kept without a lifetime."],
+        ["max-variants", None, "8", "Variants (by the origin's Vary) kept of one name."],
         ["ttl", None, "24h", "Lifetime of a cached file when the origin gives no max-age."],
         [
             "stale-if-error",
@@ -167,6 +170,13 @@ class Options(usage.Options):
             "How long per-file download counts are kept, or 'off' to keep none.",
         ],
         [
+            "bots-file",
+            None,
+            None,
+            "User-Agent fragments, one a line, that never count as downloads, added to"
+            " the shipped list (re-read on SIGHUP).",
+        ],
+        [
             "shutdown-grace",
             None,
             "30s",
@@ -185,6 +195,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["trusted-proxy"] = []
         self["forward-request-header"] = []
+        # The help of an opt_ method is its docstring, indentation and all.
+        self.docs = {name: doc and " ".join(doc.split()) for name, doc in self.docs.items()}
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         """
@@ -246,6 +258,10 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         parent = getattr(self, "parent", None) or {}
         self["owner"] = owner(parent.get("uid"), parent.get("gid"))
+        try:
+            pidfile(parent.get("pidfile"), parent.get("rundir", "."), self["owner"])
+        except SettingError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def check_listen(description: str) -> None:
@@ -266,7 +282,7 @@ def check_listen(description: str) -> None:
         raise SettingError(f"--listen {description!r}: {e}") from None
     except (ValueError, TypeError, OSError, SSL.Error) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise SettingError(f"--listen {description!r}: {why}") from None
+        raise SettingError(f"--listen {description!r}: {why}{listen_hint(description)}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:

@@ -31,6 +31,7 @@ from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from .config import Settings, default_backlog, parse_endpoint, to_json
+from .config.flags import StartupFailure
 
 log = Logger()
 
@@ -244,7 +245,7 @@ class PublicPorts(Service):
             except OSError as e:
                 self._close()
                 why = e.strerror or str(e)
-                raise SystemExit(f"cachetier: cannot listen on {description}: {why}") from None
+                raise StartupFailure(f"cannot listen on {description}: {why}") from None
 
     def _listen_copies(self, description: str) -> None:
         family, host, port, backlog = tcp_address(description)

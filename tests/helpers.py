@@ -67,6 +67,9 @@ class OriginFile:
     @ivar ignore_if_range: with C{ranges}, honour a Range even when its
         If-Range names another version (such origins exist).
     @ivar range_status: answer every Range request with this status.
+    @ivar cors: answer as S3 does with a CORS rule: C{Vary: Origin,
+        Access-Control-Request-Headers, Access-Control-Request-Method}, and
+        C{Access-Control-Allow-Origin} for a request with an C{Origin}.
     """
 
     body: bytes
@@ -82,6 +85,7 @@ class OriginFile:
     ignore_ranges: bool = False
     ignore_if_range: bool = False
     range_status: int | None = None
+    cors: bool = False
 
 
 def body_of(size: int, seed: str = "x") -> bytes:
@@ -100,6 +104,8 @@ class TestOrigin(Resource):
     @ivar counts: GET requests per name.
     @ivar rate: bytes per second per response, or L{None} for full speed.
     @ivar status: names answered with this status instead of the file.
+    @ivar answers: names answered with this status, these headers and this
+        body instead of the file.
     @ivar hang: names that never get an answer.
     @ivar redirects: names answered 302 to this Location.
     @ivar plus_is_space: read C{+} in a path as a space, as S3 does.
@@ -118,6 +124,7 @@ class TestOrigin(Resource):
         self.requests: list[tuple[bytes, str, http.Headers]] = []
         self.rate: float | None = None
         self.status: dict[str, int] = {}
+        self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.hang: set[str] = set()
         self.redirects: dict[str, str] = {}
         self.plus_is_space = False
@@ -163,6 +170,12 @@ class TestOrigin(Resource):
         if name in self.status:
             request.setResponseCode(self.status[name])
             return b"origin says no"
+        if name in self.answers:
+            code, headers, body = self.answers[name]
+            request.setResponseCode(code)
+            for key, value in headers.items():
+                request.setHeader(key.encode(), value.encode())
+            return body
         f = self.files.get(name)
         if f is None:
             request.setResponseCode(404)
@@ -176,6 +189,11 @@ class TestOrigin(Resource):
             request.setHeader(b"content-md5", base64.b64encode(f.content_md5))
         for key, value in f.extra_headers.items():
             request.setHeader(key.encode(), value.encode())
+        if f.cors:
+            vary = b"Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
+            request.setHeader(b"vary", vary)
+            if request.getHeader(b"origin") is not None:
+                request.setHeader(b"access-control-allow-origin", request.getHeader(b"origin"))
         if f.etag and request.setETag(f.etag.encode()) is http.CACHED:
             return b""
         if f.ranges or f.ignore_ranges:

@@ -9,6 +9,7 @@ import gc
 import ipaddress
 import json
 import os
+import re
 import sqlite3
 import sys
 from typing import Any
@@ -20,10 +21,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import server
 
 from cachetier.analytics import DB_FILE, DEFAULT_MINUTE_BYTES, Analytics, Event
+from cachetier.tap import Options
 from cachetier.web.api import StatsResource
 
 from .helpers import (
@@ -133,11 +136,111 @@ class ScriptedDayTests(TestCase):
         response = await self.client.get(self.url + "api/v1/stats")
         self.assertEqual(response.code, 401)
         await content(response)
-        response = await self.client.get(
-            self.url + "api/v1/stats?from=yesterday", headers={"Authorization": f"Bearer {TOKEN}"}
+        for query, key in (
+            ("from=2026-13-01", "from"),
+            ("from=yesterday", "from"),
+            ("to=2026-02-30", "to"),
+        ):
+            response = await self.client.get(
+                self.url + "api/v1/stats?" + query, headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            self.assertEqual(response.code, 400, query)
+            error = json.loads(await content(response))
+            self.assertEqual(error["error"], "bad_date")
+            self.assertIn(key, error["message"])
+
+    async def command(self, *args: str) -> tuple[str, str, int]:
+        """
+        C{cachetier stats} with C{args}, its output piped (not a terminal).
+        """
+        env = {k: v for k, v in child_environment().items() if k != "COLUMNS"}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "cachetier.cli", "stats", f"--server={self.url}", *args],
+            env=dict(env, CACHETIER_ADMIN_TOKEN=TOKEN),
+            reactor=reactor,
         )
-        self.assertEqual(response.code, 400)
-        await content(response)
+        return out.decode(), err.decode(), code
+
+    async def test_a_bad_day_is_one_line_and_exit_status_2(self) -> None:
+        out, err, code = await self.command("--from=2026-13-01")
+        self.assertEqual(code, 2, out + err)
+        self.assertEqual(out, "")
+        self.assertEqual(err, "cachetier stats: from must be a day of the calendar, YYYY-MM-DD\n")
+
+    async def test_piped_stats_keep_whole_names_as_a_table_or_csv(self) -> None:
+        name = "shows/the-long-running-show/" + "an-episode-with-a-long-title-" * 4 + "100.mp3"
+        self.origin.put(name, body_of(SHORT, "long"))
+        await self.listen("198.51.100.9", "AppleCoreMedia/1.0", name)
+        await self.cache.site.analytics.drain()
+        out, err, code = await self.command("--group=file")
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, re.escape(name) + r"\s*│\s*1\s*│\s*500,000\s*│\s*1\s*│\s*1")
+        out, err, code = await self.command("--group=file", "--format=csv")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, f"file,requests,bytes,complete,downloads\n{name},1,{SHORT},1,1\n")
+
+
+class BotsFileTests(TestCase):
+    timeout = 60
+
+    async def test_an_operators_bots_are_added_and_read_again_on_sighup(self) -> None:
+        origin, origin_url = start_origin(self)
+        origin.put("short.mp3", body_of(SHORT, "short"))
+        bots_file = os.path.abspath(self.mktemp())
+        with open(bots_file, "w", encoding="utf-8") as f:
+            f.write("# our uptime checker\nHouseProbe\n")
+        cache, url = start_cachetier(
+            self,
+            origin_url,
+            admin_token=TOKEN.encode(),
+            trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),),
+            bots_file=bots_file,
+        )
+        client = http_client(self)
+
+        async def listen(ip: str, agent: str) -> None:
+            headers = {"X-Forwarded-For": ip, "User-Agent": agent}
+            await content(await client.get(url + "files/short.mp3", headers=headers))
+
+        async def downloads() -> int:
+            await cache.site.analytics.drain()
+            response = await client.get(
+                url + "api/v1/stats?group=file", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            (row,) = json.loads(await content(response))["rows"]
+            return int(row["downloads"])
+
+        await listen("198.51.100.1", "HouseProbe/2.0")  # the operator's: none
+        await listen("198.51.100.2", "curl/8.5.0")  # the shipped list's: none
+        await listen("198.51.100.3", "NewChecker/1.0")  # not a bot yet: 1
+        self.assertEqual(await downloads(), 1)
+        with open(bots_file, "a", encoding="utf-8") as f:
+            f.write("newchecker\n")
+        # What SIGHUP runs (CacheService.reopen): every reloadable.
+        for reload in cache.reloadables:
+            reload()
+        await listen("198.51.100.4", "NewChecker/1.0")  # now a bot: none
+        await listen("198.51.100.5", "HouseProbe/2.0")
+        await listen("198.51.100.6", "Overcast/3.0")  # a listener: 2
+        self.assertEqual(await downloads(), 2)
+        # A list that cannot be read on SIGHUP leaves the last one in place.
+        os.remove(bots_file)
+        for reload in cache.reloadables:
+            reload()
+        await listen("198.51.100.7", "NewChecker/1.0")
+        self.assertEqual(await downloads(), 2)
+
+    def test_an_unreadable_bots_file_is_refused_at_start(self) -> None:
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions(
+                [
+                    "--origin=https://media.example.com/",
+                    f"--cache-dir={self.mktemp()}",
+                    "--bots-file=/nonexistent/bots.txt",
+                ]
+            )
+        self.assertIn("--bots-file: cannot read /nonexistent/bots.txt", str(caught.exception))
 
 
 class WindowTests(SynchronousTestCase):

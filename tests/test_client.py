@@ -12,6 +12,8 @@ import socket
 import time
 from typing import Any
 
+import attrs
+from treq import content
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -26,9 +28,10 @@ from cachetier.client import (
     BlockingCacheTierClient,
     CacheException,
     CacheTierClient,
+    FileStatus,
 )
 
-from .helpers import body_of, filled, listen, start_cachetier, start_origin
+from .helpers import body_of, filled, http_client, listen, start_cachetier, start_origin
 
 
 class _Node(Resource):
@@ -166,6 +169,47 @@ class LiveServerTests(TestCase):
         first, later, url = await run_asyncio(scenario, self.url)
         self.assertEqual((first, later, url), (False, True, self.url + "files/ep/1.mp3"))
         self.assertEqual(self.origin.counts["ep/1.mp3"], 1)
+
+
+class FileStatusTests(TestCase):
+    """
+    C{file_status()} gives what the status API says, every field of it,
+    through each of the three clients.
+    """
+
+    def setUp(self) -> None:
+        self.origin, origin_url = start_origin(self)
+        self.cache, self.url = start_cachetier(self, origin_url)
+        self.origin.put("ep/1.mp3", body_of(20_000), content_type="audio/x-m4a")
+
+    async def test_file_status_has_every_field_of_the_status_api(self) -> None:
+        await content(await http_client(self).get(self.url + "api/v1/files/ep/1.mp3"))
+        await filled(self.cache, "ep/1.mp3")
+        response = await http_client(self).get(self.url + "api/v1/files/ep/1.mp3?sync=0")
+        api = json.loads(await content(response))
+        self.assertEqual(
+            (api["etag"], api["content_type"], api["stale"]),
+            (self.origin.files["ep/1.mp3"].etag, "audio/x-m4a", False),
+        )
+        blocking = BlockingCacheTierClient(self.url)
+        twisted = CacheTierClient(self.url)
+        self.addCleanup(twisted.close)
+
+        async def in_asyncio(url: str) -> Any:
+            client = AsyncioCacheTierClient(url)
+            try:
+                return await client.file_status("ep/1.mp3")
+            finally:
+                await client.close()
+
+        answers = {
+            "blocking": await deferToThread(blocking.file_status, "ep/1.mp3"),
+            "twisted": await twisted.file_status("ep/1.mp3"),
+            "asyncio": await run_asyncio(in_asyncio, self.url),
+        }
+        for transport, status in answers.items():
+            self.assertIsInstance(status, FileStatus, transport)
+            self.assertEqual(attrs.asdict(status), api, transport)
 
 
 class DropInTests(TestCase):

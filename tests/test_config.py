@@ -6,10 +6,11 @@ flag and says why, in words an operator can act on.
 from __future__ import annotations
 
 import os
+import pwd
 from ipaddress import ip_network
 
 from attrs import evolve
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from cachetier.config import Settings, from_json, parse_duration, to_json
 from cachetier.config.flags import (
@@ -17,9 +18,12 @@ from cachetier.config.flags import (
     admin_token,
     cache_size,
     check_port,
+    listen_hint,
+    may_write_in,
     option,
     origin_auth,
     owner,
+    pidfile,
     positive,
     positive_duration,
     positive_size,
@@ -79,6 +83,14 @@ class CheckTests(SynchronousTestCase):
         check_port("tcp:0")
         check_port("unix:/tmp/99999")
 
+    def test_a_port_that_is_not_a_number_is_refused(self) -> None:
+        with self.assertRaises(SettingError) as caught:
+            check_port("tcp:notaport")
+        self.assertEqual(
+            str(caught.exception), "--listen 'tcp:notaport': the port 'notaport' is not a number"
+        )
+        check_port("tcp:port=8080:interface=127.0.0.1")
+
     def test_a_writable_directory_is_tried(self) -> None:
         directory = self.mktemp()
         os.mkdir(directory)
@@ -131,8 +143,64 @@ class CheckTests(SynchronousTestCase):
 
     def test_owner(self) -> None:
         self.assertIsNone(owner(None, None))
-        self.assertEqual(owner(1000, None), (1000, os.getgid()))
+        # As twistd switches: to the user's own group without --gid.
+        nobody = pwd.getpwnam("nobody")
+        self.assertEqual(owner(nobody.pw_uid, None), (nobody.pw_uid, nobody.pw_gid))
+        self.assertEqual(owner(4242424, None), (4242424, os.getgid()))  # no such user
         self.assertEqual(owner(1000, 1001), (1000, 1001))
+
+
+class ListenHintTests(SynchronousTestCase):
+    def test_only_other_servers_shapes_get_a_hint(self) -> None:
+        self.assertEqual(listen_hint("*:80"), " (did you mean tcp:80?)")
+        self.assertEqual(
+            listen_hint("localhost:8080"), " (did you mean tcp:8080:interface=127.0.0.1?)"
+        )
+        self.assertIn("ssl:443:privateKey=", listen_hint("https:443"))
+        for description in ("tcp:8080", "unix:/run/cachetier.sock", "frob:8080", "8080x"):
+            self.assertEqual(listen_hint(description), "", description)
+
+
+class PidfileTests(SynchronousTestCase):
+    """
+    With C{--uid}, the pidfile's directory must let that user remove it.
+    """
+
+    def setUp(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("giving directories to another user needs root")
+        self.nobody = pwd.getpwnam("nobody")
+        self.user = (self.nobody.pw_uid, self.nobody.pw_gid)
+
+    def directory(self, mode: int, uid: int = 0) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        os.chmod(os.path.dirname(path), 0o755)
+        os.chown(path, uid, 0)
+        os.chmod(path, mode)
+        return path
+
+    def test_the_users_own_directory_or_one_all_may_write(self) -> None:
+        self.assertTrue(may_write_in(self.directory(0o755, self.nobody.pw_uid), *self.user))
+        self.assertTrue(may_write_in(self.directory(0o777), *self.user))
+
+    def test_roots_sticky_or_out_of_reach_directories_are_not(self) -> None:
+        self.assertFalse(may_write_in(self.directory(0o755), *self.user))
+        self.assertFalse(may_write_in(self.directory(0o1777), *self.user))  # /tmp
+        hidden = self.directory(0o755, self.nobody.pw_uid)
+        os.chmod(os.path.dirname(hidden), 0o700)
+        self.assertFalse(may_write_in(hidden, *self.user))
+        self.assertFalse(may_write_in(hidden + "/nonexistent", *self.user))
+
+    def test_a_pidfile_the_user_could_not_remove_is_refused(self) -> None:
+        directory = self.directory(0o755)
+        with self.assertRaises(SettingError) as caught:
+            pidfile("twistd.pid", directory, self.user)
+        self.assertIn(f"--pidfile=twistd.pid: uid {self.user[0]} could not", str(caught.exception))
+        self.assertIn(directory, str(caught.exception))
+        pidfile("twistd.pid", directory, None)  # no --uid: root removes it
+        pidfile("", directory, self.user)  # --pidfile=: none
+        pidfile("twistd.pid", self.directory(0o755, self.nobody.pw_uid), self.user)
 
 
 class WorkerSettingsTests(SynchronousTestCase):

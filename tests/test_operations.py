@@ -5,8 +5,10 @@ errors, signals, users and socket activation.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -14,19 +16,25 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.logger import Logger, LogPublisher, textFileLogObserver
+from twisted.python.logfile import LogFile
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseFailed
 from twisted.web.client import ResponseNeverReceived
 
-from .helpers import body_of, http_client, start_origin
-from .test_twistd import _Twistd, spawn_twistd
+from cachetier.service import reopen_twistd_logs
+
+from .helpers import body_of, child_environment, http_client, start_origin
+from .test_twistd import _TWISTD, _Twistd, spawn_twistd
 
 NOBODY = 65534
 
@@ -35,19 +43,46 @@ async def _sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def _until_in(path: str, text: str) -> None:
+async def _until(condition: Callable[[], bool], what: str, within: float = 20) -> None:
     """
-    Wait until the file at C{path} holds C{text}: what another process
-    writes (the access log, once a second) is waited for, not slept on.
+    Wait until C{condition()} holds, failing naming C{what} after
+    C{within} seconds: what another process does is waited for, not
+    slept on.
     """
-    while True:
-        try:
-            with open(path) as f:
-                if text in f.read():
-                    return
-        except FileNotFoundError:
-            pass
+    deadline = reactor.seconds() + within
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
         await _sleep(0.05)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+async def _until_in(path: str, text: str, within: float = 20) -> None:
+    """
+    Wait until the file at C{path} holds C{text} (the access log is
+    written once a second).
+    """
+    await _until(lambda: text in _read(path), f"{text!r} in {path}: {_read(path)!r}", within)
+
+
+async def _port_in_log(path: str) -> int:
+    """
+    The port twistd says, in its log file at C{path}, it listens on.
+    """
+    await _until(
+        lambda: re.search(r"CacheSite starting on (\d+)", _read(path)) is not None,
+        f"twistd listening, in {path}",
+    )
+    found = re.search(r"CacheSite starting on (\d+)", _read(path))
+    assert found is not None
+    return int(found.group(1))
 
 
 class TwistdProcessCase(TestCase):
@@ -105,6 +140,27 @@ class OptionErrorTests(TwistdProcessCase):
             self.assertNotIn("Traceback", output)
             self.assertFalse(os.path.exists(self.cache_dir), f"{bad} created the cache dir")
 
+    async def test_the_tac_names_the_variable_it_refuses(self) -> None:
+        tac = os.path.join(os.path.dirname(__file__), "..", "cachetier.tac")
+        for variable, line in [
+            ("CACHETIER_MAXSIZE=1G", "cachetier.tac: option CACHETIER_MAXSIZE not recognized"),
+            ("CACHETIER_MAX_SIZE=10MB", "cachetier.tac: CACHETIER_MAX_SIZE: not a size: '10MB'"),
+        ]:
+            env = child_environment()
+            env.update(CACHETIER_ORIGIN=self.origin_url, CACHETIER_CACHE_DIR=self.cache_dir)
+            key, _, value = variable.partition("=")
+            env[key] = value
+            protocol = _Twistd()
+            protocol.port.addErrback(lambda _: None)
+            argv = [*_TWISTD, "-n", "--pidfile=", "-y", tac]
+            process = reactor.spawnProcess(protocol, argv[0], argv, env=env)
+            reason = await self.ended(process, protocol)
+            output = protocol.output.decode()
+            self.assertEqual(reason.exitCode, 1, output)
+            self.assertIn(line, output)
+            self.assertNotIn("--max", output)
+            self.assertFalse(os.path.exists(self.cache_dir))
+
     async def test_version(self) -> None:
         from cachetier import __version__
 
@@ -112,6 +168,94 @@ class OptionErrorTests(TwistdProcessCase):
         reason = await self.ended(process, protocol)
         self.assertEqual(reason.exitCode, 0)
         self.assertIn(f"cachetier {__version__} (Twisted ", protocol.output.decode())
+
+
+def _kill_daemon(pidfile: str) -> None:
+    """
+    Kill, by the PID in C{pidfile}, a twistd daemon a test left running.
+    """
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            running = b"twistd" in f.read()
+    except (OSError, ValueError):
+        return
+    if running:
+        os.kill(pid, signal.SIGKILL)
+
+
+class DaemonStartupTests(TwistdProcessCase):
+    """
+    Without C{-n}, twistd's parent waits for the daemon's word that it
+    started: a start-up that fails must reach the terminal through it,
+    at once, and take the pidfile away.
+    """
+
+    def daemon(self, *args: str, owner: int | None = None) -> tuple[Any, _Twistd, str, str]:
+        run = os.path.abspath(self.mktemp())
+        os.mkdir(run)
+        if owner is not None:
+            os.chmod(os.path.dirname(run), 0o755)
+            os.chown(run, owner, owner)
+        pidfile, logfile = os.path.join(run, "twistd.pid"), os.path.join(run, "twistd.log")
+        self.addCleanup(_kill_daemon, pidfile)
+        uid = () if owner is None else (f"--uid={owner}", f"--gid={owner}")
+        process, protocol = self.spawn(
+            *args, twistd=(f"--pidfile={pidfile}", f"--logfile={logfile}", *uid)
+        )
+        return process, protocol, pidfile, logfile
+
+    async def assertReported(
+        self, started: tuple[Any, _Twistd, str, str], shown: str, logged: str
+    ) -> None:
+        process, protocol, pidfile, logfile = started
+        reason = await self.ended(process, protocol, within=20)
+        output = protocol.output.decode()
+        self.assertEqual(reason.exitCode, 1, output)
+        self.assertIn("An error has occurred: b'cachetier.StartupFailure: " + shown, output)
+        # The daemon logs and goes after its word to the parent.
+        await _until(lambda: not os.path.exists(pidfile), "the pidfile removed")
+        await _until_in(logfile, logged)
+
+    async def test_a_busy_port_is_reported_by_twistd(self) -> None:
+        busy = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        port = busy.getHost().port
+        started = self.daemon(
+            f"--cache-dir={self.cache_dir}", f"--listen=tcp:{port}:interface=127.0.0.1"
+        )
+        await self.assertReported(
+            started,
+            f"cannot listen on tcp:{port}",
+            f"cachetier: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use",
+        )
+        self.assertFalse(os.path.exists(self.cache_dir), "created before the port failed")
+
+    async def test_a_cache_directory_the_user_cannot_reach_is_reported_by_twistd(self) -> None:
+        _root_only()
+        locked = os.path.abspath(self.mktemp())
+        os.mkdir(locked, 0o700)
+        cache_dir = os.path.join(locked, "cache")
+        started = self.daemon(
+            f"--cache-dir={cache_dir}", "--listen=tcp:0:interface=127.0.0.1", owner=NOBODY
+        )
+        await self.assertReported(
+            started,
+            "cannot open the cache in",
+            f"cachetier: cannot open the cache in {cache_dir}: Permission denied",
+        )
+
+    async def test_a_bad_option_value_is_one_line_before_forking(self) -> None:
+        process, protocol, pidfile, _ = self.daemon(
+            f"--cache-dir={self.cache_dir}", "--max-size=10MB"
+        )
+        reason = await self.ended(process, protocol, within=20)
+        output = protocol.output.decode()
+        self.assertEqual(reason.exitCode, 2, output)
+        self.assertIn("twistd cachetier: --max-size: not a size: '10MB'", output)
+        self.assertFalse(os.path.exists(pidfile))
+        self.assertFalse(os.path.exists(self.cache_dir))
 
 
 class SignalTests(TwistdProcessCase):
@@ -135,16 +279,7 @@ class SignalTests(TwistdProcessCase):
             f"--access-log={access_log}",
             twistd=("-n", f"--logfile={twistd_log}"),
         )
-        port = None
-        for _ in range(200):
-            if os.path.exists(twistd_log):
-                with open(twistd_log) as f:
-                    found = re.search(r"CacheSite starting on (\d+)", f.read())
-                if found:
-                    port = int(found.group(1))
-                    break
-            await _sleep(0.05)
-        self.assertIsNotNone(port, "twistd never listened")
+        port = await _port_in_log(twistd_log)
         url = f"http://127.0.0.1:{port}/"
         await content(await self.client.get(url + "healthz?before"))
         await _until_in(access_log, "/healthz?before")  # flushed once a second
@@ -282,6 +417,179 @@ class PrivilegeTests(TwistdProcessCase):
             # Taken: by the socket the server inherited.
             with self.assertRaises(OSError):
                 s.bind(("127.0.0.1", port))
+
+
+class LogsUnderAServiceUserTests(TwistdProcessCase):
+    """
+    twistd opens C{--logfile} as root, before it switches to C{--uid}:
+    every SIGHUP after must still reopen both logs, as that user.
+    """
+
+    def setUp(self) -> None:
+        _root_only()
+        super().setUp()
+        os.chmod(os.path.dirname(self.cache_dir), 0o755)
+
+    def directory(self) -> str:
+        """
+        A directory of the service user's own, as the README says the log
+        and pidfile directories must be.
+        """
+        path = os.path.abspath(self.mktemp())
+        os.mkdir(path)
+        os.chmod(os.path.dirname(path), 0o755)
+        os.chown(path, NOBODY, NOBODY)
+        return path
+
+    async def start(self, logs: str, *twistd: str) -> tuple[Any, _Twistd, Callable[[str], Any]]:
+        """
+        Start twistd as root switching to nobody, logging into C{logs};
+        return it, and a request that waits for its access line.
+        """
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            f"--access-log={access_log}",
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}", f"--logfile={twistd_log}", *twistd),
+        )
+        url = f"http://127.0.0.1:{await _port_in_log(twistd_log)}/"
+
+        async def request(mark: str) -> None:
+            await content(await self.client.get(url + f"healthz?{mark}"))
+            await _until_in(access_log, f"/healthz?{mark}")
+
+        return process, protocol, request
+
+    async def test_a_hup_and_a_rename_then_hup_keep_every_line_in_its_file(self) -> None:
+        logs = self.directory()
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol, request = await self.start(logs)
+        await request("first")
+        process.signalProcess(signal.SIGHUP)  # a plain HUP: the same files
+        await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
+        await request("second")
+        for path in (twistd_log, access_log):  # what logrotate does
+            os.rename(path, path + ".1")
+        process.signalProcess(signal.SIGHUP)
+        await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
+        await request("third")
+
+        old_access, new_access = _read(access_log + ".1"), _read(access_log)
+        self.assertIn("/healthz?first", old_access)
+        self.assertIn("/healthz?second", old_access)
+        self.assertNotIn("/healthz?third", old_access)
+        self.assertNotIn("/healthz?second", new_access)
+        old_twistd, new_twistd = _read(twistd_log + ".1"), _read(twistd_log)
+        self.assertIn("CacheSite starting on", old_twistd)
+        self.assertEqual(old_twistd.count("SIGHUP: reopened 2 log files"), 1)
+        self.assertNotIn("CacheSite starting on", new_twistd)
+        for path in (twistd_log, access_log):
+            self.assertEqual(os.stat(path).st_uid, NOBODY, path)
+        self.assertFalse(protocol.ended.called, "SIGHUP must not stop the server")
+
+    async def test_the_contrib_logrotate_entry(self) -> None:
+        logrotate = shutil.which("logrotate")
+        if logrotate is None:
+            raise SkipTest("logrotate is not installed")
+        logs, run = self.directory(), self.directory()
+        twistd_log, access_log = os.path.join(logs, "twistd.log"), os.path.join(logs, "access.log")
+        process, protocol, request = await self.start(logs, f"--pidfile={run}/twistd.pid")
+        await request("before")
+        config = os.path.abspath(self.mktemp())
+        entry = os.path.join(os.path.dirname(__file__), "..", "contrib", "logrotate", "cachetier")
+        with open(entry) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(
+                text.replace("/var/log/cachetier", logs)
+                .replace("/run/cachetier", run)
+                .replace("su cachetier cachetier", f"su {_name(NOBODY)} {_group(NOBODY)}")
+            )
+        result = await deferToThread(
+            subprocess.run,
+            [logrotate, "--force", f"--state={config}.state", config],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr.decode())
+        await _until_in(twistd_log, "SIGHUP: reopened 2 log files")
+        await request("after")
+
+        rotated = sorted(name for name in os.listdir(logs) if "-" in name)
+        self.assertEqual([name.split("-")[0] for name in rotated], ["access.log", "twistd.log"])
+        old_access = _read(os.path.join(logs, rotated[0]))
+        self.assertIn("/healthz?before", old_access)
+        self.assertNotIn("/healthz?after", old_access)
+        self.assertNotIn("/healthz?before", _read(access_log))
+        self.assertIn("CacheSite starting on", _read(os.path.join(logs, rotated[1])))
+        self.assertFalse(protocol.ended.called, "the rotation must not stop the server")
+
+
+class PidfileUnderAServiceUserTests(TwistdProcessCase):
+    """
+    twistd writes C{--pidfile} as root and removes it at stop as the
+    C{--uid} user, which needs to write in its directory.
+    """
+
+    def setUp(self) -> None:
+        _root_only()
+        super().setUp()
+        os.chmod(os.path.dirname(self.cache_dir), 0o755)
+        self.run_dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.run_dir)
+        os.chmod(os.path.dirname(self.run_dir), 0o755)
+
+    def start(self) -> tuple[Any, _Twistd, str]:
+        pidfile = os.path.join(self.run_dir, "twistd.pid")
+        process, protocol = self.spawn(
+            f"--cache-dir={self.cache_dir}",
+            "--listen=tcp:0:interface=127.0.0.1",
+            twistd=("-n", f"--uid={NOBODY}", f"--gid={NOBODY}", f"--pidfile={pidfile}"),
+        )
+        return process, protocol, pidfile
+
+    async def test_a_pidfile_the_user_could_not_remove_is_refused(self) -> None:
+        process, protocol, pidfile = self.start()  # the run directory is root's
+        reason = await self.ended(process, protocol)
+        output = protocol.output.decode()
+        self.assertEqual(reason.exitCode, 2, output)
+        self.assertIn(f"twistd cachetier: --pidfile={pidfile}: uid {NOBODY} could not", output)
+        self.assertFalse(os.path.exists(pidfile))
+        self.assertFalse(os.path.exists(self.cache_dir))
+
+    async def test_in_the_users_directory_it_is_removed_at_stop(self) -> None:
+        os.chown(self.run_dir, NOBODY, NOBODY)
+        process, protocol, pidfile = self.start()
+        port = await protocol.port
+        # Answered: running as nobody, with twistd's signal handlers.
+        await content(await self.client.get(f"http://127.0.0.1:{port}/healthz"))
+        self.assertTrue(os.path.exists(pidfile))
+        process.signalProcess("TERM")
+        await self.ended(process, protocol)
+        self.assertFalse(os.path.exists(pidfile), protocol.output.decode()[-2000:])
+
+
+def _name(uid: int) -> str:
+    return pwd.getpwuid(uid).pw_name
+
+
+def _group(gid: int) -> str:
+    return grp.getgrgid(gid).gr_name
+
+
+class ReopenTests(SynchronousTestCase):
+    def test_a_log_file_that_cannot_be_reopened_is_kept(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        log_file = LogFile.fromFullPath(os.path.join(directory, "twistd.log"))
+        self.addCleanup(log_file.close)
+        publisher = LogPublisher(textFileLogObserver(log_file))
+        os.rename(directory, directory + ".gone")  # the path can no longer be opened
+        self.assertEqual(reopen_twistd_logs(publisher), 0)
+        Logger(observer=publisher).info("still logged")
+        with open(os.path.join(directory + ".gone", "twistd.log")) as f:
+            self.assertIn("still logged", f.read())
 
 
 class SystemdUnitTests(TestCase):

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from cachetier.errors import NotFoundAtOrigin, OriginError, Reason
+from cachetier.errors import OriginAnswer, OriginError, Reason
 from cachetier.objects import StoredObject
 from cachetier.origin import Breaker, Origin, RetryPolicy
 from cachetier.origin.auth import S3Signer
@@ -118,7 +118,8 @@ class OriginTests(SynchronousTestCase):
     def test_not_found_is_not_retried(self) -> None:
         script = _Script(404)
         origin = self.make(script, retry=RetryPolicy(attempts=3))
-        self.failureResultOf(self.drive(origin.get("a.mp3")), NotFoundAtOrigin)
+        failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginAnswer)
+        self.assertEqual(failure.value.headers.status, 404)
         self.assertEqual(len(script.seen), 1)
 
     def test_an_open_breaker_fails_at_once_without_a_request(self) -> None:
@@ -229,13 +230,14 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(response.response.code, 200)
         self.assertEqual(self.origin.paths, [b"/media/old.mp3", b"/media/new.mp3"])
 
-    def test_a_redirect_off_the_origin_or_its_base_path_is_not_followed(self) -> None:
+    def test_a_redirect_off_the_origin_or_its_base_path_is_passed_on(self) -> None:
         origin = self.make()
         away = ("http://elsewhere.test/media/x", "https://origin.test/media/x", "/other/x")
         for location in away:
             self.origin.redirects["media/away.mp3"] = location
-            failure = self.failureResultOf(self.drive(origin.get("away.mp3")), OriginError)
-            self.assertEqual(failure.value.reason, Reason.origin_redirect)
+            answer = self.failureResultOf(self.drive(origin.get("away.mp3")), OriginAnswer).value
+            self.assertEqual(answer.headers.status, 302)
+            self.assertIn(("location", location), answer.headers.extra)
         self.assertEqual(self.origin.paths, [b"/media/away.mp3"] * len(away))
 
     def test_redirects_are_followed_five_times_at_most(self) -> None:
@@ -267,7 +269,9 @@ class AgentTests(SynchronousTestCase):
     def test_other_s3_errors_are_read_once_and_mapped_by_status(self) -> None:
         signer = S3Signer("us-east-1", _Credentials())
         origin = self.make(_S3Error(403, "NoSuchKey"), signer=signer)
-        self.failureResultOf(self.drive(origin.get("a.mp3")), NotFoundAtOrigin)
+        answer = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginAnswer).value
+        self.assertEqual(answer.headers.status, 403)
+        self.assertIn(b"<Code>NoSuchKey</Code>", answer.body, "the body read is passed on")
         origin = self.make(_S3Error(400, "InvalidArgument"), signer=signer)
         failure = self.failureResultOf(self.drive(origin.get("a.mp3")), OriginError)
         self.assertEqual(failure.value.label, "http_400")
@@ -289,8 +293,8 @@ class ProbeTests(SynchronousTestCase):
         breaker.failed()
         clock.advance(10)
         self.assertEqual(breaker.state, "half_open")
-        # The probe meets a redirect off the origin: not the origin's fault.
-        origin.redirects["media/away.mp3"] = "http://elsewhere.test/x"
+        # The probe meets a redirect loop: no verdict on the origin.
+        origin.redirects["media/away.mp3"] = "/media/away.mp3"
         d = Deferred.fromCoroutine(client.get("away.mp3"))
         treq.flush()
         self.assertEqual(self.failureResultOf(d, OriginError).value.reason, Reason.origin_redirect)

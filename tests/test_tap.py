@@ -22,6 +22,8 @@ from twisted.web.static import Data
 
 from cachetier.assembly import Assembly
 from cachetier.config import Settings, default_backlog
+from cachetier.config.flags import StartupFailure
+from cachetier.metrics import Metrics
 from cachetier.service import CacheService, listener
 from cachetier.tap import Options, listen_endpoint, makeService, makeWorkerService
 from cachetier.workers import PublicPorts, WorkersService
@@ -77,6 +79,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused("--public-url", "--public-url=cdn.example.com")
         self.assertRefused("--admin-token-file", "--admin-token-file=/nonexistent")
 
+    def test_a_listen_in_another_servers_words_gets_twisteds(self) -> None:
+        for given, meant in [
+            ("8080", "tcp:8080"),
+            ("127.0.0.1:8080", "tcp:8080:interface=127.0.0.1"),
+            ("[::1]:8080", "tcp6:8080:interface=\\:\\:1"),
+            ("http:80", "tcp:80"),
+        ]:
+            with self.assertRaises(UsageError) as caught:
+                self.parse(f"--listen={given}")
+            message = str(caught.exception)
+            self.assertTrue(message.startswith(f"--listen {given!r}: "), message)
+            self.assertTrue(message.endswith(f" (did you mean {meant}?)"), message)
+
     def test_settings_that_cannot_work_are_refused(self) -> None:
         self.assertRefused("--max-size", "--max-size=0")
         self.assertRefused("--max-size", "--max-size=10MB")
@@ -125,6 +140,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused("--access-log", "--access-log=/nonexistent/dir/access.log")
 
 
+class HelpTests(SynchronousTestCase):
+    def test_the_help_reads_as_plain_words(self) -> None:
+        options = Options()
+        for name, doc in options.docs.items():
+            self.assertNotIn("  ", doc or "", name)
+        self.assertNotRegex(str(options), r"[CLI]\{", "epytext markup in the help")
+
+
 class _Unflushable:
     def flush(self) -> None:
         raise OSError(28, "No space left on device")
@@ -166,16 +189,23 @@ class MakeServiceTests(SynchronousTestCase):
         busy = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
         endpoint = SimpleNamespace(listen=lambda factory: fail(busy))
         service = listener("tcp:8080:interface=127.0.0.1", endpoint, None)  # type: ignore
-        with self.assertRaises(SystemExit) as caught:
+        with self.assertRaises(StartupFailure) as caught:
             service.privilegedStartService()
+        # What twistd's waiting parent prints (an Exception's text), and
+        # the line the process ends with (a SystemExit's code).
+        self.assertIsInstance(caught.exception, Exception)
         self.assertEqual(
             str(caught.exception),
-            "cachetier: cannot listen on tcp:8080:interface=127.0.0.1:"
-            " Couldn't listen on 127.0.0.1:8080: [Errno 98] Address already in use.",
+            "cannot listen on tcp:8080:interface=127.0.0.1: Address already in use",
+        )
+        self.assertEqual(
+            caught.exception.code,
+            "cachetier: cannot listen on tcp:8080:interface=127.0.0.1: Address already in use",
         )
 
     def test_a_failed_flush_is_logged_and_the_next_one_runs(self) -> None:
-        assembly = Assembly(None, None, None, None, access_file=_Unflushable())  # type: ignore
+        site = SimpleNamespace(metrics=Metrics())
+        assembly = Assembly(None, None, site, None, access_file=_Unflushable())  # type: ignore
         assembly.flush()
         assembly.flush()
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)

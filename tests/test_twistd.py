@@ -52,12 +52,15 @@ def spawn_twistd(
     test: TestCase, args: list[str], prefix: tuple[str, ...] = (), twistd: tuple[str, ...] = ("-n",)
 ) -> tuple[Any, _Twistd]:
     """
-    Start C{[prefix] twistd [twistd] --pidfile= cachetier [args]}; killed by
-    PID, if still running, when C{test} ends.
+    Start C{[prefix] twistd [twistd] cachetier [args]} (with C{--pidfile=}
+    unless C{twistd} names one); killed by PID, if still running, when
+    C{test} ends.
     """
     protocol = _Twistd()
     protocol.port.addErrback(lambda _: None)
-    argv = [*prefix, *_TWISTD, *twistd, "--pidfile=", "cachetier", *args]
+    if not any(option.startswith("--pidfile=") for option in twistd):
+        twistd = (*twistd, "--pidfile=")
+    argv = [*prefix, *_TWISTD, *twistd, "cachetier", *args]
     process = reactor.spawnProcess(protocol, argv[0], argv, env=child_environment())
 
     async def stop() -> None:

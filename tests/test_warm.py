@@ -13,6 +13,10 @@ from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachetier.feeds import names_from, unwrap
 
 from .helpers import CacheTestCase, ProcessOutput, body_of, child_environment
 
@@ -118,6 +122,42 @@ class WarmCommandTests(WarmTestCase):
         counts["feed.xml"] += 1
         self.assertEqual(dict(self.origin.counts), counts)
 
+    async def test_enclosures_behind_tracking_prefixes_are_warmed_by_their_names(self) -> None:
+        hostpath = self.origin_url.split("://", 1)[1]
+        prefixes = {
+            "ep1.mp3": "https://dts.podtrac.com/redirect.mp3/",
+            "ep2.mp3": "https://op3.dev/e/https://",
+            "ep3.mp3": "https://chrt.fm/track/ABC123/",
+            "ep4.mp3": "https://pdst.fm/e/",
+            "ep5.mp3": "https://verifi.podscribe.com/rss/p/",
+            # Chained prefixes, the way networks stack them.
+            "ep6.mp3": "https://dts.podtrac.com/redirect.mp3/chrt.fm/track/X9/op3.dev/e/",
+        }
+        for name in prefixes:
+            self.origin.put(name, body_of(20_000, name))
+        urls = [prefix + hostpath + name + "?ref=feed" for name, prefix in prefixes.items()]
+        self.origin.put("feed.xml", feed(self.origin_url, urls), content_type="application/rss+xml")
+        process, protocol = self.command(f"--feed={self.origin_url}feed.xml")
+        ended = await protocol.ended
+        output = protocol.output.decode()
+        self.assertEqual(ended.exitCode, 0, output)
+        for name in prefixes:
+            self.assertIsNotNone(self.cache.store.get(name), output)
+        self.assertNotIn("skipped", output)
+        for host in ("dts.podtrac.com", "op3.dev", "chrt.fm", "pdst.fm", "verifi.podscribe.com"):
+            self.assertIn(f"tracking prefix https://{host}/", output)
+        # Only the origin was asked, each file once: the names went to the
+        # server, never a URL of a prefix's host.
+        self.assertEqual(dict(self.origin.counts), {"feed.xml": 1, **dict.fromkeys(prefixes, 1)})
+
+    async def test_help_is_plain_text(self) -> None:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "cachetier.cli", "--help"], env=child_environment()
+        )
+        self.assertEqual(code, 0, err)
+        self.assertNotRegex(out.decode(), r"[CLIB]\{")
+        self.assertIn(b"cachetier's admin", out)
+
     async def test_a_missing_file_makes_the_exit_status_non_zero(self) -> None:
         self.origin.put("here.mp3", body_of(1000))
         process, protocol = self.command("here.mp3", "gone.mp3")
@@ -143,3 +183,41 @@ class WarmCommandTests(WarmTestCase):
             await deferLater(reactor, 0.05, lambda: None)
         self.assertIsNotNone(self.cache.store.get("ep2.mp3"), protocol.output.decode())
         self.assertIn("new in the feed: ep2.mp3", protocol.output.decode())
+
+
+class UnwrapTests(SynchronousTestCase):
+    ORIGIN = "https://media.example.com/pod/"
+
+    def test_the_origin_after_a_prefix_is_found_and_nothing_else(self) -> None:
+        cases = {
+            "https://media.example.com/pod/a.mp3": ("a.mp3", ""),
+            "https://pdst.fm/e/MEDIA.Example.com/pod/a.mp3": ("a.mp3", "https://pdst.fm/e/"),
+            "https://op3.dev/e/http://media.example.com/pod/a.mp3": (
+                "a.mp3",
+                "https://op3.dev/e/",
+            ),
+            # The path compares as it is; a longer host is another host.
+            "https://pdst.fm/e/media.example.com/Pod/a.mp3": None,
+            "https://pdst.fm/e/media.example.com.evil/pod/a.mp3": None,
+            "https://media.example.com.evil/pod/a.mp3": None,
+            "https://elsewhere.example/a.mp3": None,
+        }
+        for url, expected in cases.items():
+            self.assertEqual(unwrap(url, self.ORIGIN), expected, url)
+
+    def test_skipped_urls_say_why_and_prefixes_are_kept_by_name(self) -> None:
+        found = names_from(
+            [
+                "https://chrt.fm/track/X/media.example.com/pod/a.mp3?x=1",
+                "https://media.example.com/pod/a.mp3",
+                "https://chrt.fm/track/X/media.example.com/pod/../b.mp3",
+                "https://elsewhere.example/c.mp3",
+            ],
+            self.ORIGIN,
+        )
+        self.assertEqual(found.names, ["a.mp3"])
+        self.assertEqual(found.prefixes, {"a.mp3": "https://chrt.fm/track/X/"})
+        self.assertEqual(
+            [why.split(":")[0] for _, why in found.skipped],
+            ["not a valid name", "not under the cache's origin (elsewhere.example)"],
+        )

@@ -12,6 +12,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
@@ -297,14 +300,54 @@ def worker_of(test: TestCase, cache: Any) -> tuple[WorkerFiles, Any]:
         reactor,
         PrimaryProxy(agent),
         60,
+        partial(deferToThreadPool, reactor, reactor.getThreadPool()),
     )
     return files, agent
+
+
+async def _until_served_here(test: TestCase, files: WorkerFiles, url: str, name: str) -> None:
+    """
+    Ask the worker at C{url} for C{name} until it serves it itself (its
+    first requests go to the primary while it reads the metadata).
+    """
+    client = http_client(test)
+    for _ in range(100):
+        response = await client.get(url + "files/" + name)
+        await content(response)
+        if name in files.touched:
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    test.fail(f"the worker never served {name} itself")
+
+
+class WorkerVaryTests(TestCase):
+    async def test_a_request_with_a_header_the_file_varies_by_goes_to_the_primary(self) -> None:
+        """
+        The plain copy of a file that varies (S3's CORS Vary) answers only
+        requests without the headers it names: a browser's request with
+        Origin is the primary's to answer, from the variant that carries
+        Access-Control-Allow-Origin.
+        """
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        files, _ = worker_of(self, cache)
+        worker = listen(self, CacheSite(build_worker_root(files), Metrics(), reactor=reactor))
+        worker_url = f"http://127.0.0.1:{worker.getHost().port}/"
+        origin.put("ep.mp3", body_of(100_000), cors=True)
+        await cache.syncer.start("ep.mp3").when_done()
+        await _until_served_here(self, files, worker_url, "ep.mp3")
+        site = "https://podcast.example"
+        response = await http_client(self).get(
+            worker_url + "files/ep.mp3", headers={"Origin": site}
+        )
+        self.assertEqual(await content(response), body_of(100_000))
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), [site])
 
 
 class WorkerLRUTests(TestCase):
     async def test_hits_only_a_worker_saw_move_the_primarys_lru(self) -> None:
         origin, origin_url = start_origin(self)
-        cache, _ = start_cachetier(self, origin_url)
+        cache, cache_url = start_cachetier(self, origin_url)
         files, agent = worker_of(self, cache)
         worker_metrics = Metrics()
         worker = listen(self, CacheSite(build_worker_root(files), worker_metrics, reactor=reactor))
@@ -312,8 +355,12 @@ class WorkerLRUTests(TestCase):
         for name in ("a.mp3", "b.mp3", "c.mp3"):
             origin.put(name, body_of(100_000, name))
             await cache.syncer.start(name).when_done()
-        self.assertEqual(cache.store.names(), ["a.mp3", "b.mp3", "c.mp3"])
+        await _until_served_here(self, files, worker_url, "a.mp3")
+        files.touched.clear()
         client = http_client(self)
+        for name in ("b.mp3", "c.mp3"):
+            await content(await client.get(cache_url + "files/" + name))
+        self.assertEqual(cache.store.names(), ["a.mp3", "b.mp3", "c.mp3"])
         for _ in range(3):
             response = await client.get(worker_url + "files/a.mp3")
             self.assertEqual(await content(response), body_of(100_000, "a.mp3"))
@@ -321,6 +368,37 @@ class WorkerLRUTests(TestCase):
         await Reporter(files, worker_metrics, agent, reactor).report()
         self.assertEqual(cache.store.names(), ["b.mp3", "c.mp3", "a.mp3"])
         self.assertGreaterEqual(_total(cache.site.metrics, "requests", {"outcome": "hit"}), 3)
+
+
+class WorkerMetadataTests(TestCase):
+    async def test_metadata_is_read_off_the_reactor_thread(self) -> None:
+        """
+        Defect 11 (workers): after a generation bump a worker read each
+        name's metadata on its reactor thread, stalling every listener of
+        that process while the disk was slow.
+        """
+        origin, origin_url = start_origin(self)
+        cache, _ = start_cachetier(self, origin_url)
+        files, _ = worker_of(self, cache)
+        worker = listen(self, CacheSite(build_worker_root(files), Metrics(), reactor=reactor))
+        worker_url = f"http://127.0.0.1:{worker.getHost().port}/"
+        for name in ("a.mp3", "b.mp3"):
+            origin.put(name, body_of(100_000, name))
+            await cache.syncer.start(name).when_done()
+        reads: list[tuple[str, bool]] = []
+        read = files.store.read
+
+        def recorded(name: str) -> Any:
+            reads.append((name, threading.current_thread() is threading.main_thread()))
+            return read(name)
+
+        files.store.read = recorded  # type: ignore[method-assign]
+        await _until_served_here(self, files, worker_url, "a.mp3")
+        cache.syncer.purge("b.mp3")
+        files.touched.clear()
+        await _until_served_here(self, files, worker_url, "a.mp3")
+        self.assertGreaterEqual(len(reads), 2, "read again after the generation moved")
+        self.assertEqual([name for name, on_reactor in reads if on_reactor], [])
 
 
 def _total(metrics: Metrics, attr: str, labels: dict[str, str]) -> float:

@@ -71,7 +71,10 @@ def rank(nodes: Sequence[str], name: str) -> list[str]:
 @frozen
 class FileStatus:
     """
-    A node's answer about one file (the server's status API).
+    A node's answer about one file: every field of the server's status API
+    (C{GET /api/v1/files/<name>}), by the same names, so
+    C{attrs.asdict(status)} is the JSON object the node sent.  Fields added
+    later come last, so positional construction keeps working.
     """
 
     file: str
@@ -82,6 +85,10 @@ class FileStatus:
     size: int | None = None
     bytes_synced: int = 0
     error: str | None = None
+    etag: str | None = None
+    last_modified: float | None = None
+    content_type: str | None = None
+    stale: bool = False
 
     @classmethod
     def from_json(cls, raw: Any) -> FileStatus:
@@ -95,11 +102,15 @@ class FileStatus:
                 file=str(raw["file"]),
                 available=raw["available"] is True,
                 state=str(raw["state"]),
-                download_url=str(raw["download_url"]),
-                origin_url=raw.get("origin_url"),
                 size=raw.get("size"),
                 bytes_synced=raw.get("bytes_synced") or 0,
+                etag=raw.get("etag"),
+                last_modified=raw.get("last_modified"),
+                content_type=raw.get("content_type"),
+                download_url=str(raw["download_url"]),
+                origin_url=raw.get("origin_url"),
                 error=raw.get("error"),
+                stale=raw.get("stale") is True,
             )
         except KeyError as e:
             raise ValueError(f"the answer has no {e}") from None

@@ -122,6 +122,7 @@ class Settings:
     origin_timeout: float = 30.0
     cache_control_max_age: int = 86400
     negative_ttl: float = 60.0
+    max_variants: int = 8
     ttl: float = 86400.0
     stale_if_error: float = 7 * 86400.0
     # Served stale while revalidating where the origin does not say: a
@@ -166,6 +167,8 @@ class Settings:
     origin_header_file: str | None = None
     # Download analytics are kept this many days (None: not kept).
     analytics_retention_days: int | None = 400
+    # An operator's bots list, added to the shipped one (--bots-file).
+    bots_file: str | None = None
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
 

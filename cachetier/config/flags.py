@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -26,6 +28,30 @@ class SettingError(ValueError):
     """
     A flag's value refused: the message names the flag and says why.
     """
+
+
+class StartupFailure(SystemExit, Exception):
+    """
+    Start-up cannot go on (a port that cannot be bound, a cache directory
+    out of reach): the process ends with one line and exit status 1.
+
+    Both kinds on purpose.  twistd reports an L{Exception} raised while
+    the application starts: without C{-n}, through the pipe its waiting
+    parent reads (the parent prints it, cut at 100 bytes, and exits 1),
+    and it removes the pidfile; a L{SystemExit} alone skips both and
+    leaves the parent waiting forever.  Being a L{SystemExit} too, it then
+    ends the process with its line alone, no traceback.
+
+    @ivar code: the line the interpreter prints as it exits.
+    """
+
+    # twistd's parent shows the class's dotted name before the message,
+    # within its 100 bytes: the short name leaves room for the message.
+    __module__ = "cachetier"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.code = f"cachetier: {why}"
 
 
 def option(flag: str, parse: Callable[[str], T], text: str) -> T:
@@ -92,8 +118,34 @@ def check_port(description: str) -> None:
     if kind not in ("tcp", "tcp6", "ssl"):
         return
     port = named.get("port", positional[0] if positional else "")
-    if port.isdigit() and not 0 <= int(port) <= 65535:
+    if not port.isdigit():
+        raise SettingError(f"--listen {description!r}: the port {port!r} is not a number")
+    if not 0 <= int(port) <= 65535:
         raise SettingError(f"--listen {description!r}: port {port} is not in 0-65535")
+
+
+def listen_hint(description: str) -> str:
+    """
+    What a C{--listen} written as another server's listen directive
+    (nginx's C{8080}, C{127.0.0.1:8080}, a URL's scheme) is in Twisted's
+    words, as a suggestion; C{""} for anything else.
+    """
+    host, _, port = description.rpartition(":")
+    if not port.isdigit():
+        return ""
+    if host in ("", "*", "http"):
+        return f" (did you mean tcp:{port}?)"
+    if host == "https":
+        return f" (did you mean ssl:{port}:privateKey=KEY.pem:certKey=FULLCHAIN.pem?)"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return ""
+    kind = "tcp" if address.version == 4 else "tcp6"
+    interface = str(address).replace(":", "\\:")
+    return f" (did you mean {kind}:{port}:interface={interface}?)"
 
 
 def admin_token(path: str | None) -> bytes | None:
@@ -160,8 +212,62 @@ def owner(uid: int | None, gid: int | None) -> tuple[int, int] | None:
     """
     if uid is None:
         return None
-    # twistd keeps its own group when only --uid is given.
-    return uid, os.getgid() if gid is None else gid
+    if gid is not None:
+        return uid, gid
+    # twistd takes the user's own group when only --uid is given.
+    try:
+        return uid, pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid, os.getgid()
+
+
+def pidfile(path: str | None, rundir: str, owner: tuple[int, int] | None) -> None:
+    """
+    Refuse a twistd C{--pidfile} that the user twistd switches to could
+    not remove at stop: twistd writes it as root, before the switch, and
+    removes it after, which takes writing in its directory.  A pidfile
+    left behind names a process that is gone, or another one later.
+
+    @param rundir: twistd's C{--rundir}, where a relative C{path} is.
+    """
+    if not path or owner is None or owner[0] == 0:
+        return
+    directory = os.path.dirname(os.path.abspath(os.path.join(rundir, path)))
+    if not may_write_in(directory, *owner):
+        raise SettingError(
+            f"--pidfile={path}: uid {owner[0]} could not remove it at stop (it cannot write"
+            f" in {directory}); put it in a directory of that user's, e.g. /run/cachetier/"
+        )
+
+
+def may_write_in(directory: str, uid: int, gid: int) -> bool:
+    """
+    Whether C{uid}, with C{gid} and its user's groups, may remove a file
+    of root's from C{directory}, by the mode bits of the directory and
+    its parents (ACLs aside).
+    """
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        groups = {gid}
+
+    def allows(path: str, bits: int) -> bool:
+        st = os.stat(path)
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & bits == bits
+
+    try:
+        parents = [directory]
+        while parents[-1] != os.path.dirname(parents[-1]):
+            parents.append(os.path.dirname(parents[-1]))
+        if not all(allows(parent, 0o1) for parent in parents[1:]):
+            return False
+        # In a sticky directory (/tmp) only the file's owner, root here,
+        # or the directory's may remove it.
+        sticky = os.stat(directory).st_mode & stat.S_ISVTX
+        return allows(directory, 0o3) and not (sticky and os.stat(directory).st_uid != uid)
+    except OSError:
+        return False
 
 
 def trusted_proxy(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -236,6 +342,7 @@ def settings_from(
         shutdown_grace=option("shutdown-grace", parse_duration, flags["shutdown-grace"]),
         fill_connections=option("fill-connections", positive, flags["fill-connections"]),
         analytics_retention_days=_retention(flags["analytics-retention"]),
+        bots_file=_bots_file(flags["bots-file"]),
         **origin_auth(flags, where["origin"], read_header_file),
     )
 
@@ -323,6 +430,7 @@ def _bounds(flags: Mapping[str, Any]) -> dict[str, Any]:
         "origin_timeout": value("origin-timeout", positive_duration),
         "cache_control_max_age": int(value("cache-control-max-age", parse_duration)),
         "negative_ttl": value("negative-ttl", parse_duration),
+        "max_variants": value("max-variants", positive),
         "ttl": value("ttl", parse_duration),
         "stale_if_error": value("stale-if-error", parse_duration),
         "stale_while_revalidate": value("stale-while-revalidate", parse_duration),
@@ -340,6 +448,23 @@ def _bounds(flags: Mapping[str, Any]) -> dict[str, Any]:
         "breaker_threshold": value("breaker-threshold", positive),
         "breaker_cooloff": value("breaker-cooloff", positive_duration),
     }
+
+
+def _bots_file(path: str | None) -> str | None:
+    """
+    C{--bots-file}: a UTF-8 text file that can be read now (and, to be
+    read again on SIGHUP, by the user the service runs as).
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read()
+    except OSError as e:
+        raise SettingError(f"--bots-file: cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        raise SettingError(f"--bots-file: {path} is not UTF-8 text") from None
+    return os.path.abspath(path)
 
 
 def _retention(text: str) -> int | None:

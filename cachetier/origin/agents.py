@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from ..errors import OriginError, Reason
+from ..errors import MAX_ANSWER_BODY, OriginError, Reason
 from .auth import CredentialsError, HeaderFile, S3Signer
 from .body import ReadResponse, read_body
 from .response import ORIGIN_CONTENT_ENCODING, header
@@ -155,10 +155,10 @@ _S3_ERROR_CODES = frozenset({301, 307, 400, 403})
 
 class S3Rejections(CoroutineAgent):
     """
-    Reads S3's error answers (at most 8 KiB of each) before anything above
-    acts on their status: one that says our credentials or signature are
-    wrong fails with an C{auth} error (never a 404 to remember, never a
-    redirect to follow); the rest go on up, their bodies read.
+    Reads S3's error answers before anything above acts on their status:
+    one that says our credentials or signature are wrong fails with an
+    C{auth} error (never a 404 to pass on, never a redirect to follow); the
+    rest go on up with the bodies they came with.
 
     @ivar rejected: the last time the origin refused our credentials, and
         why: for /healthz.
@@ -176,10 +176,11 @@ class S3Rejections(CoroutineAgent):
         response = await self._agent.request(method, uri, headers, body)
         if response.code not in _S3_ERROR_CODES:
             return response
-        answer = await read_body(response, 8192, self._clock, self._timeout)
-        code = _xml_field(answer, "Code")
+        # One byte over the most passed on, so that a bigger body stays so.
+        answer = await read_body(response, MAX_ANSWER_BODY + 1, self._clock, self._timeout)
+        code = _xml_field(answer[:8192], "Code")
         if code not in _AUTH_CODES:
-            return ReadResponse(response)
+            return ReadResponse(response, answer)
         message = _xml_field(answer, "Message") or ""
         hint = _AUTH_CODES[code]
         text = f"origin rejects our signature: {code}: {message[:200]}" + (
@@ -199,7 +200,8 @@ class WithinOrigin(CoroutineAgent):
     Follows the origin's redirects (at most L{MAX_REDIRECTS}) while they
     stay within the origin: the same scheme, host and port, under the base
     path.  Nothing else is followed, so no request (and no credential) ever
-    goes to another host.  Each redirect's body is read to its end first.
+    goes to another host: a redirect elsewhere goes on up as it came, to be
+    passed on.  Each redirect followed has its body read to its end first.
 
     Made for one request, as treq makes its redirect agent.
 
@@ -224,15 +226,15 @@ class WithinOrigin(CoroutineAgent):
             if response.code not in _REDIRECTS:
                 return response
             location = header(response, b"location") or ""
-            await read_body(response, 0, self._clock, self._timeout)
             target = self._within_origin(url, location)
             if target is None:
-                log.warn(
-                    "the origin redirected {name} to {location}, outside the origin: not followed",
+                log.info(
+                    "the origin redirected {name} to {location}, outside the origin: passed on",
                     name=self._name,
                     location=location,
                 )
-                raise OriginError(Reason.origin_redirect, "the origin redirected outside itself")
+                return response
+            await read_body(response, 0, self._clock, self._timeout)
             url = target
         raise OriginError(Reason.origin_redirect, f"more than {MAX_REDIRECTS} redirects")
 

@@ -1,7 +1,8 @@
 """
 Reading an origin body: L{BodyReceiver} hands one to the cache chunk by
-chunk, within its deadlines; L{read_body} reads an error body to its end,
-keeping its first bytes; L{abandon} gives one up unread.
+chunk, within its deadlines; L{read_answer} reads a whole answer to pass
+on; L{read_body} reads an error body to its end, keeping its first bytes;
+L{abandon} gives one up unread.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from ..errors import OriginError, Reason
+from ..errors import MAX_ANSWER_BODY, OriginError, Reason
 
 _WRITE_ERRORS = {errno.ENOSPC: Reason.no_space, errno.EFBIG: Reason.too_large}
 
@@ -113,6 +114,39 @@ class BodyReceiver(Protocol):
             )
 
 
+async def read_answer(response: Any, clock: IReactorTime, timeout: float) -> bytes:
+    """
+    Read the whole body of an answer to pass on, within the body deadline.
+
+    @raise OriginError: when it breaks or stalls, or (C{http}, with its
+        status) when it is over L{MAX_ANSWER_BODY}: cachetier does not
+        pass on what it cannot hold.
+    """
+    chunks: list[bytes] = []
+    size = 0
+
+    def write(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_ANSWER_BODY:
+            raise OSError(errno.EFBIG, "too large")
+        chunks.append(data)
+
+    done: Deferred[None] = Deferred()
+    response.deliverBody(BodyReceiver(write, done, clock, timeout))
+    try:
+        await done
+    except OriginError as e:
+        if e.reason is not Reason.too_large:
+            raise
+        raise OriginError(
+            Reason.http_status,
+            f"the origin answered {response.code} with a body over {MAX_ANSWER_BODY} bytes",
+            response.code,
+        ) from None
+    return b"".join(chunks)
+
+
 class _Collect(Protocol):
     """
     Keeps the first C{limit} bytes of a body.
@@ -166,18 +200,21 @@ def abandon(response: Any) -> None:
 class ReadResponse:
     """
     A response whose body has been read to its end already (to look into
-    it): its status and headers as they were; reading its body again ends
-    at once, with nothing.
+    it): its status and headers as they were; reading its body again
+    gives the C{body} that was kept, at once.
     """
 
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: Any, body: bytes = b"") -> None:
         self._response = response
+        self._body = body
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._response, name)
 
     def deliverBody(self, protocol: IProtocol) -> None:
         protocol.makeConnection(_Ended())
+        if self._body:
+            protocol.dataReceived(self._body)
         protocol.connectionLost(Failure(ResponseDone()))
 
 

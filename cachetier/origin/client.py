@@ -10,6 +10,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from attrs import evolve
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -21,18 +22,16 @@ from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 
-from ..errors import NotFoundAtOrigin, OriginError, Reason
-from ..names import origin_url
+from ..errors import OriginAnswer, OriginError, Reason
+from ..names import origin_url, split_variant
 from ..objects import StoredObject
 from .agents import CoroutineAgent, S3Rejections, SigningAgent, WithinOrigin
 from .auth import HeaderFile, S3Signer
-from .body import BodyReceiver, abandon, read_body
+from .body import BodyReceiver, abandon, read_answer, read_body
 from .breaker import RETRYABLE, RETRYABLE_STATUSES, Breaker, RetryPolicy
 from .response import CHECKSUM_MODE, OriginResponse, parse_response
 
 log = Logger()
-
-NOT_FOUND_CODES = frozenset({403, 404, 410})
 
 
 class Origin:
@@ -135,10 +134,10 @@ class Origin:
             of the version C{validator} names (C{If-Range}); the answer is a
             206 with its C{content_range}, or a 200 (the whole object: the
             origin ignores ranges, or the object changed).
-        @raise NotFoundAtOrigin: for 403, 404 and 410.
-        @raise OriginError: for any other status (C{changed} for a 412 to a
-            range), a timeout, a connection failure, or the breaker being
-            open.
+        @raise OriginAnswer: for any other status (but a 412 to a range:
+            C{changed}), with its headers and body, to pass on.
+        @raise OriginError: for an answer too big to pass on, a timeout, a
+            connection failure, or the breaker being open.
         """
         started = self._clock.seconds()
         attempt = 0
@@ -191,7 +190,7 @@ class Origin:
         response = await agent.request(
             b"GET",
             self.url_for(name).encode("utf-8"),
-            _request_headers(validators, byte_range, self._forwarded),
+            _request_headers(validators, byte_range, split_variant(name)[1], self._forwarded),
         )
         if response.code >= 500:
             self.breaker.failed(name)
@@ -203,14 +202,14 @@ class Origin:
             or (response.code == 206 and byte_range is not None)
         ):
             return parse_response(response, self._clock.seconds(), requested)
-        await read_body(response, 0, self._clock, self._timeout)
         if response.code == 412 and byte_range is not None:
+            await read_body(response, 0, self._clock, self._timeout)
             raise OriginError(
                 Reason.changed, "the object changed at the origin during the download"
             )
-        if response.code in NOT_FOUND_CODES:
-            raise NotFoundAtOrigin(response.code)
-        raise OriginError(Reason.http_status, f"the origin answered {response.code}", response.code)
+        parsed = parse_response(response, self._clock.seconds()).headers
+        headers = evolve(parsed, status=response.code)
+        raise OriginAnswer(headers, await read_answer(response, self._clock, self._timeout))
 
     def abandon(self, response: OriginResponse) -> None:
         """
@@ -251,12 +250,14 @@ class Origin:
 def _request_headers(
     validators: StoredObject | None,
     byte_range: tuple[int, int, str] | None,
+    selecting: tuple[tuple[str, str | None], ...] = (),
     forwarded: tuple[tuple[bytes, bytes], ...] = (),
 ) -> Headers:
     """
     What a GET asks for: the object's checksum, or a range of the version a
-    validator names; with the cached copy's validators when revalidating;
-    with the C{forwarded} headers of the listener that started the fill.
+    validator names; with the cached copy's validators when revalidating,
+    and for a variant, the request headers that select it; with the
+    C{forwarded} headers of the listener that started the fill.
     """
     headers = {CHECKSUM_MODE: [b"ENABLED"]}
     if byte_range is not None:
@@ -265,6 +266,9 @@ def _request_headers(
             b"range": [b"bytes=%d-%d" % (first, last)],
             b"if-range": [validator.encode("latin-1")],
         }
+    for name, value in selecting:
+        if value is not None:
+            headers[name.encode("latin-1")] = [value.encode("latin-1")]
     if validators is not None:
         if validators.origin_etag:
             headers[b"if-none-match"] = [validators.origin_etag.encode("latin-1")]
@@ -272,7 +276,8 @@ def _request_headers(
             headers[b"if-modified-since"] = [datetimeToString(int(validators.origin_last_modified))]
     sent = Headers(headers)
     for key, value in forwarded:
-        sent.addRawHeader(key, value)
+        if not sent.hasHeader(key):
+            sent.addRawHeader(key, value)
     return sent
 
 

@@ -113,13 +113,14 @@ def heuristic_lifetime(headers: ObjectHeaders, ttl: float, received: float) -> f
     RFC 9111 section 4.2.2, for a response with no explicit lifetime: a
     tenth of the time between its Last-Modified and its Date (the time
     received without one), at most C{ttl}; C{ttl} for one with an ETag but
-    no Last-Modified; 0 for one with no validator at all, which is then
-    never reused: every request revalidates it, that is, fetches it again.
+    no Last-Modified, or for an answer other than the file (a 301, a 204);
+    0 for a file with no validator at all, which is then never reused:
+    every request revalidates it, that is, fetches it again.
     """
     if headers.last_modified is not None:
         date = http_date(dict(headers.extra).get("date")) or received
         return max(0.0, min(ttl, HEURISTIC_FRACTION * (date - headers.last_modified)))
-    return ttl if headers.etag is not None else 0.0
+    return ttl if headers.etag is not None or headers.status != 200 else 0.0
 
 
 def initial_age(

@@ -1,8 +1,9 @@
 """
 What an origin response says: L{parse_response} reads a 200, 206 or 304
-into an L{OriginResponse}: the headers stored and replayed (the end-to-end
-ones, never hop-by-hop ones), its freshness, whether it takes ranges, and
-the checksum its body must have.
+(or an answer passed on as it came) into an L{OriginResponse}: the headers
+stored and replayed (the end-to-end ones, never hop-by-hop ones), its
+freshness, whether it takes ranges, and the checksum its body must have;
+L{storable} says whether an answer other than a 200 may be kept.
 """
 
 from __future__ import annotations
@@ -181,8 +182,9 @@ def parse_response(
     _, no_store = parse_cache_control(cache_control)
     date = header(response, b"date")
     lifetime = freshness_lifetime(cache_control, header(response, b"expires"), date, received)
-    # A response that sets a cookie is somebody's: streamed, never stored.
-    no_store = no_store or response.headers.hasHeader(b"set-cookie")
+    # A response that sets a cookie is somebody's, and one whose Vary has a
+    # "*" matches no later request (RFC 9111 4.1): streamed, never stored.
+    no_store = no_store or response.headers.hasHeader(b"set-cookie") or _varies_by_all(response)
     validator = etag if etag and not etag.startswith("W/") else raw_lm
     accept = (header(response, b"accept-ranges") or "").lower()
     return OriginResponse(
@@ -205,6 +207,32 @@ def parse_response(
         response=response,
         not_modified=response.code == 304,
     )
+
+
+# Statuses a cache may keep without explicit freshness (RFC 9110 section
+# 15.1), but for 200 and 206, which are the file itself, and 203 and 300,
+# which cachetier keeps only with explicit freshness.
+HEURISTIC_STATUSES = frozenset({204, 301, 308, 404, 405, 410, 414, 501})
+# Of those, the ones whose heuristic freshness is --negative-ttl.
+NEGATIVE_STATUSES = frozenset({404, 405, 410, 414, 501})
+
+
+def storable(headers: ObjectHeaders) -> bool:
+    """
+    Whether an answer other than a 200 may be kept (RFC 9111 section 3):
+    never a 5xx but 501, nor one the origin forbids storing; a
+    heuristically cacheable status always; any other (403, 203, 302...)
+    only with explicit freshness.
+    """
+    status = headers.status
+    if headers.no_store or (status >= 500 and status != 501):
+        return False
+    return status in HEURISTIC_STATUSES or headers.max_age is not None
+
+
+def _varies_by_all(response: Any) -> bool:
+    values = response.headers.getRawHeaders(b"vary", [])
+    return any(member.strip() == b"*" for value in values for member in value.split(b","))
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$")

@@ -1,6 +1,6 @@
 """
-The cache's files on disk: complete objects, their metadata, atomic
-publishing and crash recovery.  Under the cache root (0700, files 0600)::
+The cache's files on disk: complete objects (and answers kept as they came),
+their metadata, publishing, recovery.  Under the root (0700, files 0600)::
 
     tmp/<random>.part                   bodies being downloaded
     tmp/<key>.<version>.partial(.json)  a sparse body, what of it is on disk
@@ -8,12 +8,11 @@ publishing and crash recovery.  Under the cache root (0700, files 0600)::
     objects/<k2>/<key>.json             metadata: the commit point of an object
     objects/<k2>/<key>.<version>        the body the metadata names
 
-C{key} is the SHA-256 of the name: any valid name maps to one safe path,
-and C{a} and C{a/b} can both be cached.  Publishing renames the fsynced
-body to a fresh versioned name (no metadata names it yet), then replaces
-the metadata file atomically: a crash at any step leaves the old metadata
-naming the old body or the new naming the new; startup removes whatever
-nothing names.  Readers holding a replaced body open finish with its bytes.
+C{key} is the SHA-256 of the name: any valid name maps to one safe path, and
+C{a} and C{a/b} can both be cached.  A publish renames the fsynced body to a
+fresh versioned name, then replaces the metadata atomically: a crash at any
+step leaves the old metadata naming the old body or the new the new; startup
+removes what nothing names.  Readers of a replaced body finish with its bytes.
 """
 
 from __future__ import annotations
@@ -305,6 +304,7 @@ class Layout:
             cache_control=headers.cache_control,
             extra=headers.extra,
             initial_age=headers.initial_age,
+            status=headers.status,
         )
         self.write_meta(obj)
         return obj

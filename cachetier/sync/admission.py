@@ -6,7 +6,7 @@ listener.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -18,48 +18,6 @@ from ..metrics import Metrics
 _MAX_REMEMBERED = 100_000
 # How many client addresses have a bucket of their own at most.
 _MAX_CLIENTS = 10_000
-# Names that may wait to be warmed.
-MAX_WARM_QUEUE = 10_000
-
-
-class WarmQueue:
-    """
-    Names waiting to be warmed, oldest first, each once; a name taken by a
-    listener meanwhile is discarded where it stands.
-    """
-
-    def __init__(self) -> None:
-        self._order: deque[str] = deque()
-        self._waiting: set[str] = set()
-
-    def add(self, name: str) -> None:
-        """
-        @raise Overloaded: when the queue is full.
-        """
-        if name in self._waiting:
-            return
-        if len(self._order) >= MAX_WARM_QUEUE:
-            raise Overloaded(f"the warm-up queue is full ({MAX_WARM_QUEUE} names)")
-        self._order.append(name)
-        self._waiting.add(name)
-
-    def discard(self, name: str) -> None:
-        self._waiting.discard(name)
-
-    def pop(self) -> str | None:
-        """
-        The next name to warm, if any.
-        """
-        while self._order:
-            name = self._order.popleft()
-            if name in self._waiting:
-                self._waiting.discard(name)
-                return name
-        return None
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name in self._order if name in self._waiting]
 
 
 class TokenBucket:

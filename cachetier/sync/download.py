@@ -18,11 +18,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..errors import OriginError, Reason
+from ..errors import OriginAnswer, OriginError, Reason
 from ..metrics import Metrics
-from ..objects import ObjectHeaders, Partial, StoredObject
+from ..objects import Partial, StoredObject
 from ..origin import Origin, OriginResponse
 from ..store import CacheStore, Handle, Reservation
+from .answers import answer_lifetime, keep_answer
 from .coverage import Coverage
 from .fill import Fill
 from .progress import Saver
@@ -37,15 +38,18 @@ log = Logger()
 class Download:
     """
     Asks the origin for C{fill}'s name and keeps what it sends: a renewed
-    object (304), a new one, or nothing (purged, or no-store).
+    object (304), a new one, an answer other than the file that may be
+    kept (see L{keep_answer}), or nothing (purged, or no-store).
 
     What it acquires, in order (a space reservation, a temp file, the
     file's descriptor) is released in reverse order on every way out, each
     by the C{finally} that covers its own acquisition.
 
-    @param lifetime: an object's freshness lifetime from its headers (and,
-        for a 304, the stored object they update).
+    @param lifetime: a freshness lifetime from headers (and a 304's object).
     @param max_object_size: bigger bodies are refused (L{None}: any).
+    @param negative_ttl: the heuristic lifetime of a kept 404 or 410.
+    @param keeps: whether a response for a key, with these headers, may be
+        kept under it (see L{Variants.keeps}).
     """
 
     def __init__(
@@ -55,13 +59,17 @@ class Download:
         store: CacheStore,
         run_in_thread: RunInThread,
         metrics: Metrics,
-        lifetime: Callable[[ObjectHeaders, StoredObject | None], float],
+        lifetime: Callable[..., float],
         max_object_size: int | None,
         clock: IReactorTime | None = None,
         fill_connections: int = 1,
         borrow: Callable[[], bool] = lambda: False,
         give_back: Callable[[], None] = lambda: None,
+        negative_ttl: float = 60.0,
+        keeps: Callable[[str, tuple[tuple[str, str], ...]], bool] = lambda key, extra: True,
     ) -> None:
+        self._keeps = keeps
+        self._negative_ttl = negative_ttl
         self._clock = clock
         self._committed = False
         self._fill_connections = fill_connections
@@ -79,15 +87,33 @@ class Download:
         """
         @return: the object now cached, or L{None} if nothing was kept.
         """
+        name = self.fill.name
+        self._metrics.origin_requests.inc()
+        try:
+            response, resume = await self._first_answer()
+            if response.not_modified:
+                if self._confirms(response):
+                    return await self._renew(response)
+                log.info("a 304 for {name} names another version: fetching it whole", name=name)
+                response = await self._interruptible(self._origin.get(name))
+        except OriginAnswer as answer:
+            if not self._keeps(name, answer.headers.extra):
+                self.fill.publish = False
+            lifetime = answer_lifetime(answer.headers, self._lifetime, self._negative_ttl)
+            return await keep_answer(self.fill, self._store, self._run_in_thread, lifetime, answer)
+        if not self._keeps(name, response.headers.extra):
+            self.fill.publish = False  # streamed to its listeners, not kept
+        return await self._receive(response, resume)
+
+    async def _receive(
+        self, response: OriginResponse, resume: Partial | None
+    ) -> StoredObject | None:
+        """
+        Take the body of a 200 (or of the 206 resuming a leftover) into a
+        temp file, within the space the store can give it.
+        """
         fill, store = self.fill, self._store
         name = fill.name
-        self._metrics.origin_requests.inc()
-        response, resume = await self._first_answer()
-        if response.not_modified:
-            if self._confirms(response):
-                return await self._renew(response)
-            log.info("a 304 for {name} names another version: fetching it whole", name=name)
-            response = await self._interruptible(self._origin.get(name))
         length, limit = response.length, self._limit
         if limit is not None and length is not None and length > limit:
             self._origin.abandon(response)

@@ -21,6 +21,9 @@ from ..origin import OriginResponse
 from ..store import Handle
 from .coverage import Coverage
 
+# Request headers, as sent to the origin.
+Headers = tuple[tuple[bytes, bytes], ...]
+
 T = TypeVar("T")
 
 
@@ -50,7 +53,7 @@ class Fill:
         order (see L{cachetier.sync.sparse}).
     @ivar length: the Content-Length the origin promised, if any.
     @ivar headers: what the origin said about the body, once it answered.
-    @ivar error: why the fill failed (a L{NotFoundAtOrigin} or
+    @ivar error: why the fill failed (an L{OriginAnswer} or
         L{OriginError}), once it has.
     @ivar revalidating: the cached object this download may replace; the
         origin is asked whether it changed.
@@ -67,7 +70,7 @@ class Fill:
         self.name = name
         self.used_at = used_at
         self.revalidating = revalidating
-        self.forwarded: tuple[tuple[bytes, bytes], ...] = ()
+        self.forwarded: Headers = ()
         self.publish = True
         self.state = "queued"
         # Stops what the fill waits on from the queue or the origin, while

@@ -10,8 +10,9 @@ from enum import Enum
 
 from attrs import frozen
 
-from ..errors import NotFoundAtOrigin
+from ..errors import NOT_FOUND_STATUSES, OriginAnswer
 from ..objects import StoredObject
+from ..origin import Origin
 from .fill import Fill
 
 
@@ -21,8 +22,13 @@ class FileStatus:
     What the cache knows of one name right now.
 
     @ivar state: C{cached}, C{syncing}, C{missing}, C{not_found} or C{error}.
+        The origin's answer kept for the name is C{cached} when it is a
+        2xx, C{not_found} when it is a 403, 404 or 410, and C{error} when
+        it is another (a redirect, a 405...): the file is not here.
     @ivar stale: a cached object past its lifetime, served while it is
         revalidated (or while the origin fails, up to stale-if-error).
+    @ivar status: the origin's status for what is kept, or for the answer
+        it last gave (L{None} when there is neither).
     """
 
     name: str
@@ -31,6 +37,29 @@ class FileStatus:
     fill: Fill | None = None
     error: Exception | None = None
     stale: bool = False
+    status: int | None = None
+
+    @classmethod
+    def of(cls, name: str, stored: StoredObject, stale: bool = False) -> FileStatus:
+        """
+        Where a name with an object kept stands.
+        """
+        return cls(name, _state(stored.status), stored=stored, stale=stale, status=stored.status)
+
+    @classmethod
+    def failed(cls, name: str, error: Exception) -> FileStatus:
+        """
+        Where a name whose last sync failed with C{error} stands.
+        """
+        status = error.status if isinstance(error, OriginAnswer) else None
+        state = "not_found" if status in NOT_FOUND_STATUSES else "error"
+        return cls(name, state, error=error, status=status)
+
+
+def _state(status: int) -> str:
+    if status < 300:
+        return "cached"
+    return "not_found" if status in NOT_FOUND_STATUSES else "error"
 
 
 class Outcome(Enum):
@@ -81,7 +110,7 @@ class Lookup:
             download to follow is then a revalidation to wait for, and no
             answer means the stale copy is withheld).
         """
-        if status.state == "cached":
+        if status.stored is not None:
             outcome = Outcome.STALE if status.stale else Outcome.CACHED
             return cls(outcome, stored=status.stored)
         if status.fill is not None:
@@ -96,11 +125,11 @@ class Lookup:
         return self.outcome in (Outcome.CACHED, Outcome.STALE)
 
     @property
-    def not_found(self) -> bool:
+    def answered(self) -> bool:
         """
-        Whether the origin recently said it has no such file.
+        Whether the origin's answer is to be passed on as it came.
         """
-        return isinstance(self.error, NotFoundAtOrigin)
+        return isinstance(self.error, OriginAnswer)
 
 
 @frozen
@@ -119,3 +148,8 @@ class OriginHealth:
     breaker: str
     failures: int
     rejected: tuple[float, str] | None
+
+    @classmethod
+    def of(cls, origin: Origin) -> OriginHealth:
+        breaker = origin.breaker
+        return cls(origin.base, breaker.state, breaker.failures, origin.rejected)

@@ -11,21 +11,21 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
+from ..errors import OriginAnswer, OriginError, Overloaded, Reason
 from ..metrics import Metrics
+from ..names import split_variant
 from ..objects import StoredObject
 from ..origin import Origin
 from ..store import CacheStore
-from .admission import Admission, FailureMemory, WarmQueue
+from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
-from .fill import Fill
+from .fill import Fill, Headers
 from .freshness import Freshness
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
+from .variants import Variants
+from .warming import Warming
 
 log = Logger()
-
-# Request headers, as sent to the origin.
-Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class Syncer:
@@ -40,6 +40,7 @@ class Syncer:
         and returns a L{Deferred} of its result (the fsyncs of a publish).
     @param ttl, stale_while_revalidate, stale_if_error: see L{Freshness}.
     @param max_object_size: bigger objects are not cached (L{None}: any).
+    @param max_variants: variants kept of one name (see L{Variants}).
     """
 
     def __init__(
@@ -61,7 +62,9 @@ class Syncer:
         error_ttl: float = 5.0,
         metrics: Metrics | None = None,
         fill_connections: int = 1,
+        max_variants: int = 8,
     ) -> None:
+        self.variants = Variants(store, max_variants)
         self._fill_connections = fill_connections
         self.origin = origin
         self.store = store
@@ -81,12 +84,18 @@ class Syncer:
         # reasons, so bounded), for /healthz.
         self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
-        self._warm = WarmQueue()
         self._tasks: dict[Fill, Deferred[None]] = {}
         # Purged fills still winding down: the next fill of the name starts
         # only once its files are gone.
         self._purged: dict[str, Fill] = {}
         self._stopping = False
+        self.warming = Warming(
+            lambda name: self.status(name, start=False),
+            self._launch,
+            self._fills.get,
+            self._slots,
+            lambda: self._stopping,
+        )
 
     @property
     def in_flight(self) -> int:
@@ -118,32 +127,34 @@ class Syncer:
         """
         How the origin fares now (for C{/healthz} and the dashboard).
         """
-        origin = self.origin
-        breaker = origin.breaker
-        return OriginHealth(origin.base, breaker.state, breaker.failures, origin.rejected)
+        return OriginHealth.of(self.origin)
 
     def lookup(self, name: str, client: str | None = None, headers: Any = None) -> Lookup:
         """
-        What a request for C{name} gets (see L{status}, which this starts
-        like): the cached copy, fresh or stale; the download to follow; or
-        why there is nothing to serve.
-
-        @param headers: the request's headers: those the origin forwards
-            (L{Origin.forwarded}) go with a fill it starts.
+        What a request for C{name} with C{headers} gets (see L{status},
+        which this starts like): the cached copy (of the variant its
+        headers select), fresh or stale; the download to follow; or why
+        there is nothing to serve.
         """
+        name = self.variants.key(name, headers)
         stored = self.store.get(name)
         if stored is not None and self.clock.seconds() < stored.expires_at:
+            self.variants.used(name)
             return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
+        cached = stored is not None
+        if not cached and isinstance(self.recent_failure(name), OriginAnswer):
+            # Remembered for the status API, but not kept: ask again.
+            self._failures.forget(name)
         forwarded = self.origin.forwarded(headers)
-        status = self.status(name, client=client, forwarded=forwarded)
-        return Lookup.of(status, cached=stored is not None)
+        return Lookup.of(self.status(name, client=client, forwarded=forwarded), cached)
 
-    def after_failure(self, name: str, error: Exception) -> Lookup:
+    def after_failure(self, name: str, error: Exception, headers: Any = None) -> Lookup:
         """
         What a request that waited for a download of C{name} gets when that
         download failed with C{error}: a revalidated copy may still be
         served within its stale-if-error window.
         """
+        name = self.variants.key(name, headers)
         if self.store.get(name) is None:
             return Lookup(Outcome.ERROR, error=error)
         status = self.status(name, start=False)
@@ -159,23 +170,21 @@ class Syncer:
         neither cached, under way nor recently failed, and begin
         revalidating it if it is stale.
 
-        @param client: the address of whoever asks, for fair admission.
-        @param forwarded: headers to send the origin with a fill this starts.
+        @param client, forwarded: who asks (for fair admission), and the
+            headers a fill this starts sends the origin.
         """
+        name = self.variants.key(name)  # a name's own: of a request without headers
         stored = self.store.get(name)
         if stored is not None:
             cached = self._cached(stored, start, client, forwarded)
             if cached is not None:
                 return cached
-            # Stale, and no window allows serving it: readers wait for
-            # the one revalidation, or get its failure.
+            # Stale past every window: readers wait for the revalidation.
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
-            if isinstance(failure, NotFoundAtOrigin):
-                return FileStatus(name, "not_found", error=failure)
             if failure is not None:
-                return FileStatus(name, "error", error=failure)
+                return FileStatus.failed(name, failure)
             if not start:
                 return FileStatus(name, "missing")
             try:
@@ -184,7 +193,7 @@ class Syncer:
                 return FileStatus(name, "missing", error=e)
         if fill.state == "done":
             if fill.stored is not None:
-                return FileStatus(name, "cached", stored=fill.stored)
+                return FileStatus.of(name, fill.stored)
             return FileStatus(name, "missing")
         if fill.state == "failed":
             return self.status(name, start=False)
@@ -196,23 +205,23 @@ class Syncer:
         self, stored: StoredObject, start: bool, client: str | None, forwarded: Headers
     ) -> FileStatus | None:
         """
-        The cached copy, if it may be served now (fresh, or stale within
-        its window: L{Freshness.may_serve_stale}); a stale one is
-        revalidated, once, whether it is served meanwhile or not.
+        The cached copy, if it may be served now (L{Freshness}); a stale
+        one is revalidated, once, whether it is served meanwhile or not.
         """
         name, now = stored.name, self.clock.seconds()
         if now < stored.expires_at:
-            return FileStatus(name, "cached", stored=stored)
+            return FileStatus.of(name, stored)
         if start and name not in self._fills and self.recent_failure(name) is None:
             try:
                 self.start(name, revalidating=stored, client=client, forwarded=forwarded)
             except Overloaded:
                 pass
-        # Asked after starting: a revalidation can fail at once (an open
-        # breaker), and then stale-if-error decides.
+            if self.store.get(name) is not stored:  # revalidated at once
+                return self.status(name, start=False)
+        # After starting: a revalidation can fail at once (an open breaker).
         failing = self.recent_failure(name) is not None
         if self._freshness.may_serve_stale(stored, now, failing):
-            return FileStatus(name, "cached", stored=stored, stale=True)
+            return FileStatus.of(name, stored, stale=True)
         return None
 
     def start(
@@ -239,7 +248,7 @@ class Syncer:
     ) -> Fill:
         fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
         fill.forwarded = forwarded
-        self._warm.discard(name)
+        self.warming.discard(name)
         self._failures.forget(name)
         task = Deferred.fromCoroutine(self._run(fill))
         if not task.called:
@@ -248,34 +257,14 @@ class Syncer:
 
     def warm(self, name: str) -> str:
         """
-        Sync C{name} ahead of its listeners, at low priority: warm-ups wait
-        in a queue of their own and start only while more than a quarter
-        of the download slots are free, so they never take the last slots
-        listeners need.
-
-        @return: where it stands: C{cached}, C{syncing}, C{queued},
-            C{not_found} or C{error} (a recent failure).
-        @raise Overloaded: when the warm-up queue is full.
+        Sync C{name} ahead of its listeners, at low priority (see
+        L{Warming.warm}).
         """
-        status = self.status(name, start=False)
-        if status.state in ("cached", "syncing", "not_found", "error"):
-            return status.state
-        self._warm.add(name)
-        self._pump_warm()
-        return "syncing" if name in self._fills else "queued"
+        return self.warming.warm(self.variants.key(name))
 
     @property
     def warm_queue(self) -> list[str]:
-        return self._warm.names
-
-    def _pump_warm(self) -> None:
-        reserve = max(1, self._slots.limit // 4)
-        while self._slots.tokens > reserve and not self._stopping:
-            name = self._warm.pop()
-            if name is None:
-                break
-            if self.status(name, start=False).state == "missing":
-                self._launch(name)
+        return self.warming.queue
 
     def syncs(self) -> list[Fill]:
         """
@@ -285,13 +274,17 @@ class Syncer:
 
     def purge(self, name: str) -> bool:
         """
-        Forget C{name}: its cached copy, its download (cancelled: its
-        readers are aborted, nothing is published, its temp files go) and
-        any remembered failure.
+        Forget C{name}: its cached copy (every variant), its download
+        (cancelled: its readers are aborted, nothing is published, its temp
+        files go) and any remembered failure.
 
         @return: whether there was anything to forget, once that is durable.
         """
-        self._warm.discard(name)
+        keys = [name, *self.variants.keys_of(name)]
+        return any([self._purge_key(key) for key in keys])
+
+    def _purge_key(self, name: str) -> bool:
+        self.warming.discard(name)
         fill = self._fills.pop(name, None)
         if fill is not None:
             fill.publish = False
@@ -301,6 +294,7 @@ class Syncer:
                 fill.interrupt()
         forgot = self._failures.forget(name)
         removed = self.store.remove(name, durable=True) is not None
+        self.variants.drop(name)
         if removed or fill is not None or forgot:
             log.info("purged {name}", name=name)
             self.metrics.purges.inc()
@@ -312,7 +306,9 @@ class Syncer:
         L{purge} every name starting with C{prefix}; returns those purged.
         """
         names = set(self.store.names()) | set(self._fills) | set(self._failures.names())
-        return sorted(n for n in names if n.startswith(prefix) and self.purge(n))
+        return sorted(
+            {split_variant(n)[0] for n in names if n.startswith(prefix) and self.purge(n)}
+        )
 
     def stop(self) -> Deferred[Any]:
         """
@@ -349,7 +345,7 @@ class Syncer:
             await self._download(fill)
         finally:
             self._slots.release()
-            self._pump_warm()
+            self.warming.pump()
 
     def _cancelled(self) -> OriginError:
         why = "the service stopped" if self._stopping else "purged while queued"
@@ -364,14 +360,18 @@ class Syncer:
                 self.store,
                 self.run_in_thread,
                 self.metrics,
-                lambda headers, old: self._freshness.lifetime(headers, self.clock.seconds(), old),
+                lambda headers, old=None: self._freshness.lifetime(
+                    headers, self.clock.seconds(), old
+                ),
                 self._max_object_size,
                 clock=self.clock,
                 fill_connections=self._fill_connections,
                 borrow=self._borrow_slot,
                 give_back=self._slots.release,
+                negative_ttl=self._negative_ttl,
+                keeps=self.variants.keeps,
             ).run()
-        except (NotFoundAtOrigin, OriginError) as e:
+        except OriginError as e:
             self._ended(fill, e)
         except CancelledError:
             self._ended(fill, OriginError(Reason.cancelled, "the download was cancelled"))
@@ -390,6 +390,8 @@ class Syncer:
                 secs=self.clock.seconds() - started,
                 result="not_modified" if fill.headers is None else "ok",
             )
+            if stored is not None:
+                self.variants.installed(stored.name)
             self._forget(fill)
             fill.finish(stored)
 
@@ -404,25 +406,24 @@ class Syncer:
         return True
 
     def _ended(self, fill: Fill, error: Exception) -> None:
-        if isinstance(error, NotFoundAtOrigin):
-            # While revalidating, a 403/404/410 is one more origin error: an
-            # S3 policy mistake or a WAF challenge must not wipe the cache,
-            # so the copy stays and stale-if-error decides.  A purge is the
-            # way to take a file down.
-            reason, label, ttl = error.reason, error.reason.value, self._negative_ttl
-        else:
-            assert isinstance(error, OriginError)
-            reason, label = error.reason, error.label
-            ttl = self._negative_ttl if reason is Reason.too_large else self._error_ttl
-            self.metrics.sync_failures.labels(reason=label).inc()
+        assert isinstance(error, OriginError)
+        reason, label, ttl = error.reason, error.label, self._error_ttl
+        not_found = isinstance(error, OriginAnswer) and error.not_found
+        if reason is Reason.too_large or not_found:
+            ttl = self._negative_ttl
+        self.metrics.sync_failures.labels(reason=label).inc()
+        if not (isinstance(error, OriginAnswer) and error.status < 500):
             self.last_failed[label] = self.clock.seconds()
         if fill.revalidating is not None:
-            self.metrics.revalidations.labels(
-                result="not_found" if reason is Reason.not_found else "error"
-            ).inc()
+            self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.get(fill.name) is fill
         if reason not in (Reason.cancelled, Reason.changed) and current:
-            self._failures.remember(fill.name, error, ttl)
+            # Listeners get an answer's body from the fill; remembered (for
+            # the status API and stale-if-error), it needs none.
+            remembered = error
+            if isinstance(error, OriginAnswer):
+                remembered = OriginAnswer(error.headers, b"")
+            self._failures.remember(fill.name, remembered, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
             name=fill.name,

@@ -55,12 +55,18 @@ class CacheRequest(server.Request):
     @ivar sent: the bytes of the response that reached the kernel, and
     @ivar duration: the seconds it took, both fixed by L{tally} for every
         observer of the finished request.
+    @ivar counted: the body bytes already in the served-bytes counter,
+        counted by the producer as they left (see L{RequestMetrics}).
+    @ivar outcome_counted: whether L{outcome} is already counted: it is
+        when the response starts, so a long one shows at once.
     """
 
     cache_name: str | None = None
     outcome: str | None = None
     sent = 0
     duration = 0.0
+    counted = 0
+    outcome_counted = False
 
     # When the first body byte was written (time.monotonic()).
     first_byte: float | None = None
@@ -96,6 +102,8 @@ class CacheRequest(server.Request):
                 self.responseHeaders.setRawHeaders(RELAYED_LENGTH, length)
         if data and self.first_byte is None:
             self.first_byte = time.monotonic()
+        if not self.startedWriting and self.outcome is not None:
+            self.site.count.started(self)
         super().write(data)
 
     def handleContentChunk(self, data: bytes) -> None:

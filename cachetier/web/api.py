@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from typing import Any
 
 from twisted.logger import Logger
@@ -14,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..analytics import Analytics, to_csv
 from ..errors import OriginError, Overloaded, Reason
-from ..names import InvalidName, validate_name
+from ..names import InvalidName, split_variant, validate_name
 from ..sync import FileStatus, Syncer
 from ._admin import refuse
 from ._json import EndWatch, JSONResource, answer, render_error, render_json
@@ -30,7 +31,7 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
     The contract's status fields for one file.
     """
     body: dict[str, Any] = {
-        "file": status.name,
+        "file": split_variant(status.name)[0],
         "available": status.state == "cached",
         "state": status.state,
         "size": None,
@@ -42,8 +43,12 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
         "origin_url": origin,
         "error": None,
         "stale": status.stale,
+        "status": status.status,
     }
-    if status.stored is not None:
+    if status.stored is not None and status.state != "cached":
+        # An answer other than the file is kept (a 404, a redirect...).
+        body["error"] = f"http_{status.status}: the origin answered {status.status}"
+    elif status.stored is not None:
         obj = status.stored
         body.update(
             size=obj.size,
@@ -69,7 +74,7 @@ def status_body(status: FileStatus, download: str, origin: str) -> dict[str, Any
 def _reason(error: Exception) -> str:
     if isinstance(error, OriginError):
         return error.label
-    return (Reason.overloaded if isinstance(error, Overloaded) else Reason.not_found).value
+    return (Reason.overloaded if isinstance(error, Overloaded) else Reason.internal).value
 
 
 class FileStatusResource(JSONResource):
@@ -103,14 +108,13 @@ class FileStatusResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         start = request.args.get(b"sync", [b"1"])[-1].lower() not in _NO
         status = self.syncer.status(name, start=start, client=client_address(request))
-        return render_json(
-            request,
-            status_body(
-                status,
-                download_url(request, self.public_url, name),
-                self.syncer.origin_url(name),
-            ),
+        body = status_body(
+            status, download_url(request, self.public_url, name), self.syncer.origin_url(name)
         )
+        # For a name that varies: the variants kept (the rest is of the
+        # one for a request without the headers it varies by).
+        body["variants"] = len(self.syncer.variants.keys_of(name))
+        return render_json(request, body)
 
 
 def _admin_body(request: IRequest, token: bytes | None) -> Any:
@@ -225,17 +229,29 @@ class SyncsResource(_SyncerAdmin):
             return refusal
         syncs = [
             {
-                "file": fill.name,
+                "file": split_variant(fill.name)[0],
                 "state": fill.state,
                 "bytes_synced": fill.written,
                 "size": fill.length,
             }
             for fill in self.syncer.syncs()
         ]
-        return render_json(request, {"syncs": syncs, "warm_queue": self.syncer.warm_queue})
+        warm_queue = [split_variant(key)[0] for key in self.syncer.warm_queue]
+        return render_json(request, {"syncs": syncs, "warm_queue": warm_queue})
 
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _is_day(text: str) -> bool:
+    """
+    Whether C{text} is a day of the calendar, as YYYY-MM-DD.
+    """
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return _DAY.match(text) is not None
 
 
 class StatsResource(JSONResource):
@@ -264,8 +280,10 @@ class StatsResource(JSONResource):
                 request, 400, "bad_request", "group is day or file; format is json or csv"
             )
         for key in ("from", "to"):
-            if key in args and not _DAY.match(args[key]):
-                return render_error(request, 400, "bad_request", f"{key} is a day: YYYY-MM-DD")
+            if key in args and not _is_day(args[key]):
+                return render_error(
+                    request, 400, "bad_date", f"{key} must be a day of the calendar, YYYY-MM-DD"
+                )
         watch = EndWatch(request)
         d = self.analytics.query(
             file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group

@@ -19,17 +19,18 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
-from ..errors import NotFoundAtOrigin, OriginError, Overloaded, Reason
-from ..names import InvalidName
+from ..errors import OriginAnswer, OriginError, Overloaded, Reason
+from ..names import VARIANT_MARK, InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Handle
 from ..sync import Fill, Lookup, Outcome, Syncer
 from ._json import EndWatch, JSONResource, answer, answerable, render_error
 from .access import OncePerSecond
 from .addresses import client_address, name_of
+from .answers import finish_bodiless, kept_answer_headers, render_answer
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
-from .headers import downstream_cache_control
+from .headers import downstream_cache_control, replay
 from .ranges import ByteRange, Unsatisfiable, multipart, parse_range
 
 log = Logger()
@@ -164,9 +165,19 @@ class StoredResponse(MediaResponse):
             extra=obj.extra,
         )
         self.handle: Handle | None = handle
+        # An answer other than the file, kept: replayed as it came.
+        self.answer = obj if obj.status != 200 else None
+
+    def _render_answer(self, request: Any, obj: StoredObject) -> bytes | int:
+        if not kept_answer_headers(request, obj, self.age or 0):
+            return finish_bodiless(request)
+        self.send(request, [(b"", 0, obj.size)])
+        return server.NOT_DONE_YET
 
     def render(self, request: Any) -> bytes | int:
         try:
+            if self.answer is not None:
+                return self._render_answer(request, self.answer)
             return super().render(request)
         finally:
             # Not taken by a producer (a HEAD, a 304, a 416): let it go.
@@ -215,18 +226,6 @@ class FillResponse(MediaResponse):
         FillProducer(request, self.fill, offset, length).start()
 
 
-def replay(request: Any, extra: list[tuple[bytes, bytes]]) -> None:
-    """
-    Send the origin's stored headers; its Date, if it sent one, replaces
-    the one Twisted set (RFC 9111 section 4: a cache keeps the origin's
-    Date, and Age says how old that makes the answer).
-    """
-    if any(name == b"date" for name, _ in extra):
-        request.responseHeaders.removeHeader(b"date")
-    for name, value in extra:
-        request.responseHeaders.addRawHeader(name, value)
-
-
 def _cancelling(result: object, call: Any) -> object:
     """
     A callback that cancels C{call} if it is still pending.
@@ -265,7 +264,7 @@ def serve_stored(
         purged or replaced by another process since C{obj} was read).
     """
     try:
-        if obj.size <= SmallBodies.max_object and _plain_get(request):
+        if obj.size <= SmallBodies.max_object and _plain_get(request) and obj.status == 200:
             extra, headers, body = small.get(obj, default_max_age)
             replay(request, extra)
             for name, value in headers:
@@ -320,10 +319,8 @@ class FilesResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
         now = self.clock.seconds()
-        lookup = self.syncer.lookup(
-            name, client=client_address(request), headers=request.requestHeaders
-        )
-        if self.miss == "redirect" and not (lookup.servable or lookup.not_found):
+        lookup = self.syncer.lookup(name, client_address(request), request.requestHeaders)
+        if self.miss == "redirect" and not (lookup.servable or lookup.answered):
             return self._redirect(request, name)
         if lookup.fill is None:
             return self._render(request, lookup, now)
@@ -380,6 +377,13 @@ class FilesResource(JSONResource):
     def _follow(self, fill: Fill, request: Any, watch: EndWatch) -> None:
         if not answerable(request, watch):
             return  # answered already (the listener's wait ran out), or gone
+        key = self.syncer.variants.key(request.cache_name, request.requestHeaders)
+        if VARIANT_MARK not in fill.name and key != fill.name:
+            # The first answer for the name varies, and this request has
+            # some of its headers: it gets the variant they select, from a
+            # fill that sends them.
+            answer(request, watch, self.render_GET(request))
+            return
         if fill.readable:
             body = FillResponse(fill, self.default_max_age).render(request)
         elif fill.stored is not None:
@@ -403,7 +407,8 @@ class FilesResource(JSONResource):
     def _start_failed(self, failure: Failure, request: Any, watch: EndWatch) -> None:
         if failure.check(CancelledError) or not answerable(request, watch):
             return
-        lookup = self.syncer.after_failure(request.cache_name, failure.value)
+        headers = request.requestHeaders
+        lookup = self.syncer.after_failure(request.cache_name, failure.value, headers)
         answer(request, watch, self._render(request, lookup, self.clock.seconds()))
 
     def _withheld(self, request: Any, error: Exception | None) -> bytes:
@@ -419,12 +424,9 @@ class FilesResource(JSONResource):
             f"the cached copy is stale and may not be served without the origin: {error}",
         )
 
-    def _failed(self, request: Any, error: Exception | None) -> bytes:
-        if isinstance(error, NotFoundAtOrigin):
-            request.outcome = "not_found"
-            return render_error(
-                request, 404, "not_found", f"the origin has no such file ({error.code})"
-            )
+    def _failed(self, request: Any, error: Exception | None) -> bytes | int:
+        if isinstance(error, OriginAnswer):
+            return render_answer(request, error)
         if isinstance(error, OriginError) and error.reason is Reason.too_large:
             # Not ours to cache: the listener fetches it from the origin.
             return self._redirect(request, request.cache_name)

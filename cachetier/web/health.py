@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from ..metrics import NOT_ORIGIN_FAILURES
 from ..store import CacheStore
 from ..sync import Syncer
 from ._json import JSONResource, render_json
@@ -19,7 +20,7 @@ log = Logger()
 # Sync failures that mean this node cannot store files; the rest of the
 # failures a sync can have are the origin's.
 _NODE_FAILURES = {"write_error": "cache writes failed", "no_space": "no room for new files"}
-_NOT_ORIGIN = {"not_found", "too_large", "cancelled", "internal", *_NODE_FAILURES}
+_NOT_ORIGIN = NOT_ORIGIN_FAILURES
 # How far back failures count, and how long one verdict is reused.
 RECENT = 60.0
 CACHED_FOR = 1.0

@@ -19,25 +19,37 @@ if TYPE_CHECKING:
 class RequestMetrics:
     """
     The observer that counts each finished request in the metrics: its
-    duration, outcome and bytes, whether it was cut short, and a miss's
-    time to first byte.
+    duration, outcome (unless counted as it started) and the bytes its
+    producer did not count as they left, whether it was cut short, and a
+    miss's time to first byte.
     """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._outcomes: dict[str, Any] = {}
 
+    def started(self, request: CacheRequest) -> None:
+        """
+        Count C{request}'s outcome as its response starts: a download that
+        lasts minutes shows in the requests by outcome at once.
+        """
+        outcome = request.outcome
+        if outcome is None or request.outcome_counted:
+            return
+        request.outcome_counted = True
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = self.metrics.requests.labels(outcome=outcome)
+        counter.inc()
+
     def __call__(self, request: CacheRequest) -> None:
         metrics = self.metrics
         metrics.http_requests.inc()
         metrics.request_seconds.observe(request.duration)
+        self.started(request)
         outcome = request.outcome
-        if outcome is not None:
-            counter = self._outcomes.get(outcome)
-            if counter is None:
-                counter = self._outcomes[outcome] = metrics.requests.labels(outcome=outcome)
-            counter.inc()
-        metrics.bytes_served.inc(request.sent)
+        if request.sent > request.counted:
+            metrics.bytes_served.inc(request.sent - request.counted)
         if request.aborted:
             metrics.responses_aborted.inc()
             metrics.aborted_bytes.inc(request.sent)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer, readBody
@@ -20,6 +22,7 @@ from ..metrics import Metrics
 from ..names import InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore, Generation
+from ..sync.variants import selects_plain
 from .addresses import name_of
 from .bodies import SmallBodies
 from .files import serve_stored
@@ -35,17 +38,22 @@ class WorkerFiles(Resource):
     bad name) goes to the primary, which holds the only download of each
     file, so a worker's listener follows that download too.
 
-    The worker learns of objects by reading their metadata when asked for
-    a name it has not seen fresh, and remembers at most L{max_seen} of
-    them.  Whenever the store's shared generation moves (a purge, a
+    The worker learns of objects by reading their metadata in a thread
+    (C{run_in_thread}: a slow disk must not stall the worker's listeners)
+    when asked for a name it has not seen fresh; that request, and any
+    other for the name until the read is done, goes to the primary.  It
+    remembers at most L{max_seen} objects and reads at most L{max_learning}
+    at once.  Whenever the store's shared generation moves (a purge, a
     replacement, an eviction in the primary), it forgets them all, and its
-    small bodies too, before serving anything: nothing it serves is older
-    than the last purge.  The names it serves go to L{touched}, which the
-    worker's L{Reporter} hands to the primary for its LRU.
+    small bodies too, before serving anything, and drops any read begun
+    before the move: nothing it serves is older than the last purge.  The
+    names it serves go to L{touched}, which the worker's L{Reporter} hands
+    to the primary for its LRU.
     """
 
     isLeaf = True
     max_seen = 10_000
+    max_learning = 64
 
     def __init__(
         self,
@@ -54,9 +62,11 @@ class WorkerFiles(Resource):
         clock: IReactorTime,
         proxy: PrimaryProxy,
         max_age: int,
+        run_in_thread: Callable[..., Deferred[Any]],
     ) -> None:
         super().__init__()
         self.store = store
+        self.run_in_thread = run_in_thread
         self.generation = generation
         self.clock = clock
         self.proxy = proxy
@@ -65,6 +75,7 @@ class WorkerFiles(Resource):
         self.touched: set[str] = set()
         self._seen: OrderedDict[str, StoredObject] = OrderedDict()
         self._seen_generation = generation.value
+        self._learning: set[str] = set()
 
     def render(self, request: Any) -> bytes | int:
         if request.method in (b"GET", b"HEAD"):
@@ -73,42 +84,56 @@ class WorkerFiles(Resource):
             except InvalidName:
                 return self.proxy.render(request)
             now = self.clock.seconds()
-            for _ in range(2):
-                obj = self._fresh(name, now)
-                if obj is None:
-                    break
+            obj = self._fresh(name, now)
+            if obj is not None and not selects_plain(obj, request.requestHeaders):
+                obj = None  # another variant's: the primary knows which
+            if obj is not None:
+                request.cache_name, request.outcome = name, "hit"
                 try:
-                    request.cache_name, request.outcome = name, "hit"
                     body = serve_stored(
                         request, obj, self.store, self.small, self.default_max_age, now
                     )
                 except FileNotFoundError:
-                    # Gone since we read its metadata: read it again.
+                    # Gone since we read its metadata: the primary knows.
                     self._seen.pop(name, None)
-                    continue
-                if len(self.touched) < self.max_seen:
-                    self.touched.add(name)
-                return body
+                    request.cache_name = request.outcome = None
+                else:
+                    if len(self.touched) < self.max_seen:
+                        self.touched.add(name)
+                    return body
         return self.proxy.render(request)
 
     def _fresh(self, name: str, now: float) -> StoredObject | None:
+        """
+        C{name}'s object if this worker knows it fresh; otherwise L{None},
+        and its metadata is read in a thread for the next request.
+        """
         generation = self.generation.value
         if generation != self._seen_generation:
             self._seen.clear()
             self.small = SmallBodies()
             self._seen_generation = generation
         obj = self._seen.get(name)
-        if obj is None or now >= obj.expires_at:
-            obj = self.store.read(name)
-            if obj is None or now >= obj.expires_at:
-                self._seen.pop(name, None)
-                return None
-            self._seen[name] = obj
-            while len(self._seen) > self.max_seen:
-                self._seen.popitem(last=False)
-        else:
+        if obj is not None and now < obj.expires_at:
             self._seen.move_to_end(name)
-        return obj
+            return obj
+        self._seen.pop(name, None)
+        if name not in self._learning and len(self._learning) < self.max_learning:
+            self._learning.add(name)
+            d = self.run_in_thread(self.store.read, name)
+            d.addCallback(self._learnt, name, generation)
+            d.addErrback(lambda f: log.failure("reading {name}'s metadata", f, name=name))
+            d.addBoth(lambda _: self._learning.discard(name))
+        return None
+
+    def _learnt(self, obj: StoredObject | None, name: str, generation: int) -> None:
+        if obj is None or generation != self.generation.value:
+            return
+        if generation != self._seen_generation or self.clock.seconds() >= obj.expires_at:
+            return
+        self._seen[name] = obj
+        while len(self._seen) > self.max_seen:
+            self._seen.popitem(last=False)
 
 
 class Reporter:

@@ -1,0 +1,207 @@
+"""
+The origin's answers other than the file, over real sockets: every status
+class passed on as the origin gave it (status, end-to-end headers, body),
+which of them are kept (RFC 9110 section 15.1, RFC 9111 section 3), and
+how the status API reports them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.web.http_headers import Headers
+
+from .helpers import CacheTestCase, body_of, header, read_response
+
+_AWAY = "http://elsewhere.test/x"
+# The most of an answer's body cachetier passes on.
+MAX_ANSWER_BODY = 1 << 20
+
+
+class AnswerTestCase(CacheTestCase):
+    # One try, and a breaker that never opens: each answer is the origin's.
+    settings: dict[str, Any] = {"origin_retries": 1, "breaker_threshold": 1000}
+
+    def answer(self, name: str, status: int, body: bytes = b"", **headers: str) -> None:
+        """
+        Have the origin answer C{name} with C{status}, C{headers} (names
+        with C{_} for C{-}) and C{body}, and say so in C{X-Origin-Says}.
+        """
+        sent = {k.replace("_", "-"): v for k, v in headers.items()}
+        sent.setdefault("Content-Type", "text/plain")
+        sent["X-Origin-Says"] = str(status)
+        self.origin.answers[name] = (status, sent, body)
+
+    async def fetch(self, name: str, method: str = "GET") -> tuple[int, Headers, bytes]:
+        """
+        C{method} C{/files/name}, following no redirect.
+        """
+        response = await self.client.request(
+            method, self.url + "files/" + name, allow_redirects=False
+        )
+        return await read_response(response)
+
+    async def until_stale(self, name: str) -> None:
+        """
+        Wait (on the real clock) until the object kept for C{name} expires.
+        """
+        stored = self.cache.store.get(name)
+        assert stored is not None
+        clock = self.cache.syncer.clock
+        while clock.seconds() < stored.expires_at:
+            await deferLater(reactor, stored.expires_at - clock.seconds() + 0.01, lambda: None)
+
+    async def status_of(self, name: str) -> dict[str, Any]:
+        response = await self.client.get(self.url + "api/v1/files/" + name + "?sync=0")
+        _, _, body = await read_response(response)
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+
+class PassedOnTests(AnswerTestCase):
+    async def test_every_status_class_is_passed_on_as_it_came(self) -> None:
+        statuses = (203, 299, 300, 301, 302, 303, 307, 308, 400, 403, 404, 410, 499)
+        for status in statuses + (500, 501, 502, 503, 504, 599):
+            name = f"s{status}.mp3"
+            location = f"http://elsewhere.test/{name}"
+            self.answer(name, status, b"the origin's %d" % status, Location=location)
+            code, headers, body = await self.fetch(name)
+            self.assertEqual((code, body), (status, b"the origin's %d" % status))
+            self.assertEqual(header(headers, "x-origin-says"), [str(status)])
+            self.assertEqual(header(headers, "content-type"), ["text/plain"])
+            self.assertEqual(header(headers, "location"), [location], "as it came")
+        self.assertEqual(len(self.origin.paths), len(statuses) + 6, "no redirect followed")
+
+    async def test_a_204_is_passed_on_without_a_body(self) -> None:
+        self.answer("empty.mp3", 204, ETag='"e1"')
+        code, headers, body = await self.fetch("empty.mp3")
+        self.assertEqual((code, body), (204, b""))
+        self.assertEqual(header(headers, "etag"), ['"e1"'])
+        self.assertEqual(header(headers, "x-origin-says"), ["204"])
+
+    async def test_a_head_gets_the_answers_status_and_length(self) -> None:
+        self.answer("gone.mp3", 410, b"gone for good")  # kept
+        self.answer("down.mp3", 503, b"down")  # passed on
+        for name, status, length in (("gone.mp3", 410, "13"), ("down.mp3", 503, "4")):
+            code, headers, body = await self.fetch(name, "HEAD")
+            self.assertEqual((code, body), (status, b""))
+            self.assertEqual(header(headers, "content-length"), [length])
+            self.assertEqual(header(headers, "x-origin-says"), [str(status)])
+
+    async def test_an_answer_over_the_cap_is_cachetiers_own_502(self) -> None:
+        self.answer("big.mp3", 500, body_of(MAX_ANSWER_BODY + 1))
+        code, headers, body = await self.fetch("big.mp3")
+        self.assertEqual((code, json.loads(body)["error"]), (502, "origin_error"))
+        self.assertEqual(header(headers, "x-origin-says"), [])
+        self.assertIn("over 1048576 bytes", json.loads(body)["message"])
+
+    async def test_an_answer_is_remembered_without_its_body(self) -> None:
+        # Up to 100,000 names are remembered: 1 MiB each would be no bound.
+        self.answer("down.mp3", 503, body_of(MAX_ANSWER_BODY))
+        code, _, body = await self.fetch("down.mp3")
+        self.assertEqual((code, body), (503, body_of(MAX_ANSWER_BODY)))
+        await self.settle("down.mp3")
+        remembered = self.cache.syncer.recent_failure("down.mp3")
+        self.assertEqual((remembered.status, remembered.body), (503, b""))
+
+    async def test_a_redirect_within_the_origin_is_still_followed(self) -> None:
+        self.origin.put("new.mp3", body_of(1000))
+        self.answer("old.mp3", 301, Location=self.origin_url + "new.mp3")
+        code, _, body = await self.fetch("old.mp3")
+        self.assertEqual((code, body), (200, body_of(1000)))
+
+
+class KeptTests(AnswerTestCase):
+    async def assert_kept(self, name: str, status: int, kept: bool) -> None:
+        """
+        Two requests for C{name} get the origin's answer; the second reaches
+        the origin only if the first was not kept.
+        """
+        for _ in range(2):
+            code, headers, body = await self.fetch(name)
+            expected = b"" if status == 204 else b"answer %d" % status
+            self.assertEqual((code, body), (status, expected), name)
+            self.assertEqual(header(headers, "x-origin-says"), [str(status)], name)
+            await self.settle(name)
+        if kept:
+            self.assertEqual(len(header(headers, "age")), 1, "a kept answer says its Age")
+        self.assertEqual(self.origin.counts[name], 1 if kept else 2, name)
+        self.assertEqual(self.cache.store.get(name) is not None, kept, name)
+
+    async def test_heuristically_cacheable_statuses_are_kept(self) -> None:
+        for status in (204, 301, 308, 404, 405, 410, 414, 501):
+            name = f"h{status}.mp3"
+            self.answer(name, status, b"answer %d" % status, ETag='"a1"', Location=_AWAY)
+            await self.assert_kept(name, status, kept=True)
+
+    async def test_other_statuses_are_kept_only_with_explicit_freshness(self) -> None:
+        for status in (203, 302, 403):
+            self.answer(
+                f"f{status}.mp3",
+                status,
+                b"answer %d" % status,
+                Cache_Control="max-age=60",
+                Location=_AWAY,
+            )
+            await self.assert_kept(f"f{status}.mp3", status, kept=True)
+            self.answer(
+                f"n{status}.mp3", status, b"answer %d" % status, ETag='"a1"', Location=_AWAY
+            )
+            await self.assert_kept(f"n{status}.mp3", status, kept=False)
+
+    async def test_5xx_and_no_store_are_never_kept(self) -> None:
+        for status in (500, 503, 599):
+            self.answer(f"e{status}.mp3", status, b"answer %d" % status, Cache_Control="max-age=60")
+            await self.assert_kept(f"e{status}.mp3", status, kept=False)
+        self.answer("private.mp3", 404, b"answer 404", Cache_Control="no-store")
+        await self.assert_kept("private.mp3", 404, kept=False)
+
+    async def test_a_404_is_kept_for_the_negative_ttl(self) -> None:
+        self.answer("nope.mp3", 404, b"answer 404")
+        await self.fetch("nope.mp3")
+        await self.settle("nope.mp3")
+        stored = self.cache.store.get("nope.mp3")
+        assert stored is not None
+        self.assertEqual(stored.expires_at - stored.fetched_at, 60.0, "the default --negative-ttl")
+
+    async def test_a_kept_answer_is_replaced_by_the_file_once_stale(self) -> None:
+        self.answer("soon.mp3", 404, b"not yet", Cache_Control="max-age=1")
+        code, _, _ = await self.fetch("soon.mp3")
+        self.assertEqual(code, 404)
+        await self.settle("soon.mp3")
+        del self.origin.answers["soon.mp3"]
+        self.origin.put("soon.mp3", body_of(1000))
+        await self.until_stale("soon.mp3")
+        await self.fetch("soon.mp3")  # stale: revalidated
+        await self.settle("soon.mp3")
+        code, _, body = await self.fetch("soon.mp3")
+        self.assertEqual((code, body), (200, body_of(1000)))
+
+
+class StatusAPITests(AnswerTestCase):
+    async def test_the_status_api_reports_the_origins_status(self) -> None:
+        self.origin.put("here.mp3", body_of(10))
+        self.answer("nope.mp3", 404, b"no")
+        self.answer("moved.mp3", 301, Location="http://elsewhere.test/")
+        self.answer("broken.mp3", 503, b"down")
+        for name in ("here.mp3", "nope.mp3", "moved.mp3", "broken.mp3"):
+            await self.fetch(name)
+            await self.settle(name)
+        found = {}
+        for name in ("here", "nope", "moved", "broken"):
+            body = await self.status_of(name + ".mp3")
+            found[name] = (body["state"], body["available"], body["status"])
+        self.assertEqual(
+            found,
+            {
+                "here": ("cached", True, 200),
+                "nope": ("not_found", False, 404),
+                "moved": ("error", False, 301),
+                "broken": ("error", False, 503),
+            },
+        )
+        self.assertIn("http_503", (await self.status_of("broken.mp3"))["error"])
+        self.assertIn("http_301", (await self.status_of("moved.mp3"))["error"])
