@@ -89,6 +89,8 @@ class FileStatus:
     last_modified: float | None = None
     content_type: str | None = None
     stale: bool = False
+    status: int | None = None
+    variants: int = 0
 
     @classmethod
     def from_json(cls, raw: Any) -> FileStatus:
@@ -111,6 +113,8 @@ class FileStatus:
                 origin_url=raw.get("origin_url"),
                 error=raw.get("error"),
                 stale=raw.get("stale") is True,
+                status=raw.get("status"),
+                variants=raw.get("variants") or 0,
             )
         except KeyError as e:
             raise ValueError(f"the answer has no {e}") from None
