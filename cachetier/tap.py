@@ -27,13 +27,13 @@ from .assembly import assemble
 from .config import Settings, default_backlog, parse_endpoint
 from .config.flags import (
     SettingError,
-    forward_request_header,
     listen_hint,
     owner,
     pidfile,
     settings_from,
     trusted_proxy,
 )
+from .config.forwarding import forward_request_header
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
 from .service import CacheService, listener, starting_site

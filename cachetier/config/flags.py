@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import pwd
-import re
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
@@ -278,44 +277,6 @@ def trusted_proxy(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         raise SettingError(f"--trusted-proxy: not an address or network: {cidr!r}") from None
-
-
-# Never forwarded: secrets (RFC 9110 section 11.6.2, and a listener's
-# cookies are its own), and what cachetier asks the origin itself.
-_NOT_FORWARDED = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "host",
-        "range",
-        "if-range",
-        "if-none-match",
-        "if-modified-since",
-        "if-match",
-        "if-unmodified-since",
-        "accept-encoding",
-        "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        "x-amz-checksum-mode",
-    }
-)
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-
-
-def forward_request_header(name: str) -> str:
-    """
-    A C{--forward-request-header}: a header name, lower-cased, that is not
-    a secret nor one cachetier sets itself.
-    """
-    if not _TOKEN.match(name):
-        raise SettingError(f"--forward-request-header: not a header name: {name!r}")
-    if name.lower() in _NOT_FORWARDED or name.lower().startswith("x-amz-"):
-        raise SettingError(f"--forward-request-header: {name} is never forwarded")
-    return name.lower()
 
 
 def settings_from(
