@@ -183,6 +183,7 @@ def syncer_for(
         max_new_per_client=settings.max_syncs_per_client,
         max_object_size=settings.max_object_size,
         ttl=settings.ttl,
+        stale_while_revalidate=settings.stale_while_revalidate,
         stale_if_error=settings.stale_if_error,
         negative_ttl=settings.negative_ttl,
         metrics=metrics,
@@ -254,6 +255,7 @@ def _origin(
         signer=signer,
         header_file=header_file,
         run_in_thread=run_in_thread,
+        forward_headers=settings.forward_request_headers,
     )
     return origin, reloadables
 

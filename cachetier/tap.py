@@ -33,6 +33,7 @@ from .config.flags import (
     settings_from,
     trusted_proxy,
 )
+from .config.forwarding import forward_request_header
 from .limits import raise_descriptor_limit
 from .origin.auth import HeaderFile
 from .service import CacheService, listener, starting_site
@@ -79,6 +80,13 @@ class Options(usage.Options):
             None,
             "7d",
             "How long past its lifetime a file is served while the origin fails.",
+        ],
+        [
+            "stale-while-revalidate",
+            None,
+            "0s",
+            "How long past its lifetime a file is served while it is revalidated"
+            " (0: revalidated first).",
         ],
         ["max-size", None, None, "Most bytes the cache may hold, e.g. 50G (default: no limit)."],
         ["min-free", None, "0", "Bytes to keep free on the cache's file system, e.g. 5G."],
@@ -186,6 +194,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        self["forward-request-header"] = []
         # The help of an opt_ method is its docstring, indentation and all.
         self.docs = {name: doc and " ".join(doc.split()) for name, doc in self.docs.items()}
 
@@ -196,6 +205,17 @@ class Options(usage.Options):
         """
         try:
             self["trusted-proxy"].append(trusted_proxy(cidr))
+        except SettingError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_forward_request_header(self, name: str) -> None:
+        """
+        A request header a listener's request sends on to the origin with
+        the fill it starts, e.g. X-Request-ID (repeatable; never
+        Authorization or Cookie).
+        """
+        try:
+            self["forward-request-header"].append(forward_request_header(name))
         except SettingError as e:
             raise usage.UsageError(str(e)) from None
 

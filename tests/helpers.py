@@ -75,7 +75,7 @@ class OriginFile:
     body: bytes
     content_type: str = "audio/mpeg"
     etag: str | None = None
-    last_modified: int = 1_700_000_000
+    last_modified: int | None = 1_700_000_000
     lie_length: int | None = None
     die_after: int | None = None
     chunked: bool = False
@@ -183,7 +183,8 @@ class TestOrigin(Resource):
         request.setHeader(b"content-type", f.content_type.encode())
         if f.etag:
             request.setHeader(b"etag", f.etag.encode())
-        request.setHeader(b"last-modified", http.datetimeToString(f.last_modified))
+        if f.last_modified is not None:
+            request.setHeader(b"last-modified", http.datetimeToString(f.last_modified))
         if f.content_md5 is not None:
             request.setHeader(b"content-md5", base64.b64encode(f.content_md5))
         for key, value in f.extra_headers.items():

@@ -36,7 +36,9 @@ def metric(metrics: Metrics, text: str) -> float:
 
 
 class FreshnessTestCase(MemoryCacheTestCase):
-    settings: dict[str, Any] = {"ttl": 0.3}
+    # Revalidation in the background: an operator's grace, since a stale
+    # copy is otherwise revalidated before it is served.
+    settings: dict[str, Any] = {"ttl": 0.3, "stale_while_revalidate": 60.0}
 
     def revalidation_done(self, name: str) -> None:
         fill = self.cache.syncer.fill_for(name)
@@ -121,6 +123,27 @@ class RevalidationTests(FreshnessTestCase):
         self.assertEqual(self.origin.counts["a.mp3"], 3, "the 304, then the whole object")
         _, headers, body = self.get("a.mp3")
         self.assertEqual((body, headers.getRawHeaders(b"etag")), (data, [etag.encode()]))
+
+    def test_a_304_without_cache_control_keeps_the_stored_lifetime(self) -> None:
+        self.cached("a.mp3", body_of(10_000), extra_headers={"Cache-Control": "max-age=30"})
+        etag = self.origin.files["a.mp3"].etag
+        plain = self.origin.render_GET
+
+        def answer(request: Any) -> bytes | int:
+            # An origin whose 304 carries the validator alone.
+            if request.getHeader(b"if-none-match") is not None:
+                self.origin.counts["a.mp3"] += 1
+                request.setResponseCode(304)
+                request.setHeader(b"etag", etag.encode())
+                return b""
+            return plain(request)
+
+        self.origin.render_GET = answer  # type: ignore[method-assign]
+        self.wait(31)
+        self.get("a.mp3")
+        self.revalidation_done("a.mp3")
+        self.assertEqual(self.origin.counts["a.mp3"], 2)
+        self.assertEqual(round(self.cache.store.get("a.mp3").lifetime), 30, "not the ttl")
 
     def test_changed_file_is_served_in_its_new_version_after_its_ttl(self) -> None:
         old, new = body_of(100_000, "old"), body_of(120_000, "new")

@@ -12,7 +12,13 @@ import hashlib
 
 from treq import content
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
+
+from cachetier.tap import Options
 
 from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, start_origin
 
@@ -173,3 +179,46 @@ class OriginURLTests(CacheTestCase):
         self.assertEqual(other.counts["x.mp3"], 0, "the other host saw nothing")
         code, _, body = await self.get("moved.mp3")
         self.assertEqual((code, body), (200, body_of(1_000, "moved")))
+
+
+class ForwardedHeaderTests(CacheTestCase):
+    settings = {"forward_request_headers": ("x-request-id", "traceparent")}
+
+    async def test_the_listener_that_starts_a_fill_sends_its_headers(self) -> None:
+        self.origin.put("a.mp3", body_of(20_000), extra_headers={"Cache-Control": "max-age=0"})
+        await self.get("a.mp3", x_request_id="first", traceparent="00-abc-01", x_other="no")
+        await self.settle("a.mp3")
+        (_, _, sent) = self.origin.requests[-1]
+        self.assertEqual(sent.getRawHeaders(b"x-request-id"), [b"first"])
+        self.assertEqual(sent.getRawHeaders(b"traceparent"), [b"00-abc-01"])
+        self.assertFalse(sent.hasHeader(b"x-other"), "only the headers named")
+        # The revalidation the next listener starts carries its own, and
+        # none of the first listener's.
+        await self.get("a.mp3", x_request_id="second")
+        (_, _, sent) = self.origin.requests[-1]
+        self.assertEqual(sent.getRawHeaders(b"x-request-id"), [b"second"])
+        self.assertFalse(sent.hasHeader(b"traceparent"))
+
+    async def test_a_listener_joining_a_fill_sends_nothing(self) -> None:
+        self.origin.put("b.mp3", body_of(200_000))
+        self.origin.rate = 200_000.0
+        first = Deferred.fromCoroutine(self.get("b.mp3", x_request_id="first"))
+        while self.cache.syncer.fill_for("b.mp3") is None:
+            await deferLater(reactor, 0.01, lambda: None)
+        await self.get("b.mp3", x_request_id="second")
+        await first
+        self.assertEqual(
+            [h.getRawHeaders(b"x-request-id") for _, _, h in self.origin.requests], [[b"first"]]
+        )
+
+
+class ForwardedHeaderOptionTests(SynchronousTestCase):
+    def test_secrets_and_cachetiers_own_headers_are_refused_at_start_up(self) -> None:
+        base = ["--origin=http://127.0.0.1:9/", f"--cache-dir={self.mktemp()}"]
+        for name in ("Authorization", "cookie", "Range", "If-None-Match", "x-amz-date", "a b"):
+            with self.assertRaises(UsageError) as caught:
+                Options().parseOptions([*base, f"--forward-request-header={name}"])
+            self.assertIn("--forward-request-header", str(caught.exception))
+        options = Options()
+        options.parseOptions([*base, "--forward-request-header=X-Request-ID"])
+        self.assertEqual(options["settings"].forward_request_headers, ("x-request-id",))

@@ -15,7 +15,13 @@ rule                                                     test
 4.2.1 lifetime: s-maxage, then max-age                   FreshnessOrderTests.test_s_maxage_over_max_age
 4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
 4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
+4.2.1 invalid max-age (quoted, negative) means stale     StaleOnlyWithPermissionTests
+4.2.2 heuristic: 10% of Date - Last-Modified, <= --ttl   HeuristicFreshnessTests
 4.2.3 Age: the origin's Age counts                       AgeTests.test_age_includes_the_origins_age
+4.2.3 Age: corrected for the request's round trip        CorrectedAgeTests
+4.2.4 stale: revalidated before it is served, one        StaleOnlyWithPermissionTests
+     revalidation for all, unless a window allows        .test_concurrent_requests_wait_on_one_revalidation
+3.1  Date and Expires stored and replayed                DateExpiresAgeTests
 4.2.4 must-revalidate: never served stale; revalidated   MustRevalidateTests
      first, and 504 when the origin fails                .test_the_first_request_after_expiry_gets_new_content
                                                          .test_a_failed_revalidation_is_504_not_stale
@@ -34,13 +40,20 @@ RFC 5861 stale-if-error=N                                StaleExtensionTests.tes
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
-from cachetier.origin.freshness import freshness_lifetime, initial_age, stale_policy
+from cachetier.origin.freshness import (
+    StalePolicy,
+    freshness_lifetime,
+    initial_age,
+    stale_policy,
+)
 
 from .helpers import CacheTestCase, MemoryCacheTestCase, body_of
 
@@ -89,12 +102,13 @@ class FreshnessOrderTests(SynchronousTestCase):
 class StalePolicyUnitTests(SynchronousTestCase):
     def test_what_forbids_serving_stale(self) -> None:
         for cc in ("max-age=1, must-revalidate", "proxy-revalidate", "s-maxage=5", "no-cache"):
-            self.assertFalse(stale_policy(cc, 100).allowed, cc)
-        policy = stale_policy("max-age=1, stale-while-revalidate=30, stale-if-error=600", 100)
+            self.assertFalse(stale_policy(cc, 100, 100).allowed, cc)
+        policy = stale_policy("max-age=1, stale-while-revalidate=30, stale-if-error=600", 5, 100)
         self.assertEqual(
             (policy.allowed, policy.while_revalidating, policy.if_error), (True, 30, 600)
         )
-        self.assertEqual(stale_policy(None, 100).if_error, 100)
+        self.assertEqual(stale_policy(None, 5, 100), StalePolicy(True, 5, 100))
+        self.assertEqual(stale_policy('stale-if-error="60"', 5, 100).if_error, 0, "invalid")
 
 
 class MustRevalidateTests(RFCTestCase):
@@ -192,3 +206,196 @@ class StaleExtensionTests(RFCTestCase):
         self.wait(2.0)
         code, _, _ = self.get("a.mp3")
         self.assertEqual(code, 504, "past stale-if-error")
+
+
+class LoopbackRFCTestCase(CacheTestCase):
+    """
+    Over real sockets: what a second request gets once the origin has
+    changed the file, for each way a response can say it is stale.
+    """
+
+    settings = SETTINGS
+
+    async def second_answer(self, headers: dict[str, str], **put: Any) -> bytes:
+        """
+        Cache C{v1} of a file sent with C{headers}, change it to C{v2} at
+        the origin, and ask again: the body the listener gets.
+        """
+        self.origin.put("a.mp3", body_of(20_000, "v1"), extra_headers=headers, **put)
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual((code, body), (200, body_of(20_000, "v1")))
+        await self.settle("a.mp3")  # published
+        self.origin.put("a.mp3", body_of(20_000, "v2"), extra_headers=headers, **put)
+        code, _, body = await self.get("a.mp3")
+        self.assertEqual(code, 200)
+        return body
+
+
+V1, V2 = body_of(20_000, "v1"), body_of(20_000, "v2")
+
+
+class StaleOnlyWithPermissionTests(LoopbackRFCTestCase):
+    """
+    RFC 9111 section 4.2.4: a stale response is revalidated before it is
+    served, unless the origin (or the operator) allows serving it stale.
+    """
+
+    async def assert_revalidated_first(self, headers: dict[str, str]) -> None:
+        self.assertEqual(await self.second_answer(headers), V2, headers)
+        self.assertEqual(self.origin.counts["a.mp3"], 2)
+
+    async def test_max_age_0(self) -> None:
+        await self.assert_revalidated_first({"Cache-Control": "max-age=0"})
+
+    async def test_a_negative_max_age_is_stale(self) -> None:
+        await self.assert_revalidated_first({"Cache-Control": "max-age=-3600"})
+
+    async def test_a_quoted_max_age_is_invalid_so_stale(self) -> None:
+        await self.assert_revalidated_first({"Cache-Control": 'max-age="3600"'})
+
+    async def test_a_past_expires(self) -> None:
+        await self.assert_revalidated_first({"Expires": http_date(time.time() - 3600)})
+
+    async def test_an_invalid_expires_is_stale(self) -> None:
+        await self.assert_revalidated_first({"Expires": "0"})
+
+    async def test_no_cache_revalidates_every_time(self) -> None:
+        await self.assert_revalidated_first({"Cache-Control": "max-age=3600, no-cache"})
+
+    async def test_an_expired_max_age_1(self) -> None:
+        # Two seconds old on arrival: expired at once, no waiting needed.
+        await self.assert_revalidated_first({"Cache-Control": "max-age=1", "Age": "2"})
+
+    async def test_stale_if_error_is_no_permission_while_the_origin_answers(self) -> None:
+        await self.assert_revalidated_first(
+            {"Cache-Control": "max-age=1, stale-if-error=600", "Age": "2"}
+        )
+
+    async def test_concurrent_requests_wait_on_one_revalidation(self) -> None:
+        headers = {"Cache-Control": "max-age=1", "Age": "2"}
+        self.origin.put("a.mp3", V1, extra_headers=headers)
+        await self.get("a.mp3")
+        await self.settle("a.mp3")
+        self.origin.put("a.mp3", V2, extra_headers=headers)
+        self.origin.rate = 100_000.0  # the revalidation takes a while
+        answers = await gatherResults([Deferred.fromCoroutine(self.get("a.mp3")) for _ in range(4)])
+        self.assertEqual(sum(body == V2 for _, _, body in answers), 4, "all new")
+        self.assertEqual(self.origin.counts["a.mp3"], 2)
+
+    async def test_the_origins_stale_while_revalidate_serves_stale_once(self) -> None:
+        headers = {"Cache-Control": "max-age=1, stale-while-revalidate=60", "Age": "2"}
+        self.assertEqual(await self.second_answer(headers), V1, "stale, while revalidating")
+        await self.settle("a.mp3")
+        _, _, body = await self.get("a.mp3")
+        self.assertEqual(body, V2)
+
+    async def test_past_its_stale_while_revalidate_it_is_revalidated_first(self) -> None:
+        headers = {"Cache-Control": "max-age=1, stale-while-revalidate=5", "Age": "10"}
+        await self.assert_revalidated_first(headers)
+
+
+class OperatorGraceTests(LoopbackRFCTestCase):
+    settings = {**SETTINGS, "stale_while_revalidate": 60.0}
+
+    async def test_stale_while_revalidate_flag_serves_stale_while_revalidating(self) -> None:
+        self.assertEqual(await self.second_answer({"Cache-Control": "max-age=1", "Age": "2"}), V1)
+        await self.settle("a.mp3")
+        _, _, body = await self.get("a.mp3")
+        self.assertEqual(body, V2)
+
+    async def test_the_origin_forbids_it_with_must_revalidate(self) -> None:
+        headers = {"Cache-Control": "max-age=1, must-revalidate", "Age": "2"}
+        self.assertEqual(await self.second_answer(headers), V2)
+
+
+class ZeroTTLTests(LoopbackRFCTestCase):
+    settings = {**SETTINGS, "ttl": 0.0}
+
+    async def test_ttl_0_revalidates_every_time(self) -> None:
+        self.assertEqual(await self.second_answer({}), V2)
+
+
+class StaleIfErrorTests(LoopbackRFCTestCase):
+    settings = {**SETTINGS, "stale_if_error": 0.0}
+
+    async def cached_then_origin_down(self, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.origin.put("a.mp3", V1, extra_headers=headers)
+        await self.get("a.mp3")
+        await self.settle("a.mp3")
+        # The origin dies: no new connections, and the pooled one is gone.
+        await self.origin.port.stopListening()
+        await self.cache.pool.closeCachedConnections()
+        code, _, body = await self.get("a.mp3")
+        return code, body
+
+    async def test_the_origins_stale_if_error_with_the_origin_down(self) -> None:
+        headers = {"Cache-Control": "max-age=1, stale-if-error=600", "Age": "2"}
+        self.assertEqual(await self.cached_then_origin_down(headers), (200, V1))
+
+    async def test_without_stale_if_error_a_down_origin_is_504(self) -> None:
+        code, _ = await self.cached_then_origin_down({"Cache-Control": "max-age=1", "Age": "2"})
+        self.assertEqual(code, 504)
+
+
+class OperatorStaleIfErrorTests(StaleIfErrorTests):
+    settings = {**SETTINGS, "stale_if_error": 600.0}
+
+    async def test_the_operators_stale_if_error_with_the_origin_down(self) -> None:
+        headers = {"Cache-Control": "max-age=1", "Age": "2"}
+        self.assertEqual(await self.cached_then_origin_down(headers), (200, V1))
+
+    async def test_without_stale_if_error_a_down_origin_is_504(self) -> None:
+        headers = {"Cache-Control": "max-age=1, proxy-revalidate", "Age": "2"}
+        code, _ = await self.cached_then_origin_down(headers)
+        self.assertEqual(code, 504, "the origin forbade it")
+
+
+class HeuristicFreshnessTests(LoopbackRFCTestCase):
+    """
+    RFC 9111 section 4.2.2: without explicit freshness, a tenth of the time
+    since Last-Modified, at most --ttl; without a validator, none.
+    """
+
+    async def test_a_tenth_of_the_time_since_last_modified(self) -> None:
+        modified = int(time.time()) - 1000
+        self.assertEqual(await self.second_answer({}, last_modified=modified), V1)
+        lifetime = self.cache.store.get("a.mp3").lifetime
+        self.assertGreaterEqual(lifetime, 99)
+        self.assertLessEqual(lifetime, 101)
+
+    async def test_at_most_the_ttl(self) -> None:
+        await self.second_answer({}, last_modified=int(time.time()) - 10 * 86400 * 365)
+        self.assertEqual(round(self.cache.store.get("a.mp3").lifetime), 3600)
+
+    async def test_an_etag_without_last_modified_is_fresh_for_the_ttl(self) -> None:
+        self.assertEqual(await self.second_answer({}, last_modified=None), V1)
+        self.assertEqual(round(self.cache.store.get("a.mp3").lifetime), 3600)
+
+    async def test_no_validator_and_no_freshness_is_never_reused(self) -> None:
+        body = await self.second_answer({}, last_modified=None, etag=None)
+        self.assertEqual(body, V2)
+        self.assertEqual(self.origin.counts["a.mp3"], 2)
+
+
+class DateExpiresAgeTests(LoopbackRFCTestCase):
+    async def test_the_origins_date_and_expires_reach_the_listener(self) -> None:
+        now = time.time()
+        sent = {"Date": http_date(now - 100), "Expires": http_date(now + 3600)}
+        self.origin.put("a.mp3", V1, extra_headers=sent)
+        for _ in ("miss", "hit"):
+            _, headers, _ = await self.get("a.mp3")
+            await self.settle("a.mp3")
+            self.assertEqual(headers.getRawHeaders(b"date"), [sent["Date"].encode()])
+            self.assertEqual(headers.getRawHeaders(b"expires"), [sent["Expires"].encode()])
+        (age,) = headers.getRawHeaders(b"age")
+        self.assertGreaterEqual(int(age), 100, "the apparent age counts")
+        self.assertLess(int(age), 110)
+        self.assertEqual(round(self.cache.store.get("a.mp3").lifetime), 3700)
+
+
+class CorrectedAgeTests(SynchronousTestCase):
+    def test_the_time_the_request_took_is_added_to_the_origins_age(self) -> None:
+        now = 1_700_000_000.0
+        self.assertEqual(initial_age("30", http_date(now), now, requested=now - 4), 34)
+        self.assertEqual(initial_age("30", http_date(now - 60), now, requested=now - 4), 60)
+        self.assertEqual(initial_age('"30"', None, now), 0, "quoted: invalid")

@@ -251,7 +251,7 @@ class LookupTests(SynchronousTestCase):
         self.assertEqual((lookup.outcome, lookup.stored.status), (Outcome.CACHED, 404))
 
     def test_a_stale_copy_is_served_while_it_revalidates(self) -> None:
-        origin, syncer = self.cached("max-age=10")
+        origin, syncer = self.cached("max-age=10, stale-while-revalidate=60")
         origin.hang.add("a.mp3")
         lookup = syncer.lookup("a.mp3")
         self.assertEqual((lookup.outcome, lookup.stored), (Outcome.STALE, self.store.get("a.mp3")))

@@ -125,6 +125,9 @@ class Settings:
     max_variants: int = 8
     ttl: float = 86400.0
     stale_if_error: float = 7 * 86400.0
+    # Served stale while revalidating where the origin does not say: a
+    # deviation from RFC 9111 the operator opts into (Varnish's grace).
+    stale_while_revalidate: float = 0.0
     max_size: int | None = None
     min_free: int = 0
     max_object_size: int | None = None
@@ -148,6 +151,8 @@ class Settings:
     max_syncs_per_client: float = 25.0
     # None: access events go to twistd's log; "off": none; else a file.
     access_log: str | None = None
+    # A listener's request headers sent with the fill it starts.
+    forward_request_headers: tuple[str, ...] = ()
     # Proxies whose X-Forwarded-For names the client (--trusted-proxy).
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # How long responses in flight may take to finish on SIGTERM.
@@ -192,4 +197,5 @@ def from_json(text: str) -> Settings:
     fields = json.loads(text)
     fields["listen"] = tuple(fields["listen"])
     fields["trusted_proxies"] = tuple(ipaddress.ip_network(n) for n in fields["trusted_proxies"])
+    fields["forward_request_headers"] = tuple(fields["forward_request_headers"])
     return Settings(**fields)

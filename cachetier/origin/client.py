@@ -6,6 +6,7 @@ L{Breaker} told of each.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,8 @@ class Origin:
         the longest silence tolerated inside a body.
     @param min_rate: bytes a second a body must keep up over every
         C{rate_window} seconds (0: no minimum).
+    @param forward_headers: names of a listener's request headers sent with
+        the fill its request starts (C{--forward-request-header}).
     """
 
     def __init__(
@@ -62,7 +65,9 @@ class Origin:
         signer: S3Signer | None = None,
         header_file: HeaderFile | None = None,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
+        forward_headers: tuple[str, ...] = (),
     ) -> None:
+        self._forward_headers = [name.lower().encode("ascii") for name in forward_headers]
         self._min_rate = min_rate
         self._rate_window = rate_window
         self.base = base
@@ -75,6 +80,8 @@ class Origin:
         if signer is not None or header_file is not None:
             self._signing = SigningAgent(self._agent, signer, header_file, run_in_thread)
             self._agent = self._signing
+        # The listener's headers this origin's requests carry too.
+        self._forwarded: tuple[tuple[bytes, bytes], ...] = ()
         self._rejections: S3Rejections | None = None
         if signer is not None:
             self._rejections = S3Rejections(self._agent, clock, timeout)
@@ -87,6 +94,28 @@ class Origin:
         /healthz.
         """
         return None if self._rejections is None else self._rejections.rejected
+
+    def forwarded(self, request_headers: Headers | None) -> tuple[tuple[bytes, bytes], ...]:
+        """
+        The headers of a listener's request to send with a fill it starts.
+        """
+        if request_headers is None:
+            return ()
+        return tuple(
+            (key, value)
+            for key in self._forward_headers
+            for value in request_headers.getRawHeaders(key, [])
+        )
+
+    def forwarding(self, headers: tuple[tuple[bytes, bytes], ...]) -> Origin:
+        """
+        This origin (its agents, breaker and retries shared), sending
+        C{headers} with every request too: a listener's, named by
+        C{--forward-request-header}, for the fill its request starts.
+        """
+        origin = copy.copy(self)
+        origin._forwarded = headers
+        return origin
 
     def url_for(self, name: str) -> str:
         return origin_url(self.base, name)
@@ -157,10 +186,11 @@ class Origin:
         byte_range: tuple[int, int, str] | None,
     ) -> OriginResponse:
         agent = WithinOrigin(self._agent, self.base, self._clock, self._timeout, name)
+        requested = self._clock.seconds()
         response = await agent.request(
             b"GET",
             self.url_for(name).encode("utf-8"),
-            _request_headers(validators, byte_range, split_variant(name)[1]),
+            _request_headers(validators, byte_range, split_variant(name)[1], self._forwarded),
         )
         if response.code >= 500:
             self.breaker.failed(name)
@@ -171,7 +201,7 @@ class Origin:
             or (response.code == 304 and validators is not None)
             or (response.code == 206 and byte_range is not None)
         ):
-            return parse_response(response, self._clock.seconds())
+            return parse_response(response, self._clock.seconds(), requested)
         if response.code == 412 and byte_range is not None:
             await read_body(response, 0, self._clock, self._timeout)
             raise OriginError(
@@ -227,11 +257,13 @@ def _request_headers(
     validators: StoredObject | None,
     byte_range: tuple[int, int, str] | None,
     selecting: tuple[tuple[str, str | None], ...] = (),
+    forwarded: tuple[tuple[bytes, bytes], ...] = (),
 ) -> Headers:
     """
     What a GET asks for: the object's checksum, or a range of the version a
     validator names; with the cached copy's validators when revalidating,
-    and for a variant, the request headers that select it.
+    and for a variant, the request headers that select it; with the
+    C{forwarded} headers of the listener that started the fill.
     """
     headers = {CHECKSUM_MODE: [b"ENABLED"]}
     if byte_range is not None:
@@ -248,7 +280,11 @@ def _request_headers(
             headers[b"if-none-match"] = [validators.origin_etag.encode("latin-1")]
         if validators.origin_last_modified:
             headers[b"if-modified-since"] = [datetimeToString(int(validators.origin_last_modified))]
-    return Headers(headers)
+    sent = Headers(headers)
+    for key, value in forwarded:
+        if not sent.hasHeader(key):
+            sent.addRawHeader(key, value)
+    return sent
 
 
 class _Send(CoroutineAgent):

@@ -1,35 +1,58 @@
 """
 How long an origin's response may be kept and served (RFC 9111): pure
-functions of its headers.
+functions of its headers, parsed strictly: an invalid lifetime means
+stale, never fresh.
 """
 
 from __future__ import annotations
 
+import re
+
 from attrs import frozen
 from twisted.web.http import stringToDatetime
 
+from ..objects import ObjectHeaders
 
-def directives(value: str | None) -> dict[str, str]:
+# One directive of a Cache-Control list: a token, and an argument that is
+# a token or a quoted string (kept as sent, quotes and all).
+_DIRECTIVE = re.compile(r'\s*([^\s=,]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?\s*(?:,|$)')
+_DELTA_SECONDS = re.compile(r"[0-9]+\Z")
+# RFC 9111 section 1.2.2: the largest delta-seconds a cache need represent.
+_MAX_DELTA = 2147483648.0
+# RFC 9111 section 4.2.2's typical heuristic: a tenth of the time since the
+# last change.
+HEURISTIC_FRACTION = 0.1
+
+
+def directives(value: str | None) -> dict[str, str | None]:
     """
-    A Cache-Control header's directives, names lower-cased, arguments
-    unquoted (RFC 9111 section 5.2).
+    A Cache-Control header's directives, names lower-cased, arguments as
+    sent (a quoted one keeps its quotes; L{None} for none).  Of a directive
+    given twice, the first counts (RFC 9111 section 4.2.1).
     """
-    found: dict[str, str] = {}
-    for part in (value or "").split(","):
-        key, _, arg = part.strip().partition("=")
-        if key.strip():
-            found[key.strip().lower()] = arg.strip().strip('"')
+    found: dict[str, str | None] = {}
+    text = value or ""
+    position = 0
+    while position < len(text):
+        match = _DIRECTIVE.match(text, position)
+        if match is None or match.end() == position:
+            # Not a directive: skip to the next comma.
+            comma = text.find(",", position)
+            position = len(text) if comma < 0 else comma + 1
+            continue
+        found.setdefault(match.group(1).lower(), match.group(2))
+        position = match.end()
     return found
 
 
-def _seconds(text: str) -> float:
+def delta_seconds(text: str | None) -> float | None:
     """
-    A delta-seconds argument; an invalid one counts as 0 (section 1.2.2).
+    A delta-seconds argument (RFC 9111 section 1.2.2): digits only, capped
+    at 2^31; L{None} when invalid (quoted, negative, fractional, absent).
     """
-    try:
-        return max(0.0, float(int(text)))
-    except ValueError:
-        return 0.0
+    if text is None or not _DELTA_SECONDS.match(text):
+        return None
+    return min(float(int(text)), _MAX_DELTA)
 
 
 def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
@@ -37,8 +60,9 @@ def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
     The lifetime a shared cache may give a response by its Cache-Control
     alone, and whether it may store it at all.
 
-    @return: C{(s-maxage or max-age or None, no_store)}; C{no-cache} is a
-        lifetime of 0 (store, but revalidate every time).
+    @return: C{(s-maxage or max-age or None, no_store)}; C{no-cache}, and
+        an invalid s-maxage or max-age (C{max-age="60"}, C{max-age=-1}),
+        are a lifetime of 0: stored, but revalidated every time.
     """
     found = directives(value)
     no_store = "no-store" in found or "private" in found
@@ -46,16 +70,19 @@ def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
         return 0.0, no_store
     for key in ("s-maxage", "max-age"):
         if key in found:
-            return _seconds(found[key]), no_store
+            return delta_seconds(found[key]) or 0.0, no_store
     return None, no_store
 
 
-def _date(text: str | None) -> float | None:
+def http_date(text: str | None) -> float | None:
+    """
+    An HTTP-date as a POSIX time, or L{None} when it is not one.
+    """
     if not text:
         return None
     try:
         return float(stringToDatetime(text.encode("latin-1")))
-    except (ValueError, UnicodeEncodeError):
+    except (ValueError, UnicodeEncodeError, IndexError):
         return None
 
 
@@ -65,33 +92,54 @@ def freshness_lifetime(
     """
     RFC 9111 section 4.2.1: s-maxage, then max-age, then Expires minus Date
     (the time received when there is no Date); an Expires that is not a
-    valid date means already stale.
+    valid date, or is past, means already stale.
 
     @return: seconds, or L{None} when the origin gave no lifetime (the
-        configured default applies).
+        heuristic applies: L{heuristic_lifetime}).
     """
     lifetime, _ = parse_cache_control(cache_control)
     if lifetime is not None:
         return lifetime
     if expires is None:
         return None
-    expires_at = _date(expires)
+    expires_at = http_date(expires)
     if expires_at is None:
         return 0.0
-    return max(0.0, expires_at - (_date(date) or received))
+    return max(0.0, expires_at - (http_date(date) or received))
 
 
-def initial_age(age: str | None, date: str | None, received: float) -> float:
+def heuristic_lifetime(headers: ObjectHeaders, ttl: float, received: float) -> float:
+    """
+    RFC 9111 section 4.2.2, for a response with no explicit lifetime: a
+    tenth of the time between its Last-Modified and its Date (the time
+    received without one), at most C{ttl}; C{ttl} for one with an ETag but
+    no Last-Modified, or for an answer other than the file (a 301, a 204);
+    0 for a file with no validator at all, which is then never reused:
+    every request revalidates it, that is, fetches it again.
+    """
+    if headers.last_modified is not None:
+        date = http_date(dict(headers.extra).get("date")) or received
+        return max(0.0, min(ttl, HEURISTIC_FRACTION * (date - headers.last_modified)))
+    return ttl if headers.etag is not None or headers.status != 200 else 0.0
+
+
+def initial_age(
+    age: str | None, date: str | None, received: float, requested: float | None = None
+) -> float:
     """
     RFC 9111 section 4.2.3: how old the response already was when it
-    arrived: the larger of its Age header and the time since its Date.
+    arrived (its corrected initial age): the larger of the time since its
+    Date and its Age header plus the time the request took.
+
+    @param requested: when the request was sent (L{None}: C{received}).
     """
-    age_value = _seconds(age) if age else 0.0
-    date_value = _date(date)
+    age_value = delta_seconds(age) or 0.0
+    date_value = http_date(date)
     # Date has a resolution of one second: compared at that resolution,
     # its rounding down is not mistaken for age.
     apparent = 0.0 if date_value is None else max(0.0, float(int(received)) - date_value)
-    return max(age_value, apparent)
+    delay = 0.0 if requested is None else max(0.0, received - requested)
+    return max(apparent, age_value + delay)
 
 
 @frozen
@@ -105,9 +153,9 @@ class StalePolicy:
         it is revalidated before it is served.
     @ivar while_revalidating: seconds it may be served while a background
         revalidation runs: the origin's C{stale-while-revalidate}, else
-        cachetier's default.
+        the operator's C{--stale-while-revalidate}.
     @ivar if_error: seconds it may be served while the origin fails: the
-        origin's C{stale-if-error}, else cachetier's default.
+        origin's C{stale-if-error}, else the operator's C{--stale-if-error}.
     """
 
     allowed: bool
@@ -115,19 +163,25 @@ class StalePolicy:
     if_error: float
 
 
-def stale_policy(cache_control: str | None, default: float) -> StalePolicy:
+def stale_policy(
+    cache_control: str | None, while_revalidating: float, if_error: float
+) -> StalePolicy:
     """
-    @param default: cachetier's own window (C{--stale-if-error}), where the
-        origin allows stale copies but names no window.
+    @param while_revalidating: the operator's window (C{--stale-while-
+        revalidate}) where the origin allows stale copies but names none.
+    @param if_error: the operator's window (C{--stale-if-error}), likewise.
     """
     found = directives(cache_control)
     forbidden = {"must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"} & found.keys()
     if forbidden:
         return StalePolicy(False, 0.0, 0.0)
-    swr = found.get("stale-while-revalidate")
-    sie = found.get("stale-if-error")
+
+    def window(key: str, default: float) -> float:
+        # Named with no valid delta-seconds: no window at all.
+        return delta_seconds(found[key]) or 0.0 if key in found else default
+
     return StalePolicy(
         True,
-        default if swr is None else _seconds(swr),
-        default if sie is None else _seconds(sie),
+        window("stale-while-revalidate", while_revalidating),
+        window("stale-if-error", if_error),
     )

@@ -73,8 +73,6 @@ _OWN = frozenset(
         "cache-control",
         "accept-ranges",
         "age",
-        "date",
-        "expires",
         "server",
         "content-md5",
         "x-cachetier-content-encoding",
@@ -160,12 +158,15 @@ def _end_to_end(response: Any) -> tuple[tuple[str, str], ...]:
     return tuple(kept)
 
 
-def parse_response(response: Any, received: float) -> OriginResponse:
+def parse_response(
+    response: Any, received: float, requested: float | None = None
+) -> OriginResponse:
     """
     Read what a 200 or 304 response says about the body.
 
     @param received: when it arrived (POSIX time), for its age and for an
         Expires without a Date.
+    @param requested: when it was asked for, for its age.
     """
     etag = header(response, b"etag")
     last_modified: float | None = None
@@ -197,7 +198,7 @@ def parse_response(response: Any, received: float) -> OriginResponse:
             last_modified=last_modified,
             max_age=lifetime,
             no_store=no_store,
-            initial_age=initial_age(header(response, b"age"), date, received),
+            initial_age=initial_age(header(response, b"age"), date, received, requested),
             cache_control=cache_control,
             extra=_end_to_end(response),
         ),

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from ..errors import OriginAnswer, OriginError, Reason
 from ..metrics import Metrics
-from ..objects import ObjectHeaders, Partial, StoredObject
+from ..objects import Partial, StoredObject
 from ..origin import Origin, OriginResponse
 from ..store import CacheStore, Handle, Reservation
 from .answers import answer_lifetime, keep_answer
@@ -45,7 +45,7 @@ class Download:
     file's descriptor) is released in reverse order on every way out, each
     by the C{finally} that covers its own acquisition.
 
-    @param lifetime: an object's freshness lifetime from its headers.
+    @param lifetime: a freshness lifetime from headers (and a 304's object).
     @param max_object_size: bigger bodies are refused (L{None}: any).
     @param negative_ttl: the heuristic lifetime of a kept 404 or 410.
     @param keeps: whether a response for a key, with these headers, may be
@@ -59,7 +59,7 @@ class Download:
         store: CacheStore,
         run_in_thread: RunInThread,
         metrics: Metrics,
-        lifetime: Callable[[ObjectHeaders], float],
+        lifetime: Callable[..., float],
         max_object_size: int | None,
         clock: IReactorTime | None = None,
         fill_connections: int = 1,
@@ -346,7 +346,7 @@ class Download:
             temp_path,
             fill.written,
             response.headers,
-            self._lifetime(response.headers),
+            self._lifetime(response.headers, None),
         )
         self._committed = True
         store.install(stored, None if fill.revalidating else fill.used_at)
@@ -412,7 +412,7 @@ class Download:
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, response.headers, self._lifetime(response.headers)
+            store.renewed, old, response.headers, self._lifetime(response.headers, old)
         )
         current = store.get(fill.name)
         if current == old:

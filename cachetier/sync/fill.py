@@ -21,6 +21,9 @@ from ..origin import OriginResponse
 from ..store import Handle
 from .coverage import Coverage
 
+# Request headers, as sent to the origin.
+Headers = tuple[tuple[bytes, bytes], ...]
+
 T = TypeVar("T")
 
 
@@ -56,6 +59,8 @@ class Fill:
         origin is asked whether it changed.
     @ivar used_at: when a request last asked for it (its recency, once
         published).
+    @ivar forwarded: the listener's request headers this fill sends to the
+        origin (C{--forward-request-header}).
     @ivar publish: whether the body goes into the cache when complete;
         cleared by a purge or an origin C{no-store}, in which case readers
         still get every byte and nothing is kept.
@@ -65,6 +70,7 @@ class Fill:
         self.name = name
         self.used_at = used_at
         self.revalidating = revalidating
+        self.forwarded: Headers = ()
         self.publish = True
         self.state = "queued"
         # Stops what the fill waits on from the queue or the origin, while

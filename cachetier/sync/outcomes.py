@@ -12,6 +12,7 @@ from attrs import frozen
 
 from ..errors import NOT_FOUND_STATUSES, OriginAnswer
 from ..objects import StoredObject
+from ..origin import Origin
 from .fill import Fill
 
 
@@ -100,6 +101,22 @@ class Lookup:
     fill: Fill | None = None
     error: Exception | None = None
 
+    @classmethod
+    def of(cls, status: FileStatus, cached: bool) -> Lookup:
+        """
+        What a request gets where C{status} says the name stands.
+
+        @param cached: whether the store had a copy when it was asked (a
+            download to follow is then a revalidation to wait for, and no
+            answer means the stale copy is withheld).
+        """
+        if status.stored is not None:
+            outcome = Outcome.STALE if status.stale else Outcome.CACHED
+            return cls(outcome, stored=status.stored)
+        if status.fill is not None:
+            return cls(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
+        return cls(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+
     @property
     def servable(self) -> bool:
         """
@@ -131,3 +148,8 @@ class OriginHealth:
     breaker: str
     failures: int
     rejected: tuple[float, str] | None
+
+    @classmethod
+    def of(cls, origin: Origin) -> OriginHealth:
+        breaker = origin.breaker
+        return cls(origin.base, breaker.state, breaker.failures, origin.rejected)

@@ -14,13 +14,13 @@ from twisted.logger import Logger
 from ..errors import OriginAnswer, OriginError, Overloaded, Reason
 from ..metrics import Metrics
 from ..names import split_variant
-from ..objects import ObjectHeaders, StoredObject
+from ..objects import StoredObject
 from ..origin import Origin
-from ..origin.freshness import stale_policy
 from ..store import CacheStore
 from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
-from .fill import Fill
+from .fill import Fill, Headers
+from .freshness import Freshness
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
 from .variants import Variants
 from .warming import Warming
@@ -38,9 +38,7 @@ class Syncer:
 
     @param run_in_thread: runs a blocking callable off the reactor thread
         and returns a L{Deferred} of its result (the fsyncs of a publish).
-    @param ttl: an object's lifetime when the origin gives none.
-    @param stale_if_error: how long past its lifetime an object may still
-        be served while it cannot be revalidated.
+    @param ttl, stale_while_revalidate, stale_if_error: see L{Freshness}.
     @param max_object_size: bigger objects are not cached (L{None}: any).
     @param max_variants: variants kept of one name (see L{Variants}).
     """
@@ -58,6 +56,7 @@ class Syncer:
         max_new_per_client: float = 25.0,
         max_object_size: int | None = None,
         ttl: float = 86400.0,
+        stale_while_revalidate: float = 0.0,
         stale_if_error: float = 7 * 86400.0,
         negative_ttl: float = 60.0,
         error_ttl: float = 5.0,
@@ -73,8 +72,7 @@ class Syncer:
         self.run_in_thread = run_in_thread
         self._slots = DeferredSemaphore(max_concurrent)
         self._max_object_size = max_object_size
-        self._ttl = ttl
-        self._stale_if_error = stale_if_error
+        self._freshness = Freshness(ttl, stale_while_revalidate, stale_if_error)
         self._negative_ttl = negative_ttl
         self._error_ttl = error_ttl
         self.metrics = metrics or Metrics()
@@ -129,9 +127,7 @@ class Syncer:
         """
         How the origin fares now (for C{/healthz} and the dashboard).
         """
-        origin = self.origin
-        breaker = origin.breaker
-        return OriginHealth(origin.base, breaker.state, breaker.failures, origin.rejected)
+        return OriginHealth.of(self.origin)
 
     def lookup(self, name: str, client: str | None = None, headers: Any = None) -> Lookup:
         """
@@ -149,13 +145,8 @@ class Syncer:
         if not cached and isinstance(self.recent_failure(name), OriginAnswer):
             # Remembered for the status API, but not kept: ask again.
             self._failures.forget(name)
-        status = self.status(name, client=client)
-        if status.stored is not None:
-            outcome = Outcome.STALE if status.stale else Outcome.CACHED
-            return Lookup(outcome, stored=status.stored)
-        if status.fill is not None:
-            return Lookup(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
-        return Lookup(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+        forwarded = self.origin.forwarded(headers)
+        return Lookup.of(self.status(name, client=client, forwarded=forwarded), cached)
 
     def after_failure(self, name: str, error: Exception, headers: Any = None) -> Lookup:
         """
@@ -171,33 +162,24 @@ class Syncer:
             return Lookup(Outcome.STALE, stored=status.stored)
         return Lookup(Outcome.WITHHELD, error=error)
 
-    def status(self, name: str, start: bool = True, client: str | None = None) -> FileStatus:
+    def status(
+        self, name: str, start: bool = True, client: str | None = None, forwarded: Headers = ()
+    ) -> FileStatus:
         """
         Where C{name} stands; with C{start}, begin syncing it if it is
         neither cached, under way nor recently failed, and begin
         revalidating it if it is stale.
 
-        @param client: the address of whoever asks, for fair admission.
+        @param client, forwarded: who asks (for fair admission), and the
+            headers a fill this starts sends the origin.
         """
         name = self.variants.key(name)  # a name's own: of a request without headers
         stored = self.store.get(name)
         if stored is not None:
-            now = self.clock.seconds()
-            if now < stored.expires_at:
-                return FileStatus.of(name, stored)
-            stale_for = now - stored.expires_at
-            policy = stale_policy(stored.cache_control, self._stale_if_error)
-            failing = self.recent_failure(name) is not None
-            if start and name not in self._fills and not failing:
-                try:
-                    self.start(name, revalidating=stored, client=client)
-                except Overloaded:
-                    pass
-            window = policy.if_error if failing else policy.while_revalidating
-            if policy.allowed and stale_for <= window:
-                return FileStatus.of(name, stored, stale=True)
-            # The origin forbids serving it stale (or its window is over):
-            # readers wait for the revalidation, or get its failure.
+            cached = self._cached(stored, start, client, forwarded)
+            if cached is not None:
+                return cached
+            # Stale past every window: readers wait for the revalidation.
         fill = self._fills.get(name)
         if fill is None:
             failure = self.recent_failure(name)
@@ -206,7 +188,7 @@ class Syncer:
             if not start:
                 return FileStatus(name, "missing")
             try:
-                fill = self.start(name, client=client)
+                fill = self.start(name, client=client, forwarded=forwarded)
             except Overloaded as e:
                 return FileStatus(name, "missing", error=e)
         if fill.state == "done":
@@ -219,8 +201,35 @@ class Syncer:
             fill.used_at = self.clock.seconds()
         return FileStatus(name, "syncing", fill=fill)
 
+    def _cached(
+        self, stored: StoredObject, start: bool, client: str | None, forwarded: Headers
+    ) -> FileStatus | None:
+        """
+        The cached copy, if it may be served now (L{Freshness}); a stale
+        one is revalidated, once, whether it is served meanwhile or not.
+        """
+        name, now = stored.name, self.clock.seconds()
+        if now < stored.expires_at:
+            return FileStatus.of(name, stored)
+        if start and name not in self._fills and self.recent_failure(name) is None:
+            try:
+                self.start(name, revalidating=stored, client=client, forwarded=forwarded)
+            except Overloaded:
+                pass
+            if self.store.get(name) is not stored:  # revalidated at once
+                return self.status(name, start=False)
+        # After starting: a revalidation can fail at once (an open breaker).
+        failing = self.recent_failure(name) is not None
+        if self._freshness.may_serve_stale(stored, now, failing):
+            return FileStatus.of(name, stored, stale=True)
+        return None
+
     def start(
-        self, name: str, revalidating: StoredObject | None = None, client: str | None = None
+        self,
+        name: str,
+        revalidating: StoredObject | None = None,
+        client: str | None = None,
+        forwarded: Headers = (),
     ) -> Fill:
         """
         Join the download of C{name}, starting one if none is under way.
@@ -231,11 +240,14 @@ class Syncer:
         fill = self._fills.get(name)
         if fill is None:
             self._admission.admit(self._slots.tokens, self.queued, client)
-            fill = self._launch(name, revalidating)
+            fill = self._launch(name, revalidating, forwarded)
         return fill
 
-    def _launch(self, name: str, revalidating: StoredObject | None = None) -> Fill:
+    def _launch(
+        self, name: str, revalidating: StoredObject | None = None, forwarded: Headers = ()
+    ) -> Fill:
         fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
+        fill.forwarded = forwarded
         self.warming.discard(name)
         self._failures.forget(name)
         task = Deferred.fromCoroutine(self._run(fill))
@@ -313,14 +325,6 @@ class Syncer:
                 task.cancel()
         return DeferredList([task for _, task in tasks], consumeErrors=True)
 
-    def _lifetime(self, headers: ObjectHeaders) -> float:
-        """
-        How much longer a response is fresh: its lifetime (the origin's, or
-        the configured TTL) less the age it arrived with.
-        """
-        lifetime = self._ttl if headers.max_age is None else headers.max_age
-        return lifetime - headers.initial_age
-
     async def _run(self, fill: Fill) -> None:
         purged = self._purged.get(fill.name)
         try:
@@ -353,11 +357,13 @@ class Syncer:
         try:
             stored = await Download(
                 fill,
-                self.origin,
+                self.origin.forwarding(fill.forwarded) if fill.forwarded else self.origin,
                 self.store,
                 self.run_in_thread,
                 self.metrics,
-                self._lifetime,
+                lambda headers, old=None: self._freshness.lifetime(
+                    headers, self.clock.seconds(), old
+                ),
                 self._max_object_size,
                 clock=self.clock,
                 fill_connections=self._fill_connections,

@@ -12,6 +12,7 @@ from twisted.web import http, server
 
 from ..errors import NOT_FOUND_STATUSES, OriginAnswer
 from ..objects import StoredObject
+from .headers import replay
 
 # Statuses that never carry a body, nor a Content-Length of one.
 _NO_BODY = frozenset({204, 304})
@@ -33,8 +34,7 @@ def answer_headers(
     @return: whether its body follows (not for a HEAD, a 204 or a 304).
     """
     request.setResponseCode(status)
-    for name, value in extra:
-        request.responseHeaders.addRawHeader(name, value.encode("latin-1"))
+    replay(request, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra])
     if etag is not None:
         request.setHeader(b"etag", etag.encode("latin-1"))
     if last_modified is not None:

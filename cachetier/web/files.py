@@ -30,7 +30,7 @@ from .addresses import client_address, name_of
 from .answers import finish_bodiless, kept_answer_headers, render_answer
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
-from .headers import downstream_cache_control
+from .headers import downstream_cache_control, replay
 from .ranges import ByteRange, Unsatisfiable, multipart, parse_range
 
 log = Logger()
@@ -70,8 +70,7 @@ class MediaResponse:
         self.age = age
 
     def render(self, request: Any) -> bytes | int:
-        for name, value in self.extra:
-            request.responseHeaders.addRawHeader(name, value.encode("latin-1"))
+        replay(request, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.extra])
         if self.size is not None:
             request.setHeader(b"accept-ranges", b"bytes")
         if self.etag is not None:
@@ -267,8 +266,7 @@ def serve_stored(
     try:
         if obj.size <= SmallBodies.max_object and _plain_get(request) and obj.status == 200:
             extra, headers, body = small.get(obj, default_max_age)
-            for name, value in extra:
-                request.responseHeaders.addRawHeader(name, value)
+            replay(request, extra)
             for name, value in headers:
                 request.setHeader(name, value)
             request.setHeader(b"age", b"%d" % (int(obj.age(now)),))

@@ -4,6 +4,8 @@ Response headers the cache decides itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def downstream_cache_control(
     origin: str | None, default_max_age: int, lifetime: float | None
@@ -19,3 +21,15 @@ def downstream_cache_control(
         return origin.encode("latin-1")
     max_age = default_max_age if lifetime is None else min(default_max_age, int(lifetime))
     return b"public, max-age=%d" % (max(0, max_age),)
+
+
+def replay(request: Any, extra: list[tuple[bytes, bytes]]) -> None:
+    """
+    Send the origin's stored headers; its Date, if it sent one, replaces
+    the one Twisted set (RFC 9111 section 4: a cache keeps the origin's
+    Date, and Age says how old that makes the answer).
+    """
+    if any(name == b"date" for name, _ in extra):
+        request.responseHeaders.removeHeader(b"date")
+    for name, value in extra:
+        request.responseHeaders.addRawHeader(name, value)
