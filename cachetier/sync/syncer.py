@@ -85,8 +85,7 @@ class Syncer:
         self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
         self._tasks: dict[Fill, Deferred[None]] = {}
-        # Purged fills still winding down: the next fill of the name starts
-        # only once its files are gone.
+        # Purged fills winding down: a name's next fill waits for their files.
         self._purged: dict[str, Fill] = {}
         self._stopping = False
         self.warming = Warming(
@@ -274,9 +273,9 @@ class Syncer:
 
     def purge(self, name: str) -> bool:
         """
-        Forget C{name}: its cached copy (every variant), its download
-        (cancelled: its readers are aborted, nothing is published, its temp
-        files go) and any remembered failure.
+        Forget C{name}: its cached copies and downloads (every variant's;
+        a download is cancelled: its readers are aborted, nothing is
+        published, its temp files go) and any remembered failure.
 
         @return: whether there was anything to forget, once that is durable.
         """
@@ -435,8 +434,7 @@ class Syncer:
         self._forget(fill)
         fill.fail(error)
         if reason is Reason.changed and current and not self._stopping:
-            # Another version at the origin: its readers were aborted; a
-            # new fill fetches the new one from the start.
+            # Another version at the origin: readers aborted; a new fill starts over.
             try:
                 self.start(fill.name, revalidating=fill.revalidating)
             except Overloaded:

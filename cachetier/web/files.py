@@ -386,14 +386,10 @@ class FilesResource(JSONResource):
             return
         if fill.readable:
             body = FillResponse(fill, self.default_max_age).render(request)
-        elif fill.state == "publishing":
-            # An answer other than the file, being kept: it is served once
-            # it is, or passed on if it cannot be.
-            fill.when_done().addCallbacks(
-                lambda stored: self._follow(fill, request, watch),
-                self._start_failed,
-                errbackArgs=(request, watch),
-            ).addErrback(self._broken, request, watch)
+        elif fill.state == "publishing":  # an answer being kept: wait for it
+            follow, failed = (lambda _: self._follow(fill, request, watch)), self._start_failed
+            d = fill.when_done().addCallbacks(follow, failed, errbackArgs=(request, watch))
+            d.addErrback(self._broken, request, watch)
             return
         elif fill.stored is not None:
             # A revalidation that ended in a 304, or a publish that won
