@@ -64,8 +64,21 @@ class StoredObject:
         if headers.cache_control is not None:
             changes["cache_control"] = headers.cache_control
         # The validators stay: a 304 is used only when it names this
-        # version (Download._confirms).
+        # version (L{confirmed_by}).
         return evolve(self, **changes)
+
+    def confirmed_by(self, headers: ObjectHeaders) -> bool:
+        """
+        Whether a 304 carrying C{headers} is for this version (RFC 9111
+        section 4.3.4): its strong ETag, or else its Last-Modified, if it
+        sends one, is the stored one.
+        """
+        etag = headers.etag
+        if etag is not None and not etag.startswith("W/") and self.origin_etag is not None:
+            return etag == self.origin_etag
+        if headers.last_modified is not None and self.origin_last_modified is not None:
+            return headers.last_modified == self.origin_last_modified
+        return True
 
     @property
     def lifetime(self) -> float:

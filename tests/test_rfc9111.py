@@ -55,7 +55,7 @@ from cachetier.origin.freshness import (
     stale_policy,
 )
 
-from .helpers import CacheTestCase, MemoryCacheTestCase, body_of
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header
 
 SETTINGS: dict[str, Any] = {"ttl": 3600.0, "origin_retries": 1}
 
@@ -399,3 +399,182 @@ class CorrectedAgeTests(SynchronousTestCase):
         self.assertEqual(initial_age("30", http_date(now), now, requested=now - 4), 34)
         self.assertEqual(initial_age("30", http_date(now - 60), now, requested=now - 4), 60)
         self.assertEqual(initial_age('"30"', None, now), 0, "quoted: invalid")
+
+
+class ForwardedHeaderVaryTests(CacheTestCase):
+    # Origin is a plain, forwardable header name (not refused at start-up).
+    settings = {"forward_request_headers": ("origin",)}
+
+    async def test_a_forwarded_selecting_header_does_not_make_the_plain_copy(self) -> None:
+        """
+        A listener's forwarded header that the origin's answer varies on
+        selects that answer: it must not be kept as the copy of requests
+        without the header (RFC 9111 4.1).
+        """
+        data = body_of(10_000, "ep")
+        self.origin.put("ep.mp3", data, cors=True)
+        code, headers, body = await self.get("ep.mp3", origin="https://app.example")
+        self.assertEqual(code, 200)
+        self.assertEqual(header(headers, "access-control-allow-origin"), ["https://app.example"])
+        await self.settle("ep.mp3")
+        # A listener without an Origin header: the origin would answer it
+        # without Access-Control-Allow-Origin.
+        code, headers, body = await self.get("ep.mp3")
+        self.assertEqual((code, body), (200, data))
+        self.assertEqual(
+            header(headers, "access-control-allow-origin"),
+            [],
+            "a request without Origin got the variant selected by another listener's Origin",
+        )
+
+
+class CacheControlFieldLinesTests(CacheTestCase):
+    async def test_private_on_its_own_field_line_is_never_stored(self) -> None:
+        """
+        Cache-Control sent as two field lines is one list (RFC 9110 5.3):
+        C{private} on the first line forbids a shared cache to store it.
+        """
+        data = body_of(10_000, "p")
+        self.origin.put("p.mp3", data, etag='"p1"')
+        render = self.origin.render_GET
+
+        def two_lines(request):  # type: ignore[no-untyped-def]
+            request.responseHeaders.addRawHeader(b"cache-control", b"private")
+            request.responseHeaders.addRawHeader(b"cache-control", b"max-age=3600")
+            return render(request)
+
+        self.origin.render_GET = two_lines  # type: ignore[method-assign]
+        code, _, body = await self.get("p.mp3")
+        self.assertEqual((code, body), (200, data))
+        await self.settle("p.mp3")
+        self.assertIsNone(
+            self.cache.syncer.store.get("p.mp3"), "a private answer was kept by the shared cache"
+        )
+        code, headers, body = await self.get("p.mp3")
+        self.assertEqual(self.origin.counts["p.mp3"], 2, "the second listener got the private copy")
+
+
+class DateReplayTests(CacheTestCase):
+    async def test_a_listener_gets_one_valid_date(self) -> None:
+        """
+        Date is a singleton field (RFC 9110 6.6.1, 5.3): an origin's
+        duplicate or invalid Date must not reach listeners as two Dates or
+        as no valid Date at all.
+        """
+        data = body_of(10_000, "d")
+        self.origin.put("d.mp3", data, etag='"d1"', extra_headers={"Cache-Control": "max-age=600"})
+        render = self.origin.render_GET
+
+        def two_dates(request):  # type: ignore[no-untyped-def]
+            request.responseHeaders.addRawHeader(b"date", b"Mon, 01 Jan 2024 00:00:00 GMT")
+            request.responseHeaders.addRawHeader(b"date", b"garbage")
+            return render(request)
+
+        self.origin.render_GET = two_dates  # type: ignore[method-assign]
+        await self.get("d.mp3")
+        await self.settle("d.mp3")
+        code, headers, body = await self.get("d.mp3")
+        self.assertEqual((code, body), (200, data))
+        self.assertEqual(len(header(headers, "date")), 1, header(headers, "date"))
+
+
+class StaleAfterRefusalTests(CacheTestCase):
+    async def test_a_403_to_a_revalidation_is_not_an_error_to_serve_stale_through(self) -> None:
+        """
+        stale-if-error (RFC 5861 section 4, and cachetier's
+        --stale-if-error) covers an origin failing (5xx, unreachable); an
+        origin that answers 403 has answered: the stale copy is not
+        served on.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        data = body_of(10_000, "r")
+        self.origin.put("r.mp3", data, etag='"r1"', extra_headers={"Cache-Control": "max-age=1"})
+        await self.get("r.mp3")
+        await self.settle("r.mp3")
+        await deferLater(reactor, 1.2, lambda: None)
+        self.origin.status["r.mp3"] = 403
+        first, _, _ = await self.get("r.mp3")
+        await self.settle("r.mp3")
+        second, headers, body = await self.get("r.mp3")
+        self.assertEqual(
+            (first, second),
+            (403, 403),
+            "the origin refused, yet the stale copy was served",
+        )
+
+
+class NoStoreOn304Tests(CacheTestCase):
+    async def test_a_304_saying_no_store_does_not_renew_the_copy(self) -> None:
+        """
+        A 304 updates the stored response's headers (RFC 9111 4.3.4); once
+        they say no-store, a shared cache may not keep serving it from
+        store (RFC 9111 3, 5.2.2.5): the next listener goes to the origin.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        data = body_of(10_000, "n")
+        self.origin.put("n.mp3", data, etag='"n1"', extra_headers={"Cache-Control": "max-age=1"})
+        await self.get("n.mp3")
+        await self.settle("n.mp3")
+        await deferLater(reactor, 1.2, lambda: None)
+        self.origin.files["n.mp3"].extra_headers = {"Cache-Control": "no-store"}
+        await self.get("n.mp3")  # revalidated: 304 with no-store
+        await self.settle("n.mp3")
+        before = self.origin.counts["n.mp3"]
+        code, headers, body = await self.get("n.mp3")
+        await self.settle("n.mp3")
+        self.assertEqual((code, body), (200, data))
+        self.assertEqual(
+            self.origin.counts["n.mp3"],
+            before + 1,
+            f"served from store though its headers say {header(headers, 'cache-control')}",
+        )
+
+
+class AbsurdDateTests(CacheTestCase):
+    async def test_an_absurd_last_modified_does_not_break_serving(self) -> None:
+        """
+        An HTTP-date Twisted parses but no time_t can hold: the file is
+        still served (the date ignored or passed on), on a miss and a hit.
+        """
+        data = body_of(10_000, "lm")
+        absurd = "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"
+        self.origin.put(
+            "lm.mp3",
+            data,
+            etag='"lm1"',
+            last_modified=None,
+            extra_headers={"Last-Modified": absurd, "Cache-Control": "max-age=600"},
+        )
+        miss = await self.get("lm.mp3")
+        await self.settle("lm.mp3")
+        hit = await self.get("lm.mp3")
+        self.assertEqual((miss[0], miss[2], hit[0], hit[2]), (200, data, 200, data))
+
+
+class AgeCountsTheDownloadTests(CacheTestCase):
+    async def test_the_time_a_download_took_counts_in_the_age(self) -> None:
+        """
+        RFC 9111 4.2.3: resident_time = now - response_time, response_time
+        being when the response was received (its header section), not
+        when its body was finished and committed.  A 2 s download of a
+        max-age=1 file is stale once cached: no hit, and Age >= 2.
+        """
+        data = body_of(40_000, "age")
+        self.origin.put("age.mp3", data, etag='"a1"', extra_headers={"Cache-Control": "max-age=1"})
+        self.origin.rate = 20_000.0
+        code, _, body = await self.get("age.mp3")
+        self.assertEqual((code, body), (200, data))
+        await self.settle("age.mp3")
+        self.origin.rate = None
+        before = self.origin.counts["age.mp3"]
+        code, headers, body = await self.get("age.mp3")
+        self.assertEqual((code, body), (200, data))
+        ages = header(headers, "age")
+        self.assertTrue(
+            self.origin.counts["age.mp3"] > before or int(ages[0]) >= 2,
+            f"served as fresh with Age {ages}, though 2 s old and max-age=1",
+        )

@@ -94,6 +94,47 @@ def header(response: Any, name: bytes) -> str | None:
     return values[-1].decode("latin-1") if values else None
 
 
+def joined(response: Any, name: bytes) -> str | None:
+    """
+    Every field line of the list header C{name} of C{response} as one
+    value (RFC 9110 section 5.3), or L{None}.
+    """
+    values = response.headers.getRawHeaders(name)
+    return ", ".join(v.decode("latin-1") for v in values) if values else None
+
+
+# The latest time an HTTP date may name here: 9999-12-31T23:59:59Z, which
+# every time_t and datetime can hold.
+_LAST_DATE = 253402300799.0
+
+
+def http_time(value: str | None) -> float | None:
+    """
+    The POSIX time of an HTTP date, or L{None} when it is absent, not a
+    date, or one no time_t can hold.
+    """
+    if not value:
+        return None
+    try:
+        when = float(stringToDatetime(value.encode("latin-1")))
+    except (ValueError, IndexError, OverflowError):
+        return None
+    return when if 0 <= when <= _LAST_DATE else None
+
+
+def _date(response: Any) -> str | None:
+    """
+    The origin's Date: its first field line, when it is a date (a
+    singleton field, RFC 9110 section 6.6.1); else L{None}, and the cache
+    sends its own.
+    """
+    values = response.headers.getRawHeaders(b"date")
+    if not values:
+        return None
+    first = values[0].decode("latin-1")
+    return first if http_time(first) is not None else None
+
+
 # Asked for on every origin request: S3 then sends the object's full
 # checksum (other servers ignore the header).
 CHECKSUM_MODE = b"x-amz-checksum-mode"
@@ -150,9 +191,12 @@ def _end_to_end(response: Any) -> tuple[tuple[str, str], ...]:
     kept = []
     for name, values in response.headers.getAllRawHeaders():
         key = name.decode("latin-1").lower()
-        if key in HOP_BY_HOP or key in _OWN or key == "set-cookie":
+        if key in HOP_BY_HOP or key in _OWN or key in ("set-cookie", "date"):
             continue
         kept.extend((key, v.decode("latin-1")) for v in values)
+    date = _date(response)
+    if date is not None:
+        kept.append(("date", date))
     for value in response.headers.getRawHeaders(ORIGIN_CONTENT_ENCODING, []):
         kept.append(("content-encoding", value.decode("latin-1")))
     return tuple(kept)
@@ -169,23 +213,18 @@ def parse_response(
     @param requested: when it was asked for, for its age.
     """
     etag = header(response, b"etag")
-    last_modified: float | None = None
     raw_lm = header(response, b"last-modified")
-    if raw_lm:
-        try:
-            last_modified = float(stringToDatetime(raw_lm.encode("latin-1")))
-        except ValueError:
-            last_modified = None
+    last_modified = http_time(raw_lm)
     content_type = header(response, b"content-type") or "application/octet-stream"
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
-    cache_control = header(response, b"cache-control")
+    cache_control = joined(response, b"cache-control")
     _, no_store = parse_cache_control(cache_control)
-    date = header(response, b"date")
+    date = _date(response)
     lifetime = freshness_lifetime(cache_control, header(response, b"expires"), date, received)
     # A response that sets a cookie is somebody's, and one whose Vary has a
     # "*" matches no later request (RFC 9111 4.1): streamed, never stored.
     no_store = no_store or response.headers.hasHeader(b"set-cookie") or _varies_by_all(response)
-    validator = etag if etag and not etag.startswith("W/") else raw_lm
+    validator = etag if etag and not etag.startswith("W/") else (raw_lm if last_modified else None)
     accept = (header(response, b"accept-ranges") or "").lower()
     return OriginResponse(
         ranges="bytes" in [a.strip() for a in accept.split(",")] or response.code == 206,

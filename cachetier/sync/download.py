@@ -26,6 +26,7 @@ from ..store import CacheStore, Handle, Reservation
 from .answers import answer_lifetime, keep_answer
 from .coverage import Coverage
 from .fill import Fill
+from .freshness import aged
 from .progress import Saver
 from .sparse import SLICE, SparseFill
 
@@ -66,12 +67,15 @@ class Download:
         borrow: Callable[[], bool] = lambda: False,
         give_back: Callable[[], None] = lambda: None,
         negative_ttl: float = 60.0,
-        keeps: Callable[[str, tuple[tuple[str, str], ...]], bool] = lambda key, extra: True,
+        keeps: Callable[[str, tuple[tuple[str, str], ...], frozenset[str]], bool] = (
+            lambda key, extra, sent: True
+        ),
     ) -> None:
         self._keeps = keeps
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._committed = False
+        self._answered_at: float | None = None
         self._fill_connections = fill_connections
         self._borrow = borrow
         self._give_back = give_back
@@ -91,19 +95,27 @@ class Download:
         self._metrics.origin_requests.inc()
         try:
             response, resume = await self._first_answer()
-            if response.not_modified:
-                if self._confirms(response):
+            old = self.fill.revalidating
+            if response.not_modified and old is not None:
+                if old.confirmed_by(response.headers):
                     return await self._renew(response)
                 log.info("a 304 for {name} names another version: fetching it whole", name=name)
                 response = await self._interruptible(self._origin.get(name))
         except OriginAnswer as answer:
-            if not self._keeps(name, answer.headers.extra):
+            if not self._keeps(name, answer.headers.extra, self._sent()):
                 self.fill.publish = False
             lifetime = answer_lifetime(answer.headers, self._lifetime, self._negative_ttl)
             return await keep_answer(self.fill, self._store, self._run_in_thread, lifetime, answer)
-        if not self._keeps(name, response.headers.extra):
+        if not self._keeps(name, response.headers.extra, self._sent()):
             self.fill.publish = False  # streamed to its listeners, not kept
+        self._answered_at = None if self._clock is None else self._clock.seconds()
         return await self._receive(response, resume)
+
+    def _sent(self) -> frozenset[str]:
+        """
+        The names of the listener's headers this fill sent the origin.
+        """
+        return frozenset(name.decode("latin-1").lower() for name, _ in self.fill.forwarded)
 
     async def _receive(
         self, response: OriginResponse, resume: Partial | None
@@ -339,14 +351,15 @@ class Download:
         if not fill.publish:
             return None
         fill.state = "publishing"
+        headers = aged(response.headers, self._answered_at, self._clock)
         stored: StoredObject = await self._run_in_thread(
             store.commit,
             name,
             handle.fd,
             temp_path,
             fill.written,
-            response.headers,
-            self._lifetime(response.headers, None),
+            headers,
+            self._lifetime(headers, None),
         )
         self._committed = True
         store.install(stored, None if fill.revalidating else fill.used_at)
@@ -384,21 +397,6 @@ class Download:
             and response.length is not None
             and response.length > 2 * SLICE
         )
-
-    def _confirms(self, response: OriginResponse) -> bool:
-        """
-        Whether a 304 is for the version being revalidated (RFC 9111
-        section 4.3.4): its strong ETag, or else its Last-Modified, if it
-        sends one, is the stored one.
-        """
-        old, headers = self.fill.revalidating, response.headers
-        assert old is not None
-        etag = headers.etag
-        if etag is not None and not etag.startswith("W/") and old.origin_etag is not None:
-            return etag == old.origin_etag
-        if headers.last_modified is not None and old.origin_last_modified is not None:
-            return headers.last_modified == old.origin_last_modified
-        return True
 
     async def _renew(self, response: OriginResponse) -> StoredObject | None:
         """

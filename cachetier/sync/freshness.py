@@ -6,10 +6,17 @@ operator's settings.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import evolve, frozen
 
 from ..objects import ObjectHeaders, StoredObject
-from ..origin.freshness import freshness_lifetime, heuristic_lifetime, stale_policy
+from ..origin.freshness import (
+    freshness_lifetime,
+    heuristic_lifetime,
+    parse_cache_control,
+    stale_policy,
+)
 
 
 @frozen
@@ -43,6 +50,8 @@ class Freshness:
         """
         if renewing is not None:
             headers = _updated(renewing, headers, received)
+        if headers.no_store:
+            return 0.0  # never reused: asked for again each time
         lifetime = headers.max_age
         if lifetime is None:
             lifetime = heuristic_lifetime(headers, self.ttl, received)
@@ -75,5 +84,18 @@ def _updated(stored: StoredObject, headers: ObjectHeaders, received: float) -> O
         ),
         etag=headers.etag or stored.origin_etag,
         last_modified=headers.last_modified or stored.origin_last_modified,
+        no_store=headers.no_store or parse_cache_control(updated.cache_control)[1],
         extra=updated.extra,
     )
+
+
+def aged(headers: ObjectHeaders, answered_at: float | None, clock: Any) -> ObjectHeaders:
+    """
+    C{headers} as old as they are now: the time since their answer arrived
+    (a download's) counts in their age (RFC 9111 section 4.2.3), so a long
+    download is not fresh for longer than the origin said.
+    """
+    if answered_at is None or clock is None:
+        return headers
+    waited = max(0.0, clock.seconds() - answered_at)
+    return evolve(headers, initial_age=headers.initial_age + waited)

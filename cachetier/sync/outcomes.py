@@ -10,7 +10,8 @@ from enum import Enum
 
 from attrs import frozen
 
-from ..errors import NOT_FOUND_STATUSES, OriginAnswer
+from ..errors import NOT_FOUND_STATUSES, OriginAnswer, OriginError
+from ..metrics import NOT_ORIGIN_FAILURES
 from ..objects import StoredObject
 from ..origin import Origin
 from .fill import Fill
@@ -153,3 +154,16 @@ class OriginHealth:
     def of(cls, origin: Origin) -> OriginHealth:
         breaker = origin.breaker
         return cls(origin.base, breaker.state, breaker.failures, origin.rejected)
+
+
+def origin_failed(error: Exception | None) -> bool:
+    """
+    Whether C{error} ended a sync because the origin failed (what
+    stale-if-error covers: unreachable, too slow, or a 5xx), not because it
+    answered (a 4xx), nor for a reason of the cache's own.
+    """
+    if not isinstance(error, OriginError):
+        return False
+    if error.status is not None:
+        return error.status >= 500
+    return error.reason.value not in NOT_ORIGIN_FAILURES

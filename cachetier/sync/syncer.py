@@ -21,7 +21,7 @@ from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
 from .fill import Fill, Headers
 from .freshness import Freshness
-from .outcomes import FileStatus, Lookup, OriginHealth, Outcome
+from .outcomes import FileStatus, Lookup, OriginHealth, Outcome, origin_failed
 from .variants import Variants
 from .warming import Warming
 
@@ -80,8 +80,7 @@ class Syncer:
             clock, self.metrics, max_queued, max_new_per_second, max_new_per_client
         )
         self._failures = FailureMemory(clock)
-        # When each kind of sync failure last happened (a handful of
-        # reasons, so bounded), for /healthz.
+        # When each kind of sync failure last happened (bounded), for /healthz.
         self.last_failed: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
         self._tasks: dict[Fill, Deferred[None]] = {}
@@ -141,8 +140,9 @@ class Syncer:
             self.variants.used(name)
             return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
         cached = stored is not None
-        if not cached and isinstance(self.recent_failure(name), OriginAnswer):
-            # Remembered for the status API, but not kept: ask again.
+        failure = self.recent_failure(name)
+        if isinstance(failure, OriginAnswer) and not (cached and origin_failed(failure)):
+            # Not kept: ask again (a 5xx leaves a stale copy to stale-if-error).
             self._failures.forget(name)
         forwarded = self.origin.forwarded(headers)
         return Lookup.of(self.status(name, client=client, forwarded=forwarded), cached)
@@ -150,8 +150,8 @@ class Syncer:
     def after_failure(self, name: str, error: Exception, headers: Any = None) -> Lookup:
         """
         What a request that waited for a download of C{name} gets when that
-        download failed with C{error}: a revalidated copy may still be
-        served within its stale-if-error window.
+        download failed with C{error}: a revalidated copy within its
+        stale-if-error window, or else the origin's answer as it came.
         """
         name = self.variants.key(name, headers)
         if self.store.get(name) is None:
@@ -159,6 +159,8 @@ class Syncer:
         status = self.status(name, start=False)
         if status.stored is not None:
             return Lookup(Outcome.STALE, stored=status.stored)
+        if isinstance(error, OriginAnswer) and not origin_failed(error):
+            return Lookup(Outcome.ERROR, error=error)  # the origin's answer, passed on
         return Lookup(Outcome.WITHHELD, error=error)
 
     def status(
@@ -218,7 +220,7 @@ class Syncer:
             if self.store.get(name) is not stored:  # revalidated at once
                 return self.status(name, start=False)
         # After starting: a revalidation can fail at once (an open breaker).
-        failing = self.recent_failure(name) is not None
+        failing = origin_failed(self.recent_failure(name))
         if self._freshness.may_serve_stale(stored, now, failing):
             return FileStatus.of(name, stored, stale=True)
         return None
@@ -260,10 +262,6 @@ class Syncer:
         L{Warming.warm}).
         """
         return self.warming.warm(self.variants.key(name))
-
-    @property
-    def warm_queue(self) -> list[str]:
-        return self.warming.queue
 
     def syncs(self) -> list[Fill]:
         """

@@ -119,7 +119,9 @@ class Variants:
             return name  # the plain copy is the variant of a request without them
         return variant_key(name, selecting)
 
-    def keeps(self, key: str, extra: tuple[tuple[str, str], ...]) -> bool:
+    def keeps(
+        self, key: str, extra: tuple[tuple[str, str], ...], sent: frozenset[str] = frozenset()
+    ) -> bool:
         """
         Whether a response for C{key} with the headers C{extra} may be kept
         under it: it varies by exactly the headers the key was made of, or
@@ -127,7 +129,10 @@ class Variants:
         response names).  How a name varies is learned from the answers
         to plain requests only: a variant's answer that says otherwise (an
         error without Vary, say) is passed on, not kept, and changes
-        nothing for the name's other variants.
+        nothing for the name's other variants.  C{sent}: the listener's
+        headers the request sent (C{--forward-request-header}); a plain
+        request that sent one the response varies by got a variant, not
+        the plain copy: passed on, not kept.
         """
         name, selecting = split_variant(key)
         vary = vary_names(extra)
@@ -139,7 +144,7 @@ class Variants:
             self._vary.pop(name, None)
             return False
         self._learn(name, vary)
-        return True
+        return not sent.intersection(vary)
 
     def _learn(self, name: str, vary: tuple[str, ...]) -> None:
         """

@@ -236,7 +236,7 @@ class SyncsResource(_SyncerAdmin):
             }
             for fill in self.syncer.syncs()
         ]
-        warm_queue = [split_variant(key)[0] for key in self.syncer.warm_queue]
+        warm_queue = [split_variant(key)[0] for key in self.syncer.warming.queue]
         return render_json(request, {"syncs": syncs, "warm_queue": warm_queue})
 
 
