@@ -39,6 +39,7 @@ RFC 5861 stale-if-error=N                                StaleExtensionTests.tes
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from typing import Any
@@ -578,3 +579,25 @@ class AgeCountsTheDownloadTests(CacheTestCase):
             self.origin.counts["age.mp3"] > before or int(ages[0]) >= 2,
             f"served as fresh with Age {ages}, though 2 s old and max-age=1",
         )
+
+
+class StaleStatusTests(CacheTestCase):
+    async def test_a_stale_copy_is_reported_cached_and_stale(self) -> None:
+        """
+        The status API reports a copy that must be revalidated before it
+        is served as cached and stale (the cache has the file, a 304 away),
+        not missing: the client helper sends listeners to it.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        self.origin.put("s.mp3", body_of(1000), extra_headers={"Cache-Control": "max-age=1"})
+        await self.get("s.mp3")
+        await self.settle("s.mp3")
+        await deferLater(reactor, 1.2, lambda: None)
+        for query in ("?sync=0", ""):
+            response = await self.client.get(self.url + "api/v1/files/s.mp3" + query)
+            status = json.loads(await response.content())
+            self.assertEqual(
+                (status["state"], status["available"], status["stale"]), ("cached", True, True)
+            )

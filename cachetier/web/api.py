@@ -108,6 +108,11 @@ class FileStatusResource(JSONResource):
             return render_error(request, 400, "bad_name", str(e))
         start = request.args.get(b"sync", [b"1"])[-1].lower() not in _NO
         status = self.syncer.status(name, start=start, client=client_address(request))
+        stored = self.syncer.store.get(status.name)
+        if status.stored is None and status.state in ("syncing", "missing") and stored:
+            # A stale copy that is revalidated before it is served: the
+            # cache has the file (a 304 away, usually).
+            status = FileStatus.of(status.name, stored, stale=True)
         body = status_body(
             status, download_url(request, self.public_url, name), self.syncer.origin_url(name)
         )
