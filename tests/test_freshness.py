@@ -49,6 +49,23 @@ class FreshnessTestCase(MemoryCacheTestCase):
     def metric(self, text: str) -> float:
         return metric(self.cache.metrics, text)
 
+    def bare_304s(self, etag: bytes) -> None:
+        """
+        Make the origin answer every conditional request for C{a.mp3} with
+        a 304 carrying only C{etag}.
+        """
+        plain = self.origin.render_GET
+
+        def answer(request: Any) -> bytes | int:
+            if request.getHeader(b"if-none-match") is not None:
+                self.origin.counts["a.mp3"] += 1
+                request.setResponseCode(304)
+                request.setHeader(b"etag", etag)
+                return b""
+            return plain(request)
+
+        self.origin.render_GET = answer  # type: ignore[method-assign]
+
 
 class LoopbackFreshnessTestCase(CacheTestCase):
     settings: dict[str, Any] = {"ttl": 0.3}
@@ -105,18 +122,8 @@ class RevalidationTests(FreshnessTestCase):
         data = body_of(10_000, "A")
         self.cached("a.mp3", data)
         etag = self.cache.store.get("a.mp3").etag
-        plain = self.origin.render_GET
-
-        def answer(request: Any) -> bytes | int:
-            # An origin that checks only the date, and names version B.
-            if request.getHeader(b"if-none-match") is not None:
-                self.origin.counts["a.mp3"] += 1
-                request.setResponseCode(304)
-                request.setHeader(b"etag", b'"version-B"')
-                return b""
-            return plain(request)
-
-        self.origin.render_GET = answer  # type: ignore[method-assign]
+        # An origin that checks only the date, and names version B.
+        self.bare_304s(b'"version-B"')
         self.wait(0.35)
         self.get("a.mp3")
         self.revalidation_done("a.mp3")
@@ -127,18 +134,8 @@ class RevalidationTests(FreshnessTestCase):
     def test_a_304_without_cache_control_keeps_the_stored_lifetime(self) -> None:
         self.cached("a.mp3", body_of(10_000), extra_headers={"Cache-Control": "max-age=30"})
         etag = self.origin.files["a.mp3"].etag
-        plain = self.origin.render_GET
-
-        def answer(request: Any) -> bytes | int:
-            # An origin whose 304 carries the validator alone.
-            if request.getHeader(b"if-none-match") is not None:
-                self.origin.counts["a.mp3"] += 1
-                request.setResponseCode(304)
-                request.setHeader(b"etag", etag.encode())
-                return b""
-            return plain(request)
-
-        self.origin.render_GET = answer  # type: ignore[method-assign]
+        # An origin whose 304 carries the validator alone.
+        self.bare_304s(etag.encode())
         self.wait(31)
         self.get("a.mp3")
         self.revalidation_done("a.mp3")

@@ -429,6 +429,21 @@ class ForwardedHeaderVaryTests(CacheTestCase):
         )
 
 
+def _send_also(origin: Any, *lines: tuple[bytes, bytes]) -> None:
+    """
+    Make C{origin} send these header field lines with every answer
+    (several lines of one field, as L{TestOrigin.put} cannot).
+    """
+    render = origin.render_GET
+
+    def render_GET(request: Any) -> Any:
+        for name, value in lines:
+            request.responseHeaders.addRawHeader(name, value)
+        return render(request)
+
+    origin.render_GET = render_GET
+
+
 class CacheControlFieldLinesTests(CacheTestCase):
     async def test_private_on_its_own_field_line_is_never_stored(self) -> None:
         """
@@ -437,14 +452,7 @@ class CacheControlFieldLinesTests(CacheTestCase):
         """
         data = body_of(10_000, "p")
         self.origin.put("p.mp3", data, etag='"p1"')
-        render = self.origin.render_GET
-
-        def two_lines(request):  # type: ignore[no-untyped-def]
-            request.responseHeaders.addRawHeader(b"cache-control", b"private")
-            request.responseHeaders.addRawHeader(b"cache-control", b"max-age=3600")
-            return render(request)
-
-        self.origin.render_GET = two_lines  # type: ignore[method-assign]
+        _send_also(self.origin, (b"cache-control", b"private"), (b"cache-control", b"max-age=3600"))
         code, _, body = await self.get("p.mp3")
         self.assertEqual((code, body), (200, data))
         await self.settle("p.mp3")
@@ -464,14 +472,7 @@ class DateReplayTests(CacheTestCase):
         """
         data = body_of(10_000, "d")
         self.origin.put("d.mp3", data, etag='"d1"', extra_headers={"Cache-Control": "max-age=600"})
-        render = self.origin.render_GET
-
-        def two_dates(request):  # type: ignore[no-untyped-def]
-            request.responseHeaders.addRawHeader(b"date", b"Mon, 01 Jan 2024 00:00:00 GMT")
-            request.responseHeaders.addRawHeader(b"date", b"garbage")
-            return render(request)
-
-        self.origin.render_GET = two_dates  # type: ignore[method-assign]
+        _send_also(self.origin, (b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"date", b"garbage"))
         await self.get("d.mp3")
         await self.settle("d.mp3")
         code, headers, body = await self.get("d.mp3")
