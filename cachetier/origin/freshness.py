@@ -74,16 +74,23 @@ def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
     return None, no_store
 
 
+# The latest time an HTTP date may name here: 9999-12-31T23:59:59Z, which
+# every time_t and datetime can hold.
+_LAST_DATE = 253402300799.0
+
+
 def http_date(text: str | None) -> float | None:
     """
-    An HTTP-date as a POSIX time, or L{None} when it is not one.
+    An HTTP-date as a POSIX time, or L{None} when it is not one, or names
+    a time no time_t can hold.
     """
     if not text:
         return None
     try:
-        return float(stringToDatetime(text.encode("latin-1")))
-    except (ValueError, UnicodeEncodeError, IndexError):
+        when = float(stringToDatetime(text.encode("latin-1")))
+    except (ValueError, UnicodeEncodeError, IndexError, OverflowError):
         return None
+    return when if 0 <= when <= _LAST_DATE else None
 
 
 def freshness_lifetime(

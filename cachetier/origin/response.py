@@ -14,11 +14,10 @@ import re
 from typing import Any
 
 from attrs import frozen
-from twisted.web.http import stringToDatetime
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..objects import ObjectHeaders
-from .freshness import freshness_lifetime, initial_age, parse_cache_control
+from .freshness import freshness_lifetime, http_date, initial_age, parse_cache_control
 
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
@@ -103,25 +102,6 @@ def joined(response: Any, name: bytes) -> str | None:
     return ", ".join(v.decode("latin-1") for v in values) if values else None
 
 
-# The latest time an HTTP date may name here: 9999-12-31T23:59:59Z, which
-# every time_t and datetime can hold.
-_LAST_DATE = 253402300799.0
-
-
-def http_time(value: str | None) -> float | None:
-    """
-    The POSIX time of an HTTP date, or L{None} when it is absent, not a
-    date, or one no time_t can hold.
-    """
-    if not value:
-        return None
-    try:
-        when = float(stringToDatetime(value.encode("latin-1")))
-    except (ValueError, IndexError, OverflowError):
-        return None
-    return when if 0 <= when <= _LAST_DATE else None
-
-
 def _date(response: Any) -> str | None:
     """
     The origin's Date: its first field line, when it is a date (a
@@ -132,7 +112,7 @@ def _date(response: Any) -> str | None:
     if not values:
         return None
     first = values[0].decode("latin-1")
-    return first if http_time(first) is not None else None
+    return first if http_date(first) is not None else None
 
 
 # Asked for on every origin request: S3 then sends the object's full
@@ -214,7 +194,7 @@ def parse_response(
     """
     etag = header(response, b"etag")
     raw_lm = header(response, b"last-modified")
-    last_modified = http_time(raw_lm)
+    last_modified = http_date(raw_lm)
     content_type = header(response, b"content-type") or "application/octet-stream"
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
     cache_control = joined(response, b"cache-control")
