@@ -183,6 +183,12 @@ class Options(usage.Options):
             "On SIGTERM, how long responses in flight may take to finish.",
         ],
         [
+            "node-name",
+            None,
+            None,
+            "This node's name in logs, Via, CDN-Loop and Cache-Status (default: host name).",
+        ],
+        [
             "admin-token-file",
             None,
             None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 from ipaddress import ip_network
 
 from attrs import evolve
@@ -29,6 +30,7 @@ from cachetier.config.flags import (
     positive_size,
     writable_directory,
 )
+from cachetier.config.tiers import node_name
 
 AUTH = {
     "origin-auth": "none",
@@ -148,6 +150,23 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(owner(nobody.pw_uid, None), (nobody.pw_uid, nobody.pw_gid))
         self.assertEqual(owner(4242424, None), (4242424, os.getgid()))  # no such user
         self.assertEqual(owner(1000, 1001), (1000, 1001))
+
+
+class NodeNameTests(SynchronousTestCase):
+    def test_a_name_fit_for_hop_headers_or_a_refusal(self) -> None:
+        self.assertEqual(node_name("edge-1.fra"), "edge-1.fra")
+        for bad in ("1edge", "edge 1", "edge;1", "e" * 64, ""):
+            with self.assertRaises(SettingError) as caught:
+                node_name(bad)
+            self.assertIn("--node-name: not a node name", str(caught.exception))
+
+    def test_the_default_is_the_host_name_or_its_first_label(self) -> None:
+        self.patch(socket, "gethostname", lambda: "web1.example.com")
+        self.assertEqual(node_name(None), "web1.example.com")
+        self.patch(socket, "gethostname", lambda: "web1.ex ample")
+        self.assertEqual(node_name(None), "web1")
+        self.patch(socket, "gethostname", lambda: "9")
+        self.assertEqual(node_name(None), "cachetier")
 
 
 class ListenHintTests(SynchronousTestCase):

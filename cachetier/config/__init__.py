@@ -21,6 +21,12 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGTkmgt])|([KMGT])iB)?\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
+class SettingError(ValueError):
+    """
+    A flag's value refused: the message names the flag and says why.
+    """
+
+
 def parse_size(text: str) -> int:
     """
     Parse a byte count such as C{"300M"}, C{"50G"} or C{"1024"}.
@@ -169,6 +175,9 @@ class Settings:
     analytics_retention_days: int | None = 400
     # An operator's bots list, added to the shipped one (--bots-file).
     bots_file: str | None = None
+    # This node's name in logs, hop headers (Via, CDN-Loop, Cache-Status)
+    # and metrics (--node-name; default: the host name).
+    node_name: str = "cachetier"
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
 

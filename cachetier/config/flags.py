@@ -15,18 +15,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..names import normalise_base
-from . import Settings, parse_duration, parse_endpoint, parse_rate, parse_size
+from . import SettingError, Settings, parse_duration, parse_endpoint, parse_rate, parse_size
+from .tiers import node_name
 
 T = TypeVar("T")
 
 # The smallest --max-size taken: below this a cache holds next to nothing.
 MIN_CACHE_SIZE = 16 << 20
-
-
-class SettingError(ValueError):
-    """
-    A flag's value refused: the message names the flag and says why.
-    """
 
 
 class StartupFailure(SystemExit, Exception):
@@ -304,6 +299,7 @@ def settings_from(
         fill_connections=option("fill-connections", positive, flags["fill-connections"]),
         analytics_retention_days=_retention(flags["analytics-retention"]),
         bots_file=_bots_file(flags["bots-file"]),
+        node_name=node_name(flags["node-name"]),
         **origin_auth(flags, where["origin"], read_header_file),
     )
 
