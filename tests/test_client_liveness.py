@@ -23,9 +23,9 @@ from cachetier.client import AsyncioCacheTierClient, BlockingCacheTierClient, Ca
 from cachetier.client._policy import Policy
 
 from .helpers import body_of, child_environment, listen, start_origin
+from .nodes import _TWISTD, _Twistd
 from .test_client import _Node, run_asyncio, status_json
 from .test_client_policy import status
-from .test_twistd import _TWISTD, _Twistd
 
 NODE = "http://node.test/"
 

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachetier.metrics import History, Metrics
 
 from .helpers import CacheTestCase, body_of, http_client, start_origin
-from .test_twistd import spawn_twistd
+from .nodes import spawn_twistd
 
 SERVED = "cachetier_served_bytes_total"
 

@@ -41,7 +41,7 @@ from twisted.web.client import ResponseNeverReceived
 from cachetier.service import give_twistd_logs, reopen_twistd_logs
 
 from .helpers import body_of, child_environment, http_client, start_origin
-from .test_twistd import _TWISTD, _Twistd, spawn_twistd
+from .nodes import _TWISTD, _Twistd, spawn_twistd
 
 NOBODY = 65534
 

@@ -23,7 +23,7 @@ from cachetier.sync.coverage import Coverage
 from cachetier.sync.sparse import SLICE
 
 from .helpers import CacheTestCase, body_of, http_client, start_origin
-from .test_twistd import _Twistd, spawn_twistd
+from .nodes import _Twistd, spawn_twistd
 
 MiB = 1 << 20
 

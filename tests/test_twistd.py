@@ -6,70 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import resource
 import signal
-import sys
 from typing import Any
 
 from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol, ServerFactory
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from .helpers import body_of, child_environment, http_client, start_origin
-
-_TWISTD = [
-    sys.executable,
-    "-c",
-    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
-]
-
-
-class _Twistd(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.port: Deferred[int] = Deferred()
-        self.ended: Deferred[Any] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        match = re.search(rb"CacheSite starting on (\d+)", self.output)
-        if match and not self.port.called:
-            self.port.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        if not self.port.called:
-            self.port.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason.value)
-
-
-def spawn_twistd(
-    test: TestCase, args: list[str], prefix: tuple[str, ...] = (), twistd: tuple[str, ...] = ("-n",)
-) -> tuple[Any, _Twistd]:
-    """
-    Start C{[prefix] twistd [twistd] cachetier [args]} (with C{--pidfile=}
-    unless C{twistd} names one); killed by PID, if still running, when
-    C{test} ends.
-    """
-    protocol = _Twistd()
-    protocol.port.addErrback(lambda _: None)
-    if not any(option.startswith("--pidfile=") for option in twistd):
-        twistd = (*twistd, "--pidfile=")
-    argv = [*prefix, *_TWISTD, *twistd, "cachetier", *args]
-    process = reactor.spawnProcess(protocol, argv[0], argv, env=child_environment())
-
-    async def stop() -> None:
-        if not protocol.ended.called:
-            process.signalProcess("KILL")
-            await protocol.ended
-
-    test.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-    return process, protocol
+from .nodes import _TWISTD, _Twistd, restart_node, start_node
 
 
 class TwistdTests(TestCase):
@@ -209,3 +158,32 @@ class TwistdTests(TestCase):
             self.assertIn("Address already in use", output)
             self.assertNotIn("Traceback", output)
             self.assertFalse(os.path.exists(self.cache_dir), "created before the port failed")
+
+
+class NodesTests(TestCase):
+    """
+    The harness for tests of several nodes (L{tests.nodes}): nodes on
+    loopback addresses of their own, restarted on the same port and
+    cache.
+    """
+
+    timeout = 60
+
+    async def test_nodes_on_their_own_addresses_restarted_keep_their_cache(self) -> None:
+        origin, origin_url = start_origin(self)
+        origin.put("ep.mp3", body_of(100_000))
+        client = http_client(self)
+        nodes = [
+            await start_node(self, origin_url, name=f"edge{n}", host=f"127.0.0.{n}") for n in (2, 3)
+        ]
+        for node in nodes:
+            self.assertTrue(node.url.startswith(f"http://{node.host}:"))
+            response = await client.get(node.url + "files/ep.mp3")
+            self.assertEqual(await content(response), body_of(100_000))
+        self.assertEqual(origin.counts["ep.mp3"], 2)
+        await nodes[0].stop()
+        again = await restart_node(self, nodes[0], origin_url)
+        self.assertEqual(again.url, nodes[0].url)
+        response = await client.get(again.url + "files/ep.mp3")
+        self.assertEqual(await content(response), body_of(100_000))
+        self.assertEqual(origin.counts["ep.mp3"], 2)

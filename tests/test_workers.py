@@ -46,7 +46,7 @@ from .helpers import (
     start_cachetier,
     start_origin,
 )
-from .test_twistd import _TWISTD, _Twistd
+from .nodes import _TWISTD, _Twistd
 
 _LINE = r'\] 127\.0\.0\.1 - - \[[^]]+\] "GET /files/ep\.mp3 HTTP/1\.1" 200 3000000 "-" "[^"]*" "-"'
 WORKER = r"\[cachetier\.worker1#info" + _LINE
