@@ -38,6 +38,10 @@ setup(
         # Download analytics: the duration of MP3s and M4As from their
         # ID3/MP4 metadata (one minute of audio is a download).
         "mutagen>=1.46",
+        # --cluster: Redis's maintained official client, with its C parser;
+        # called from threads (a reader thread for the blocking XREAD, the
+        # reactor's thread pool for the rest), so the reactor never waits.
+        "redis[hiredis]>=5.0",
     ],
     entry_points={"console_scripts": ["cachetier = cachetier.cli:main"]},
     extras_require={

@@ -189,6 +189,28 @@ class Options(usage.Options):
             "This node's name in logs, Via, CDN-Loop and Cache-Status (default: host name).",
         ],
         [
+            "cluster",
+            None,
+            None,
+            "Join a cluster through Redis: redis://host:port/db, rediss://... or unix:///path.",
+        ],
+        ["cluster-name", None, "cachetier", "The cluster's name: the prefix of its Redis keys."],
+        ["cluster-password-file", None, None, "File holding the Redis password (first line)."],
+        [
+            "node-url",
+            None,
+            None,
+            "How the other nodes reach this one (default: from the first --listen).",
+        ],
+        ["role", None, "edge", "This node's role in the cluster: 'edge' or 'shield'."],
+        ["cluster-stream-length", None, "100000", "Purges the cluster's log keeps (about)."],
+        [
+            "cluster-max-lag",
+            None,
+            "5s",
+            "Not hearing from the cluster for this long, every hit is revalidated first.",
+        ],
+        [
             "admin-token-file",
             None,
             None,

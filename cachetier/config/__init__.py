@@ -178,15 +178,30 @@ class Settings:
     # This node's name in logs, hop headers (Via, CDN-Loop, Cache-Status)
     # and metrics (--node-name; default: the host name).
     node_name: str = "cachetier"
+    # The cluster (--cluster): a Redis URL, or None for a single node; the
+    # prefix of its keys, how others reach this node and its role; how
+    # long the purge log keeps entries and how long without hearing from
+    # it before every hit is revalidated.
+    cluster: str | None = None
+    cluster_name: str = "cachetier"
+    cluster_password: str | None = field(default=None, repr=False)
+    node_url: str | None = None
+    role: str = "edge"
+    cluster_stream_length: int = 100000
+    cluster_max_lag: float = 5.0
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
 
 
+_SECRETS = ("admin_token", "cluster_password")
+
+
 def to_json(settings: Settings) -> str:
     """
-    C{settings} as JSON for a worker process, all but the admin token: a
-    worker relays every admin request to the primary, and a secret has
-    no place in a child's environment.
+    C{settings} as JSON for a worker process, all but the admin token and
+    the cluster's password: a worker relays every admin request to the
+    primary (which alone holds the cluster's connection), and a secret
+    has no place in a child's environment.
     """
 
     def plain(_instance: object, _attribute: object, value: Any) -> Any:
@@ -195,7 +210,7 @@ def to_json(settings: Settings) -> str:
         return value
 
     return json.dumps(
-        asdict(settings, filter=lambda a, _: a.name != "admin_token", value_serializer=plain)
+        asdict(settings, filter=lambda a, _: a.name not in _SECRETS, value_serializer=plain)
     )
 
 

@@ -1,15 +1,19 @@
 """
 The flags that place a node among others: its name (C{--node-name}), in
 logs, in the C{Via}, C{CDN-Loop} and C{Cache-Status} headers and in
-metrics.
+metrics; the cluster it joins (C{--cluster} and the flags beside it).
 """
 
 from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
-from . import SettingError
+from ..names import normalise_base
+from . import SettingError, parse_duration, parse_endpoint
 
 # An sf-token (RFC 8941 section 3.3.4) that is also a Via pseudonym
 # (RFC 9110 section 7.6.3, a token): a letter, then letters, digits and
@@ -34,3 +38,121 @@ def node_name(text: str | None) -> str:
             " '.', '_' or '-'; at most 63)"
         )
     return text
+
+
+# Every key of a cluster is under "<name>:": letters, digits, "._-".
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_ROLES = ("edge", "shield")
+
+
+def cluster_settings(flags: Mapping[str, Any], listen: tuple[str, ...]) -> dict[str, Any]:
+    """
+    The cluster's settings: C{--cluster}, C{--cluster-name},
+    C{--cluster-password-file}, C{--node-url}, C{--role},
+    C{--cluster-stream-length} and C{--cluster-max-lag}, each checked.
+
+    @param listen: the C{--listen} descriptions, the first of which gives
+        the default C{--node-url}.
+    """
+    url = flags["cluster"]
+    if url is not None:
+        cluster_url(url)
+    elif flags["cluster-password-file"] is not None:
+        raise SettingError("--cluster-password-file needs --cluster")
+    name = flags["cluster-name"]
+    if not _CLUSTER_NAME.match(name):
+        raise SettingError(
+            f"--cluster-name: not a cluster name: {name!r} (letters, digits, '.', '_' or '-')"
+        )
+    if flags["role"] not in _ROLES:
+        raise SettingError(f"--role must be 'edge' or 'shield', not {flags['role']!r}")
+    length = flags["cluster-stream-length"]
+    if not length.isdigit() or int(length) < 100:
+        raise SettingError(f"--cluster-stream-length: a whole number, at least 100, not {length!r}")
+    try:
+        max_lag = parse_duration(flags["cluster-max-lag"])
+    except ValueError as e:
+        raise SettingError(f"--cluster-max-lag: {e}") from None
+    if max_lag < 1:
+        raise SettingError("--cluster-max-lag: at least 1s (the stream is heard once a second)")
+    return {
+        "cluster": url,
+        "cluster_name": name,
+        "cluster_password": cluster_password(flags["cluster-password-file"]),
+        "node_url": node_url(flags["node-url"], listen),
+        "role": flags["role"],
+        "cluster_stream_length": int(length),
+        "cluster_max_lag": max_lag,
+    }
+
+
+def cluster_url(url: str) -> None:
+    """
+    Refuse a C{--cluster} that is not a Redis URL redis-py takes
+    (C{redis://}, C{rediss://}, C{unix://}), or that holds a password:
+    a command line is readable by every user of the machine.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingError(
+            f"--cluster: not a Redis URL: {url!r} (redis://host:port/db, rediss://..."
+            " or unix:///path?db=N)"
+        )
+    if parts.password is not None:
+        raise SettingError("--cluster: put the password in --cluster-password-file, not the URL")
+    if parts.scheme == "unix" and not parts.path:
+        raise SettingError(f"--cluster: {url!r} names no socket (unix:///path/to/redis.sock)")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingError(f"--cluster: {url!r} names no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise SettingError(f"--cluster: {url!r}: the port is not in 1-65535")
+
+
+def cluster_password(path: str | None) -> str | None:
+    """
+    The Redis password, from a file (its first line): never from the
+    command line.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.readline().strip()
+    except OSError as e:
+        raise SettingError(f"--cluster-password-file: cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        raise SettingError(f"--cluster-password-file: {path} is not UTF-8 text") from None
+    if not password:
+        raise SettingError(f"--cluster-password-file: {path} is empty")
+    return password
+
+
+def node_url(text: str | None, listen: tuple[str, ...]) -> str | None:
+    """
+    C{--node-url}, how the other nodes reach this one; by default from the
+    first C{--listen} (its interface, else this host's name, and its
+    port); L{None} where that cannot say (a port chosen at bind time, a
+    socket handed over by systemd).
+    """
+    if text is not None:
+        try:
+            return normalise_base(text)
+        except ValueError as e:
+            raise SettingError(f"--node-url: {e}") from None
+    kind, positional, named = parse_endpoint(listen[0])
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    port = named.get("port", positional[0] if positional else "0")
+    if port in ("", "0"):
+        return None
+    host = named.get("interface", "")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if kind == "ssl" else "http"
+    return f"{scheme}://{host}:{port}/"
