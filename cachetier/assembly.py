@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
 from .analytics import Analytics
+from .cluster.bus import Bus
 from .config import Settings
 from .limits import site_limits
 from .metrics import Metrics
@@ -43,6 +44,7 @@ class Tree:
     store as the process opens it, what it serves, and what it owns.
 
     @ivar reporter: in a worker, what tells the primary of its hits.
+    @ivar bus: in the primary of a cluster's node, its purge log.
     """
 
     store: CacheStore
@@ -52,6 +54,7 @@ class Tree:
     syncer: Syncer | None = None
     reloadables: list[Callable[[], None]] = Factory(list)
     reporter: Reporter | None = None
+    bus: Bus | None = None
 
 
 @frozen
@@ -70,6 +73,14 @@ class Assembly:
     reloadables: list[Callable[[], None]] = Factory(list)
     analytics: Analytics | None = None
     reporter: Reporter | None = None
+    bus: Bus | None = None
+
+    def start(self) -> None:
+        """
+        Start what runs beside the site: the cluster's reader thread.
+        """
+        if self.bus is not None:
+            self.bus.start()
 
     def flush(self) -> None:
         """
@@ -92,10 +103,12 @@ class Assembly:
 
     def stop(self) -> Deferred[Any]:
         """
-        Cancel the downloads, then close the origin connections and the
-        access log.
+        Stop following the cluster's log, cancel the downloads, then close
+        the origin connections and the access log.
         """
-        d = succeed(None) if self.syncer is None else self.syncer.stop()
+        d = succeed(None) if self.bus is None else self.bus.stop()
+        if self.syncer is not None:
+            d.addCallback(lambda _: self.syncer.stop())
         d.addCallback(lambda _: self.pool.closeCachedConnections())
         if self.analytics is not None:
             d.addCallback(lambda _: self.analytics.drain())
@@ -145,6 +158,7 @@ def assemble(
         reloadables,
         tree.analytics,
         tree.reporter,
+        tree.bus,
     )
 
 
@@ -222,8 +236,9 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    root = build_root(store, syncer, settings, metrics, analytics)
-    return Tree(store, root, pool, analytics, syncer, reloadables)
+    bus = None if settings.cluster is None else Bus(settings, syncer, reactor, run_in_thread)
+    root = build_root(store, syncer, settings, metrics, analytics, bus)
+    return Tree(store, root, pool, analytics, syncer, reloadables, bus=bus)
 
 
 def _origin(
