@@ -60,7 +60,7 @@ class Bus:
         self.gens: dict[str, int] = {}
         self.heard_at = float("-inf")
         self.applied_at: float | None = None
-        self.problem = "catching up with the cluster's purge log"
+        self.problem = "connecting to Redis"
         self._doubt_base = 0.0
 
         def make_log(client: Any) -> PurgeLog:
@@ -119,10 +119,10 @@ class Bus:
         if lag <= self.max_lag:
             return "ok", None
         if self.heard_at == float("-inf"):
-            return "degraded", f"not level with the cluster's purge log yet: {self.problem}"
+            return "degraded", f"not level with the cluster's purge log yet ({self.problem})"
         return "degraded", (
-            f"nothing heard from the cluster's purge log for {lag:.0f}s: {self.problem};"
-            " every hit is revalidated"
+            f"not level with the cluster's purge log for {lag:.0f}s"
+            f" ({self.problem or 'no answer'}): every hit is revalidated"
         )
 
     def generation_of(self, name: str) -> int:
@@ -186,7 +186,10 @@ class Bus:
                 dropped += len(self._syncer.purge_prefix(purged_prefix))
         if doubt:
             self._doubt_base = self._clock.seconds()
-        log.warn(
+        self.problem = "catching up with the cluster's purge log"
+        # Joining (no position, nothing doubted) is no news; the rest is.
+        report = log.warn if since != "0-0" or doubt else log.info
+        report(
             "cluster: resynced from the purge log at {id}: {count} dropped{doubt}",
             id=snapshot.last,
             count=dropped,
