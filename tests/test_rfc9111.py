@@ -12,6 +12,8 @@ rule                                                     test
                                                          .test_a_response_that_sets_a_cookie_is_streamed...
 3.1  stored headers: every end-to-end header replayed,    test_http_semantics HeaderTests
      never hop-by-hop ones                               .test_end_to_end_headers_survive_miss_hit_range...
+3.1  nor those the Connection header names (RFC 9110     ConnectionOptionsTests
+     7.6.1)
 4.2.1 lifetime: s-maxage, then max-age                   FreshnessOrderTests.test_s_maxage_over_max_age
 4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
 4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
@@ -602,3 +604,34 @@ class StaleStatusTests(CacheTestCase):
             self.assertEqual(
                 (status["state"], status["available"], status["stale"]), ("cached", True, True)
             )
+
+
+class ConnectionOptionsTests(CacheTestCase):
+    async def test_headers_named_in_connection_are_neither_stored_nor_forwarded(self) -> None:
+        """
+        RFC 9110 7.6.1: a proxy removes every header field the Connection
+        header names before it forwards a message, and RFC 9111 3.1 keeps
+        them out of the store: not on the miss, not on the hit.
+        """
+        data = body_of(10_000, "c")
+        self.origin.put(
+            "c.mp3",
+            data,
+            extra_headers={
+                "Cache-Control": "max-age=3600",
+                "Connection": "X-Hop, x-other",
+                "X-Hop": "1",
+                "X-Other": "2",
+                "X-Kept": "3",
+            },
+        )
+        for attempt in ("miss", "hit"):
+            code, headers, body = await self.get("c.mp3")
+            await self.settle("c.mp3")
+            self.assertEqual((code, body), (200, data), attempt)
+            self.assertEqual(
+                (header(headers, "x-hop"), header(headers, "x-other"), header(headers, "x-kept")),
+                ([], [], ["3"]),
+                attempt,
+            )
+        self.assertEqual(self.origin.counts["c.mp3"], 1)

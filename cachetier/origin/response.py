@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from attrs import frozen
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..objects import ObjectHeaders
@@ -83,6 +84,19 @@ _OWN = frozenset(
 # Where the IdentityAgent (in agents) puts the origin's Content-Encoding,
 # out of sight of treq's decoder.
 ORIGIN_CONTENT_ENCODING = b"x-cachetier-content-encoding"
+
+
+def drop_connection_options(headers: Headers) -> None:
+    """
+    Remove from C{headers} every field their C{Connection} header names
+    (RFC 9110 section 7.6.1): options for the one connection the response
+    came over, never stored or forwarded.
+    """
+    for value in headers.getRawHeaders(b"connection", []):
+        for option in value.split(b","):
+            name = option.strip()
+            if name:
+                headers.removeHeader(name)
 
 
 def header(response: Any, name: bytes) -> str | None:
