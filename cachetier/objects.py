@@ -14,6 +14,10 @@ from typing import Any
 
 from attrs import evolve, frozen
 
+# The stored header fields a 304 does not change: the stored bytes are
+# encoded as the response that brought them said.
+BODY_FIELDS = frozenset({"content-encoding"})
+
 
 @frozen
 class StoredObject:
@@ -55,14 +59,22 @@ class StoredObject:
         This object as a 304 for its version, carrying C{headers}, updates
         it (RFC 9111 section 4.3.4): each header the 304 carries replaces
         the stored one of that name, the others stay; the body is
-        untouched.
+        untouched, and so are the fields that say what its bytes are
+        (L{BODY_FIELDS}, and the length and digest, which are not in
+        C{extra}): the stored bytes would lie otherwise (RFC 9111 section
+        3.2 allows a cache to keep them).
         """
-        sent = {name for name, _ in headers.extra}
+        updates = tuple(pair for pair in headers.extra if pair[0] not in BODY_FIELDS)
+        sent = {name for name, _ in updates}
         changes: dict[str, Any] = {
-            "extra": tuple(pair for pair in self.extra if pair[0] not in sent) + headers.extra
+            "extra": tuple(pair for pair in self.extra if pair[0] not in sent) + updates
         }
         if headers.cache_control is not None:
             changes["cache_control"] = headers.cache_control
+        if headers.content_type_given:
+            # The bytes stay what they are; their label may be refined
+            # (a charset added).
+            changes["content_type"] = headers.content_type
         # The validators stay: a 304 is used only when it names this
         # version (L{confirmed_by}).
         return evolve(self, **changes)
@@ -150,6 +162,8 @@ class ObjectHeaders:
         Content-Encoding, Content-Disposition and CORS among them.
     @ivar status: the origin's status (200 for a 206 or 304 about the
         file).
+    @ivar content_type_given: whether the origin sent C{content_type}
+        (else it is the default, which a 304 does not store).
     """
 
     content_type: str
@@ -161,6 +175,7 @@ class ObjectHeaders:
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
     status: int = 200
+    content_type_given: bool = True
 
 
 @frozen
@@ -191,6 +206,7 @@ class Partial:
             "initial_age": self.headers.initial_age,
             "cache_control": self.headers.cache_control,
             "extra": [list(pair) for pair in self.headers.extra],
+            "content_type_given": self.headers.content_type_given,
         }
         return {
             "name": self.name,

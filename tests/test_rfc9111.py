@@ -32,6 +32,9 @@ rule                                                     test
                                                          .test_unchanged_file_is_renewed_by_a_304...
 4.3.4 a 304 carries the validators and Content-Length    test_workers .test_heads_report_the_true_length
      a 200 would                                         (and NotModifiedTests here)
+4.3.4 a 304 updates the stored headers, Content-Type     NotModifiedUpdateTests
+     too, but not Content-Encoding, Content-MD5 or
+     Content-Length (3.2: the stored bytes depend on them)
 5.2.2.1 max-age downstream: passed on, never more        test_http_semantics CacheControlTests
                                                          .test_the_origins_max_age_is_passed_on_unchanged
 RFC 5861 stale-while-revalidate=N                        StaleExtensionTests.test_stale_while_revalidate...
@@ -41,6 +44,7 @@ RFC 5861 stale-if-error=N                                StaleExtensionTests.tes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -635,3 +639,65 @@ class ConnectionOptionsTests(CacheTestCase):
                 attempt,
             )
         self.assertEqual(self.origin.counts["c.mp3"], 1)
+
+
+class NotModifiedUpdateTests(CacheTestCase):
+    """
+    RFC 9111 4.3.4 and 3.2: a 304 replaces the stored header fields it
+    carries, Content-Type among them (the stored bytes do not change with
+    their label), but not those the stored bytes depend on: their
+    Content-Encoding and their digest.
+    """
+
+    settings = SETTINGS
+
+    async def revalidated(self, name: str, data: bytes, **changes: Any) -> Any:
+        """
+        Cache C{name}, let it go stale, change the origin's headers (not its
+        body or ETag) by C{changes}, and return the headers of the answer
+        revalidated by the origin's 304, then of a hit after it.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await self.get(name)
+        await self.settle(name)
+        await deferLater(reactor, 1.2, lambda: None)
+        f = self.origin.files[name]
+        for key, value in changes.items():
+            setattr(f, key, value)
+        answers = []
+        for _ in range(2):
+            code, headers, body = await self.get(name)
+            await self.settle(name)
+            self.assertEqual((code, body), (200, data))
+            answers.append(headers)
+        self.assertEqual(self.origin.counts[name], 2, "one download and one 304")
+        return answers
+
+    async def test_a_304_updates_the_content_type(self) -> None:
+        data = body_of(10_000, "t")
+        self.origin.put(
+            "t.txt",
+            data,
+            content_type="text/plain",
+            extra_headers={"Cache-Control": "max-age=1"},
+        )
+        for headers in await self.revalidated(
+            "t.txt", data, content_type="text/plain;charset=utf-8"
+        ):
+            self.assertEqual(header(headers, "content-type"), ["text/plain;charset=utf-8"])
+
+    async def test_a_304_does_not_change_the_encoding_or_the_digest_of_the_bytes(self) -> None:
+        data = body_of(10_000, "e")
+        self.origin.put_with_md5(
+            "e.bin", data, extra_headers={"Cache-Control": "max-age=1", "Content-Encoding": "br"}
+        )
+        # A 304 with another digest does not make the stored bytes corrupt.
+        for headers in await self.revalidated(
+            "e.bin",
+            data,
+            content_md5=hashlib.md5(b"other").digest(),
+            extra_headers={"Cache-Control": "max-age=1", "Content-Encoding": "zstd"},
+        ):
+            self.assertEqual(header(headers, "content-encoding"), ["br"])

@@ -209,7 +209,7 @@ def parse_response(
     etag = header(response, b"etag")
     raw_lm = header(response, b"last-modified")
     last_modified = http_date(raw_lm)
-    content_type = header(response, b"content-type") or "application/octet-stream"
+    content_type = header(response, b"content-type")
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
     cache_control = joined(response, b"cache-control")
     _, no_store = parse_cache_control(cache_control)
@@ -226,7 +226,8 @@ def parse_response(
         # Some S3 servers (rclone's) answer a range 200 with a Content-Range.
         content_range=_content_range(response) if response.code in (200, 206) else None,
         headers=ObjectHeaders(
-            content_type=content_type,
+            content_type=content_type or "application/octet-stream",
+            content_type_given=content_type is not None,
             etag=etag,
             last_modified=last_modified,
             max_age=lifetime,
