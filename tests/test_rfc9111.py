@@ -701,3 +701,32 @@ class NotModifiedUpdateTests(CacheTestCase):
             extra_headers={"Cache-Control": "max-age=1", "Content-Encoding": "zstd"},
         ):
             self.assertEqual(header(headers, "content-encoding"), ["br"])
+
+
+class ContentMD5Tests(CacheTestCase):
+    async def test_a_malformed_content_md5_is_not_a_reason_to_refuse_the_body(self) -> None:
+        """
+        Content-MD5 is no longer HTTP (RFC 7231 appendix B): a well-formed
+        one is still checked as the body's digest (test_web_files), one
+        that is not the base64 of 16 bytes is no digest at all.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[str] = []
+        observer = lambda event: events.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        data = body_of(10_000, "m")
+        self.origin.put(
+            "m.mp3",
+            data,
+            extra_headers={"Cache-Control": "max-age=3600", "Content-MD5": "ANANANANANANANA"},
+        )
+        for attempt in ("miss", "hit"):
+            code, _, body = await self.get("m.mp3")
+            await self.settle("m.mp3")
+            self.assertEqual((code, body), (200, data), attempt)
+        self.assertEqual(self.origin.counts["m.mp3"], 1, "kept")
+        self.assertEqual(
+            len([e for e in events if "ANANANANANANANA" in e]), 1, "said once, for its download"
+        )

@@ -14,11 +14,14 @@ import re
 from typing import Any
 
 from attrs import frozen
+from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..objects import ObjectHeaders
 from .freshness import freshness_lifetime, http_date, initial_age, parse_cache_control
+
+log = Logger()
 
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
@@ -153,9 +156,14 @@ def _expected_checksum(response: Any, etag: str | None) -> tuple[str, bytes] | N
     or SSE-C, whose ETags are not the body's MD5).  Any other 32-hex ETag
     is only an opaque validator.
     """
-    digest = _b64(header(response, b"content-md5"), 16)
+    content_md5 = header(response, b"content-md5")
+    digest = _b64(content_md5, 16)
     if digest is not None:
         return "md5", digest
+    if content_md5:
+        # Content-MD5 is no longer HTTP (RFC 7231 appendix B): one that is
+        # no MD5 at all says nothing about the body.
+        log.info("ignoring a Content-MD5 that is not an MD5: {value!r}", value=content_md5[:64])
     s3 = header(response, b"server") == "AmazonS3" or response.headers.hasHeader(
         b"x-amz-request-id"
     )
