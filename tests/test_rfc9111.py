@@ -28,6 +28,7 @@ rule                                                     test
      first, and 504 when the origin fails                .test_the_first_request_after_expiry_gets_new_content
                                                          .test_a_failed_revalidation_is_504_not_stale
 4.2.4 proxy-revalidate, s-maxage, no-cache: the same     StalePolicyUnitTests.test_what_forbids_serving_stale
+4.2.4 a revalidation the caps refuse is 503, not 504     RefusedRevalidationTests
 4.3.2 revalidation: a 304 renews without a download      test_freshness RevalidationTests
                                                          .test_unchanged_file_is_renewed_by_a_304...
 4.3.4 a 304 carries the validators and Content-Length    test_workers .test_heads_report_the_true_length
@@ -143,6 +144,26 @@ class MustRevalidateTests(RFCTestCase):
         for _ in range(2):  # while revalidating, then with the failure remembered
             code, _, _ = self.get("a.mp3")
             self.assertEqual(code, 504)
+
+
+class RefusedRevalidationTests(RFCTestCase):
+    settings = {**SETTINGS, "max_syncs_per_second": 1}
+
+    def test_a_stale_copy_whose_revalidation_admission_refuses_is_503(self) -> None:
+        """
+        A stale copy that may not be served without revalidation, when no
+        revalidation may start now (the caps are reached): the cache is
+        overloaded, not the origin unavailable: 503 with Retry-After, as
+        for any request the caps refuse, not 504.
+        """
+        self.cached("a.mp3", body_of(20_000), extra_headers={"Cache-Control": "max-age=1"})
+        self.wait(1.5)
+        self.cached("b.mp3", body_of(20_000))  # spends this second's sync
+        code, headers, body = self.get("a.mp3")
+        self.assertEqual(
+            (code, json.loads(body)["error"], headers.getRawHeaders(b"retry-after")),
+            (503, "overloaded", [b"1"]),
+        )
 
 
 class ExpiresTests(RFCTestCase):
