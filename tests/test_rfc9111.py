@@ -38,6 +38,8 @@ rule                                                     test
      Content-Length (3.2: the stored bytes depend on them)
 5.2.2.1 max-age downstream: passed on, never more        test_http_semantics CacheControlTests
                                                          .test_the_origins_max_age_is_passed_on_unchanged
+5.2.2.1 none of cachetier's own for an answer it does    DownstreamCacheControlTests
+     not reuse (Set-Cookie, Vary: *, no validator)
 RFC 5861 stale-while-revalidate=N                        StaleExtensionTests.test_stale_while_revalidate...
 RFC 5861 stale-if-error=N                                StaleExtensionTests.test_stale_if_error_window
 =======================================================  ==================================================
@@ -751,3 +753,28 @@ class ContentMD5Tests(CacheTestCase):
         self.assertEqual(
             len([e for e in events if "ANANANANANANANA" in e]), 1, "said once, for its download"
         )
+
+
+class DownstreamCacheControlTests(CacheTestCase):
+    async def test_no_cache_control_is_invented_for_an_answer_cachetier_does_not_reuse(
+        self,
+    ) -> None:
+        """
+        Without a Cache-Control of the origin's, cachetier tells listeners
+        C{public, max-age=} of its own only for what it reuses itself: an
+        answer that sets a cookie, varies by everything, or has neither
+        freshness nor a validator goes on as the origin sent it, without
+        one (a CDN in front must not share a Set-Cookie answer).
+        """
+        cases = {
+            "cookie.mp3": ({"Set-Cookie": "session=1"}, {}),
+            "star.mp3": ({"Vary": "*"}, {}),
+            "bare.mp3": ({}, {"etag": None, "last_modified": None}),
+        }
+        for name, (extra, kwargs) in cases.items():
+            self.origin.put(name, body_of(1000, name), extra_headers=extra, **kwargs)
+            for attempt in ("first", "second"):
+                code, headers, body = await self.get(name)
+                await self.settle(name)
+                self.assertEqual((code, body), (200, body_of(1000, name)))
+                self.assertEqual(header(headers, "cache-control"), [], f"{name}, {attempt}")
