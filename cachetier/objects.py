@@ -12,11 +12,28 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from attrs import evolve, frozen
+from attrs import Factory, evolve, field, frozen
 
 # The stored header fields a 304 does not change: the stored bytes are
 # encoded as the response that brought them said.
 BODY_FIELDS = frozenset({"content-encoding"})
+
+
+def vary_names(extra: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
+    """
+    The request headers the Vary among C{extra} names (lower-case, sorted,
+    once each), or L{None} when it names none; C{("*",)} for a C{*}.
+    """
+    names = {
+        member.strip().lower()
+        for key, value in extra
+        if key == "vary"
+        for member in value.split(",")
+        if member.strip()
+    }
+    if not names:
+        return None
+    return ("*",) if "*" in names else tuple(sorted(names))
 
 
 @frozen
@@ -37,6 +54,8 @@ class StoredObject:
         revalidated.
     @ivar status: the origin's status: 200 for a file, another for an
         answer kept as it came (a 404, a 301...).
+    @ivar vary: what its Vary names (L{vary_names}), read once, not on
+        every request that asks for it.
     """
 
     name: str
@@ -53,6 +72,9 @@ class StoredObject:
     extra: tuple[tuple[str, str], ...] = ()
     initial_age: float = 0.0
     status: int = 200
+    vary: tuple[str, ...] | None = field(
+        init=False, eq=False, repr=False, default=Factory(lambda o: vary_names(o.extra), True)
+    )
 
     def updated_by(self, headers: ObjectHeaders) -> StoredObject:
         """
