@@ -15,8 +15,19 @@ from typing import Any
 from attrs import Factory, evolve, field, frozen
 
 # The stored header fields a 304 does not change: the stored bytes are
-# encoded as the response that brought them said.
-BODY_FIELDS = frozenset({"content-encoding"})
+# encoded as the response that brought them said, and have the digests it
+# gave (S3's; Content-MD5 is not kept).
+BODY_FIELDS = frozenset(
+    {
+        "content-encoding",
+        "x-amz-checksum-crc32",
+        "x-amz-checksum-crc32c",
+        "x-amz-checksum-crc64nvme",
+        "x-amz-checksum-sha1",
+        "x-amz-checksum-sha256",
+        "x-amz-checksum-type",
+    }
+)
 
 
 def vary_names(extra: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:

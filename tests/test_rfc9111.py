@@ -34,7 +34,7 @@ rule                                                     test
 4.3.4 a 304 carries the validators and Content-Length    test_workers .test_heads_report_the_true_length
      a 200 would                                         (and NotModifiedTests here)
 4.3.4 a 304 updates the stored headers, Content-Type     NotModifiedUpdateTests
-     too, but not Content-Encoding, Content-MD5 or
+     too, but not Content-Encoding, the digests or       UpdatedByTests
      Content-Length (3.2: the stored bytes depend on them)
 5.2.2.1 max-age downstream: passed on, never more        test_http_semantics CacheControlTests
                                                          .test_the_origins_max_age_is_passed_on_unchanged
@@ -58,6 +58,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
+from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.origin.freshness import (
     StalePolicy,
     freshness_lifetime,
@@ -778,3 +779,32 @@ class DownstreamCacheControlTests(CacheTestCase):
                 await self.settle(name)
                 self.assertEqual((code, body), (200, body_of(1000, name)))
                 self.assertEqual(header(headers, "cache-control"), [], f"{name}, {attempt}")
+
+
+class UpdatedByTests(SynchronousTestCase):
+    def test_a_304_leaves_every_field_the_stored_bytes_depend_on(self) -> None:
+        """
+        The digests S3 sends describe the stored bytes as Content-Encoding
+        does: a 304 does not replace them (RFC 9111 3.2), while it does
+        replace any other field it carries.
+        """
+        kept = (
+            ("content-encoding", "gzip"),
+            ("x-amz-checksum-sha256", "c2hh"),
+            ("x-amz-checksum-crc32", "Y3Jj"),
+            ("x-amz-checksum-type", "FULL_OBJECT"),
+        )
+        stored = StoredObject(
+            name="a.mp3",
+            path="/nowhere",
+            size=1,
+            etag='"e"',
+            last_modified=0.0,
+            content_type="audio/mpeg",
+            fetched_at=0.0,
+            expires_at=1.0,
+            extra=(*kept, ("x-note", "old")),
+        )
+        sent = tuple((name, "changed") for name, _ in kept) + (("x-note", "new"),)
+        updated = stored.updated_by(ObjectHeaders("audio/mpeg", extra=sent))
+        self.assertEqual(sorted(updated.extra), sorted((*kept, ("x-note", "new"))))
