@@ -12,7 +12,39 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from attrs import evolve, frozen
+from attrs import Factory, evolve, field, frozen
+
+# The stored header fields a 304 does not change: the stored bytes are
+# encoded as the response that brought them said, and have the digests it
+# gave (S3's; Content-MD5 is not kept).
+BODY_FIELDS = frozenset(
+    {
+        "content-encoding",
+        "x-amz-checksum-crc32",
+        "x-amz-checksum-crc32c",
+        "x-amz-checksum-crc64nvme",
+        "x-amz-checksum-sha1",
+        "x-amz-checksum-sha256",
+        "x-amz-checksum-type",
+    }
+)
+
+
+def vary_names(extra: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
+    """
+    The request headers the Vary among C{extra} names (lower-case, sorted,
+    once each), or L{None} when it names none; C{("*",)} for a C{*}.
+    """
+    names = {
+        member.strip().lower()
+        for key, value in extra
+        if key == "vary"
+        for member in value.split(",")
+        if member.strip()
+    }
+    if not names:
+        return None
+    return ("*",) if "*" in names else tuple(sorted(names))
 
 
 @frozen
@@ -36,6 +68,8 @@ class StoredObject:
     @ivar cluster_generation: the cluster's generation of its name when it
         was published (0: none known): a node whose purge log no longer
         reaches back drops the copies older than the cluster's.
+    @ivar vary: what its Vary names (L{vary_names}), read once, not on
+        every request that asks for it.
     """
 
     name: str
@@ -53,20 +87,31 @@ class StoredObject:
     initial_age: float = 0.0
     status: int = 200
     cluster_generation: int = 0
+    vary: tuple[str, ...] | None = field(
+        init=False, eq=False, repr=False, default=Factory(lambda o: vary_names(o.extra), True)
+    )
 
     def updated_by(self, headers: ObjectHeaders) -> StoredObject:
         """
         This object as a 304 for its version, carrying C{headers}, updates
         it (RFC 9111 section 4.3.4): each header the 304 carries replaces
         the stored one of that name, the others stay; the body is
-        untouched.
+        untouched, and so are the fields that say what its bytes are
+        (L{BODY_FIELDS}, and the length and digest, which are not in
+        C{extra}): the stored bytes would lie otherwise (RFC 9111 section
+        3.2 allows a cache to keep them).
         """
-        sent = {name for name, _ in headers.extra}
+        updates = tuple(pair for pair in headers.extra if pair[0] not in BODY_FIELDS)
+        sent = {name for name, _ in updates}
         changes: dict[str, Any] = {
-            "extra": tuple(pair for pair in self.extra if pair[0] not in sent) + headers.extra
+            "extra": tuple(pair for pair in self.extra if pair[0] not in sent) + updates
         }
         if headers.cache_control is not None:
             changes["cache_control"] = headers.cache_control
+        if headers.content_type_given:
+            # The bytes stay what they are; their label may be refined
+            # (a charset added).
+            changes["content_type"] = headers.content_type
         # The validators stay: a 304 is used only when it names this
         # version (L{confirmed_by}).
         return evolve(self, **changes)
@@ -156,6 +201,8 @@ class ObjectHeaders:
         Content-Encoding, Content-Disposition and CORS among them.
     @ivar status: the origin's status (200 for a 206 or 304 about the
         file).
+    @ivar content_type_given: whether the origin sent C{content_type}
+        (else it is the default, which a 304 does not store).
     """
 
     content_type: str
@@ -167,6 +214,7 @@ class ObjectHeaders:
     cache_control: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
     status: int = 200
+    content_type_given: bool = True
 
 
 @frozen
@@ -197,6 +245,7 @@ class Partial:
             "initial_age": self.headers.initial_age,
             "cache_control": self.headers.cache_control,
             "extra": [list(pair) for pair in self.headers.extra],
+            "content_type_given": self.headers.content_type_given,
         }
         return {
             "name": self.name,

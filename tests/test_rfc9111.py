@@ -12,6 +12,8 @@ rule                                                     test
                                                          .test_a_response_that_sets_a_cookie_is_streamed...
 3.1  stored headers: every end-to-end header replayed,    test_http_semantics HeaderTests
      never hop-by-hop ones                               .test_end_to_end_headers_survive_miss_hit_range...
+3.1  nor those the Connection header names (RFC 9110     ConnectionOptionsTests
+     7.6.1)
 4.2.1 lifetime: s-maxage, then max-age                   FreshnessOrderTests.test_s_maxage_over_max_age
 4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
 4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
@@ -26,12 +28,18 @@ rule                                                     test
      first, and 504 when the origin fails                .test_the_first_request_after_expiry_gets_new_content
                                                          .test_a_failed_revalidation_is_504_not_stale
 4.2.4 proxy-revalidate, s-maxage, no-cache: the same     StalePolicyUnitTests.test_what_forbids_serving_stale
+4.2.4 a revalidation the caps refuse is 503, not 504     RefusedRevalidationTests
 4.3.2 revalidation: a 304 renews without a download      test_freshness RevalidationTests
                                                          .test_unchanged_file_is_renewed_by_a_304...
 4.3.4 a 304 carries the validators and Content-Length    test_workers .test_heads_report_the_true_length
      a 200 would                                         (and NotModifiedTests here)
+4.3.4 a 304 updates the stored headers, Content-Type     NotModifiedUpdateTests
+     too, but not Content-Encoding, the digests or       UpdatedByTests
+     Content-Length (3.2: the stored bytes depend on them)
 5.2.2.1 max-age downstream: passed on, never more        test_http_semantics CacheControlTests
                                                          .test_the_origins_max_age_is_passed_on_unchanged
+5.2.2.1 none of cachetier's own for an answer it does    DownstreamCacheControlTests
+     not reuse (Set-Cookie, Vary: *, no validator)
 RFC 5861 stale-while-revalidate=N                        StaleExtensionTests.test_stale_while_revalidate...
 RFC 5861 stale-if-error=N                                StaleExtensionTests.test_stale_if_error_window
 =======================================================  ==================================================
@@ -39,6 +47,7 @@ RFC 5861 stale-if-error=N                                StaleExtensionTests.tes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -49,6 +58,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
+from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.origin.freshness import (
     StalePolicy,
     freshness_lifetime,
@@ -137,6 +147,26 @@ class MustRevalidateTests(RFCTestCase):
         for _ in range(2):  # while revalidating, then with the failure remembered
             code, _, _ = self.get("a.mp3")
             self.assertEqual(code, 504)
+
+
+class RefusedRevalidationTests(RFCTestCase):
+    settings = {**SETTINGS, "max_syncs_per_second": 1}
+
+    def test_a_stale_copy_whose_revalidation_admission_refuses_is_503(self) -> None:
+        """
+        A stale copy that may not be served without revalidation, when no
+        revalidation may start now (the caps are reached): the cache is
+        overloaded, not the origin unavailable: 503 with Retry-After, as
+        for any request the caps refuse, not 504.
+        """
+        self.cached("a.mp3", body_of(20_000), extra_headers={"Cache-Control": "max-age=1"})
+        self.wait(1.5)
+        self.cached("b.mp3", body_of(20_000))  # spends this second's sync
+        code, headers, body = self.get("a.mp3")
+        self.assertEqual(
+            (code, json.loads(body)["error"], headers.getRawHeaders(b"retry-after")),
+            (503, "overloaded", [b"1"]),
+        )
 
 
 class ExpiresTests(RFCTestCase):
@@ -602,3 +632,179 @@ class StaleStatusTests(CacheTestCase):
             self.assertEqual(
                 (status["state"], status["available"], status["stale"]), ("cached", True, True)
             )
+
+
+class ConnectionOptionsTests(CacheTestCase):
+    async def test_headers_named_in_connection_are_neither_stored_nor_forwarded(self) -> None:
+        """
+        RFC 9110 7.6.1: a proxy removes every header field the Connection
+        header names before it forwards a message, and RFC 9111 3.1 keeps
+        them out of the store: not on the miss, not on the hit.
+        """
+        data = body_of(10_000, "c")
+        self.origin.put(
+            "c.mp3",
+            data,
+            extra_headers={
+                "Cache-Control": "max-age=3600",
+                "Connection": "X-Hop, x-other",
+                "X-Hop": "1",
+                "X-Other": "2",
+                "X-Kept": "3",
+            },
+        )
+        for attempt in ("miss", "hit"):
+            code, headers, body = await self.get("c.mp3")
+            await self.settle("c.mp3")
+            self.assertEqual((code, body), (200, data), attempt)
+            self.assertEqual(
+                (header(headers, "x-hop"), header(headers, "x-other"), header(headers, "x-kept")),
+                ([], [], ["3"]),
+                attempt,
+            )
+        self.assertEqual(self.origin.counts["c.mp3"], 1)
+
+
+class NotModifiedUpdateTests(CacheTestCase):
+    """
+    RFC 9111 4.3.4 and 3.2: a 304 replaces the stored header fields it
+    carries, Content-Type among them (the stored bytes do not change with
+    their label), but not those the stored bytes depend on: their
+    Content-Encoding and their digest.
+    """
+
+    settings = SETTINGS
+
+    async def revalidated(self, name: str, data: bytes, **changes: Any) -> Any:
+        """
+        Cache C{name}, let it go stale, change the origin's headers (not its
+        body or ETag) by C{changes}, and return the headers of the answer
+        revalidated by the origin's 304, then of a hit after it.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await self.get(name)
+        await self.settle(name)
+        await deferLater(reactor, 1.2, lambda: None)
+        f = self.origin.files[name]
+        for key, value in changes.items():
+            setattr(f, key, value)
+        answers = []
+        for _ in range(2):
+            code, headers, body = await self.get(name)
+            await self.settle(name)
+            self.assertEqual((code, body), (200, data))
+            answers.append(headers)
+        self.assertEqual(self.origin.counts[name], 2, "one download and one 304")
+        return answers
+
+    async def test_a_304_updates_the_content_type(self) -> None:
+        data = body_of(10_000, "t")
+        self.origin.put(
+            "t.txt",
+            data,
+            content_type="text/plain",
+            extra_headers={"Cache-Control": "max-age=1"},
+        )
+        for headers in await self.revalidated(
+            "t.txt", data, content_type="text/plain;charset=utf-8"
+        ):
+            self.assertEqual(header(headers, "content-type"), ["text/plain;charset=utf-8"])
+
+    async def test_a_304_does_not_change_the_encoding_or_the_digest_of_the_bytes(self) -> None:
+        data = body_of(10_000, "e")
+        self.origin.put_with_md5(
+            "e.bin", data, extra_headers={"Cache-Control": "max-age=1", "Content-Encoding": "br"}
+        )
+        # A 304 with another digest does not make the stored bytes corrupt.
+        for headers in await self.revalidated(
+            "e.bin",
+            data,
+            content_md5=hashlib.md5(b"other").digest(),
+            extra_headers={"Cache-Control": "max-age=1", "Content-Encoding": "zstd"},
+        ):
+            self.assertEqual(header(headers, "content-encoding"), ["br"])
+
+
+class ContentMD5Tests(CacheTestCase):
+    async def test_a_malformed_content_md5_is_not_a_reason_to_refuse_the_body(self) -> None:
+        """
+        Content-MD5 is no longer HTTP (RFC 7231 appendix B): a well-formed
+        one is still checked as the body's digest (test_web_files), one
+        that is not the base64 of 16 bytes is no digest at all.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[str] = []
+        observer = lambda event: events.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        data = body_of(10_000, "m")
+        self.origin.put(
+            "m.mp3",
+            data,
+            extra_headers={"Cache-Control": "max-age=3600", "Content-MD5": "ANANANANANANANA"},
+        )
+        for attempt in ("miss", "hit"):
+            code, _, body = await self.get("m.mp3")
+            await self.settle("m.mp3")
+            self.assertEqual((code, body), (200, data), attempt)
+        self.assertEqual(self.origin.counts["m.mp3"], 1, "kept")
+        self.assertEqual(
+            len([e for e in events if "ANANANANANANANA" in e]), 1, "said once, for its download"
+        )
+
+
+class DownstreamCacheControlTests(CacheTestCase):
+    async def test_no_cache_control_is_invented_for_an_answer_cachetier_does_not_reuse(
+        self,
+    ) -> None:
+        """
+        Without a Cache-Control of the origin's, cachetier tells listeners
+        C{public, max-age=} of its own only for what it reuses itself: an
+        answer that sets a cookie, varies by everything, or has neither
+        freshness nor a validator goes on as the origin sent it, without
+        one (a CDN in front must not share a Set-Cookie answer).
+        """
+        cases = {
+            "cookie.mp3": ({"Set-Cookie": "session=1"}, {}),
+            "star.mp3": ({"Vary": "*"}, {}),
+            "bare.mp3": ({}, {"etag": None, "last_modified": None}),
+        }
+        for name, (extra, kwargs) in cases.items():
+            self.origin.put(name, body_of(1000, name), extra_headers=extra, **kwargs)
+            for attempt in ("first", "second"):
+                code, headers, body = await self.get(name)
+                await self.settle(name)
+                self.assertEqual((code, body), (200, body_of(1000, name)))
+                self.assertEqual(header(headers, "cache-control"), [], f"{name}, {attempt}")
+
+
+class UpdatedByTests(SynchronousTestCase):
+    def test_a_304_leaves_every_field_the_stored_bytes_depend_on(self) -> None:
+        """
+        The digests S3 sends describe the stored bytes as Content-Encoding
+        does: a 304 does not replace them (RFC 9111 3.2), while it does
+        replace any other field it carries.
+        """
+        kept = (
+            ("content-encoding", "gzip"),
+            ("x-amz-checksum-sha256", "c2hh"),
+            ("x-amz-checksum-crc32", "Y3Jj"),
+            ("x-amz-checksum-type", "FULL_OBJECT"),
+        )
+        stored = StoredObject(
+            name="a.mp3",
+            path="/nowhere",
+            size=1,
+            etag='"e"',
+            last_modified=0.0,
+            content_type="audio/mpeg",
+            fetched_at=0.0,
+            expires_at=1.0,
+            extra=(*kept, ("x-note", "old")),
+        )
+        sent = tuple((name, "changed") for name, _ in kept) + (("x-note", "new"),)
+        updated = stored.updated_by(ObjectHeaders("audio/mpeg", extra=sent))
+        self.assertEqual(sorted(updated.extra), sorted((*kept, ("x-note", "new"))))

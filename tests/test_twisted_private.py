@@ -85,3 +85,25 @@ class PrivateNameTests(SynchronousTestCase):
         )
         self.assertTrue(issubclass(_twisted.QuietPool._factory, client._HTTP11ClientFactory))
         self.assertFalse(_twisted.QuietPool._factory.noisy)
+
+    def test_an_origin_response_shows_its_connection_header(self) -> None:
+        from twisted.web._newclient import Request
+
+        protocol = _twisted.QuietPool._factory(lambda p: None, "origin").buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        responses: list[object] = []
+        protocol.request(Request(b"GET", b"/a", http.Headers({b"host": [b"o"]}), None)).addCallback(
+            responses.append
+        )
+        try:
+            protocol.dataReceived(
+                b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n"
+            )
+        except AttributeError:
+            self.fail(moved("HTTP11ClientProtocol._parser or HTTPParser.connHeaders"))
+        (response,) = responses
+        self.assertEqual(
+            response.headers.getRawHeaders(b"connection"),  # type: ignore[attr-defined]
+            [b"x-hop"],
+            moved("HTTP11ClientProtocol._parser or HTTPParser.connHeaders"),
+        )

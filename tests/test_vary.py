@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 
+from attrs import evolve
 from treq import content
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.sync import variants as variants_module
 
 from .helpers import CacheTestCase, body_of, header, start_cachetier
@@ -302,3 +305,29 @@ class LearnedNamesTableTests(VaryTestCase):
         await self.fetch("c.mp3")
         self.assertEqual(self.kept(), ["c.mp3"])
         self.assertEqual(self.origin.counts["c.mp3"], 1)
+
+
+class StoredVaryTests(SynchronousTestCase):
+    def test_a_stored_object_knows_its_vary_and_a_304_renews_it(self) -> None:
+        """
+        The Vary of a kept copy is read once, when the object is made (a
+        hit on a name whose Vary is not learned reads it, not the
+        headers), and again when a 304 brings another.
+        """
+        obj = StoredObject(
+            name="a.mp3",
+            path="/nowhere",
+            size=1,
+            etag='"e"',
+            last_modified=0.0,
+            content_type="audio/mpeg",
+            fetched_at=0.0,
+            expires_at=1.0,
+            extra=(("vary", "Origin, accept-LANGUAGE"), ("x-other", "1")),
+        )
+        self.assertEqual(obj.vary, ("accept-language", "origin"))
+        renewed = obj.updated_by(ObjectHeaders("audio/mpeg", extra=(("vary", "*"),)))
+        self.assertEqual(renewed.vary, ("*",))
+        again = StoredObject.from_json("/", obj.to_json())
+        self.assertEqual((again, again.vary), (obj, obj.vary))
+        self.assertIsNone(evolve(obj, extra=()).vary)

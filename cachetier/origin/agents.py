@@ -30,7 +30,7 @@ from zope.interface import implementer
 from ..errors import MAX_ANSWER_BODY, OriginError, Reason
 from .auth import CredentialsError, HeaderFile, S3Signer
 from .body import ReadResponse, read_body
-from .response import ORIGIN_CONTENT_ENCODING, header
+from .response import ORIGIN_CONTENT_ENCODING, drop_connection_options, header
 
 log = Logger()
 
@@ -69,7 +69,8 @@ class IdentityAgent:
     C{identity}, and moves any C{Content-Encoding} the origin sends anyway
     (an object stored gzip-encoded) to a header of its own, where the
     decoder does not look; L{cachetier.origin.response.parse_response}
-    puts it back.
+    puts it back.  It first removes the header fields the origin's
+    C{Connection} header names (shown by L{cachetier.web._twisted.QuietPool}).
     """
 
     def __init__(self, agent: IAgent) -> None:
@@ -85,6 +86,7 @@ class IdentityAgent:
 
     @staticmethod
     def _hide_encoding(response: Any) -> Any:
+        drop_connection_options(response.headers)
         encoding = response.headers.getRawHeaders(b"content-encoding")
         if encoding:
             response.headers.removeHeader(b"content-encoding")

@@ -14,10 +14,14 @@ import re
 from typing import Any
 
 from attrs import frozen
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..objects import ObjectHeaders
 from .freshness import freshness_lifetime, http_date, initial_age, parse_cache_control
+
+log = Logger()
 
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
@@ -85,6 +89,19 @@ _OWN = frozenset(
 ORIGIN_CONTENT_ENCODING = b"x-cachetier-content-encoding"
 
 
+def drop_connection_options(headers: Headers) -> None:
+    """
+    Remove from C{headers} every field their C{Connection} header names
+    (RFC 9110 section 7.6.1): options for the one connection the response
+    came over, never stored or forwarded.
+    """
+    for value in headers.getRawHeaders(b"connection", []):
+        for option in value.split(b","):
+            name = option.strip()
+            if name:
+                headers.removeHeader(name)
+
+
 def header(response: Any, name: bytes) -> str | None:
     """
     The last value of header C{name} of C{response}, or L{None}.
@@ -139,9 +156,14 @@ def _expected_checksum(response: Any, etag: str | None) -> tuple[str, bytes] | N
     or SSE-C, whose ETags are not the body's MD5).  Any other 32-hex ETag
     is only an opaque validator.
     """
-    digest = _b64(header(response, b"content-md5"), 16)
+    content_md5 = header(response, b"content-md5")
+    digest = _b64(content_md5, 16)
     if digest is not None:
         return "md5", digest
+    if content_md5:
+        # Content-MD5 is no longer HTTP (RFC 7231 appendix B): one that is
+        # no MD5 at all says nothing about the body.
+        log.info("ignoring a Content-MD5 that is not an MD5: {value!r}", value=content_md5[:64])
     s3 = header(response, b"server") == "AmazonS3" or response.headers.hasHeader(
         b"x-amz-request-id"
     )
@@ -195,7 +217,7 @@ def parse_response(
     etag = header(response, b"etag")
     raw_lm = header(response, b"last-modified")
     last_modified = http_date(raw_lm)
-    content_type = header(response, b"content-type") or "application/octet-stream"
+    content_type = header(response, b"content-type")
     length = None if response.length is UNKNOWN_LENGTH else int(response.length)
     cache_control = joined(response, b"cache-control")
     _, no_store = parse_cache_control(cache_control)
@@ -212,7 +234,8 @@ def parse_response(
         # Some S3 servers (rclone's) answer a range 200 with a Content-Range.
         content_range=_content_range(response) if response.code in (200, 206) else None,
         headers=ObjectHeaders(
-            content_type=content_type,
+            content_type=content_type or "application/octet-stream",
+            content_type_given=content_type is not None,
             etag=etag,
             last_modified=last_modified,
             max_age=lifetime,

@@ -10,7 +10,7 @@ from enum import Enum
 
 from attrs import frozen
 
-from ..errors import NOT_FOUND_STATUSES, OriginAnswer, OriginError
+from ..errors import NOT_FOUND_STATUSES, OriginAnswer, OriginError, Overloaded
 from ..metrics import NOT_ORIGIN_FAILURES
 from ..objects import StoredObject
 from ..origin import Origin
@@ -116,7 +116,11 @@ class Lookup:
             return cls(outcome, stored=status.stored)
         if status.fill is not None:
             return cls(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
-        return cls(Outcome.WITHHELD if cached else Outcome.ERROR, error=status.error)
+        if cached and not isinstance(status.error, Overloaded):
+            return cls(Outcome.WITHHELD, error=status.error)
+        # The caps refusing a revalidation is the cache overloaded, not the
+        # origin unavailable: the listener gets 503 and Retry-After.
+        return cls(Outcome.ERROR, error=status.error)
 
     @property
     def servable(self) -> bool:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..names import VARIANT_MARK, split_variant, variant_key
-from ..objects import StoredObject
+from ..objects import StoredObject, vary_names
 from ..store import CacheStore
 
 # Selecting headers that are somebody's: a response varying by them is
@@ -30,23 +30,6 @@ PRIVATE = frozenset({"authorization", "cookie"})
 # Names whose Vary is known, at most: a name past it is asked for plainly,
 # and no response of it kept.
 _MAX_LEARNED = 100_000
-
-
-def vary_names(extra: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
-    """
-    The request headers an origin's Vary names (lower-case, sorted, once
-    each), or L{None} when it names none; C{("*",)} for a C{*}.
-    """
-    names = {
-        member.strip().lower()
-        for key, value in extra
-        if key == "vary"
-        for member in value.split(",")
-        if member.strip()
-    }
-    if not names:
-        return None
-    return ("*",) if "*" in names else tuple(sorted(names))
 
 
 def normalised(values: list[bytes] | None) -> str | None:
@@ -68,7 +51,7 @@ def selects_plain(obj: StoredObject, headers: Any) -> bool:
     name's copy: it does not vary, or the request has none of the headers
     its Vary names.
     """
-    vary = vary_names(obj.extra)
+    vary = obj.vary
     return vary is None or not any(headers.hasHeader(h.encode("latin-1")) for h in vary)
 
 
@@ -109,7 +92,7 @@ class Variants:
         else:
             # Not known (yet, or any more): a plain copy that varies says.
             obj = self.store.get(name)
-            vary = None if obj is None else vary_names(obj.extra)
+            vary = None if obj is None else obj.vary
             if vary is None or "*" in vary:
                 return name
             self._learn(name, vary)

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.logger import ILogObserver, LogPublisher, globalLogPublisher
 from twisted.web import http
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 
@@ -50,14 +51,42 @@ def observer_file(observer: ILogObserver) -> Any | None:
     return getattr(observer, "_outFile", None)
 
 
+class _ConnectionShowingProtocol(HTTP11ClientProtocol):  # type: ignore[misc]
+    """
+    An origin connection whose responses show their C{Connection} header
+    among their other headers: Twisted's parser keeps it apart (with
+    C{Content-Length} and C{Transfer-Encoding}), yet the header fields it
+    names must be removed before the response is stored or forwarded (RFC
+    9110 section 7.6.1).
+    """
+
+    def request(self, request: Any) -> Any:
+        d = super().request(request)
+        parser = self._parser
+        if parser is None:
+            return d
+
+        def show(response: Any) -> Any:
+            values = parser.connHeaders.getRawHeaders(b"connection")
+            if values:
+                response.headers.setRawHeaders(b"connection", values)
+            return response
+
+        return d.addCallback(show)
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):  # type: ignore[misc]
     # Not a "Starting factory" line in the log for every origin connection.
     noisy = False
 
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _ConnectionShowingProtocol(self._quiescentCallback)
+
 
 class QuietPool(HTTPConnectionPool):
     """
-    An origin connection pool that does not log each connection.
+    An origin connection pool that does not log each connection, and
+    whose responses show their C{Connection} header.
     """
 
     _factory = _QuietClientFactory

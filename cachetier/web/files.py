@@ -30,7 +30,7 @@ from .addresses import client_address, name_of
 from .answers import finish_bodiless, kept_answer_headers, render_answer
 from .bodies import FillProducer, PreadProducer, SendfileProducer, SmallBodies, can_sendfile
 from .conditional import not_modified, range_still_valid
-from .headers import downstream_cache_control, replay
+from .headers import downstream_cache_control, fill_cache_control, replay
 from .ranges import ByteRange, Unsatisfiable, multipart, parse_range
 
 log = Logger()
@@ -57,7 +57,7 @@ class MediaResponse:
         content_type: str,
         etag: str | None,
         last_modified: float | None,
-        cache_control: bytes,
+        cache_control: bytes | None,
         age: int | None = None,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
@@ -77,7 +77,8 @@ class MediaResponse:
             request.setHeader(b"etag", self.etag)
         if self.last_modified is not None:
             request.setHeader(b"last-modified", http.datetimeToString(int(self.last_modified)))
-        request.setHeader(b"cache-control", self.cache_control)
+        if self.cache_control is not None:
+            request.setHeader(b"cache-control", self.cache_control)
         if self.age is not None:
             request.setHeader(b"age", b"%d" % (self.age,))
         if not_modified(request, self.etag, self.last_modified):
@@ -214,7 +215,7 @@ class FillResponse(MediaResponse):
             headers.content_type,
             headers.etag,
             headers.last_modified,
-            downstream_cache_control(headers.cache_control, default_max_age, headers.max_age),
+            fill_cache_control(headers, default_max_age),
             extra=headers.extra,
         )
         self.fill = fill

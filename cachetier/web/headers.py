@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..objects import ObjectHeaders
+
 
 def downstream_cache_control(
     origin: str | None, default_max_age: int, lifetime: float | None
@@ -21,6 +23,23 @@ def downstream_cache_control(
         return origin.encode("latin-1")
     max_age = default_max_age if lifetime is None else min(default_max_age, int(lifetime))
     return b"public, max-age=%d" % (max(0, max_age),)
+
+
+def fill_cache_control(headers: ObjectHeaders, default_max_age: int) -> bytes | None:
+    """
+    The Cache-Control sent with a download's answer: as
+    L{downstream_cache_control}, but none of cachetier's own for an answer
+    it does not reuse itself (one that sets a cookie or varies by
+    everything, or a file with neither freshness nor a validator): that
+    goes on as the origin sent it, so that no cache in front shares what
+    cachetier would not.
+    """
+    reused = not headers.no_store and (
+        headers.max_age is not None or headers.etag is not None or headers.last_modified is not None
+    )
+    if headers.cache_control is None and not reused:
+        return None
+    return downstream_cache_control(headers.cache_control, default_max_age, headers.max_age)
 
 
 def replay(request: Any, extra: list[tuple[bytes, bytes]]) -> None:
