@@ -7,12 +7,13 @@ from the test origin once), against the real test origin.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import TestCase
 
-from .helpers import body_of, http_client, read_response, start_origin
+from .helpers import body_of, http_client, read_response, start_cachetier, start_origin
 from .nodes import Node, start_node
 
 
@@ -88,3 +89,108 @@ class ShieldTierTests(TestCase):
         code, _, got = await self.get(edge.url + "files/refused.mp3")
         self.assertEqual((code, got), (200, body))
         self.assertEqual(self.origin.counts["refused.mp3"], 1)
+
+
+class FakeShieldTests(TestCase):
+    """
+    An edge in this process whose shield is the test origin under
+    C{shield/}: it answers C{shield/files/<name>} as a shield would, with
+    whatever status and C{Cache-Status} a test gives it.
+    """
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.shield_url = self.origin_url + "shield/"
+
+    def edge(self, **settings: Any) -> str:
+        settings.setdefault("shields", (self.shield_url,))
+        self.cache, url = start_cachetier(self, self.origin_url, **settings)
+        return url
+
+    async def get(self, url: str) -> tuple[int, Any, bytes]:
+        return await read_response(await self.client.get(url))
+
+    def shield_fails(self, name: str, status: int, cache_status: str | None) -> None:
+        headers = {"Content-Type": "application/json"}
+        if cache_status is not None:
+            headers["Cache-Status"] = cache_status
+        self.origin.answers[f"shield/files/{name}"] = (status, headers, b'{"error":"x"}')
+
+    async def test_a_5xx_of_the_shields_own_sends_the_fill_to_the_origin(self) -> None:
+        """
+        A 503 the shield made itself (its own Cache-Status entry has no
+        fwd-status): the shield is skipped, the edge asks the origin, and
+        the edge's /healthz is degraded, naming the shield.
+        """
+        self.origin.put("own.mp3", body_of(5000, "own"))
+        self.shield_fails("own.mp3", 503, "shield1; detail=overloaded")
+        url = self.edge()
+        code, _, body = await self.get(url + "files/own.mp3")
+        self.assertEqual((code, body), (200, body_of(5000, "own")))
+        self.assertEqual(self.origin.counts["own.mp3"], 1)
+        _, _, health = await self.get(url + "healthz")
+        verdict = json.loads(health)
+        self.assertEqual(verdict["status"], "degraded")
+        self.assertIn(f"shield {self.shield_url} is down", " ".join(verdict["reasons"]))
+        self.assertEqual(verdict["shields_down"], [self.shield_url])
+
+    async def test_a_5xx_the_shield_relays_is_the_answer(self) -> None:
+        """
+        A 502 the shield relays from the origin (fwd-status in its entry)
+        is the origin's answer, not the shield's failure: passed on, the
+        shield stays up, the origin is not asked by the edge.
+        """
+        self.origin.put("relayed.mp3", body_of(10))
+        self.shield_fails("relayed.mp3", 502, "shield1; fwd=miss; fwd-status=502")
+        url = self.edge()
+        code, _, _ = await self.get(url + "files/relayed.mp3")
+        self.assertEqual(code, 502)
+        self.assertEqual(self.origin.counts["relayed.mp3"], 0)
+        _, _, health = await self.get(url + "healthz")
+        self.assertEqual(json.loads(health)["shields_down"], [])
+        self.assertEqual(self.cache.syncer.origin.breaker.state, "closed")
+
+    async def test_a_shield_that_does_not_answer_in_time_is_skipped(self) -> None:
+        """
+        --shield-timeout bounds a shield's answer: one that hangs is
+        skipped for the origin.
+        """
+        self.origin.put("slow.mp3", body_of(100, "slow"))
+        self.origin.hang.add("shield/files/slow.mp3")
+        url = self.edge(shield_timeout=0.5)
+        code, _, body = await self.get(url + "files/slow.mp3")
+        self.assertEqual((code, body), (200, body_of(100, "slow")))
+        metrics = (await self.get(url + "metrics"))[2].decode()
+        self.assertIn(
+            f'cachetier_upstream_errors_total{{reason="timeout",upstream="{self.shield_url}"}} 1.0',
+            metrics,
+        )
+        self.assertIn(f'cachetier_upstream_up{{upstream="{self.shield_url}"}} 0.0', metrics)
+
+    async def test_without_fallback_no_shield_is_a_502(self) -> None:
+        """
+        --shield-fallback=none: when no shield answers, the listener gets
+        cachetier's JSON 502, and the origin is never asked.
+        """
+        self.origin.put("none.mp3", body_of(10))
+        url = self.edge(shields=("http://127.0.0.1:9/",), shield_fallback="none")
+        code, _, body = await self.get(url + "files/none.mp3")
+        self.assertEqual(code, 502)
+        self.assertIn("error", json.loads(body))
+        self.assertEqual(self.origin.counts["none.mp3"], 0)
+
+    async def test_requests_to_a_shield_carry_no_origin_secret(self) -> None:
+        """
+        --origin-header-file's headers go to the origin only, never to a
+        shield.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("Authorization: Bearer sk-live-secret\n")
+        self.origin.put("shield/files/secret.mp3", body_of(10))
+        url = self.edge(origin_header_file=path)
+        code, _, _ = await self.get(url + "files/secret.mp3")
+        self.assertEqual(code, 200)
+        [(_, _, headers)] = [r for r in self.origin.requests if r[1] == "shield/files/secret.mp3"]
+        self.assertFalse(headers.hasHeader(b"authorization"))
