@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import TestCase
 
 from .helpers import body_of, http_client, read_response, start_cachetier, start_origin
-from .nodes import Node, start_node
+from .nodes import Node, restart_node, start_node, until
 
 
 class ShieldTierTests(TestCase):
@@ -89,6 +89,115 @@ class ShieldTierTests(TestCase):
         code, _, got = await self.get(edge.url + "files/refused.mp3")
         self.assertEqual((code, got), (200, body))
         self.assertEqual(self.origin.counts["refused.mp3"], 1)
+
+    async def metric(self, node: Node, sample: str) -> float:
+        _, _, text = await self.get(node.url + "metrics")
+        for line in text.decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    async def test_a_shield_down_before_the_request_sends_it_to_the_origin(self) -> None:
+        """
+        The shield is down: the edge's fill goes to the origin, its
+        /healthz says degraded, naming the shield; once the shield is back
+        and its /healthz answers, the edge is ok again and asks it.
+        """
+        shield, [edge] = await self.shield_and_edges(1)
+        await shield.stop()
+        self.origin.put("down.mp3", body_of(200_000, "down"))
+        code, _, got = await self.get(edge.url + "files/down.mp3")
+        self.assertEqual((code, got), (200, body_of(200_000, "down")))
+        self.assertEqual(self.origin.counts["down.mp3"], 1)
+        verdict = await self.health(edge)
+        self.assertEqual(verdict["status"], "degraded")
+        self.assertIn(f"shield {shield.url} is down", " ".join(verdict["reasons"]))
+        await restart_node(self, shield, self.origin_url)
+
+        async def ok() -> bool:
+            return (await self.health(edge))["status"] == "ok"
+
+        await until(ok, within=15)
+        self.origin.put("back.mp3", body_of(1000, "back"))
+        code, _, got = await self.get(edge.url + "files/back.mp3")
+        self.assertEqual((code, got), (200, body_of(1000, "back")))
+        served = await self.metric(
+            shield, 'cachetier_upstream_requests_total{upstream="origin"}'
+        ) or await self.metric(shield, "cachetier_origin_requests_total")
+        self.assertEqual(served, 1, "the shield fetched back.mp3 for the edge")
+
+    async def test_a_seek_ahead_on_a_cold_file_is_a_range_request_through_the_tier(self) -> None:
+        """
+        A listener seeks far into a cold file at an edge (the default of
+        one fill connection): the edge asks the shield for that range, the
+        shield asks the origin for it, the listener gets the right bytes,
+        and the origin sends the file about once.
+        """
+        size, mib = 24 << 20, 1 << 20
+        body = body_of(size, "seek")
+        self.origin.put("seek.m4a", body, ranges=True)
+        self.origin.rate = 4 * mib
+        _, [edge] = await self.shield_and_edges(1)
+        code, headers, got = await self.get(
+            edge.url + "files/seek.m4a", Range=f"bytes={20 * mib}-{21 * mib - 1}"
+        )
+        self.assertEqual(code, 206)
+        self.assertEqual(got, body[20 * mib : 21 * mib])
+        ranged = [
+            h.getRawHeaders(b"range")[0]
+            for _, n, h in self.origin.requests
+            if n == "seek.m4a" and h.hasHeader(b"range")
+        ]
+        self.assertTrue(ranged, "the shield asked the origin for the range")
+
+        async def cached() -> bool:
+            _, _, status = await self.get(edge.url + "api/v1/files/seek.m4a?sync=0")
+            return bool(json.loads(status)["available"])
+
+        await until(cached, within=20)
+        code, _, whole = await self.get(edge.url + "files/seek.m4a")
+        self.assertEqual((code, whole), (200, body))
+        self.assertLessEqual(self.origin.sent["seek.m4a"], size + 8 * mib)
+
+    async def test_a_shield_killed_mid_transfer_leaves_no_short_200(self) -> None:
+        """
+        The shield is killed (SIGKILL) while edges stream a big file from
+        it: the edge's fill goes on from the origin with a Range request
+        (If-Range) for what it lacks, and every listener gets the whole,
+        correct file (or a clean abort, never a short 200).
+        """
+        size, mib = 12 << 20, 1 << 20
+        body = body_of(size, "killed")
+        self.origin.put("killed.mp3", body, ranges=True)
+        self.origin.rate = 3 * mib
+        shield, [edge] = await self.shield_and_edges(1)
+        listeners = [
+            Deferred.fromCoroutine(self.get(edge.url + "files/killed.mp3")) for _ in range(3)
+        ]
+
+        async def under_way() -> bool:
+            return self.origin.sent["killed.mp3"] >= 4 * mib
+
+        await until(under_way, within=10)
+        before = len(self.origin.requests)
+        shield.kill()
+        results = await DeferredList(listeners, consumeErrors=True)
+        whole = 0
+        for ok, result in results:
+            if ok:
+                code, _, got = result
+                self.assertEqual(code, 200)
+                self.assertEqual(len(got), size, "never a short 200")
+                self.assertEqual(got, body)
+                whole += 1
+        self.assertEqual(whole, 3, "the fill went on from the origin")
+        resumed = [h for _, n, h in self.origin.requests[before:] if n == "killed.mp3"]
+        self.assertTrue(resumed)
+        for headers in resumed:
+            self.assertTrue(headers.getRawHeaders(b"range")[0].startswith(b"bytes="))
+            self.assertEqual(
+                headers.getRawHeaders(b"if-range"), [self.origin.files["killed.mp3"].etag.encode()]
+            )
 
 
 class FakeShieldTests(TestCase):
