@@ -159,6 +159,46 @@ class ShieldTierTests(TestCase):
         self.assertEqual((code, whole), (200, body))
         self.assertLessEqual(self.origin.sent["seek.m4a"], size + 8 * mib)
 
+    async def test_revalidation_goes_through_the_shield_and_age_counts(self) -> None:
+        """
+        The shield's Age counts at the edge (its copy lives only for what
+        is left of the origin's max-age), and once stale the edge
+        revalidates with the shield, which revalidates with the origin:
+        304s all the way, no body fetched twice.
+        """
+        self.origin.put(
+            "fresh.mp3", body_of(10_000, "fresh"), extra_headers={"Cache-Control": "max-age=4"}
+        )
+        shield, [edge] = await self.shield_and_edges(1)
+        code, _, _ = await self.get(shield.url + "files/fresh.mp3")
+        self.assertEqual(code, 200)
+
+        async def aged() -> bool:
+            _, headers, _ = await self.get(shield.url + "files/fresh.mp3")
+            return int(headers.getRawHeaders(b"age", [b"0"])[0]) >= 2
+
+        await until(aged, within=5)
+        code, headers, got = await self.get(edge.url + "files/fresh.mp3")
+        self.assertEqual((code, got), (200, body_of(10_000, "fresh")))
+        self.assertGreaterEqual(int(headers.getRawHeaders(b"age")[0]), 2)
+
+        async def revalidated() -> bool:
+            await self.get(edge.url + "files/fresh.mp3")
+            return (
+                await self.metric(edge, 'cachetier_revalidations_total{result="not_modified"}') >= 1
+            )
+
+        await until(revalidated, within=10)
+        self.assertEqual(
+            await self.metric(shield, 'cachetier_revalidations_total{result="not_modified"}'), 1
+        )
+        conditional = [
+            h
+            for _, n, h in self.origin.requests
+            if n == "fresh.mp3" and h.hasHeader(b"if-none-match")
+        ]
+        self.assertEqual((self.origin.counts["fresh.mp3"], len(conditional)), (2, 1))
+
     async def test_a_shield_killed_mid_transfer_leaves_no_short_200(self) -> None:
         """
         The shield is killed (SIGKILL) while edges stream a big file from
