@@ -11,7 +11,12 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cachetier.client import rank as client_rank
+from cachetier.config import SettingError, Settings, from_json, to_json
+from cachetier.config.tiers import tiers
+from cachetier.rendezvous import rank
 
 from .helpers import body_of, http_client, read_response, start_cachetier, start_origin
 from .nodes import Node, restart_node, start_node, until
@@ -121,10 +126,8 @@ class ShieldTierTests(TestCase):
         self.origin.put("back.mp3", body_of(1000, "back"))
         code, _, got = await self.get(edge.url + "files/back.mp3")
         self.assertEqual((code, got), (200, body_of(1000, "back")))
-        served = await self.metric(
-            shield, 'cachetier_upstream_requests_total{upstream="origin"}'
-        ) or await self.metric(shield, "cachetier_origin_requests_total")
-        self.assertEqual(served, 1, "the shield fetched back.mp3 for the edge")
+        fetched = await self.metric(shield, "cachetier_origin_requests_total")
+        self.assertEqual(fetched, 1, "the shield, back, fetched back.mp3 for the edge")
 
     async def test_a_seek_ahead_on_a_cold_file_is_a_range_request_through_the_tier(self) -> None:
         """
@@ -158,6 +161,25 @@ class ShieldTierTests(TestCase):
         code, _, whole = await self.get(edge.url + "files/seek.m4a")
         self.assertEqual((code, whole), (200, body))
         self.assertLessEqual(self.origin.sent["seek.m4a"], size + 8 * mib)
+
+    async def test_a_fill_over_several_connections_takes_ranges_from_the_shield(self) -> None:
+        """
+        --fill-connections=3 at the edge: its sparse fill asks the shield
+        for ranges over several connections, the listener gets the exact
+        bytes, and the origin sends the file about once.
+        """
+        size, mib = 24 << 20, 1 << 20
+        body = body_of(size, "parallel")
+        self.origin.put("parallel.m4a", body, ranges=True)
+        self.origin.rate = 8 * mib
+        shield, [edge] = await self.shield_and_edges(1, "--fill-connections=3")
+        code, _, got = await self.get(edge.url + "files/parallel.m4a")
+        self.assertEqual((code, got), (200, body))
+        asked = await self.metric(
+            edge, f'cachetier_upstream_requests_total{{upstream="{shield.url}"}}'
+        )
+        self.assertGreaterEqual(asked, 2)
+        self.assertLessEqual(self.origin.sent["parallel.m4a"], size + 8 * mib)
 
     async def test_revalidation_goes_through_the_shield_and_age_counts(self) -> None:
         """
@@ -316,6 +338,7 @@ class FakeShieldTests(TestCase):
             metrics,
         )
         self.assertIn(f'cachetier_upstream_up{{upstream="{self.shield_url}"}} 0.0', metrics)
+        self.assertEqual(self.cache.syncer.origin.origin.breaker.failures, 0)
 
     async def test_without_fallback_no_shield_is_a_502(self) -> None:
         """
@@ -343,3 +366,71 @@ class FakeShieldTests(TestCase):
         self.assertEqual(code, 200)
         [(_, _, headers)] = [r for r in self.origin.requests if r[1] == "shield/files/secret.mp3"]
         self.assertFalse(headers.hasHeader(b"authorization"))
+
+    async def test_each_name_goes_to_the_shield_that_ranks_first_for_it(self) -> None:
+        """
+        With two shields, each name goes to the one rendezvous hashing
+        ranks first, by the same function the fail-open client uses, so
+        every edge sends a name to the same shield.
+        """
+        shields = (self.origin_url + "s1/", self.origin_url + "s2/")
+        url = self.edge(shields=shields)
+        for i in range(12):
+            name = f"ep{i}.mp3"
+            for shield in shields:
+                self.origin.put(shield[len(self.origin_url) :] + "files/" + name, body_of(10))
+            code, _, _ = await self.get(url + "files/" + name)
+            self.assertEqual(code, 200)
+            first = rank(shields, name)[0][len(self.origin_url) :]
+            self.assertEqual(
+                [n for n in self.origin.counts if n.endswith(name)], [first + "files/" + name]
+            )
+        self.assertIs(rank, client_rank)
+
+    async def test_a_shield_failing_on_its_own_sends_the_name_to_the_next_shield(self) -> None:
+        """
+        The first-ranked shield answers a 503 of its own: the next shield
+        is asked, not the origin.
+        """
+        shields = (self.origin_url + "s1/", self.origin_url + "s2/")
+        first, second = (s[len(self.origin_url) :] for s in rank(shields, "next.mp3"))
+        self.origin.answers[first + "files/next.mp3"] = (503, {}, b'{"error":"overloaded"}')
+        self.origin.put(second + "files/next.mp3", body_of(10, "next"))
+        url = self.edge(shields=shields)
+        code, _, body = await self.get(url + "files/next.mp3")
+        self.assertEqual((code, body), (200, body_of(10, "next")))
+        self.assertEqual(self.origin.counts["next.mp3"], 0)
+
+
+class ShieldSettingsTests(SynchronousTestCase):
+    """
+    --shield, --shield-fallback and --shield-timeout, checked.
+    """
+
+    flags = {
+        "node-name": "edge1",
+        "shield": [],
+        "shield-fallback": "origin",
+        "shield-timeout": "2s",
+    }
+
+    def refusal(self, **flags: Any) -> str:
+        with self.assertRaises(SettingError) as caught:
+            tiers({**self.flags, **flags})
+        return str(caught.exception)
+
+    def test_shields_are_base_urls_in_the_order_given(self) -> None:
+        settings = tiers({**self.flags, "shield": ["http://10.0.0.2:8080", "https://s2/x/"]})
+        self.assertEqual(settings["shields"], ("http://10.0.0.2:8080/", "https://s2/x/"))
+        self.assertEqual((settings["shield_fallback"], settings["shield_timeout"]), ("origin", 2.0))
+
+    def test_bad_values_are_refused_naming_the_flag(self) -> None:
+        self.assertIn("--shield: 'ftp://x'", self.refusal(shield=["ftp://x"]))
+        self.assertIn("given twice", self.refusal(shield=["http://a/", "http://a"]))
+        self.assertIn("--shield-fallback must be", self.refusal(**{"shield-fallback": "next"}))
+        self.assertIn("--shield-timeout", self.refusal(**{"shield-timeout": "0s"}))
+        self.assertIn("--shield-timeout", self.refusal(**{"shield-timeout": "soon"}))
+
+    def test_a_worker_gets_the_shields(self) -> None:
+        settings = Settings(origin="http://127.0.0.1:9/", shields=("http://127.0.0.2:8080/",))
+        self.assertEqual(from_json(to_json(settings)), settings)
