@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
 from cachetier.client import rank as client_rank
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import tiers
+from cachetier.origin.shields import COOLOFF, ShieldHealth, own_failure
 from cachetier.rendezvous import rank
 
 from .helpers import body_of, http_client, read_response, start_cachetier, start_origin
@@ -434,3 +438,65 @@ class ShieldSettingsTests(SynchronousTestCase):
     def test_a_worker_gets_the_shields(self) -> None:
         settings = Settings(origin="http://127.0.0.1:9/", shields=("http://127.0.0.2:8080/",))
         self.assertEqual(from_json(to_json(settings)), settings)
+
+
+class ShieldHealthTests(SynchronousTestCase):
+    """
+    A shield's health on a L{Clock}: down at its first failure of its own,
+    back only when its /healthz says so.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.checks: list[Deferred[bool]] = []
+        self.health = ShieldHealth("http://s1/", self.clock, self.check)
+
+    def check(self) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        self.checks.append(d)
+        return d
+
+    def test_down_until_its_healthz_answers(self) -> None:
+        self.health.failed()
+        self.assertEqual((self.health.up, self.health.allow()), (False, False))
+        self.clock.advance(COOLOFF - 0.1)
+        self.assertEqual(self.checks, [])
+        self.clock.advance(0.1)
+        self.checks[0].callback(False)
+        self.clock.advance(COOLOFF)
+        self.checks[1].errback(ConnectionRefusedError())
+        self.assertFalse(self.health.up)
+        self.clock.advance(COOLOFF)
+        self.health.succeeded()  # an answer in flight says nothing
+        self.assertFalse(self.health.up)
+        self.checks[2].callback(True)
+        self.assertEqual((self.health.up, self.health.reason), (True, ""))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopping_ends_the_probes(self) -> None:
+        self.health.down("timeout")
+        self.health.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        health = ShieldHealth("http://s2/", self.clock, self.check)
+        health.down("truncated")
+        self.clock.advance(COOLOFF)
+        health.stop()
+        self.assertTrue(self.checks[-1].called, "the probe in flight is cancelled")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_only_an_answer_without_fwd_status_is_the_shields_own(self) -> None:
+        def answer(*lines: bytes) -> Any:
+            headers = Headers()
+            if lines:
+                headers.setRawHeaders(b"cache-status", list(lines))
+            return SimpleNamespace(headers=headers)
+
+        self.assertTrue(own_failure(answer()))
+        self.assertTrue(own_failure(answer(b"shield1; detail=overloaded")))
+        self.assertFalse(own_failure(answer(b"shield1; fwd=miss; fwd-status=503")))
+        self.assertTrue(
+            own_failure(answer(b"origin-cdn; fwd=miss; fwd-status=503", b'shield1; detail="a, b"'))
+        )
+        self.assertFalse(
+            own_failure(answer(b'up; detail="x, fwd-status=1", shield1; fwd=stale; fwd-status=502'))
+        )
