@@ -415,7 +415,7 @@ class Syncer:
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.get(fill.name) is fill
-        if reason not in (Reason.cancelled, Reason.changed) and current:
+        if reason not in (Reason.cancelled, Reason.changed) and current and not error.shield:
             # Listeners get an answer's body from the fill; remembered (for
             # the status API and stale-if-error), it needs none.
             remembered = error
