@@ -423,6 +423,10 @@ class FakeShieldTests(TestCase):
         code, _, got = await self.get(url + "files/cut.mp3")
         self.assertEqual((code, got), (200, body))
         self.assertEqual(self.origin.counts["cut.mp3"], 1)
+        _, _, health = await self.get(url + "healthz")
+        reasons = " ".join(json.loads(health)["reasons"])
+        self.assertIn("is down (truncated)", reasons)
+        self.assertNotIn("origin errors", reasons)
 
 
 class ShieldSettingsTests(SynchronousTestCase):
