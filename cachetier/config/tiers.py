@@ -1,7 +1,9 @@
 """
 The flags that place a node among others: its name (C{--node-name}), in
 logs, in the C{Via}, C{CDN-Loop} and C{Cache-Status} headers and in
-metrics; the cluster it joins (C{--cluster} and the flags beside it).
+metrics; its shields (C{--shield}, C{--shield-fallback},
+C{--shield-timeout}), the nodes its fills ask before the origin; and the
+cluster it joins (C{--cluster} and the flags beside it).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 
 from ..errors import OriginError, Reason
 from ..metrics import Metrics
-from ..origin import Origin, OriginResponse
+from ..origin import Origin, OriginResponse, Upstreams
 from .fill import Fill
 
 log = Logger()
@@ -45,6 +45,15 @@ AHEAD = 2 << 20
 AHEAD_SECONDS = 2.0
 # Range requests at once for readers, per fill.
 READER_TRANSFERS = 2
+
+
+def _failed_over(failure: Failure) -> bool:
+    """
+    Whether a transfer broke because its shield did: what it did not
+    write is fetched again (a Range request, with If-Range) from the next
+    upstream, as any missing region is.
+    """
+    return isinstance(failure.value, OriginError) and failure.value.shield is not None
 
 
 def _minus(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
@@ -172,7 +181,7 @@ class SparseFill:
     def __init__(
         self,
         fill: Fill,
-        origin: Origin,
+        origin: Origin | Upstreams,
         clock: IReactorTime,
         metrics: Metrics,
         length: int,
@@ -316,7 +325,8 @@ class SparseFill:
         stopped = transfer.stopped and (
             not isinstance(result, Failure) or result.check(CancelledError, OriginError)
         )
-        if isinstance(result, Failure) and not stopped and not self._refused(result, transfer):
+        failed = isinstance(result, Failure) and not stopped
+        if failed and not self._refused(result, transfer) and not _failed_over(result):
             self._fail(result.value)  # nothing more once the fill has failed
         else:
             self._schedule()

@@ -216,6 +216,7 @@ class FillResponse(MediaResponse):
             headers.etag,
             headers.last_modified,
             fill_cache_control(headers, default_max_age),
+            age=int(headers.initial_age) or None,  # a shield's Age, passed on
             extra=headers.extra,
         )
         self.fill = fill
