@@ -256,6 +256,7 @@ def _origin(
         header_file=header_file,
         run_in_thread=run_in_thread,
         forward_headers=settings.forward_request_headers,
+        node_name=settings.node_name,
     )
     return origin, reloadables
 
@@ -278,6 +279,7 @@ def worker_tree(
         PrimaryProxy(agent),
         settings.cache_control_max_age,
         run_in_thread,
+        settings.node_name,
     )
     return Tree(
         store,

@@ -189,6 +189,13 @@ class Options(usage.Options):
             "This node's name in logs, Via, CDN-Loop and Cache-Status (default: host name).",
         ],
         [
+            "cluster-secret-file",
+            None,
+            None,
+            "A file holding the secret every node of the cluster shares: edges send it to"
+            " their shields, which then treat them as edges, not listeners.",
+        ],
+        [
             "admin-token-file",
             None,
             None,

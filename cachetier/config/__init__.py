@@ -178,15 +178,22 @@ class Settings:
     # This node's name in logs, hop headers (Via, CDN-Loop, Cache-Status)
     # and metrics (--node-name; default: the host name).
     node_name: str = "cachetier"
-    # A secret: kept out of repr() so it can never reach a log.
+    # Secrets: kept out of repr() so they can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
+    # The cluster secret (--cluster-secret-file): edges send it to their
+    # shields, which recognise them by it.
+    cluster_secret: bytes | None = field(default=None, repr=False)
+
+
+_SECRETS = frozenset({"admin_token", "cluster_secret"})
 
 
 def to_json(settings: Settings) -> str:
     """
-    C{settings} as JSON for a worker process, all but the admin token: a
-    worker relays every admin request to the primary, and a secret has
-    no place in a child's environment.
+    C{settings} as JSON for a worker process, all but the secrets: a
+    worker relays every admin request, and every request that carries the
+    cluster secret, to the primary, and a secret has no place in a
+    child's environment.
     """
 
     def plain(_instance: object, _attribute: object, value: Any) -> Any:
@@ -195,7 +202,7 @@ def to_json(settings: Settings) -> str:
         return value
 
     return json.dumps(
-        asdict(settings, filter=lambda a, _: a.name != "admin_token", value_serializer=plain)
+        asdict(settings, filter=lambda a, _: a.name not in _SECRETS, value_serializer=plain)
     )
 
 

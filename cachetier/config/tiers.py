@@ -1,7 +1,8 @@
 """
 The flags that place a node among others: its name (C{--node-name}), in
 logs, in the C{Via}, C{CDN-Loop} and C{Cache-Status} headers and in
-metrics.
+metrics; the secret that marks an edge's requests to its shields
+(C{--cluster-secret-file}).
 """
 
 from __future__ import annotations
@@ -34,3 +35,28 @@ def node_name(text: str | None) -> str:
             " '.', '_' or '-'; at most 63)"
         )
     return text
+
+
+# What a header value may hold (RFC 9110 section 5.5), less whitespace.
+_SECRET = re.compile(rb"[\x21-\x7e]{16,1024}\Z")
+
+
+def cluster_secret(path: str | None) -> bytes | None:
+    """
+    C{--cluster-secret-file}: the secret every node of a cluster shares,
+    from a file (never the command line); the message of a refusal never
+    shows it.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise SettingError(f"--cluster-secret-file: cannot read {path}: {e.strerror}") from None
+    if not _SECRET.match(secret):
+        raise SettingError(
+            "--cluster-secret-file: the secret must be 16 to 1024 printable ASCII"
+            " characters, without spaces"
+        )
+    return secret

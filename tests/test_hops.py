@@ -1,0 +1,275 @@
+"""
+Hops (issue 22): C{Via} and C{CDN-Loop} on every request upstream, a loop
+answered 508 at once, C{Cache-Status} (RFC 9211) and C{Via} on every
+C{/files/} answer, and the cluster secret that marks an edge's requests
+at a shield.  One node in process over real sockets here; several real
+C{twistd} nodes in L{TierTests}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from attrs import define, field
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from cachetier.config import SettingError, Settings, to_json
+from cachetier.config.forwarding import forward_request_header
+from cachetier.config.tiers import cluster_secret
+from cachetier.hops import CacheStatus, names_node
+
+from .helpers import CacheTestCase, body_of, header
+
+SECRET = "s3cr3t-" + "x" * 25
+
+
+class WireFormatTests(SynchronousTestCase):
+    def test_cache_status_entries_are_sf_items_of_tokens_and_integers(self) -> None:
+        self.assertEqual(CacheStatus(hit=True, ttl=-3).entry("edge1"), b"edge1; hit; ttl=-3")
+        self.assertEqual(
+            CacheStatus(fwd="miss", fwd_status=200, stored=True, collapsed=True).entry("e.1"),
+            b"e.1; fwd=miss; fwd-status=200; stored; collapsed",
+        )
+        self.assertEqual(
+            CacheStatus(detail="loop_detected").entry("edge1"), b"edge1; detail=loop_detected"
+        )
+        # A detail that is no token is a string, escaped.
+        self.assertEqual(CacheStatus(detail='a "b"').entry("edge1"), b'edge1; detail="a \\"b\\""')
+
+    def test_a_loop_names_this_node_whatever_the_spelling(self) -> None:
+        for value in (
+            b"cachetier; node=edge1",
+            b"foo, cachetier;node=edge1",
+            b'CacheTier; a="x, y"; node="edge1"',
+            b"other.example, cachetier; node=shield1 , cachetier ; node = edge1",
+        ):
+            self.assertTrue(names_node([value], "edge1"), value)
+        for value in (
+            b"cachetier; node=edge10",
+            b"othercdn; node=edge1",
+            b'cachetier; a="node=edge1"',
+            b"edge1",
+        ):
+            self.assertFalse(names_node([value], "edge1"), value)
+
+    def test_the_secret_is_refused_without_showing_it_and_kept_out_of_repr_and_json(
+        self,
+    ) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("short secret\n")
+        with self.assertRaises(SettingError) as raised:
+            cluster_secret(path)
+        self.assertNotIn("short", str(raised.exception))
+        with open(path, "w") as f:
+            f.write(SECRET + "\n")
+        self.assertEqual(cluster_secret(path), SECRET.encode())
+        with self.assertRaises(SettingError):
+            cluster_secret(path + ".missing")
+        settings = Settings(origin="http://o/", cluster_secret=SECRET.encode())
+        self.assertNotIn(SECRET, repr(settings))
+        self.assertNotIn(SECRET, to_json(settings))
+
+    def test_hop_headers_are_never_forwardable(self) -> None:
+        for name in ("CacheTier-Secret", "Via", "CDN-Loop"):
+            with self.assertRaises(SettingError):
+                forward_request_header(name)
+
+
+@define
+class _Downloads:
+    """
+    Stands in for the analytics: the downloads recorded.
+    """
+
+    events: list[object] = field(factory=list)
+
+    def record(self, event: object) -> None:
+        self.events.append(event)
+
+
+class HopHeaderTests(CacheTestCase):
+    settings = {"node_name": "edge1", "cluster_secret": SECRET.encode()}
+
+    def sent_upstream(self, name: str) -> list[dict[str, list[str]]]:
+        return [
+            {k.decode().lower(): [v.decode() for v in vs] for k, vs in h.getAllRawHeaders()}
+            for _, n, h in self.origin.requests
+            if n == name
+        ]
+
+    async def test_requests_upstream_carry_the_listeners_hops_then_this_nodes(self) -> None:
+        self.origin.put("a.mp3", body_of(1000))
+        code, _, _ = await self.get("a.mp3", via="1.0 player-proxy", cdn_loop="othercdn")
+        self.assertEqual(code, 200)
+        (sent,) = self.sent_upstream("a.mp3")
+        self.assertEqual(sent["via"], ["1.0 player-proxy, 1.1 edge1"])
+        self.assertEqual(sent["cdn-loop"], ["othercdn, cachetier; node=edge1"])
+        # A warm has no listener: this node's entries alone.
+        self.origin.put("b.mp3", body_of(1000))
+        await self.cache.syncer.start("b.mp3").when_done()
+        (sent,) = self.sent_upstream("b.mp3")
+        self.assertEqual(sent["via"], ["1.1 edge1"])
+        self.assertEqual(sent["cdn-loop"], ["cachetier; node=edge1"])
+
+    async def test_the_secret_never_goes_to_the_origin(self) -> None:
+        self.origin.put("a.mp3", body_of(1000))
+        code, _, _ = await self.get("a.mp3", cachetier_secret=SECRET)
+        self.assertEqual(code, 200)
+        (sent,) = self.sent_upstream("a.mp3")
+        self.assertNotIn("cachetier-secret", sent)
+        self.assertNotIn(SECRET, repr(sent))
+
+    async def test_a_request_naming_this_node_is_a_508_at_once(self) -> None:
+        self.origin.put("a.mp3", body_of(1000))
+        self.origin.hang.add("a.mp3")
+        for loop in ("cachetier; node=edge1", 'shield, cachetier; node="edge1"'):
+            for method in ("GET", "HEAD"):
+                code, headers, body = await self.get("a.mp3", method, cdn_loop=loop)
+                self.assertEqual(code, 508)
+                self.assertEqual(header(headers, "cache-status"), ["edge1; detail=loop_detected"])
+                self.assertEqual(header(headers, "via"), [])
+                if method == "GET":
+                    self.assertEqual(json.loads(body)["error"], "loop_detected")
+        self.assertEqual(self.origin.counts["a.mp3"], 0)
+        self.assertIsNone(self.cache.syncer.fill_for("a.mp3"))
+        # Another node's name is no loop.
+        self.origin.hang.clear()
+        code, _, _ = await self.get("a.mp3", cdn_loop="cachetier; node=edge10")
+        self.assertEqual(code, 200)
+
+    async def test_cache_status_and_via_on_a_miss_a_hit_and_what_a_hit_answers(self) -> None:
+        self.origin.put(
+            "a.mp3",
+            body_of(100_000),
+            extra_headers={
+                "cache-control": "max-age=300",
+                "via": "1.1 origin-proxy",
+                "cache-status": "upstream; hit",
+            },
+        )
+        code, headers, _ = await self.get("a.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            header(headers, "cache-status"),
+            ["upstream; hit", "edge1; fwd=miss; fwd-status=200; stored"],
+        )
+        self.assertEqual(header(headers, "via"), ["1.1 origin-proxy", "1.1 edge1"])
+        await self.settle("a.mp3")
+        for method, extra, status in (
+            ("GET", {}, 200),
+            ("HEAD", {}, 200),
+            ("GET", {"range": "bytes=0-9"}, 206),
+            ("GET", {"if_none_match": self.origin.files["a.mp3"].etag or ""}, 304),
+        ):
+            code, headers, _ = await self.get("a.mp3", method, **extra)
+            self.assertEqual(code, status)
+            upstream, mine = header(headers, "cache-status")
+            self.assertEqual(upstream, "upstream; hit")
+            match = re.fullmatch(r"edge1; hit; ttl=(\d+)", mine)
+            self.assertIsNotNone(match, mine)
+            assert match is not None
+            self.assertTrue(295 <= int(match.group(1)) <= 300, mine)
+            self.assertEqual(header(headers, "via"), ["1.1 origin-proxy", "1.1 edge1"])
+
+    async def test_a_revalidation_and_the_origins_answers_are_forwarded_not_own(self) -> None:
+        self.origin.put("a.mp3", body_of(1000), extra_headers={"cache-control": "no-cache"})
+        await self.get("a.mp3")
+        await self.settle("a.mp3")
+        code, headers, _ = await self.get("a.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            header(headers, "cache-status"), ["edge1; fwd=stale; fwd-status=304; ttl=0"]
+        )
+        # A 404 kept for a while, then served from the cache.
+        code, headers, _ = await self.get("gone.mp3")
+        self.assertEqual(code, 404)
+        (status,) = header(headers, "cache-status")
+        self.assertRegex(status, r"^edge1; fwd=miss; fwd-status=404; stored; ttl=(59|60)$")
+        code, headers, _ = await self.get("gone.mp3")
+        (status,) = header(headers, "cache-status")
+        self.assertRegex(status, r"^edge1; hit; ttl=(59|60)$")
+        # An answer not kept is relayed as it came.
+        self.origin.answers["private.mp3"] = (403, {"cache-control": "no-store"}, b"no")
+        code, headers, _ = await self.get("private.mp3")
+        self.assertEqual(code, 403)
+        self.assertEqual(header(headers, "cache-status"), ["edge1; fwd=uri-miss; fwd-status=403"])
+        self.assertEqual(header(headers, "via"), ["1.1 edge1"])
+
+    async def test_own_errors_say_so_without_fwd_status(self) -> None:
+        await self.origin.port.stopListening()
+        code, headers, body = await self.get("a.mp3")
+        self.assertEqual(code, 502)
+        self.assertEqual(header(headers, "cache-status"), ["edge1; detail=origin_error"])
+        self.assertEqual(header(headers, "via"), [])
+        code, headers, _ = await self.get("..%2Fetc")
+        self.assertEqual(code, 400)
+        self.assertEqual(header(headers, "cache-status"), ["edge1; detail=bad_name"])
+
+    async def test_a_request_that_joins_a_fill_in_flight_is_collapsed(self) -> None:
+        self.origin.put("a.mp3", body_of(200_000))
+        self.origin.rate = 400_000
+        gets = [Deferred.fromCoroutine(self.get("a.mp3")) for _ in range(2)]
+        results = await DeferredList(gets, consumeErrors=True)
+        statuses = sorted(header(r[1][1], "cache-status")[-1] for r in results)
+        self.assertEqual(
+            statuses,
+            [
+                "edge1; fwd=miss; fwd-status=200; stored",
+                "edge1; fwd=miss; fwd-status=200; stored; collapsed",
+            ],
+        )
+        self.assertEqual(self.origin.counts["a.mp3"], 1)
+
+
+class EdgeTests(CacheTestCase):
+    """
+    A node with the cluster secret, as a shield sees its edges.
+    """
+
+    settings = {
+        "node_name": "shield1",
+        "cluster_secret": SECRET.encode(),
+        "max_syncs_per_client": 1.0,
+    }
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.settings = {"access_log": self.path, **self.settings}
+        super().setUp()
+        self.downloads = _Downloads()
+        self.cache.site.analytics = self.downloads  # type: ignore[assignment]
+
+    def access_lines(self) -> list[str]:
+        assert self.cache.access_file is not None
+        self.cache.access_file.flush()
+        with open(self.path) as f:
+            return f.read().splitlines()
+
+    async def test_an_edge_is_not_a_listener_and_a_wrong_secret_makes_none(self) -> None:
+        for n in range(3):
+            self.origin.put(f"{n}.mp3", body_of(1000))
+        for n in range(3):
+            code, _, _ = await self.get(f"{n}.mp3", cachetier_secret=SECRET)
+            self.assertEqual(code, 200, "an edge is not capped as one client")
+        await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(self.downloads.events, [])
+        lines = self.access_lines()
+        self.assertEqual(len(lines), 3)
+        self.assertTrue(all(" - edge [" in line for line in lines), lines)
+        for n in range(3, 5):
+            self.origin.put(f"{n}.mp3", body_of(1000))
+        codes = [
+            (await self.get(f"{n}.mp3", cachetier_secret=SECRET[:-1] + "y"))[0] for n in (3, 4)
+        ]
+        self.assertEqual(codes, [200, 503], "a wrong secret is a listener's, capped")
+        await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(self.downloads.events), 1)
+        lines = self.access_lines()
+        self.assertTrue(all(" - - [" in line for line in lines[3:]), lines)
+        self.assertNotIn(SECRET[:-1], "\n".join(lines))
