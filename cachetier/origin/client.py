@@ -54,6 +54,10 @@ class Origin:
     @param node_name: this node's, in every request's C{Via} and C{CDN-Loop}.
     @param secret: the cluster secret, sent with every request: for a
         shield only, never the origin.
+    @param body_timeout: the longest silence tolerated inside a body, when
+        it differs from C{timeout} (a shield's).
+    @param own_failure: whether a 5xx answer is this upstream's own failure
+        (counted against its breaker), not one it passes on.
     """
 
     def __init__(
@@ -72,9 +76,13 @@ class Origin:
         forward_headers: tuple[str, ...] = (),
         node_name: str = "cachetier",
         secret: bytes | None = None,
+        body_timeout: float | None = None,
+        own_failure: Callable[[Any], bool] = lambda response: True,
     ) -> None:
         self._node = node_name
         self._secret = secret
+        self._body_timeout = timeout if body_timeout is None else body_timeout
+        self._own_failure = own_failure
         self._forward_headers = [name.lower().encode("ascii") for name in forward_headers]
         self._min_rate = min_rate
         self._rate_window = rate_window
@@ -209,7 +217,8 @@ class Origin:
             ),
         )
         if response.code >= 500:
-            self.breaker.failed(name)
+            if self._own_failure(response):
+                self.breaker.failed(name)
         else:
             self.breaker.succeeded()
         if (
@@ -219,7 +228,7 @@ class Origin:
         ):
             return parse_response(response, self._clock.seconds(), requested)
         if response.code == 412 and byte_range is not None:
-            await read_body(response, 0, self._clock, self._timeout)
+            await read_body(response, 0, self._clock, self._body_timeout)
             raise OriginError(
                 Reason.changed, "the object changed at the origin during the download"
             )
@@ -231,7 +240,7 @@ class Origin:
             )
         parsed = parse_response(response, self._clock.seconds()).headers
         headers = evolve(parsed, status=response.code)
-        raise OriginAnswer(headers, await read_answer(response, self._clock, self._timeout))
+        raise OriginAnswer(headers, await read_answer(response, self._clock, self._body_timeout))
 
     def abandon(self, response: OriginResponse) -> None:
         """
@@ -263,7 +272,7 @@ class Origin:
 
         done: Deferred[None] = Deferred(cancel)
         receiver = BodyReceiver(
-            write, done, self._clock, self._timeout, self._min_rate, self._rate_window
+            write, done, self._clock, self._body_timeout, self._min_rate, self._rate_window
         )
         response.response.deliverBody(receiver)
         return done.addErrback(broke)
