@@ -11,21 +11,26 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+from typing import Any
 
 from attrs import define, field
+from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachetier.config import SettingError, Settings, to_json
 from cachetier.config.forwarding import forward_request_header
 from cachetier.config.tiers import cluster_secret
 from cachetier.hops import CacheStatus, names_node
 
-from .helpers import CacheTestCase, body_of, header
+from .helpers import CacheTestCase, body_of, header, http_client, read_response, start_origin
+from .nodes import Node, start_node, until
 
 SECRET = "s3cr3t-" + "x" * 25
+TOKEN = "admin-token-" + "t" * 20
 
 
 class WireFormatTests(SynchronousTestCase):
@@ -273,3 +278,113 @@ class EdgeTests(CacheTestCase):
         lines = self.access_lines()
         self.assertTrue(all(" - - [" in line for line in lines[3:]), lines)
         self.assertNotIn(SECRET[:-1], "\n".join(lines))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TierTests(TestCase):
+    """
+    Real C{twistd} nodes on loopback addresses of their own.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.secret_file = os.path.abspath(self.mktemp())
+        with open(self.secret_file, "w") as f:
+            f.write(SECRET + "\n")
+        self.token_file = os.path.abspath(self.mktemp())
+        with open(self.token_file, "w") as f:
+            f.write(TOKEN)
+
+    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
+        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+        return await read_response(await self.client.get(url, headers=sent))
+
+    async def test_two_edges_as_each_others_shield_end_within_a_second(self) -> None:
+        body = body_of(100_000, "loop")
+        self.origin.put("ep/loop.mp3", body)
+        a, b = ("127.0.0.3", _free_port("127.0.0.3")), ("127.0.0.4", _free_port("127.0.0.4"))
+        nodes = [
+            await start_node(
+                self,
+                self.origin_url,
+                f"--shield=http://{other[0]}:{other[1]}/",
+                name=name,
+                host=mine[0],
+                port=mine[1],
+            )
+            for name, mine, other in (("loopa", a, b), ("loopb", b, a))
+        ]
+        started = reactor.seconds()
+        code, headers, got = await self.get(nodes[0].url + "files/ep/loop.mp3")
+        self.assertLess(reactor.seconds() - started, 1.0)
+        self.assertIn(code, (200, 508))
+        if code == 200:
+            self.assertEqual(got, body)
+        self.assertLessEqual(self.origin.counts["ep/loop.mp3"], 1)
+        self.assertEqual(header(headers, "cache-status")[-1].split(";")[0], "loopa")
+        # loopa answered loopb's request, which named it, with a 508.
+        self.assertRegex(nodes[0].output, r'"GET /files/ep/loop\.mp3 HTTP/1\.1" 508 .* loop ')
+
+    async def test_hops_through_a_shield_and_an_edge_and_the_edges_secret(self) -> None:
+        """
+        A listener at the edge: the origin sees both nodes' Via and
+        CDN-Loop and no secret; the answer shows where its bytes came
+        from; the download counts once, at the edge; the shield logs the
+        edge as C{edge}; the secret is in no node's log.
+        """
+        body = body_of(300_000, "tier")
+        self.origin.put("ep/tier.mp3", body)
+        common = (
+            f"--cluster-secret-file={self.secret_file}",
+            f"--admin-token-file={self.token_file}",
+        )
+        shield = await start_node(self, self.origin_url, *common, name="shield1", host="127.0.0.2")
+        edge = await start_node(
+            self, self.origin_url, f"--shield={shield.url}", *common, name="edge1", host="127.0.0.3"
+        )
+        code, headers, got = await self.get(edge.url + "files/ep/tier.mp3", via="1.0 player")
+        self.assertEqual((code, got), (200, body))
+        self.assertEqual(
+            header(headers, "cache-status"),
+            [
+                "shield1; fwd=miss; fwd-status=200; stored",
+                "edge1; fwd=miss; fwd-status=200; stored",
+            ],
+        )
+        self.assertEqual(header(headers, "via"), ["1.1 shield1", "1.1 edge1"])
+        ((_, _, sent),) = [r for r in self.origin.requests if r[1] == "ep/tier.mp3"]
+        self.assertEqual(header(sent, "via"), ["1.0 player, 1.1 edge1, 1.1 shield1"])
+        self.assertEqual(
+            header(sent, "cdn-loop"), ["cachetier; node=edge1, cachetier; node=shield1"]
+        )
+        self.assertEqual(header(sent, "cachetier-secret"), [])
+        await until(lambda: self.downloads(edge, 1))
+        code, headers, _ = await self.get(edge.url + "files/ep/tier.mp3")
+        self.assertEqual(code, 200)
+        upstream, mine = header(headers, "cache-status")
+        self.assertEqual(upstream, "shield1; fwd=miss; fwd-status=200; stored")
+        self.assertRegex(mine, r"^edge1; hit; ttl=-?\d+$")
+        await until(lambda: self.downloads(edge, 2))
+        self.assertTrue(await self.downloads(shield, 0))
+        self.assertRegex(shield.output, r' - edge \[[^]]+\] "GET /files/ep/tier\.mp3 ')
+        for node in (shield, edge):
+            self.assertNotIn(SECRET, node.output)
+
+    async def downloads(self, node: Node, count: int) -> bool:
+        """
+        Whether C{node}'s analytics count C{count} requests for files.
+        """
+        response = await self.client.get(
+            node.url + "api/v1/stats?group=file", headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        rows = json.loads(await content(response))["rows"]
+        return sum(row["requests"] for row in rows) == count
