@@ -12,6 +12,8 @@ import json
 import os
 import re
 import socket
+import tempfile
+from functools import partial
 from typing import Any
 
 from attrs import define, field
@@ -19,14 +21,29 @@ from treq import content
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachetier.config import SettingError, Settings, to_json
 from cachetier.config.forwarding import forward_request_header
 from cachetier.config.tiers import cluster_secret
 from cachetier.hops import CacheStatus, names_node
+from cachetier.metrics import Metrics
+from cachetier.store import GENERATION_FILE, CacheStore, Generation
+from cachetier.web import CacheSite
+from cachetier.web.proxy import PrimaryProxy, primary_agent, primary_pool
+from cachetier.web.worker import WorkerFiles, build_worker_root
 
-from .helpers import CacheTestCase, body_of, header, http_client, read_response, start_origin
+from .helpers import (
+    CacheTestCase,
+    body_of,
+    header,
+    http_client,
+    listen,
+    read_response,
+    start_cachetier,
+    start_origin,
+)
 from .nodes import Node, start_node, until
 
 SECRET = "s3cr3t-" + "x" * 25
@@ -388,3 +405,66 @@ class TierTests(TestCase):
         )
         rows = json.loads(await content(response))["rows"]
         return sum(row["requests"] for row in rows) == count
+
+
+class WorkerTests(TestCase):
+    """
+    A worker (C{--workers}) answers as its primary does, holding no secret.
+    """
+
+    async def test_a_worker_stamps_its_hits_and_leaves_edges_and_loops_to_the_primary(
+        self,
+    ) -> None:
+        origin, origin_url = start_origin(self)
+        path = os.path.abspath(self.mktemp())
+        cache, _ = start_cachetier(
+            self, origin_url, node_name="shield1", cluster_secret=SECRET.encode(), access_log=path
+        )
+        downloads = _Downloads()
+        cache.site.analytics = downloads  # type: ignore[assignment]
+        socket_path = os.path.join(tempfile.mkdtemp(), "primary.sock")
+        port = reactor.listenUNIX(socket_path, cache.site)
+        self.addCleanup(port.stopListening)
+        pool = primary_pool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        files = WorkerFiles(
+            CacheStore(cache.store.root),
+            Generation(os.path.join(cache.store.root, GENERATION_FILE)),
+            reactor,
+            PrimaryProxy(primary_agent(reactor, socket_path, pool)),
+            60,
+            partial(deferToThreadPool, reactor, reactor.getThreadPool()),
+            "shield1",
+        )
+        worker = listen(self, CacheSite(build_worker_root(files), Metrics(), reactor=reactor))
+        url = f"http://127.0.0.1:{worker.getHost().port}/files/ep.mp3"
+        client = http_client(self)
+        origin.put("ep.mp3", body_of(100_000))
+        await cache.syncer.start("ep.mp3").when_done()
+        for _ in range(100):
+            response = await client.get(url)
+            await content(response)
+            if "ep.mp3" in files.touched:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertIn("ep.mp3", files.touched, "the worker serves its hits")
+        (status,) = header(response.headers, "cache-status")
+        self.assertRegex(status, r"^shield1; hit; ttl=\d+$")
+        self.assertEqual(header(response.headers, "via"), ["1.1 shield1"])
+        files.touched.clear()
+        counted = len(downloads.events)
+        response = await client.get(url, headers={"CacheTier-Secret": [SECRET]})
+        await content(response)
+        response = await client.get(url, headers={"CDN-Loop": ["cachetier; node=shield1"]})
+        await content(response)
+        self.assertEqual(response.code, 508)
+        self.assertEqual(
+            header(response.headers, "cache-status"), ["shield1; detail=loop_detected"]
+        )
+        self.assertEqual(files.touched, set(), "both went to the primary")
+        assert cache.access_file is not None
+        cache.access_file.flush()
+        with open(path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len([line for line in lines if " - edge [" in line]), 1, lines)
+        self.assertEqual(len(downloads.events), counted, "an edge's fetch is no download")
