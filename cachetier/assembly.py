@@ -246,9 +246,7 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     analytics = _analytics(settings, run_in_thread, store)
     bus = None if settings.cluster is None else Bus(settings, syncer, reactor, run_in_thread)
     root = build_root(store, syncer, settings, metrics, analytics, bus)
-    return Tree(
-        store, root, pool, analytics, syncer, reloadables, bus=bus, upstreams=upstreams
-    )
+    return Tree(store, root, pool, analytics, syncer, reloadables, bus=bus, upstreams=upstreams)
 
 
 def _upstreams(
@@ -272,6 +270,8 @@ def _upstreams(
             min_rate=settings.origin_min_rate,
             rate_window=settings.origin_min_rate_window,
             forward_headers=settings.forward_request_headers,
+            node_name=settings.node_name,
+            secret=settings.cluster_secret,
         )
         for url in settings.shields
     ]
@@ -312,6 +312,7 @@ def _origin(
         header_file=header_file,
         run_in_thread=run_in_thread,
         forward_headers=settings.forward_request_headers,
+        node_name=settings.node_name,
     )
     return origin, reloadables
 
@@ -334,6 +335,7 @@ def worker_tree(
         PrimaryProxy(agent),
         settings.cache_control_max_age,
         run_in_thread,
+        settings.node_name,
     )
     return Tree(
         store,

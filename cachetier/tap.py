@@ -211,6 +211,13 @@ class Options(usage.Options):
             "Not hearing from the cluster for this long, every hit is revalidated first.",
         ],
         [
+            "cluster-secret-file",
+            None,
+            None,
+            "A file holding the secret every node of the cluster shares: edges send it to"
+            " their shields, which then treat them as edges, not listeners.",
+        ],
+        [
             "shield-fallback",
             None,
             "origin",

@@ -195,19 +195,22 @@ class Settings:
     shields: tuple[str, ...] = ()
     shield_fallback: str = "origin"
     shield_timeout: float = 2.0
-    # A secret: kept out of repr() so it can never reach a log.
+    # Secrets: kept out of repr() so they can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
+    # The cluster secret (--cluster-secret-file): edges send it to their
+    # shields, which recognise them by it.
+    cluster_secret: bytes | None = field(default=None, repr=False)
 
 
-_SECRETS = ("admin_token", "cluster_password")
+_SECRETS = frozenset({"admin_token", "cluster_secret", "cluster_password"})
 
 
 def to_json(settings: Settings) -> str:
     """
-    C{settings} as JSON for a worker process, all but the admin token and
-    the cluster's password: a worker relays every admin request to the
-    primary (which alone holds the cluster's connection), and a secret
-    has no place in a child's environment.
+    C{settings} as JSON for a worker process, all but the secrets: a
+    worker relays every admin request, and every request that carries the
+    cluster secret, to the primary (which alone holds the cluster's
+    connection), and a secret has no place in a child's environment.
     """
 
     def plain(_instance: object, _attribute: object, value: Any) -> Any:

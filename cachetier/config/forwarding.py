@@ -30,6 +30,9 @@ _NOT_FORWARDED = frozenset(
         "te",
         "upgrade",
         "x-amz-checksum-mode",
+        "via",
+        "cdn-loop",
+        "cachetier-secret",
     }
 )
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")

@@ -2,8 +2,10 @@
 The flags that place a node among others: its name (C{--node-name}), in
 logs, in the C{Via}, C{CDN-Loop} and C{Cache-Status} headers and in
 metrics; its shields (C{--shield}, C{--shield-fallback},
-C{--shield-timeout}), the nodes its fills ask before the origin; and the
-cluster it joins (C{--cluster} and the flags beside it).
+C{--shield-timeout}), the nodes its fills ask before the origin; the
+secret that marks an edge's requests to its shields
+(C{--cluster-secret-file}); and the cluster it joins (C{--cluster} and the
+flags beside it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,67 @@ def node_name(text: str | None) -> str:
             " '.', '_' or '-'; at most 63)"
         )
     return text
+
+
+# What a header value may hold (RFC 9110 section 5.5), less whitespace.
+_SECRET = re.compile(rb"[\x21-\x7e]{16,1024}\Z")
+
+
+def cluster_secret(path: str | None) -> bytes | None:
+    """
+    C{--cluster-secret-file}: the secret every node of a cluster shares,
+    from a file (never the command line); the message of a refusal never
+    shows it.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise SettingError(f"--cluster-secret-file: cannot read {path}: {e.strerror}") from None
+    if not _SECRET.match(secret):
+        raise SettingError(
+            "--cluster-secret-file: the secret must be 16 to 1024 printable ASCII"
+            " characters, without spaces"
+        )
+    return secret
+
+
+def tiers(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The settings of a node's place among others: its name, its shields
+    and the cluster secret.
+
+    @raise SettingError: naming the flag refused.
+    """
+    shields: list[str] = []
+    for url in flags["shield"]:
+        try:
+            base = normalise_base(url)
+        except ValueError as e:
+            raise SettingError(f"--shield: {e}") from None
+        if base in shields:
+            raise SettingError(f"--shield: {url!r} is given twice")
+        shields.append(base)
+    fallback = flags["shield-fallback"]
+    if fallback not in ("origin", "none"):
+        raise SettingError(f"--shield-fallback must be 'origin' or 'none', not {fallback!r}")
+    try:
+        timeout = parse_duration(flags["shield-timeout"])
+    except ValueError as e:
+        raise SettingError(f"--shield-timeout: {e}") from None
+    if timeout <= 0:
+        raise SettingError(
+            f"--shield-timeout: must be longer than 0, not {flags['shield-timeout']!r}"
+        )
+    return {
+        "node_name": node_name(flags["node-name"]),
+        "shields": tuple(shields),
+        "shield_fallback": fallback,
+        "shield_timeout": timeout,
+        "cluster_secret": cluster_secret(flags.get("cluster-secret-file")),
+    }
 
 
 # Every key of a cluster is under "<name>:": letters, digits, "._-".

@@ -23,6 +23,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 
 from ..errors import OriginAnswer, OriginError, Reason
+from ..hops import CDN_LOOP, VIA, upstream
 from ..names import origin_url, split_variant
 from ..objects import StoredObject
 from .agents import CoroutineAgent, S3Rejections, SigningAgent, WithinOrigin
@@ -50,6 +51,9 @@ class Origin:
         C{rate_window} seconds (0: no minimum).
     @param forward_headers: names of a listener's request headers sent with
         the fill its request starts (C{--forward-request-header}).
+    @param node_name: this node's, in every request's C{Via} and C{CDN-Loop}.
+    @param secret: the cluster secret, sent with every request: for a
+        shield only, never the origin.
     @param body_timeout: the longest silence tolerated inside a body, when
         it differs from C{timeout} (a shield's).
     @param own_failure: whether a 5xx answer is this upstream's own failure
@@ -70,9 +74,13 @@ class Origin:
         header_file: HeaderFile | None = None,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         forward_headers: tuple[str, ...] = (),
+        node_name: str = "cachetier",
+        secret: bytes | None = None,
         body_timeout: float | None = None,
         own_failure: Callable[[Any], bool] = lambda response: True,
     ) -> None:
+        self._node = node_name
+        self._secret = secret
         self._body_timeout = timeout if body_timeout is None else body_timeout
         self._own_failure = own_failure
         self._forward_headers = [name.lower().encode("ascii") for name in forward_headers]
@@ -105,13 +113,15 @@ class Origin:
 
     def forwarded(self, request_headers: Headers | None) -> tuple[tuple[bytes, bytes], ...]:
         """
-        The headers of a listener's request to send with a fill it starts.
+        The headers of a listener's request to send with a fill it starts:
+        those C{--forward-request-header} names, and its hops (C{Via} and
+        C{CDN-Loop}), which this node's entries follow.
         """
         if request_headers is None:
             return ()
         return tuple(
             (key, value)
-            for key in self._forward_headers
+            for key in (*self._forward_headers, VIA, CDN_LOOP)
             for value in request_headers.getRawHeaders(key, [])
         )
 
@@ -198,7 +208,13 @@ class Origin:
         response = await agent.request(
             b"GET",
             self.url_for(name).encode("utf-8"),
-            _request_headers(validators, byte_range, split_variant(name)[1], self._forwarded),
+            _request_headers(
+                validators,
+                byte_range,
+                split_variant(name)[1],
+                self._forwarded,
+                upstream(self._node, self._forwarded, self._secret),
+            ),
         )
         if response.code >= 500:
             if self._own_failure(response):
@@ -267,12 +283,14 @@ def _request_headers(
     byte_range: tuple[int, int, str] | None,
     selecting: tuple[tuple[str, str | None], ...] = (),
     forwarded: tuple[tuple[bytes, bytes], ...] = (),
+    hops: tuple[tuple[bytes, bytes], ...] = (),
 ) -> Headers:
     """
     What a GET asks for: the object's checksum, or a range of the version a
     validator names; with the cached copy's validators when revalidating,
     and for a variant, the request headers that select it; with the
-    C{forwarded} headers of the listener that started the fill.
+    C{forwarded} headers of the listener that started the fill, but its
+    hops, which C{hops} (L{cachetier.hops.upstream}) carry on.
     """
     headers = {CHECKSUM_MODE: [b"ENABLED"]}
     if byte_range is not None:
@@ -291,8 +309,10 @@ def _request_headers(
             headers[b"if-modified-since"] = [datetimeToString(int(validators.origin_last_modified))]
     sent = Headers(headers)
     for key, value in forwarded:
-        if not sent.hasHeader(key):
+        if not sent.hasHeader(key) and key not in (VIA, CDN_LOOP):
             sent.addRawHeader(key, value)
+    for key, value in hops:
+        sent.setRawHeaders(key, [value])
     return sent
 
 

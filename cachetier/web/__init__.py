@@ -20,6 +20,7 @@ from .compat import DownloadResource, VerifyResource
 from .dashboard import DashboardData, DashboardPage
 from .files import FilesResource
 from .health import Health, HealthResource, MetricsPage
+from .hops import Hops
 from .internal import ReportResource
 
 __all__ = ["CacheSite", "build_root"]
@@ -60,6 +61,7 @@ def build_root(
             settings.miss,
             settings.cache_control_max_age,
             settings.queue_timeout,
+            Hops(settings.node_name, settings.cluster_secret),
         ),
     )
     api = _Branch()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from attrs import evolve
 from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -41,9 +42,16 @@ def error_body(error: str, message: str) -> bytes:
 
 def render_error(request: IRequest, code: int, error: str, message: str) -> bytes:
     """
-    Set the status and headers of a JSON error and return its body.
+    Set the status and headers of a JSON error and return its body.  A
+    C{/files/} answer's C{Cache-Status} names the error (L{hops.stamp}),
+    with nothing of an upstream's: this node's own answer.
     """
     _json_headers(request, code)
+    status = getattr(request, "cache_status", None)
+    if status is not None:
+        request.cache_status = evolve(
+            status, fwd=None, fwd_status=None, stored=False, collapsed=False, detail=error
+        )
     return error_body(error, message)
 
 

@@ -16,12 +16,14 @@ from twisted.logger import Logger
 from twisted.web import http, server
 
 from ..analytics import Analytics
+from ..hops import CacheStatus
 from ..metrics import Metrics
 from . import addresses
 from ._json import error_body
 from ._twisted import request_line, unsent_bytes
 from .access import OncePerSecond, TwistdAccessLog
 from .addresses import RELAYED_FOR, Trusted
+from .hops import stamp
 from .observers import NOT_LISTENERS, RequestMetrics, record_download
 
 log = Logger()
@@ -67,6 +69,11 @@ class CacheRequest(server.Request):
     duration = 0.0
     counted = 0
     outcome_counted = False
+    # A /files/ answer's hop headers (see hops.stamp), and who asked:
+    # "edge" for a request with the cluster secret, else a listener.
+    hop_node: str | None = None
+    cache_status: CacheStatus | None = None
+    peer = "listener"
 
     # When the first body byte was written (time.monotonic()).
     first_byte: float | None = None
@@ -89,6 +96,8 @@ class CacheRequest(server.Request):
             site.log(self)
 
     def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            stamp(self)
         if (
             not self.startedWriting
             and self.getHeader(RELAYED_FOR) is not None

@@ -59,6 +59,8 @@ def access_fields(request: CacheRequest) -> dict[str, Any]:
     """
     return {
         "client": request.client_address,
+        # In nginx's $remote_user place: "edge" for a cluster edge's fetch.
+        "peer": getattr(request, "peer", "listener"),
         "method": request.method.decode("latin-1"),
         "path": request.uri.decode("latin-1"),
         "protocol": request.clientproto.decode("latin-1"),
@@ -80,13 +82,15 @@ def access_fields(request: CacheRequest) -> dict[str, Any]:
 def format_access(timestamp: str, event: dict[str, Any]) -> str:
     """
     One access log line from its fields (L{access_fields}): nginx's
-    C{combined} format, then the Range asked for, the cache outcome, the
+    C{combined} format (with C{edge} as the user of a request that carried
+    the cluster secret), then the Range asked for, the cache outcome, the
     duration and whether the response was complete (C{OK}) or cut short
     (C{aborted}); see the README.
     """
     request = _quoted(f"{event['method']} {event['path']} {event['protocol']}")
+    user = "edge" if event.get("peer") == "edge" else "-"
     return (
-        f'{event["client"]} - - [{timestamp}] "{request}" {event["status"]} {event["bytes"]}'
+        f'{event["client"]} - {user} [{timestamp}] "{request}" {event["status"]} {event["bytes"]}'
         f' "{_quoted(event["referer"])}" "{_quoted(event["user_agent"])}"'
         f' "{_quoted(event["range"])}" {event["outcome"]} {event["duration_ms"]:.1f}ms'
         f" {event['completion']}"

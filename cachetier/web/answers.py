@@ -13,6 +13,7 @@ from twisted.web import http, server
 from ..errors import NOT_FOUND_STATUSES, OriginAnswer
 from ..objects import StoredObject
 from .headers import replay
+from .hops import forwarded
 
 # Statuses that never carry a body, nor a Content-Length of one.
 _NO_BODY = frozenset({204, 304})
@@ -73,6 +74,7 @@ def render_answer(request: Any, answer: OriginAnswer) -> bytes | int:
     """
     headers = answer.headers
     status = headers.status
+    forwarded(request, "uri-miss", status)
     if status in NOT_FOUND_STATUSES:
         request.outcome = "not_found"
     else:

@@ -65,10 +65,12 @@ class RequestMetrics:
 def record_download(analytics: Analytics, request: CacheRequest) -> None:
     """
     The observer that records a download for the analytics: a GET of a
-    file answered with (some of) its bytes.
+    file answered with (some of) its bytes, to a listener (an edge's
+    fetch is not one: its listeners' downloads count at the edge).
     """
     if (
-        request.cache_name is not None
+        getattr(request, "peer", None) != "edge"
+        and request.cache_name is not None
         and request.method == b"GET"
         and request.code in (200, 206)
         and request.startedWriting

@@ -26,6 +26,7 @@ from ..sync.variants import selects_plain
 from .addresses import name_of
 from .bodies import SmallBodies
 from .files import serve_stored
+from .hops import relayed_hop
 from .proxy import PrimaryProxy
 
 log = Logger()
@@ -48,7 +49,9 @@ class WorkerFiles(Resource):
     small bodies too, before serving anything, and drops any read begun
     before the move: nothing it serves is older than the last purge.  The
     names it serves go to L{touched}, which the worker's L{Reporter} hands
-    to the primary for its LRU.
+    to the primary for its LRU.  A request that carries the cluster secret
+    or loops back to this node goes to the primary too, which knows the
+    secret and answers a loop.
     """
 
     isLeaf = True
@@ -63,8 +66,10 @@ class WorkerFiles(Resource):
         proxy: PrimaryProxy,
         max_age: int,
         run_in_thread: Callable[..., Deferred[Any]],
+        node: str = "cachetier",
     ) -> None:
         super().__init__()
+        self.node = node
         self.store = store
         self.run_in_thread = run_in_thread
         self.generation = generation
@@ -78,7 +83,7 @@ class WorkerFiles(Resource):
         self._learning: set[str] = set()
 
     def render(self, request: Any) -> bytes | int:
-        if request.method in (b"GET", b"HEAD"):
+        if request.method in (b"GET", b"HEAD") and not relayed_hop(request, self.node):
             try:
                 name = name_of(request)
             except InvalidName:
@@ -89,6 +94,7 @@ class WorkerFiles(Resource):
                 obj = None  # another variant's: the primary knows which
             if obj is not None:
                 request.cache_name, request.outcome = name, "hit"
+                request.hop_node = self.node
                 try:
                     body = serve_stored(
                         request, obj, self.store, self.small, self.default_max_age, now
@@ -96,7 +102,7 @@ class WorkerFiles(Resource):
                 except FileNotFoundError:
                     # Gone since we read its metadata: the primary knows.
                     self._seen.pop(name, None)
-                    request.cache_name = request.outcome = None
+                    request.cache_name = request.outcome = request.hop_node = None
                 else:
                     if len(self.touched) < self.max_seen:
                         self.touched.add(name)

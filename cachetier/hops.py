@@ -1,0 +1,143 @@
+"""
+The hop headers' wire format, shared by the requests a node sends upstream
+(L{cachetier.origin}) and the answers it gives (L{cachetier.web}):
+C{Via} (RFC 9110 section 7.6.3), C{CDN-Loop} (RFC 8586), C{Cache-Status}
+(RFC 9211), and the header that carries the cluster secret.
+"""
+
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+VIA = b"via"
+CDN_LOOP = b"cdn-loop"
+CACHE_STATUS = b"cache-status"
+# Sent by an edge to its shields only, never to the origin (never
+# forwardable either: see cachetier.config.forwarding).
+SECRET = b"cachetier-secret"
+
+# The cdn-id of every cachetier node in CDN-Loop; the node is a parameter.
+_CDN_ID = "cachetier"
+
+# One member of a CDN-Loop list (RFC 8586 section 2): a cdn-id, then
+# parameters whose values are tokens or quoted strings (which may hold a
+# comma or a semicolon).
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_MEMBER = re.compile(rf'(?:{_QUOTED}|[^,"])+')
+_PARAMETER = re.compile(rf"\s*([^=;\s]+)\s*=\s*({_QUOTED}|[^;]*)")
+
+
+def via(node: str) -> bytes:
+    """
+    This node's C{Via} entry.
+    """
+    return b"1.1 " + node.encode("ascii")
+
+
+def loop_entry(node: str) -> bytes:
+    """
+    This node's C{CDN-Loop} entry.
+    """
+    return f"{_CDN_ID}; node={node}".encode("ascii")
+
+
+def appended(values: list[bytes], entry: bytes) -> bytes:
+    """
+    One field line of a list header: the C{values} received, then C{entry}.
+    """
+    return b", ".join([*(v.strip() for v in values if v.strip()), entry])
+
+
+def upstream(
+    node: str, received: tuple[tuple[bytes, bytes], ...], secret: bytes | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    The hop headers of a request upstream: C{Via} and C{CDN-Loop}, each the
+    values C{received} from the listener whose request started the fill,
+    then this node's entry; and the cluster C{secret}, for a shield.
+    """
+    headers = (
+        (VIA, appended([v for k, v in received if k == VIA], via(node))),
+        (CDN_LOOP, appended([v for k, v in received if k == CDN_LOOP], loop_entry(node))),
+    )
+    return headers if secret is None else (*headers, (SECRET, secret))
+
+
+def names_node(values: list[bytes], node: str) -> bool:
+    """
+    Whether the C{CDN-Loop} field lines C{values} name this node: a loop.
+    """
+    for line in values:
+        text = line.decode("latin-1")
+        for member in _MEMBER.findall(text):
+            cdn_id, _, parameters = member.partition(";")
+            if cdn_id.strip().lower() != _CDN_ID:
+                continue
+            for key, value in _PARAMETER.findall(parameters):
+                if value.startswith('"'):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                if key.lower() == "node" and value.strip() == node:
+                    return True
+    return False
+
+
+@frozen
+class CacheStatus:
+    """
+    One node's entry in C{Cache-Status} (RFC 9211 section 2): an sf-item
+    whose bare item is the node's name (a token: see
+    L{cachetier.config.tiers.node_name}) and whose parameters say what the
+    node did.
+
+    @ivar hit: answered from the cache, not forwarded.
+    @ivar fwd: why the request went upstream (C{miss}, C{uri-miss},
+        C{stale}), or L{None}.
+    @ivar fwd_status: the status the upstream answered with.
+    @ivar ttl: the remaining freshness, in seconds (negative: stale).
+    @ivar stored: whether the answer is kept.
+    @ivar collapsed: whether the request joined a fetch already going.
+    @ivar detail: for an answer the node made itself, its error code.
+    """
+
+    hit: bool = False
+    fwd: str | None = None
+    fwd_status: int | None = None
+    ttl: int | None = None
+    stored: bool = False
+    collapsed: bool = False
+    detail: str | None = None
+
+    def entry(self, node: str) -> bytes:
+        """
+        The entry, serialized as RFC 8941 section 4.1 says: booleans true
+        as bare keys, tokens and integers as they are, a detail that is no
+        token as a string.
+        """
+        parts = [node]
+        if self.hit:
+            parts.append("hit")
+        if self.fwd is not None:
+            parts.append(f"fwd={self.fwd}")
+        if self.fwd_status is not None:
+            parts.append(f"fwd-status={self.fwd_status}")
+        if self.stored:
+            parts.append("stored")
+        if self.collapsed:
+            parts.append("collapsed")
+        if self.ttl is not None:
+            parts.append(f"ttl={self.ttl}")
+        if self.detail is not None:
+            parts.append(f"detail={_token_or_string(self.detail)}")
+        return "; ".join(parts).encode("ascii")
+
+
+_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+.^_`|~:/0-9A-Za-z-]*\Z")
+
+
+def _token_or_string(text: str) -> str:
+    if _TOKEN.match(text):
+        return text
+    printable = "".join(c for c in text if " " <= c <= "~")
+    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
