@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
 from .analytics import Analytics
+from .cluster.membership import Membership, membership_for
 from .config import Settings
 from .limits import site_limits
 from .metrics import Metrics
@@ -30,6 +31,7 @@ from .sync import Syncer
 from .web import CacheSite, build_root
 from .web._twisted import QuietPool
 from .web.access import AccessLine, AccessLogFile
+from .web.health import Health
 from .web.proxy import PrimaryProxy, primary_agent, primary_pool
 from .web.worker import Reporter, WorkerFiles, build_worker_root
 
@@ -52,6 +54,7 @@ class Tree:
     syncer: Syncer | None = None
     reloadables: list[Callable[[], None]] = Factory(list)
     reporter: Reporter | None = None
+    membership: Membership | None = None
 
 
 @frozen
@@ -70,14 +73,18 @@ class Assembly:
     reloadables: list[Callable[[], None]] = Factory(list)
     analytics: Analytics | None = None
     reporter: Reporter | None = None
+    membership: Membership | None = None
 
     def flush(self) -> None:
         """
-        Buffered access lines and analytics events out, and (in the
-        primary) sparse fills' leftovers nobody resumed in a day removed.
-        A failure is logged, and the next flush tries again.
+        Buffered access lines and analytics events out, the cluster's
+        heartbeat, and (in the primary) sparse fills' leftovers nobody
+        resumed in a day removed.  A failure is logged, and the next
+        flush tries again.
         """
         self.site.metrics.history.sample()  # the status page's, once a second
+        if self.membership is not None:
+            self.membership.beat()
         for buffered in (self.access_file, self.analytics):
             if buffered is not None:
                 try:
@@ -96,6 +103,9 @@ class Assembly:
         access log.
         """
         d = succeed(None) if self.syncer is None else self.syncer.stop()
+        if self.membership is not None:
+            membership = self.membership
+            d.addCallback(lambda _: membership.leave())
         d.addCallback(lambda _: self.pool.closeCachedConnections())
         if self.analytics is not None:
             d.addCallback(lambda _: self.analytics.drain())
@@ -145,6 +155,7 @@ def assemble(
         reloadables,
         tree.analytics,
         tree.reporter,
+        tree.membership,
     )
 
 
@@ -222,8 +233,27 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    root = build_root(store, syncer, settings, metrics, analytics)
-    return Tree(store, root, pool, analytics, syncer, reloadables)
+    health = Health(store, syncer)
+    membership = membership_for(
+        settings, partial(heartbeat_report, store, metrics, health), run_in_thread, reactor
+    )
+    view = None if membership is None else membership.view
+    root = build_root(store, syncer, settings, metrics, analytics, health, view)
+    return Tree(store, root, pool, analytics, syncer, reloadables, membership=membership)
+
+
+def heartbeat_report(store: CacheStore, metrics: Metrics, health: Health) -> dict[str, Any]:
+    """
+    What this node's heartbeat says of its state (see L{Membership}).
+    """
+    verdict = health.verdict()
+    return {
+        "status": verdict["status"],
+        "reason": "; ".join(verdict["reasons"]),
+        "disk_used": store.total_bytes,
+        "disk_quota": store.capacity(),
+        "hit_ratio": metrics.hit_ratio(),
+    }
 
 
 def _origin(

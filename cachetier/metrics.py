@@ -263,6 +263,20 @@ class Metrics:
         except ValueError:
             pass  # labels this counter does not have (a byte tally has none)
 
+    def hit_ratio(self) -> float | None:
+        """
+        Hits among the listeners' requests that found the file (hit, miss
+        or stale) since the start; L{None} before the first.
+        """
+        found = dict.fromkeys(("hit", "miss", "stale"), 0.0)
+        for family in self.requests.collect():
+            for s in family.samples:
+                group = OUTCOME_GROUPS.get(s.labels.get("outcome", ""))
+                if group in found and s.name.endswith("_total"):
+                    found[group] += s.value
+        total = sum(found.values())
+        return round(found["hit"] / total, 4) if total else None
+
     def watch(
         self,
         objects: Callable[[], float],

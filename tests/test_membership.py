@@ -1,0 +1,153 @@
+"""
+Membership (issue 23): heartbeats in Redis and C{GET /api/v1/cluster},
+between real C{twistd} nodes and a real C{redis-server}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from .helpers import http_client, read_response, start_origin
+from .nodes import Node, start_node, until
+from .redis_server import RedisServer, start_redis
+
+TOKEN = "membership-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def token_file(test: TestCase) -> str:
+    path = os.path.abspath(test.mktemp())
+    with open(path, "w") as f:
+        f.write(TOKEN)
+    return path
+
+
+async def start_member(
+    test: TestCase, origin_url: str, redis: RedisServer, name: str, host: str, *args: str
+) -> Node:
+    """
+    A node in C{redis}'s cluster, with the admin token L{TOKEN} and its
+    C{--node-url}.
+    """
+    port = free_port(host)
+    return await start_node(
+        test,
+        origin_url,
+        f"--cluster={redis.url}",
+        f"--node-url=http://{host}:{port}/",
+        f"--admin-token-file={token_file(test)}",
+        *args,
+        name=name,
+        host=host,
+        port=port,
+    )
+
+
+class MembershipTests(TestCase):
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.redis = await start_redis(self)
+        self.origin, self.origin_url = start_origin(self)
+        self.http = http_client(self)
+
+    async def cluster(self, node: Node) -> dict[str, Any]:
+        response = await self.http.get(node.url + "api/v1/cluster", headers=ADMIN)
+        code, _, body = await read_response(response)
+        self.assertEqual(code, 200, body)
+        return json.loads(body)
+
+    async def nodes(self, node: Node) -> dict[str, dict[str, Any]]:
+        return {n["name"]: n for n in (await self.cluster(node))["nodes"]}
+
+    async def test_every_node_lists_every_node_and_a_killed_one_is_gone_within_seconds(
+        self,
+    ) -> None:
+        a = await start_member(self, self.origin_url, self.redis, "a", "127.0.0.1")
+        b = await start_member(self, self.origin_url, self.redis, "b", "127.0.0.2")
+        c = await start_member(self, self.origin_url, self.redis, "c", "127.0.0.3", "--role=shield")
+
+        async def all_alive() -> bool:
+            nodes = await self.nodes(b)
+            return [(n, v["alive"]) for n, v in nodes.items()] == [
+                ("a", True),
+                ("b", True),
+                ("c", True),
+            ]
+
+        await until(all_alive, within=15)
+        view = await self.cluster(a)
+        self.assertEqual((view["cluster"], view["node"]), ("cachetier", "a"))
+        nodes = await self.nodes(a)
+        self.assertEqual((nodes["a"]["role"], nodes["c"]["role"]), ("edge", "shield"))
+        self.assertEqual(nodes["b"]["url"], b.url)
+        self.assertEqual(nodes["a"]["status"], "ok")
+        self.assertEqual(nodes["a"]["lag"], {"entries": 0, "seconds": 0.0})
+        for field in ("version", "disk_used", "disk_quota", "hit_ratio"):
+            self.assertIn(field, nodes["a"])
+
+        c.kill()
+        await c.ended()
+        killed_at = await deferToThread(self.redis.client().time)
+
+        async def c_gone() -> bool:
+            return (await self.nodes(a))["c"]["alive"] is False
+
+        await until(c_gone, within=10)
+        gone = (await self.nodes(a))["c"]
+        self.assertIsNone(gone["lag"])
+        self.assertLessEqual(gone["last_seen"], killed_at[0] + 1)
+
+        await b.stop()
+        nodes = await self.nodes(a)
+        self.assertFalse(nodes["b"]["alive"], "a node that stops leaves at once")
+        self.assertTrue(nodes["a"]["alive"])
+
+    async def test_lag_counts_the_purges_a_node_has_not_applied(self) -> None:
+        a = await start_member(self, self.origin_url, self.redis, "a", "127.0.0.1")
+        client = self.redis.client()
+        await until(lambda: deferToThread(client.exists, "cachetier:node:a"), within=15)
+        # Purges this node never heard of, as another node appended them.
+        entry = {"kind": "names", "names": '["x"]', "node": "z"}
+        first = client.xadd("cachetier:purges", entry)
+        for _ in range(4):
+            client.xadd("cachetier:purges", entry)
+        record = json.loads(client.get("cachetier:node:a"))
+        record["applied"] = first
+        client.set("cachetier:node:a", json.dumps(record), ex=60)
+        view = await self.cluster(a)
+        self.assertEqual(view["stream"]["length"], 5)
+        lag = {n["name"]: n for n in view["nodes"]}["a"]["lag"]
+        self.assertEqual(lag["entries"], 4)
+        self.assertGreaterEqual(lag["seconds"], 0.0)
+
+    async def test_outside_a_cluster_the_endpoint_says_so(self) -> None:
+        node = await start_node(self, self.origin_url, f"--admin-token-file={token_file(self)}")
+        response = await self.http.get(node.url + "api/v1/cluster", headers=ADMIN)
+        code, _, body = await read_response(response)
+        self.assertEqual((code, json.loads(body)["error"]), (404, "no_cluster"))
+        code, _, _ = await read_response(await self.http.get(node.url + "api/v1/cluster"))
+        self.assertEqual(code, 401)
+
+    async def test_redis_gone_the_endpoint_answers_503_and_the_node_serves(self) -> None:
+        a = await start_member(self, self.origin_url, self.redis, "a", "127.0.0.1")
+        await self.redis.kill()
+        response = await self.http.get(a.url + "api/v1/cluster", headers=ADMIN)
+        code, _, body = await read_response(response)
+        self.assertEqual(code, 503)
+        self.assertEqual(json.loads(body)["error"], "cluster_unreachable")
+        self.assertNotIn(b"127.0.0.1", body)
+        code, _, _ = await read_response(await self.http.get(a.url + "healthz"))
+        self.assertEqual(code, 200)
