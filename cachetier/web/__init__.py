@@ -84,7 +84,15 @@ def build_root(
     v1.putChild(b"cluster", ClusterResource(cluster_view, settings.admin_token))
     v1.putChild(
         b"dashboard",
-        DashboardData(store, syncer, metrics, analytics, settings.admin_token, health),
+        DashboardData(
+            store,
+            syncer,
+            metrics,
+            analytics,
+            settings.admin_token,
+            health,
+            in_cluster=cluster_view is not None,
+        ),
     )
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
