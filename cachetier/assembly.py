@@ -31,6 +31,7 @@ from .sync import Syncer
 from .web import CacheSite, build_root
 from .web._twisted import QuietPool
 from .web.access import AccessLine, AccessLogFile
+from .web.cluster import STATS_TIMEOUT, ClusterStats
 from .web.health import Health
 from .web.proxy import PrimaryProxy, primary_agent, primary_pool
 from .web.worker import Reporter, WorkerFiles, build_worker_root
@@ -237,8 +238,11 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     membership = membership_for(
         settings, partial(heartbeat_report, store, metrics, health), run_in_thread, reactor
     )
-    view = None if membership is None else membership.view
-    root = build_root(store, syncer, settings, metrics, analytics, health, view)
+    cluster = None
+    if membership is not None:
+        nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
+        cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
+    root = build_root(store, syncer, settings, metrics, analytics, health, cluster)
     return Tree(store, root, pool, analytics, syncer, reloadables, membership=membership)
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from .helpers import http_client, read_response, start_origin
+from cachetier.web.cluster import merge_rows
+
+from .helpers import body_of, child_environment, http_client, read_response, start_origin
 from .nodes import Node, start_node, until
 from .redis_server import RedisServer, start_redis
 
@@ -151,3 +155,125 @@ class MembershipTests(TestCase):
         self.assertNotIn(b"127.0.0.1", body)
         code, _, _ = await read_response(await self.http.get(a.url + "healthz"))
         self.assertEqual(code, 200)
+
+
+class MergeRowsTests(SynchronousTestCase):
+    def test_counts_of_one_file_and_day_are_summed_in_the_nodes_order(self) -> None:
+        a = [
+            {
+                "file": "x",
+                "day": "2026-12-01",
+                "requests": 2,
+                "bytes": 10,
+                "complete": 1,
+                "downloads": 1,
+            },
+            {
+                "file": "y",
+                "day": "2026-12-02",
+                "requests": 1,
+                "bytes": 5,
+                "complete": 0,
+                "downloads": 1,
+            },
+        ]
+        b = [
+            {
+                "file": "x",
+                "day": "2026-12-01",
+                "requests": 3,
+                "bytes": 7,
+                "complete": 2,
+                "downloads": 2,
+            }
+        ]
+        self.assertEqual(
+            merge_rows([a, b], "day"),
+            [
+                {
+                    "file": "x",
+                    "day": "2026-12-01",
+                    "requests": 5,
+                    "bytes": 17,
+                    "complete": 3,
+                    "downloads": 3,
+                },
+                {
+                    "file": "y",
+                    "day": "2026-12-02",
+                    "requests": 1,
+                    "bytes": 5,
+                    "complete": 0,
+                    "downloads": 1,
+                },
+            ],
+        )
+        totals = [
+            [{"file": "y", "requests": 9, "bytes": 1, "complete": 0, "downloads": 4}],
+            [{"file": "x", "requests": 1, "bytes": 1, "complete": 1, "downloads": 3}],
+        ]
+        self.assertEqual([r["file"] for r in merge_rows(totals, "file")], ["y", "x"])
+
+
+class ClusterStatsTests(TestCase):
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.redis = await start_redis(self)
+        self.origin, self.origin_url = start_origin(self)
+        self.origin.put("ep.mp3", body_of(200_000))
+        self.http = http_client(self)
+
+    async def test_every_live_nodes_counts_merged_saying_which_did_not_answer(self) -> None:
+        a = await start_member(self, self.origin_url, self.redis, "a", "127.0.0.1")
+        b = await start_member(self, self.origin_url, self.redis, "b", "127.0.0.2")
+        c = await start_member(self, self.origin_url, self.redis, "c", "127.0.0.3")
+        player = {"User-Agent": "AppleCoreMedia/1.0"}
+        for node in (a, b, c):
+            await read_response(await self.http.get(node.url + "files/ep.mp3", headers=player))
+
+        async def stats() -> dict[str, Any]:
+            response = await self.http.get(
+                a.url + "api/v1/stats?scope=cluster&group=file", headers=ADMIN
+            )
+            code, _, body = await read_response(response)
+            self.assertEqual(code, 200, body)
+            return json.loads(body)
+
+        async def all_counted() -> bool:
+            body = await stats()
+            return body["nodes"] == ["a", "b", "c"] and [
+                (r["file"], r["downloads"]) for r in body["rows"]
+            ] == [("ep.mp3", 3)]
+
+        await until(all_counted, within=20)
+        c.kill()
+        await c.ended()
+        body = await stats()  # c's heartbeat has not expired yet
+        self.assertEqual(body["nodes"], ["a", "b"])
+        self.assertEqual([u["node"] for u in body["unanswered"]], ["c"])
+        self.assertEqual(body["rows"][0]["downloads"], 2)
+
+        argv = [
+            sys.executable, "-m", "cachetier.cli", "stats", "--cluster", "--group=file",
+            f"--server={a.url}", f"--admin-token-file={token_file(self)}", "--format=csv",
+        ]  # fmt: skip
+        done = await deferToThread(
+            subprocess.run, argv, env=child_environment(), capture_output=True, text=True
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(
+            done.stdout.splitlines(),
+            ["file,requests,bytes,complete,downloads", "ep.mp3,2,400000,2,2"],
+        )
+        self.assertIn("cachetier stats: c did not answer:", done.stderr)
+
+    async def test_scope_cluster_outside_a_cluster(self) -> None:
+        node = await start_node(self, self.origin_url, f"--admin-token-file={token_file(self)}")
+        for query, code, error in (
+            ("scope=cluster", 404, "no_cluster"),
+            ("scope=world", 400, "bad_request"),
+        ):
+            response = await self.http.get(node.url + "api/v1/stats?" + query, headers=ADMIN)
+            got, _, body = await read_response(response)
+            self.assertEqual((got, json.loads(body)["error"]), (code, error))

@@ -4,10 +4,6 @@ The resource tree, built in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
@@ -19,7 +15,7 @@ from ..sync import Syncer
 from ._json import NotFound
 from ._site import CacheSite
 from .api import FileStatusResource, PurgeResource, StatsResource, SyncsResource, WarmResource
-from .cluster import ClusterResource
+from .cluster import ClusterResource, ClusterStats
 from .compat import DownloadResource, VerifyResource
 from .dashboard import DashboardData, DashboardPage
 from .files import FilesResource
@@ -48,15 +44,16 @@ def build_root(
     metrics: Metrics,
     analytics: Analytics | None = None,
     health: Health | None = None,
-    cluster_view: Callable[[], Deferred[Any]] | None = None,
+    cluster: ClusterStats | None = None,
 ) -> Resource:
     """
     Every route of the service (see the HTTP contract in DESIGN.md).
 
     @param health: the verdict for C{/healthz} and the dashboard (default:
         one of its own).
-    @param cluster_view: reads the cluster's node list, in a cluster.
+    @param cluster: in a cluster, its node list and download counts.
     """
+    cluster_view = None if cluster is None else cluster.view
     # One verdict, reused for a second, for /healthz, the dashboard and
     # the heartbeat.
     health = health or Health(store, syncer)
@@ -80,7 +77,7 @@ def build_root(
     v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token))
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
-    v1.putChild(b"stats", StatsResource(analytics, settings.admin_token))
+    v1.putChild(b"stats", StatsResource(analytics, settings.admin_token, cluster))
     v1.putChild(b"cluster", ClusterResource(cluster_view, settings.admin_token))
     v1.putChild(
         b"dashboard",
