@@ -53,7 +53,6 @@ def build_root(
         one of its own).
     @param cluster: in a cluster, its node list and download counts.
     """
-    cluster_view = None if cluster is None else cluster.view
     # One verdict, reused for a second, for /healthz, the dashboard and
     # the heartbeat.
     health = health or Health(store, syncer)
@@ -78,19 +77,10 @@ def build_root(
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
     v1.putChild(b"stats", StatsResource(analytics, settings.admin_token, cluster))
-    v1.putChild(b"cluster", ClusterResource(cluster_view, settings.admin_token))
-    v1.putChild(
-        b"dashboard",
-        DashboardData(
-            store,
-            syncer,
-            metrics,
-            analytics,
-            settings.admin_token,
-            health,
-            in_cluster=cluster_view is not None,
-        ),
-    )
+    v1.putChild(b"cluster", ClusterResource(cluster and cluster.view, settings.admin_token))
+    dashboard = DashboardData(store, syncer, metrics, analytics, settings.admin_token, health)
+    dashboard.in_cluster = cluster is not None
+    v1.putChild(b"dashboard", dashboard)
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(health))

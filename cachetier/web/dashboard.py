@@ -127,10 +127,10 @@ class DashboardData(JSONResource):
         analytics: Analytics | None,
         admin_token: bytes | None,
         health: Health,
-        in_cluster: bool = False,
     ) -> None:
         super().__init__()
-        self.in_cluster = in_cluster
+        # Whether the node is in a cluster: the page shows its card then.
+        self.in_cluster = False
         self.store = store
         self.syncer = syncer
         self.metrics = metrics
