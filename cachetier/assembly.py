@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
 from .analytics import Analytics
+from .cluster.bus import Bus
 from .cluster.membership import Membership, membership_for
 from .config import Settings
 from .limits import site_limits
@@ -46,6 +47,7 @@ class Tree:
     store as the process opens it, what it serves, and what it owns.
 
     @ivar reporter: in a worker, what tells the primary of its hits.
+    @ivar bus: in the primary of a cluster's node, its purge log.
     """
 
     store: CacheStore
@@ -56,6 +58,7 @@ class Tree:
     reloadables: list[Callable[[], None]] = Factory(list)
     reporter: Reporter | None = None
     membership: Membership | None = None
+    bus: Bus | None = None
 
 
 @frozen
@@ -75,6 +78,17 @@ class Assembly:
     analytics: Analytics | None = None
     reporter: Reporter | None = None
     membership: Membership | None = None
+    bus: Bus | None = None
+
+    def start(self) -> None:
+        """
+        Start what runs beside the site: the cluster's reader thread, and
+        the heartbeat that tells of each purge applied.
+        """
+        if self.bus is not None:
+            self.bus.start()
+        if self.membership is not None:
+            self.membership.start()
 
     def flush(self) -> None:
         """
@@ -100,10 +114,12 @@ class Assembly:
 
     def stop(self) -> Deferred[Any]:
         """
-        Cancel the downloads, then close the origin connections and the
-        access log.
+        Stop following the cluster's log, cancel the downloads, then close
+        the origin connections and the access log.
         """
-        d = succeed(None) if self.syncer is None else self.syncer.stop()
+        d = succeed(None) if self.bus is None else self.bus.stop()
+        if self.syncer is not None:
+            d.addCallback(lambda _: self.syncer.stop())
         if self.membership is not None:
             membership = self.membership
             d.addCallback(lambda _: membership.leave())
@@ -157,6 +173,7 @@ def assemble(
         tree.analytics,
         tree.reporter,
         tree.membership,
+        tree.bus,
     )
 
 
@@ -234,30 +251,44 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    health = Health(store, syncer)
-    membership = membership_for(
-        settings, partial(heartbeat_report, store, metrics, health), run_in_thread, reactor
-    )
+    bus = None if settings.cluster is None else Bus(settings, syncer, reactor, run_in_thread)
+    health = Health(store, syncer, bus)
+    report = partial(heartbeat_report, store, metrics, health, bus)
+    applied = (lambda: None) if bus is None else (lambda: bus.applied)
+    membership = membership_for(settings, report, run_in_thread, reactor, applied)
     cluster = None
     if membership is not None:
         nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
         cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
-    root = build_root(store, syncer, settings, metrics, analytics, health, cluster)
-    return Tree(store, root, pool, analytics, syncer, reloadables, membership=membership)
+    root = build_root(store, syncer, settings, metrics, analytics, bus, health, cluster)
+    return Tree(store, root, pool, analytics, syncer, reloadables, membership=membership, bus=bus)
 
 
-def heartbeat_report(store: CacheStore, metrics: Metrics, health: Health) -> dict[str, Any]:
+def heartbeat_report(
+    store: CacheStore, metrics: Metrics, health: Health, bus: Bus | None
+) -> dict[str, Any]:
     """
     What this node's heartbeat says of its state (see L{Membership}).
     """
     verdict = health.verdict()
-    return {
+    report = {
         "status": verdict["status"],
         "reason": "; ".join(verdict["reasons"]),
         "disk_used": store.total_bytes,
         "disk_quota": store.capacity(),
         "hit_ratio": metrics.hit_ratio(),
+        "applied": None,
+        "applied_at": None,
+        "lag_seconds": None,
     }
+    if bus is not None:
+        lag = bus.lag_seconds()
+        report.update(
+            applied=bus.applied,
+            applied_at=bus.applied_at,
+            lag_seconds=None if lag == float("inf") else round(lag, 3),
+        )
+    return report
 
 
 def _origin(

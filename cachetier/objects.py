@@ -33,6 +33,9 @@ class StoredObject:
         revalidated.
     @ivar status: the origin's status: 200 for a file, another for an
         answer kept as it came (a 404, a 301...).
+    @ivar cluster_generation: the cluster's generation of its name when it
+        was published (0: none known): a node whose purge log no longer
+        reaches back drops the copies older than the cluster's.
     """
 
     name: str
@@ -49,6 +52,7 @@ class StoredObject:
     extra: tuple[tuple[str, str], ...] = ()
     initial_age: float = 0.0
     status: int = 200
+    cluster_generation: int = 0
 
     def updated_by(self, headers: ObjectHeaders) -> StoredObject:
         """
@@ -110,6 +114,7 @@ class StoredObject:
             "extra": [list(pair) for pair in self.extra],
             "initial_age": self.initial_age,
             "status": self.status,
+            "cluster_generation": self.cluster_generation,
         }
 
     @classmethod
@@ -130,6 +135,7 @@ class StoredObject:
             extra=tuple((str(k), str(v)) for k, v in raw.get("extra", ())),
             initial_age=float(raw.get("initial_age", 0.0)),
             status=int(raw.get("status", 200)),
+            cluster_generation=int(raw.get("cluster_generation", 0)),
         )
 
 

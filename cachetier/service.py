@@ -242,6 +242,7 @@ class CacheService(Service):
             raise StartupFailure(
                 f"cannot open the cache in {self.settings.cache_dir}: {e.strerror or e}"
             ) from None
+        self.assembly.start()
         self._install_signals()
 
     def flush(self) -> None:

@@ -5,15 +5,21 @@ log between real C{twistd} nodes and a real C{redis-server}.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
+from treq import content
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachetier.cluster.connection import connect
+from cachetier.cluster.log import stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 
+from .helpers import http_client, start_origin
+from .nodes import Node, restart_node, start_node, until
 from .redis_server import start_redis
 
 FLAGS = {
@@ -101,3 +107,197 @@ class ConnectionTests(TestCase):
         self.addCleanup(client.close)
         self.assertTrue(await deferToThread(client.ping))
         self.assertEqual(await deferToThread(client.client_getname), "cachetier:cachetier")
+
+
+TOKEN = "cluster-admin-token-0123456789"
+
+
+class PurgeLogTests(TestCase):
+    """
+    Real C{twistd} nodes on 127.0.0.x and a real C{redis-server}: a purge
+    taken by any node reaches every node, in order, whatever stopped.
+    """
+
+    timeout = 90
+
+    async def setup_cluster(self, count: int, *args: str) -> list[Node]:
+        self.origin, self.origin_url = start_origin(self)
+        self.redis = await start_redis(self)
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(TOKEN)
+        self.args = (f"--cluster={self.redis.url}", f"--admin-token-file={token_file}", *args)
+        self.client = http_client(self)
+        nodes = []
+        for n in range(count):
+            nodes.append(await self.start(f"node{n + 2}", f"127.0.0.{n + 2}"))
+        for node in nodes:
+            await self.level(node)
+        return nodes
+
+    async def start(self, name: str, host: str) -> Node:
+        return await start_node(self, self.origin_url, *self.args, name=name, host=host)
+
+    async def get(self, node: Node, name: str) -> bytes:
+        response = await self.client.get(node.url + "files/" + name)
+        self.assertEqual(response.code, 200)
+        return bytes(await content(response))
+
+    async def api(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": [f"Bearer {TOKEN}"]}
+        data = None if body is None else json.dumps(body).encode()
+        response = await self.client.request(method, url, headers=headers, data=data)
+        return response.code, json.loads(await content(response))
+
+    async def health(self, node: Node) -> dict[str, Any]:
+        response = await self.client.get(node.url + "healthz")
+        return dict(json.loads(await content(response)))
+
+    async def level(self, node: Node, entry: str | None = None) -> None:
+        """
+        Wait until C{node} is level with the log (past C{entry}).
+        """
+
+        async def there() -> bool:
+            cluster = (await self.health(node))["cluster"]
+            if cluster["status"] != "ok":
+                return False
+            return entry is None or stream_id(cluster["applied"] or "0-0") >= stream_id(entry)
+
+        await until(there, within=15.0)
+
+    async def cached(self, node: Node, name: str) -> bool:
+        _, status = await self.api("GET", f"{node.url}api/v1/files/{name}?sync=0")
+        return bool(status["state"] == "cached")
+
+    async def test_a_purge_on_one_node_is_applied_on_every_node_within_a_second(self) -> None:
+        nodes = await self.setup_cluster(3)
+        self.origin.put("ep.mp3", b"version one")
+        for node in nodes:
+            self.assertEqual(await self.get(node, "ep.mp3"), b"version one")
+        self.origin.put("ep.mp3", b"version two")
+        code, answer = await self.api("DELETE", nodes[0].url + "api/v1/files/ep.mp3")
+        self.assertEqual(code, 200)
+        self.assertTrue(answer["purged"])
+        entry = answer["cluster"]["id"]
+        await until(lambda: _every(self.level_past(node, entry) for node in nodes[1:]), within=1.0)
+        for node in nodes:
+            self.assertEqual(await self.get(node, "ep.mp3"), b"version two")
+
+    async def level_past(self, node: Node, entry: str) -> bool:
+        applied = (await self.health(node))["cluster"]["applied"]
+        return applied is not None and stream_id(applied) >= stream_id(entry)
+
+    async def test_a_node_killed_during_purges_catches_up_when_restarted(self) -> None:
+        taker, killed = await self.setup_cluster(2)
+        names = [f"ep{i}.mp3" for i in range(20)]
+        for name in names:
+            self.origin.put(name, b"old " + name.encode())
+            await self.get(killed, name)
+        for i, name in enumerate(names):
+            if i == 5:
+                killed.kill()
+                await killed.ended()
+            self.origin.put(name, b"new " + name.encode())
+            code, answer = await self.api("DELETE", taker.url + "api/v1/files/" + name)
+            self.assertEqual(code, 200)
+        again = await restart_node(self, killed, self.origin_url)
+        await self.level(again, answer["cluster"]["id"])
+        for name in names:
+            self.assertFalse(await self.cached(again, name), name)
+            self.assertEqual(await self.get(again, name), b"new " + name.encode())
+
+    async def test_a_node_the_trimmed_log_no_longer_reaches_resyncs(self) -> None:
+        taker, stopped = await self.setup_cluster(2)
+        names = [f"ep{i}.mp3" for i in range(6)]
+        for name in names:
+            self.origin.put(name, b"old " + name.encode())
+            await self.get(stopped, name)
+        await stopped.stop()
+        for name in names[:3]:
+            self.origin.put(name, b"new " + name.encode())
+            code, answer = await self.api("DELETE", taker.url + "api/v1/files/" + name)
+            self.assertEqual(code, 200)
+        redis = self.redis.client()
+        self.addCleanup(redis.close)
+        await deferToThread(redis.xtrim, "cachetier:purges", maxlen=0, approximate=False)
+        again = await restart_node(self, stopped, self.origin_url)
+        await self.level(again)
+        for name in names[:3]:
+            self.assertFalse(await self.cached(again, name), name)
+            self.assertEqual(await self.get(again, name), b"new " + name.encode())
+        for name in names[3:]:
+            self.assertTrue(await self.cached(again, name), f"{name} was never purged")
+        self.assertIn("resynced from the purge log", again.output)
+
+    async def test_a_prefix_purge_everywhere(self) -> None:
+        nodes = await self.setup_cluster(3)
+        for name in ("show/a.mp3", "show/b.mp3", "other.mp3"):
+            self.origin.put(name, name.encode())
+            for node in nodes:
+                await self.get(node, name)
+        code, answer = await self.api(
+            "POST", nodes[1].url + "api/v1/purge?wait=5", {"prefix": "show/"}
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(answer["purged"], ["show/a.mp3", "show/b.mp3"])
+        for node in nodes:
+            await self.level(node, answer["cluster"]["id"])
+            self.assertFalse(await self.cached(node, "show/a.mp3"))
+            self.assertFalse(await self.cached(node, "show/b.mp3"))
+            self.assertTrue(await self.cached(node, "other.mp3"))
+
+    async def test_wait_names_the_live_nodes_that_have_not_applied(self) -> None:
+        (node,) = await self.setup_cluster(1)
+        redis = self.redis.client()
+        self.addCleanup(redis.close)
+        heartbeat = json.dumps({"name": "ghost", "applied": "0-0"})
+        await deferToThread(redis.set, "cachetier:node:ghost", heartbeat, ex=30)
+        code, answer = await self.api("POST", node.url + "api/v1/purge?wait=0.3", {"files": []})
+        self.assertEqual(code, 200)
+        self.assertEqual(answer["cluster"]["pending"], ["ghost"])
+        code, answer = await self.api("POST", node.url + "api/v1/purge?wait=x", {"files": []})
+        self.assertEqual((code, answer["error"]), (400, "bad_wait"))
+
+    async def test_without_redis_hits_go_on_revalidated_and_purges_are_refused(self) -> None:
+        taker, other = await self.setup_cluster(2, "--cluster-max-lag=1s")
+        self.origin.put("ep.mp3", b"version one")
+        for node in (taker, other):
+            self.assertEqual(await self.get(node, "ep.mp3"), b"version one")
+        await self.redis.kill()
+
+        async def degraded() -> bool:
+            return bool((await self.health(other))["status"] == "degraded")
+
+        await until(degraded, within=10.0)
+        reasons = (await self.health(other))["reasons"]
+        self.assertTrue(any("purge log" in reason for reason in reasons), reasons)
+        before = self.conditional_requests()
+        self.assertEqual(await self.get(other, "ep.mp3"), b"version one")
+        self.assertEqual(await self.get(other, "ep.mp3"), b"version one")
+        self.assertEqual(self.conditional_requests(), before + 2)
+        code, answer = await self.api("DELETE", taker.url + "api/v1/files/ep.mp3")
+        self.assertEqual((code, answer["error"]), (503, "cluster_unavailable"))
+        self.assertNotIn(str(self.redis.port), json.dumps(answer))
+        await self.redis.start()
+        for node in (taker, other):
+            await self.level(node)
+        self.origin.put("ep.mp3", b"version two")
+        code, answer = await self.api("DELETE", taker.url + "api/v1/files/ep.mp3")
+        self.assertEqual(code, 200)
+        await self.level(other, answer["cluster"]["id"])
+        self.assertEqual(await self.get(other, "ep.mp3"), b"version two")
+
+    def conditional_requests(self) -> int:
+        return sum(
+            1
+            for _, name, headers in self.origin.requests
+            if name == "ep.mp3" and headers.hasHeader(b"if-none-match")
+        )
+
+
+async def _every(checks: Any) -> bool:
+    for check in checks:
+        if not await check:
+            return False
+    return True

@@ -21,6 +21,7 @@ from typing import Any
 from attrs import frozen
 from redis.exceptions import ResponseError
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,6 +37,10 @@ EXPIRES_AFTER = 5
 FORGET_AFTER = 86400.0
 # Entries counted behind a node's position at most (more reads as this).
 MAX_LAG_COUNTED = 10_000
+# How often whether this node applied a purge since its last heartbeat is
+# checked: one that did writes its heartbeat at once, so that a purge's
+# ?wait= (which reads the heartbeats) hears of it within this long.
+PROMPT_EVERY = 0.02
 
 # Entries after a node's last applied one: how many (up to a bound) and
 # the first one's ID (its time is how long the oldest unapplied purge has
@@ -74,6 +79,7 @@ class Membership:
     @param run_in_thread: runs a blocking call in the thread pool; a
         Deferred of its result.
     @param clock: the reactor's C{seconds()} is Unix time.
+    @param applied: the last purge log entry this node applied.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class Membership:
         report: Callable[[], dict[str, Any]],
         run_in_thread: Callable[..., Deferred[Any]],
         clock: Any,
+        applied: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.redis = redis
         self.prefix = key_prefix
@@ -95,6 +102,21 @@ class Membership:
         self._failing = False
         self._viewing: list[Deferred[dict[str, Any]]] = []
         self._behind = redis.register_script(_BEHIND)
+        self._applied = applied
+        self._told: str | None = None
+        self._prompt = LoopingCall(self._tell_applied)
+        self._prompt.clock = clock
+
+    def start(self) -> None:
+        """
+        Write a heartbeat as soon as this node applies a purge, besides
+        the one a second (L{beat}, called by the service's flush).
+        """
+        self._prompt.start(PROMPT_EVERY, now=False)
+
+    def _tell_applied(self) -> None:
+        if self._applied() != self._told:
+            self.beat()
 
     def record(self) -> dict[str, Any]:
         """
@@ -116,7 +138,9 @@ class Membership:
         """
         if self._beating is not None:
             return
-        d = self._run(self._write, json.dumps(self.record()), self._clock.seconds())
+        record = self.record()
+        self._told = record.get("applied")
+        d = self._run(self._write, json.dumps(record), self._clock.seconds())
         d.addCallbacks(self._written, self._not_written)
         self._beating = d
         d.addBoth(self._beaten)
@@ -150,6 +174,8 @@ class Membership:
         then close the connection.  A failure is logged: the record expires
         by itself.
         """
+        if self._prompt.running:
+            self._prompt.stop()
         beating = self._beating if self._beating is not None else succeed(None)
         d: Deferred[None] = Deferred()
         beating.addBoth(lambda _: d.callback(None))
@@ -259,6 +285,7 @@ def membership_for(
     report: Callable[[], dict[str, Any]],
     run_in_thread: Callable[..., Deferred[Any]],
     clock: Any,
+    applied: Callable[[], str | None] = lambda: None,
 ) -> Membership | None:
     """
     This node's membership in C{settings.cluster}, or L{None} outside a
@@ -267,4 +294,6 @@ def membership_for(
     if settings.cluster is None:
         return None
     identity = Identity(settings.node_name, settings.node_url, settings.role)
-    return Membership(connect(settings), prefix(settings), identity, report, run_in_thread, clock)
+    return Membership(
+        connect(settings), prefix(settings), identity, report, run_in_thread, clock, applied
+    )

@@ -376,6 +376,14 @@ class CacheStore:
                 self._retired()
         return obj
 
+    def record_generations(self, generation_of: Callable[[str], int]) -> None:
+        """
+        Have every object published from now on record the cluster's
+        generation of its name, as C{generation_of} gives it (called from
+        the threads that commit).
+        """
+        self._layout.generation_of = generation_of
+
     def touch(self, name: str) -> None:
         """
         Mark C{name} as just served (by another process).

@@ -64,6 +64,7 @@ class Layout:
         self._now = now
         self._open = open_file
         self._fsync = fsync
+        self.generation_of: Callable[[str], int] = lambda name: 0  # the cluster's, recorded
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, "tmp")
         self._objects = os.path.join(self.root, "objects")
@@ -111,9 +112,8 @@ class Layout:
                 with open(entry.path, "rb") as f:
                     partial = Partial.from_json(json.load(f))
                 body = self._partial_path(partial.name, partial.validator)
-                if partial.name != name or body + ".json" != entry.path:
-                    raise ValueError("the leftover does not match its record")
-                if os.stat(body).st_size != partial.length:
+                same = partial.name == name and body + ".json" == entry.path
+                if not same or os.stat(body).st_size != partial.length:
                     raise ValueError("the leftover does not match its record")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warn(
@@ -154,10 +154,9 @@ class Layout:
         L{None} if it is gone.
         """
         try:
-            st = os.stat(self._partial_path(partial.name, partial.validator))
+            return os.stat(self._partial_path(partial.name, partial.validator)).st_blocks * 512
         except FileNotFoundError:
             return None
-        return st.st_blocks * 512
 
     def open_partial(self, name: str, validator: str, fresh: bool) -> tuple[int, str]:
         """
@@ -305,6 +304,7 @@ class Layout:
             extra=headers.extra,
             initial_age=headers.initial_age,
             status=headers.status,
+            cluster_generation=self.generation_of(name),
         )
         self.write_meta(obj)
         return obj

@@ -87,6 +87,7 @@ class Syncer:
         # Purged fills winding down: a name's next fill waits for their files.
         self._purged: dict[str, Fill] = {}
         self._stopping = False
+        self.doubt_before = 0.0  # the cluster's doubt: older copies are revalidated first
         self.warming = Warming(
             lambda name: self.status(name, start=False),
             self._launch,
@@ -137,8 +138,9 @@ class Syncer:
         name = self.variants.key(name, headers)
         stored = self.store.get(name)
         if stored is not None and self.clock.seconds() < stored.expires_at:
-            self.variants.used(name)
-            return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
+            if stored.fetched_at >= self.doubt_before:
+                self.variants.used(name)
+                return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
         cached = stored is not None
         failure = self.recent_failure(name)
         if isinstance(failure, OriginAnswer) and not (cached and origin_failed(failure)):
@@ -210,7 +212,8 @@ class Syncer:
         one is revalidated, once, whether it is served meanwhile or not.
         """
         name, now = stored.name, self.clock.seconds()
-        if now < stored.expires_at:
+        doubted = stored.fetched_at < self.doubt_before
+        if now < stored.expires_at and not doubted:
             return FileStatus.of(name, stored)
         if start and name not in self._fills and self.recent_failure(name) is None:
             try:
@@ -221,7 +224,7 @@ class Syncer:
                 return self.status(name, start=False)
         # After starting: a revalidation can fail at once (an open breaker).
         failing = origin_failed(self.recent_failure(name))
-        if self._freshness.may_serve_stale(stored, now, failing):
+        if (failing or not doubted) and self._freshness.may_serve_stale(stored, now, failing):
             return FileStatus.of(name, stored, stale=True)
         return None
 

@@ -8,6 +8,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from ..analytics import Analytics
+from ..cluster.bus import Bus
 from ..config import Settings
 from ..metrics import Metrics
 from ..store import CacheStore
@@ -43,6 +44,7 @@ def build_root(
     settings: Settings,
     metrics: Metrics,
     analytics: Analytics | None = None,
+    bus: Bus | None = None,
     health: Health | None = None,
     cluster: ClusterStats | None = None,
 ) -> Resource:
@@ -55,7 +57,7 @@ def build_root(
     """
     # One verdict, reused for a second, for /healthz, the dashboard and
     # the heartbeat.
-    health = health or Health(store, syncer)
+    health = health or Health(store, syncer, bus)
     root = _Branch()
     root.putChild(b"", DashboardPage())
     root.putChild(
@@ -72,8 +74,9 @@ def build_root(
     v1 = _Branch()
     root.putChild(b"api", api)
     api.putChild(b"v1", v1)
-    v1.putChild(b"files", FileStatusResource(syncer, settings.public_url, settings.admin_token))
-    v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token))
+    status_api = FileStatusResource(syncer, settings.public_url, settings.admin_token, bus)
+    v1.putChild(b"files", status_api)
+    v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token, bus))
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
     v1.putChild(b"stats", StatsResource(analytics, settings.admin_token, cluster))

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from ..analytics import Analytics, to_csv
+from ..cluster.bus import Bus, ClusterUnavailable
 from ..errors import OriginError, Overloaded, Reason
 from ..names import InvalidName, split_variant, validate_name
 from ..sync import FileStatus, Syncer
@@ -86,13 +89,20 @@ class FileStatusResource(JSONResource):
 
     isLeaf = True
 
-    def __init__(self, syncer: Syncer, public_url: str | None, admin_token: bytes | None) -> None:
+    def __init__(
+        self,
+        syncer: Syncer,
+        public_url: str | None,
+        admin_token: bytes | None,
+        bus: Bus | None = None,
+    ) -> None:
         super().__init__()
         self.syncer = syncer
         self.public_url = public_url
         self.admin_token = admin_token
+        self.bus = bus
 
-    def render_DELETE(self, request: IRequest) -> bytes:
+    def render_DELETE(self, request: IRequest) -> bytes | int:
         refusal = refuse(request, self.admin_token)
         if refusal is not None:
             return refusal
@@ -100,7 +110,9 @@ class FileStatusResource(JSONResource):
             name = name_of(request)
         except InvalidName as e:
             return render_error(request, 400, "bad_name", str(e))
-        return render_json(request, {"file": name, "purged": self.syncer.purge(name)})
+        return purge(
+            request, self.bus, lambda: {"file": name, "purged": self.syncer.purge(name)}, [name]
+        )
 
     def render_GET(self, request: IRequest) -> bytes:
         try:
@@ -151,6 +163,62 @@ def _names(request: IRequest, files: Any) -> list[str] | bytes:
     return files
 
 
+# The longest ?wait a purge takes, in seconds.
+MAX_WAIT = 60.0
+
+
+def purge(
+    request: IRequest,
+    bus: Bus | None,
+    here: Callable[[], dict[str, Any]],
+    names: list[str] | None = None,
+    prefix: str = "",
+) -> bytes | int:
+    """
+    Answer a purge: C{here()}, the purge on this node, which says what to
+    answer; in a cluster (a C{bus}), once the purge of C{names} or
+    C{prefix} is in the cluster's log too (every node applies it from
+    there), and with C{?wait=SECONDS} once every live node has applied it
+    or the time is up, saying which have not.  A purge the log does not
+    take is a 503: this node alone purged, and the caller sends it again.
+    """
+    if bus is None:
+        return render_json(request, here())
+    wait = request.args.get(b"wait", [b"0"])[-1].decode("ascii", "replace")
+    try:
+        seconds = float(wait)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT:
+        return render_error(
+            request, 400, "bad_wait", f"wait is a number of seconds from 0 to {MAX_WAIT:.0f}"
+        )
+    watch = EndWatch(request)
+    # Here first: this node's own reader may apply the entry before the
+    # append returns, and then there would be nothing left to tell of.
+    body = here()
+
+    async def logged() -> None:
+        try:
+            entry = await bus.purge(names, prefix)
+            body["cluster"] = {"id": entry}
+            if seconds:
+                applied, pending = await bus.wait(entry, seconds)
+                body["cluster"].update(applied=applied, pending=pending)
+        except ClusterUnavailable as e:
+            request.setHeader(b"retry-after", b"1")
+            answer(request, watch, render_error(request, 503, "cluster_unavailable", str(e)))
+            return
+        answer(request, watch, render_json(request, body))
+
+    def failed(failure: Any) -> None:
+        log.failure("a purge failed", failure)
+        answer(request, watch, render_error(request, 500, "internal", "the purge failed"))
+
+    Deferred.fromCoroutine(logged()).addErrback(failed)
+    return NOT_DONE_YET
+
+
 class _SyncerAdmin(JSONResource):
     """
     An admin resource over the syncer.
@@ -167,10 +235,15 @@ class _SyncerAdmin(JSONResource):
 class PurgeResource(_SyncerAdmin):
     """
     C{POST /api/v1/purge} (admin) with C{{"files": [names]}} or
-    C{{"prefix": "episodes/2024/"}}.
+    C{{"prefix": "episodes/2024/"}}; in a cluster, every node purges
+    (see L{purge}).
     """
 
-    def render_POST(self, request: IRequest) -> bytes:
+    def __init__(self, syncer: Syncer, admin_token: bytes | None, bus: Bus | None = None) -> None:
+        super().__init__(syncer, admin_token)
+        self.bus = bus
+
+    def render_POST(self, request: IRequest) -> bytes | int:
         body = _admin_body(request, self.admin_token)
         if isinstance(body, bytes):
             return body
@@ -184,13 +257,21 @@ class PurgeResource(_SyncerAdmin):
                 return render_error(
                     request, 400, "bad_request", "prefix must be a non-empty string"
                 )
-            purged = self.syncer.purge_prefix(prefix)
-        else:
-            files = _names(request, body["files"])
-            if isinstance(files, bytes):
-                return files
+
+            def here() -> dict[str, Any]:
+                purged = self.syncer.purge_prefix(prefix)
+                return {"purged": purged, "count": len(purged)}
+
+            return purge(request, self.bus, here, prefix=prefix)
+        files = _names(request, body["files"])
+        if isinstance(files, bytes):
+            return files
+
+        def here_names() -> dict[str, Any]:
             purged = [name for name in files if self.syncer.purge(name)]
-        return render_json(request, {"purged": purged, "count": len(purged)})
+            return {"purged": purged, "count": len(purged)}
+
+        return purge(request, self.bus, here_names, files)
 
 
 # Names one warm-up call may carry.

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from ..cluster.bus import Bus
 from ..metrics import NOT_ORIGIN_FAILURES
 from ..store import CacheStore
 from ..sync import Syncer
@@ -35,6 +36,8 @@ class Health:
         last minute;
       - C{degraded} (200) when it serves its cache but the origin fails:
         the breaker is not closed, or origin errors in the last minute;
+        or, in a cluster, when it does not hear from the purge log (it
+        then revalidates every hit, and refuses purges Redis cannot take);
       - C{ok} otherwise.
 
     A verdict is reused for a second, so probes cost nothing much.  Whether
@@ -42,9 +45,10 @@ class Health:
     must not stall the reactor); a verdict uses the last answer.
     """
 
-    def __init__(self, store: CacheStore, syncer: Syncer) -> None:
+    def __init__(self, store: CacheStore, syncer: Syncer, bus: Bus | None = None) -> None:
         self.store = store
         self.syncer = syncer
+        self.bus = bus
         self._verdict: dict[str, Any] | None = None
         self._at = float("-inf")
         self._unwritable: str | None = None
@@ -90,8 +94,12 @@ class Health:
         origin_errors = sorted(recent - _NOT_ORIGIN)
         if origin_errors:
             degraded.append("origin errors in the last minute: " + ", ".join(origin_errors))
+        cluster = self._cluster()
+        if cluster is not None and cluster["reason"] is not None:
+            degraded.append(cluster["reason"])
         status = "failing" if failing else "degraded" if degraded else "ok"
         return {
+            **({} if cluster is None else {"cluster": cluster}),
             "status": status,
             "reasons": failing + degraded,
             "origin": origin.base,
@@ -101,6 +109,21 @@ class Health:
             "syncs_queued": self.syncer.queued,
             "origin_breaker": origin.breaker,
             "origin_consecutive_failures": origin.failures,
+        }
+
+    def _cluster(self) -> dict[str, Any] | None:
+        """
+        Where this node is in the cluster's purge log, if it is in one.
+        """
+        if self.bus is None:
+            return None
+        status, reason = self.bus.status()
+        lag = self.bus.lag_seconds()
+        return {
+            "status": status,
+            "reason": reason,
+            "applied": self.bus.applied,
+            "lag_seconds": None if lag == float("inf") else round(lag, 3),
         }
 
 

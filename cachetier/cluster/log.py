@@ -1,0 +1,213 @@
+"""
+The cluster's purge log in Redis, and every Redis command the bus sends.
+Blocking: called from the bus's reader thread or the reactor's thread
+pool, never from the reactor's thread.
+
+Keys, under the prefix C{P} (C{"<cluster-name>:"}):
+
+  - C{P epoch}: random hex, set (NX) by the first node, and by every
+    append: a Redis that comes back empty has none, or another;
+  - C{P purges}: the stream, one entry a purge: C{kind} (C{names} or
+    C{prefix}), C{names} (a JSON list) or C{prefix}, C{node} (the node
+    that took it), and for names C{gens} (their generations after it);
+  - C{P gens}: name -> generation, bumped with each purge of the name in
+    the same atomic step as the entry is added;
+  - C{P prefixes}: prefix -> the id of its last purge; never trimmed, so
+    a node whose position the stream no longer reaches still learns of
+    them;
+  - C{P node:<name>}: a node's heartbeat (written by membership), whose
+    C{applied} field is the last entry it applied.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import redis
+from attrs import frozen
+
+# Appends a purge: the generations bumped, the entry added (the stream
+# trimmed, about), the epoch set if it is missing, all or nothing.
+_APPEND = """
+redis.call('SET', KEYS[4], ARGV[5], 'NX')
+if ARGV[2] == 'names' then
+  local names = cjson.decode(ARGV[3])
+  local gens = {}
+  for i, name in ipairs(names) do gens[i] = redis.call('HINCRBY', KEYS[2], name, 1) end
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'names',
+    'names', ARGV[3], 'node', ARGV[4], 'gens', cjson.encode(gens))
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'prefix',
+  'prefix', ARGV[3], 'node', ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[3], id)
+return id
+"""
+
+# Redis's errors the bus survives: the server gone, slow, restarting, or
+# answering what it should not (a key of the wrong type).
+REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def stream_id(text: str) -> tuple[int, int]:
+    """
+    A stream entry's id as a pair that orders as Redis orders them.
+    """
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@frozen
+class Entry:
+    """
+    One purge of the log.
+
+    @ivar names: the names purged (for C{kind} C{"names"}).
+    @ivar gens: their generations after it, in the same order.
+    """
+
+    id: str
+    kind: str
+    names: tuple[str, ...] = ()
+    prefix: str = ""
+    node: str = ""
+    gens: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, entry_id: str, fields: dict[str, str]) -> Entry:
+        """
+        An entry as XREAD returns it; one this version cannot read is kept
+        as a purge of nothing (C{kind} C{"unknown"}), so it is passed.
+        """
+        try:
+            if fields["kind"] == "prefix":
+                return cls(entry_id, "prefix", prefix=str(fields["prefix"]), node=fields["node"])
+            names = tuple(str(name) for name in json.loads(fields["names"]))
+            gens = tuple(int(gen) for gen in json.loads(fields.get("gens", "[]")))
+            return cls(entry_id, "names", names, node=fields["node"], gens=gens)
+        except (KeyError, ValueError, TypeError):
+            return cls(entry_id, "unknown")
+
+
+@frozen
+class Snapshot:
+    """
+    What a node resyncs from: the cluster's generations and prefix purges
+    as of the stream's entry C{last} (taken in one step).
+    """
+
+    epoch: str
+    last: str
+    gens: dict[str, int]
+    prefixes: dict[str, str]
+
+
+class PurgeLog:
+    """
+    The commands of the purge log over one client.
+
+    @param maxlen: the stream's length, kept about (C{MAXLEN ~}).
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, maxlen: int) -> None:
+        self.client = client
+        self.maxlen = maxlen
+        self.stream = prefix + "purges"
+        self.gens = prefix + "gens"
+        self.prefixes = prefix + "prefixes"
+        self.epoch_key = prefix + "epoch"
+        self.node_keys = prefix + "node:"
+        self._append = client.register_script(_APPEND)
+
+    def append(self, node: str, names: list[str] | None = None, prefix: str = "") -> str:
+        """
+        Add a purge of C{names}, or of C{prefix}; its entry's id once Redis
+        has it.
+        """
+        kind, payload = ("names", json.dumps(names)) if names is not None else ("prefix", prefix)
+        keys = [self.stream, self.gens, self.prefixes, self.epoch_key]
+        args = [self.maxlen, kind, payload, node, secrets.token_hex(8)]
+        return str(self._append(keys=keys, args=args))
+
+    def epoch(self) -> str:
+        """
+        The cluster's epoch, set now if it has none.
+        """
+        self.client.set(self.epoch_key, secrets.token_hex(8), nx=True)
+        return str(self.client.get(self.epoch_key))
+
+    def current_epoch(self) -> str | None:
+        return self.client.get(self.epoch_key)
+
+    def reaches_back_to(self, applied: str) -> bool:
+        """
+        Whether every entry after C{applied} is still in the stream: it is
+        the last one, or it is still there itself (a stream is trimmed
+        from its oldest end).  A position trimmed away whose successors
+        all remain counts as not reached: a resync too many, never one
+        too few.
+        """
+        try:
+            info = self.client.xinfo_stream(self.stream)
+        except redis.ResponseError:
+            return applied == "0-0"  # no stream: nothing to have missed
+        if str(info["last-generated-id"]) == applied:
+            return True
+        if applied == "0-0":
+            # Before the first entry: reached if none was ever removed.
+            return int(info.get("entries-added", info["length"])) == int(info["length"])
+        return bool(self.client.xrange(self.stream, applied, applied))
+
+    def read(self, after: str, block_ms: int, count: int) -> list[Entry]:
+        """
+        The entries after C{after}, waiting up to C{block_ms} for one.
+        """
+        answer = self.client.xread({self.stream: after}, count=count, block=block_ms)
+        if not answer:
+            return []
+        _, entries = answer[0] if isinstance(answer, list) else next(iter(answer.items()))
+        return [Entry.of(entry_id, fields) for entry_id, fields in entries]
+
+    def snapshot(self) -> Snapshot:
+        """
+        The generations, prefix purges and last entry, in one transaction.
+        """
+        epoch = self.epoch()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xrevrange(self.stream, count=1)
+        pipe.hgetall(self.gens)
+        pipe.hgetall(self.prefixes)
+        pipe.get(self.epoch_key)
+        last, gens, prefixes, now_epoch = pipe.execute()
+        return Snapshot(
+            str(now_epoch or epoch),
+            str(last[0][0]) if last else "0-0",
+            {name: int(gen) for name, gen in gens.items()},
+            dict(prefixes),
+        )
+
+    def pending(self, entry_id: str) -> tuple[list[str], list[str]]:
+        """
+        The live nodes (those with a heartbeat) that have applied entry
+        C{entry_id}, and those that have not.
+        """
+        keys = sorted(self.client.scan_iter(match=self.node_keys + "*", count=1000))
+        applied, pending = [], []
+        for key, raw in zip(keys, self.client.mget(keys) if keys else [], strict=True):
+            name = key[len(self.node_keys) :]
+            if raw is None:
+                continue  # expired between the scan and the read: gone
+            if _applied(raw) >= stream_id(entry_id):
+                applied.append(name)
+            else:
+                pending.append(name)
+        return applied, pending
+
+
+def _applied(raw: str) -> tuple[int, int]:
+    try:
+        record: Any = json.loads(raw)
+        return stream_id(str(record["applied"]))
+    except (ValueError, KeyError, TypeError):
+        return (0, 0)
