@@ -255,6 +255,8 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     health = Health(store, syncer, bus)
     report = partial(heartbeat_report, store, metrics, health, bus)
     applied = (lambda: None) if bus is None else (lambda: bus.applied)
+    if bus is not None:
+        metrics.watch_cluster(bus.lag_seconds)
     membership = membership_for(settings, report, run_in_thread, reactor, applied)
     cluster = None
     if membership is not None:

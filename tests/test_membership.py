@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -136,6 +137,25 @@ class MembershipTests(TestCase):
         lag = {n["name"]: n for n in view["nodes"]}["a"]["lag"]
         self.assertEqual(lag["entries"], 4)
         self.assertGreaterEqual(lag["seconds"], 0.0)
+
+    async def test_metrics_carry_the_nodes_lag_behind_the_purge_log(self) -> None:
+        a = await start_member(self, self.origin_url, self.redis, "a", "127.0.0.1")
+
+        async def metered_level() -> bool:
+            _, _, body = await read_response(await self.http.get(a.url + "metrics"))
+            found = re.search(rb"^cachetier_cluster_lag_seconds (\S+)$", body, re.M)
+            self.assertIsNotNone(found, "the gauge is there from the start")
+            return float(found.group(1)) < 5.0
+
+        await until(metered_level, within=15)
+        await self.redis.kill()
+
+        async def metered_behind() -> bool:
+            _, _, body = await read_response(await self.http.get(a.url + "metrics"))
+            found = re.search(rb"^cachetier_cluster_lag_seconds (\S+)$", body, re.M)
+            return float(found.group(1)) > 5.0
+
+        await until(metered_behind, within=15)
 
     async def test_outside_a_cluster_the_endpoint_says_so(self) -> None:
         node = await start_node(self, self.origin_url, f"--admin-token-file={token_file(self)}")
