@@ -80,7 +80,8 @@ def build_root(
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
     v1.putChild(b"stats", StatsResource(analytics, settings.admin_token, cluster))
-    v1.putChild(b"cluster", ClusterResource(cluster and cluster.view, settings.admin_token))
+    view = None if cluster is None else cluster.view
+    v1.putChild(b"cluster", ClusterResource(view, settings.admin_token))
     dashboard = DashboardData(store, syncer, metrics, analytics, settings.admin_token, health)
     dashboard.in_cluster = cluster is not None
     v1.putChild(b"dashboard", dashboard)

@@ -116,7 +116,7 @@ class ClusterStats:
         nodes = [n for n in view["nodes"] if n["alive"] and isinstance(n.get("url"), str)]
         path = "api/v1/stats?" + urlencode({**query, "format": "json"})
         asked = [Deferred.fromCoroutine(self._ask(node["url"] + path)) for node in nodes]
-        answers = await DeferredList(asked, consumeErrors=True)
+        answers: list[tuple[bool, Any]] = await DeferredList(asked, consumeErrors=True)
         rows, answered, failed = [], [], []
         for node, (ok, result) in zip(nodes, answers, strict=True):
             if ok:
