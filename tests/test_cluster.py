@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Any
 
 from treq import content
@@ -14,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachetier.cluster.connection import connect
-from cachetier.cluster.log import stream_id
+from cachetier.cluster.log import Entry, stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 
@@ -94,6 +95,24 @@ class FlagTests(SynchronousTestCase):
         self.assertIn(
             "cannot read", self.refusal(cluster="redis://r/0", cluster_password_file="/no")
         )
+
+
+class EntryTests(SynchronousTestCase):
+    def test_entries_as_the_log_holds_them(self) -> None:
+        entry = Entry.of(
+            "5-1", {"kind": "names", "names": '["a.mp3", "b"]', "node": "n1", "gens": "[3, 1]"}
+        )
+        self.assertEqual(entry, Entry("5-1", "names", ("a.mp3", "b"), node="n1", gens=(3, 1)))
+        entry = Entry.of("6-0", {"kind": "prefix", "prefix": "show/", "node": "n2"})
+        self.assertEqual(entry, Entry("6-0", "prefix", prefix="show/", node="n2"))
+
+    def test_an_entry_this_version_cannot_read_is_passed_over(self) -> None:
+        for fields in ({}, {"kind": "names", "names": "not json", "node": "n"}, {"kind": "x"}):
+            self.assertEqual(Entry.of("7-0", fields).kind, "unknown")
+
+    def test_ids_order_as_redis_orders_them(self) -> None:
+        self.assertLess(stream_id("9-5"), stream_id("10-0"))
+        self.assertLess(stream_id("10-2"), stream_id("10-10"))
 
 
 class ConnectionTests(TestCase):
@@ -213,7 +232,10 @@ class PurgeLogTests(TestCase):
         for name in names:
             self.origin.put(name, b"old " + name.encode())
             await self.get(stopped, name)
-        await stopped.stop()
+        # SIGTERM: the reader thread stops with the rest, and twistd ends
+        # cleanly (re-raising the signal it stopped for).
+        self.assertEqual((await stopped.stop()).signal, signal.SIGTERM)
+        self.assertIn("Server Shut Down.", stopped.output)
         for name in names[:3]:
             self.origin.put(name, b"new " + name.encode())
             code, answer = await self.api("DELETE", taker.url + "api/v1/files/" + name)
@@ -282,6 +304,13 @@ class PurgeLogTests(TestCase):
         await self.redis.start()
         for node in (taker, other):
             await self.level(node)
+        # Redis came back empty: a log that no longer reaches back, so what
+        # was held before is revalidated once before it is served again.
+        before = self.conditional_requests()
+        self.assertEqual(await self.get(other, "ep.mp3"), b"version one")
+        self.assertEqual(await self.get(other, "ep.mp3"), b"version one")
+        self.assertEqual(self.conditional_requests(), before + 1)
+        self.assertIn("the rest is revalidated before it is served", other.output)
         self.origin.put("ep.mp3", b"version two")
         code, answer = await self.api("DELETE", taker.url + "api/v1/files/ep.mp3")
         self.assertEqual(code, 200)
