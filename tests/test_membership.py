@@ -13,9 +13,12 @@ import subprocess
 import sys
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachetier.cluster.membership import Identity, Membership
 from cachetier.web.cluster import merge_rows
 
 from .helpers import body_of, child_environment, http_client, read_response, start_origin
@@ -297,3 +300,58 @@ class ClusterStatsTests(TestCase):
             response = await self.http.get(node.url + "api/v1/stats?" + query, headers=ADMIN)
             got, _, body = await read_response(response)
             self.assertEqual((got, json.loads(body)["error"]), (code, error))
+
+
+class HeartbeatTests(TestCase):
+    """
+    The heartbeat's pace, with a real Redis and a thread pool that runs
+    each job only when the test says.
+    """
+
+    async def setUp(self) -> None:
+        self.redis = (await start_redis(self)).client()
+        self.addCleanup(self.redis.close)
+        self.jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+        self.clock = Clock()
+        self.applied: str | None = None
+        self.membership = Membership(
+            self.redis,
+            "cachetier:",
+            Identity("a", "http://a/", "edge"),
+            lambda: {"applied": self.applied},
+            self.held,
+            self.clock,
+            lambda: self.applied,
+        )
+
+    def held(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_job(self) -> None:
+        f, args, d = self.jobs.pop(0)
+        d.callback(f(*args))
+
+    def test_a_slow_redis_gets_one_write_at_a_time(self) -> None:
+        self.membership.beat()
+        self.membership.beat()
+        self.membership.beat()
+        self.assertEqual(len(self.jobs), 1)
+        self.run_job()
+        self.assertEqual(json.loads(self.redis.get("cachetier:node:a"))["url"], "http://a/")
+        self.assertEqual(self.redis.zrange("cachetier:nodes", 0, -1), ["a"])
+        self.assertLessEqual(self.redis.ttl("cachetier:node:a"), 5)
+        self.membership.beat()
+        self.assertEqual(len(self.jobs), 1, "the next one, once the last is written")
+
+    def test_a_purge_applied_is_told_at_once(self) -> None:
+        self.membership.start()
+        self.clock.advance(0.02)
+        self.assertEqual(self.jobs, [], "nothing new to tell")
+        self.applied = "5-0"
+        self.clock.advance(0.02)
+        self.run_job()
+        self.assertEqual(json.loads(self.redis.get("cachetier:node:a"))["applied"], "5-0")
+        self.clock.advance(0.02)
+        self.assertEqual(self.jobs, [], "told once")
