@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 
 from .analytics import Analytics
 from .cluster.bus import Bus
+from .cluster.membership import Membership, membership_for
 from .config import Settings
 from .limits import site_limits
 from .metrics import Metrics
@@ -33,6 +34,8 @@ from .sync import Syncer
 from .web import CacheSite, build_root
 from .web._twisted import QuietPool
 from .web.access import AccessLine, AccessLogFile
+from .web.cluster import STATS_TIMEOUT, ClusterStats
+from .web.health import Health
 from .web.proxy import PrimaryProxy, primary_agent, primary_pool
 from .web.worker import Reporter, WorkerFiles, build_worker_root
 
@@ -56,6 +59,7 @@ class Tree:
     syncer: Syncer | None = None
     reloadables: list[Callable[[], None]] = Factory(list)
     reporter: Reporter | None = None
+    membership: Membership | None = None
     bus: Bus | None = None
     upstreams: Upstreams | None = None
 
@@ -77,22 +81,29 @@ class Assembly:
     analytics: Analytics | None = None
     reporter: Reporter | None = None
     upstreams: Upstreams | None = None
+    membership: Membership | None = None
     bus: Bus | None = None
 
     def start(self) -> None:
         """
-        Start what runs beside the site: the cluster's reader thread.
+        Start what runs beside the site: the cluster's reader thread, and
+        the heartbeat that tells of each purge applied.
         """
         if self.bus is not None:
             self.bus.start()
+        if self.membership is not None:
+            self.membership.start()
 
     def flush(self) -> None:
         """
-        Buffered access lines and analytics events out, and (in the
-        primary) sparse fills' leftovers nobody resumed in a day removed.
-        A failure is logged, and the next flush tries again.
+        Buffered access lines and analytics events out, the cluster's
+        heartbeat, and (in the primary) sparse fills' leftovers nobody
+        resumed in a day removed.  A failure is logged, and the next
+        flush tries again.
         """
         self.site.metrics.history.sample()  # the status page's, once a second
+        if self.membership is not None:
+            self.membership.beat()
         for buffered in (self.access_file, self.analytics):
             if buffered is not None:
                 try:
@@ -115,6 +126,9 @@ class Assembly:
             d.addCallback(lambda _: self.syncer.stop())
         if self.upstreams is not None:
             d.addCallback(lambda _: self.upstreams.stop())
+        if self.membership is not None:
+            membership = self.membership
+            d.addCallback(lambda _: membership.leave())
         d.addCallback(lambda _: self.pool.closeCachedConnections())
         if self.analytics is not None:
             d.addCallback(lambda _: self.analytics.drain())
@@ -164,6 +178,7 @@ def assemble(
         reloadables,
         tree.analytics,
         tree.reporter,
+        membership=tree.membership,
         bus=tree.bus,
         upstreams=tree.upstreams,
     )
@@ -245,8 +260,28 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     )
     analytics = _analytics(settings, run_in_thread, store)
     bus = None if settings.cluster is None else Bus(settings, syncer, reactor, run_in_thread)
-    root = build_root(store, syncer, settings, metrics, analytics, bus)
-    return Tree(store, root, pool, analytics, syncer, reloadables, bus=bus, upstreams=upstreams)
+    health = Health(store, syncer, bus)
+    report = partial(heartbeat_report, store, metrics, health, bus)
+    applied = (lambda: None) if bus is None else (lambda: bus.applied)
+    if bus is not None:
+        metrics.watch_cluster(bus.lag_seconds)
+    membership = membership_for(settings, report, run_in_thread, reactor, applied)
+    cluster = None
+    if membership is not None:
+        nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
+        cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
+    root = build_root(store, syncer, settings, metrics, analytics, bus, health, cluster)
+    return Tree(
+        store,
+        root,
+        pool,
+        analytics,
+        syncer,
+        reloadables,
+        membership=membership,
+        bus=bus,
+        upstreams=upstreams,
+    )
 
 
 def _upstreams(
@@ -280,6 +315,33 @@ def _upstreams(
             lambda health=each.health: 1 if health.up else 0
         )
     return Upstreams(origin, shields, settings.shield_fallback == "origin", metrics.tally)
+
+
+def heartbeat_report(
+    store: CacheStore, metrics: Metrics, health: Health, bus: Bus | None
+) -> dict[str, Any]:
+    """
+    What this node's heartbeat says of its state (see L{Membership}).
+    """
+    verdict = health.verdict()
+    report = {
+        "status": verdict["status"],
+        "reason": "; ".join(verdict["reasons"]),
+        "disk_used": store.total_bytes,
+        "disk_quota": store.capacity(),
+        "hit_ratio": metrics.hit_ratio(),
+        "applied": None,
+        "applied_at": None,
+        "lag_seconds": None,
+    }
+    if bus is not None:
+        lag = bus.lag_seconds()
+        report.update(
+            applied=bus.applied,
+            applied_at=bus.applied_at,
+            lag_seconds=None if lag == float("inf") else round(lag, 3),
+        )
+    return report
 
 
 def _origin(

@@ -3,7 +3,7 @@ The C{cachetier} command: operator tools that talk to a running server's
 admin API (never to the origin).
 
   cachetier warm [NAME ...] [--from-file FILE|-] [--feed URL] [--watch SECONDS]
-  cachetier stats [--file NAME] [--from DAY] [--to DAY] [--group day|file]
+  cachetier stats [--file NAME] [--from DAY] [--to DAY] [--group day|file] [--cluster]
                   [--format table|csv]
 
 Warms files ahead of a release: each is synced by the server at low
@@ -347,9 +347,16 @@ def run_stats(args: argparse.Namespace, console: Console) -> int:
     for key, value in (("file", args.file), ("from", args.start), ("to", args.end)):
         if value:
             query[key] = value
+    if args.cluster:
+        query["scope"] = "cluster"
     code, body = server.call("GET", "api/v1/stats?" + urlencode(query))
     if code != 200:
         raise ServerError(body.get("message", f"HTTP {code}"))
+    for missing in body.get("unanswered", []):
+        print(
+            f"cachetier stats: {missing['node']} did not answer: {missing['error']}",
+            file=sys.stderr,
+        )
     columns = ["file", "day", "requests", "bytes", "complete", "downloads"]
     if args.group == "file":
         columns.remove("day")
@@ -400,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--from", dest="start", metavar="YYYY-MM-DD")
     st.add_argument("--to", dest="end", metavar="YYYY-MM-DD")
     st.add_argument("--group", choices=("day", "file"), default="day")
+    st.add_argument(
+        "--cluster", action="store_true", help="every live node's counts, merged (--cluster)"
+    )
     st.add_argument(
         "--format", choices=("table", "csv"), default="table", help="a table, or CSV rows"
     )

@@ -307,6 +307,32 @@ class Metrics:
         except ValueError:
             pass  # labels this counter does not have (a byte tally has none)
 
+    def watch_cluster(self, lag: Callable[[], float]) -> None:
+        """
+        In a cluster: how far behind the cluster's purge log this node is,
+        read when scraped (C{cachetier_cluster_lag_seconds}).
+        """
+        Gauge(
+            "cachetier_cluster_lag_seconds",
+            "Seconds since this node was last level with the cluster's purge log"
+            " (+Inf before it ever was; above --cluster-max-lag, every hit is revalidated).",
+            registry=self.registry,
+        ).set_function(lag)
+
+    def hit_ratio(self) -> float | None:
+        """
+        Hits among the listeners' requests that found the file (hit, miss
+        or stale) since the start; L{None} before the first.
+        """
+        found = dict.fromkeys(("hit", "miss", "stale"), 0.0)
+        for family in self.requests.collect():
+            for s in family.samples:
+                group = OUTCOME_GROUPS.get(s.labels.get("outcome", ""))
+                if group in found and s.name.endswith("_total"):
+                    found[group] += s.value
+        total = sum(found.values())
+        return round(found["hit"] / total, 4) if total else None
+
     def watch(
         self,
         objects: Callable[[], float],

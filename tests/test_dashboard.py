@@ -16,11 +16,15 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from cachetier.web.dashboard import SyncSpeeds, top_episodes
 
-from .helpers import CacheTestCase, body_of
+from .helpers import CacheTestCase, body_of, start_origin
+from .nodes import start_node, until
+from .redis_server import start_redis
+from .test_membership import TOKEN as MEMBER_TOKEN
+from .test_membership import start_member
 
 TOKEN = "d" * 32
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -79,6 +83,28 @@ def screenshots() -> str:
     return path
 
 
+def open_page(test: Any, url: str, token: str, look: Any) -> Any:
+    """
+    Open the page at C{url} with C{token} (in a thread: Playwright's API
+    blocks) and return what C{look(page)} reads, failing C{test} on any
+    script error.
+    """
+    errors: list[str] = []
+    with test.playwright() as p:
+        browser = p.chromium.launch(executable_path=test.chromium, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}#token={token}")
+            seen = look(page)
+        finally:
+            browser.close()
+    # A refused token is a 403 the console reports; nothing else.
+    test.assertEqual([e for e in errors if "403" not in e], [])
+    return seen
+
+
 class DashboardTests(CacheTestCase):
     timeout = 120
     settings = {"admin_token": TOKEN.encode(), "min_free": 64 * 1024 * 1024}
@@ -88,24 +114,7 @@ class DashboardTests(CacheTestCase):
         super().setUp()
 
     def open(self, token: str, look: Any) -> Any:
-        """
-        Open the page with C{token} (in a thread: Playwright's API blocks)
-        and return what C{look(page)} reads, failing on any script error.
-        """
-        errors: list[str] = []
-        with self.playwright() as p:
-            browser = p.chromium.launch(executable_path=self.chromium, args=FLAGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(f"{self.url}#token={token}")
-                seen = look(page)
-            finally:
-                browser.close()
-        # A refused token is a 403 the console reports; nothing else.
-        self.assertEqual([e for e in errors if "403" not in e], [])
-        return seen
+        return open_page(self, self.url, token, look)
 
     def at_both_sizes(self, page: Any) -> dict[str, Any]:
         page.wait_for_function(SYNC_READY, timeout=60_000)
@@ -224,6 +233,67 @@ class DashboardTests(CacheTestCase):
         page = await content(response)
         self.assertIn(b"<svg", page)
         self.assertNotIn(b"http://", page.replace(b"http://www.w3.org/2000/svg", b""))
+
+
+# The cluster card as a person reads it: a row a node.
+CLUSTER = """() => ({
+  card: !document.getElementById('cluster-card').hidden,
+  count: document.getElementById('cluster-count').textContent,
+  rows: [...document.querySelectorAll('#cluster tbody tr')].map(r => [...r.cells].map(c => c.textContent)),
+})"""
+
+
+class ClusterCardTests(TestCase):
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.playwright, self.chromium = _browser()
+        self.redis = await start_redis(self)
+        self.origin, self.origin_url = start_origin(self)
+
+    async def test_the_page_shows_every_node_alive_or_gone(self) -> None:
+        a = await start_member(self, self.origin_url, self.redis, "edge-a", "127.0.0.1")
+        b = await start_member(
+            self, self.origin_url, self.redis, "shield-b", "127.0.0.2", "--role=shield"
+        )
+        client = self.redis.client()
+        await until(lambda: deferToThread(client.exists, "cachetier:node:shield-b"), within=15)
+        b.kill()
+        await b.ended()
+
+        def look(page: Any) -> Any:
+            page.wait_for_function(
+                "() => /gone/.test(document.querySelector('#cluster tr[data-node=shield-b]')?.textContent)",
+                timeout=30_000,
+            )
+            path = os.path.join(screenshots(), "status-page-cluster.png")
+            page.screenshot(path=path, full_page=True)
+            print(f"screenshot (cluster): {path}")
+            return page.evaluate(CLUSTER)
+
+        seen = await deferToThread(open_page, self, a.url, MEMBER_TOKEN, look)
+        self.assertTrue(seen["card"])
+        self.assertEqual(seen["count"], "(1 of 2 alive)")
+        [edge, shield] = seen["rows"]
+        self.assertEqual(edge[:4], ["edge-a", "edge", "ok", "0"])
+        self.assertRegex(edge[5], r"^\d+ B of \d+(\.\d)? (KiB|MiB|GiB|TiB)$")
+        self.assertEqual(shield[:2], ["shield-b", "–"])
+        self.assertRegex(shield[2], r"^gone, last seen \d+:\d\d ago$")
+
+    async def test_a_node_in_no_cluster_shows_no_card(self) -> None:
+        with open(token_file := os.path.abspath(self.mktemp()), "w") as f:
+            f.write(MEMBER_TOKEN)
+        node = await start_node(self, self.origin_url, f"--admin-token-file={token_file}")
+
+        def look(page: Any) -> Any:
+            page.wait_for_selector("#board:not([hidden])", timeout=30_000)
+            page.wait_for_function(
+                "() => document.getElementById('status').className === 'ok'", timeout=30_000
+            )
+            return page.evaluate(CLUSTER)
+
+        seen = await deferToThread(open_page, self, node.url, MEMBER_TOKEN, look)
+        self.assertFalse(seen["card"])
 
 
 class DashboardDataTests(CacheTestCase):

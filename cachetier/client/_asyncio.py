@@ -31,14 +31,25 @@ class AsyncioCacheTierClient(ClientBase):
         self.log = txaio.aio.make_logger()
         self._ssl = ssl.create_default_context()
         self._watcher: asyncio.Future[None] | None = None
+        self._discovery: asyncio.Future[None] | None = None
 
     def _watch(self) -> None:
         """
-        Confirm every node's liveness each C{liveness_interval}, in a task
-        started by the first call and stopped by L{close}.
+        Confirm every node's liveness each C{liveness_interval}, and follow
+        the cluster's membership, in tasks started by the first call and
+        stopped by L{close}.
         """
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._probe_forever())
+        if self._discovery is None and self.membership is not None:
+            self._discovery = asyncio.ensure_future(self._discover_forever())
+
+    async def _discover_forever(self) -> None:
+        # redis-py blocks: each read runs in the loop's default executor.
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self.refresh_nodes)
+            await asyncio.sleep(self.discovery_interval)
 
     async def _probe_forever(self) -> None:
         while True:
@@ -52,15 +63,19 @@ class AsyncioCacheTierClient(ClientBase):
 
     async def close(self) -> None:
         """
-        Stop the liveness checks.
+        Stop the liveness checks and following the cluster's membership.
         """
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            try:
-                await watcher
-            except asyncio.CancelledError:
-                pass
+        tasks = [self._watcher, self._discovery]
+        self._watcher = self._discovery = None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if self.membership is not None:
+            self.membership.close()
 
     async def verify_file(self, file_name: str) -> bool:
         name = check_name(file_name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,36 @@ class BlockingCacheTierClient(ClientBase):
         super().__init__(*args, **kwargs)
         self.log = txaio.aio.make_logger()
         self._ssl = ssl.create_default_context()
+        self._closing = threading.Event()
+        self._discovery: threading.Thread | None = None
+        if self.membership is not None:
+            self._discovery = threading.Thread(
+                target=self._discover, name="cachetier-client-discovery", daemon=True
+            )
+            self._discovery.start()
+
+    def _discover(self) -> None:
+        """
+        Follow the cluster's membership, in a thread of its own, until
+        L{close}.
+        """
+        assert self.membership is not None
+        try:
+            while True:
+                self.refresh_nodes()
+                if self._closing.wait(self.discovery_interval):
+                    return
+        finally:
+            self.membership.close()
+
+    def close(self) -> None:
+        """
+        Stop following the cluster's membership (nothing to do without
+        C{cluster=}).
+        """
+        self._closing.set()
+        if self._discovery is not None:
+            self._discovery.join()
 
     def verify_file(self, file_name: str) -> bool:
         name = check_name(file_name)
@@ -52,7 +83,7 @@ class BlockingCacheTierClient(ClientBase):
         pays for the probe; the others use the last verdict meanwhile.
         """
         node = self.policy.home(name)
-        if self.policy.probe_due(node):
+        if node is not None and self.policy.probe_due(node):
             run_now(probe(self.policy, node, self._fetch_json, self.log))
         return self.policy.cached(name)
 

@@ -50,9 +50,7 @@ def check_name(name: str) -> str:
 
 def normalise_nodes(base_url: str | Sequence[str]) -> list[str]:
     nodes = [base_url] if isinstance(base_url, str) else list(base_url)
-    if not nodes:
-        raise ValueError("at least one cache tier URL is needed")
-    return [n.strip().rstrip("/") + "/" for n in nodes]
+    return list(dict.fromkeys(n.strip().rstrip("/") + "/" for n in nodes))
 
 
 @frozen
@@ -184,6 +182,19 @@ class Policy:
         self._breakers = {node: _Breaker() for node in self.nodes}
         self._lock = threading.Lock()
 
+    def set_nodes(self, nodes: Sequence[str]) -> None:
+        """
+        Replace the node list (a cluster's membership changed): the nodes
+        that stay keep their breakers, liveness and answers; those that
+        left take theirs with them.
+        """
+        with self._lock:
+            self.nodes = list(nodes)
+            self._liveness = {n: self._liveness.get(n) or _Liveness() for n in self.nodes}
+            self._breakers = {n: self._breakers.get(n) or _Breaker() for n in self.nodes}
+            for name in [n for n, a in self._answers.items() if a.node not in self._breakers]:
+                del self._answers[name]
+
     def cached(self, name: str) -> FileStatus | None:
         """
         A recent answer about C{name} still fresh enough to reuse.
@@ -204,13 +215,16 @@ class Policy:
             and self._now() - self._liveness[node].alive_at <= self._trust_for
         )
 
-    def home(self, name: str) -> str:
+    def home(self, name: str) -> str | None:
         """
-        The node that answered about C{name} last, else its first node.
+        The node that answered about C{name} last, else its first node
+        (L{None} while no node is known).
         """
         with self._lock:
             answer = self._answers.get(name)
-        return answer.node if answer is not None else rank(self.nodes, name)[0]
+            if answer is not None:
+                return answer.node
+            return next(iter(rank(self.nodes, name)), None)
 
     def probe_due(self, node: str) -> bool:
         """
@@ -221,19 +235,22 @@ class Policy:
         back is used again within an interval, not after the cool-off.
         """
         with self._lock:
-            liveness = self._liveness[node]
+            liveness = self._liveness.get(node)
             due = (
-                not liveness.probing
+                liveness is not None
+                and not liveness.probing
                 and self._now() - liveness.last_probe >= self.liveness_interval
                 and self._now() - liveness.alive_at >= self.liveness_interval
             )
-            if due:
+            if liveness is not None and due:
                 liveness.probing = True
                 liveness.last_probe = self._now()
             return due
 
     def probe_succeeded(self, node: str) -> None:
         with self._lock:
+            if node not in self._liveness:
+                return  # it has left the cluster since
             now = self._now()
             self._liveness[node] = _Liveness(alive_at=now, last_probe=now)
             self._breakers[node] = _Breaker()
@@ -266,6 +283,8 @@ class Policy:
 
     def succeeded(self, node: str, name: str, status: FileStatus) -> None:
         with self._lock:
+            if node not in self._liveness:
+                return
             self._breakers[node] = _Breaker()
             self._liveness[node].alive_at = self._now()
             ttl = self.local_cache_time if status.available else self.negative_cache_time
@@ -280,6 +299,8 @@ class Policy:
         answers are dropped at once, and its breaker hears of it.
         """
         with self._lock:
+            if node not in self._liveness:
+                return
             self._liveness[node] = _Liveness(last_probe=self._liveness[node].last_probe)
             for name in [n for n, a in self._answers.items() if a.node == node]:
                 if self._answers[name].status.available:
@@ -292,7 +313,8 @@ class Policy:
 
     def breaker_open(self, node: str) -> bool:
         with self._lock:
-            return self._breakers[node].opened_at is not None
+            breaker = self._breakers.get(node)
+            return breaker is not None and breaker.opened_at is not None
 
     def status_url(self, node: str, name: str) -> str:
         return node + "api/v1/files/" + quote(name, safe=_SAFE)
@@ -306,4 +328,7 @@ class Policy:
             answer = self._answers.get(name)
         if answer is not None:
             return answer.status.download_url
-        return rank(self.nodes, name)[0] + "files/" + quote(name, safe=_SAFE)
+        node = self.home(name)
+        if node is None:
+            raise CacheException("no cache tier node is known yet")
+        return node + "files/" + quote(name, safe=_SAFE)

@@ -11,6 +11,7 @@ from treq import json_content
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ._base import ClientBase
@@ -28,6 +29,8 @@ class CacheTierClient(ClientBase):
     @param reactor: the reactor (default: the global one).
     @param http_client: a treq C{HTTPClient} (default: one with its own
         connection pool).
+
+    With C{cluster=}, the membership is read in the reactor's thread pool.
     """
 
     def __init__(
@@ -51,6 +54,15 @@ class CacheTierClient(ClientBase):
             http_client = HTTPClient(agent)
         self._http = http_client
         self.log = txaio.tx.make_logger()
+        self._discovery: LoopingCall | None = None
+        self._discovery_done: Deferred[Any] = succeed(None)
+        if self.membership is not None:
+            # One read at a time: the loop waits for each before the next.
+            self._discovery = LoopingCall(
+                deferToThreadPool, reactor, reactor.getThreadPool(), self.refresh_nodes
+            )
+            self._discovery.clock = reactor
+            self._discovery_done = self._discovery.start(self.discovery_interval, now=True)
 
     def _watch(self) -> None:
         """
@@ -83,9 +95,17 @@ class CacheTierClient(ClientBase):
         self._watcher = None
         for d in list(self._probes):
             d.cancel()
-        if self.pool is not None:
-            return self.pool.closeCachedConnections()
-        return succeed(None)
+        done = succeed(None) if self.pool is None else self.pool.closeCachedConnections()
+        if self._discovery is not None:
+            if self._discovery.running:
+                self._discovery.stop()
+            self._discovery = None
+            # The read in flight (bounded by its socket timeouts) ends first.
+            assert self.membership is not None
+            membership = self.membership
+            done.addCallback(lambda _: self._discovery_done)
+            done.addCallback(lambda _: membership.close())
+        return done
 
     def verify_file(self, file_name: str) -> Deferred[bool]:
         """

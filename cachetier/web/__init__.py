@@ -16,6 +16,7 @@ from ..sync import Syncer
 from ._json import NotFound
 from ._site import CacheSite
 from .api import FileStatusResource, PurgeResource, StatsResource, SyncsResource, WarmResource
+from .cluster import ClusterResource, ClusterStats
 from .compat import DownloadResource, VerifyResource
 from .dashboard import DashboardData, DashboardPage
 from .files import FilesResource
@@ -45,12 +46,19 @@ def build_root(
     metrics: Metrics,
     analytics: Analytics | None = None,
     bus: Bus | None = None,
+    health: Health | None = None,
+    cluster: ClusterStats | None = None,
 ) -> Resource:
     """
     Every route of the service (see the HTTP contract in DESIGN.md).
+
+    @param health: the verdict for C{/healthz} and the dashboard (default:
+        one of its own).
+    @param cluster: in a cluster, its node list and download counts.
     """
-    # One verdict, reused for a second, for /healthz and the dashboard.
-    health = Health(store, syncer, bus)
+    # One verdict, reused for a second, for /healthz, the dashboard and
+    # the heartbeat.
+    health = health or Health(store, syncer, bus)
     root = _Branch()
     root.putChild(b"", DashboardPage())
     root.putChild(
@@ -73,11 +81,12 @@ def build_root(
     v1.putChild(b"purge", PurgeResource(syncer, settings.admin_token, bus))
     v1.putChild(b"warm", WarmResource(syncer, settings.admin_token))
     v1.putChild(b"syncs", SyncsResource(syncer, settings.admin_token))
-    v1.putChild(b"stats", StatsResource(analytics, settings.admin_token))
-    v1.putChild(
-        b"dashboard",
-        DashboardData(store, syncer, metrics, analytics, settings.admin_token, health),
-    )
+    v1.putChild(b"stats", StatsResource(analytics, settings.admin_token, cluster))
+    view = None if cluster is None else cluster.view
+    v1.putChild(b"cluster", ClusterResource(view, settings.admin_token))
+    dashboard = DashboardData(store, syncer, metrics, analytics, settings.admin_token, health)
+    dashboard.in_cluster = cluster is not None
+    v1.putChild(b"dashboard", dashboard)
     root.putChild(b"verify", VerifyResource(syncer))
     root.putChild(b"download", DownloadResource(syncer, settings.public_url))
     root.putChild(b"healthz", HealthResource(health))

@@ -23,6 +23,7 @@ from ..sync import FileStatus, Syncer
 from ._admin import refuse
 from ._json import EndWatch, JSONResource, answer, render_error, render_json
 from .addresses import client_address, download_url, name_of
+from .cluster import ClusterStats
 
 log = Logger()
 
@@ -343,33 +344,50 @@ def _is_day(text: str) -> bool:
 class StatsResource(JSONResource):
     """
     C{GET /api/v1/stats?file=&from=&to=&group=day|file&format=json|csv}
-    (admin): download counts (see L{cachetier.analytics}).
+    (admin): download counts (see L{cachetier.analytics});
+    C{&scope=cluster}: every live node's, merged (see L{ClusterStats}).
     """
 
     isLeaf = True
 
-    def __init__(self, analytics: Analytics | None, admin_token: bytes | None) -> None:
+    def __init__(
+        self,
+        analytics: Analytics | None,
+        admin_token: bytes | None,
+        cluster: ClusterStats | None = None,
+    ) -> None:
         super().__init__()
         self.analytics = analytics
         self.admin_token = admin_token
+        self.cluster = cluster
 
     def render_GET(self, request: IRequest) -> bytes | int:
         refusal = refuse(request, self.admin_token)
         if refusal is not None:
             return refusal
-        if self.analytics is None:
-            return render_error(request, 404, "no_analytics", "analytics are off")
         args = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
-        group, fmt = args.get("group", "day"), args.get("format", "json")
+        group, fmt = args.pop("group", "day"), args.pop("format", "json")
+        scope = args.pop("scope", "node")
         if group not in ("day", "file") or fmt not in ("json", "csv"):
             return render_error(
                 request, 400, "bad_request", "group is day or file; format is json or csv"
             )
+        if scope not in ("node", "cluster"):
+            return render_error(request, 400, "bad_request", "scope is node or cluster")
         for key in ("from", "to"):
             if key in args and not _is_day(args[key]):
                 return render_error(
                     request, 400, "bad_date", f"{key} must be a day of the calendar, YYYY-MM-DD"
                 )
+        if scope == "cluster":
+            if self.cluster is None:
+                return render_error(
+                    request, 404, "no_cluster", "this node is in no cluster (see --cluster)"
+                )
+            query = {k: args[k] for k in ("file", "from", "to") if args.get(k)}
+            return self.cluster.render(request, {**query, "group": group}, fmt)
+        if self.analytics is None:
+            return render_error(request, 404, "no_analytics", "analytics are off")
         watch = EndWatch(request)
         d = self.analytics.query(
             file=args.get("file") or None, start=args.get("from"), end=args.get("to"), group=group

@@ -1,7 +1,7 @@
 """
 The status page at C{/}: a live dashboard (bandwidth and requests by
 outcome over 15 minutes, hit ratios, syncs in flight, the origin, disk,
-top episodes today) that updates itself.  The page holds no data and
+top episodes today, the cluster's nodes) that updates itself.  The page holds no data and
 needs nothing from the internet: its script and styles are inline, its
 charts are SVG it draws from C{GET /api/v1/dashboard}, which takes the
 admin token (kept in the browser's session storage; C{/#token=...} sets
@@ -129,6 +129,8 @@ class DashboardData(JSONResource):
         health: Health,
     ) -> None:
         super().__init__()
+        # Whether the node is in a cluster: the page shows its card then.
+        self.in_cluster = False
         self.store = store
         self.syncer = syncer
         self.metrics = metrics
@@ -162,6 +164,9 @@ class DashboardData(JSONResource):
                 "min_free": self.store.min_free,
             },
             "top_today": [],
+            # Whether the page shows the cluster's card (its data comes
+            # from GET /api/v1/cluster).
+            "cluster": self.in_cluster,
         }
 
     def render_GET(self, request: IRequest) -> bytes | int:
