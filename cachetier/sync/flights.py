@@ -1,6 +1,7 @@
 """
 L{Flights}: the fills of the names under way, at most one a name that
-requests join (single flight), and those leaving: stopped by a purge.
+requests join (single flight), and those leaving: stopped by a purge, or
+done with their body and not to be handed to anyone who asks from now on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ class Flights:
     The fill each name's requests join, and the fills leaving, which wind
     down (their disk work, their files) while the name's next fill waits
     for them to end.
+
+    A fill stops taking requests once its whole body is in, when its answer
+    may not be reused without revalidation (L{Fill.joinable}): the requests
+    that came during the transfer share it (they asked before that answer
+    existed: collapsed forwarding), but one that comes after it was
+    complete is a new request, and gets a fill of its own.
     """
 
     def __init__(self) -> None:
@@ -21,9 +28,14 @@ class Flights:
 
     def get(self, name: str) -> Fill | None:
         """
-        The fill of C{name} a request joins now, if there is one.
+        The fill of C{name} a request joins now, if there is one.  One that
+        no longer takes requests leaves first.
         """
-        return self._joinable.get(name)
+        fill = self._joinable.get(name)
+        if fill is not None and not fill.joinable:
+            self.leave(name)
+            return None
+        return fill
 
     def newest(self, name: str) -> Fill | None:
         """

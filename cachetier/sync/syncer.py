@@ -182,7 +182,7 @@ class Syncer:
             if cached is not None:
                 return cached
             # Stale past every window: readers wait for the revalidation.
-        fill = self._fills.get(name)
+        fill = self._fills.get(name) if start else self._fills.newest(name)
         if fill is None:
             failure = self.recent_failure(name)
             if failure is not None:
@@ -323,6 +323,7 @@ class Syncer:
         try:
             if leaving is not None:
                 await leaving.when_done().addErrback(lambda _: None)
+                fill.revalidating = self.store.get(fill.name)  # what it left
             acquiring = self._slots.acquire()
             fill.interrupt = acquiring.cancel
             await acquiring
