@@ -58,7 +58,6 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -339,17 +338,18 @@ class LateJoinerTests(LoopbackRFCTestCase):
     only after a revalidation, as it would be a moment later.
     """
 
-    def hold_publishes(self) -> tuple[Deferred[None], Deferred[None]]:
+    def hold_publishes(self, *steps: str) -> tuple[Deferred[None], Deferred[None]]:
         """
-        Hold the cache's next publish until the second Deferred returned
-        is fired; the first fires once that publish is held.
+        Hold the cache's next publish (the first of the blocking C{steps}
+        it runs off the reactor thread: a commit by default) until the
+        second Deferred returned is fired; the first fires once it is held.
         """
         syncer = self.cache.syncer
         run, held, gate = syncer.run_in_thread, Deferred(), Deferred()
         self.addCleanup(lambda: gate.called or gate.callback(None))
 
         async def gated(call: Any, *args: Any, **kwargs: Any) -> Any:
-            if call == syncer.store.commit and not held.called:
+            if call.__name__ in (steps or ("commit",)) and not held.called:
                 held.callback(None)
                 await gate
             return await run(call, *args, **kwargs)
@@ -378,15 +378,22 @@ class LateJoinerTests(LoopbackRFCTestCase):
     async def ask_late(self) -> Deferred[tuple[int, Any, bytes]]:
         """
         Ask for the file while its fill publishes: the answer to come, once
-        the request followed that fill or has one of its own.
+        the cache has looked the request up (it follows that fill, or has
+        one of its own).
         """
-        first = self.cache.syncer.fill_for("a.mp3")
+        syncer = self.cache.syncer
+        lookup, looked_up = syncer.lookup, Deferred()
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            found = lookup(*args, **kwargs)
+            reactor.callLater(0, looked_up.callback, None)
+            syncer.lookup = lookup
+            return found
+
+        syncer.lookup = watched
         late = Deferred.fromCoroutine(self.get("a.mp3"))
-        for _ in range(200):
-            if late.called or self.cache.syncer.fill_for("a.mp3") is not first:
-                return late
-            await deferLater(reactor, 0.05, lambda: None)
-        raise AssertionError("the late request was never looked up")
+        await looked_up
+        return late
 
     def assert_revalidated(self) -> None:
         self.assertEqual(self.origin.counts["a.mp3"], 2, "the late request was not revalidated")
@@ -424,6 +431,31 @@ class LateJoinerTests(LoopbackRFCTestCase):
         await publishing.when_done()
         self.assertEqual((code, self.origin.counts["a.mp3"]), (502, 1))  # its fill cancelled
         self.assertIsNone(self.cache.store.get("a.mp3"))
+
+    async def test_a_renewal_by_a_304(self) -> None:
+        self.origin.put("a.mp3", V1, extra_headers={"Cache-Control": "no-cache"})
+        await self.get("a.mp3")
+        await self.settle("a.mp3")
+        held, gate = self.hold_publishes("renewed")
+        second = Deferred.fromCoroutine(self.get("a.mp3"))
+        await held  # the origin said 304: the copy is being renewed
+        late = await self.ask_late()
+        gate.callback(None)
+        answers = [(code, body) for code, _, body in await gatherResults([second, late])]
+        self.assertEqual(answers, [(200, V1), (200, V1)])
+        self.assertEqual(self.origin.counts["a.mp3"], 3, "the late request was not revalidated")
+
+    async def test_a_kept_answer(self) -> None:
+        answer = (404, {"Cache-Control": "no-cache", "ETag": '"gone"'}, b"gone")
+        self.origin.answers["a.mp3"] = answer
+        held, gate = self.hold_publishes("_commit")
+        first = Deferred.fromCoroutine(self.get("a.mp3"))
+        await held  # a listener waits for a kept answer's publish
+        late = await self.ask_late()
+        gate.callback(None)
+        answers = [(code, body) for code, _, body in await gatherResults([first, late])]
+        self.assertEqual(answers, [(404, b"gone"), (404, b"gone")])
+        self.assertEqual(self.origin.counts["a.mp3"], 2, "the late request was not revalidated")
 
     async def test_a_fresh_answer_is_shared_while_it_is_published(self) -> None:
         body = await self.ask_while_publishing({"Cache-Control": "max-age=3600"})
