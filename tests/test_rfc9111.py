@@ -24,6 +24,9 @@ rule                                                     test
 4.2.4 stale: revalidated before it is served, one        StaleOnlyWithPermissionTests
      revalidation for all, unless a window allows        .test_concurrent_requests_wait_on_one_revalidation
 3.1  Date and Expires stored and replayed                DateExpiresAgeTests
+4.2.4 stale on arrival: shared by the requests during    LateJoinerTests
+     its transfer; one after it (while it is published)
+     waits, and revalidates
 4.2.4 must-revalidate: never served stale; revalidated   MustRevalidateTests
      first, and 504 when the origin fails                .test_the_first_request_after_expiry_gets_new_content
                                                          .test_a_failed_revalidation_is_504_not_stale
@@ -53,6 +56,7 @@ import socket
 import time
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
@@ -323,6 +327,139 @@ class StaleOnlyWithPermissionTests(LoopbackRFCTestCase):
     async def test_past_its_stale_while_revalidate_it_is_revalidated_first(self) -> None:
         headers = {"Cache-Control": "max-age=1, stale-while-revalidate=5", "Age": "10"}
         await self.assert_revalidated_first(headers)
+
+
+class LateJoinerTests(LoopbackRFCTestCase):
+    """
+    RFC 9111 section 4.2.4 and collapsed forwarding: a response stale on
+    arrival is shared by the requests that came while it was transferred
+    (they asked before it existed), but a request that comes after its last
+    byte, while the cache still publishes it (fsync, rename), is answered
+    only after a revalidation, as it would be a moment later.
+    """
+
+    def hold_publishes(self, *steps: str) -> tuple[Deferred[None], Deferred[None]]:
+        """
+        Hold the cache's next publish (the first of the blocking C{steps}
+        it runs off the reactor thread: a commit by default) until the
+        second Deferred returned is fired; the first fires once it is held.
+        """
+        syncer = self.cache.syncer
+        run, held, gate = syncer.run_in_thread, Deferred(), Deferred()
+        self.addCleanup(lambda: gate.called or gate.callback(None))
+
+        async def gated(call: Any, *args: Any, **kwargs: Any) -> Any:
+            if call.__name__ in (steps or ("commit",)) and not held.called:
+                held.callback(None)
+                await gate
+            return await run(call, *args, **kwargs)
+
+        syncer.run_in_thread = lambda *a, **kw: Deferred.fromCoroutine(gated(*a, **kw))
+        return held, gate
+
+    async def ask_while_publishing(self, headers: dict[str, str], changed: bool = False) -> bytes:
+        """
+        Ask for a file sent with C{headers} once its whole body has reached
+        its listener and while its publish is held (the file C{changed} at
+        the origin meanwhile): the body the late request gets.
+        """
+        self.origin.put("a.mp3", V1, extra_headers=headers)
+        held, gate = self.hold_publishes()
+        self.assertEqual((await self.get("a.mp3"))[::2], (200, V1))
+        await held
+        if changed:
+            self.origin.put("a.mp3", V2, extra_headers=headers)
+        late = await self.ask_late()
+        gate.callback(None)
+        code, _, body = await late
+        self.assertEqual(code, 200)
+        return body
+
+    async def ask_late(self) -> Deferred[tuple[int, Any, bytes]]:
+        """
+        Ask for the file while its fill publishes: the answer to come, once
+        the cache has looked the request up (it follows that fill, or has
+        one of its own).
+        """
+        syncer = self.cache.syncer
+        lookup, looked_up = syncer.lookup, Deferred()
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            found = lookup(*args, **kwargs)
+            reactor.callLater(0, looked_up.callback, None)
+            syncer.lookup = lookup
+            return found
+
+        syncer.lookup = watched
+        late = Deferred.fromCoroutine(self.get("a.mp3"))
+        await looked_up
+        return late
+
+    def assert_revalidated(self) -> None:
+        self.assertEqual(self.origin.counts["a.mp3"], 2, "the late request was not revalidated")
+        _, _, sent = self.origin.requests[-1]
+        self.assertEqual(header(sent, "if-none-match"), [self.origin.files["a.mp3"].etag])
+
+    async def test_no_cache(self) -> None:
+        self.assertEqual(await self.ask_while_publishing({"Cache-Control": "no-cache"}), V1)
+        self.assert_revalidated()
+
+    async def test_max_age_0(self) -> None:
+        self.assertEqual(await self.ask_while_publishing({"Cache-Control": "max-age=0"}), V1)
+        self.assert_revalidated()
+
+    async def test_a_past_expires(self) -> None:
+        headers = {"Expires": http_date(time.time() - 3600)}
+        self.assertEqual(await self.ask_while_publishing(headers), V1)
+        self.assert_revalidated()
+
+    async def test_a_changed_file_is_fetched_anew(self) -> None:
+        body = await self.ask_while_publishing({"Cache-Control": "no-cache"}, changed=True)
+        self.assertEqual(body, V2)
+
+    async def test_a_purge_stops_the_fill_publishing_and_the_one_after_it(self) -> None:
+        self.origin.put("a.mp3", V1, extra_headers={"Cache-Control": "no-cache"})
+        held, gate = self.hold_publishes()
+        await self.get("a.mp3")
+        await held
+        publishing = self.cache.syncer.fill_for("a.mp3")
+        assert publishing is not None
+        late = await self.ask_late()
+        self.assertTrue(self.cache.syncer.purge("a.mp3"))
+        gate.callback(None)
+        code, _, _ = await late
+        await publishing.when_done()
+        self.assertEqual((code, self.origin.counts["a.mp3"]), (502, 1))  # its fill cancelled
+        self.assertIsNone(self.cache.store.get("a.mp3"))
+
+    async def test_a_renewal_by_a_304(self) -> None:
+        self.origin.put("a.mp3", V1, extra_headers={"Cache-Control": "no-cache"})
+        await self.get("a.mp3")
+        await self.settle("a.mp3")
+        held, gate = self.hold_publishes("renewed")
+        second = Deferred.fromCoroutine(self.get("a.mp3"))
+        await held  # the origin said 304: the copy is being renewed
+        late = await self.ask_late()
+        gate.callback(None)
+        answers = [(code, body) for code, _, body in await gatherResults([second, late])]
+        self.assertEqual(answers, [(200, V1), (200, V1)])
+        self.assertEqual(self.origin.counts["a.mp3"], 3, "the late request was not revalidated")
+
+    async def test_a_kept_answer(self) -> None:
+        answer = (404, {"Cache-Control": "no-cache", "ETag": '"gone"'}, b"gone")
+        self.origin.answers["a.mp3"] = answer
+        held, gate = self.hold_publishes("_commit")
+        first = Deferred.fromCoroutine(self.get("a.mp3"))
+        await held  # a listener waits for a kept answer's publish
+        late = await self.ask_late()
+        gate.callback(None)
+        answers = [(code, body) for code, _, body in await gatherResults([first, late])]
+        self.assertEqual(answers, [(404, b"gone"), (404, b"gone")])
+        self.assertEqual(self.origin.counts["a.mp3"], 2, "the late request was not revalidated")
+
+    async def test_a_fresh_answer_is_shared_while_it_is_published(self) -> None:
+        body = await self.ask_while_publishing({"Cache-Control": "max-age=3600"})
+        self.assertEqual((body, self.origin.counts["a.mp3"]), (V1, 1))
 
 
 class OperatorGraceTests(LoopbackRFCTestCase):

@@ -65,6 +65,7 @@ async def keep_answer(
     if reservation is None:
         raise answer
     try:
+        fill.body_received(lifetime > 0)
         fill.state = "publishing"
         stored: StoredObject = await run_in_thread(
             _commit, store, name, answer.body, answer.headers, lifetime

@@ -337,6 +337,8 @@ class Download:
         """
         fill, store = self.fill, self._store
         name = fill.name
+        received = aged(response.headers, self._answered_at, self._clock)
+        fill.body_received(fill.publish and self._lifetime(received, None) > 0)
         fill.check_complete()
         if fill.needs_file_hash:
             digest = await self._run_in_thread(
@@ -409,8 +411,10 @@ class Download:
         self._metrics.revalidations.labels(result="not_modified").inc()
         if store.get(fill.name) != old:
             return None  # purged or replaced before the answer came
+        lifetime = self._lifetime(response.headers, old)
+        fill.body_received(lifetime > 0)
         renewed: StoredObject = await self._run_in_thread(
-            store.renewed, old, response.headers, self._lifetime(response.headers, old)
+            store.renewed, old, response.headers, lifetime
         )
         current = store.get(fill.name)
         if current == old:

@@ -64,6 +64,8 @@ class Fill:
     @ivar publish: whether the body goes into the cache when complete;
         cleared by a purge or an origin C{no-store}, in which case readers
         still get every byte and nothing is kept.
+    @ivar joinable: whether a request may still follow it (see
+        L{body_received}).
     """
 
     def __init__(self, name: str, used_at: float, revalidating: StoredObject | None = None) -> None:
@@ -72,6 +74,7 @@ class Fill:
         self.revalidating = revalidating
         self.forwarded: Headers = ()
         self.publish = True
+        self.joinable = True
         self.state = "queued"
         # Stops what the fill waits on from the queue or the origin, while
         # it waits on one of them (never its disk work, which runs in
@@ -210,6 +213,15 @@ class Fill:
             self._hasher = HASHERS[response.checksum[0]]()
         for d in self._take(self._start_waiters):
             d.callback(self)
+
+    def body_received(self, reusable: bool) -> None:
+        """
+        The whole answer is in.  Unless it may be C{reusable} without
+        revalidation (it is kept, and fresh), the fill takes no new
+        request: one that comes now must not get it unrevalidated (RFC 9111
+        section 4.2.4), while its publish may still take a while.
+        """
+        self.joinable = reusable
 
     def write(self, data: bytes) -> None:
         """

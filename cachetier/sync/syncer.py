@@ -20,6 +20,7 @@ from ..store import CacheStore
 from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
 from .fill import Fill, Headers
+from .flights import Flights
 from .freshness import Freshness
 from .outcomes import FileStatus, Lookup, OriginHealth, Outcome, origin_failed
 from .variants import Variants
@@ -82,10 +83,8 @@ class Syncer:
         self._failures = FailureMemory(clock)
         # When each kind of sync failure last happened (bounded), for /healthz.
         self.last_failed: dict[str, float] = {}
-        self._fills: dict[str, Fill] = {}
+        self._fills = Flights()
         self._tasks: dict[Fill, Deferred[None]] = {}
-        # Purged fills winding down: a name's next fill waits for their files.
-        self._purged: dict[str, Fill] = {}
         self._stopping = False
         self.doubt_before = 0.0  # the cluster's doubt: older copies are revalidated first
         self.warming = Warming(
@@ -108,7 +107,7 @@ class Syncer:
         """
         The download of C{name} under way, if there is one.
         """
-        return self._fills.get(name)
+        return self._fills.newest(name)
 
     def recent_failure(self, name: str) -> Exception | None:
         """
@@ -183,7 +182,7 @@ class Syncer:
             if cached is not None:
                 return cached
             # Stale past every window: readers wait for the revalidation.
-        fill = self._fills.get(name)
+        fill = self._fills.get(name) if start else self._fills.newest(name)
         if fill is None:
             failure = self.recent_failure(name)
             if failure is not None:
@@ -215,7 +214,7 @@ class Syncer:
         doubted = stored.fetched_at < self.doubt_before
         if now < stored.expires_at and not doubted:
             return FileStatus.of(name, stored)
-        if start and name not in self._fills and self.recent_failure(name) is None:
+        if start and self._fills.get(name) is None and self.recent_failure(name) is None:
             try:
                 self.start(name, revalidating=stored, client=client, forwarded=forwarded)
             except Overloaded:
@@ -250,11 +249,12 @@ class Syncer:
     def _launch(
         self, name: str, revalidating: StoredObject | None = None, forwarded: Headers = ()
     ) -> Fill:
-        fill = self._fills[name] = Fill(name, self.clock.seconds(), revalidating)
+        fill = Fill(name, self.clock.seconds(), revalidating)
         fill.forwarded = forwarded
+        leaving = self._fills.add(fill)
         self.warming.discard(name)
         self._failures.forget(name)
-        task = Deferred.fromCoroutine(self._run(fill))
+        task = Deferred.fromCoroutine(self._run(fill, leaving))
         if not task.called:
             self._tasks[fill] = task
         return fill
@@ -270,7 +270,7 @@ class Syncer:
         """
         The downloads under way or waiting for a slot.
         """
-        return list(self._fills.values())
+        return self._fills.under_way()
 
     def purge(self, name: str) -> bool:
         """
@@ -281,22 +281,16 @@ class Syncer:
         @return: whether there was anything to forget, once that is durable.
         """
         keys = {name, *self.variants.keys_of(name)}
-        keys.update(key for key in self._fills if split_variant(key)[0] == name)
+        keys.update(key for key in self._fills.names() if split_variant(key)[0] == name)
         return any([self._purge_key(key) for key in sorted(keys)])
 
     def _purge_key(self, name: str) -> bool:
         self.warming.discard(name)
-        fill = self._fills.pop(name, None)
-        if fill is not None:
-            fill.publish = False
-            fill.purged = True
-            self._purged[name] = fill
-            if fill.interrupt is not None:
-                fill.interrupt()
+        stopped = self._fills.purge(name)
         forgot = self._failures.forget(name)
         removed = self.store.remove(name, durable=True) is not None
         self.variants.drop(name)
-        if removed or fill is not None or forgot:
+        if removed or stopped or forgot:
             log.info("purged {name}", name=name)
             self.metrics.purges.inc()
             return True
@@ -306,7 +300,7 @@ class Syncer:
         """
         L{purge} every name starting with C{prefix}; returns those purged.
         """
-        names = set(self.store.names()) | set(self._fills) | set(self._failures.names())
+        names = set(self.store.names()) | self._fills.names() | set(self._failures.names())
         return sorted(
             {split_variant(n)[0] for n in names if n.startswith(prefix) and self.purge(n)}
         )
@@ -325,11 +319,11 @@ class Syncer:
                 task.cancel()
         return DeferredList([task for _, task in tasks], consumeErrors=True)
 
-    async def _run(self, fill: Fill) -> None:
-        purged = self._purged.get(fill.name)
+    async def _run(self, fill: Fill, leaving: Fill | None) -> None:
         try:
-            if purged is not None:
-                await purged.when_done().addErrback(lambda _: None)
+            if leaving is not None:
+                await leaving.when_done().addErrback(lambda _: None)
+                fill.revalidating = self.store.get(fill.name)  # what it left
             acquiring = self._slots.acquire()
             fill.interrupt = acquiring.cancel
             await acquiring
@@ -338,7 +332,7 @@ class Syncer:
             return
         finally:
             fill.interrupt = None
-        if self._stopping or self._purged.get(fill.name) is fill:
+        if self._stopping or fill.purged:
             self._slots.release()
             self._ended(fill, self._cancelled())
             return
@@ -417,7 +411,7 @@ class Syncer:
             self.last_failed[label] = self.clock.seconds()  # the origin's, for /healthz
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
-        current = self._fills.get(fill.name) is fill
+        current = self._fills.current(fill)
         if reason not in (Reason.cancelled, Reason.changed) and current and not error.shield:
             # Listeners get an answer's body from the fill; remembered (for
             # the status API and stale-if-error), it needs none.
@@ -444,7 +438,4 @@ class Syncer:
     def _forget(self, fill: Fill) -> None:
         fill.close()
         self._tasks.pop(fill, None)
-        if self._purged.get(fill.name) is fill:
-            del self._purged[fill.name]
-        if self._fills.get(fill.name) is fill:
-            del self._fills[fill.name]
+        self._fills.forget(fill)
