@@ -11,15 +11,17 @@ import signal
 from typing import Any
 
 from treq import content
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
 from cachetier.cluster.log import Entry, stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 
-from .helpers import http_client, start_origin
+from .helpers import CacheTestCase, http_client, start_origin
 from .nodes import Node, restart_node, start_node, until
 from .redis_server import start_redis
 
@@ -126,6 +128,41 @@ class ConnectionTests(TestCase):
         self.addCleanup(client.close)
         self.assertTrue(await deferToThread(client.ping))
         self.assertEqual(await deferToThread(client.client_getname), "cachetier:cachetier")
+
+
+class DoubtTests(CacheTestCase):
+    """
+    A bus, never started, on a clock of its own, over a real cache.
+    """
+
+    def bus(self) -> tuple[Bus, Clock]:
+        clock = Clock()
+        settings = Settings(
+            origin=self.origin_url,
+            cache_dir=os.path.abspath(self.mktemp()),
+            cluster="redis://127.0.0.1:1/0",
+            cluster_max_lag=1.0,
+        )
+        return Bus(settings, self.cache.syncer, clock, deferToThread), clock
+
+    async def test_a_hit_is_revalidated_from_the_moment_the_log_is_late(self) -> None:
+        """
+        Once C{/healthz} says every hit is revalidated, every hit is: the
+        syncer asks the bus when it looks a copy up, not a judgement made
+        on a timer that may not have run yet.
+        """
+        bus, clock = self.bus()
+        bus.received([], caught_up=True)
+        await self.cached("ep.mp3", b"version one")
+        clock.advance(1.5)
+        self.assertEqual(bus.status()[0], "degraded")
+        self.assertEqual((await self.get("ep.mp3"))[::2], (200, b"version one"))
+        conditional = [h for _, n, h in self.origin.requests if h.hasHeader(b"if-none-match")]
+        self.assertEqual(len(conditional), 1)
+        bus.received([], caught_up=True)
+        self.assertEqual(bus.status()[0], "ok")
+        self.assertEqual((await self.get("ep.mp3"))[::2], (200, b"version one"))
+        self.assertEqual(len(self.origin.requests), 2, "a hit again once level with the log")
 
 
 TOKEN = "cluster-admin-token-0123456789"

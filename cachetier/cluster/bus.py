@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ..config import Settings
@@ -22,8 +22,6 @@ from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot, stream_id
 
 log = Logger()
 
-# How often the bus judges whether it hears from the log.
-JUDGE_EVERY = 0.25
 # How often ?wait asks which nodes have applied a purge.
 WAIT_EVERY = 0.05
 
@@ -40,10 +38,8 @@ class Bus:
     The cluster's purge log, followed by a L{Follower} and written from
     the reactor's thread pool.
 
-    @param syncer: the syncer whose purges the log's entries are; its
-        C{doubt_before} is set to infinity while the log is not heard
-        from (every copy is revalidated before it is served), to the
-        time of the resync after the log's epoch changed, else 0.
+    @param syncer: the syncer whose purges the log's entries are; it asks
+        L{doubt_before} at every lookup.
     @param run_in_thread: runs a blocking call in the reactor's pool.
     @ivar gens: the cluster's generation of each name purged, as far as
         this node knows (every published object records its name's).
@@ -75,21 +71,16 @@ class Bus:
             settings.cache_dir,
             self,
         )
-        self._judging = LoopingCall(self._judge)
-        self._judging.clock = reactor
+        syncer.doubt_before = self.doubt_before
         syncer.store.record_generations(self.generation_of)
 
     def start(self) -> None:
-        self._judge()
         self._follower.start()
-        self._judging.start(JUDGE_EVERY, now=False)
 
     def stop(self) -> Deferred[None]:
         """
         Stop following the log; fires once the reader thread has ended.
         """
-        if self._judging.running:
-            self._judging.stop()
         d = self._follower.stop()
         d.addCallback(lambda _: self._log.client.close())
         return d
@@ -132,9 +123,13 @@ class Bus:
         """
         return self.gens.get(split_variant(name)[0], 0)
 
-    def _judge(self) -> None:
-        doubt = self.status()[0] != "ok"
-        self._syncer.doubt_before = float("inf") if doubt else self._doubt_base
+    def doubt_before(self) -> float:
+        """
+        Copies fetched before this time are revalidated before they are
+        served: all of them (infinity) while L{status} is degraded, those
+        held before a resync after the log's epoch changed, else none.
+        """
+        return float("inf") if self.status()[0] != "ok" else self._doubt_base
 
     # --- what the follower finds (on the reactor's thread) -----------------
 
@@ -148,7 +143,6 @@ class Bus:
             if self.heard_at == float("-inf") or self.problem:
                 log.info("cluster: level with the purge log at {id}", id=self.applied)
             self.heard_at, self.problem = now, ""
-        self._judge()
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind == "names":
@@ -198,7 +192,6 @@ class Bus:
 
     def lost(self, why: str) -> None:
         self.problem = why
-        self._judge()
 
     # --- purges taken here -------------------------------------------------
 

@@ -238,7 +238,7 @@ class SparseFill:
             return
         readers = sum(1 for t in self.transfers if t.reader and not t.stopped)
         if self._ranges and readers < READER_TRANSFERS:
-            self._fetch(position, SLICE, reader=True)
+            self._ask(self._fetch(position, SLICE, reader=True))
 
     def _schedule(self) -> None:
         """
@@ -262,19 +262,24 @@ class SparseFill:
             end = self.fill.coverage.until(follower.position)
             if end < self.length:
                 self.need(end)
+        # Split first, then ask: no Range request asks for what a split gives another.
+        planned: list[_Transfer] = []
         while True:
             working = [t for t in self.transfers if not t.reader and not t.stopped]
             if len(working) >= max(1, self.connections):
-                return
+                break
             region = self._next_region(split=bool(working))
             if region is None:
-                return
+                break
             # The fill's own download slot, or one more borrowed.
             own_slot_busy = any(not t.borrowed for t in working)
             if own_slot_busy and not self._borrow():
-                return
+                break
             start, end = region
-            self._fetch(start, end - start, False, self._give_back if own_slot_busy else None)
+            give_back = self._give_back if own_slot_busy else None
+            planned.append(self._fetch(start, end - start, False, give_back))
+        for transfer in planned:
+            self._ask(transfer)
 
     def _next_region(self, split: bool) -> tuple[int, int] | None:
         active = [t for t in self.transfers if not t.stopped]
@@ -305,11 +310,17 @@ class SparseFill:
         transfer = _Transfer(self, start, end, reader, give_back)
         transfer.ranged = True
         self.transfers.add(transfer)
-        d = ensureDeferred(
-            self.origin.get(self.fill.name, byte_range=(start, end - 1, self.validator))
-        )
-        self._follow(transfer, d.addCallback(self._answered, transfer))
         return transfer
+
+    def _ask(self, transfer: _Transfer) -> None:
+        """
+        Send a L{_fetch}ed transfer's Range request, for the bytes it has
+        to fetch now.
+        """
+        transfer.requested_end = transfer.end
+        byte_range = (transfer.start, transfer.end - 1, self.validator)
+        d = ensureDeferred(self.origin.get(self.fill.name, byte_range=byte_range))
+        self._follow(transfer, d.addCallback(self._answered, transfer))
 
     def _follow(self, transfer: _Transfer, d: Deferred[Any]) -> None:
         """

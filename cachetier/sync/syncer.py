@@ -86,7 +86,7 @@ class Syncer:
         self._fills = Flights()
         self._tasks: dict[Fill, Deferred[None]] = {}
         self._stopping = False
-        self.doubt_before = 0.0  # the cluster's doubt: older copies are revalidated first
+        self.doubt_before = lambda: 0.0  # the cluster's, per lookup: older copies revalidated
         self.warming = Warming(
             lambda name: self.status(name, start=False),
             self._launch,
@@ -137,7 +137,7 @@ class Syncer:
         name = self.variants.key(name, headers)
         stored = self.store.get(name)
         if stored is not None and self.clock.seconds() < stored.expires_at:
-            if stored.fetched_at >= self.doubt_before:
+            if stored.fetched_at >= self.doubt_before():
                 self.variants.used(name)
                 return Lookup(Outcome.CACHED, stored=stored)  # the common case, cheaply
         cached = stored is not None
@@ -211,7 +211,7 @@ class Syncer:
         one is revalidated, once, whether it is served meanwhile or not.
         """
         name, now = stored.name, self.clock.seconds()
-        doubted = stored.fetched_at < self.doubt_before
+        doubted = stored.fetched_at < self.doubt_before()
         if now < stored.expires_at and not doubted:
             return FileStatus.of(name, stored)
         if start and self._fills.get(name) is None and self.recent_failure(name) is None:
