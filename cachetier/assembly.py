@@ -164,8 +164,8 @@ def assemble(
         reloadables,
         tree.analytics,
         tree.reporter,
-        tree.bus,
-        tree.upstreams,
+        bus=tree.bus,
+        upstreams=tree.upstreams,
     )
 
 
