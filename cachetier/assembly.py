@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 
 from .analytics import Analytics
 from .cluster.bus import Bus
+from .cluster.generations import Generations
 from .config import Settings
 from .limits import site_limits
 from .metrics import Metrics
@@ -231,7 +232,13 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     origin, reloadables = _origin(settings, reactor, pool, run_in_thread)
-    upstreams = _upstreams(settings, reactor, pool, origin, metrics) if settings.shields else None
+    generations = Generations()
+    store.record_generations(generations.of)
+    upstreams = (
+        _upstreams(settings, reactor, pool, origin, metrics, generations)
+        if settings.shields
+        else None
+    )
     syncer = syncer_for(settings, upstreams or origin, store, reactor, run_in_thread, metrics)
     metrics.watch(
         objects=lambda: len(store),
@@ -244,19 +251,29 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    bus = None if settings.cluster is None else Bus(settings, syncer, reactor, run_in_thread)
-    root = build_root(store, syncer, settings, metrics, analytics, bus)
+    bus = (
+        None
+        if settings.cluster is None
+        else Bus(settings, syncer, reactor, run_in_thread, generations)
+    )
+    root = build_root(store, syncer, settings, metrics, analytics, bus, generations)
     return Tree(store, root, pool, analytics, syncer, reloadables, bus=bus, upstreams=upstreams)
 
 
 def _upstreams(
-    settings: Settings, reactor: Any, pool: HTTPConnectionPool, origin: Origin, metrics: Metrics
+    settings: Settings,
+    reactor: Any,
+    pool: HTTPConnectionPool,
+    origin: Origin,
+    metrics: Metrics,
+    generations: Generations,
 ) -> Upstreams:
     """
     The shields (C{--shield}), then the origin: where the fills go (a node
     without shields asks the origin itself).  The
     shields' requests share the origin's connection pool, with their own
-    deadline to connect (C{--shield-timeout}).
+    deadline to connect (C{--shield-timeout}), and say the cluster's
+    generation of the name they ask for (with the cluster secret).
     """
     agent = Agent(reactor, connectTimeout=settings.shield_timeout, pool=pool)
     client = HTTPClient(IdentityAgent(agent))
@@ -272,6 +289,7 @@ def _upstreams(
             forward_headers=settings.forward_request_headers,
             node_name=settings.node_name,
             secret=settings.cluster_secret,
+            generation_of=generations.of,
         )
         for url in settings.shields
     ]

@@ -330,3 +330,60 @@ async def _every(checks: Any) -> bool:
         if not await check:
             return False
     return True
+
+
+class TierAgreementTests(TestCase):
+    """
+    Tiers agree (issue 23): an edge's requests to its shield carry the
+    cluster's generation of the name, so a purge that reached the edge
+    before the shield leaves no old bytes at the edge.
+    """
+
+    timeout = 90
+
+    async def test_a_purge_at_the_edge_before_its_shield_leaves_no_old_bytes(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        secret_file, token_file = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        for path, text in ((secret_file, "tier-secret-" + "s" * 20), (token_file, TOKEN)):
+            with open(path, "w") as f:
+                f.write(text)
+        secret = f"--cluster-secret-file={secret_file}"
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={token_file}")
+        # The shield is in no cluster: it never hears of the purge itself.
+        shield = await start_node(self, origin_url, secret, name="shield1", host="127.0.0.2")
+        edge = await start_node(
+            self,
+            origin_url,
+            f"--shield={shield.url}",
+            secret,
+            *cluster,
+            name="edge1",
+            host="127.0.0.3",
+        )
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        client = http_client(self)
+
+        async def get(node: Node) -> bytes:
+            response = await client.get(node.url + "files/ep.mp3")
+            self.assertEqual(response.code, 200)
+            return bytes(await content(response))
+
+        async def applied(node: Node, entry: str) -> bool:
+            health = json.loads(await content(await client.get(node.url + "healthz")))
+            return stream_id(health["cluster"]["applied"] or "0-0") >= stream_id(entry)
+
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await get(edge), b"version one")
+        origin.put("ep.mp3", b"version two")
+        response = await client.delete(
+            taker.url + "api/v1/files/ep.mp3", headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        entry = json.loads(await content(response))["cluster"]["id"]
+        await until(lambda: applied(edge, entry), within=15.0)
+        self.assertEqual(await get(edge), b"version two")
+        self.assertEqual(await get(edge), b"version two")
+        self.assertEqual(await get(shield), b"version two")
+        self.assertEqual(origin.counts["ep.mp3"], 2)
+        sent = [headers for _, name, headers in origin.requests if name == "ep.mp3"]
+        self.assertFalse(any(h.hasHeader(b"cachetier-generation") for h in sent))

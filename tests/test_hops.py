@@ -98,7 +98,7 @@ class WireFormatTests(SynchronousTestCase):
         self.assertNotIn(SECRET, to_json(settings))
 
     def test_hop_headers_are_never_forwardable(self) -> None:
-        for name in ("CacheTier-Secret", "Via", "CDN-Loop"):
+        for name in ("CacheTier-Secret", "CacheTier-Generation", "Via", "CDN-Loop"):
             with self.assertRaises(SettingError):
                 forward_request_header(name)
 
@@ -295,6 +295,45 @@ class EdgeTests(CacheTestCase):
         lines = self.access_lines()
         self.assertTrue(all(" - - [" in line for line in lines[3:]), lines)
         self.assertNotIn(SECRET[:-1], "\n".join(lines))
+
+
+class GenerationTests(CacheTestCase):
+    """
+    A shield told by its edges the cluster's generation of a name
+    (C{CacheTier-Generation}, issue 23's "tiers agree").
+    """
+
+    settings = {"node_name": "shield1", "cluster_secret": SECRET.encode()}
+
+    async def test_an_edges_newer_generation_makes_an_older_copy_a_miss(self) -> None:
+        await self.cached("ep.mp3", b"version one")
+        self.origin.put("ep.mp3", b"version two")
+        for headers in (
+            {"cachetier_generation": "3"},
+            {"cachetier_generation": "3", "cachetier_secret": SECRET[:-1] + "y"},
+            {"cachetier_generation": "x3", "cachetier_secret": SECRET},
+            {"cachetier_secret": SECRET},
+        ):
+            code, _, body = await self.get("ep.mp3", **headers)
+            self.assertEqual((code, body), (200, b"version one"), headers)
+        code, headers, body = await self.get(
+            "ep.mp3", cachetier_secret=SECRET, cachetier_generation="3"
+        )
+        self.assertEqual((code, body), (200, b"version two"))
+        self.assertEqual(
+            header(headers, "cache-status"), ["shield1; fwd=miss; fwd-status=200; stored"]
+        )
+        await self.settle("ep.mp3")
+        stored = self.cache.store.get("ep.mp3")
+        assert stored is not None
+        self.assertEqual(stored.cluster_generation, 3)
+        for generation in ("3", "2"):
+            code, headers, body = await self.get(
+                "ep.mp3", cachetier_secret=SECRET, cachetier_generation=generation
+            )
+            self.assertEqual((code, body), (200, b"version two"))
+            self.assertRegex(header(headers, "cache-status")[0], r"^shield1; hit")
+        self.assertEqual(self.origin.counts["ep.mp3"], 2)
 
 
 def _free_port(host: str) -> int:

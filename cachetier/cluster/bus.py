@@ -18,6 +18,7 @@ from ..names import split_variant
 from ..sync import Syncer
 from .connection import TIMEOUT, connect, prefix
 from .follower import BLOCK_MS, Follower
+from .generations import Generations
 from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot, stream_id
 
 log = Logger()
@@ -45,19 +46,25 @@ class Bus:
         from (every copy is revalidated before it is served), to the
         time of the resync after the log's epoch changed, else 0.
     @param run_in_thread: runs a blocking call in the reactor's pool.
-    @ivar gens: the cluster's generation of each name purged, as far as
-        this node knows (every published object records its name's).
+    @param generations: the cluster's generation of each name purged, as
+        far as this node knows, which the bus keeps up to date (every
+        published object records its name's).
     """
 
     def __init__(
-        self, settings: Settings, syncer: Syncer, reactor: Any, run_in_thread: Any
+        self,
+        settings: Settings,
+        syncer: Syncer,
+        reactor: Any,
+        run_in_thread: Any,
+        generations: Generations,
     ) -> None:
         self.node = settings.node_name
         self.max_lag = settings.cluster_max_lag
         self._syncer = syncer
         self._clock = reactor
         self._run_in_thread = run_in_thread
-        self.gens: dict[str, int] = {}
+        self.generations = generations
         self.heard_at = float("-inf")
         self.applied_at: float | None = None
         self.problem = "connecting to Redis"
@@ -77,7 +84,6 @@ class Bus:
         )
         self._judging = LoopingCall(self._judge)
         self._judging.clock = reactor
-        syncer.store.record_generations(self.generation_of)
 
     def start(self) -> None:
         self._judge()
@@ -125,13 +131,6 @@ class Bus:
             f" ({self.problem or 'no answer'}): every hit is revalidated"
         )
 
-    def generation_of(self, name: str) -> int:
-        """
-        The cluster's generation of C{name} (or of the name whose variant
-        it is), as far as this node knows; thread-safe.
-        """
-        return self.gens.get(split_variant(name)[0], 0)
-
     def _judge(self) -> None:
         doubt = self.status()[0] != "ok"
         self._syncer.doubt_before = float("inf") if doubt else self._doubt_base
@@ -152,9 +151,7 @@ class Bus:
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind == "names":
-            for name, gen in zip(entry.names, entry.gens, strict=False):
-                self.gens[name] = max(gen, self.gens.get(name, 0))
-            purged = sum(self._syncer.purge(name) for name in entry.names)
+            purged = sum(self._syncer.purge(name) for name in self._news(entry))
         elif entry.kind == "prefix":
             purged = len(self._syncer.purge_prefix(entry.prefix))
         else:
@@ -167,6 +164,19 @@ class Bus:
             count=purged,
         )
 
+    def _news(self, entry: Entry) -> list[str]:
+        """
+        The names of C{entry} to purge: all but those whose generation this
+        node knew already, which it purged when it learnt it (an edge sent
+        it: see L{cachetier.cluster.generations.agree}).
+        """
+        gens = entry.gens + (0,) * len(entry.names)
+        return [
+            name
+            for name, gen in zip(entry.names, gens, strict=False)
+            if gen <= 0 or self.generations.learn(name, gen)
+        ]
+
     def resync(self, snapshot: Snapshot, since: str, doubt: bool) -> None:
         """
         The log no longer reaches back to this node's position (or is
@@ -175,11 +185,11 @@ class Bus:
         C{doubt} (a log that came back empty) revalidate every copy held
         before it is served again.
         """
-        self.gens = dict(snapshot.gens)
+        self.generations.replace(snapshot.gens)
         dropped = 0
         for key in list(self._syncer.store.names()):
             stored = self._syncer.store.get(key)
-            if stored is not None and stored.cluster_generation < self.generation_of(key):
+            if stored is not None and stored.cluster_generation < self.generations.of(key):
                 dropped += self._syncer.purge(split_variant(key)[0])
         for purged_prefix, at in snapshot.prefixes.items():
             if stream_id(at) > stream_id(since):

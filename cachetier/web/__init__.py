@@ -4,11 +4,14 @@ The resource tree, built in one place.
 
 from __future__ import annotations
 
+from functools import partial
+
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from ..analytics import Analytics
 from ..cluster.bus import Bus
+from ..cluster.generations import Generations, agree
 from ..config import Settings
 from ..metrics import Metrics
 from ..store import CacheStore
@@ -45,10 +48,16 @@ def build_root(
     metrics: Metrics,
     analytics: Analytics | None = None,
     bus: Bus | None = None,
+    generations: Generations | None = None,
 ) -> Resource:
     """
     Every route of the service (see the HTTP contract in DESIGN.md).
+
+    @param generations: the cluster's generations of names as this node
+        knows them, which its edges' requests may raise.
     """
+    agreeing = None if generations is None else partial(agree, generations, syncer)
+    hops = Hops(settings.node_name, settings.cluster_secret, agreeing)
     # One verdict, reused for a second, for /healthz and the dashboard.
     health = Health(store, syncer, bus)
     root = _Branch()
@@ -61,7 +70,7 @@ def build_root(
             settings.miss,
             settings.cache_control_max_age,
             settings.queue_timeout,
-            Hops(settings.node_name, settings.cluster_secret),
+            hops,
         ),
     )
     api = _Branch()

@@ -132,6 +132,7 @@ class FilesResource(JSONResource):
             request.outcome = "bad_name"
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
+        self.hops.agree(request, name)
         now = self.clock.seconds()
         # An edge's fills are its listeners': not capped as one client's.
         client = None if request.peer == "edge" else client_address(request)
