@@ -11,10 +11,13 @@ import signal
 from typing import Any
 
 from treq import content
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
+from cachetier.cluster.generations import Generations
 from cachetier.cluster.log import Entry, stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
@@ -387,3 +390,43 @@ class TierAgreementTests(TestCase):
         self.assertEqual(origin.counts["ep.mp3"], 2)
         sent = [headers for _, name, headers in origin.requests if name == "ep.mp3"]
         self.assertFalse(any(h.hasHeader(b"cachetier-generation") for h in sent))
+
+
+class _Purges:
+    """
+    Stands in for the syncer: the names purged, in order.
+    """
+
+    def __init__(self) -> None:
+        self.purged: list[str] = []
+        self.doubt_before = 0.0
+
+    def purge(self, name: str) -> bool:
+        self.purged.append(name)
+        return True
+
+
+class GenerationNewsTests(SynchronousTestCase):
+    """
+    The bus applies an entry's purge of a name only when its generation is
+    news to the node: one an edge told it of was purged then.
+    """
+
+    def test_an_entry_purges_the_names_whose_generation_is_news(self) -> None:
+        generations = Generations()
+        generations.learn("a.mp3", 2)
+        syncer = _Purges()
+        settings = Settings(
+            origin="http://o/", cache_dir=self.mktemp(), cluster="redis://127.0.0.1:9/0"
+        )
+        bus = Bus(settings, syncer, Clock(), None, generations)  # type: ignore[arg-type]
+        bus.received(
+            [
+                Entry("1-0", "names", ("a.mp3", "b.mp3"), gens=(2, 1)),
+                Entry("2-0", "names", ("a.mp3",), gens=(3,)),
+                Entry("3-0", "names", ("c.mp3",)),
+            ],
+            True,
+        )
+        self.assertEqual(syncer.purged, ["b.mp3", "a.mp3", "c.mp3"])
+        self.assertEqual([generations.of(n) for n in ("a.mp3", "b.mp3", "c.mp3")], [3, 1, 0])

@@ -41,6 +41,7 @@ class Generations:
         """
         Raise C{name}'s generation to C{generation}; whether that is news.
         """
+        name = split_variant(name)[0]
         if generation <= self._known.get(name, 0):
             return False
         self._known[name] = generation
