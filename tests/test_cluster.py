@@ -430,3 +430,28 @@ class GenerationNewsTests(SynchronousTestCase):
         )
         self.assertEqual(syncer.purged, ["b.mp3", "a.mp3", "c.mp3"])
         self.assertEqual([generations.of(n) for n in ("a.mp3", "b.mp3", "c.mp3")], [3, 1, 0])
+
+
+class PurgeTakenHereTests(TestCase):
+    """
+    A purge taken by a node: the node knows the names' new generations
+    before it answers, not only once its reader applies the entry.
+    """
+
+    async def test_the_new_generations_are_known_and_purged_before_the_answer(self) -> None:
+        redis = await start_redis(self)
+        generations = Generations()
+        syncer = _Purges()
+        settings = Settings(origin="http://o/", cache_dir=self.mktemp(), cluster=redis.url)
+        bus = Bus(settings, syncer, Clock(), deferToThread, generations)  # type: ignore[arg-type]
+        self.addCleanup(deferToThread, bus._log.client.close)
+        entry = await bus.purge(["a.mp3", "b.mp3"])
+        self.assertEqual(syncer.purged, ["a.mp3", "b.mp3"])
+        self.assertEqual([generations.of("a.mp3"), generations.of("b.mp3")], [1, 1])
+        await bus.purge(["a.mp3"])
+        self.assertEqual(generations.of("a.mp3"), 2)
+        # Its reader's entry, when it comes, is no news.
+        bus.received([Entry(entry, "names", ("a.mp3", "b.mp3"), gens=(1, 1))], True)
+        self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])
+        await bus.purge(purge_prefix="a")
+        self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])

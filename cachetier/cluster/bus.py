@@ -215,17 +215,26 @@ class Bus:
     async def purge(self, names: list[str] | None = None, purge_prefix: str = "") -> str:
         """
         Put a purge of C{names}, or of C{purge_prefix}, into the log; its
-        entry's id, once Redis has it.
+        entry's id, once Redis has it.  The names' new generations are
+        known here from then on (this node's requests to its shields say
+        them), and what was fetched at the old ones since this node purged
+        goes too: before the purge is answered, not only once this node's
+        reader applies its entry.
 
         @raise ClusterUnavailable: when Redis does not take it.
         """
         try:
-            return str(await self._run_in_thread(self._log.append, self.node, names, purge_prefix))
+            entry_id, gens = await self._run_in_thread(
+                self._log.append, self.node, names, purge_prefix
+            )
         except REDIS_ERRORS as e:
             raise ClusterUnavailable(
                 "the purge could not be put into the cluster's log (Redis is unreachable:"
                 f" {type(e).__name__}): only this node purged; send it again"
             ) from None
+        for name in self._news(Entry(entry_id, "names", tuple(names or ()), gens=gens)):
+            self._syncer.purge(name)
+        return str(entry_id)
 
     async def wait(self, entry_id: str, seconds: float) -> tuple[list[str], list[str]]:
         """
