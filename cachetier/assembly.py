@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 
 from .analytics import Analytics
 from .cluster.bus import Bus
+from .cluster.generations import Generations
 from .cluster.membership import Membership, membership_for
 from .config import Settings
 from .limits import site_limits
@@ -246,7 +247,13 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     origin, reloadables = _origin(settings, reactor, pool, run_in_thread)
-    upstreams = _upstreams(settings, reactor, pool, origin, metrics) if settings.shields else None
+    generations = Generations()
+    store.record_generations(generations.of)
+    upstreams = (
+        _upstreams(settings, reactor, pool, origin, metrics, generations)
+        if settings.shields
+        else None
+    )
     syncer = syncer_for(settings, upstreams or origin, store, reactor, run_in_thread, metrics)
     metrics.watch(
         objects=lambda: len(store),
@@ -259,18 +266,12 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    bus = None if settings.cluster is None else Bus(settings, syncer, reactor, run_in_thread)
-    health = Health(store, syncer, bus)
-    report = partial(heartbeat_report, store, metrics, health, bus)
-    applied = (lambda: None) if bus is None else (lambda: bus.applied)
-    if bus is not None:
-        metrics.watch_cluster(bus.lag_seconds)
-    membership = membership_for(settings, report, run_in_thread, reactor, applied)
-    cluster = None
-    if membership is not None:
-        nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
-        cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
-    root = build_root(store, syncer, settings, metrics, analytics, bus, health, cluster)
+    bus, health, membership, cluster = _cluster(
+        settings, reactor, run_in_thread, store, syncer, metrics, pool, generations
+    )
+    root = build_root(
+        store, syncer, settings, metrics, analytics, bus, health, cluster, generations
+    )
     return Tree(
         store,
         root,
@@ -284,14 +285,54 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     )
 
 
+def _cluster(
+    settings: Settings,
+    reactor: Any,
+    run_in_thread: Any,
+    store: CacheStore,
+    syncer: Syncer,
+    metrics: Metrics,
+    pool: HTTPConnectionPool,
+    generations: Generations,
+) -> tuple[Bus | None, Health, Membership | None, ClusterStats | None]:
+    """
+    The primary's part in a cluster (C{--cluster}): the bus that follows
+    the purge log, this node's membership and the cluster's numbers (all
+    L{None} outside a cluster); and the health verdict, which the
+    heartbeat carries.
+    """
+    bus = (
+        None
+        if settings.cluster is None
+        else Bus(settings, syncer, reactor, run_in_thread, generations)
+    )
+    health = Health(store, syncer, bus)
+    report = partial(heartbeat_report, store, metrics, health, bus)
+    applied = (lambda: None) if bus is None else (lambda: bus.applied)
+    if bus is not None:
+        metrics.watch_cluster(bus.lag_seconds)
+    membership = membership_for(settings, report, run_in_thread, reactor, applied)
+    cluster = None
+    if membership is not None:
+        nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
+        cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
+    return bus, health, membership, cluster
+
+
 def _upstreams(
-    settings: Settings, reactor: Any, pool: HTTPConnectionPool, origin: Origin, metrics: Metrics
+    settings: Settings,
+    reactor: Any,
+    pool: HTTPConnectionPool,
+    origin: Origin,
+    metrics: Metrics,
+    generations: Generations,
 ) -> Upstreams:
     """
     The shields (C{--shield}), then the origin: where the fills go (a node
     without shields asks the origin itself).  The
     shields' requests share the origin's connection pool, with their own
-    deadline to connect (C{--shield-timeout}).
+    deadline to connect (C{--shield-timeout}), and say the cluster's
+    generation of the name they ask for (with the cluster secret).
     """
     agent = Agent(reactor, connectTimeout=settings.shield_timeout, pool=pool)
     client = HTTPClient(IdentityAgent(agent))
@@ -307,6 +348,7 @@ def _upstreams(
             forward_headers=settings.forward_request_headers,
             node_name=settings.node_name,
             secret=settings.cluster_secret,
+            generation_of=generations.of,
         )
         for url in settings.shields
     ]

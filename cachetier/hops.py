@@ -17,6 +17,9 @@ CACHE_STATUS = b"cache-status"
 # Sent by an edge to its shields only, never to the origin (never
 # forwardable either: see cachetier.config.forwarding).
 SECRET = b"cachetier-secret"
+# Sent with the secret: the cluster's generation of the name asked for, as
+# the edge knows it (see cachetier.cluster.generations).
+GENERATION = b"cachetier-generation"
 
 # The cdn-id of every cachetier node in CDN-Loop; the node is a parameter.
 _CDN_ID = "cachetier"
@@ -51,18 +54,35 @@ def appended(values: list[bytes], entry: bytes) -> bytes:
 
 
 def upstream(
-    node: str, received: tuple[tuple[bytes, bytes], ...], secret: bytes | None = None
+    node: str,
+    received: tuple[tuple[bytes, bytes], ...],
+    secret: bytes | None = None,
+    generation: int = 0,
 ) -> tuple[tuple[bytes, bytes], ...]:
     """
     The hop headers of a request upstream: C{Via} and C{CDN-Loop}, each the
     values C{received} from the listener whose request started the fill,
-    then this node's entry; and the cluster C{secret}, for a shield.
+    then this node's entry; and for a shield, the cluster C{secret} and
+    with it the name's cluster C{generation}, if it has one.
     """
     headers = (
         (VIA, appended([v for k, v in received if k == VIA], via(node))),
         (CDN_LOOP, appended([v for k, v in received if k == CDN_LOOP], loop_entry(node))),
     )
-    return headers if secret is None else (*headers, (SECRET, secret))
+    if secret is None:
+        return headers
+    if generation <= 0:
+        return (*headers, (SECRET, secret))
+    return (*headers, (SECRET, secret), (GENERATION, b"%d" % generation))
+
+
+def generation(values: list[bytes]) -> int:
+    """
+    The generation a C{CacheTier-Generation} header says (its last line);
+    0 when it says none, or nothing a generation can be.
+    """
+    text = values[-1].strip() if values else b""
+    return int(text) if text.isdigit() and len(text) <= 18 else 0
 
 
 def names_node(values: list[bytes], node: str) -> bool:

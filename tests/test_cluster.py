@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
+from cachetier.cluster.generations import Generations
 from cachetier.cluster.log import Entry, stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
@@ -367,3 +368,125 @@ async def _every(checks: Any) -> bool:
         if not await check:
             return False
     return True
+
+
+class TierAgreementTests(TestCase):
+    """
+    Tiers agree (issue 23): an edge's requests to its shield carry the
+    cluster's generation of the name, so a purge that reached the edge
+    before the shield leaves no old bytes at the edge.
+    """
+
+    timeout = 90
+
+    async def test_a_purge_at_the_edge_before_its_shield_leaves_no_old_bytes(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        secret_file, token_file = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        for path, text in ((secret_file, "tier-secret-" + "s" * 20), (token_file, TOKEN)):
+            with open(path, "w") as f:
+                f.write(text)
+        secret = f"--cluster-secret-file={secret_file}"
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={token_file}")
+        # The shield is in no cluster: it never hears of the purge itself.
+        shield = await start_node(self, origin_url, secret, name="shield1", host="127.0.0.2")
+        edge = await start_node(
+            self,
+            origin_url,
+            f"--shield={shield.url}",
+            secret,
+            *cluster,
+            name="edge1",
+            host="127.0.0.3",
+        )
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        client = http_client(self)
+
+        async def get(node: Node) -> bytes:
+            response = await client.get(node.url + "files/ep.mp3")
+            self.assertEqual(response.code, 200)
+            return bytes(await content(response))
+
+        async def applied(node: Node, entry: str) -> bool:
+            health = json.loads(await content(await client.get(node.url + "healthz")))
+            return stream_id(health["cluster"]["applied"] or "0-0") >= stream_id(entry)
+
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await get(edge), b"version one")
+        origin.put("ep.mp3", b"version two")
+        response = await client.delete(
+            taker.url + "api/v1/files/ep.mp3", headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        entry = json.loads(await content(response))["cluster"]["id"]
+        await until(lambda: applied(edge, entry), within=15.0)
+        self.assertEqual(await get(edge), b"version two")
+        self.assertEqual(await get(edge), b"version two")
+        self.assertEqual(await get(shield), b"version two")
+        self.assertEqual(origin.counts["ep.mp3"], 2)
+        sent = [headers for _, name, headers in origin.requests if name == "ep.mp3"]
+        self.assertFalse(any(h.hasHeader(b"cachetier-generation") for h in sent))
+
+
+class _Purges:
+    """
+    Stands in for the syncer: the names purged, in order.
+    """
+
+    def __init__(self) -> None:
+        self.purged: list[str] = []
+        self.doubt_before = 0.0
+
+    def purge(self, name: str) -> bool:
+        self.purged.append(name)
+        return True
+
+
+class GenerationNewsTests(SynchronousTestCase):
+    """
+    The bus applies an entry's purge of a name only when its generation is
+    news to the node: one an edge told it of was purged then.
+    """
+
+    def test_an_entry_purges_the_names_whose_generation_is_news(self) -> None:
+        generations = Generations()
+        generations.learn("a.mp3", 2)
+        syncer = _Purges()
+        settings = Settings(
+            origin="http://o/", cache_dir=self.mktemp(), cluster="redis://127.0.0.1:9/0"
+        )
+        bus = Bus(settings, syncer, Clock(), None, generations)  # type: ignore[arg-type]
+        bus.received(
+            [
+                Entry("1-0", "names", ("a.mp3", "b.mp3"), gens=(2, 1)),
+                Entry("2-0", "names", ("a.mp3",), gens=(3,)),
+                Entry("3-0", "names", ("c.mp3",)),
+            ],
+            True,
+        )
+        self.assertEqual(syncer.purged, ["b.mp3", "a.mp3", "c.mp3"])
+        self.assertEqual([generations.of(n) for n in ("a.mp3", "b.mp3", "c.mp3")], [3, 1, 0])
+
+
+class PurgeTakenHereTests(TestCase):
+    """
+    A purge taken by a node: the node knows the names' new generations
+    before it answers, not only once its reader applies the entry.
+    """
+
+    async def test_the_new_generations_are_known_and_purged_before_the_answer(self) -> None:
+        redis = await start_redis(self)
+        generations = Generations()
+        syncer = _Purges()
+        settings = Settings(origin="http://o/", cache_dir=self.mktemp(), cluster=redis.url)
+        bus = Bus(settings, syncer, Clock(), deferToThread, generations)  # type: ignore[arg-type]
+        self.addCleanup(deferToThread, bus._log.client.close)
+        entry = await bus.purge(["a.mp3", "b.mp3"])
+        self.assertEqual(syncer.purged, ["a.mp3", "b.mp3"])
+        self.assertEqual([generations.of("a.mp3"), generations.of("b.mp3")], [1, 1])
+        await bus.purge(["a.mp3"])
+        self.assertEqual(generations.of("a.mp3"), 2)
+        # Its reader's entry, when it comes, is no news.
+        bus.received([Entry(entry, "names", ("a.mp3", "b.mp3"), gens=(1, 1))], True)
+        self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])
+        await bus.purge(purge_prefix="a")
+        self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])

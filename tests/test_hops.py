@@ -48,6 +48,8 @@ from .nodes import Node, start_node, until
 
 SECRET = "s3cr3t-" + "x" * 25
 TOKEN = "admin-token-" + "t" * 20
+# A listener's app, as analytics sees one (an HTTP library's is a bot's).
+PODCAST_APP = "AppleCoreMedia/1.0.0.21E236 (iPhone; U; CPU OS 17_4 like Mac OS X; en_us)"
 
 
 class WireFormatTests(SynchronousTestCase):
@@ -98,7 +100,7 @@ class WireFormatTests(SynchronousTestCase):
         self.assertNotIn(SECRET, to_json(settings))
 
     def test_hop_headers_are_never_forwardable(self) -> None:
-        for name in ("CacheTier-Secret", "Via", "CDN-Loop"):
+        for name in ("CacheTier-Secret", "CacheTier-Generation", "Via", "CDN-Loop"):
             with self.assertRaises(SettingError):
                 forward_request_header(name)
 
@@ -297,6 +299,45 @@ class EdgeTests(CacheTestCase):
         self.assertNotIn(SECRET[:-1], "\n".join(lines))
 
 
+class GenerationTests(CacheTestCase):
+    """
+    A shield told by its edges the cluster's generation of a name
+    (C{CacheTier-Generation}, issue 23's "tiers agree").
+    """
+
+    settings = {"node_name": "shield1", "cluster_secret": SECRET.encode()}
+
+    async def test_an_edges_newer_generation_makes_an_older_copy_a_miss(self) -> None:
+        await self.cached("ep.mp3", b"version one")
+        self.origin.put("ep.mp3", b"version two")
+        for headers in (
+            {"cachetier_generation": "3"},
+            {"cachetier_generation": "3", "cachetier_secret": SECRET[:-1] + "y"},
+            {"cachetier_generation": "x3", "cachetier_secret": SECRET},
+            {"cachetier_secret": SECRET},
+        ):
+            code, _, body = await self.get("ep.mp3", **headers)
+            self.assertEqual((code, body), (200, b"version one"), headers)
+        code, headers, body = await self.get(
+            "ep.mp3", cachetier_secret=SECRET, cachetier_generation="3"
+        )
+        self.assertEqual((code, body), (200, b"version two"))
+        self.assertEqual(
+            header(headers, "cache-status"), ["shield1; fwd=miss; fwd-status=200; stored"]
+        )
+        await self.settle("ep.mp3")
+        stored = self.cache.store.get("ep.mp3")
+        assert stored is not None
+        self.assertEqual(stored.cluster_generation, 3)
+        for generation in ("3", "2"):
+            code, headers, body = await self.get(
+                "ep.mp3", cachetier_secret=SECRET, cachetier_generation=generation
+            )
+            self.assertEqual((code, body), (200, b"version two"))
+            self.assertRegex(header(headers, "cache-status")[0], r"^shield1; hit")
+        self.assertEqual(self.origin.counts["ep.mp3"], 2)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -368,7 +409,9 @@ class TierTests(TestCase):
         edge = await start_node(
             self, self.origin_url, f"--shield={shield.url}", *common, name="edge1", host="127.0.0.3"
         )
-        code, headers, got = await self.get(edge.url + "files/ep/tier.mp3", via="1.0 player")
+        code, headers, got = await self.get(
+            edge.url + "files/ep/tier.mp3", via="1.0 player", user_agent=PODCAST_APP
+        )
         self.assertEqual((code, got), (200, body))
         self.assertEqual(
             header(headers, "cache-status"),
@@ -384,27 +427,29 @@ class TierTests(TestCase):
             header(sent, "cdn-loop"), ["cachetier; node=edge1, cachetier; node=shield1"]
         )
         self.assertEqual(header(sent, "cachetier-secret"), [])
-        await until(lambda: self.downloads(edge, 1))
-        code, headers, _ = await self.get(edge.url + "files/ep/tier.mp3")
+        await until(lambda: self.counted(edge, requests=1, downloads=1))
+        code, headers, _ = await self.get(edge.url + "files/ep/tier.mp3", user_agent=PODCAST_APP)
         self.assertEqual(code, 200)
         upstream, mine = header(headers, "cache-status")
         self.assertEqual(upstream, "shield1; fwd=miss; fwd-status=200; stored")
         self.assertRegex(mine, r"^edge1; hit; ttl=-?\d+$")
-        await until(lambda: self.downloads(edge, 2))
-        self.assertTrue(await self.downloads(shield, 0))
+        # The same listener again within the day: a request, not a download.
+        await until(lambda: self.counted(edge, requests=2, downloads=1))
+        self.assertTrue(await self.counted(shield, requests=0, downloads=0))
         self.assertRegex(shield.output, r' - edge \[[^]]+\] "GET /files/ep/tier\.mp3 ')
         for node in (shield, edge):
             self.assertNotIn(SECRET, node.output)
 
-    async def downloads(self, node: Node, count: int) -> bool:
+    async def counted(self, node: Node, **expected: int) -> bool:
         """
-        Whether C{node}'s analytics count C{count} requests for files.
+        Whether C{node}'s analytics count, over every file, the C{expected}
+        C{requests}, C{downloads}...
         """
         response = await self.client.get(
             node.url + "api/v1/stats?group=file", headers={"Authorization": [f"Bearer {TOKEN}"]}
         )
         rows = json.loads(await content(response))["rows"]
-        return sum(row["requests"] for row in rows) == count
+        return all(sum(row[key] for row in rows) == count for key, count in expected.items())
 
 
 class WorkerTests(TestCase):

@@ -23,7 +23,7 @@ from cachetier.config.tiers import tiers
 from cachetier.origin.shields import COOLOFF, ShieldHealth, own_failure
 from cachetier.rendezvous import rank
 
-from .helpers import body_of, http_client, read_response, start_cachetier, start_origin
+from .helpers import body_of, header, http_client, read_response, start_cachetier, start_origin
 from .nodes import Node, restart_node, start_node, until
 
 
@@ -366,6 +366,21 @@ class FakeShieldTests(TestCase):
         self.assertEqual(code, 502)
         self.assertIn("error", json.loads(body))
         self.assertEqual(self.origin.counts["none.mp3"], 0)
+
+    async def test_without_fallback_a_shield_that_timed_out_is_a_504(self) -> None:
+        """
+        --shield-fallback=none: when the last shield asked did not answer
+        within --shield-timeout, the listener gets a JSON 504, as nginx
+        gives one when its upstreams timed out; the origin is never asked.
+        """
+        self.origin.put("late.mp3", body_of(10))
+        self.origin.hang.add("shield/files/late.mp3")
+        url = self.edge(shield_timeout=0.5, shield_fallback="none")
+        code, headers, body = await self.get(url + "files/late.mp3")
+        self.assertEqual(code, 504)
+        self.assertEqual(json.loads(body)["error"], "shield_timeout")
+        self.assertRegex(header(headers, "cache-status")[-1], r"; detail=shield_timeout$")
+        self.assertEqual(self.origin.counts["late.mp3"], 0)
 
     async def test_requests_to_a_shield_carry_no_origin_secret(self) -> None:
         """

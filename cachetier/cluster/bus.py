@@ -18,6 +18,7 @@ from ..names import split_variant
 from ..sync import Syncer
 from .connection import TIMEOUT, connect, prefix
 from .follower import BLOCK_MS, Follower
+from .generations import Generations
 from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot, stream_id
 
 log = Logger()
@@ -41,19 +42,25 @@ class Bus:
     @param syncer: the syncer whose purges the log's entries are; it asks
         L{doubt_before} at every lookup.
     @param run_in_thread: runs a blocking call in the reactor's pool.
-    @ivar gens: the cluster's generation of each name purged, as far as
-        this node knows (every published object records its name's).
+    @param generations: the cluster's generation of each name purged, as
+        far as this node knows, which the bus keeps up to date (every
+        published object records its name's).
     """
 
     def __init__(
-        self, settings: Settings, syncer: Syncer, reactor: Any, run_in_thread: Any
+        self,
+        settings: Settings,
+        syncer: Syncer,
+        reactor: Any,
+        run_in_thread: Any,
+        generations: Generations,
     ) -> None:
         self.node = settings.node_name
         self.max_lag = settings.cluster_max_lag
         self._syncer = syncer
         self._clock = reactor
         self._run_in_thread = run_in_thread
-        self.gens: dict[str, int] = {}
+        self.generations = generations
         self.heard_at = float("-inf")
         self.applied_at: float | None = None
         self.problem = "connecting to Redis"
@@ -72,7 +79,6 @@ class Bus:
             self,
         )
         syncer.doubt_before = self.doubt_before
-        syncer.store.record_generations(self.generation_of)
 
     def start(self) -> None:
         self._follower.start()
@@ -116,13 +122,6 @@ class Bus:
             f" ({self.problem or 'no answer'}): every hit is revalidated"
         )
 
-    def generation_of(self, name: str) -> int:
-        """
-        The cluster's generation of C{name} (or of the name whose variant
-        it is), as far as this node knows; thread-safe.
-        """
-        return self.gens.get(split_variant(name)[0], 0)
-
     def doubt_before(self) -> float:
         """
         Copies fetched before this time are revalidated before they are
@@ -146,9 +145,7 @@ class Bus:
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind == "names":
-            for name, gen in zip(entry.names, entry.gens, strict=False):
-                self.gens[name] = max(gen, self.gens.get(name, 0))
-            purged = sum(self._syncer.purge(name) for name in entry.names)
+            purged = sum(self._syncer.purge(name) for name in self._news(entry))
         elif entry.kind == "prefix":
             purged = len(self._syncer.purge_prefix(entry.prefix))
         else:
@@ -161,6 +158,19 @@ class Bus:
             count=purged,
         )
 
+    def _news(self, entry: Entry) -> list[str]:
+        """
+        The names of C{entry} to purge: all but those whose generation this
+        node knew already, which it purged when it learnt it (an edge sent
+        it: see L{cachetier.cluster.generations.agree}).
+        """
+        gens = entry.gens + (0,) * len(entry.names)
+        return [
+            name
+            for name, gen in zip(entry.names, gens, strict=False)
+            if gen <= 0 or self.generations.learn(name, gen)
+        ]
+
     def resync(self, snapshot: Snapshot, since: str, doubt: bool) -> None:
         """
         The log no longer reaches back to this node's position (or is
@@ -169,11 +179,11 @@ class Bus:
         C{doubt} (a log that came back empty) revalidate every copy held
         before it is served again.
         """
-        self.gens = dict(snapshot.gens)
+        self.generations.replace(snapshot.gens)
         dropped = 0
         for key in list(self._syncer.store.names()):
             stored = self._syncer.store.get(key)
-            if stored is not None and stored.cluster_generation < self.generation_of(key):
+            if stored is not None and stored.cluster_generation < self.generations.of(key):
                 dropped += self._syncer.purge(split_variant(key)[0])
         for purged_prefix, at in snapshot.prefixes.items():
             if stream_id(at) > stream_id(since):
@@ -198,17 +208,26 @@ class Bus:
     async def purge(self, names: list[str] | None = None, purge_prefix: str = "") -> str:
         """
         Put a purge of C{names}, or of C{purge_prefix}, into the log; its
-        entry's id, once Redis has it.
+        entry's id, once Redis has it.  The names' new generations are
+        known here from then on (this node's requests to its shields say
+        them), and what was fetched at the old ones since this node purged
+        goes too: before the purge is answered, not only once this node's
+        reader applies its entry.
 
         @raise ClusterUnavailable: when Redis does not take it.
         """
         try:
-            return str(await self._run_in_thread(self._log.append, self.node, names, purge_prefix))
+            entry_id, gens = await self._run_in_thread(
+                self._log.append, self.node, names, purge_prefix
+            )
         except REDIS_ERRORS as e:
             raise ClusterUnavailable(
                 "the purge could not be put into the cluster's log (Redis is unreachable:"
                 f" {type(e).__name__}): only this node purged; send it again"
             ) from None
+        for name in self._news(Entry(entry_id, "names", tuple(names or ()), gens=gens)):
+            self._syncer.purge(name)
+        return str(entry_id)
 
     async def wait(self, entry_id: str, seconds: float) -> tuple[list[str], list[str]]:
         """

@@ -36,13 +36,14 @@ if ARGV[2] == 'names' then
   local names = cjson.decode(ARGV[3])
   local gens = {}
   for i, name in ipairs(names) do gens[i] = redis.call('HINCRBY', KEYS[2], name, 1) end
-  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'names',
-    'names', ARGV[3], 'node', ARGV[4], 'gens', cjson.encode(gens))
+  local encoded = cjson.encode(gens)
+  return {redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'names',
+    'names', ARGV[3], 'node', ARGV[4], 'gens', encoded), encoded}
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'prefix',
   'prefix', ARGV[3], 'node', ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[3], id)
-return id
+return {id, '[]'}
 """
 
 # Redis's errors the bus survives: the server gone, slow, restarting, or
@@ -120,15 +121,18 @@ class PurgeLog:
         self.node_keys = prefix + "node:"
         self._append = client.register_script(_APPEND)
 
-    def append(self, node: str, names: list[str] | None = None, prefix: str = "") -> str:
+    def append(
+        self, node: str, names: list[str] | None = None, prefix: str = ""
+    ) -> tuple[str, tuple[int, ...]]:
         """
         Add a purge of C{names}, or of C{prefix}; its entry's id once Redis
-        has it.
+        has it, and the names' generations after it.
         """
         kind, payload = ("names", json.dumps(names)) if names is not None else ("prefix", prefix)
         keys = [self.stream, self.gens, self.prefixes, self.epoch_key]
         args = [self.maxlen, kind, payload, node, secrets.token_hex(8)]
-        return str(self._append(keys=keys, args=args))
+        entry_id, gens = self._append(keys=keys, args=args)
+        return str(entry_id), tuple(int(gen) for gen in json.loads(gens))
 
     def epoch(self) -> str:
         """

@@ -33,6 +33,7 @@ _NOT_FORWARDED = frozenset(
         "via",
         "cdn-loop",
         "cachetier-secret",
+        "cachetier-generation",
     }
 )
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")

@@ -54,6 +54,9 @@ class Origin:
     @param node_name: this node's, in every request's C{Via} and C{CDN-Loop}.
     @param secret: the cluster secret, sent with every request: for a
         shield only, never the origin.
+    @param generation_of: the cluster's generation of a name, sent with
+        the secret (C{CacheTier-Generation}), so that a shield holding an
+        older copy treats the request as a miss.
     @param body_timeout: the longest silence tolerated inside a body, when
         it differs from C{timeout} (a shield's).
     @param own_failure: whether a 5xx answer is this upstream's own failure
@@ -78,9 +81,11 @@ class Origin:
         secret: bytes | None = None,
         body_timeout: float | None = None,
         own_failure: Callable[[Any], bool] = lambda response: True,
+        generation_of: Callable[[str], int] = lambda name: 0,
     ) -> None:
         self._node = node_name
         self._secret = secret
+        self._generation_of = generation_of
         self._body_timeout = timeout if body_timeout is None else body_timeout
         self._own_failure = own_failure
         self._forward_headers = [name.lower().encode("ascii") for name in forward_headers]
@@ -213,7 +218,7 @@ class Origin:
                 byte_range,
                 split_variant(name)[1],
                 self._forwarded,
-                upstream(self._node, self._forwarded, self._secret),
+                upstream(self._node, self._forwarded, self._secret, self._generation_of(name)),
             ),
         )
         if response.code >= 500:

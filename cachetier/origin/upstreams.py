@@ -111,9 +111,12 @@ class Upstreams:
         L{Origin.get} from the first upstream that answers: a shield that
         fails on its own (refused, timed out, a 5xx of its own) is marked
         down and the next one asked; what a shield answers for the origin
-        (a 404, a 5xx it relays) is the answer.
+        (a 404, a 5xx it relays) is the answer.  Without the origin to
+        fall back on, the last shield's failure is the fill's (its
+        C{shield} named: a timeout then is a 504).
         """
         failed: OriginError | None = None
+        failed_url = None
         for shield in self.ranked(name):
             self._tally(shield.url, "requests", 1)
             try:
@@ -121,7 +124,7 @@ class Upstreams:
             except OriginError as e:
                 if shield.health.up or e.reason is Reason.cancelled:
                     raise
-                failed = e
+                failed, failed_url = e, shield.url
                 shield.health.down(e.label)
                 self._tally(shield.url, e.label, 1)
                 log.warn(
@@ -135,7 +138,8 @@ class Upstreams:
         if not self._fallback:
             if failed is None:
                 raise OriginError(Reason.connection, "every shield is down")
-            raise OriginError(failed.reason, f"no shield answered ({failed.label})", failed.status)
+            message = f"no shield answered ({failed.label})"
+            raise OriginError(failed.reason, message, failed.status, shield=failed_url)
         self._tally("origin", "requests", 1)
         try:
             return await self.origin.get(name, validators, byte_range)

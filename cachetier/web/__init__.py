@@ -4,11 +4,14 @@ The resource tree, built in one place.
 
 from __future__ import annotations
 
+from functools import partial
+
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from ..analytics import Analytics
 from ..cluster.bus import Bus
+from ..cluster.generations import Generations, agree
 from ..config import Settings
 from ..metrics import Metrics
 from ..store import CacheStore
@@ -48,6 +51,7 @@ def build_root(
     bus: Bus | None = None,
     health: Health | None = None,
     cluster: ClusterStats | None = None,
+    generations: Generations | None = None,
 ) -> Resource:
     """
     Every route of the service (see the HTTP contract in DESIGN.md).
@@ -55,7 +59,11 @@ def build_root(
     @param health: the verdict for C{/healthz} and the dashboard (default:
         one of its own).
     @param cluster: in a cluster, its node list and download counts.
+    @param generations: the cluster's generations of names as this node
+        knows them, which its edges' requests may raise.
     """
+    agreeing = None if generations is None else partial(agree, generations, syncer)
+    hops = Hops(settings.node_name, settings.cluster_secret, agreeing)
     # One verdict, reused for a second, for /healthz, the dashboard and
     # the heartbeat.
     health = health or Health(store, syncer, bus)
@@ -69,7 +77,7 @@ def build_root(
             settings.miss,
             settings.cache_control_max_age,
             settings.queue_timeout,
-            Hops(settings.node_name, settings.cluster_secret),
+            hops,
         ),
     )
     api = _Branch()

@@ -132,6 +132,7 @@ class FilesResource(JSONResource):
             request.outcome = "bad_name"
             return render_error(request, 400, "bad_name", str(e))
         request.cache_name = name
+        self.hops.agree(request, name)
         now = self.clock.seconds()
         # An edge's fills are its listeners': not capped as one client's.
         client = None if request.peer == "edge" else client_address(request)
@@ -265,5 +266,8 @@ class FilesResource(JSONResource):
             request.setHeader(b"retry-after", b"5")
             return render_error(request, 503, "no_space", str(error))
         request.outcome = "error"
+        if isinstance(error, OriginError) and error.reason is Reason.timeout and error.shield:
+            # No shield answered in time, and no origin to fall back on.
+            return render_error(request, 504, "shield_timeout", str(error))
         reason = error.label if isinstance(error, OriginError) else "error"
         return render_error(request, 502, "origin_error", f"{reason}: {error}")

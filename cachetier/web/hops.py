@@ -10,11 +10,23 @@ answer's headers go out).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve
 
-from ..hops import CACHE_STATUS, CDN_LOOP, SECRET, VIA, CacheStatus, names_node, via
+from ..hops import (
+    CACHE_STATUS,
+    CDN_LOOP,
+    GENERATION,
+    SECRET,
+    VIA,
+    CacheStatus,
+    generation,
+    names_node,
+    via,
+)
+from ..names import split_variant
 from ..objects import StoredObject
 from ..sync import Fill
 from ._json import render_error
@@ -26,11 +38,21 @@ class Hops:
 
     @param node: its C{--node-name}.
     @param secret: the cluster secret (C{--cluster-secret-file}), if any.
+    @param agree: given a name and the cluster generation an edge knows of
+        it, purges an older copy here (see
+        L{cachetier.cluster.generations.agree}); without it, an edge's
+        generation is not looked at.
     """
 
-    def __init__(self, node: str, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        node: str,
+        secret: bytes | None = None,
+        agree: Callable[[str, int], object] | None = None,
+    ) -> None:
         self.node = node
         self._secret = secret
+        self._agree = agree
 
     def __repr__(self) -> str:
         return f"Hops({self.node!r})"
@@ -65,6 +87,18 @@ class Hops:
                 f"this request has already passed through {self.node}: the tiers loop",
             )
         return None
+
+    def agree(self, request: Any, name: str) -> None:
+        """
+        Before C{name} is looked up for an edge: a copy older than the
+        cluster generation the edge sent goes, so its request is a miss.
+        A listener's generation means nothing.
+        """
+        if self._agree is None or request.peer != "edge":
+            return
+        sent = generation(request.requestHeaders.getRawHeaders(GENERATION, []))
+        if sent > 0:
+            self._agree(split_variant(name)[0], sent)
 
 
 def relayed_hop(request: Any, node: str) -> bool:
