@@ -144,7 +144,7 @@ class DoubtTests(CacheTestCase):
             cluster="redis://127.0.0.1:1/0",
             cluster_max_lag=1.0,
         )
-        return Bus(settings, self.cache.syncer, clock, deferToThread), clock
+        return Bus(settings, self.cache.syncer, clock, deferToThread, Generations()), clock
 
     async def test_a_hit_is_revalidated_from_the_moment_the_log_is_late(self) -> None:
         """
