@@ -25,6 +25,8 @@ from .limits import site_limits
 from .metrics import Metrics
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
 from .origin.auth import CredentialSource, HeaderFile, S3Signer
+from .origin.shields import shield
+from .origin.upstreams import Upstreams
 from .store import GENERATION_FILE, CacheStore, Generation, unlink
 from .sync import Syncer
 from .web import CacheSite, build_root
@@ -52,6 +54,7 @@ class Tree:
     syncer: Syncer | None = None
     reloadables: list[Callable[[], None]] = Factory(list)
     reporter: Reporter | None = None
+    upstreams: Upstreams | None = None
 
 
 @frozen
@@ -70,6 +73,7 @@ class Assembly:
     reloadables: list[Callable[[], None]] = Factory(list)
     analytics: Analytics | None = None
     reporter: Reporter | None = None
+    upstreams: Upstreams | None = None
 
     def flush(self) -> None:
         """
@@ -96,6 +100,8 @@ class Assembly:
         access log.
         """
         d = succeed(None) if self.syncer is None else self.syncer.stop()
+        if self.upstreams is not None:
+            self.upstreams.stop()
         d.addCallback(lambda _: self.pool.closeCachedConnections())
         if self.analytics is not None:
             d.addCallback(lambda _: self.analytics.drain())
@@ -145,6 +151,7 @@ def assemble(
         reloadables,
         tree.analytics,
         tree.reporter,
+        tree.upstreams,
     )
 
 
@@ -163,7 +170,7 @@ def _analytics(settings: Settings, run_in_thread: Any, store: CacheStore) -> Ana
 
 def syncer_for(
     settings: Settings,
-    origin: Origin,
+    origin: Origin | Upstreams,
     store: CacheStore,
     clock: Any,
     run_in_thread: Any,
@@ -210,7 +217,8 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     origin, reloadables = _origin(settings, reactor, pool, run_in_thread)
-    syncer = syncer_for(settings, origin, store, reactor, run_in_thread, metrics)
+    upstreams = _upstreams(settings, reactor, pool, origin, metrics)
+    syncer = syncer_for(settings, upstreams, store, reactor, run_in_thread, metrics)
     metrics.watch(
         objects=lambda: len(store),
         cached_bytes=lambda: store.total_bytes,
@@ -223,7 +231,37 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     )
     analytics = _analytics(settings, run_in_thread, store)
     root = build_root(store, syncer, settings, metrics, analytics)
-    return Tree(store, root, pool, analytics, syncer, reloadables)
+    return Tree(store, root, pool, analytics, syncer, reloadables, upstreams=upstreams)
+
+
+def _upstreams(
+    settings: Settings, reactor: Any, pool: HTTPConnectionPool, origin: Origin, metrics: Metrics
+) -> Upstreams:
+    """
+    The shields (C{--shield}), then the origin: where the fills go.  The
+    shields' requests share the origin's connection pool, with their own
+    deadline to connect (C{--shield-timeout}).
+    """
+    agent = Agent(reactor, connectTimeout=settings.shield_timeout, pool=pool)
+    client = HTTPClient(IdentityAgent(agent))
+    shields = [
+        shield(
+            url,
+            client,
+            reactor,
+            settings.shield_timeout,
+            settings.origin_timeout,
+            min_rate=settings.origin_min_rate,
+            rate_window=settings.origin_min_rate_window,
+            forward_headers=settings.forward_request_headers,
+        )
+        for url in settings.shields
+    ]
+    for each in shields:
+        metrics.upstream_up.labels(upstream=each.url).set_function(
+            lambda health=each.health: 1 if health.up else 0
+        )
+    return Upstreams(origin, shields, settings.shield_fallback == "origin", metrics.tally)
 
 
 def _origin(

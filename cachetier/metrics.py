@@ -94,6 +94,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._register_requests(self.registry)
         self._register_origin(self.registry)
+        self._register_upstreams(self.registry)
         self._register_responses(self.registry)
         self._register_cache(self.registry)
         self._register_disk(self.registry)
@@ -146,6 +147,49 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def _register_upstreams(self, r: CollectorRegistry) -> None:
+        """
+        What the fills ask of each upstream (each shield, by its URL, and
+        the origin, as C{origin}): requests, bytes, errors and whether it
+        is up.
+        """
+        self.upstream_requests = Counter(
+            "cachetier_upstream_requests",
+            "Requests sent to each upstream (a shield's URL, or origin).",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_bytes = Counter(
+            "cachetier_upstream_bytes",
+            "Body bytes received from each upstream.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "cachetier_upstream_errors",
+            "Failed requests and bodies of each upstream, by reason.",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "cachetier_upstream_up",
+            "1 while a shield is up (taking requests), 0 while it is skipped.",
+            ["upstream"],
+            registry=r,
+        )
+
+    def tally(self, upstream: str, what: str, amount: int) -> None:
+        """
+        Count C{amount} requests or bytes (C{what}), or errors of reason
+        C{what}, for C{upstream}.
+        """
+        if what == "requests":
+            self.upstream_requests.labels(upstream=upstream).inc(amount)
+        elif what == "bytes":
+            self.upstream_bytes.labels(upstream=upstream).inc(amount)
+        else:
+            self.upstream_errors.labels(upstream=upstream, reason=what).inc(amount)
 
     def _register_responses(self, r: CollectorRegistry) -> None:
         """

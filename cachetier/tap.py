@@ -189,6 +189,13 @@ class Options(usage.Options):
             "This node's name in logs, Via, CDN-Loop and Cache-Status (default: host name).",
         ],
         [
+            "shield-fallback",
+            None,
+            "origin",
+            "When no shield answers: 'origin' (ask it) or 'none' (answer 502/504).",
+        ],
+        ["shield-timeout", None, "2s", "How long a shield may take to connect and to answer."],
+        [
             "admin-token-file",
             None,
             None,
@@ -201,6 +208,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["trusted-proxy"] = []
         self["forward-request-header"] = []
+        self["shield"] = []
         # The help of an opt_ method is its docstring, indentation and all.
         self.docs = {name: doc and " ".join(doc.split()) for name, doc in self.docs.items()}
 
@@ -224,6 +232,14 @@ class Options(usage.Options):
             self["forward-request-header"].append(forward_request_header(name))
         except SettingError as e:
             raise usage.UsageError(str(e)) from None
+
+    def opt_shield(self, url: str) -> None:
+        """
+        Base URL of another cachetier node that fills ask before the
+        origin (repeatable: each name goes to the one rendezvous hashing
+        ranks first among those up).
+        """
+        self["shield"].append(url)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """

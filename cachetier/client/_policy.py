@@ -8,7 +8,6 @@ blocking and asyncio transports.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -16,6 +15,8 @@ from typing import Any
 from urllib.parse import quote
 
 from attrs import define, frozen
+
+from ..rendezvous import rank
 
 # Kept in step with the server's quoting, so URLs built here match its own.
 _SAFE = "/-._~!$&'()*+,;=:@"
@@ -52,20 +53,6 @@ def normalise_nodes(base_url: str | Sequence[str]) -> list[str]:
     if not nodes:
         raise ValueError("at least one cache tier URL is needed")
     return [n.strip().rstrip("/") + "/" for n in nodes]
-
-
-def rank(nodes: Sequence[str], name: str) -> list[str]:
-    """
-    Rendezvous (highest-random-weight) order of C{nodes} for C{name}: each
-    name has its own stable order, and adding a node only moves the names
-    that now rank it first.
-    """
-
-    def weight(node: str) -> int:
-        digest = hashlib.blake2b(f"{node}\0{name}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-
-    return sorted(nodes, key=weight, reverse=True)
 
 
 @frozen

@@ -178,6 +178,12 @@ class Settings:
     # This node's name in logs, hop headers (Via, CDN-Loop, Cache-Status)
     # and metrics (--node-name; default: the host name).
     node_name: str = "cachetier"
+    # Other nodes' base URLs that fills ask before the origin (--shield),
+    # whether the origin is asked when none answers, and how long a
+    # shield may take to connect and to answer.
+    shields: tuple[str, ...] = ()
+    shield_fallback: str = "origin"
+    shield_timeout: float = 2.0
     # A secret: kept out of repr() so it can never reach a log.
     admin_token: bytes | None = field(default=None, repr=False)
 
@@ -207,4 +213,5 @@ def from_json(text: str) -> Settings:
     fields["listen"] = tuple(fields["listen"])
     fields["trusted_proxies"] = tuple(ipaddress.ip_network(n) for n in fields["trusted_proxies"])
     fields["forward_request_headers"] = tuple(fields["forward_request_headers"])
+    fields["shields"] = tuple(fields["shields"])
     return Settings(**fields)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ..names import normalise_base
 from . import SettingError, Settings, parse_duration, parse_endpoint, parse_rate, parse_size
-from .tiers import node_name
+from .tiers import tiers
 
 T = TypeVar("T")
 
@@ -299,7 +299,7 @@ def settings_from(
         fill_connections=option("fill-connections", positive, flags["fill-connections"]),
         analytics_retention_days=_retention(flags["analytics-retention"]),
         bots_file=_bots_file(flags["bots-file"]),
-        node_name=node_name(flags["node-name"]),
+        **tiers(flags),
         **origin_auth(flags, where["origin"], read_header_file),
     )
 

@@ -50,6 +50,10 @@ class Origin:
         C{rate_window} seconds (0: no minimum).
     @param forward_headers: names of a listener's request headers sent with
         the fill its request starts (C{--forward-request-header}).
+    @param body_timeout: the longest silence tolerated inside a body, when
+        it differs from C{timeout} (a shield's).
+    @param own_failure: whether a 5xx answer is this upstream's own failure
+        (counted against its breaker), not one it passes on.
     """
 
     def __init__(
@@ -66,7 +70,11 @@ class Origin:
         header_file: HeaderFile | None = None,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         forward_headers: tuple[str, ...] = (),
+        body_timeout: float | None = None,
+        own_failure: Callable[[Any], bool] = lambda response: True,
     ) -> None:
+        self._body_timeout = timeout if body_timeout is None else body_timeout
+        self._own_failure = own_failure
         self._forward_headers = [name.lower().encode("ascii") for name in forward_headers]
         self._min_rate = min_rate
         self._rate_window = rate_window
@@ -193,7 +201,8 @@ class Origin:
             _request_headers(validators, byte_range, split_variant(name)[1], self._forwarded),
         )
         if response.code >= 500:
-            self.breaker.failed(name)
+            if self._own_failure(response):
+                self.breaker.failed(name)
         else:
             self.breaker.succeeded()
         if (
@@ -203,7 +212,7 @@ class Origin:
         ):
             return parse_response(response, self._clock.seconds(), requested)
         if response.code == 412 and byte_range is not None:
-            await read_body(response, 0, self._clock, self._timeout)
+            await read_body(response, 0, self._clock, self._body_timeout)
             raise OriginError(
                 Reason.changed, "the object changed at the origin during the download"
             )
@@ -215,7 +224,7 @@ class Origin:
             )
         parsed = parse_response(response, self._clock.seconds()).headers
         headers = evolve(parsed, status=response.code)
-        raise OriginAnswer(headers, await read_answer(response, self._clock, self._timeout))
+        raise OriginAnswer(headers, await read_answer(response, self._clock, self._body_timeout))
 
     def abandon(self, response: OriginResponse) -> None:
         """
@@ -247,7 +256,7 @@ class Origin:
 
         done: Deferred[None] = Deferred(cancel)
         receiver = BodyReceiver(
-            write, done, self._clock, self._timeout, self._min_rate, self._rate_window
+            write, done, self._clock, self._body_timeout, self._min_rate, self._rate_window
         )
         response.response.deliverBody(receiver)
         return done.addErrback(broke)

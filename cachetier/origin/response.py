@@ -44,6 +44,8 @@ class OriginResponse:
     validator: str | None = None
     # For a 206: the first byte sent and the whole object's length.
     content_range: tuple[int, int] | None = None
+    # The shield that sent it (its base URL), or None: the origin.
+    upstream: str | None = None
 
 
 # Connection-level headers (RFC 9110 7.6.1), never stored or replayed.
