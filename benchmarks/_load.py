@@ -56,7 +56,10 @@ class Result:
         no body byte came).
     @ivar took: seconds from its connect to the end of the response.
     @ivar error: L{None} when it got a 200 with every byte right, else
-        what went wrong ("short 200", "status 502", ...).
+        what went wrong: "status 502", "aborted (length said more)" (a
+        clean abort: the declared length tells the listener), "short 200"
+        (no length declared and too few bytes: the listener cannot tell),
+        ...
     """
 
     ask: Ask
@@ -111,6 +114,7 @@ class _Listener(asyncio.BufferedProtocol):
     transport: asyncio.Transport | None = None
     head: bytes = b""
     status: int | None = None
+    length: int | None = None
     received: int = 0
     crc: int = 0
     first: float | None = None
@@ -134,7 +138,7 @@ class _Listener(asyncio.BufferedProtocol):
                 if len(self.head) > _MAX_HEAD and self.transport is not None:
                     self.transport.abort()
                 return
-            self.status = _status(self.head[:end])
+            self.status, self.length = _parse(self.head[:end])
             data = memoryview(self.head)[end + 4 :]
         if data and self.first is None:
             self.first = self.last
@@ -150,11 +154,21 @@ class _Listener(asyncio.BufferedProtocol):
             self.lost.set_result(exc)
 
 
-def _status(head: bytes) -> int:
+def _parse(head: bytes) -> tuple[int, int | None]:
+    """
+    A response head's status (0 if unreadable) and Content-Length (L{None}
+    if absent or unreadable).
+    """
+    lines = head.split(b"\r\n")
     try:
-        return int(head.split(b" ", 2)[1])
+        status = int(lines[0].split(b" ", 2)[1])
     except (IndexError, ValueError):
-        return 0
+        status = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return status, int(value)
+    return status, None
 
 
 def _verdict(listener: _Listener, file: File) -> str | None:
@@ -163,7 +177,8 @@ def _verdict(listener: _Listener, file: File) -> str | None:
     if listener.status != 200:
         return f"status {listener.status}"
     if listener.received < file.size:
-        return "short 200"
+        # Cut short: the listener knows it when the length was declared.
+        return "short 200" if listener.length is None else "aborted (length said more)"
     if listener.received > file.size or listener.crc != file.crc:
         return "wrong bytes"
     return None
