@@ -217,8 +217,8 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = settings.max_concurrent_syncs
     origin, reloadables = _origin(settings, reactor, pool, run_in_thread)
-    upstreams = _upstreams(settings, reactor, pool, origin, metrics)
-    syncer = syncer_for(settings, upstreams, store, reactor, run_in_thread, metrics)
+    upstreams = _upstreams(settings, reactor, pool, origin, metrics) if settings.shields else None
+    syncer = syncer_for(settings, upstreams or origin, store, reactor, run_in_thread, metrics)
     metrics.watch(
         objects=lambda: len(store),
         cached_bytes=lambda: store.total_bytes,
@@ -238,7 +238,8 @@ def _upstreams(
     settings: Settings, reactor: Any, pool: HTTPConnectionPool, origin: Origin, metrics: Metrics
 ) -> Upstreams:
     """
-    The shields (C{--shield}), then the origin: where the fills go.  The
+    The shields (C{--shield}), then the origin: where the fills go (a node
+    without shields asks the origin itself).  The
     shields' requests share the origin's connection pool, with their own
     deadline to connect (C{--shield-timeout}).
     """

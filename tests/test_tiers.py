@@ -7,13 +7,23 @@ from the test origin once), against the real test origin.
 from __future__ import annotations
 
 import json
+import os
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
-from .helpers import body_of, http_client, read_response, start_origin
-from .nodes import Node, start_node
+from cachetier.client import rank as client_rank
+from cachetier.config import SettingError, Settings, from_json, to_json
+from cachetier.config.tiers import tiers
+from cachetier.origin.shields import COOLOFF, ShieldHealth, own_failure
+from cachetier.rendezvous import rank
+
+from .helpers import body_of, http_client, read_response, start_cachetier, start_origin
+from .nodes import Node, restart_node, start_node, until
 
 
 class ShieldTierTests(TestCase):
@@ -88,3 +98,405 @@ class ShieldTierTests(TestCase):
         code, _, got = await self.get(edge.url + "files/refused.mp3")
         self.assertEqual((code, got), (200, body))
         self.assertEqual(self.origin.counts["refused.mp3"], 1)
+
+    async def metric(self, node: Node, sample: str) -> float:
+        _, _, text = await self.get(node.url + "metrics")
+        for line in text.decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    async def test_a_shield_down_before_the_request_sends_it_to_the_origin(self) -> None:
+        """
+        The shield is down: the edge's fill goes to the origin, its
+        /healthz says degraded, naming the shield; once the shield is back
+        and its /healthz answers, the edge is ok again and asks it.
+        """
+        shield, [edge] = await self.shield_and_edges(1)
+        await shield.stop()
+        self.origin.put("down.mp3", body_of(200_000, "down"))
+        code, _, got = await self.get(edge.url + "files/down.mp3")
+        self.assertEqual((code, got), (200, body_of(200_000, "down")))
+        self.assertEqual(self.origin.counts["down.mp3"], 1)
+        verdict = await self.health(edge)
+        self.assertEqual(verdict["status"], "degraded")
+        self.assertIn(f"shield {shield.url} is down", " ".join(verdict["reasons"]))
+        await restart_node(self, shield, self.origin_url)
+
+        async def ok() -> bool:
+            return (await self.health(edge))["status"] == "ok"
+
+        await until(ok, within=15)
+        self.origin.put("back.mp3", body_of(1000, "back"))
+        code, _, got = await self.get(edge.url + "files/back.mp3")
+        self.assertEqual((code, got), (200, body_of(1000, "back")))
+        fetched = await self.metric(shield, "cachetier_origin_requests_total")
+        self.assertEqual(fetched, 1, "the shield, back, fetched back.mp3 for the edge")
+
+    async def test_a_seek_ahead_on_a_cold_file_is_a_range_request_through_the_tier(self) -> None:
+        """
+        A listener seeks far into a cold file at an edge (the default of
+        one fill connection): the edge asks the shield for that range, the
+        shield asks the origin for it, the listener gets the right bytes,
+        and the origin sends the file about once.
+        """
+        size, mib = 24 << 20, 1 << 20
+        body = body_of(size, "seek")
+        self.origin.put("seek.m4a", body, ranges=True)
+        self.origin.rate = 4 * mib
+        _, [edge] = await self.shield_and_edges(1)
+        code, headers, got = await self.get(
+            edge.url + "files/seek.m4a", Range=f"bytes={20 * mib}-{21 * mib - 1}"
+        )
+        self.assertEqual(code, 206)
+        self.assertEqual(got, body[20 * mib : 21 * mib])
+        ranged = [
+            h.getRawHeaders(b"range")[0]
+            for _, n, h in self.origin.requests
+            if n == "seek.m4a" and h.hasHeader(b"range")
+        ]
+        self.assertTrue(ranged, "the shield asked the origin for the range")
+
+        async def cached() -> bool:
+            _, _, status = await self.get(edge.url + "api/v1/files/seek.m4a?sync=0")
+            return bool(json.loads(status)["available"])
+
+        await until(cached, within=20)
+        code, _, whole = await self.get(edge.url + "files/seek.m4a")
+        self.assertEqual((code, whole), (200, body))
+        self.assertLessEqual(self.origin.sent["seek.m4a"], size + 8 * mib)
+
+    async def test_a_fill_over_several_connections_takes_ranges_from_the_shield(self) -> None:
+        """
+        --fill-connections=3 at the edge: its sparse fill asks the shield
+        for ranges over several connections, the listener gets the exact
+        bytes, and the origin sends the file about once.
+        """
+        size, mib = 24 << 20, 1 << 20
+        body = body_of(size, "parallel")
+        self.origin.put("parallel.m4a", body, ranges=True)
+        self.origin.rate = 8 * mib
+        shield, [edge] = await self.shield_and_edges(1, "--fill-connections=3")
+        code, _, got = await self.get(edge.url + "files/parallel.m4a")
+        self.assertEqual((code, got), (200, body))
+        asked = await self.metric(
+            edge, f'cachetier_upstream_requests_total{{upstream="{shield.url}"}}'
+        )
+        self.assertGreaterEqual(asked, 2)
+        self.assertLessEqual(self.origin.sent["parallel.m4a"], size + 8 * mib)
+
+    async def test_revalidation_goes_through_the_shield_and_age_counts(self) -> None:
+        """
+        The shield's Age counts at the edge (its copy lives only for what
+        is left of the origin's max-age), and once stale the edge
+        revalidates with the shield, which revalidates with the origin:
+        304s all the way, no body fetched twice.
+        """
+        self.origin.put(
+            "fresh.mp3", body_of(10_000, "fresh"), extra_headers={"Cache-Control": "max-age=4"}
+        )
+        shield, [edge] = await self.shield_and_edges(1)
+        code, _, _ = await self.get(shield.url + "files/fresh.mp3")
+        self.assertEqual(code, 200)
+
+        async def aged() -> bool:
+            _, headers, _ = await self.get(shield.url + "files/fresh.mp3")
+            return int(headers.getRawHeaders(b"age", [b"0"])[0]) >= 2
+
+        await until(aged, within=5)
+        code, headers, got = await self.get(edge.url + "files/fresh.mp3")
+        self.assertEqual((code, got), (200, body_of(10_000, "fresh")))
+        self.assertGreaterEqual(int(headers.getRawHeaders(b"age")[0]), 2)
+
+        async def revalidated() -> bool:
+            await self.get(edge.url + "files/fresh.mp3")
+            return (
+                await self.metric(edge, 'cachetier_revalidations_total{result="not_modified"}') >= 1
+            )
+
+        await until(revalidated, within=10)
+        self.assertEqual(
+            await self.metric(shield, 'cachetier_revalidations_total{result="not_modified"}'), 1
+        )
+        conditional = [
+            h
+            for _, n, h in self.origin.requests
+            if n == "fresh.mp3" and h.hasHeader(b"if-none-match")
+        ]
+        self.assertEqual((self.origin.counts["fresh.mp3"], len(conditional)), (2, 1))
+
+    async def test_a_shield_killed_mid_transfer_leaves_no_short_200(self) -> None:
+        """
+        The shield is killed (SIGKILL) while edges stream a big file from
+        it: the edge's fill goes on from the origin with a Range request
+        (If-Range) for what it lacks, and every listener gets the whole,
+        correct file (or a clean abort, never a short 200).
+        """
+        size, mib = 12 << 20, 1 << 20
+        body = body_of(size, "killed")
+        self.origin.put("killed.mp3", body, ranges=True)
+        self.origin.rate = 3 * mib
+        shield, [edge] = await self.shield_and_edges(1)
+        listeners = [
+            Deferred.fromCoroutine(self.get(edge.url + "files/killed.mp3")) for _ in range(3)
+        ]
+
+        async def under_way() -> bool:
+            return self.origin.sent["killed.mp3"] >= 4 * mib
+
+        await until(under_way, within=10)
+        before = len(self.origin.requests)
+        shield.kill()
+        results = await DeferredList(listeners, consumeErrors=True)
+        whole = 0
+        for ok, result in results:
+            if ok:
+                code, _, got = result
+                self.assertEqual(code, 200)
+                self.assertEqual(len(got), size, "never a short 200")
+                self.assertEqual(got, body)
+                whole += 1
+        self.assertEqual(whole, 3, "the fill went on from the origin")
+        resumed = [h for _, n, h in self.origin.requests[before:] if n == "killed.mp3"]
+        self.assertTrue(resumed)
+        for headers in resumed:
+            self.assertTrue(headers.getRawHeaders(b"range")[0].startswith(b"bytes="))
+            self.assertEqual(
+                headers.getRawHeaders(b"if-range"), [self.origin.files["killed.mp3"].etag.encode()]
+            )
+
+
+class FakeShieldTests(TestCase):
+    """
+    An edge in this process whose shield is the test origin under
+    C{shield/}: it answers C{shield/files/<name>} as a shield would, with
+    whatever status and C{Cache-Status} a test gives it.
+    """
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.shield_url = self.origin_url + "shield/"
+
+    def edge(self, **settings: Any) -> str:
+        settings.setdefault("shields", (self.shield_url,))
+        self.cache, url = start_cachetier(self, self.origin_url, **settings)
+        return url
+
+    async def get(self, url: str) -> tuple[int, Any, bytes]:
+        return await read_response(await self.client.get(url))
+
+    def shield_fails(self, name: str, status: int, cache_status: str | None) -> None:
+        headers = {"Content-Type": "application/json"}
+        if cache_status is not None:
+            headers["Cache-Status"] = cache_status
+        self.origin.answers[f"shield/files/{name}"] = (status, headers, b'{"error":"x"}')
+
+    async def test_a_5xx_of_the_shields_own_sends_the_fill_to_the_origin(self) -> None:
+        """
+        A 503 the shield made itself (its own Cache-Status entry has no
+        fwd-status): the shield is skipped, the edge asks the origin, and
+        the edge's /healthz is degraded, naming the shield.
+        """
+        self.origin.put("own.mp3", body_of(5000, "own"))
+        self.shield_fails("own.mp3", 503, "shield1; detail=overloaded")
+        url = self.edge()
+        code, _, body = await self.get(url + "files/own.mp3")
+        self.assertEqual((code, body), (200, body_of(5000, "own")))
+        self.assertEqual(self.origin.counts["own.mp3"], 1)
+        _, _, health = await self.get(url + "healthz")
+        verdict = json.loads(health)
+        self.assertEqual(verdict["status"], "degraded")
+        self.assertIn(f"shield {self.shield_url} is down", " ".join(verdict["reasons"]))
+        self.assertEqual(verdict["shields_down"], [self.shield_url])
+
+    async def test_a_5xx_the_shield_relays_is_the_answer(self) -> None:
+        """
+        A 502 the shield relays from the origin (fwd-status in its entry)
+        is the origin's answer, not the shield's failure: passed on, the
+        shield stays up, the origin is not asked by the edge.
+        """
+        self.origin.put("relayed.mp3", body_of(10))
+        self.shield_fails("relayed.mp3", 502, "shield1; fwd=miss; fwd-status=502")
+        url = self.edge()
+        code, _, _ = await self.get(url + "files/relayed.mp3")
+        self.assertEqual(code, 502)
+        self.assertEqual(self.origin.counts["relayed.mp3"], 0)
+        _, _, health = await self.get(url + "healthz")
+        self.assertEqual(json.loads(health)["shields_down"], [])
+        self.assertEqual(self.cache.syncer.origin.breaker.state, "closed")
+
+    async def test_a_shield_that_does_not_answer_in_time_is_skipped(self) -> None:
+        """
+        --shield-timeout bounds a shield's answer: one that hangs is
+        skipped for the origin.
+        """
+        self.origin.put("slow.mp3", body_of(100, "slow"))
+        self.origin.hang.add("shield/files/slow.mp3")
+        url = self.edge(shield_timeout=0.5)
+        code, _, body = await self.get(url + "files/slow.mp3")
+        self.assertEqual((code, body), (200, body_of(100, "slow")))
+        metrics = (await self.get(url + "metrics"))[2].decode()
+        self.assertIn(
+            f'cachetier_upstream_errors_total{{reason="timeout",upstream="{self.shield_url}"}} 1.0',
+            metrics,
+        )
+        self.assertIn(f'cachetier_upstream_up{{upstream="{self.shield_url}"}} 0.0', metrics)
+        self.assertEqual(self.cache.syncer.origin.origin.breaker.failures, 0)
+
+    async def test_without_fallback_no_shield_is_a_502(self) -> None:
+        """
+        --shield-fallback=none: when no shield answers, the listener gets
+        cachetier's JSON 502, and the origin is never asked.
+        """
+        self.origin.put("none.mp3", body_of(10))
+        url = self.edge(shields=("http://127.0.0.1:9/",), shield_fallback="none")
+        code, _, body = await self.get(url + "files/none.mp3")
+        self.assertEqual(code, 502)
+        self.assertIn("error", json.loads(body))
+        self.assertEqual(self.origin.counts["none.mp3"], 0)
+
+    async def test_requests_to_a_shield_carry_no_origin_secret(self) -> None:
+        """
+        --origin-header-file's headers go to the origin only, never to a
+        shield.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("Authorization: Bearer sk-live-secret\n")
+        self.origin.put("shield/files/secret.mp3", body_of(10))
+        url = self.edge(origin_header_file=path)
+        code, _, _ = await self.get(url + "files/secret.mp3")
+        self.assertEqual(code, 200)
+        [(_, _, headers)] = [r for r in self.origin.requests if r[1] == "shield/files/secret.mp3"]
+        self.assertFalse(headers.hasHeader(b"authorization"))
+
+    async def test_each_name_goes_to_the_shield_that_ranks_first_for_it(self) -> None:
+        """
+        With two shields, each name goes to the one rendezvous hashing
+        ranks first, by the same function the fail-open client uses, so
+        every edge sends a name to the same shield.
+        """
+        shields = (self.origin_url + "s1/", self.origin_url + "s2/")
+        url = self.edge(shields=shields)
+        for i in range(12):
+            name = f"ep{i}.mp3"
+            for shield in shields:
+                self.origin.put(shield[len(self.origin_url) :] + "files/" + name, body_of(10))
+            code, _, _ = await self.get(url + "files/" + name)
+            self.assertEqual(code, 200)
+            first = rank(shields, name)[0][len(self.origin_url) :]
+            self.assertEqual(
+                [n for n in self.origin.counts if n.endswith(name)], [first + "files/" + name]
+            )
+        self.assertIs(rank, client_rank)
+
+    async def test_a_shield_failing_on_its_own_sends_the_name_to_the_next_shield(self) -> None:
+        """
+        The first-ranked shield answers a 503 of its own: the next shield
+        is asked, not the origin.
+        """
+        shields = (self.origin_url + "s1/", self.origin_url + "s2/")
+        first, second = (s[len(self.origin_url) :] for s in rank(shields, "next.mp3"))
+        self.origin.answers[first + "files/next.mp3"] = (503, {}, b'{"error":"overloaded"}')
+        self.origin.put(second + "files/next.mp3", body_of(10, "next"))
+        url = self.edge(shields=shields)
+        code, _, body = await self.get(url + "files/next.mp3")
+        self.assertEqual((code, body), (200, body_of(10, "next")))
+        self.assertEqual(self.origin.counts["next.mp3"], 0)
+
+
+class ShieldSettingsTests(SynchronousTestCase):
+    """
+    --shield, --shield-fallback and --shield-timeout, checked.
+    """
+
+    flags = {
+        "node-name": "edge1",
+        "shield": [],
+        "shield-fallback": "origin",
+        "shield-timeout": "2s",
+    }
+
+    def refusal(self, **flags: Any) -> str:
+        with self.assertRaises(SettingError) as caught:
+            tiers({**self.flags, **flags})
+        return str(caught.exception)
+
+    def test_shields_are_base_urls_in_the_order_given(self) -> None:
+        settings = tiers({**self.flags, "shield": ["http://10.0.0.2:8080", "https://s2/x/"]})
+        self.assertEqual(settings["shields"], ("http://10.0.0.2:8080/", "https://s2/x/"))
+        self.assertEqual((settings["shield_fallback"], settings["shield_timeout"]), ("origin", 2.0))
+
+    def test_bad_values_are_refused_naming_the_flag(self) -> None:
+        self.assertIn("--shield: 'ftp://x'", self.refusal(shield=["ftp://x"]))
+        self.assertIn("given twice", self.refusal(shield=["http://a/", "http://a"]))
+        self.assertIn("--shield-fallback must be", self.refusal(**{"shield-fallback": "next"}))
+        self.assertIn("--shield-timeout", self.refusal(**{"shield-timeout": "0s"}))
+        self.assertIn("--shield-timeout", self.refusal(**{"shield-timeout": "soon"}))
+
+    def test_a_worker_gets_the_shields(self) -> None:
+        settings = Settings(origin="http://127.0.0.1:9/", shields=("http://127.0.0.2:8080/",))
+        self.assertEqual(from_json(to_json(settings)), settings)
+
+
+class ShieldHealthTests(SynchronousTestCase):
+    """
+    A shield's health on a L{Clock}: down at its first failure of its own,
+    back only when its /healthz says so.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.checks: list[Deferred[bool]] = []
+        self.health = ShieldHealth("http://s1/", self.clock, self.check)
+
+    def check(self) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        self.checks.append(d)
+        return d
+
+    def test_down_until_its_healthz_answers(self) -> None:
+        self.health.failed()
+        self.assertEqual((self.health.up, self.health.allow()), (False, False))
+        self.clock.advance(COOLOFF - 0.1)
+        self.assertEqual(self.checks, [])
+        self.clock.advance(0.1)
+        self.checks[0].callback(False)
+        self.clock.advance(COOLOFF)
+        self.checks[1].errback(ConnectionRefusedError())
+        self.assertFalse(self.health.up)
+        self.clock.advance(COOLOFF)
+        self.health.succeeded()  # an answer in flight says nothing
+        self.assertFalse(self.health.up)
+        self.checks[2].callback(True)
+        self.assertEqual((self.health.up, self.health.reason), (True, ""))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopping_ends_the_probes(self) -> None:
+        self.health.down("timeout")
+        self.health.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        health = ShieldHealth("http://s2/", self.clock, self.check)
+        health.down("truncated")
+        self.clock.advance(COOLOFF)
+        health.stop()
+        self.assertTrue(self.checks[-1].called, "the probe in flight is cancelled")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_only_an_answer_without_fwd_status_is_the_shields_own(self) -> None:
+        def answer(*lines: bytes) -> Any:
+            headers = Headers()
+            if lines:
+                headers.setRawHeaders(b"cache-status", list(lines))
+            return SimpleNamespace(headers=headers)
+
+        self.assertTrue(own_failure(answer()))
+        self.assertTrue(own_failure(answer(b"shield1; detail=overloaded")))
+        self.assertFalse(own_failure(answer(b"shield1; fwd=miss; fwd-status=503")))
+        self.assertTrue(
+            own_failure(answer(b"origin-cdn; fwd=miss; fwd-status=503", b'shield1; detail="a, b"'))
+        )
+        self.assertFalse(
+            own_failure(answer(b'up; detail="x, fwd-status=1", shield1; fwd=stale; fwd-status=502'))
+        )

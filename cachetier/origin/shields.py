@@ -67,6 +67,7 @@ class ShieldHealth(Breaker):
         self._check = check
         self._next: IDelayedCall | None = None
         self._checking: Deferred[bool] | None = None
+        self._stopped = False
 
     @property
     def state(self) -> str:
@@ -92,6 +93,8 @@ class ShieldHealth(Breaker):
         if not self.up:
             return
         self.up = False
+        if self._stopped:
+            return
         log.warn(
             "shield {shield} is down ({reason}); asking its /healthz in {cooloff:g}s",
             shield=self.url,
@@ -109,6 +112,8 @@ class ShieldHealth(Breaker):
 
         def answered(up: bool) -> None:
             self._checking = None
+            if self._stopped:
+                return
             if up:
                 self.up, self.reason = True, ""
                 log.info("shield {shield} is back", shield=self.url)
@@ -121,12 +126,16 @@ class ShieldHealth(Breaker):
         self._checking.addErrback(failed).addCallback(answered)
 
     def stop(self) -> None:
+        """
+        No more probes (the service stops): the one due is cancelled, and
+        the one in flight too.
+        """
+        self._stopped = True
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = None
         if self._checking is not None:
             checking, self._checking = self._checking, None
-            checking.addBoth(lambda _: None)
             checking.cancel()
 
 

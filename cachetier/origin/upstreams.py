@@ -17,7 +17,7 @@ from attrs import evolve
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..errors import OriginError, Reason
+from ..errors import OriginAnswer, OriginError, Reason
 from ..objects import StoredObject
 from ..rendezvous import rank
 from .client import Origin
@@ -112,6 +112,7 @@ class Upstreams:
         down and the next one asked; what a shield answers for the origin
         (a 404, a 5xx it relays) is the answer.
         """
+        failed: OriginError | None = None
         for shield in self.ranked(name):
             self._tally(shield.url, "requests", 1)
             try:
@@ -119,6 +120,7 @@ class Upstreams:
             except OriginError as e:
                 if shield.health.up or e.reason is Reason.cancelled:
                     raise
+                failed = e
                 shield.health.down(e.label)
                 self._tally(shield.url, e.label, 1)
                 log.warn(
@@ -129,10 +131,19 @@ class Upstreams:
                 )
                 continue
             return evolve(response, upstream=shield.url)
-        if self.shields and not self._fallback:
-            raise OriginError(Reason.connection, "no shield is answering")
+        if not self._fallback:
+            if failed is None:
+                raise OriginError(Reason.connection, "every shield is down")
+            raise OriginError(failed.reason, f"no shield answered ({failed.label})", failed.status)
         self._tally("origin", "requests", 1)
-        return await self.origin.get(name, validators, byte_range)
+        try:
+            return await self.origin.get(name, validators, byte_range)
+        except OriginAnswer:
+            raise
+        except OriginError as e:
+            if e.reason is not Reason.cancelled:
+                self._tally("origin", e.label, 1)
+            raise
 
     def _sender(self, response: OriginResponse) -> Origin:
         shield = self.shields.get(response.upstream or "")

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from ..errors import OriginAnswer, OriginError, Reason
 from ..metrics import Metrics
 from ..objects import Partial, StoredObject
-from ..origin import Origin, OriginResponse
+from ..origin import Origin, OriginResponse, Upstreams
 from ..store import CacheStore, Handle, Reservation
 from .answers import answer_lifetime, keep_answer
 from .coverage import Coverage
@@ -56,7 +56,7 @@ class Download:
     def __init__(
         self,
         fill: Fill,
-        origin: Origin,
+        origin: Origin | Upstreams,
         store: CacheStore,
         run_in_thread: RunInThread,
         metrics: Metrics,

@@ -13,7 +13,7 @@ from attrs import frozen
 from ..errors import NOT_FOUND_STATUSES, OriginAnswer, OriginError
 from ..metrics import NOT_ORIGIN_FAILURES
 from ..objects import StoredObject
-from ..origin import Origin
+from ..origin import Origin, Upstreams
 from .fill import Fill
 
 
@@ -143,17 +143,20 @@ class OriginHealth:
     @ivar failures: the breaker's count of consecutive failures.
     @ivar rejected: when the origin last refused this node's requests, and
         why (for the operator), if it has.
+    @ivar shields_down: the shields skipped now (C{--shield}), and why.
     """
 
     base: str
     breaker: str
     failures: int
     rejected: tuple[float, str] | None
+    shields_down: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, origin: Origin) -> OriginHealth:
+    def of(cls, origin: Origin | Upstreams) -> OriginHealth:
         breaker = origin.breaker
-        return cls(origin.base, breaker.state, breaker.failures, origin.rejected)
+        down = tuple(origin.down()) if isinstance(origin, Upstreams) else ()
+        return cls(origin.base, breaker.state, breaker.failures, origin.rejected, down)
 
 
 def origin_failed(error: Exception | None) -> bool:

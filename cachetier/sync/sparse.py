@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 
 from ..errors import OriginError, Reason
 from ..metrics import Metrics
-from ..origin import Origin, OriginResponse
+from ..origin import Origin, OriginResponse, Upstreams
 from .fill import Fill
 
 log = Logger()
@@ -45,6 +45,20 @@ AHEAD = 2 << 20
 AHEAD_SECONDS = 2.0
 # Range requests at once for readers, per fill.
 READER_TRANSFERS = 2
+
+
+# How a shield fails mid-body: the rest is asked of the next upstream.
+_SHIELD_FAILURES = (Reason.truncated, Reason.timeout)
+
+
+def _failed_over(failure: Failure, transfer: _Transfer) -> bool:
+    """
+    Whether C{transfer} broke because its shield did: what it did not
+    write is fetched again (a Range request, with If-Range) from the next
+    upstream, as any missing region is.
+    """
+    error = failure.value
+    return transfer.upstream is not None and getattr(error, "reason", None) in _SHIELD_FAILURES
 
 
 def _minus(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
@@ -98,6 +112,8 @@ class _Transfer:
         self.began = sparse.clock.seconds()
         self.stream: Deferred[None] | None = None
         self.stopped = False
+        # The shield whose answer it streams (None: the origin's).
+        self.upstream: str | None = None
 
     def rate(self) -> float:
         # Over a second at least: a connection's first burst (socket
@@ -172,7 +188,7 @@ class SparseFill:
     def __init__(
         self,
         fill: Fill,
-        origin: Origin,
+        origin: Origin | Upstreams,
         clock: IReactorTime,
         metrics: Metrics,
         length: int,
@@ -211,6 +227,7 @@ class SparseFill:
         self.fill.on_need = self.need
         end = self.length if end is None else end
         transfer = _Transfer(self, start, end, reader=False)
+        transfer.upstream = first.upstream
         self.transfers.add(transfer)
         self._follow(transfer, self.origin.stream(first, transfer.write))
         self._schedule()
@@ -316,7 +333,8 @@ class SparseFill:
         stopped = transfer.stopped and (
             not isinstance(result, Failure) or result.check(CancelledError, OriginError)
         )
-        if isinstance(result, Failure) and not stopped and not self._refused(result, transfer):
+        failed = isinstance(result, Failure) and not stopped
+        if failed and not self._refused(result, transfer) and not _failed_over(result, transfer):
             self._fail(result.value)  # nothing more once the fill has failed
         else:
             self._schedule()
@@ -376,6 +394,7 @@ class SparseFill:
 
         @return: the body's stream, or L{None} when it is not wanted.
         """
+        transfer.upstream = response.upstream
         if self._error is not None or transfer.stopped:
             self.origin.abandon(response)
             return None

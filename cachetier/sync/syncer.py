@@ -15,7 +15,7 @@ from ..errors import OriginAnswer, OriginError, Overloaded, Reason
 from ..metrics import Metrics
 from ..names import split_variant
 from ..objects import StoredObject
-from ..origin import Origin
+from ..origin import Origin, Upstreams
 from ..store import CacheStore
 from .admission import Admission, FailureMemory
 from .download import Download, RunInThread
@@ -45,7 +45,7 @@ class Syncer:
 
     def __init__(
         self,
-        origin: Origin,
+        origin: Origin | Upstreams,
         store: CacheStore,
         clock: IReactorTime,
         run_in_thread: RunInThread,

@@ -215,6 +215,7 @@ class FillResponse(MediaResponse):
             headers.etag,
             headers.last_modified,
             downstream_cache_control(headers.cache_control, default_max_age, headers.max_age),
+            age=int(headers.initial_age) or None,  # a shield's Age, passed on
             extra=headers.extra,
         )
         self.fill = fill

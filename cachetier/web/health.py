@@ -84,6 +84,7 @@ class Health:
         origin = self.syncer.origin_health()
         if origin.breaker != "closed":
             degraded.append(f"the origin breaker is {origin.breaker.replace('_', '-')}")
+        degraded += [f"shield {url} is down ({why})" for url, why in origin.shields_down]
         rejected = origin.rejected
         if rejected is not None and now - rejected[0] <= RECENT:
             degraded.append(rejected[1])
@@ -101,6 +102,7 @@ class Health:
             "syncs_queued": self.syncer.queued,
             "origin_breaker": origin.breaker,
             "origin_consecutive_failures": origin.failures,
+            "shields_down": [url for url, _ in origin.shields_down],
         }
 
 
