@@ -22,10 +22,12 @@ listeners have received half the bytes they asked for, the first shield
 
 Every cachetier node runs with C{--max-concurrent-syncs} at least the
 number of files, so no fill waits for an origin slot (nginx has no such
-cap); nginx keeps its own defaults but C{proxy_cache_lock on}
-(C{proxy_cache_lock_timeout} 5 s, after which a waiting request goes to
-its upstream itself, uncached) and 2 s to connect to its upstream, as
-cachetier's C{--shield-timeout}.
+cap); nginx keeps its own defaults but C{proxy_cache_lock on} and 2 s
+to connect to its upstream, as cachetier's C{--shield-timeout}.  Its lock
+holds a request back at most C{proxy_cache_lock_timeout} (5 s), after
+which the request goes upstream itself, uncached, and a fill that has
+run C{proxy_cache_lock_age} (5 s) lets one more request through: with
+fills that last longer, C{--nginx-lock 60s} sets both.
 
 Everything listens on 127.0.0.1; each run's caches are removed after it,
 its logs kept in the printed temp directory; every process is stopped by
@@ -73,7 +75,7 @@ PROXY = """
     location /files/ {{
       proxy_pass {to};
       proxy_cache {name}; proxy_cache_valid 200 1d;
-      proxy_cache_lock on; proxy_cache_lock_timeout {lock};
+      proxy_cache_lock on; proxy_cache_lock_timeout {lock}; proxy_cache_lock_age {lock};
       proxy_connect_timeout 2s;
       proxy_http_version 1.1; proxy_set_header Connection "";
     }}
@@ -259,7 +261,11 @@ def main() -> None:
     parser.add_argument(
         "--stall", type=float, default=60.0, help="a silent server for this long fails a listener"
     )
-    parser.add_argument("--lock-timeout", default="5s", help="nginx proxy_cache_lock_timeout")
+    parser.add_argument(
+        "--nginx-lock",
+        default="5s",
+        help="nginx proxy_cache_lock_timeout and proxy_cache_lock_age (default 5s, nginx's)",
+    )
     parser.add_argument("--seed", type=int, default=22)
     parser.add_argument("--only", default=",".join(RUNS), help=f"some of {','.join(RUNS)}")
     args = parser.parse_args()
@@ -306,7 +312,7 @@ def run_all(args: argparse.Namespace, only: list[str], size: int, root: str) -> 
             os.makedirs(run_dir)
             tiers: Callable[[], AbstractContextManager[Tier]]
             if label.startswith("nginx"):
-                tiers = partial(nginx_tiers, run_dir, origin_port, args.lock_timeout)
+                tiers = partial(nginx_tiers, run_dir, origin_port, args.nginx_lock)
             else:
                 tiers = partial(cachetier_tiers, run_dir, origin_url, syncs)
             kill = label.endswith("-kill")
