@@ -15,8 +15,9 @@ downloads its file whole over HTTP/1.0 as fast as it can; a listener is
 served when it got a 200 with every byte, by length and CRC-32.  The
 origin is nginx with C{limit_rate} (2 MiB/s a connection by default, so a
 fill lasts about 25 s and the kill lands in the middle of the fills);
-origin bytes are summed from its access log ($body_bytes_sent) and shown
-as a multiple of the unique bytes asked for.  "Killed halfway": when the
+origin bytes are summed from its access log ($body_bytes_sent, beside
+each request's path and Range, kept with the other logs) and shown as a
+multiple of the unique bytes asked for.  "Killed halfway": when the
 listeners have received half the bytes they asked for, the first shield
 (the first mid nginx, master and worker) gets SIGKILL.
 
@@ -60,7 +61,7 @@ EDGES, SHIELDS = 4, 2
 RUNS = ("cachetier", "nginx", "cachetier-kill", "nginx-kill")
 
 ORIGIN = """
-  log_format sent "$status $body_bytes_sent";
+  log_format sent "$status $body_bytes_sent $uri \"$http_range\" $request_time";
   access_log {log} sent;
   server {{ listen 127.0.0.1:{port}; root {www}; limit_rate {rate}; }}
 """
