@@ -47,12 +47,18 @@ class OriginError(Exception):
 
     @ivar reason: why, for the room that maps it to an answer.
     @ivar status: the origin's status, for L{Reason.http_status}.
+    @ivar shield: the shield (its URL) whose own failure this is, if it is
+        one: not remembered against the name, as the next try goes
+        elsewhere.
     """
 
-    def __init__(self, reason: Reason, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, reason: Reason, message: str, status: int | None = None, shield: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
+        self.shield = shield
 
     @property
     def label(self) -> str:

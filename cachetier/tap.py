@@ -192,7 +192,7 @@ class Options(usage.Options):
             "shield-fallback",
             None,
             "origin",
-            "When no shield answers: 'origin' (ask it) or 'none' (answer 502/504).",
+            "When no shield answers: 'origin' (ask it) or 'none' (answer 502).",
         ],
         ["shield-timeout", None, "2s", "How long a shield may take to connect and to answer."],
         [

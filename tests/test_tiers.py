@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 
 from cachetier.client import rank as client_rank
@@ -404,6 +405,28 @@ class FakeShieldTests(TestCase):
         code, _, body = await self.get(url + "files/next.mp3")
         self.assertEqual((code, body), (200, body_of(10, "next")))
         self.assertEqual(self.origin.counts["next.mp3"], 0)
+
+    async def test_a_small_file_cut_off_by_its_shield_is_a_clean_abort_then_the_origin(
+        self,
+    ) -> None:
+        """
+        A shield breaks off a file too small for a sparse fill: its
+        listener's connection is cut before the promised length (never a
+        short 200), and the next request goes to the origin.
+        """
+        body = body_of(300_000, "cut")
+        self.origin.put("shield/files/cut.mp3", body, die_after=100_000)
+        self.origin.put("cut.mp3", body)
+        url = self.edge()
+        with self.assertRaises(ResponseFailed):
+            await self.get(url + "files/cut.mp3")
+        code, _, got = await self.get(url + "files/cut.mp3")
+        self.assertEqual((code, got), (200, body))
+        self.assertEqual(self.origin.counts["cut.mp3"], 1)
+        _, _, health = await self.get(url + "healthz")
+        reasons = " ".join(json.loads(health)["reasons"])
+        self.assertIn("is down (truncated)", reasons)
+        self.assertNotIn("origin errors", reasons)
 
 
 class ShieldSettingsTests(SynchronousTestCase):

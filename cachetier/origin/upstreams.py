@@ -16,6 +16,7 @@ from typing import Any
 from attrs import evolve
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..errors import OriginAnswer, OriginError, Reason
 from ..objects import StoredObject
@@ -165,12 +166,17 @@ class Upstreams:
             self._tally(upstream, "bytes", len(data))
             write(data)
 
-        def failed(failure: Any) -> Any:
-            if failure.check(OriginError) and failure.value.reason is not Reason.cancelled:
-                self._tally(upstream, failure.value.label, 1)
-                if shield is not None and not shield.health.up:
-                    shield.health.down(failure.value.label)
-            return failure
+        def failed(failure: Failure) -> Failure:
+            error = failure.value
+            if not isinstance(error, OriginError) or error.reason is Reason.cancelled:
+                return failure
+            self._tally(upstream, error.label, 1)
+            if shield is None or shield.health.up:
+                return failure
+            shield.health.down(error.label)
+            return Failure(
+                OriginError(error.reason, f"shield {upstream}: {error}", shield=upstream)
+            )
 
         return self._sender(response).stream(response, counted).addErrback(failed)
 

@@ -47,18 +47,13 @@ AHEAD_SECONDS = 2.0
 READER_TRANSFERS = 2
 
 
-# How a shield fails mid-body: the rest is asked of the next upstream.
-_SHIELD_FAILURES = (Reason.truncated, Reason.timeout)
-
-
-def _failed_over(failure: Failure, transfer: _Transfer) -> bool:
+def _failed_over(failure: Failure) -> bool:
     """
-    Whether C{transfer} broke because its shield did: what it did not
+    Whether a transfer broke because its shield did: what it did not
     write is fetched again (a Range request, with If-Range) from the next
     upstream, as any missing region is.
     """
-    error = failure.value
-    return transfer.upstream is not None and getattr(error, "reason", None) in _SHIELD_FAILURES
+    return isinstance(failure.value, OriginError) and failure.value.shield is not None
 
 
 def _minus(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
@@ -112,8 +107,6 @@ class _Transfer:
         self.began = sparse.clock.seconds()
         self.stream: Deferred[None] | None = None
         self.stopped = False
-        # The shield whose answer it streams (None: the origin's).
-        self.upstream: str | None = None
 
     def rate(self) -> float:
         # Over a second at least: a connection's first burst (socket
@@ -227,7 +220,6 @@ class SparseFill:
         self.fill.on_need = self.need
         end = self.length if end is None else end
         transfer = _Transfer(self, start, end, reader=False)
-        transfer.upstream = first.upstream
         self.transfers.add(transfer)
         self._follow(transfer, self.origin.stream(first, transfer.write))
         self._schedule()
@@ -334,7 +326,7 @@ class SparseFill:
             not isinstance(result, Failure) or result.check(CancelledError, OriginError)
         )
         failed = isinstance(result, Failure) and not stopped
-        if failed and not self._refused(result, transfer) and not _failed_over(result, transfer):
+        if failed and not self._refused(result, transfer) and not _failed_over(result):
             self._fail(result.value)  # nothing more once the fill has failed
         else:
             self._schedule()
@@ -394,7 +386,6 @@ class SparseFill:
 
         @return: the body's stream, or L{None} when it is not wanted.
         """
-        transfer.upstream = response.upstream
         if self._error is not None or transfer.stopped:
             self.origin.abandon(response)
             return None

@@ -410,12 +410,12 @@ class Syncer:
         if reason is Reason.too_large or not_found:
             ttl = self._negative_ttl
         self.metrics.sync_failures.labels(reason=label).inc()
-        if not (isinstance(error, OriginAnswer) and error.status < 500):
-            self.last_failed[label] = self.clock.seconds()
+        if not ((isinstance(error, OriginAnswer) and error.status < 500) or error.shield):
+            self.last_failed[label] = self.clock.seconds()  # the origin's, for /healthz
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.get(fill.name) is fill
-        if reason not in (Reason.cancelled, Reason.changed) and current:
+        if reason not in (Reason.cancelled, Reason.changed) and current and not error.shield:
             # Listeners get an answer's body from the fill; remembered (for
             # the status API and stale-if-error), it needs none.
             remembered = error
