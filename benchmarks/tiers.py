@@ -61,7 +61,7 @@ EDGES, SHIELDS = 4, 2
 RUNS = ("cachetier", "nginx", "cachetier-kill", "nginx-kill")
 
 ORIGIN = """
-  log_format sent "$status $body_bytes_sent $uri \"$http_range\" $request_time";
+  log_format sent '$status $body_bytes_sent $uri "$http_range" $request_time';
   access_log {log} sent;
   server {{ listen 127.0.0.1:{port}; root {www}; limit_rate {rate}; }}
 """
