@@ -222,7 +222,7 @@ async def _run(
     edges: Sequence[tuple[str, int]],
     files: Sequence[File],
     stall: float,
-    halfway: Callable[[], None] | None,
+    kill: tuple[float, Callable[[], None]] | None,
 ) -> tuple[list[Result], float | None]:
     buffer = bytearray(1 << 20)
     progress = _Progress()
@@ -233,16 +233,14 @@ async def _run(
         for ask in asks
     ]
     everything = asyncio.gather(*tasks)
-    started = time.monotonic()
-    killed_at = None
-    if halfway is not None:
-        half = sum(files[ask.file].size for ask in asks) / 2
-        while not everything.done() and progress.received < half:
-            await asyncio.wait([everything], timeout=0.05)
+    share = None
+    if kill is not None:
+        at, action = kill
+        await asyncio.wait([everything], timeout=at)
         if not everything.done():
-            halfway()
-            killed_at = time.monotonic() - started
-    return list(await everything), killed_at
+            action()
+            share = progress.received / sum(files[ask.file].size for ask in asks)
+    return list(await everything), share
 
 
 def run(
@@ -250,20 +248,21 @@ def run(
     edges: Sequence[tuple[str, int]],
     files: Sequence[File],
     stall: float,
-    halfway: Callable[[], None] | None = None,
+    kill: tuple[float, Callable[[], None]] | None = None,
 ) -> tuple[list[Result], float | None]:
     """
     Every listener of C{asks} against C{edges}; each gives up when its
-    server sends nothing for C{stall} seconds.  C{halfway}, if given, is
-    called once the listeners have received half the bytes they asked
-    for.
+    server sends nothing for C{stall} seconds.  C{kill}, if given, is
+    (seconds, action): the action is called that long after the start,
+    if listeners are still at work.
 
-    @return: each listener's result, and when C{halfway} was called
-        (seconds after the start; L{None}: not called).
+    @return: each listener's result, and the share of the bytes asked for
+        that the listeners had received when the action was called
+        (L{None}: not called).
     """
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return asyncio.run(_run(asks, edges, files, stall, halfway))
+    return asyncio.run(_run(asks, edges, files, stall, kill))
 
 
 def errors(results: Sequence[Result]) -> Counter[str]:

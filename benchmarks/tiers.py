@@ -18,8 +18,9 @@ fill lasts about 25 s and the kill lands in the middle of the fills);
 origin bytes are summed from its access log ($body_bytes_sent, beside
 each request's path and Range, kept with the other logs) and shown as a
 multiple of the unique bytes asked for.  "Killed halfway": when the
-listeners have received half the bytes they asked for, the first shield
-(the first mid nginx, master and worker) gets SIGKILL.
+fills are half done, the same moment for both (half the arrivals' ramp
+plus half a file's time at the origin's rate: 15 s by default), the first
+shield (the first mid nginx, master and worker) gets SIGKILL.
 
 Every cachetier node runs with C{--max-concurrent-syncs} at least the
 number of files, so no fill waits for an origin slot (nginx has no such
@@ -99,7 +100,7 @@ class Tier:
 class Row:
     label: str
     results: list[_load.Result]
-    killed_at: float | None
+    kill: tuple[float, float] | None
     origin_bytes: int
     wall: float
 
@@ -204,7 +205,7 @@ def origin_sent(log: str, offset: int) -> int:
 def measure(
     label: str,
     tiers: Callable[[], AbstractContextManager[Tier]],
-    kill: bool,
+    kill_at: float | None,
     asks: Sequence[_load.Ask],
     files: Sequence[_load.File],
     stall: float,
@@ -216,12 +217,13 @@ def measure(
     """
     offset = os.path.getsize(origin_log)
     with tiers() as tier:
-        halfway = (lambda: _procs.kill_now(tier.upper[0])) if kill else None
+        kill = None if kill_at is None else (kill_at, partial(_procs.kill_now, tier.upper[0]))
         started = time.monotonic()
-        results, killed_at = _load.run(asks, tier.edges, files, stall, halfway)
+        results, share = _load.run(asks, tier.edges, files, stall, kill)
         wall = time.monotonic() - started
     time.sleep(0.5)
-    return Row(label, results, killed_at, origin_sent(origin_log, offset), wall)
+    killed = None if kill_at is None or share is None else (kill_at, share)
+    return Row(label, results, killed, origin_sent(origin_log, offset), wall)
 
 
 def drop_caches(run_dir: str) -> None:
@@ -245,8 +247,9 @@ def report(row: Row, unique: int) -> None:
         f"{_load.percentile(took, 50):>8.1f} s{_load.percentile(took, 99):>7.1f} s"
         f"{row.wall:>7.1f} s"
     )
-    if row.killed_at is not None:
-        print(f"{'':<16}first upper node killed {row.killed_at:.1f} s in")
+    if row.kill is not None:
+        at, share = row.kill
+        print(f"{'':<16}first upper node killed {at:g} s in, {share:.0%} of the bytes delivered")
     for kind, n in _load.errors(row.results).most_common():
         print(f"{'':<16}{n:>5} {kind}")
 
@@ -266,6 +269,11 @@ def main() -> None:
         "--nginx-lock",
         default="5s",
         help="nginx proxy_cache_lock_timeout and proxy_cache_lock_age (default 5s, nginx's)",
+    )
+    parser.add_argument(
+        "--kill-at",
+        type=float,
+        help="seconds into a -kill run (default: halfway through the fills, (ramp + size/rate)/2)",
     )
     parser.add_argument("--seed", type=int, default=22)
     parser.add_argument("--only", default=",".join(RUNS), help=f"some of {','.join(RUNS)}")
@@ -306,6 +314,9 @@ def run_all(args: argparse.Namespace, only: list[str], size: int, root: str) -> 
         f"{'TTFB p50':>11}{'p99':>11}{'whole p50':>10}{'p99':>9}{'wall':>9}"
     )
     syncs = max(8, args.files)
+    kill_time = args.kill_at
+    if kill_time is None:
+        kill_time = round((args.ramp + size / parse_size(args.rate)) / 2, 1)
     origin_url = f"http://127.0.0.1:{origin_port}/files/"
     with nginx(root, "origin", origin, None, origin_port):
         for label in only:
@@ -316,8 +327,8 @@ def run_all(args: argparse.Namespace, only: list[str], size: int, root: str) -> 
                 tiers = partial(nginx_tiers, run_dir, origin_port, args.nginx_lock)
             else:
                 tiers = partial(cachetier_tiers, run_dir, origin_url, syncs)
-            kill = label.endswith("-kill")
-            report(measure(label, tiers, kill, asks, files, args.stall, origin_log), unique)
+            kill_at = kill_time if label.endswith("-kill") else None
+            report(measure(label, tiers, kill_at, asks, files, args.stall, origin_log), unique)
             drop_caches(run_dir)
 
 
