@@ -98,6 +98,13 @@ class Tier:
 
 @frozen
 class Row:
+    """
+    One run's figures.
+
+    @ivar kill: when the first upper node was killed (seconds in) and the
+        share of the bytes the listeners had by then (L{None}: no kill).
+    """
+
     label: str
     results: list[_load.Result]
     kill: tuple[float, float] | None
