@@ -23,8 +23,8 @@ plus half a file's time at the origin's rate: 15 s by default), the first
 shield (the first mid nginx, master and worker) gets SIGKILL.
 
 Every cachetier node runs with C{--max-concurrent-syncs} at least the
-number of files, so no fill waits for an origin slot (nginx has no such
-cap); nginx keeps its own defaults but C{proxy_cache_lock on} and 2 s
+number of files (C{--syncs}), so no fill waits for an origin slot (nginx
+has no such cap); nginx keeps its own defaults but C{proxy_cache_lock on} and 2 s
 to connect to its upstream, as cachetier's C{--shield-timeout}.  Its lock
 holds a request back at most C{proxy_cache_lock_timeout} (5 s), after
 which the request goes upstream itself, uncached, and a fill that has
@@ -282,6 +282,11 @@ def main() -> None:
         type=float,
         help="seconds into a -kill run (default: halfway through the fills, (ramp + size/rate)/2)",
     )
+    parser.add_argument(
+        "--syncs",
+        type=int,
+        help="cachetier's --max-concurrent-syncs (default: the number of files, 8 at least)",
+    )
     parser.add_argument("--seed", type=int, default=22)
     parser.add_argument("--only", default=",".join(RUNS), help=f"some of {','.join(RUNS)}")
     args = parser.parse_args()
@@ -320,7 +325,7 @@ def run_all(args: argparse.Namespace, only: list[str], size: int, root: str) -> 
         f"{'run':<16}{'served':>11}{'origin bytes':>15}{'÷unique':>8}"
         f"{'TTFB p50':>11}{'p99':>11}{'whole p50':>10}{'p99':>9}{'wall':>9}"
     )
-    syncs = max(8, args.files)
+    syncs = args.syncs or max(8, args.files)
     kill_time = args.kill_at
     if kill_time is None:
         kill_time = round((args.ramp + size / parse_size(args.rate)) / 2, 1)
