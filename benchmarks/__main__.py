@@ -111,7 +111,7 @@ def make_files(www: str) -> None:
 
 
 @contextmanager
-def nginx(root: str, name: str, body: str, cpu: int, port: int) -> Iterator[int]:
+def nginx(root: str, name: str, body: str, cpu: int | None, port: int) -> Iterator[int]:
     os.makedirs(f"{root}/tmp-{name}", exist_ok=True)
     conf = os.path.join(root, f"nginx-{name}.conf")
     with open(conf, "w") as f:

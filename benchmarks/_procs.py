@@ -5,6 +5,7 @@ Start and stop the processes a measurement needs, on loopback only.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -100,3 +101,20 @@ def cachetier(  # type: ignore[no-untyped-def]
 def origin_requests(log_path: str, name: str) -> int:
     with open(log_path, encoding="utf-8", errors="replace") as f:
         return sum(1 for line in f if f"origin GET {name} #" in line)
+
+
+def kill_now(pid: int) -> None:
+    """
+    SIGKILL C{pid} and its children (nginx's workers, which outlive their
+    master), as a machine that dies would end them.
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        children = []
+    for p in (pid, *children):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
