@@ -22,21 +22,19 @@ from twisted.web.resource import Resource
 from .analytics import Analytics
 from .cluster.bus import Bus
 from .cluster.generations import Generations
-from .cluster.membership import Membership, membership_for
+from .cluster.membership import Membership
 from .config import Settings
 from .limits import site_limits
 from .metrics import Metrics
 from .origin import Breaker, IdentityAgent, Origin, RetryPolicy
 from .origin.auth import CredentialSource, HeaderFile, S3Signer
-from .origin.shields import shield
 from .origin.upstreams import Upstreams
 from .store import GENERATION_FILE, CacheStore, Generation, unlink
 from .sync import Syncer
+from .tiers import ClusterShields, cluster_parts, upstreams_for
 from .web import CacheSite, build_root
 from .web._twisted import QuietPool
 from .web.access import AccessLine, AccessLogFile
-from .web.cluster import STATS_TIMEOUT, ClusterStats
-from .web.health import Health
 from .web.proxy import PrimaryProxy, primary_agent, primary_pool
 from .web.worker import Reporter, WorkerFiles, build_worker_root
 
@@ -63,6 +61,7 @@ class Tree:
     membership: Membership | None = None
     bus: Bus | None = None
     upstreams: Upstreams | None = None
+    following: ClusterShields | None = None
 
 
 @frozen
@@ -84,16 +83,20 @@ class Assembly:
     upstreams: Upstreams | None = None
     membership: Membership | None = None
     bus: Bus | None = None
+    following: ClusterShields | None = None
 
     def start(self) -> None:
         """
-        Start what runs beside the site: the cluster's reader thread, and
-        the heartbeat that tells of each purge applied.
+        Start what runs beside the site: the cluster's reader thread, the
+        heartbeat that tells of each purge applied, and the reading of the
+        cluster's shields.
         """
         if self.bus is not None:
             self.bus.start()
         if self.membership is not None:
             self.membership.start()
+        if self.following is not None:
+            self.following.start()
 
     def flush(self) -> None:
         """
@@ -122,6 +125,8 @@ class Assembly:
         Stop following the cluster's log, cancel the downloads, then close
         the origin connections and the access log.
         """
+        if self.following is not None:
+            self.following.stop()
         d = succeed(None) if self.bus is None else self.bus.stop()
         if self.syncer is not None:
             d.addCallback(lambda _: self.syncer.stop())
@@ -182,6 +187,7 @@ def assemble(
         membership=tree.membership,
         bus=tree.bus,
         upstreams=tree.upstreams,
+        following=tree.following,
     )
 
 
@@ -249,11 +255,7 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
     origin, reloadables = _origin(settings, reactor, pool, run_in_thread)
     generations = Generations()
     store.record_generations(generations.of)
-    upstreams = (
-        _upstreams(settings, reactor, pool, origin, metrics, generations)
-        if settings.shields
-        else None
-    )
+    upstreams = upstreams_for(settings, reactor, pool, origin, metrics, generations)
     syncer = syncer_for(settings, upstreams or origin, store, reactor, run_in_thread, metrics)
     metrics.watch(
         objects=lambda: len(store),
@@ -266,12 +268,15 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    bus, health, membership, cluster = _cluster(
+    bus, health, membership, cluster = cluster_parts(
         settings, reactor, run_in_thread, store, syncer, metrics, pool, generations
     )
     root = build_root(
         store, syncer, settings, metrics, analytics, bus, health, cluster, generations
     )
+    following = None
+    if settings.shields_from_cluster and membership is not None and upstreams is not None:
+        following = ClusterShields(membership, upstreams, settings, reactor)
     return Tree(
         store,
         root,
@@ -282,108 +287,8 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         membership=membership,
         bus=bus,
         upstreams=upstreams,
+        following=following,
     )
-
-
-def _cluster(
-    settings: Settings,
-    reactor: Any,
-    run_in_thread: Any,
-    store: CacheStore,
-    syncer: Syncer,
-    metrics: Metrics,
-    pool: HTTPConnectionPool,
-    generations: Generations,
-) -> tuple[Bus | None, Health, Membership | None, ClusterStats | None]:
-    """
-    The primary's part in a cluster (C{--cluster}): the bus that follows
-    the purge log, this node's membership and the cluster's numbers (all
-    L{None} outside a cluster); and the health verdict, which the
-    heartbeat carries.
-    """
-    bus = (
-        None
-        if settings.cluster is None
-        else Bus(settings, syncer, reactor, run_in_thread, generations)
-    )
-    health = Health(store, syncer, bus)
-    report = partial(heartbeat_report, store, metrics, health, bus)
-    applied = (lambda: None) if bus is None else (lambda: bus.applied)
-    if bus is not None:
-        metrics.watch_cluster(bus.lag_seconds)
-    membership = membership_for(settings, report, run_in_thread, reactor, applied)
-    cluster = None
-    if membership is not None:
-        nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
-        cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
-    return bus, health, membership, cluster
-
-
-def _upstreams(
-    settings: Settings,
-    reactor: Any,
-    pool: HTTPConnectionPool,
-    origin: Origin,
-    metrics: Metrics,
-    generations: Generations,
-) -> Upstreams:
-    """
-    The shields (C{--shield}), then the origin: where the fills go (a node
-    without shields asks the origin itself).  The
-    shields' requests share the origin's connection pool, with their own
-    deadline to connect (C{--shield-timeout}), and say the cluster's
-    generation of the name they ask for (with the cluster secret).
-    """
-    agent = Agent(reactor, connectTimeout=settings.shield_timeout, pool=pool)
-    client = HTTPClient(IdentityAgent(agent))
-    shields = [
-        shield(
-            url,
-            client,
-            reactor,
-            settings.shield_timeout,
-            settings.origin_timeout,
-            min_rate=settings.origin_min_rate,
-            rate_window=settings.origin_min_rate_window,
-            forward_headers=settings.forward_request_headers,
-            node_name=settings.node_name,
-            secret=settings.cluster_secret,
-            generation_of=generations.of,
-        )
-        for url in settings.shields
-    ]
-    for each in shields:
-        metrics.upstream_up.labels(upstream=each.url).set_function(
-            lambda health=each.health: 1 if health.up else 0
-        )
-    return Upstreams(origin, shields, settings.shield_fallback == "origin", metrics.tally)
-
-
-def heartbeat_report(
-    store: CacheStore, metrics: Metrics, health: Health, bus: Bus | None
-) -> dict[str, Any]:
-    """
-    What this node's heartbeat says of its state (see L{Membership}).
-    """
-    verdict = health.verdict()
-    report = {
-        "status": verdict["status"],
-        "reason": "; ".join(verdict["reasons"]),
-        "disk_used": store.total_bytes,
-        "disk_quota": store.capacity(),
-        "hit_ratio": metrics.hit_ratio(),
-        "applied": None,
-        "applied_at": None,
-        "lag_seconds": None,
-    }
-    if bus is not None:
-        lag = bus.lag_seconds()
-        report.update(
-            applied=bus.applied,
-            applied_at=bus.applied_at,
-            lag_seconds=None if lag == float("inf") else round(lag, 3),
-        )
-    return report
 
 
 def _origin(

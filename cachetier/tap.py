@@ -266,7 +266,8 @@ class Options(usage.Options):
         """
         Base URL of another cachetier node that fills ask before the
         origin (repeatable: each name goes to the one rendezvous hashing
-        ranks first among those up).
+        ranks first among those up), or 'cluster': the cluster's live
+        nodes whose role is shield.
         """
         self["shield"].append(url)
 

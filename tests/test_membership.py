@@ -355,3 +355,52 @@ class HeartbeatTests(TestCase):
         self.assertEqual(json.loads(self.redis.get("cachetier:node:a"))["applied"], "5-0")
         self.clock.advance(0.02)
         self.assertEqual(self.jobs, [], "told once")
+
+
+class ClusterShieldsTests(TestCase):
+    """
+    C{--shield=cluster}: an edge's fills go to the cluster's live shields,
+    as membership lists them, and no longer to one that left.
+    """
+
+    timeout = 120
+
+    async def test_an_edge_follows_the_clusters_live_shields(self) -> None:
+        redis = await start_redis(self)
+        origin, origin_url = start_origin(self)
+        http = http_client(self)
+        shield = await start_member(
+            self, origin_url, redis, "shield1", "127.0.0.2", "--role=shield"
+        )
+        edge = await start_member(self, origin_url, redis, "edge1", "127.0.0.3", "--shield=cluster")
+
+        async def health() -> dict[str, Any]:
+            response = await http.get(edge.url + "healthz")
+            return json.loads((await read_response(response))[2])
+
+        async def following() -> bool:
+            metrics = (await read_response(await http.get(edge.url + "metrics")))[2]
+            return f'cachetier_upstream_up{{upstream="{shield.url}"}} 1.0'.encode() in metrics
+
+        await until(following, within=15)
+        origin.put("ep.mp3", body_of(100_000, "ep"))
+        response = await http.get(edge.url + "files/ep.mp3")
+        code, headers, body = await read_response(response)
+        self.assertEqual((code, body), (200, body_of(100_000, "ep")))
+        entries = ", ".join(headers.getRawHeaders("cache-status", []))
+        self.assertRegex(entries, r"^shield1; fwd=miss.*, edge1; fwd=miss")
+
+        # A shield that leaves the cluster is no longer asked, nor down.
+        await shield.stop()
+
+        async def let_go() -> bool:
+            return not await following() and (await health())["status"] == "ok"
+
+        await until(let_go, within=15)
+        origin.put("ep2.mp3", body_of(100_000, "ep2"))
+        response = await http.get(edge.url + "files/ep2.mp3")
+        code, headers, body = await read_response(response)
+        self.assertEqual((code, body), (200, body_of(100_000, "ep2")))
+        entries = ", ".join(headers.getRawHeaders("cache-status", []))
+        self.assertNotIn("shield1", entries)
+        self.assertIn("shields from the cluster: none", edge.output)

@@ -193,6 +193,8 @@ class Settings:
     # whether the origin is asked when none answers, and how long a
     # shield may take to connect and to answer.
     shields: tuple[str, ...] = ()
+    # --shield=cluster: the cluster's live nodes whose role is shield too.
+    shields_from_cluster: bool = False
     shield_fallback: str = "origin"
     shield_timeout: float = 2.0
     # Secrets: kept out of repr() so they can never reach a log.

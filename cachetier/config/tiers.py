@@ -78,6 +78,8 @@ def tiers(flags: Mapping[str, Any]) -> dict[str, Any]:
     """
     shields: list[str] = []
     for url in flags["shield"]:
+        if url == "cluster":
+            continue  # the cluster's live shields (cluster_settings checks)
         try:
             base = normalise_base(url)
         except ValueError as e:
@@ -99,6 +101,7 @@ def tiers(flags: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "node_name": node_name(flags["node-name"]),
         "shields": tuple(shields),
+        "shields_from_cluster": "cluster" in flags["shield"],
         "shield_fallback": fallback,
         "shield_timeout": timeout,
         "cluster_secret": cluster_secret(flags.get("cluster-secret-file")),
@@ -124,6 +127,8 @@ def cluster_settings(flags: Mapping[str, Any], listen: tuple[str, ...]) -> dict[
         cluster_url(url)
     elif flags["cluster-password-file"] is not None:
         raise SettingError("--cluster-password-file needs --cluster")
+    elif "cluster" in flags.get("shield", ()):
+        raise SettingError("--shield=cluster needs --cluster")
     name = flags["cluster-name"]
     if not _CLUSTER_NAME.match(name):
         raise SettingError(

@@ -40,6 +40,10 @@ class Upstreams:
 
     @param fallback: whether the origin is asked when no shield answers
         (C{--shield-fallback=origin}); else the fill fails.
+    @param make: makes the shield of a URL that L{follow} names.
+    @ivar shields: every shield asked since the start, by URL; only those
+        followed now are ranked (a fill under way with one no longer
+        followed finishes with it).
     """
 
     def __init__(
@@ -48,11 +52,34 @@ class Upstreams:
         shields: Sequence[Shield],
         fallback: bool = True,
         tally: Tally = lambda upstream, what, amount: None,
+        make: Callable[[str], Shield] | None = None,
     ) -> None:
         self.origin = origin
         self.shields = {shield.url: shield for shield in shields}
+        self._live = frozenset(self.shields)
         self._fallback = fallback
         self._tally = tally
+        self._make = make
+
+    def follow(self, urls: Sequence[str]) -> None:
+        """
+        Ask these shields from now on (C{--shield=cluster}: the cluster's
+        live shields, as membership lists them).  A shield no longer
+        followed stops its probes; one followed again is made anew.
+        """
+        assert self._make is not None
+        wanted = frozenset(urls)
+        for url in self._live - wanted:
+            self.shields[url].health.stop()
+        for url in wanted - self._live:
+            self.shields[url] = self._make(url)
+        self._live = wanted
+
+    def is_up(self, url: str) -> bool:
+        """
+        Whether the shield at C{url} is followed and up: for /metrics.
+        """
+        return url in self._live and self.shields[url].health.up
 
     @property
     def base(self) -> str:
@@ -74,7 +101,11 @@ class Upstreams:
         """
         The shields that are down, and why: for /healthz.
         """
-        return [(url, s.health.reason) for url, s in self.shields.items() if not s.health.up]
+        return [
+            (url, self.shields[url].health.reason)
+            for url in sorted(self._live)
+            if not self.shields[url].health.up
+        ]
 
     def url_for(self, name: str) -> str:
         return self.origin.url_for(name)
@@ -98,7 +129,7 @@ class Upstreams:
         """
         The shields that are up, in C{name}'s rendezvous order.
         """
-        up = [url for url, shield in self.shields.items() if shield.health.up]
+        up = [url for url in self._live if self.shields[url].health.up]
         return [self.shields[url] for url in rank(up, name)]
 
     async def get(
@@ -188,5 +219,5 @@ class Upstreams:
         """
         No more probes of shields that are down.
         """
-        for shield in self.shields.values():
-            shield.health.stop()
+        for url in self._live:
+            self.shields[url].health.stop()
