@@ -388,16 +388,16 @@ class Download:
 
     def _sparse(self, response: OriginResponse) -> bool:
         """
-        Whether to fill out of order with Range requests: the origin takes
-        them, the length and version are known, and the object is more
-        than a couple of slices.
+        Whether to fill with Range requests: they are taken, the length and
+        version are known, and the object is over a couple of slices or from
+        a shield (the next upstream then makes good a failure of the shield).
         """
         return (
             self._clock is not None
             and response.ranges
             and response.validator is not None
             and response.length is not None
-            and response.length > 2 * SLICE
+            and (response.length > 2 * SLICE or response.upstream is not None)
         )
 
     async def _renew(self, response: OriginResponse) -> StoredObject | None:
