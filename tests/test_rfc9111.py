@@ -21,6 +21,7 @@ rule                                                     test
 4.2.2 heuristic: 10% of Date - Last-Modified, <= --ttl   HeuristicFreshnessTests
 4.2.3 Age: the origin's Age counts                       AgeTests.test_age_includes_the_origins_age
 4.2.3 Age: corrected for the request's round trip        CorrectedAgeTests
+4.2.3 an Age not one delta-seconds means stale           StaleOnlyWithPermissionTests
 4.2.4 stale: revalidated before it is served, one        StaleOnlyWithPermissionTests
      revalidation for all, unless a window allows        .test_concurrent_requests_wait_on_one_revalidation
 3.1  Date and Expires stored and replayed                DateExpiresAgeTests
@@ -111,7 +112,8 @@ class FreshnessOrderTests(SynchronousTestCase):
         now = 1_700_000_000.0
         self.assertEqual(initial_age("30", http_date(now - 5), now), 30)
         self.assertEqual(initial_age(None, http_date(now - 5), now), 5)
-        self.assertEqual(initial_age("bogus", None, now), 0)
+        self.assertEqual(initial_age(None, None, now), 0)
+        self.assertEqual(initial_age("bogus", None, now), 2**31, "invalid: as old as can be")
 
 
 class StalePolicyUnitTests(SynchronousTestCase):
@@ -300,6 +302,23 @@ class StaleOnlyWithPermissionTests(LoopbackRFCTestCase):
     async def test_an_expired_max_age_1(self) -> None:
         # Two seconds old on arrival: expired at once, no waiting needed.
         await self.assert_revalidated_first({"Cache-Control": "max-age=1", "Age": "2"})
+
+    async def test_an_age_that_is_not_one_delta_seconds_is_stale(self) -> None:
+        """
+        An Age that is not one delta-seconds (non-numeric, negative,
+        fractional, a list, with a parameter) says nothing a cache can
+        trust of how old the answer is: it is taken as stale on arrival,
+        as RFC 9111 4.2.1 says of invalid freshness directives.
+        """
+        for age in ("abc", "-7200", "7200.0", "0, 0", "3600, 3600", "7200;foo=bar"):
+            self.origin.counts.clear()
+            self.cache.syncer.purge("a.mp3")
+            await self.settle("a.mp3")
+            await self.assert_revalidated_first({"Cache-Control": "max-age=10000", "Age": age})
+
+    async def test_two_age_field_lines_are_stale(self) -> None:
+        _send_also(self.origin, (b"age", b"0"), (b"age", b"0"))
+        await self.assert_revalidated_first({"Cache-Control": "max-age=10000"})
 
     async def test_stale_if_error_is_no_permission_while_the_origin_answers(self) -> None:
         await self.assert_revalidated_first(
@@ -566,7 +585,7 @@ class CorrectedAgeTests(SynchronousTestCase):
         now = 1_700_000_000.0
         self.assertEqual(initial_age("30", http_date(now), now, requested=now - 4), 34)
         self.assertEqual(initial_age("30", http_date(now - 60), now, requested=now - 4), 60)
-        self.assertEqual(initial_age('"30"', None, now), 0, "quoted: invalid")
+        self.assertEqual(initial_age('"30"', None, now), 2**31, "quoted: invalid, so stale")
 
 
 class ForwardedHeaderVaryTests(CacheTestCase):

@@ -242,7 +242,7 @@ def parse_response(
             last_modified=last_modified,
             max_age=lifetime,
             no_store=no_store,
-            initial_age=initial_age(header(response, b"age"), date, received, requested),
+            initial_age=initial_age(joined(response, b"age"), date, received, requested),
             cache_control=cache_control,
             extra=_end_to_end(response),
         ),
