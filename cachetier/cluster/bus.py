@@ -175,8 +175,8 @@ class Bus:
         C{doubt} (a log that came back empty) revalidate every copy held
         before it is served again.
         """
-        self.gens = dict(snapshot.gens)
-        dropped = 0
+        before, self.gens = self.gens, dict(snapshot.gens)
+        dropped = sum(self._syncer.purge(name) for name in self._overtaken_downloads(before))
         for key in list(self._syncer.store.names()):
             stored = self._syncer.store.get(key)
             if stored is not None and stored.cluster_generation < self.generation_of(key):
@@ -195,6 +195,24 @@ class Bus:
             count=dropped,
             doubt="; the rest is revalidated before it is served" if doubt else "",
         )
+
+    def _overtaken_downloads(self, before: dict[str, int]) -> set[str]:
+        """
+        The names downloading now whose generation the resync raised: they
+        started before purges this node never applied, and would publish
+        the old bytes stamped with the new generation.
+        """
+        names = {split_variant(fill.name)[0] for fill in self._syncer.syncs()}
+        return {name for name in names if before.get(name, 0) < self.gens.get(name, 0)}
+
+    def behind(self, why: str) -> None:
+        """
+        The log skipped entries this node has not applied (trimmed past
+        its position): until it has resynced and is level again, it is
+        not level, and every hit is revalidated before it is served.
+        """
+        self.heard_at, self.problem = float("-inf"), why
+        self._judge()
 
     def lost(self, why: str) -> None:
         self.problem = why
