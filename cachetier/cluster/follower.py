@@ -113,8 +113,10 @@ class Follower:
         purges = self._make_log(self._client)
         epoch = purges.epoch()
         known = self.position
-        if known is None or known.epoch != epoch or not purges.reaches_back_to(known.applied):
+        if known is None or known.epoch != epoch:
             self._resync(purges, "")
+        elif not purges.reaches_back_to(known.applied):
+            self._resync(purges, _trimmed_past(known.applied))
         while not self._stop.is_set():
             assert self.position is not None
             after = self.position.applied
@@ -126,7 +128,7 @@ class Follower:
                 log.warn("the cluster's purge log changed epoch: resyncing")
                 return
             if not reached:
-                self._resync(purges, f"the log was trimmed past this node's position ({after})")
+                self._resync(purges, _trimmed_past(after))
                 continue
             self._call(self._receiver.received, entries, len(entries) < COUNT)
             if entries:
@@ -136,8 +138,9 @@ class Follower:
         """
         Have the receiver resync from a snapshot of the log, and keep the
         snapshot's position only once it has (a restart before then
-        resyncs again).  With C{why} (a gap found while reading), hits
-        are doubted from now until the receiver is level again.
+        resyncs again).  With C{why} (the log no longer reaches back to
+        the position), hits are doubted from now until the receiver is
+        level again.
         """
         if why:
             log.warn("cluster: {why}: resyncing", why=why)
@@ -167,3 +170,7 @@ class Follower:
                 client.close()
             except REDIS_ERRORS:
                 pass
+
+
+def _trimmed_past(applied: str) -> str:
+    return f"the log was trimmed past this node's position ({applied})"
