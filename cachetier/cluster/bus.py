@@ -175,8 +175,16 @@ class Bus:
         C{doubt} (a log that came back empty) revalidate every copy held
         before it is served again.
         """
-        before, self.gens = self.gens, dict(snapshot.gens)
-        dropped = sum(self._syncer.purge(name) for name in self._overtaken_downloads(before))
+        downloading = self._downloading()
+        self.gens = dict(snapshot.gens)
+        # A download whose generation the resync raised started before
+        # purges never applied here: it would publish the old bytes stamped
+        # with the new generation.
+        dropped = sum(
+            self._syncer.purge(name)
+            for name, generation in downloading.items()
+            if generation < self.generation_of(name)
+        )
         for key in list(self._syncer.store.names()):
             stored = self._syncer.store.get(key)
             if stored is not None and stored.cluster_generation < self.generation_of(key):
@@ -196,14 +204,12 @@ class Bus:
             doubt="; the rest is revalidated before it is served" if doubt else "",
         )
 
-    def _overtaken_downloads(self, before: dict[str, int]) -> set[str]:
+    def _downloading(self) -> dict[str, int]:
         """
-        The names downloading now whose generation the resync raised: they
-        started before purges this node never applied, and would publish
-        the old bytes stamped with the new generation.
+        The names with a download under way, and their generations now.
         """
         names = {split_variant(fill.name)[0] for fill in self._syncer.syncs()}
-        return {name for name in names if before.get(name, 0) < self.gens.get(name, 0)}
+        return {name: self.generation_of(name) for name in names}
 
     def behind(self, why: str) -> None:
         """
