@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
 from cachetier.cluster.generations import Generations
-from cachetier.cluster.log import Entry, stream_id
+from cachetier.cluster.log import Entry, PurgeLog, stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 
@@ -361,6 +361,78 @@ class PurgeLogTests(TestCase):
             for _, name, headers in self.origin.requests
             if name == "ep.mp3" and headers.hasHeader(b"if-none-match")
         )
+
+
+class FrozenNodeTests(TestCase):
+    """
+    A node frozen (SIGSTOP) while the log is trimmed past its position
+    keeps its connection: its next read must notice the entries it
+    missed, and resync, before it serves a purged copy as current.
+    """
+
+    timeout = 90
+    setup_cluster = PurgeLogTests.setup_cluster
+    start = PurgeLogTests.start
+    get = PurgeLogTests.get
+    api = PurgeLogTests.api
+    health = PurgeLogTests.health
+    level = PurgeLogTests.level
+    cached = PurgeLogTests.cached
+
+    async def test_a_frozen_node_the_trimmed_log_skipped_resyncs(self) -> None:
+        taker, frozen = await self.setup_cluster(2, "--cluster-stream-length=100")
+        mine = [f"frozen/{i}.mp3" for i in range(20)]
+        others = [f"other/{i}.mp3" for i in range(180)]
+        for name in mine:
+            self.origin.put(name, b"old " + name.encode())
+            self.assertEqual(await self.get(frozen, name), b"old " + name.encode())
+        frozen.kill(signal.SIGSTOP)
+        self.addCleanup(frozen.kill, signal.SIGCONT)
+        ids = []
+        # Its names first, then enough others that the log (about 100
+        # entries) no longer holds the purges of its names.
+        for name in mine + others:
+            self.origin.put(name, b"new " + name.encode())
+            code, answer = await self.api("DELETE", taker.url + "api/v1/files/" + name)
+            self.assertEqual(code, 200)
+            ids.append(answer["cluster"]["id"])
+        redis = self.redis.client()
+        self.addCleanup(redis.close)
+        first = await deferToThread(redis.xrange, "cachetier:purges", count=1)
+        self.assertGreater(stream_id(first[0][0]), stream_id(ids[len(mine) - 1]))
+        frozen.kill(signal.SIGCONT)
+        await self.level(frozen, ids[-1])
+        for name in mine:
+            self.assertFalse(await self.cached(frozen, name), name)
+            self.assertEqual(await self.get(frozen, name), b"new " + name.encode())
+        self.assertIn("trimmed past this node's position", frozen.output)
+        self.assertIn("resynced from the purge log", frozen.output)
+
+    async def test_the_log_says_whether_it_follows_on_from_a_position(self) -> None:
+        server = await start_redis(self)
+        client = server.client()
+        self.addCleanup(client.close)
+        purges = PurgeLog(client, "c:", 100)
+
+        def check() -> None:
+            self.assertEqual(purges.follows_on("0-0"), (None, True))  # nothing yet
+            ids = [purges.append("n1", [f"ep{i}.mp3"])[0] for i in range(3)]
+            epoch = purges.epoch()
+            self.assertEqual(purges.follows_on("0-0"), (epoch, True))
+            self.assertEqual(purges.follows_on(ids[0]), (epoch, True))
+            client.xtrim("c:purges", maxlen=1, approximate=False)
+            self.assertEqual(purges.follows_on("0-0"), (epoch, False))
+            self.assertEqual(purges.follows_on(ids[0]), (epoch, False))  # ids[1] is gone
+            self.assertEqual(purges.follows_on(ids[2]), (epoch, True))
+            client.xtrim("c:purges", maxlen=0, approximate=False)
+            # Trimmed to nothing: the snapshot reads on from the last entry
+            # ever added, which still follows on (no resync after resync).
+            snapshot = purges.snapshot()
+            self.assertEqual((snapshot.last, snapshot.gens["ep1.mp3"]), (ids[2], 1))
+            self.assertEqual(purges.follows_on(snapshot.last), (epoch, True))
+            self.assertEqual(purges.follows_on(ids[1]), (epoch, False))
+
+        await deferToThread(check)
 
 
 async def _every(checks: Any) -> bool:

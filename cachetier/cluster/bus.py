@@ -179,8 +179,16 @@ class Bus:
         C{doubt} (a log that came back empty) revalidate every copy held
         before it is served again.
         """
+        downloading = self._downloading()
         self.generations.replace(snapshot.gens)
-        dropped = 0
+        # A download whose generation the resync raised started before
+        # purges never applied here: it would publish the old bytes stamped
+        # with the new generation.
+        dropped = sum(
+            self._syncer.purge(name)
+            for name, generation in downloading.items()
+            if generation < self.generations.of(name)
+        )
         for key in list(self._syncer.store.names()):
             stored = self._syncer.store.get(key)
             if stored is not None and stored.cluster_generation < self.generations.of(key):
@@ -199,6 +207,21 @@ class Bus:
             count=dropped,
             doubt="; the rest is revalidated before it is served" if doubt else "",
         )
+
+    def _downloading(self) -> dict[str, int]:
+        """
+        The names with a download under way, and their generations now.
+        """
+        names = {split_variant(fill.name)[0] for fill in self._syncer.syncs()}
+        return {name: self.generations.of(name) for name in names}
+
+    def behind(self, why: str) -> None:
+        """
+        The log skipped entries this node has not applied (trimmed past
+        its position): until it has resynced and is level again, it is
+        not level, and every hit is revalidated before it is served.
+        """
+        self.heard_at, self.problem = float("-inf"), why
 
     def lost(self, why: str) -> None:
         self.problem = why

@@ -38,6 +38,8 @@ class Receiver(Protocol):
 
     def resync(self, snapshot: Snapshot, since: str, doubt: bool) -> None: ...
 
+    def behind(self, why: str) -> None: ...
+
     def lost(self, why: str) -> None: ...
 
 
@@ -111,21 +113,44 @@ class Follower:
         purges = self._make_log(self._client)
         epoch = purges.epoch()
         known = self.position
-        if known is None or known.epoch != epoch or not purges.reaches_back_to(known.applied):
-            snapshot = purges.snapshot()
-            doubt = known is not None and known.epoch != snapshot.epoch
-            since = "0-0" if known is None or doubt else known.applied
-            self._call(self._receiver.resync, snapshot, since, doubt)
-            self._keep(Position(snapshot.epoch, snapshot.last))
+        if known is None or known.epoch != epoch:
+            self._resync(purges, "")
+        elif not purges.reaches_back_to(known.applied):
+            self._resync(purges, _trimmed_past(known.applied))
         while not self._stop.is_set():
             assert self.position is not None
-            if purges.current_epoch() != self.position.epoch:
+            after = self.position.applied
+            entries = purges.read(after, BLOCK_MS, COUNT)
+            # Asked after the read: a trim racing it is seen (a resync too
+            # many at worst), and entries of another log are never applied.
+            epoch, reached = purges.follows_on(after)
+            if epoch != self.position.epoch:
                 log.warn("the cluster's purge log changed epoch: resyncing")
                 return
-            entries = purges.read(self.position.applied, BLOCK_MS, COUNT)
+            if not reached:
+                self._resync(purges, _trimmed_past(after))
+                continue
             self._call(self._receiver.received, entries, len(entries) < COUNT)
             if entries:
                 self._keep(Position(self.position.epoch, entries[-1].id))
+
+    def _resync(self, purges: PurgeLog, why: str) -> None:
+        """
+        Have the receiver resync from a snapshot of the log, and keep the
+        snapshot's position only once it has (a restart before then
+        resyncs again).  With C{why} (the log no longer reaches back to
+        the position), hits are doubted from now until the receiver is
+        level again.
+        """
+        if why:
+            log.warn("cluster: {why}: resyncing", why=why)
+            self._call(self._receiver.behind, why)
+        known = self.position
+        snapshot = purges.snapshot()
+        doubt = known is not None and known.epoch != snapshot.epoch
+        since = "0-0" if known is None or doubt else known.applied
+        self._call(self._receiver.resync, snapshot, since, doubt)
+        self._keep(Position(snapshot.epoch, snapshot.last))
 
     def _keep(self, where: Position) -> None:
         position.save(self._cache_dir, where)
@@ -145,3 +170,7 @@ class Follower:
                 client.close()
             except REDIS_ERRORS:
                 pass
+
+
+def _trimmed_past(applied: str) -> str:
+    return f"the log was trimmed past this node's position ({applied})"

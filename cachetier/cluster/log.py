@@ -95,7 +95,10 @@ class Entry:
 class Snapshot:
     """
     What a node resyncs from: the cluster's generations and prefix purges
-    as of the stream's entry C{last} (taken in one step).
+    as of the stream's entry C{last} (taken in one step).  C{last} is the
+    last entry ever added (XINFO's C{last-generated-id}), which the stream
+    may no longer hold: a stream trimmed to nothing is read on from there,
+    not from its start.
     """
 
     epoch: str
@@ -141,9 +144,6 @@ class PurgeLog:
         self.client.set(self.epoch_key, secrets.token_hex(8), nx=True)
         return str(self.client.get(self.epoch_key))
 
-    def current_epoch(self) -> str | None:
-        return self.client.get(self.epoch_key)
-
     def reaches_back_to(self, applied: str) -> bool:
         """
         Whether every entry after C{applied} is still in the stream: it is
@@ -152,16 +152,27 @@ class PurgeLog:
         all remain counts as not reached: a resync too many, never one
         too few.
         """
-        try:
-            info = self.client.xinfo_stream(self.stream)
-        except redis.ResponseError:
-            return applied == "0-0"  # no stream: nothing to have missed
+        return self.follows_on(applied)[1]
+
+    def follows_on(self, applied: str) -> tuple[str | None, bool]:
+        """
+        The log's epoch (L{None}: it has none), and whether it reaches back
+        to C{applied} (see L{reaches_back_to}), both of one moment, in one
+        round trip.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xinfo_stream(self.stream)
+        pipe.get(self.epoch_key)
+        pipe.xrange(self.stream, applied, applied)
+        info, (epoch, there) = _with_stream_info(pipe)
+        if info is None:
+            return epoch, applied == "0-0"  # no stream: nothing to have missed
         if str(info["last-generated-id"]) == applied:
-            return True
+            return epoch, True
         if applied == "0-0":
             # Before the first entry: reached if none was ever removed.
-            return int(info.get("entries-added", info["length"])) == int(info["length"])
-        return bool(self.client.xrange(self.stream, applied, applied))
+            return epoch, int(info.get("entries-added", info["length"])) == int(info["length"])
+        return epoch, bool(there)
 
     def read(self, after: str, block_ms: int, count: int) -> list[Entry]:
         """
@@ -179,14 +190,14 @@ class PurgeLog:
         """
         epoch = self.epoch()
         pipe = self.client.pipeline(transaction=True)
-        pipe.xrevrange(self.stream, count=1)
+        pipe.xinfo_stream(self.stream)
         pipe.hgetall(self.gens)
         pipe.hgetall(self.prefixes)
         pipe.get(self.epoch_key)
-        last, gens, prefixes, now_epoch = pipe.execute()
+        info, (gens, prefixes, now_epoch) = _with_stream_info(pipe)
         return Snapshot(
             str(now_epoch or epoch),
-            str(last[0][0]) if last else "0-0",
+            "0-0" if info is None else str(info["last-generated-id"]),
             {name: int(gen) for name, gen in gens.items()},
             dict(prefixes),
         )
@@ -207,6 +218,19 @@ class PurgeLog:
             else:
                 pending.append(name)
         return applied, pending
+
+
+def _with_stream_info(pipe: Any) -> tuple[dict[str, Any] | None, list[Any]]:
+    """
+    Run C{pipe}, whose first command is XINFO STREAM: its answer (L{None}:
+    there is no stream), and the answers of the rest; any of their errors
+    is raised.
+    """
+    info, *rest = pipe.execute(raise_on_error=False)
+    for answer in rest:
+        if isinstance(answer, Exception):
+            raise answer
+    return (None if isinstance(info, redis.ResponseError) else info), rest
 
 
 def _applied(raw: str) -> tuple[int, int]:
