@@ -44,6 +44,7 @@ import cachetier
 from cachetier.assembly import Assembly, assemble, syncer_for
 from cachetier.config import Settings
 from cachetier.metrics import Metrics
+from cachetier.objects import StoredObject
 from cachetier.origin import Breaker, Origin, RetryPolicy
 from cachetier.store import CacheStore
 from cachetier.web import build_root
@@ -432,6 +433,24 @@ async def read_response(response: IResponse) -> tuple[int, Headers, bytes]:
     if kept_apart and not headers.hasHeader(b"content-length"):
         headers.setRawHeaders(b"content-length", [b"%d" % (response.length,)])
     return response.code, headers, body
+
+
+def stored_object(**fields: Any) -> StoredObject:
+    """
+    A L{StoredObject} of one byte at no path, for tests of its methods:
+    C{fields} replace the defaults.
+    """
+    defaults: dict[str, Any] = {
+        "name": "a.mp3",
+        "path": "/nowhere",
+        "size": 1,
+        "etag": '"e"',
+        "last_modified": 0.0,
+        "content_type": "audio/mpeg",
+        "fetched_at": 0.0,
+        "expires_at": 1.0,
+    }
+    return StoredObject(**{**defaults, **fields})
 
 
 def header(headers: Headers, name: str) -> list[str]:

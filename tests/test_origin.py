@@ -15,11 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from cachetier.errors import OriginAnswer, OriginError, Reason
-from cachetier.objects import StoredObject
 from cachetier.origin import Breaker, Origin, RetryPolicy
 from cachetier.origin.auth import S3Signer
 
-from .helpers import TestOrigin
+from .helpers import TestOrigin, stored_object
 
 
 class _Script(Resource):
@@ -134,14 +133,9 @@ class OriginTests(SynchronousTestCase):
     def test_revalidation_sends_the_origin_validators(self) -> None:
         script = _Script(304)
         origin = self.make(script)
-        cached = StoredObject(
-            name="a.mp3",
-            path="/x",
-            size=1,
+        cached = stored_object(
             etag='"abc"',
             last_modified=1_700_000_000.0,
-            content_type="audio/mpeg",
-            fetched_at=0.0,
             expires_at=0.0,
             origin_etag='"abc"',
             origin_last_modified=1_700_000_000.0,

@@ -63,7 +63,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
-from cachetier.objects import ObjectHeaders, StoredObject
+from cachetier.objects import ObjectHeaders
 from cachetier.origin.freshness import (
     StalePolicy,
     freshness_lifetime,
@@ -71,7 +71,7 @@ from cachetier.origin.freshness import (
     stale_policy,
 )
 
-from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header
+from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, stored_object
 
 SETTINGS: dict[str, Any] = {"ttl": 3600.0, "origin_retries": 1}
 
@@ -950,17 +950,7 @@ class UpdatedByTests(SynchronousTestCase):
             ("x-amz-checksum-crc32", "Y3Jj"),
             ("x-amz-checksum-type", "FULL_OBJECT"),
         )
-        stored = StoredObject(
-            name="a.mp3",
-            path="/nowhere",
-            size=1,
-            etag='"e"',
-            last_modified=0.0,
-            content_type="audio/mpeg",
-            fetched_at=0.0,
-            expires_at=1.0,
-            extra=(*kept, ("x-note", "old")),
-        )
+        stored = stored_object(extra=(*kept, ("x-note", "old")))
         sent = tuple((name, "changed") for name, _ in kept) + (("x-note", "new"),)
         updated = stored.updated_by(ObjectHeaders("audio/mpeg", extra=sent))
         self.assertEqual(sorted(updated.extra), sorted((*kept, ("x-note", "new"))))

@@ -16,7 +16,7 @@ from twisted.web.http_headers import Headers
 from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.sync import variants as variants_module
 
-from .helpers import CacheTestCase, body_of, header, start_cachetier
+from .helpers import CacheTestCase, body_of, header, start_cachetier, stored_object
 
 BROWSER = "https://app.example"
 TOKEN = "d" * 32
@@ -314,17 +314,7 @@ class StoredVaryTests(SynchronousTestCase):
         hit on a name whose Vary is not learned reads it, not the
         headers), and again when a 304 brings another.
         """
-        obj = StoredObject(
-            name="a.mp3",
-            path="/nowhere",
-            size=1,
-            etag='"e"',
-            last_modified=0.0,
-            content_type="audio/mpeg",
-            fetched_at=0.0,
-            expires_at=1.0,
-            extra=(("vary", "Origin, accept-LANGUAGE"), ("x-other", "1")),
-        )
+        obj = stored_object(extra=(("vary", "Origin, accept-LANGUAGE"), ("x-other", "1")))
         self.assertEqual(obj.vary, ("accept-language", "origin"))
         renewed = obj.updated_by(ObjectHeaders("audio/mpeg", extra=(("vary", "*"),)))
         self.assertEqual(renewed.vary, ("*",))
