@@ -365,7 +365,9 @@ class History:
     (a bounded ring of 901 samples, about 300 bytes each).
 
     L{sample} runs once a second (the service's flush) and whenever the
-    page asks; samples within one second replace each other.
+    page asks; the first sample of a second stands and later ones in it
+    are not taken, so that a row the page has read never changes (a
+    sample replaced after a poll would lose the requests between them).
     """
 
     def __init__(
@@ -376,6 +378,9 @@ class History:
         self._ring: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=seconds + 1)
 
     def sample(self) -> None:
+        at = int(self.clock())
+        if self._ring and self._ring[-1][0] == at:
+            return
         m = self.metrics
         outcomes = dict.fromkeys(GROUPS, 0.0)
         for family in m.requests.collect():
@@ -389,9 +394,6 @@ class History:
                 if s.name.endswith("_total") and s.labels.get("reason") not in NOT_ORIGIN_FAILURES:
                     failures += s.value
         values = (m.bytes_served.value, m.origin_bytes.value, *outcomes.values(), failures)
-        at = int(self.clock())
-        if self._ring and self._ring[-1][0] == at:
-            self._ring.pop()
         self._ring.append((at, values))
 
     def origin_errors_since(self, since: float) -> int:

@@ -333,6 +333,37 @@ class DashboardDataTests(CacheTestCase):
             {"breaker": "closed", "consecutive_failures": 0, "errors_last_minute": 0},
         )
 
+    async def test_the_rows_a_page_reads_count_every_request(self) -> None:
+        # The page samples when it polls, and so does the service's flush
+        # once a second: a row the page has read must never change after,
+        # or the requests between the two samples of one second are lost.
+        history = self.cache.site.metrics.history
+        clock = [1_000_000.0]
+        history.clock = lambda: clock[0]
+        self.cache.flush()
+        rows: list[dict[str, Any]] = []
+
+        async def miss(name: str) -> None:
+            self.origin.put(name, body_of(100, name))
+            await content(await self.client.get(self.url + "files/" + name))
+
+        async def poll() -> None:
+            since = rows[-1]["t"] if rows else 0
+            rows.extend((await self.dashboard(f"?since={since}"))[1]["history"])
+
+        await miss("a.mp3")
+        clock[0] = 1_000_000.3
+        await poll()
+        await miss("b.mp3")
+        clock[0] = 1_000_000.6
+        self.cache.flush()
+        await miss("c.mp3")
+        clock[0] = 1_000_001.0
+        self.cache.flush()
+        clock[0] = 1_000_002.3
+        await poll()
+        self.assertEqual(sum(r["miss"] * r["dt"] for r in rows), 3)
+
     def test_top_episodes_leave_out_files_never_downloaded(self) -> None:
         rows = [
             {"file": "probe.mp3", "downloads": 0, "bytes": 9_000_000, "requests": 40},
