@@ -550,6 +550,22 @@ class HeuristicFreshnessTests(LoopbackRFCTestCase):
         self.assertGreaterEqual(lifetime, 99)
         self.assertLessEqual(lifetime, 101)
 
+    async def test_a_miss_says_no_more_freshness_than_a_hit(self) -> None:
+        """
+        The Cache-Control cachetier sends where the origin sent none is
+        capped at the file's own lifetime on the miss as on a hit: a cache
+        in front (an edge behind this shield) must not keep for a day what
+        is fresh here for 100 s.
+        """
+        self.origin.put("a.mp3", V1, last_modified=int(time.time()) - 1000)
+        for answer in ("miss", "hit"):
+            _, headers, _ = await self.get("a.mp3")
+            await self.settle("a.mp3")
+            [sent] = header(headers, "cache-control")
+            max_age = int(sent.removeprefix("public, max-age="))
+            self.assertLessEqual(max_age, 101, answer)
+            self.assertGreaterEqual(max_age, 98, answer)
+
     async def test_at_most_the_ttl(self) -> None:
         await self.second_answer({}, last_modified=int(time.time()) - 10 * 86400 * 365)
         self.assertEqual(round(self.cache.store.get("a.mp3").lifetime), 3600)

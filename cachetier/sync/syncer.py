@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from ..errors import OriginAnswer, OriginError, Overloaded, Reason
 from ..metrics import Metrics
 from ..names import split_variant
-from ..objects import StoredObject
+from ..objects import ObjectHeaders, StoredObject
 from ..origin import Origin, Upstreams
 from ..store import CacheStore
 from .admission import Admission, FailureMemory
@@ -108,6 +108,13 @@ class Syncer:
         The download of C{name} under way, if there is one.
         """
         return self._fills.newest(name)
+
+    def fresh_for(self, headers: ObjectHeaders) -> float:
+        """
+        How much longer an answer arriving now with C{headers} is fresh
+        here: the lifetime its copy will have once published.
+        """
+        return self._freshness.lifetime(headers, self.clock.seconds())
 
     def recent_failure(self, name: str) -> Exception | None:
         """

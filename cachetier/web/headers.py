@@ -25,11 +25,14 @@ def downstream_cache_control(
     return b"public, max-age=%d" % (max(0, max_age),)
 
 
-def fill_cache_control(headers: ObjectHeaders, default_max_age: int) -> bytes | None:
+def fill_cache_control(
+    headers: ObjectHeaders, default_max_age: int, lifetime: float
+) -> bytes | None:
     """
     The Cache-Control sent with a download's answer: as
-    L{downstream_cache_control}, but none of cachetier's own for an answer
-    it does not reuse itself (one that sets a cookie or varies by
+    L{downstream_cache_control} (capped at C{lifetime}, how long the
+    answer is fresh here, as a hit is), but none of cachetier's own for an
+    answer it does not reuse itself (one that sets a cookie or varies by
     everything, or a file with neither freshness nor a validator): that
     goes on as the origin sent it, so that no cache in front shares what
     cachetier would not.
@@ -39,7 +42,7 @@ def fill_cache_control(headers: ObjectHeaders, default_max_age: int) -> bytes | 
     )
     if headers.cache_control is None and not reused:
         return None
-    return downstream_cache_control(headers.cache_control, default_max_age, headers.max_age)
+    return downstream_cache_control(headers.cache_control, default_max_age, lifetime)
 
 
 def replay(request: Any, extra: list[tuple[bytes, bytes]]) -> None:

@@ -191,7 +191,7 @@ class FillResponse(MediaResponse):
 
     multipart = False
 
-    def __init__(self, fill: Fill, default_max_age: int) -> None:
+    def __init__(self, fill: Fill, default_max_age: int, lifetime: float) -> None:
         headers = fill.headers
         assert headers is not None
         super().__init__(
@@ -199,7 +199,7 @@ class FillResponse(MediaResponse):
             headers.content_type,
             headers.etag,
             headers.last_modified,
-            fill_cache_control(headers, default_max_age),
+            fill_cache_control(headers, default_max_age, lifetime),
             age=int(headers.initial_age) or None,  # a shield's Age, passed on
             extra=headers.extra,
         )
