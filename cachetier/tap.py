@@ -221,7 +221,8 @@ class Options(usage.Options):
             "shield-fallback",
             None,
             "origin",
-            "When no shield answers: 'origin' (ask it) or 'none' (answer 502).",
+            "When no shield answers: 'origin' (ask it) or 'none' (answer 502, or 504"
+            " when the last shield timed out).",
         ],
         ["shield-timeout", None, "2s", "How long a shield may take to connect and to answer."],
         [

@@ -160,6 +160,11 @@ class HopHeaderTests(CacheTestCase):
                 self.assertEqual(header(headers, "via"), [])
                 if method == "GET":
                     self.assertEqual(json.loads(body)["error"], "loop_detected")
+        response = await self.client.get(
+            self.url + "files/a.mp3", headers={"CDN-Loop": ["cachetier; node=edge1"]}
+        )
+        await read_response(response)
+        self.assertEqual(response.phrase, b"Loop Detected", "RFC 5842's reason phrase")
         self.assertEqual(self.origin.counts["a.mp3"], 0)
         self.assertIsNone(self.cache.syncer.fill_for("a.mp3"))
         # Another node's name is no loop.

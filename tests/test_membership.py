@@ -13,13 +13,16 @@ import subprocess
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseNeverReceived
 
 from cachetier.cluster.membership import Identity, Membership
-from cachetier.web.cluster import merge_rows
+from cachetier.web.cluster import merge_rows, why_unanswered
 
 from .helpers import body_of, child_environment, http_client, read_response, start_origin
 from .nodes import Node, start_node, until
@@ -283,7 +286,7 @@ class ClusterStatsTests(TestCase):
         await c.ended()
         body = await stats()  # c's heartbeat has not expired yet
         self.assertEqual(body["nodes"], ["a", "b"])
-        self.assertEqual([u["node"] for u in body["unanswered"]], ["c"])
+        self.assertEqual(body["unanswered"], [{"node": "c", "error": "connection refused"}])
         self.assertEqual(body["rows"][0]["downloads"], 2)
 
         argv = [
@@ -298,7 +301,14 @@ class ClusterStatsTests(TestCase):
             done.stdout.splitlines(),
             ["file,requests,bytes,complete,downloads", "ep.mp3,2,400000,2,2"],
         )
-        self.assertIn("cachetier stats: c did not answer:", done.stderr)
+        self.assertIn("cachetier stats: c did not answer: connection refused", done.stderr)
+
+    def test_why_a_node_did_not_answer_in_words(self) -> None:
+        timed_out = ResponseNeverReceived([Failure(CancelledError())])
+        self.assertEqual(why_unanswered(Failure(timed_out)), "no answer within 5 s")
+        lost = ResponseNeverReceived([Failure(ConnectionLost())])
+        self.assertEqual(why_unanswered(Failure(lost)), "the connection was lost before its answer")
+        self.assertEqual(why_unanswered(Failure(ValueError("HTTP 403: no"))), "HTTP 403: no")
 
     async def test_scope_cluster_outside_a_cluster(self) -> None:
         node = await start_node(self, self.origin_url, f"--admin-token-file={token_file(self)}")

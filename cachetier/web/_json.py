@@ -13,9 +13,12 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+# Reason phrases Twisted does not know (it says "Unknown Status").
+_PHRASES = {508: b"Loop Detected"}  # RFC 5842 section 7.2
+
 
 def _json_headers(request: IRequest, code: int) -> None:
-    request.setResponseCode(code)
+    request.setResponseCode(code, _PHRASES.get(code))
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
 

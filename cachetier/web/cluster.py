@@ -11,8 +11,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from treq import json_content
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
@@ -123,8 +127,7 @@ class ClusterStats:
                 rows.append(result)
                 answered.append(node["name"])
             else:
-                why = result.getErrorMessage() or result.type.__name__
-                failed.append({"node": node["name"], "error": why})
+                failed.append({"node": node["name"], "error": why_unanswered(result)})
         return {
             "rows": merge_rows(rows, query.get("group", "day")),
             "nodes": answered,
@@ -172,3 +175,19 @@ class ClusterStats:
         d = Deferred.fromCoroutine(self.collect(query))
         d.addCallbacks(send, failed)
         return NOT_DONE_YET
+
+
+def why_unanswered(failure: Failure) -> str:
+    """
+    Why a node did not answer, in words: not Twisted's list of failures.
+    """
+    if failure.check(defer.TimeoutError, defer.CancelledError) or (
+        failure.check(ResponseNeverReceived)
+        and any(f.check(defer.CancelledError) for f in failure.value.reasons)
+    ):
+        return f"no answer within {STATS_TIMEOUT:g} s"
+    if failure.check(ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(ResponseNeverReceived, ResponseFailed):
+        return "the connection was lost before its answer"
+    return failure.getErrorMessage() or failure.type.__name__
