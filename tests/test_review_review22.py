@@ -1,0 +1,52 @@
+"""
+Review of issue 22 (the shield tier and hops) against DESIGN.md's rules
+for data: each test reproduces one problem and fails until it is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from .helpers import body_of, header, http_client, read_response, start_cachetier, start_origin
+
+
+class ReviewTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+
+    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
+        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+        return await read_response(await self.client.get(url, headers=sent))
+
+    def tier(self) -> tuple[Any, str, Any, str]:
+        shield, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        edge, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        return shield, shield_url, edge, edge_url
+
+    async def test_a_listeners_cdn_loop_does_not_take_the_shield_down(self) -> None:
+        """
+        Rule 12 (edges are recognised only by the cluster secret; a shield's
+        health is the shield's): a listener who names the shield in its
+        own CDN-Loop makes the shield answer the edge's fill 508, which the
+        edge counts as the shield's own failure: the shield is down for
+        every name, every listener, and the origin gets every miss.
+        """
+        self.origin.put("a.mp3", body_of(1000, "a"))
+        self.origin.put("b.mp3", body_of(1000, "b"))
+        _, _, _, edge_url = self.tier()
+        await self.get(edge_url + "files/a.mp3", cdn_loop="cachetier; node=shield1")
+        code, _, body = await self.get(edge_url + "healthz")
+        self.assertEqual(json.loads(body)["shields_down"], [])
+        # Another listener's miss goes through the shield as before.
+        code, headers, _ = await self.get(edge_url + "files/b.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(header(headers, "via"), ["1.1 shield1", "1.1 edge1"])
