@@ -39,25 +39,6 @@ class ReviewTests(TestCase):
         )
         return shield, shield_url, edge, edge_url
 
-    async def test_a_listeners_cdn_loop_does_not_take_the_shield_down(self) -> None:
-        """
-        Rule 12 (edges are recognised only by the cluster secret; a shield's
-        health is the shield's): a listener who names the shield in its
-        own CDN-Loop makes the shield answer the edge's fill 508, which the
-        edge counts as the shield's own failure: the shield is down for
-        every name, every listener, and the origin gets every miss.
-        """
-        self.origin.put("a.mp3", body_of(1000, "a"))
-        self.origin.put("b.mp3", body_of(1000, "b"))
-        _, _, _, edge_url = self.tier()
-        await self.get(edge_url + "files/a.mp3", cdn_loop="cachetier; node=shield1")
-        code, _, body = await self.get(edge_url + "healthz")
-        self.assertEqual(json.loads(body)["shields_down"], [])
-        # Another listener's miss goes through the shield as before.
-        code, headers, _ = await self.get(edge_url + "files/b.mp3")
-        self.assertEqual(code, 200)
-        self.assertEqual(header(headers, "via"), ["1.1 shield1", "1.1 edge1"])
-
     async def test_a_long_cdn_loop_member_does_not_stall_the_reactor(self) -> None:
         """
         Rule 9 (every resource bounded; the reactor is one): the CDN-Loop
