@@ -11,6 +11,7 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from treq import content
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -454,10 +455,9 @@ class FakeShieldTests(TestCase):
         self.assertNotIn("origin errors", reasons)
 
 
-class ListenerHopTests(TestCase):
+class InProcessTierTests(TestCase):
     """
-    A shield and an edge in this process, and what a listener's own hop
-    headers can do to them.
+    A shield and an edge in this process.
     """
 
     timeout = 60
@@ -500,6 +500,34 @@ class ListenerHopTests(TestCase):
             self.assertEqual(code, 200)
             self.assertEqual(header(headers, "via"), ["1.1 shield1", "1.1 edge1"])
         self.assertEqual(self.origin.counts["a.mp3"], 1)
+
+    async def test_shields_that_left_the_cluster_are_forgotten(self) -> None:
+        """
+        Rule 9 (every table bounded): a shield no longer followed (with
+        C{--shield=cluster}, one that left) leaves L{Upstreams.shields} and
+        every C{cachetier_upstream_*} series at once, so shields that come
+        back at new addresses (containers) grow neither; a fill under way
+        with it finishes with it, whole.
+        """
+        body = body_of(200_000, "left")
+        self.origin.put("left.mp3", body)
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        edge, url = start_cachetier(self, self.origin_url, node_name="edge1", shields=(shield_url,))
+        self.origin.rate = 400_000
+        response = await self.client.get(url + "files/left.mp3")
+        self.assertEqual(response.code, 200)
+        for n in range(100):
+            edge.upstreams.follow([f"http://10.0.{n // 250}.{n % 250 + 1}:8080/"])
+        self.assertEqual(await content(response), body)
+        self.assertEqual(self.origin.counts["left.mp3"], 1)
+        _, _, metrics = await self.get(url + "metrics")
+        named = {
+            line.split('upstream="')[1].split('"')[0]
+            for line in metrics.decode().splitlines()
+            if line.startswith("cachetier_upstream_") and 'upstream="' in line
+        }
+        self.assertEqual(named, {"http://10.0.0.100:8080/"})
+        self.assertEqual(list(edge.upstreams.shields), ["http://10.0.0.100:8080/"])
 
 
 class ShieldSettingsTests(SynchronousTestCase):
