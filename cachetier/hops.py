@@ -24,12 +24,13 @@ GENERATION = b"cachetier-generation"
 # The cdn-id of every cachetier node in CDN-Loop; the node is a parameter.
 _CDN_ID = "cachetier"
 
-# One member of a CDN-Loop list (RFC 8586 section 2): a cdn-id, then
-# parameters whose values are tokens or quoted strings (which may hold a
-# comma or a semicolon).
-_QUOTED = r'"(?:[^"\\]|\\.)*"'
-_MEMBER = re.compile(rf'(?:{_QUOTED}|[^,"])+')
-_PARAMETER = re.compile(rf"\s*([^=;\s]+)\s*=\s*({_QUOTED}|[^;]*)")
+# How many CDN-Loop members, counted from the last, are looked at for this
+# node's name.  Every node adds its entry after those it received, so what
+# a listener sends comes first and cannot push the nodes' entries out of
+# view; a loop of up to this many nodes is caught on its first return.
+# The text itself is bounded by Twisted's header limit (16 KiB), and
+# parsed in one pass.
+_EXAMINED = 64
 
 
 def via(node: str) -> bytes:
@@ -88,19 +89,64 @@ def generation(values: list[bytes]) -> int:
 def names_node(values: list[bytes], node: str) -> bool:
     """
     Whether the C{CDN-Loop} field lines C{values} name this node: a loop.
+    Each of the last L{_EXAMINED} members (RFC 8586 section 2: a cdn-id,
+    then parameters whose values are tokens or quoted strings, which may
+    hold a comma or a semicolon) whose cdn-id is cachetier's is looked at
+    for a C{node} parameter.
     """
-    for line in values:
-        text = line.decode("latin-1")
-        for member in _MEMBER.findall(text):
-            cdn_id, _, parameters = member.partition(";")
-            if cdn_id.strip().lower() != _CDN_ID:
-                continue
-            for key, value in _PARAMETER.findall(parameters):
-                if value.startswith('"'):
-                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
-                if key.lower() == "node" and value.strip() == node:
-                    return True
+    text = ",".join(line.decode("latin-1") for line in values)
+    for member in _split(text, ",")[-_EXAMINED:]:
+        cdn_id, *parameters = _split(member, ";")
+        if cdn_id.strip().lower() != _CDN_ID:
+            continue
+        for parameter in parameters:
+            key, equals, value = parameter.partition("=")
+            value = value.strip()
+            if value.startswith('"') and value.endswith('"') and len(value) > 1:
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if equals and key.strip().lower() == "node" and value.strip() == node:
+                return True
     return False
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """
+    C{text} cut at each C{separator} outside a quoted string, in one pass
+    (a regular expression that tries a quoted string at every quote takes
+    time quadratic in a header full of them).  A quote that is never
+    closed is a plain character, and so is every quote after it: no later
+    one can be closed either, as its string would have closed the first.
+    """
+    parts = []
+    start = 0
+    quoting = True
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == separator:
+            parts.append(text[start:i])
+            start = i + 1
+        elif c == '"' and quoting:
+            closing = _closing_quote(text, i + 1)
+            quoting = closing >= 0
+            i = max(i, closing)
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _closing_quote(text: str, i: int) -> int:
+    """
+    Where the quoted string that goes on at C{i} closes, or -1.
+    """
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i
+        else:
+            i += 1
+    return -1
 
 
 @frozen

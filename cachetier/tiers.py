@@ -112,9 +112,29 @@ def upstreams_for(
         )
 
     fallback = settings.shield_fallback == "origin"
-    upstreams = Upstreams(origin, [], fallback, metrics.tally, make=make)
+    upstreams = Upstreams(
+        origin, [], fallback, metrics.tally, make=make, forget=partial(forget_upstream, metrics)
+    )
     upstreams.follow(settings.shields)
     return upstreams
+
+
+def forget_upstream(metrics: Metrics, url: str) -> None:
+    """
+    Remove every series of the shield at C{url}, which has left: a cluster
+    whose shields come back at new addresses must not grow /metrics.
+    """
+    metrics.upstream_up.remove(url)
+    metrics.upstream_requests.remove(url)
+    metrics.upstream_bytes.remove(url)
+    reasons = {
+        sample.labels["reason"]
+        for family in metrics.upstream_errors.collect()
+        for sample in family.samples
+        if sample.labels.get("upstream") == url
+    }
+    for reason in reasons:
+        metrics.upstream_errors.remove(url, reason)
 
 
 class ClusterShields:

@@ -11,6 +11,7 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from treq import content
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -454,6 +455,81 @@ class FakeShieldTests(TestCase):
         self.assertNotIn("origin errors", reasons)
 
 
+class InProcessTierTests(TestCase):
+    """
+    A shield and an edge in this process.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+
+    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
+        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+        return await read_response(await self.client.get(url, headers=sent))
+
+    async def test_a_listeners_cdn_loop_does_not_take_the_shield_down(self) -> None:
+        """
+        Rule 12 (a shield's health is the shield's; edges are known by the
+        secret alone): a listener whose C{CDN-Loop} names the shield gets
+        the shield's 508, which is the answer to that request, not the
+        shield's failure: the shield stays up for every other name and
+        listener, and the looping request is not sent on to the origin.
+        """
+        self.origin.put("a.mp3", body_of(1000, "a"))
+        self.origin.put("b.mp3", body_of(1000, "b"))
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        code, headers, _ = await self.get(
+            edge_url + "files/a.mp3", cdn_loop="cachetier; node=shield1"
+        )
+        self.assertEqual(code, 508)
+        shield_entry, edge_entry = header(headers, "cache-status")
+        self.assertEqual(shield_entry, "shield1; detail=loop_detected")
+        self.assertIn("fwd-status=508", edge_entry.split("; "))
+        self.assertEqual(self.origin.counts["a.mp3"], 0)
+        code, _, body = await self.get(edge_url + "healthz")
+        self.assertEqual(json.loads(body)["shields_down"], [])
+        # Other listeners go through the shield as before, for that name too.
+        for name in ("b.mp3", "a.mp3"):
+            code, headers, _ = await self.get(edge_url + "files/" + name)
+            self.assertEqual(code, 200)
+            self.assertEqual(header(headers, "via"), ["1.1 shield1", "1.1 edge1"])
+        self.assertEqual(self.origin.counts["a.mp3"], 1)
+
+    async def test_shields_that_left_the_cluster_are_forgotten(self) -> None:
+        """
+        Rule 9 (every table bounded): a shield no longer followed (with
+        C{--shield=cluster}, one that left) leaves L{Upstreams.shields} and
+        every C{cachetier_upstream_*} series at once, so shields that come
+        back at new addresses (containers) grow neither; a fill under way
+        with it finishes with it, whole.
+        """
+        body = body_of(200_000, "left")
+        self.origin.put("left.mp3", body)
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        edge, url = start_cachetier(self, self.origin_url, node_name="edge1", shields=(shield_url,))
+        self.origin.rate = 400_000
+        response = await self.client.get(url + "files/left.mp3")
+        self.assertEqual(response.code, 200)
+        for n in range(100):
+            edge.upstreams.follow([f"http://10.0.{n // 250}.{n % 250 + 1}:8080/"])
+        self.assertEqual(await content(response), body)
+        self.assertEqual(self.origin.counts["left.mp3"], 1)
+        _, _, metrics = await self.get(url + "metrics")
+        named = {
+            line.split('upstream="')[1].split('"')[0]
+            for line in metrics.decode().splitlines()
+            if line.startswith("cachetier_upstream_") and 'upstream="' in line
+        }
+        self.assertEqual(named, {"http://10.0.0.100:8080/"})
+        self.assertEqual(list(edge.upstreams.shields), ["http://10.0.0.100:8080/"])
+
+
 class ShieldSettingsTests(SynchronousTestCase):
     """
     --shield, --shield-fallback and --shield-timeout, checked.
@@ -533,11 +609,11 @@ class ShieldHealthTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_only_an_answer_without_fwd_status_is_the_shields_own(self) -> None:
-        def answer(*lines: bytes) -> Any:
+        def answer(*lines: bytes, code: int = 503) -> Any:
             headers = Headers()
             if lines:
                 headers.setRawHeaders(b"cache-status", list(lines))
-            return SimpleNamespace(headers=headers)
+            return SimpleNamespace(code=code, headers=headers)
 
         self.assertTrue(own_failure(answer()))
         self.assertTrue(own_failure(answer(b"shield1; detail=overloaded")))
@@ -548,3 +624,5 @@ class ShieldHealthTests(SynchronousTestCase):
         self.assertFalse(
             own_failure(answer(b'up; detail="x, fwd-status=1", shield1; fwd=stale; fwd-status=502'))
         )
+        # A loop is the answer to the request that looped, whoever made it.
+        self.assertFalse(own_failure(answer(b"shield1; detail=loop_detected", code=508)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 from twisted.logger import Logger
@@ -20,6 +20,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..objects import ObjectHeaders
 from .freshness import freshness_lifetime, http_date, initial_age, parse_cache_control
+
+if TYPE_CHECKING:
+    from .shields import Shield
 
 log = Logger()
 
@@ -48,8 +51,8 @@ class OriginResponse:
     validator: str | None = None
     # For a 206: the first byte sent and the whole object's length.
     content_range: tuple[int, int] | None = None
-    # The shield that sent it (its base URL), or None: the origin.
-    upstream: str | None = None
+    # The shield that sent it, or None: the origin.
+    upstream: Shield | None = None
 
 
 # Connection-level headers (RFC 9110 7.6.1), never stored or replayed.

@@ -38,8 +38,13 @@ def own_failure(response: Any) -> bool:
     """
     Whether a shield's 5xx is its own failure, not the origin's answer
     relayed: an answer a node relays carries C{fwd-status} in its own (the
-    last) C{Cache-Status} entry; an error it makes itself does not.
+    last) C{Cache-Status} entry; an error it makes itself does not.  A 508
+    is the shield's answer to this request, whose C{CDN-Loop} named it (a
+    listener's may), never a failure of the shield's: it is passed on, and
+    the request is not sent on to the origin to loop there.
     """
+    if response.code == 508:
+        return False
     lines = response.headers.getRawHeaders(b"cache-status") or []
     entries = _ENTRY.findall(b",".join(lines).decode("latin-1"))
     if not entries:

@@ -41,9 +41,12 @@ class Upstreams:
     @param fallback: whether the origin is asked when no shield answers
         (C{--shield-fallback=origin}); else the fill fails.
     @param make: makes the shield of a URL that L{follow} names.
-    @ivar shields: every shield asked since the start, by URL; only those
-        followed now are ranked (a fill under way with one no longer
-        followed finishes with it).
+    @param forget: told the URL of a shield no longer followed, whose
+        metric series go.
+    @ivar shields: the shields followed, by URL.  One no longer followed
+        is forgotten at once: a fill under way with it holds it in its
+        answer (L{OriginResponse.upstream}) and finishes with it, its
+        bytes no longer counted.
     """
 
     def __init__(
@@ -53,33 +56,40 @@ class Upstreams:
         fallback: bool = True,
         tally: Tally = lambda upstream, what, amount: None,
         make: Callable[[str], Shield] | None = None,
+        forget: Callable[[str], None] = lambda url: None,
     ) -> None:
         self.origin = origin
         self.shields = {shield.url: shield for shield in shields}
-        self._live = frozenset(self.shields)
+        # Shared with the copies L{forwarding} makes, which rank and count
+        # only the shields followed now.
+        self._followed = set(self.shields)
         self._fallback = fallback
         self._tally = tally
         self._make = make
+        self._forget = forget
 
     def follow(self, urls: Sequence[str]) -> None:
         """
         Ask these shields from now on (C{--shield=cluster}: the cluster's
         live shields, as membership lists them).  A shield no longer
-        followed stops its probes; one followed again is made anew.
+        followed stops its probes and is forgotten; one followed again is
+        made anew.
         """
         assert self._make is not None
         wanted = frozenset(urls)
-        for url in self._live - wanted:
-            self.shields[url].health.stop()
-        for url in wanted - self._live:
+        for url in self._followed - wanted:
+            self.shields.pop(url).health.stop()
+            self._followed.discard(url)
+            self._forget(url)
+        for url in wanted - self._followed:
             self.shields[url] = self._make(url)
-        self._live = wanted
+            self._followed.add(url)
 
     def is_up(self, url: str) -> bool:
         """
         Whether the shield at C{url} is followed and up: for /metrics.
         """
-        return url in self._live and self.shields[url].health.up
+        return url in self._followed and self.shields[url].health.up
 
     @property
     def base(self) -> str:
@@ -102,9 +112,7 @@ class Upstreams:
         The shields that are down, and why: for /healthz.
         """
         return [
-            (url, self.shields[url].health.reason)
-            for url in sorted(self._live)
-            if not self.shields[url].health.up
+            (url, s.health.reason) for url, s in sorted(self.shields.items()) if not s.health.up
         ]
 
     def url_for(self, name: str) -> str:
@@ -129,7 +137,11 @@ class Upstreams:
         """
         The shields that are up, in C{name}'s rendezvous order.
         """
-        up = [url for url in self._live if self.shields[url].health.up]
+        up = [
+            url
+            for url, shield in self.shields.items()
+            if url in self._followed and shield.health.up
+        ]
         return [self.shields[url] for url in rank(up, name)]
 
     async def get(
@@ -165,7 +177,7 @@ class Upstreams:
                     reason=e.label,
                 )
                 continue
-            return evolve(response, upstream=shield.url)
+            return evolve(response, upstream=shield)
         if not self._fallback:
             if failed is None:
                 raise OriginError(Reason.connection, "every shield is down")
@@ -182,8 +194,16 @@ class Upstreams:
             raise
 
     def _sender(self, response: OriginResponse) -> Origin:
-        shield = self.shields.get(response.upstream or "")
+        shield = response.upstream
         return self.origin if shield is None else shield.origin
+
+    def _count(self, upstream: str, what: str, amount: int) -> None:
+        """
+        Tally for the origin or a shield followed: a forgotten shield's
+        series are gone for good.
+        """
+        if upstream == "origin" or upstream in self._followed:
+            self._tally(upstream, what, amount)
 
     def abandon(self, response: OriginResponse) -> None:
         self._sender(response).abandon(response)
@@ -194,18 +214,18 @@ class Upstreams:
         counted; a shield that fails mid-body is marked down, so that what
         is missing is asked of the next upstream.
         """
-        upstream = response.upstream or "origin"
-        shield = self.shields.get(upstream)
+        shield = response.upstream
+        upstream = "origin" if shield is None else shield.url
 
         def counted(data: bytes) -> None:
-            self._tally(upstream, "bytes", len(data))
+            self._count(upstream, "bytes", len(data))
             write(data)
 
         def failed(failure: Failure) -> Failure:
             error = failure.value
             if not isinstance(error, OriginError) or error.reason is Reason.cancelled:
                 return failure
-            self._tally(upstream, error.label, 1)
+            self._count(upstream, error.label, 1)
             if shield is None or shield.health.up:
                 return failure
             shield.health.down(error.label)
@@ -219,5 +239,5 @@ class Upstreams:
         """
         No more probes of shields that are down.
         """
-        for url in self._live:
-            self.shields[url].health.stop()
+        for shield in self.shields.values():
+            shield.health.stop()

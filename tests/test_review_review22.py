@@ -1,0 +1,140 @@
+"""
+Review of issue 22 (the shield tier and hops) against DESIGN.md's rules
+for data: each test reproduces one problem and fails until it is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import Any
+
+from treq import content
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from cachetier.assembly import assemble
+from cachetier.config import Settings
+
+from .helpers import body_of, header, http_client, read_response, start_cachetier, start_origin
+from .nodes import until
+
+
+class ReviewTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+
+    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
+        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+        return await read_response(await self.client.get(url, headers=sent))
+
+    def tier(self) -> tuple[Any, str, Any, str]:
+        shield, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        edge, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        return shield, shield_url, edge, edge_url
+
+    async def test_an_origin_slower_than_the_shield_timeout_is_fetched_once(self) -> None:
+        """
+        Rule 7 (every byte fetched from the origin at most once per
+        version): a cold file whose origin takes longer than
+        C{--shield-timeout} (2 s by default) but well within
+        C{--origin-timeout} (30 s) to answer: the shield is still waiting
+        on the origin, yet the edge counts the silence as the shield's
+        own failure, marks it down for every name and asks the origin
+        itself, which then sends the file twice (and N times for N edges).
+        """
+        self.origin.put("slow.mp3", body_of(1000))
+        self.origin.hang.add("slow.mp3")
+        shield, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,), shield_timeout=0.3
+        )
+        asked = self.client.get(edge_url + "files/slow.mp3")
+        asked.addErrback(lambda failure: None)
+        self.addCleanup(asked.cancel)
+        # Bounded: six shield timeouts, at most.
+        for _ in range(36):
+            if self.origin.counts["slow.mp3"] > 1:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.origin.counts["slow.mp3"], 1)
+        code, _, body = await self.get(edge_url + "healthz")
+        self.assertEqual(json.loads(body)["shields_down"], [])
+
+    async def test_an_edge_does_not_go_back_to_an_older_version_from_its_shield(self) -> None:
+        """
+        Rule 2 (a cached file is replaced only by a complete newer
+        version): the shield holds v1, fresh for ten minutes; the file
+        changes at the origin while the shield is unreachable, so the
+        edge fetches v2 from the origin.  When v2 goes stale the edge
+        revalidates it with the shield, which answers v1 from its cache
+        (If-None-Match names v2), and the edge replaces its newer v2 with
+        the older v1 and serves it.
+        """
+        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
+        self.origin.put("r.mp3", v1, extra_headers={"Cache-Control": "max-age=600"})
+        shield = assemble(
+            Settings(
+                origin=self.origin_url,
+                cache_dir=tempfile.mkdtemp(dir="."),
+                node_name="shield1",
+            ),
+            reactor,
+        )
+        self.addCleanup(shield.stop)
+        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
+        number = port.getHost().port
+        shield_url = f"http://127.0.0.1:{number}/"
+        code, _, got = await self.get(shield_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v1))
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        self.origin.put(
+            "r.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
+        )
+        await port.stopListening()
+        code, _, got = await self.get(edge_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        async def shield_back() -> bool:
+            _, _, body = await self.get(edge_url + "healthz")
+            return json.loads(body)["shields_down"] == []
+
+        await until(shield_back, within=15)
+        code, headers, got = await self.get(edge_url + "files/r.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            header(headers, "cache-status")[-1].split(";")[:2], ["edge1", " fwd=stale"]
+        )
+        self.assertTrue(got == v2, "the edge served v1, older than the v2 it had")
+
+    async def test_a_listener_joining_a_fill_late_is_told_its_age(self) -> None:
+        """
+        HTTP faithfulness (RFC 9111 section 5.1; DESIGN "Age computed"): a
+        listener that joins a fill under way gets the C{Age} of the
+        upstream's answer when the fill began (L{FillResponse} passes on
+        C{initial_age}, or none at all when it was 0), not the age the
+        answer has now: a cache below it keeps the copy that much longer.
+        """
+        self.origin.put(
+            "long.mp3", body_of(100_000), extra_headers={"Cache-Control": "max-age=600"}
+        )
+        self.origin.rate = 20_000
+        _, url = start_cachetier(self, self.origin_url, node_name="edge1")
+        first = await self.client.get(url + "files/long.mp3")
+        self.assertEqual(first.code, 200)
+        await deferLater(reactor, 2.2, lambda: None)
+        code, headers, got = await self.get(url + "files/long.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(header(headers, "cache-status")[-1].split(";")[1].strip(), "fwd=miss")
+        await content(first)
+        self.assertGreaterEqual(int((header(headers, "age") or ["0"])[0]), 2)
