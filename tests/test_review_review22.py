@@ -9,7 +9,6 @@ import json
 import tempfile
 from typing import Any
 
-from treq import content
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -153,28 +152,6 @@ class ReviewTests(TestCase):
             header(headers, "cache-status")[-1].split(";")[:2], ["edge1", " fwd=stale"]
         )
         self.assertTrue(got == v2, "the edge served v1, older than the v2 it had")
-
-    async def test_a_listener_joining_a_fill_late_is_told_its_age(self) -> None:
-        """
-        HTTP faithfulness (RFC 9111 section 5.1; DESIGN "Age computed"): a
-        listener that joins a fill under way gets the C{Age} of the
-        upstream's answer when the fill began (L{FillResponse} passes on
-        C{initial_age}, or none at all when it was 0), not the age the
-        answer has now: a cache below it keeps the copy that much longer.
-        """
-        self.origin.put(
-            "long.mp3", body_of(100_000), extra_headers={"Cache-Control": "max-age=600"}
-        )
-        self.origin.rate = 20_000
-        _, url = start_cachetier(self, self.origin_url, node_name="edge1")
-        first = await self.client.get(url + "files/long.mp3")
-        self.assertEqual(first.code, 200)
-        await deferLater(reactor, 2.2, lambda: None)
-        code, headers, got = await self.get(url + "files/long.mp3")
-        self.assertEqual(code, 200)
-        self.assertEqual(header(headers, "cache-status")[-1].split(";")[1].strip(), "fwd=miss")
-        await content(first)
-        self.assertGreaterEqual(int((header(headers, "age") or ["0"])[0]), 2)
 
     async def test_shields_that_left_the_cluster_are_forgotten(self) -> None:
         """

@@ -75,7 +75,6 @@ class Download:
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._committed = False
-        self._answered_at: float | None = None
         self._fill_connections = fill_connections
         self._borrow = borrow
         self._give_back = give_back
@@ -108,7 +107,7 @@ class Download:
             return await keep_answer(self.fill, self._store, self._run_in_thread, lifetime, answer)
         if not self._keeps(name, response.headers.extra, self._sent()):
             self.fill.publish = False  # streamed to its listeners, not kept
-        self._answered_at = None if self._clock is None else self._clock.seconds()
+        self.fill.answered_at = None if self._clock is None else self._clock.seconds()
         return await self._receive(response, resume)
 
     def _sent(self) -> frozenset[str]:
@@ -337,7 +336,7 @@ class Download:
         """
         fill, store = self.fill, self._store
         name = fill.name
-        received = aged(response.headers, self._answered_at, self._clock)
+        received = aged(response.headers, fill.answered_at, self._clock)
         fill.body_received(fill.publish and self._lifetime(received, None) > 0)
         fill.check_complete()
         if fill.needs_file_hash:
@@ -353,7 +352,7 @@ class Download:
         if not fill.publish:
             return None
         fill.state = "publishing"
-        headers = aged(response.headers, self._answered_at, self._clock)
+        headers = aged(response.headers, fill.answered_at, self._clock)
         stored: StoredObject = await self._run_in_thread(
             store.commit,
             name,

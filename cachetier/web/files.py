@@ -206,7 +206,7 @@ class FilesResource(JSONResource):
             return
         fetched(request, fill)
         if fill.readable:
-            body = FillResponse(fill, self.default_max_age).render(request)
+            body = FillResponse(fill, self.default_max_age, self.clock.seconds()).render(request)
         elif fill.state == "publishing":  # an answer being kept: wait for it
             follow, failed = (lambda _: self._follow(fill, request, watch)), self._start_failed
             d = fill.when_done().addCallbacks(follow, failed, errbackArgs=(request, watch))
