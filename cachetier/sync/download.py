@@ -29,6 +29,7 @@ from .fill import Fill
 from .freshness import aged
 from .progress import Saver
 from .sparse import SLICE, SparseFill
+from .versions import not_older
 
 RunInThread = Callable[..., "Deferred[Any]"]
 T = TypeVar("T")
@@ -95,6 +96,7 @@ class Download:
         try:
             response, resume = await self._first_answer()
             old = self.fill.revalidating
+            response = await self._interruptible(not_older(self._origin, name, response, old))
             if response.not_modified and old is not None:
                 if old.confirmed_by(response.headers):
                     return await self._renew(response)
@@ -439,8 +441,7 @@ def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
             break
         hasher.update(data)
         position += len(data)
-    digest: bytes = hasher.digest()
-    return digest
+    return bytes(hasher.digest())
 
 
 # Why a sparse fill may end with its body not worth resuming.
