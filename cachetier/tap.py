@@ -224,7 +224,12 @@ class Options(usage.Options):
             "When no shield answers: 'origin' (ask it) or 'none' (answer 502, or 504"
             " when the last shield timed out).",
         ],
-        ["shield-timeout", None, "2s", "How long a shield may take to connect and to answer."],
+        [
+            "shield-timeout",
+            None,
+            "2s",
+            "How long a shield may take to connect; to answer, --origin-timeout more.",
+        ],
         [
             "admin-token-file",
             None,

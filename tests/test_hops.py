@@ -290,6 +290,27 @@ class HopHeaderTests(CacheTestCase):
         )
         self.assertEqual(self.origin.counts["a.mp3"], 1)
 
+    async def test_a_listener_joining_a_fill_late_is_told_its_age(self) -> None:
+        """
+        RFC 9111 section 4.2.3 (DESIGN: "Age computed"): a listener that
+        joins a fill under way gets the Age the answer has when it joins,
+        the time since the upstream answered included, as a listener of
+        the stored copy would, not the age it had when the fill began: a
+        cache below would keep the copy that much longer.
+        """
+        self.origin.put(
+            "long.mp3", body_of(100_000), extra_headers={"Cache-Control": "max-age=600"}
+        )
+        self.origin.rate = 20_000
+        first = await self.client.get(self.url + "files/long.mp3")
+        self.assertEqual(first.code, 200)
+        await deferLater(reactor, 2.2, lambda: None)
+        code, headers, _ = await self.get("long.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(header(headers, "cache-status")[-1].split(";")[1].strip(), "fwd=miss")
+        await content(first)
+        self.assertGreaterEqual(int((header(headers, "age") or ["0"])[0]), 2)
+
 
 class EdgeTests(CacheTestCase):
     """

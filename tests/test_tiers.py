@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from types import SimpleNamespace
 from typing import Any
 
 from treq import content
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 
+from cachetier.assembly import assemble
 from cachetier.client import rank as client_rank
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import tiers
+from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.origin.shields import COOLOFF, ShieldHealth, own_failure
 from cachetier.rendezvous import rank
+from cachetier.sync.versions import older
 
-from .helpers import body_of, header, http_client, read_response, start_cachetier, start_origin
+from .helpers import (
+    body_of,
+    filled,
+    header,
+    http_client,
+    read_response,
+    start_cachetier,
+    start_origin,
+)
 from .nodes import Node, restart_node, start_node, until
 
 
@@ -339,12 +352,13 @@ class FakeShieldTests(TestCase):
 
     async def test_a_shield_that_does_not_answer_in_time_is_skipped(self) -> None:
         """
-        --shield-timeout bounds a shield's answer: one that hangs is
-        skipped for the origin.
+        A shield's answer headers are bounded by --origin-timeout plus
+        --shield-timeout (what its own fill may wait on the origin, and
+        then some): one that hangs past both is skipped for the origin.
         """
         self.origin.put("slow.mp3", body_of(100, "slow"))
         self.origin.hang.add("shield/files/slow.mp3")
-        url = self.edge(shield_timeout=0.5)
+        url = self.edge(shield_timeout=0.5, origin_timeout=0.5)
         code, _, body = await self.get(url + "files/slow.mp3")
         self.assertEqual((code, body), (200, body_of(100, "slow")))
         metrics = (await self.get(url + "metrics"))[2].decode()
@@ -370,12 +384,13 @@ class FakeShieldTests(TestCase):
     async def test_without_fallback_a_shield_that_timed_out_is_a_504(self) -> None:
         """
         --shield-fallback=none: when the last shield asked did not answer
-        within --shield-timeout, the listener gets a JSON 504, as nginx
-        gives one when its upstreams timed out; the origin is never asked.
+        in time (--origin-timeout plus --shield-timeout), the listener gets
+        a JSON 504, as nginx gives one when its upstreams timed out; the
+        origin is never asked.
         """
         self.origin.put("late.mp3", body_of(10))
         self.origin.hang.add("shield/files/late.mp3")
-        url = self.edge(shield_timeout=0.5, shield_fallback="none")
+        url = self.edge(shield_timeout=0.5, origin_timeout=0.5, shield_fallback="none")
         code, headers, body = await self.get(url + "files/late.mp3")
         self.assertEqual(code, 504)
         self.assertEqual(json.loads(body)["error"], "shield_timeout")
@@ -454,10 +469,60 @@ class FakeShieldTests(TestCase):
         self.assertIn("is down (truncated)", reasons)
         self.assertNotIn("origin errors", reasons)
 
+    async def test_a_shields_older_answer_to_a_revalidation_is_not_kept(self) -> None:
+        """
+        Rule 2 (a copy is replaced only by a newer version; RFC 9111
+        section 4: the most recent response): the edge holds v2; its
+        revalidation gets a 200 from the shield whose Last-Modified is
+        older.  The edge drops it and asks the origin, which confirms v2
+        with a 304: the listener gets v2, and v2 stays the copy.
+        """
+        v1, v2 = body_of(5000, "v1"), body_of(5000, "v2")
+        stale = {"Cache-Control": "max-age=0"}
+        self.origin.put("shield/files/r.mp3", v2, last_modified=1_700_000_100, extra_headers=stale)
+        self.origin.put("r.mp3", v2, last_modified=1_700_000_100, extra_headers=stale)
+        url = self.edge()
+        self.assertEqual((await self.get(url + "files/r.mp3"))[2], v2)
+        await filled(self.cache, "r.mp3")
+        self.origin.put("shield/files/r.mp3", v1, extra_headers=stale)
+        code, headers, got = await self.get(url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        [asked] = [h for _, n, h in self.origin.requests if n == "r.mp3"]
+        etag = self.origin.files["r.mp3"].etag
+        self.assertEqual(asked.getRawHeaders(b"if-none-match"), [etag.encode()])
+        self.assertEqual(self.origin.sent["r.mp3"], 0)
+        stored = self.cache.store.get("r.mp3")
+        assert stored is not None
+        self.assertEqual(stored.origin_etag, etag)
+        _, _, health = await self.get(url + "healthz")
+        self.assertEqual(json.loads(health)["shields_down"], [])
+
+    async def test_without_fallback_an_older_answer_fails_and_leaves_the_copy(self) -> None:
+        """
+        Rule 2 with --shield-fallback=none: the origin is not the edge's to
+        ask, so a revalidation the shield answers with an older version
+        fails, as when no shield answers (a stale copy is not served
+        without permission: 504), and the copy stays.
+        """
+        v1, v2 = body_of(5000, "v1"), body_of(5000, "v2")
+        stale = {"Cache-Control": "max-age=0"}
+        self.origin.put("shield/files/r.mp3", v2, last_modified=1_700_000_100, extra_headers=stale)
+        url = self.edge(shield_fallback="none")
+        self.assertEqual((await self.get(url + "files/r.mp3"))[2], v2)
+        await filled(self.cache, "r.mp3")
+        copy = self.cache.store.get("r.mp3")
+        self.origin.put("shield/files/r.mp3", v1, extra_headers=stale)
+        code, _, got = await self.get(url + "files/r.mp3")
+        self.assertEqual((code, json.loads(got)["error"]), (504, "origin_unavailable"))
+        self.assertIn("older than the copy", json.loads(got)["message"])
+        self.assertEqual(self.cache.store.get("r.mp3"), copy)
+        self.assertEqual(self.origin.counts["r.mp3"], 0)
+
 
 class InProcessTierTests(TestCase):
     """
-    A shield and an edge in this process.
+    A shield and an edge in this process (L{start_cachetier}), over real
+    sockets, in front of the real test origin.
     """
 
     timeout = 60
@@ -469,6 +534,83 @@ class InProcessTierTests(TestCase):
     async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
         sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
         return await read_response(await self.client.get(url, headers=sent))
+
+    async def test_an_origin_slower_than_the_shield_timeout_is_fetched_once(self) -> None:
+        """
+        Rule 7 (every byte fetched from the origin at most once per
+        version): --shield-timeout bounds connecting to a shield; its
+        answer may take --origin-timeout more, since a shield waiting on a
+        slow origin has not failed.  A cold file whose origin takes longer
+        than --shield-timeout to answer is fetched once, by the shield, and
+        the shield stays up.
+        """
+        self.origin.put("slow.mp3", body_of(1000))
+        self.origin.hang.add("slow.mp3")
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,), shield_timeout=0.3
+        )
+        asked = self.client.get(edge_url + "files/slow.mp3")
+        asked.addErrback(lambda failure: None)
+        self.addCleanup(asked.cancel)
+        # Bounded: six shield timeouts, at most.
+        for _ in range(36):
+            if self.origin.counts["slow.mp3"] > 1:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.origin.counts["slow.mp3"], 1)
+        code, _, body = await self.get(edge_url + "healthz")
+        self.assertEqual(json.loads(body)["shields_down"], [])
+
+    async def test_an_edge_does_not_go_back_to_an_older_version_from_its_shield(self) -> None:
+        """
+        Rule 2 (a cached file is replaced only by a complete newer
+        version): the shield holds v1, fresh for ten minutes; the file
+        changes at the origin while the shield is unreachable, so the
+        edge fetches v2 from the origin.  When v2 goes stale the edge
+        revalidates it with the shield, which answers v1 from its cache
+        (If-None-Match names v2): older, so the edge asks the origin,
+        which confirms v2, and serves v2.
+        """
+        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
+        self.origin.put("r.mp3", v1, extra_headers={"Cache-Control": "max-age=600"})
+        shield = assemble(
+            Settings(
+                origin=self.origin_url,
+                cache_dir=tempfile.mkdtemp(dir="."),
+                node_name="shield1",
+            ),
+            reactor,
+        )
+        self.addCleanup(shield.stop)
+        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
+        number = port.getHost().port
+        shield_url = f"http://127.0.0.1:{number}/"
+        code, _, got = await self.get(shield_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v1))
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        self.origin.put(
+            "r.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
+        )
+        await port.stopListening()
+        code, _, got = await self.get(edge_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        async def shield_back() -> bool:
+            _, _, body = await self.get(edge_url + "healthz")
+            return json.loads(body)["shields_down"] == []
+
+        await until(shield_back, within=15)
+        code, headers, got = await self.get(edge_url + "files/r.mp3")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            header(headers, "cache-status")[-1].split(";")[:2], ["edge1", " fwd=stale"]
+        )
+        self.assertTrue(got == v2, "the edge served v1, older than the v2 it had")
 
     async def test_a_listeners_cdn_loop_does_not_take_the_shield_down(self) -> None:
         """
@@ -626,3 +768,41 @@ class ShieldHealthTests(SynchronousTestCase):
         )
         # A loop is the answer to the request that looped, whoever made it.
         self.assertFalse(own_failure(answer(b"shield1; detail=loop_detected", code=508)))
+
+
+class VersionOrderTests(SynchronousTestCase):
+    """
+    Which of a copy and an answer is the older version (RFC 9111 section
+    4: the most recent response is used).
+    """
+
+    def copy(self, last_modified: float | None, date: str | None) -> StoredObject:
+        extra = () if date is None else (("date", date),)
+        return StoredObject(
+            name="a.mp3",
+            path="/cache/a.mp3",
+            size=1,
+            etag='"e"',
+            last_modified=0.0,
+            content_type="audio/mpeg",
+            fetched_at=0.0,
+            expires_at=0.0,
+            origin_last_modified=last_modified,
+            extra=extra,
+        )
+
+    def answer(self, last_modified: float | None, date: str | None) -> ObjectHeaders:
+        extra = () if date is None else (("date", date),)
+        return ObjectHeaders("audio/mpeg", last_modified=last_modified, extra=extra)
+
+    def test_last_modified_first_then_date(self) -> None:
+        early, late = "Tue, 14 Nov 2023 22:13:20 GMT", "Tue, 14 Nov 2023 22:15:00 GMT"
+        self.assertTrue(older(self.answer(100.0, late), self.copy(200.0, early)))
+        self.assertFalse(older(self.answer(200.0, early), self.copy(100.0, late)))
+        # The same Last-Modified, or none: the Date says.
+        self.assertTrue(older(self.answer(100.0, early), self.copy(100.0, late)))
+        self.assertTrue(older(self.answer(None, early), self.copy(100.0, late)))
+        self.assertFalse(older(self.answer(None, late), self.copy(None, early)))
+        # Nothing to tell them apart by (or no date): not older.
+        self.assertFalse(older(self.answer(None, None), self.copy(None, late)))
+        self.assertFalse(older(self.answer(None, "yesterday"), self.copy(None, late)))

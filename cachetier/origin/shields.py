@@ -179,15 +179,23 @@ def shield(
     client: HTTPClient,
     clock: IReactorTime,
     timeout: float,
-    body_timeout: float,
+    origin_timeout: float,
     **origin_options: Any,
 ) -> Shield:
     """
     The shield at C{url}, asked through C{client} (no signer, no header
     file: nothing secret of the origin's ever goes to a shield).
 
-    @param timeout: C{--shield-timeout}: for its answer's headers.
-    @param body_timeout: the longest silence within its bodies.
+    A shield's answer may wait on the origin (a miss it fetches, a copy
+    it revalidates) or on a slot for that fill: it has not failed then,
+    and an edge that took it for down would fetch the file from the
+    origin a second time (rule 7).  So C{timeout} bounds connecting to it
+    (C{client}'s) and its C{/healthz}, and its answer's headers get what
+    the shield's own fill gets from the origin, plus C{timeout}.
+
+    @param timeout: C{--shield-timeout}.
+    @param origin_timeout: C{--origin-timeout}: the longest silence within
+        its bodies, and, with C{timeout}, its answer's headers.
     """
     health = ShieldHealth(
         url, clock, lambda: Deferred.fromCoroutine(healthy(client, url, clock, timeout))
@@ -196,10 +204,10 @@ def shield(
         url + "files/",
         client,
         clock,
-        timeout,
+        origin_timeout + timeout,
         breaker=health,
         retry=RetryPolicy(attempts=1),
-        body_timeout=body_timeout,
+        body_timeout=origin_timeout,
         own_failure=own_failure,
         **origin_options,
     )

@@ -29,6 +29,7 @@ from .fill import Fill
 from .freshness import aged
 from .progress import Saver
 from .sparse import SLICE, SparseFill
+from .versions import not_older
 
 RunInThread = Callable[..., "Deferred[Any]"]
 T = TypeVar("T")
@@ -75,7 +76,6 @@ class Download:
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._committed = False
-        self._answered_at: float | None = None
         self._fill_connections = fill_connections
         self._borrow = borrow
         self._give_back = give_back
@@ -96,6 +96,7 @@ class Download:
         try:
             response, resume = await self._first_answer()
             old = self.fill.revalidating
+            response = await self._interruptible(not_older(self._origin, name, response, old))
             if response.not_modified and old is not None:
                 if old.confirmed_by(response.headers):
                     return await self._renew(response)
@@ -108,7 +109,7 @@ class Download:
             return await keep_answer(self.fill, self._store, self._run_in_thread, lifetime, answer)
         if not self._keeps(name, response.headers.extra, self._sent()):
             self.fill.publish = False  # streamed to its listeners, not kept
-        self._answered_at = None if self._clock is None else self._clock.seconds()
+        self.fill.answered_at = None if self._clock is None else self._clock.seconds()
         return await self._receive(response, resume)
 
     def _sent(self) -> frozenset[str]:
@@ -337,7 +338,7 @@ class Download:
         """
         fill, store = self.fill, self._store
         name = fill.name
-        received = aged(response.headers, self._answered_at, self._clock)
+        received = aged(response.headers, fill.answered_at, self._clock)
         fill.body_received(fill.publish and self._lifetime(received, None) > 0)
         fill.check_complete()
         if fill.needs_file_hash:
@@ -353,7 +354,7 @@ class Download:
         if not fill.publish:
             return None
         fill.state = "publishing"
-        headers = aged(response.headers, self._answered_at, self._clock)
+        headers = aged(response.headers, fill.answered_at, self._clock)
         stored: StoredObject = await self._run_in_thread(
             store.commit,
             name,
@@ -440,8 +441,7 @@ def _hash_file(fd: int, hasher: Any, size: int) -> bytes:
             break
         hasher.update(data)
         position += len(data)
-    digest: bytes = hasher.digest()
-    return digest
+    return bytes(hasher.digest())
 
 
 # Why a sparse fill may end with its body not worth resuming.

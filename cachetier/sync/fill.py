@@ -53,6 +53,8 @@ class Fill:
         order (see L{cachetier.sync.sparse}).
     @ivar length: the Content-Length the origin promised, if any.
     @ivar headers: what the origin said about the body, once it answered.
+    @ivar answered_at: when the origin's answer came (by the download's
+        clock), so that a reader joining later is told its age then.
     @ivar error: why the fill failed (an L{OriginAnswer} or
         L{OriginError}), once it has.
     @ivar revalidating: the cached object this download may replace; the
@@ -86,6 +88,7 @@ class Fill:
         self.coverage = Coverage()
         self.length: int | None = None
         self.headers: ObjectHeaders | None = None
+        self.answered_at: float | None = None
         self.error: Exception | None = None
         self.stored: StoredObject | None = None
         self._handle: Handle | None = None

@@ -207,7 +207,8 @@ class FilesResource(JSONResource):
         fetched(request, fill)
         if fill.readable:
             fresh = self.syncer.fresh_for(fill.headers)
-            body = FillResponse(fill, self.default_max_age, fresh).render(request)
+            now = self.clock.seconds()
+            body = FillResponse(fill, self.default_max_age, fresh, now).render(request)
         elif fill.state == "publishing":  # an answer being kept: wait for it
             follow, failed = (lambda _: self._follow(fill, request, watch)), self._start_failed
             d = fill.when_done().addCallbacks(follow, failed, errbackArgs=(request, watch))

@@ -186,21 +186,29 @@ class StoredResponse(MediaResponse):
 class FillResponse(MediaResponse):
     """
     An object still downloading: the same headers and ranges as a stored
-    one, with a body that follows the download.
+    one, with a body that follows the download.  Its C{Age} is computed
+    at C{now}, as a stored one's is: the age the answer arrived with (a
+    shield's C{Age}, or the time since its C{Date}) plus how long ago it
+    arrived, so a listener joining late is not told the answer is younger
+    than it is (RFC 9111 section 4.2.3); none while that is under a
+    second.
     """
 
     multipart = False
 
-    def __init__(self, fill: Fill, default_max_age: int, lifetime: float) -> None:
+    def __init__(self, fill: Fill, default_max_age: int, lifetime: float, now: float) -> None:
         headers = fill.headers
         assert headers is not None
+        age = headers.initial_age
+        if fill.answered_at is not None:
+            age += max(0.0, now - fill.answered_at)
         super().__init__(
             fill.length,
             headers.content_type,
             headers.etag,
             headers.last_modified,
             fill_cache_control(headers, default_max_age, lifetime),
-            age=int(headers.initial_age) or None,  # a shield's Age, passed on
+            age=int(age) or None,
             extra=headers.extra,
         )
         self.fill = fill

@@ -1,0 +1,64 @@
+"""
+Which of two versions of a file is the more recent (RFC 9111 section 4:
+a cache uses the most recent response), so that a revalidation never
+replaces a copy with an older version (rule 2): a shield may still hold,
+fresh by its own lifetime, a version older than the one an edge fetched
+from the origin while that shield was down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from ..objects import ObjectHeaders, StoredObject
+from ..origin import OriginResponse, Upstreams
+from ..origin.freshness import http_date
+
+log = Logger()
+
+
+def _date(extra: tuple[tuple[str, str], ...]) -> float | None:
+    return next((http_date(value) for key, value in extra if key == "date"), None)
+
+
+def older(headers: ObjectHeaders, stored: StoredObject) -> bool:
+    """
+    Whether a 200 with C{headers} is an older version than C{stored}: by
+    their Last-Modified where both give one and they differ (the
+    versions' own times), else by their Date (when each response was
+    made: RFC 9111 section 4's "most recent").
+    """
+    ours, theirs = stored.origin_last_modified, headers.last_modified
+    if ours is not None and theirs is not None and ours != theirs:
+        return theirs < ours
+    ours, theirs = _date(stored.extra), _date(headers.extra)
+    return ours is not None and theirs is not None and theirs < ours
+
+
+async def not_older(
+    upstreams: Any, name: str, response: OriginResponse, old: StoredObject | None
+) -> OriginResponse:
+    """
+    The answer to a revalidation of C{old}: C{response}, unless it is a
+    200 from a shield that is older than C{old}; then that is abandoned
+    and the origin itself is asked (see L{Upstreams.from_origin}), whose
+    answer stands, whatever it is.
+    """
+    if (
+        old is None
+        or response.not_modified
+        or response.upstream is None
+        or not isinstance(upstreams, Upstreams)
+        or not older(response.headers, old)
+    ):
+        return response
+    upstreams.abandon(response)
+    log.info(
+        "shield {shield} answered {name} with a version older than the copy: asking the origin",
+        shield=response.upstream.url,
+        name=name,
+    )
+    answer: OriginResponse = await upstreams.from_origin(name, old, response.upstream.url)
+    return answer
