@@ -1,0 +1,110 @@
+"""
+Review of issue 23 (the cluster) against DESIGN.md's rules for data: each
+test reproduces one problem and fails on the code reviewed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from treq import content
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from cachetier.cluster.log import stream_id
+
+from .helpers import http_client, start_origin
+from .nodes import Node, start_node, until
+from .redis_server import start_redis
+
+TOKEN = "review-admin-token-0123456789"
+SECRET = "tier-secret-" + "s" * 20
+
+
+class ClusterNodes:
+    """
+    Files and helpers shared by the tests: an admin token, a cluster
+    secret, and a client.
+    """
+
+    def __init__(self, test: TestCase) -> None:
+        self.test = test
+        self.secret_file = os.path.abspath(test.mktemp())
+        self.token_file = os.path.abspath(test.mktemp())
+        for path, text in ((self.secret_file, SECRET), (self.token_file, TOKEN)):
+            with open(path, "w") as f:
+                f.write(text)
+        self.client = http_client(test)
+
+    async def get(self, node: Node, name: str, **headers: str) -> bytes:
+        sent = {key: [value] for key, value in headers.items()}
+        response = await self.client.get(node.url + "files/" + name, headers=sent)
+        self.test.assertEqual(response.code, 200)
+        return bytes(await content(response))
+
+    async def health(self, node: Node) -> dict:
+        response = await self.client.get(node.url + "healthz")
+        return json.loads(await content(response))
+
+    async def applied(self, node: Node, entry: str) -> bool:
+        cluster = (await self.health(node))["cluster"]
+        return stream_id(cluster["applied"] or "0-0") >= stream_id(entry)
+
+    async def purge(self, node: Node, name: str) -> str:
+        response = await self.client.delete(
+            node.url + "api/v1/files/" + name, headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        self.test.assertEqual(response.code, 200)
+        return str(json.loads(await content(response))["cluster"]["id"])
+
+
+class StaleGenerationTests(TestCase):
+    """
+    DESIGN.md: a purged version is never served again.  A shield believes
+    the generation an edge sends (with the secret) and then skips every
+    purge of the log whose generation is not above it: an edge that still
+    knows the generations of the cluster's Redis before it was emptied
+    (its reader has not resynced yet, or cannot reach Redis) makes the
+    shield skip the next purges of that name for good.
+    """
+
+    timeout = 120
+
+    async def test_a_stale_edge_generation_does_not_make_a_shield_skip_purges(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        shield = await start_node(
+            self,
+            origin_url,
+            f"--cluster-secret-file={nodes.secret_file}",
+            "--role=shield",
+            *cluster,
+            name="shield1",
+            host="127.0.0.2",
+        )
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        # Two purges: the edges learn generation 2 of ep.mp3.
+        for _ in range(2):
+            taken = await nodes.purge(taker, "ep.mp3")
+            await until(lambda taken=taken: nodes.applied(shield, taken), within=15.0)
+        # The cluster's Redis is emptied (a restart without persistence);
+        # the shield resyncs to the new, empty log.
+        await deferToThread(redis.client().flushall)
+
+        async def resynced() -> bool:
+            cluster = (await nodes.health(shield))["cluster"]
+            return cluster["applied"] == "0-0" and cluster["status"] == "ok"
+
+        await until(resynced, within=15.0)
+        origin.put("ep.mp3", b"version one")
+        # An edge that has not resynced yet asks with what it knew.
+        stale = {"cachetier-secret": SECRET, "cachetier-generation": "2"}
+        self.assertEqual(await nodes.get(shield, "ep.mp3", **stale), b"version one")
+        origin.put("ep.mp3", b"version two")
+        # The first purge of the new log: generation 1.
+        entry = await nodes.purge(taker, "ep.mp3")
+        await until(lambda: nodes.applied(shield, entry), within=15.0)
+        self.assertEqual(await nodes.get(shield, "ep.mp3"), b"version two")
