@@ -138,3 +138,28 @@ class MalformedSnapshotTests(TestCase):
 
         await until(level, within=20.0)
 
+
+class EmptyPrefixEntryTests(TestCase):
+    """
+    DESIGN.md: a malformed Redis entry gets a clear error.  The API refuses
+    an empty prefix (400), but an entry of the log whose prefix is empty
+    (or a field of C{prefixes} whose key is empty) is applied as a purge
+    of every file the node holds: the whole cache goes, silently.
+    """
+
+    timeout = 60
+
+    async def test_an_entry_with_an_empty_prefix_purges_nothing(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
+        fields = {"kind": "prefix", "prefix": "", "node": "someone"}
+        entry = await deferToThread(redis.client().xadd, "cachetier:purges", fields)
+        await until(lambda: nodes.applied(node, entry), within=15.0)
+        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
+        self.assertEqual(origin.counts["ep.mp3"], 1)
