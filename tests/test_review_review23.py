@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 from treq import content
 from twisted.internet.threads import deferToThread
@@ -204,3 +205,50 @@ class DoubtAcrossRestartTests(TestCase):
         edge = await restart_node(self, edge, origin_url)
         await until(level, within=20.0)
         self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version two")
+
+
+class HungRedisTests(TestCase):
+    """
+    DESIGN.md: a slow or silent dependency holds no resource it shares
+    with the serving path.  Every Redis call of a purge (and of ?wait's
+    polls, the heartbeat, the node list) runs in the reactor's thread
+    pool, the very pool a download's disk writes and its publish run in;
+    a Redis that stops answering holds a thread for its timeout per call,
+    so a burst of purges (one DELETE a file, as a CMS sends them) stalls
+    every fill of the node behind them.
+    """
+
+    timeout = 120
+
+    async def test_purges_to_a_hung_redis_do_not_stall_fills(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+
+        async def level() -> bool:
+            return (await nodes.health(node))["cluster"]["status"] == "ok"
+
+        await until(level, within=20.0)
+        origin.put("new.mp3", b"x" * 65536)
+        redis._process.signalProcess(signal.SIGSTOP)
+        self.addCleanup(redis._process.signalProcess, signal.SIGCONT)
+        answered = []
+
+        def purge(i: int) -> None:
+            d = nodes.client.delete(
+                node.url + f"api/v1/files/p{i}.mp3",
+                headers={"Authorization": [f"Bearer {TOKEN}"]},
+            )
+            d.addCallback(lambda response: answered.append(response.code))
+            d.addCallback(lambda _: None)
+            self.addCleanup(lambda: d)
+
+        for i in range(40):
+            purge(i)
+        self.assertEqual(await nodes.get(node, "new.mp3"), b"x" * 65536)
+        # The fill needed no Redis: it is done long before the purges,
+        # which each wait for Redis's timeout, are answered.
+        self.assertLessEqual(len(answered), 20)
