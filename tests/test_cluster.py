@@ -110,7 +110,9 @@ class EntryTests(SynchronousTestCase):
         self.assertEqual(entry, Entry("6-0", "prefix", prefix="show/", node="n2"))
 
     def test_an_entry_this_version_cannot_read_is_passed_over(self) -> None:
-        for fields in ({}, {"kind": "names", "names": "not json", "node": "n"}, {"kind": "x"}):
+        empty_prefix = {"kind": "prefix", "prefix": "", "node": "n"}
+        unreadable = ({}, {"kind": "names", "names": "not json", "node": "n"}, {"kind": "x"})
+        for fields in (*unreadable, empty_prefix):
             self.assertEqual(Entry.of("7-0", fields).kind, "unknown")
 
     def test_ids_order_as_redis_orders_them(self) -> None:
@@ -562,3 +564,69 @@ class PurgeTakenHereTests(TestCase):
         self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])
         await bus.purge(purge_prefix="a")
         self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])
+
+
+SECRET = "tier-secret-" + "s" * 20
+
+
+class ClusterNodes:
+    """
+    Files and helpers shared by the tests: an admin token, a cluster
+    secret, and a client.
+    """
+
+    def __init__(self, test: TestCase) -> None:
+        self.test = test
+        self.secret_file = os.path.abspath(test.mktemp())
+        self.token_file = os.path.abspath(test.mktemp())
+        for path, text in ((self.secret_file, SECRET), (self.token_file, TOKEN)):
+            with open(path, "w") as f:
+                f.write(text)
+        self.client = http_client(test)
+
+    async def get(self, node: Node, name: str, **headers: str) -> bytes:
+        sent = {key: [value] for key, value in headers.items()}
+        response = await self.client.get(node.url + "files/" + name, headers=sent)
+        self.test.assertEqual(response.code, 200)
+        return bytes(await content(response))
+
+    async def health(self, node: Node) -> dict:
+        response = await self.client.get(node.url + "healthz")
+        return json.loads(await content(response))
+
+    async def applied(self, node: Node, entry: str) -> bool:
+        cluster = (await self.health(node))["cluster"]
+        return stream_id(cluster["applied"] or "0-0") >= stream_id(entry)
+
+    async def purge(self, node: Node, name: str) -> str:
+        response = await self.client.delete(
+            node.url + "api/v1/files/" + name, headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        self.test.assertEqual(response.code, 200)
+        return str(json.loads(await content(response))["cluster"]["id"])
+
+
+class EmptyPrefixEntryTests(TestCase):
+    """
+    An entry of the log whose prefix is empty (which the API refuses) is
+    passed over as one this version cannot read, never applied as a purge
+    of every file the node holds; a resync passes over an empty key of
+    C{prefixes} alike.
+    """
+
+    timeout = 60
+
+    async def test_an_entry_with_an_empty_prefix_purges_nothing(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
+        fields = {"kind": "prefix", "prefix": "", "node": "someone"}
+        entry = await deferToThread(redis.client().xadd, "cachetier:purges", fields)
+        await until(lambda: nodes.applied(node, entry), within=15.0)
+        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
+        self.assertEqual(origin.counts["ep.mp3"], 1)

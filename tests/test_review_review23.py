@@ -18,7 +18,6 @@ from cachetier.cluster.log import stream_id
 from .helpers import http_client, start_origin
 from .nodes import Node, restart_node, start_node, until
 from .redis_server import start_redis
-from .test_membership import free_port
 
 TOKEN = "review-admin-token-0123456789"
 SECRET = "tier-secret-" + "s" * 20
@@ -141,32 +140,6 @@ class MalformedSnapshotTests(TestCase):
         await until(level, within=20.0)
 
 
-class EmptyPrefixEntryTests(TestCase):
-    """
-    DESIGN.md: a malformed Redis entry gets a clear error.  The API refuses
-    an empty prefix (400), but an entry of the log whose prefix is empty
-    (or a field of C{prefixes} whose key is empty) is applied as a purge
-    of every file the node holds: the whole cache goes, silently.
-    """
-
-    timeout = 60
-
-    async def test_an_entry_with_an_empty_prefix_purges_nothing(self) -> None:
-        origin, origin_url = start_origin(self)
-        redis = await start_redis(self)
-        nodes = ClusterNodes(self)
-        node = await start_node(
-            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
-        )
-        origin.put("ep.mp3", b"version one")
-        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
-        fields = {"kind": "prefix", "prefix": "", "node": "someone"}
-        entry = await deferToThread(redis.client().xadd, "cachetier:purges", fields)
-        await until(lambda: nodes.applied(node, entry), within=15.0)
-        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
-        self.assertEqual(origin.counts["ep.mp3"], 1)
-
-
 class DoubtAcrossRestartTests(TestCase):
     """
     DESIGN.md: a purged version is never served again.  A node that finds
@@ -253,58 +226,3 @@ class HungRedisTests(TestCase):
         # The fill needed no Redis: it is done long before the purges,
         # which each wait for Redis's timeout, are answered.
         self.assertLessEqual(len(answered), 20)
-
-
-class DepartedShieldTests(TestCase):
-    """
-    DESIGN.md: no table grows without bound.  With C{--shield=cluster},
-    every shield URL an edge ever followed stays in its upstreams
-    (C{Upstreams.shields}: only its probe stops) and in /metrics
-    (C{cachetier_upstream_up} and the other per-upstream series, never
-    removed): shields that come back at new addresses (a restart on a new
-    address, an autoscaled group) grow both for as long as the edge runs.
-    """
-
-    timeout = 120
-
-    async def test_shields_that_left_leave_no_series(self) -> None:
-        _, origin_url = start_origin(self)
-        redis = await start_redis(self)
-        nodes = ClusterNodes(self)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
-        edge = await start_node(
-            self, origin_url, *cluster, "--shield=cluster", name="edge1", host="127.0.0.3"
-        )
-
-        async def metrics() -> str:
-            response = await nodes.client.get(edge.url + "metrics")
-            return (await content(response)).decode()
-
-        for i in range(3):
-            host = f"127.0.1.{i + 1}"
-            port = free_port(host)
-            shield = await start_node(
-                self,
-                origin_url,
-                *cluster,
-                "--role=shield",
-                f"--node-url=http://{host}:{port}/",
-                name=f"s{i}",
-                host=host,
-                port=port,
-            )
-            series = f'cachetier_upstream_up{{upstream="{shield.url}"}}'
-
-            async def followed(series: str = series) -> bool:
-                return series + " 1.0" in await metrics()
-
-            await until(followed, within=15.0)
-            await shield.stop()
-
-            async def left(series: str = series) -> bool:
-                return series + " 1.0" not in await metrics()
-
-            await until(left, within=15.0)
-        self.assertEqual(
-            [line for line in (await metrics()).splitlines() if "upstream_up{" in line], []
-        )

@@ -79,10 +79,14 @@ class Entry:
     def of(cls, entry_id: str, fields: dict[str, str]) -> Entry:
         """
         An entry as XREAD returns it; one this version cannot read is kept
-        as a purge of nothing (C{kind} C{"unknown"}), so it is passed.
+        as a purge of nothing (C{kind} C{"unknown"}), so it is passed.  So
+        is a prefix purge with an empty prefix, which the API refuses: it
+        would purge every file held.
         """
         try:
             if fields["kind"] == "prefix":
+                if not fields["prefix"]:
+                    return cls(entry_id, "unknown")
                 return cls(entry_id, "prefix", prefix=str(fields["prefix"]), node=fields["node"])
             names = tuple(str(name) for name in json.loads(fields["names"]))
             gens = tuple(int(gen) for gen in json.loads(fields.get("gens", "[]")))
@@ -199,7 +203,7 @@ class PurgeLog:
             str(now_epoch or epoch),
             "0-0" if info is None else str(info["last-generated-id"]),
             {name: int(gen) for name, gen in gens.items()},
-            dict(prefixes),
+            {key: at for key, at in prefixes.items() if key},  # "": see Entry.of
         )
 
     def pending(self, entry_id: str) -> tuple[list[str], list[str]]:
