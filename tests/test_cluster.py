@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
 from cachetier.cluster.generations import Generations
-from cachetier.cluster.log import Entry, PurgeLog, stream_id
+from cachetier.cluster.log import Entry, PurgeLog, Snapshot, stream_id
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 
@@ -630,3 +630,37 @@ class EmptyPrefixEntryTests(TestCase):
         await until(lambda: nodes.applied(node, entry), within=15.0)
         self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
         self.assertEqual(origin.counts["ep.mp3"], 1)
+
+
+class MalformedSnapshotTests(TestCase):
+    """
+    A field of the cluster's C{gens} or C{prefixes} hash that cannot be read
+    is passed over with a warning naming it, on the safe side (its name or
+    prefix purged), never failing the resync: a node that resyncs is level
+    with the log all the same.
+    """
+
+    timeout = 60
+
+    async def test_a_malformed_generation_does_not_keep_a_node_from_the_log(self) -> None:
+        _, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        client = redis.client()
+        await deferToThread(client.hset, "cachetier:gens", "ep.mp3", "not-a-number")
+        await deferToThread(client.hset, "cachetier:gens", "other.mp3", "3")
+        await deferToThread(client.hset, "cachetier:prefixes", "show/", "not-an-id")
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+
+        async def level() -> bool:
+            return (await nodes.health(node))["cluster"]["status"] == "ok"
+
+        await until(level, within=20.0)
+
+    def test_what_cannot_be_read_is_purged(self) -> None:
+        snapshot = Snapshot(
+            "e", "9-0", {"a.mp3": 1}, {"old/": "3-0", "new/": "12-0", "bad/": "x"}, ("b.mp3",)
+        )
+        self.assertEqual(snapshot.prefixes_after("9-0"), ["new/", "bad/"])

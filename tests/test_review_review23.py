@@ -111,35 +111,6 @@ class StaleGenerationTests(TestCase):
         self.assertEqual(await nodes.get(shield, "ep.mp3"), b"version two")
 
 
-class MalformedSnapshotTests(TestCase):
-    """
-    DESIGN.md: bad input (a malformed Redis entry) gets a clear error, not
-    an exception.  One field of the cluster's C{gens} hash that is not an
-    integer makes every node that resyncs (each new node, each node the
-    trimmed stream no longer reaches) fail its resync every 2 s for ever:
-    never level with the log, so every hit is revalidated, and a traceback
-    logged each time.
-    """
-
-    timeout = 60
-
-    async def test_a_malformed_generation_does_not_keep_a_node_from_the_log(self) -> None:
-        _, origin_url = start_origin(self)
-        redis = await start_redis(self)
-        client = redis.client()
-        await deferToThread(client.hset, "cachetier:gens", "ep.mp3", "not-a-number")
-        await deferToThread(client.hset, "cachetier:gens", "other.mp3", "3")
-        nodes = ClusterNodes(self)
-        node = await start_node(
-            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
-        )
-
-        async def level() -> bool:
-            return (await nodes.health(node))["cluster"]["status"] == "ok"
-
-        await until(level, within=20.0)
-
-
 class DoubtAcrossRestartTests(TestCase):
     """
     DESIGN.md: a purged version is never served again.  A node that finds

@@ -19,7 +19,7 @@ from ..sync import Syncer
 from .connection import TIMEOUT, connect, prefix
 from .follower import BLOCK_MS, Follower
 from .generations import Generations
-from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot, stream_id
+from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot
 
 log = Logger()
 
@@ -193,9 +193,9 @@ class Bus:
             stored = self._syncer.store.get(key)
             if stored is not None and stored.cluster_generation < self.generations.of(key):
                 dropped += self._syncer.purge(split_variant(key)[0])
-        for purged_prefix, at in snapshot.prefixes.items():
-            if stream_id(at) > stream_id(since):
-                dropped += len(self._syncer.purge_prefix(purged_prefix))
+        dropped += sum(self._syncer.purge(name) for name in snapshot.unreadable)
+        for purged_prefix in snapshot.prefixes_after(since):
+            dropped += len(self._syncer.purge_prefix(purged_prefix))
         if doubt:
             self._doubt_base = self._clock.seconds()
         self.problem = "catching up with the cluster's purge log"
