@@ -15,10 +15,12 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachetier.cluster import position
 from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
 from cachetier.cluster.generations import Generations
 from cachetier.cluster.log import Entry, PurgeLog, Snapshot, stream_id
+from cachetier.cluster.position import Position
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 
@@ -664,3 +666,51 @@ class MalformedSnapshotTests(TestCase):
             "e", "9-0", {"a.mp3": 1}, {"old/": "3-0", "new/": "12-0", "bad/": "x"}, ("b.mp3",)
         )
         self.assertEqual(snapshot.prefixes_after("9-0"), ["new/", "bad/"])
+
+
+class DoubtAcrossRestartTests(TestCase):
+    """
+    A node that finds the cluster's log emptied (another epoch) revalidates
+    every copy it held before it serves it, since purges it had not applied
+    may be lost; that doubt is kept with its position in the log
+    (C{cluster.json}), saved with the new epoch, so a restart keeps it.
+    """
+
+    timeout = 120
+
+    async def test_a_restart_does_not_forget_that_copies_are_in_doubt(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        edge = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+
+        async def level() -> bool:
+            return (await nodes.health(edge))["cluster"]["status"] == "ok"
+
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version one")
+        await edge.stop()
+        # While the edge is down, ep.mp3 is purged; then the cluster's
+        # Redis restarts empty, so the edge never reads that purge.
+        origin.put("ep.mp3", b"version two")
+        await nodes.purge(taker, "ep.mp3")
+        await redis.kill()
+        await redis.start()
+        edge = await restart_node(self, edge, origin_url)
+        await until(level, within=20.0)
+        # Restarted once more before anyone asked for ep.mp3.
+        await edge.stop()
+        edge = await restart_node(self, edge, origin_url)
+        await until(level, within=20.0)
+        self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version two")
+
+    def test_the_doubt_is_kept_with_the_position(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        position.save(directory, Position("e1", "5-0", 12.5))
+        self.assertEqual(position.load(directory), Position("e1", "5-0", 12.5))
+        with open(os.path.join(directory, position.FILE), "w") as f:
+            json.dump({"epoch": "e1", "applied": "5-0"}, f)
+        self.assertEqual(position.load(directory), Position("e1", "5-0", 0.0))

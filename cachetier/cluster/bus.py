@@ -64,7 +64,6 @@ class Bus:
         self.heard_at = float("-inf")
         self.applied_at: float | None = None
         self.problem = "connecting to Redis"
-        self._doubt_base = 0.0
 
         def make_log(client: Any) -> PurgeLog:
             return PurgeLog(client, prefix(settings), settings.cluster_stream_length)
@@ -78,6 +77,8 @@ class Bus:
             settings.cache_dir,
             self,
         )
+        where = self._follower.position
+        self._doubt_base = 0.0 if where is None else where.doubt
         syncer.doubt_before = self.doubt_before
 
     def start(self) -> None:
@@ -171,13 +172,13 @@ class Bus:
             if gen <= 0 or self.generations.learn(name, gen)
         ]
 
-    def resync(self, snapshot: Snapshot, since: str, doubt: bool) -> None:
+    def resync(self, snapshot: Snapshot, since: str, doubt: float) -> None:
         """
         The log no longer reaches back to this node's position (or is
         another log): drop every copy older than the cluster's generation
-        of its name, apply the prefix purges after C{since}, and with
-        C{doubt} (a log that came back empty) revalidate every copy held
-        before it is served again.
+        of its name, apply the prefix purges after C{since}, and
+        revalidate every copy fetched before C{doubt} (since a log came
+        back empty: see L{Follower._resync}) before it is served again.
         """
         downloading = self._downloading()
         self.generations.replace(snapshot.gens)
@@ -196,16 +197,15 @@ class Bus:
         dropped += sum(self._syncer.purge(name) for name in snapshot.unreadable)
         for purged_prefix in snapshot.prefixes_after(since):
             dropped += len(self._syncer.purge_prefix(purged_prefix))
-        if doubt:
-            self._doubt_base = self._clock.seconds()
+        doubted, self._doubt_base = doubt > self._doubt_base, max(self._doubt_base, doubt)
         self.problem = "catching up with the cluster's purge log"
         # Joining (no position, nothing doubted) is no news; the rest is.
-        report = log.warn if since != "0-0" or doubt else log.info
+        report = log.warn if since != "0-0" or doubted else log.info
         report(
             "cluster: resynced from the purge log at {id}: {count} dropped{doubt}",
             id=snapshot.last,
             count=dropped,
-            doubt="; the rest is revalidated before it is served" if doubt else "",
+            doubt="; the rest is revalidated before it is served" if doubted else "",
         )
 
     def _downloading(self) -> dict[str, int]:
