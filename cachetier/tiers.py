@@ -108,7 +108,7 @@ def upstreams_for(
             forward_headers=settings.forward_request_headers,
             node_name=settings.node_name,
             secret=settings.cluster_secret,
-            generation_of=generations.of,
+            generation_of=generations.stamp,
         )
 
     fallback = settings.shield_fallback == "origin"

@@ -18,11 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cachetier.cluster import position
 from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
-from cachetier.cluster.generations import Generations
+from cachetier.cluster.generations import Generations, agree
 from cachetier.cluster.log import Entry, PurgeLog, Snapshot, stream_id
 from cachetier.cluster.position import Position
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
+from cachetier.hops import GENERATION, generation, upstream
 
 from .helpers import CacheTestCase, http_client, start_origin
 from .nodes import Node, restart_node, start_node, until
@@ -714,3 +715,70 @@ class DoubtAcrossRestartTests(TestCase):
         with open(os.path.join(directory, position.FILE), "w") as f:
             json.dump({"epoch": "e1", "applied": "5-0"}, f)
         self.assertEqual(position.load(directory), Position("e1", "5-0", 0.0))
+
+
+class StaleGenerationTests(TestCase):
+    """
+    Generations of different epochs are never compared: a shield passes
+    over a generation an edge sends of another epoch of the log (the edge
+    still knows the generations of the cluster's Redis before it was
+    emptied), so it cannot skip a purge of the new log as no news.
+    """
+
+    timeout = 120
+
+    async def test_a_stale_edge_generation_does_not_make_a_shield_skip_purges(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        shield = await start_node(
+            self,
+            origin_url,
+            f"--cluster-secret-file={nodes.secret_file}",
+            "--role=shield",
+            *cluster,
+            name="shield1",
+            host="127.0.0.2",
+        )
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        # Two purges: the edges learn generation 2 of ep.mp3.
+        for _ in range(2):
+            taken = await nodes.purge(taker, "ep.mp3")
+            await until(lambda taken=taken: nodes.applied(shield, taken), within=15.0)
+        old_epoch = await deferToThread(redis.client().get, "cachetier:epoch")
+        # The cluster's Redis is emptied (a restart without persistence);
+        # the shield resyncs to the new, empty log.
+        await deferToThread(redis.client().flushall)
+
+        async def resynced() -> bool:
+            cluster = (await nodes.health(shield))["cluster"]
+            return cluster["applied"] == "0-0" and cluster["status"] == "ok"
+
+        await until(resynced, within=15.0)
+        origin.put("ep.mp3", b"version one")
+        # An edge that has not resynced yet asks with what it knew.
+        stale = {"cachetier-secret": SECRET, "cachetier-generation": f"{old_epoch}:2"}
+        self.assertEqual(await nodes.get(shield, "ep.mp3", **stale), b"version one")
+        origin.put("ep.mp3", b"version two")
+        # The first purge of the new log: generation 1.
+        entry = await nodes.purge(taker, "ep.mp3")
+        await until(lambda: nodes.applied(shield, entry), within=15.0)
+        self.assertEqual(await nodes.get(shield, "ep.mp3"), b"version two")
+
+    def test_the_generation_header_says_the_epoch(self) -> None:
+        headers = dict(upstream("edge1", (), b"secret", ("ab12", 7)))
+        self.assertEqual(headers[GENERATION], b"ab12:7")
+        self.assertEqual(generation([headers[GENERATION]]), ("ab12", 7))
+        self.assertEqual(generation([b"7"]), ("", 7))
+        for bad in (b"ab12:", b"ab12:x7", b"a b:7", b""):
+            self.assertEqual(generation([bad]), ("", 0), bad)
+        self.assertNotIn(GENERATION, dict(upstream("edge1", (), b"secret", ("", 7))))
+
+    def test_a_generation_of_another_epoch_is_passed_over(self) -> None:
+        generations = Generations()
+        generations.replace({"a.mp3": 1}, "new")
+        syncer = _Purges()
+        self.assertFalse(agree(generations, syncer, "a.mp3", "old", 5))  # type: ignore[arg-type]
+        self.assertEqual((generations.of("a.mp3"), syncer.purged), (1, []))
+        self.assertEqual(generations.stamp("a.mp3"), ("new", 1))

