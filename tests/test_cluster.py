@@ -782,3 +782,49 @@ class StaleGenerationTests(TestCase):
         self.assertFalse(agree(generations, syncer, "a.mp3", "old", 5))  # type: ignore[arg-type]
         self.assertEqual((generations.of("a.mp3"), syncer.purged), (1, []))
         self.assertEqual(generations.stamp("a.mp3"), ("new", 1))
+
+
+class HungRedisTests(TestCase):
+    """
+    A silent dependency holds no resource it shares with the serving
+    path: the Redis calls of purges, ?wait's polls, the heartbeat and the
+    node list run in a pool of their own, not the reactor's, where a
+    download's disk writes and its publish run; a Redis that stops
+    answering held a thread for its timeout per call there, so a burst of
+    purges (one DELETE a file, as a CMS sends them) stalled every fill.
+    """
+
+    timeout = 120
+
+    async def test_purges_to_a_hung_redis_do_not_stall_fills(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+
+        async def level() -> bool:
+            return (await nodes.health(node))["cluster"]["status"] == "ok"
+
+        await until(level, within=20.0)
+        origin.put("new.mp3", b"x" * 65536)
+        redis._process.signalProcess(signal.SIGSTOP)
+        self.addCleanup(redis._process.signalProcess, signal.SIGCONT)
+        answered = []
+
+        def purge(i: int) -> None:
+            d = nodes.client.delete(
+                node.url + f"api/v1/files/p{i}.mp3",
+                headers={"Authorization": [f"Bearer {TOKEN}"]},
+            )
+            d.addCallback(lambda response: answered.append(response.code))
+            d.addCallback(lambda _: None)
+            self.addCleanup(lambda: d)
+
+        for i in range(40):
+            purge(i)
+        self.assertEqual(await nodes.get(node, "new.mp3"), b"x" * 65536)
+        # The fill needed no Redis: it is done long before the purges,
+        # which each wait for Redis's timeout, are answered.
+        self.assertLessEqual(len(answered), 20)

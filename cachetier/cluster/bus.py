@@ -7,6 +7,7 @@ is not heard from, nothing cached is served without asking its upstream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +21,7 @@ from .connection import TIMEOUT, connect, prefix
 from .follower import BLOCK_MS, Follower
 from .generations import Generations
 from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot
+from .threads import NotAnswering
 
 log = Logger()
 
@@ -37,11 +39,15 @@ class ClusterUnavailable(Exception):
 class Bus:
     """
     The cluster's purge log, followed by a L{Follower} and written from
-    the reactor's thread pool.
+    a thread pool for Redis calls.
 
     @param syncer: the syncer whose purges the log's entries are; it asks
         L{doubt_before} at every lookup.
-    @param run_in_thread: runs a blocking call in the reactor's pool.
+    @param run_in_thread: runs a blocking call in the Redis calls' pool.
+    @param run_purge: the same for a purge's append, or fails with
+        L{NotAnswering} while that pool is full of calls Redis does not
+        answer (see L{RedisThreads.run_unless_stuck}); by default
+        C{run_in_thread}.
     @param generations: the cluster's generation of each name purged, as
         far as this node knows, which the bus keeps up to date (every
         published object records its name's).
@@ -54,12 +60,14 @@ class Bus:
         reactor: Any,
         run_in_thread: Any,
         generations: Generations,
+        run_purge: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.node = settings.node_name
         self.max_lag = settings.cluster_max_lag
         self._syncer = syncer
         self._clock = reactor
         self._run_in_thread = run_in_thread
+        self._run_purge = run_in_thread if run_purge is None else run_purge
         self.generations = generations
         self.heard_at = float("-inf")
         self.applied_at: float | None = None
@@ -238,16 +246,16 @@ class Bus:
         goes too: before the purge is answered, not only once this node's
         reader applies its entry.
 
-        @raise ClusterUnavailable: when Redis does not take it.
+        @raise ClusterUnavailable: when Redis does not take it, or has not
+            answered the calls already waiting (refused at once).
         """
         try:
-            entry_id, gens = await self._run_in_thread(
-                self._log.append, self.node, names, purge_prefix
-            )
-        except REDIS_ERRORS as e:
+            entry_id, gens = await self._run_purge(self._log.append, self.node, names, purge_prefix)
+        except (*REDIS_ERRORS, NotAnswering) as e:
+            why = "not answering" if isinstance(e, NotAnswering) else type(e).__name__
             raise ClusterUnavailable(
                 "the purge could not be put into the cluster's log (Redis is unreachable:"
-                f" {type(e).__name__}): only this node purged; send it again"
+                f" {why}): only this node purged; send it again"
             ) from None
         for name in self._news(Entry(entry_id, "names", tuple(names or ()), gens=gens)):
             self._syncer.purge(name)
