@@ -23,6 +23,7 @@ from .analytics import Analytics
 from .cluster.bus import Bus
 from .cluster.generations import Generations
 from .cluster.membership import Membership
+from .cluster.threads import RedisThreads
 from .config import Settings
 from .limits import site_limits
 from .metrics import Metrics
@@ -62,6 +63,7 @@ class Tree:
     bus: Bus | None = None
     upstreams: Upstreams | None = None
     following: ClusterShields | None = None
+    redis_threads: RedisThreads | None = None
 
 
 @frozen
@@ -84,6 +86,7 @@ class Assembly:
     membership: Membership | None = None
     bus: Bus | None = None
     following: ClusterShields | None = None
+    redis_threads: RedisThreads | None = None
 
     def start(self) -> None:
         """
@@ -91,6 +94,8 @@ class Assembly:
         heartbeat that tells of each purge applied, and the reading of the
         cluster's shields.
         """
+        if self.redis_threads is not None:
+            self.redis_threads.start()
         if self.bus is not None:
             self.bus.start()
         if self.membership is not None:
@@ -135,6 +140,9 @@ class Assembly:
         if self.membership is not None:
             membership = self.membership
             d.addCallback(lambda _: membership.leave())
+        if self.redis_threads is not None:
+            redis_threads = self.redis_threads
+            d.addCallback(lambda _: redis_threads.stop())
         d.addCallback(lambda _: self.pool.closeCachedConnections())
         if self.analytics is not None:
             d.addCallback(lambda _: self.analytics.drain())
@@ -188,6 +196,7 @@ def assemble(
         bus=tree.bus,
         upstreams=tree.upstreams,
         following=tree.following,
+        redis_threads=tree.redis_threads,
     )
 
 
@@ -268,8 +277,8 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         disk_reserved=lambda: store.reserved,
     )
     analytics = _analytics(settings, run_in_thread, store)
-    bus, health, membership, cluster = cluster_parts(
-        settings, reactor, run_in_thread, store, syncer, metrics, pool, generations
+    bus, health, membership, cluster, redis_threads = cluster_parts(
+        settings, reactor, store, syncer, metrics, pool, generations
     )
     root = build_root(
         store, syncer, settings, metrics, analytics, bus, health, cluster, generations
@@ -288,6 +297,7 @@ def primary_tree(settings: Settings, reactor: Any, metrics: Metrics, run_in_thre
         bus=bus,
         upstreams=upstreams,
         following=following,
+        redis_threads=redis_threads,
     )
 
 

@@ -18,8 +18,10 @@ CACHE_STATUS = b"cache-status"
 # forwardable either: see cachetier.config.forwarding).
 SECRET = b"cachetier-secret"
 # Sent with the secret: the cluster's generation of the name asked for, as
-# the edge knows it (see cachetier.cluster.generations).
+# the edge knows it, and the epoch of the log it is of: "<epoch>:<n>" (see
+# cachetier.cluster.generations).
 GENERATION = b"cachetier-generation"
+_EPOCH = re.compile(rb"[!-~]{0,64}")
 
 # The cdn-id of every cachetier node in CDN-Loop; the node is a parameter.
 _CDN_ID = "cachetier"
@@ -58,13 +60,14 @@ def upstream(
     node: str,
     received: tuple[tuple[bytes, bytes], ...],
     secret: bytes | None = None,
-    generation: int = 0,
+    generation: tuple[str, int] = ("", 0),
 ) -> tuple[tuple[bytes, bytes], ...]:
     """
     The hop headers of a request upstream: C{Via} and C{CDN-Loop}, each the
     values C{received} from the listener whose request started the fill,
     then this node's entry; and for a shield, the cluster C{secret} and
-    with it the name's cluster C{generation}, if it has one.
+    with it the name's cluster C{generation} (the log's epoch and the
+    number), if it has one.
     """
     headers = (
         (VIA, appended([v for k, v in received if k == VIA], via(node))),
@@ -72,18 +75,23 @@ def upstream(
     )
     if secret is None:
         return headers
-    if generation <= 0:
+    epoch = generation[0].encode("latin-1", "replace")
+    if generation[1] <= 0 or not epoch or not _EPOCH.fullmatch(epoch):
         return (*headers, (SECRET, secret))
-    return (*headers, (SECRET, secret), (GENERATION, b"%d" % generation))
+    return (*headers, (SECRET, secret), (GENERATION, b"%s:%d" % (epoch, generation[1])))
 
 
-def generation(values: list[bytes]) -> int:
+def generation(values: list[bytes]) -> tuple[str, int]:
     """
-    The generation a C{CacheTier-Generation} header says (its last line);
-    0 when it says none, or nothing a generation can be.
+    The epoch and generation a C{CacheTier-Generation} header says (its
+    last line, C{<epoch>:<n>}; an epoch of C{""} without one); C{("", 0)}
+    when it says none, or nothing a generation can be.
     """
     text = values[-1].strip() if values else b""
-    return int(text) if text.isdigit() and len(text) <= 18 else 0
+    epoch, _, number = text.rpartition(b":")
+    if not (number.isdigit() and len(number) <= 18 and _EPOCH.fullmatch(epoch)):
+        return "", 0
+    return epoch.decode("ascii"), int(number)
 
 
 def names_node(values: list[bytes], node: str) -> bool:

@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from .cluster.bus import Bus
 from .cluster.generations import Generations
 from .cluster.membership import Membership, membership_for
+from .cluster.threads import RedisThreads
 from .config import Settings
 from .metrics import Metrics
 from .names import normalise_base
@@ -40,35 +41,37 @@ FOLLOW_EVERY = 2.0
 def cluster_parts(
     settings: Settings,
     reactor: Any,
-    run_in_thread: Any,
     store: CacheStore,
     syncer: Syncer,
     metrics: Metrics,
     pool: HTTPConnectionPool,
     generations: Generations,
-) -> tuple[Bus | None, Health, Membership | None, ClusterStats | None]:
+) -> tuple[Bus | None, Health, Membership | None, ClusterStats | None, RedisThreads | None]:
     """
     The primary's part in a cluster (C{--cluster}): the bus that follows
-    the purge log, this node's membership and the cluster's numbers (all
-    L{None} outside a cluster); and the health verdict, which the
-    heartbeat carries.
+    the purge log, this node's membership, the cluster's numbers and the
+    thread pool their Redis calls run in (all L{None} outside a cluster);
+    and the health verdict, which the heartbeat carries.
     """
+    threads = None if settings.cluster is None else RedisThreads(reactor)
     bus = (
         None
-        if settings.cluster is None
-        else Bus(settings, syncer, reactor, run_in_thread, generations)
+        if threads is None
+        else Bus(settings, syncer, reactor, threads.run, generations, threads.run_unless_stuck)
     )
     health = Health(store, syncer, bus)
     report = partial(heartbeat_report, store, metrics, health, bus)
     applied = (lambda: None) if bus is None else (lambda: bus.applied)
     if bus is not None:
         metrics.watch_cluster(bus.lag_seconds)
-    membership = membership_for(settings, report, run_in_thread, reactor, applied)
+    membership = (
+        None if threads is None else membership_for(settings, report, threads.run, reactor, applied)
+    )
     cluster = None
     if membership is not None:
         nodes = HTTPClient(Agent(reactor, connectTimeout=STATS_TIMEOUT, pool=pool))
         cluster = ClusterStats(membership.view, nodes, settings.admin_token, reactor)
-    return bus, health, membership, cluster
+    return bus, health, membership, cluster, threads
 
 
 def upstreams_for(
@@ -108,7 +111,7 @@ def upstreams_for(
             forward_headers=settings.forward_request_headers,
             node_name=settings.node_name,
             secret=settings.cluster_secret,
-            generation_of=generations.of,
+            generation_of=generations.stamp,
         )
 
     fallback = settings.shield_fallback == "origin"

@@ -15,12 +15,15 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cachetier.cluster import position
 from cachetier.cluster.bus import Bus
 from cachetier.cluster.connection import connect
-from cachetier.cluster.generations import Generations
-from cachetier.cluster.log import Entry, PurgeLog, stream_id
+from cachetier.cluster.generations import Generations, agree
+from cachetier.cluster.log import Entry, PurgeLog, Snapshot, stream_id
+from cachetier.cluster.position import Position
 from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
+from cachetier.hops import GENERATION, generation, upstream
 
 from .helpers import CacheTestCase, http_client, start_origin
 from .nodes import Node, restart_node, start_node, until
@@ -110,7 +113,9 @@ class EntryTests(SynchronousTestCase):
         self.assertEqual(entry, Entry("6-0", "prefix", prefix="show/", node="n2"))
 
     def test_an_entry_this_version_cannot_read_is_passed_over(self) -> None:
-        for fields in ({}, {"kind": "names", "names": "not json", "node": "n"}, {"kind": "x"}):
+        empty_prefix = {"kind": "prefix", "prefix": "", "node": "n"}
+        unreadable = ({}, {"kind": "names", "names": "not json", "node": "n"}, {"kind": "x"})
+        for fields in (*unreadable, empty_prefix):
             self.assertEqual(Entry.of("7-0", fields).kind, "unknown")
 
     def test_ids_order_as_redis_orders_them(self) -> None:
@@ -562,3 +567,264 @@ class PurgeTakenHereTests(TestCase):
         self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])
         await bus.purge(purge_prefix="a")
         self.assertEqual(syncer.purged, ["a.mp3", "b.mp3", "a.mp3"])
+
+
+SECRET = "tier-secret-" + "s" * 20
+
+
+class ClusterNodes:
+    """
+    Files and helpers shared by the tests: an admin token, a cluster
+    secret, and a client.
+    """
+
+    def __init__(self, test: TestCase) -> None:
+        self.test = test
+        self.secret_file = os.path.abspath(test.mktemp())
+        self.token_file = os.path.abspath(test.mktemp())
+        for path, text in ((self.secret_file, SECRET), (self.token_file, TOKEN)):
+            with open(path, "w") as f:
+                f.write(text)
+        self.client = http_client(test)
+
+    async def get(self, node: Node, name: str, **headers: str) -> bytes:
+        sent = {key: [value] for key, value in headers.items()}
+        response = await self.client.get(node.url + "files/" + name, headers=sent)
+        self.test.assertEqual(response.code, 200)
+        return bytes(await content(response))
+
+    async def health(self, node: Node) -> dict:
+        response = await self.client.get(node.url + "healthz")
+        return json.loads(await content(response))
+
+    async def applied(self, node: Node, entry: str) -> bool:
+        cluster = (await self.health(node))["cluster"]
+        return stream_id(cluster["applied"] or "0-0") >= stream_id(entry)
+
+    async def purge(self, node: Node, name: str) -> str:
+        response = await self.client.delete(
+            node.url + "api/v1/files/" + name, headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        self.test.assertEqual(response.code, 200)
+        return str(json.loads(await content(response))["cluster"]["id"])
+
+
+class EmptyPrefixEntryTests(TestCase):
+    """
+    An entry of the log whose prefix is empty (which the API refuses) is
+    passed over as one this version cannot read, never applied as a purge
+    of every file the node holds; a resync passes over an empty key of
+    C{prefixes} alike.
+    """
+
+    timeout = 60
+
+    async def test_an_entry_with_an_empty_prefix_purges_nothing(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
+        fields = {"kind": "prefix", "prefix": "", "node": "someone"}
+        entry = await deferToThread(redis.client().xadd, "cachetier:purges", fields)
+        await until(lambda: nodes.applied(node, entry), within=15.0)
+        self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
+        self.assertEqual(origin.counts["ep.mp3"], 1)
+
+
+class MalformedSnapshotTests(TestCase):
+    """
+    A field of the cluster's C{gens} or C{prefixes} hash that cannot be read
+    is passed over with a warning naming it, on the safe side (its name or
+    prefix purged), never failing the resync: a node that resyncs is level
+    with the log all the same.
+    """
+
+    timeout = 60
+
+    async def test_a_malformed_generation_does_not_keep_a_node_from_the_log(self) -> None:
+        _, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        client = redis.client()
+        await deferToThread(client.hset, "cachetier:gens", "ep.mp3", "not-a-number")
+        await deferToThread(client.hset, "cachetier:gens", "other.mp3", "3")
+        await deferToThread(client.hset, "cachetier:prefixes", "show/", "not-an-id")
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+
+        async def level() -> bool:
+            return (await nodes.health(node))["cluster"]["status"] == "ok"
+
+        await until(level, within=20.0)
+
+    def test_what_cannot_be_read_is_purged(self) -> None:
+        snapshot = Snapshot(
+            "e", "9-0", {"a.mp3": 1}, {"old/": "3-0", "new/": "12-0", "bad/": "x"}, ("b.mp3",)
+        )
+        self.assertEqual(snapshot.prefixes_after("9-0"), ["new/", "bad/"])
+
+
+class DoubtAcrossRestartTests(TestCase):
+    """
+    A node that finds the cluster's log emptied (another epoch) revalidates
+    every copy it held before it serves it, since purges it had not applied
+    may be lost; that doubt is kept with its position in the log
+    (C{cluster.json}), saved with the new epoch, so a restart keeps it.
+    """
+
+    timeout = 120
+
+    async def test_a_restart_does_not_forget_that_copies_are_in_doubt(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        edge = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+
+        async def level() -> bool:
+            return (await nodes.health(edge))["cluster"]["status"] == "ok"
+
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version one")
+        await edge.stop()
+        # While the edge is down, ep.mp3 is purged; then the cluster's
+        # Redis restarts empty, so the edge never reads that purge.
+        origin.put("ep.mp3", b"version two")
+        await nodes.purge(taker, "ep.mp3")
+        await redis.kill()
+        await redis.start()
+        edge = await restart_node(self, edge, origin_url)
+        await until(level, within=20.0)
+        # Restarted once more before anyone asked for ep.mp3.
+        await edge.stop()
+        edge = await restart_node(self, edge, origin_url)
+        await until(level, within=20.0)
+        self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version two")
+
+    def test_the_doubt_is_kept_with_the_position(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        position.save(directory, Position("e1", "5-0", 12.5))
+        self.assertEqual(position.load(directory), Position("e1", "5-0", 12.5))
+        with open(os.path.join(directory, position.FILE), "w") as f:
+            json.dump({"epoch": "e1", "applied": "5-0"}, f)
+        self.assertEqual(position.load(directory), Position("e1", "5-0", 0.0))
+
+
+class StaleGenerationTests(TestCase):
+    """
+    Generations of different epochs are never compared: a shield passes
+    over a generation an edge sends of another epoch of the log (the edge
+    still knows the generations of the cluster's Redis before it was
+    emptied), so it cannot skip a purge of the new log as no news.
+    """
+
+    timeout = 120
+
+    async def test_a_stale_edge_generation_does_not_make_a_shield_skip_purges(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        shield = await start_node(
+            self,
+            origin_url,
+            f"--cluster-secret-file={nodes.secret_file}",
+            "--role=shield",
+            *cluster,
+            name="shield1",
+            host="127.0.0.2",
+        )
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        # Two purges: the edges learn generation 2 of ep.mp3.
+        for _ in range(2):
+            taken = await nodes.purge(taker, "ep.mp3")
+            await until(lambda taken=taken: nodes.applied(shield, taken), within=15.0)
+        old_epoch = await deferToThread(redis.client().get, "cachetier:epoch")
+        # The cluster's Redis is emptied (a restart without persistence);
+        # the shield resyncs to the new, empty log.
+        await deferToThread(redis.client().flushall)
+
+        async def resynced() -> bool:
+            cluster = (await nodes.health(shield))["cluster"]
+            return cluster["applied"] == "0-0" and cluster["status"] == "ok"
+
+        await until(resynced, within=15.0)
+        origin.put("ep.mp3", b"version one")
+        # An edge that has not resynced yet asks with what it knew.
+        stale = {"cachetier-secret": SECRET, "cachetier-generation": f"{old_epoch}:2"}
+        self.assertEqual(await nodes.get(shield, "ep.mp3", **stale), b"version one")
+        origin.put("ep.mp3", b"version two")
+        # The first purge of the new log: generation 1.
+        entry = await nodes.purge(taker, "ep.mp3")
+        await until(lambda: nodes.applied(shield, entry), within=15.0)
+        self.assertEqual(await nodes.get(shield, "ep.mp3"), b"version two")
+
+    def test_the_generation_header_says_the_epoch(self) -> None:
+        headers = dict(upstream("edge1", (), b"secret", ("ab12", 7)))
+        self.assertEqual(headers[GENERATION], b"ab12:7")
+        self.assertEqual(generation([headers[GENERATION]]), ("ab12", 7))
+        self.assertEqual(generation([b"7"]), ("", 7))
+        for bad in (b"ab12:", b"ab12:x7", b"a b:7", b""):
+            self.assertEqual(generation([bad]), ("", 0), bad)
+        self.assertNotIn(GENERATION, dict(upstream("edge1", (), b"secret", ("", 7))))
+
+    def test_a_generation_of_another_epoch_is_passed_over(self) -> None:
+        generations = Generations()
+        generations.replace({"a.mp3": 1}, "new")
+        syncer = _Purges()
+        self.assertFalse(agree(generations, syncer, "a.mp3", "old", 5))  # type: ignore[arg-type]
+        self.assertEqual((generations.of("a.mp3"), syncer.purged), (1, []))
+        self.assertEqual(generations.stamp("a.mp3"), ("new", 1))
+
+
+class HungRedisTests(TestCase):
+    """
+    A silent dependency holds no resource it shares with the serving
+    path: the Redis calls of purges, ?wait's polls, the heartbeat and the
+    node list run in a pool of their own, not the reactor's, where a
+    download's disk writes and its publish run; a Redis that stops
+    answering held a thread for its timeout per call there, so a burst of
+    purges (one DELETE a file, as a CMS sends them) stalled every fill.
+    """
+
+    timeout = 120
+
+    async def test_purges_to_a_hung_redis_do_not_stall_fills(self) -> None:
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
+        )
+
+        async def level() -> bool:
+            return (await nodes.health(node))["cluster"]["status"] == "ok"
+
+        await until(level, within=20.0)
+        origin.put("new.mp3", b"x" * 65536)
+        redis._process.signalProcess(signal.SIGSTOP)
+        self.addCleanup(redis._process.signalProcess, signal.SIGCONT)
+        answered = []
+
+        def purge(i: int) -> None:
+            d = nodes.client.delete(
+                node.url + f"api/v1/files/p{i}.mp3",
+                headers={"Authorization": [f"Bearer {TOKEN}"]},
+            )
+            d.addCallback(lambda response: answered.append(response.code))
+            d.addCallback(lambda _: None)
+            self.addCleanup(lambda: d)
+
+        for i in range(40):
+            purge(i)
+        self.assertEqual(await nodes.get(node, "new.mp3"), b"x" * 65536)
+        # The fill needed no Redis: it is done long before the purges,
+        # which each wait for Redis's timeout, are answered.
+        self.assertLessEqual(len(answered), 20)

@@ -7,6 +7,7 @@ is not heard from, nothing cached is served without asking its upstream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,7 +20,8 @@ from ..sync import Syncer
 from .connection import TIMEOUT, connect, prefix
 from .follower import BLOCK_MS, Follower
 from .generations import Generations
-from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot, stream_id
+from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot
+from .threads import NotAnswering
 
 log = Logger()
 
@@ -37,11 +39,15 @@ class ClusterUnavailable(Exception):
 class Bus:
     """
     The cluster's purge log, followed by a L{Follower} and written from
-    the reactor's thread pool.
+    a thread pool for Redis calls.
 
     @param syncer: the syncer whose purges the log's entries are; it asks
         L{doubt_before} at every lookup.
-    @param run_in_thread: runs a blocking call in the reactor's pool.
+    @param run_in_thread: runs a blocking call in the Redis calls' pool.
+    @param run_purge: the same for a purge's append, or fails with
+        L{NotAnswering} while that pool is full of calls Redis does not
+        answer (see L{RedisThreads.run_unless_stuck}); by default
+        C{run_in_thread}.
     @param generations: the cluster's generation of each name purged, as
         far as this node knows, which the bus keeps up to date (every
         published object records its name's).
@@ -54,17 +60,18 @@ class Bus:
         reactor: Any,
         run_in_thread: Any,
         generations: Generations,
+        run_purge: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.node = settings.node_name
         self.max_lag = settings.cluster_max_lag
         self._syncer = syncer
         self._clock = reactor
         self._run_in_thread = run_in_thread
+        self._run_purge = run_in_thread if run_purge is None else run_purge
         self.generations = generations
         self.heard_at = float("-inf")
         self.applied_at: float | None = None
         self.problem = "connecting to Redis"
-        self._doubt_base = 0.0
 
         def make_log(client: Any) -> PurgeLog:
             return PurgeLog(client, prefix(settings), settings.cluster_stream_length)
@@ -78,6 +85,9 @@ class Bus:
             settings.cache_dir,
             self,
         )
+        where = self._follower.position
+        self._doubt_base = 0.0 if where is None else where.doubt
+        generations.epoch = "" if where is None else where.epoch
         syncer.doubt_before = self.doubt_before
 
     def start(self) -> None:
@@ -171,16 +181,16 @@ class Bus:
             if gen <= 0 or self.generations.learn(name, gen)
         ]
 
-    def resync(self, snapshot: Snapshot, since: str, doubt: bool) -> None:
+    def resync(self, snapshot: Snapshot, since: str, doubt: float) -> None:
         """
         The log no longer reaches back to this node's position (or is
         another log): drop every copy older than the cluster's generation
-        of its name, apply the prefix purges after C{since}, and with
-        C{doubt} (a log that came back empty) revalidate every copy held
-        before it is served again.
+        of its name, apply the prefix purges after C{since}, and
+        revalidate every copy fetched before C{doubt} (since a log came
+        back empty: see L{Follower._resync}) before it is served again.
         """
         downloading = self._downloading()
-        self.generations.replace(snapshot.gens)
+        self.generations.replace(snapshot.gens, snapshot.epoch)
         # A download whose generation the resync raised started before
         # purges never applied here: it would publish the old bytes stamped
         # with the new generation.
@@ -193,19 +203,18 @@ class Bus:
             stored = self._syncer.store.get(key)
             if stored is not None and stored.cluster_generation < self.generations.of(key):
                 dropped += self._syncer.purge(split_variant(key)[0])
-        for purged_prefix, at in snapshot.prefixes.items():
-            if stream_id(at) > stream_id(since):
-                dropped += len(self._syncer.purge_prefix(purged_prefix))
-        if doubt:
-            self._doubt_base = self._clock.seconds()
+        dropped += sum(self._syncer.purge(name) for name in snapshot.unreadable)
+        for purged_prefix in snapshot.prefixes_after(since):
+            dropped += len(self._syncer.purge_prefix(purged_prefix))
+        doubted, self._doubt_base = doubt > self._doubt_base, max(self._doubt_base, doubt)
         self.problem = "catching up with the cluster's purge log"
         # Joining (no position, nothing doubted) is no news; the rest is.
-        report = log.warn if since != "0-0" or doubt else log.info
+        report = log.warn if since != "0-0" or doubted else log.info
         report(
             "cluster: resynced from the purge log at {id}: {count} dropped{doubt}",
             id=snapshot.last,
             count=dropped,
-            doubt="; the rest is revalidated before it is served" if doubt else "",
+            doubt="; the rest is revalidated before it is served" if doubted else "",
         )
 
     def _downloading(self) -> dict[str, int]:
@@ -237,16 +246,16 @@ class Bus:
         goes too: before the purge is answered, not only once this node's
         reader applies its entry.
 
-        @raise ClusterUnavailable: when Redis does not take it.
+        @raise ClusterUnavailable: when Redis does not take it, or has not
+            answered the calls already waiting (refused at once).
         """
         try:
-            entry_id, gens = await self._run_in_thread(
-                self._log.append, self.node, names, purge_prefix
-            )
-        except REDIS_ERRORS as e:
+            entry_id, gens = await self._run_purge(self._log.append, self.node, names, purge_prefix)
+        except (*REDIS_ERRORS, NotAnswering) as e:
+            why = "not answering" if isinstance(e, NotAnswering) else type(e).__name__
             raise ClusterUnavailable(
                 "the purge could not be put into the cluster's log (Redis is unreachable:"
-                f" {type(e).__name__}): only this node purged; send it again"
+                f" {why}): only this node purged; send it again"
             ) from None
         for name in self._news(Entry(entry_id, "names", tuple(names or ()), gens=gens)):
             self._syncer.purge(name)

@@ -36,7 +36,7 @@ class Receiver(Protocol):
 
     def received(self, entries: list[Entry], caught_up: bool) -> None: ...
 
-    def resync(self, snapshot: Snapshot, since: str, doubt: bool) -> None: ...
+    def resync(self, snapshot: Snapshot, since: str, doubt: float) -> None: ...
 
     def behind(self, why: str) -> None: ...
 
@@ -132,7 +132,7 @@ class Follower:
                 continue
             self._call(self._receiver.received, entries, len(entries) < COUNT)
             if entries:
-                self._keep(Position(self.position.epoch, entries[-1].id))
+                self._keep(Position(self.position.epoch, entries[-1].id, self.position.doubt))
 
     def _resync(self, purges: PurgeLog, why: str) -> None:
         """
@@ -140,17 +140,21 @@ class Follower:
         snapshot's position only once it has (a restart before then
         resyncs again).  With C{why} (the log no longer reaches back to
         the position), hits are doubted from now until the receiver is
-        level again.
+        level again.  A log of another epoch doubts every copy fetched
+        before now, kept with the position, so a restart doubts them too.
         """
         if why:
             log.warn("cluster: {why}: resyncing", why=why)
             self._call(self._receiver.behind, why)
         known = self.position
+        now = self._reactor.seconds()
         snapshot = purges.snapshot()
-        doubt = known is not None and known.epoch != snapshot.epoch
-        since = "0-0" if known is None or doubt else known.applied
+        if known is not None and known.epoch != snapshot.epoch:
+            since, doubt = "0-0", now
+        else:
+            since, doubt = ("0-0", 0.0) if known is None else (known.applied, known.doubt)
         self._call(self._receiver.resync, snapshot, since, doubt)
-        self._keep(Position(snapshot.epoch, snapshot.last))
+        self._keep(Position(snapshot.epoch, snapshot.last, doubt))
 
     def _keep(self, where: Position) -> None:
         position.save(self._cache_dir, where)

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 from attrs import frozen
+from twisted.logger import Logger
 
 # Appends a purge: the generations bumped, the entry added (the stream
 # trimmed, about), the epoch set if it is missing, all or nothing.
@@ -49,6 +50,8 @@ return {id, '[]'}
 # Redis's errors the bus survives: the server gone, slow, restarting, or
 # answering what it should not (a key of the wrong type).
 REDIS_ERRORS = (redis.RedisError, OSError)
+
+log = Logger()
 
 
 def stream_id(text: str) -> tuple[int, int]:
@@ -79,10 +82,14 @@ class Entry:
     def of(cls, entry_id: str, fields: dict[str, str]) -> Entry:
         """
         An entry as XREAD returns it; one this version cannot read is kept
-        as a purge of nothing (C{kind} C{"unknown"}), so it is passed.
+        as a purge of nothing (C{kind} C{"unknown"}), so it is passed.  So
+        is a prefix purge with an empty prefix, which the API refuses: it
+        would purge every file held.
         """
         try:
             if fields["kind"] == "prefix":
+                if not fields["prefix"]:
+                    return cls(entry_id, "unknown")
                 return cls(entry_id, "prefix", prefix=str(fields["prefix"]), node=fields["node"])
             names = tuple(str(name) for name in json.loads(fields["names"]))
             gens = tuple(int(gen) for gen in json.loads(fields.get("gens", "[]")))
@@ -105,6 +112,18 @@ class Snapshot:
     last: str
     gens: dict[str, int]
     prefixes: dict[str, str]
+    unreadable: tuple[str, ...] = ()
+
+    def prefixes_after(self, since: str) -> list[str]:
+        """
+        The prefixes purged after entry C{since}, and those whose last
+        purge cannot be read (the safe side: purged again).
+        """
+        return [
+            key
+            for key, at in self.prefixes.items()
+            if _readable_id(at) is None or stream_id(at) > stream_id(since)
+        ]
 
 
 class PurgeLog:
@@ -195,11 +214,13 @@ class PurgeLog:
         pipe.hgetall(self.prefixes)
         pipe.get(self.epoch_key)
         info, (gens, prefixes, now_epoch) = _with_stream_info(pipe)
+        known, unreadable = _generations(gens)
         return Snapshot(
             str(now_epoch or epoch),
             "0-0" if info is None else str(info["last-generated-id"]),
-            {name: int(gen) for name, gen in gens.items()},
-            dict(prefixes),
+            known,
+            {key: at for key, at in prefixes.items() if key},  # "": see Entry.of
+            unreadable,
         )
 
     def pending(self, entry_id: str) -> tuple[list[str], list[str]]:
@@ -231,6 +252,28 @@ def _with_stream_info(pipe: Any) -> tuple[dict[str, Any] | None, list[Any]]:
         if isinstance(answer, Exception):
             raise answer
     return (None if isinstance(info, redis.ResponseError) else info), rest
+
+
+def _generations(raw: dict[str, str]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """
+    The C{gens} hash read: the names' generations, and the names whose
+    generation is not an integer, each warned of.
+    """
+    known, unreadable = {}, []
+    for name, gen in raw.items():
+        try:
+            known[name] = int(gen)
+        except ValueError:
+            log.warn("cluster: generation of {name} in the log unreadable: purging it", name=name)
+            unreadable.append(name)
+    return known, tuple(unreadable)
+
+
+def _readable_id(at: str) -> tuple[int, int] | None:
+    try:
+        return stream_id(at)
+    except ValueError:
+        return None
 
 
 def _applied(raw: str) -> tuple[int, int]:

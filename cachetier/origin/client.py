@@ -54,9 +54,10 @@ class Origin:
     @param node_name: this node's, in every request's C{Via} and C{CDN-Loop}.
     @param secret: the cluster secret, sent with every request: for a
         shield only, never the origin.
-    @param generation_of: the cluster's generation of a name, sent with
-        the secret (C{CacheTier-Generation}), so that a shield holding an
-        older copy treats the request as a miss.
+    @param generation_of: the cluster's generation of a name and the epoch
+        of the log it is of, sent with the secret (C{CacheTier-Generation}),
+        so that a shield holding an older copy treats the request as a
+        miss.
     @param body_timeout: the longest silence tolerated inside a body, when
         it differs from C{timeout} (a shield's).
     @param own_failure: whether a 5xx answer is this upstream's own failure
@@ -81,7 +82,7 @@ class Origin:
         secret: bytes | None = None,
         body_timeout: float | None = None,
         own_failure: Callable[[Any], bool] = lambda response: True,
-        generation_of: Callable[[str], int] = lambda name: 0,
+        generation_of: Callable[[str], tuple[str, int]] = lambda name: ("", 0),
     ) -> None:
         self._node = node_name
         self._secret = secret

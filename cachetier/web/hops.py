@@ -38,8 +38,8 @@ class Hops:
 
     @param node: its C{--node-name}.
     @param secret: the cluster secret (C{--cluster-secret-file}), if any.
-    @param agree: given a name and the cluster generation an edge knows of
-        it, purges an older copy here (see
+    @param agree: given a name and the log's epoch and cluster generation
+        an edge knows of it, purges an older copy here (see
         L{cachetier.cluster.generations.agree}); without it, an edge's
         generation is not looked at.
     """
@@ -48,7 +48,7 @@ class Hops:
         self,
         node: str,
         secret: bytes | None = None,
-        agree: Callable[[str, int], object] | None = None,
+        agree: Callable[[str, str, int], object] | None = None,
     ) -> None:
         self.node = node
         self._secret = secret
@@ -96,9 +96,9 @@ class Hops:
         """
         if self._agree is None or request.peer != "edge":
             return
-        sent = generation(request.requestHeaders.getRawHeaders(GENERATION, []))
+        epoch, sent = generation(request.requestHeaders.getRawHeaders(GENERATION, []))
         if sent > 0:
-            self._agree(split_variant(name)[0], sent)
+            self._agree(split_variant(name)[0], epoch, sent)
 
 
 def relayed_hop(request: Any, node: str) -> bool:
