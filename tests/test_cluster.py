@@ -135,6 +135,35 @@ class ConnectionTests(TestCase):
         self.assertTrue(await deferToThread(client.ping))
         self.assertEqual(await deferToThread(client.client_getname), "cachetier:cachetier")
 
+    async def test_a_refused_password_names_the_flag_to_check(self) -> None:
+        """
+        A node whose password Redis refuses (none given, where Redis asks
+        for one) says so in /healthz, naming --cluster-password-file, not
+        as an unreachable Redis; a purge's 503 says the same.
+        """
+        redis = await start_redis(self, "--requirepass", "pw-the-node-lacks")
+        nodes = ClusterNodes(self)
+        node = await start_node(
+            self,
+            "http://127.0.0.1:9/",
+            f"--cluster={redis.url}",
+            f"--admin-token-file={nodes.token_file}",
+        )
+
+        async def refused() -> bool:
+            return any(
+                "--cluster-password-file" in r for r in (await nodes.health(node))["reasons"]
+            )
+
+        await until(refused, within=10.0)
+        response = await nodes.client.delete(
+            node.url + "api/v1/files/a.mp3", headers={"Authorization": [f"Bearer {TOKEN}"]}
+        )
+        self.assertEqual(response.code, 503)
+        message = json.loads(await content(response))["message"]
+        self.assertIn("Redis refused this node (AuthenticationError)", message)
+        self.assertIn("check --cluster-password-file", message)
+
 
 class DoubtTests(CacheTestCase):
     """

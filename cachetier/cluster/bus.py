@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from ..config import Settings
 from ..names import split_variant
 from ..sync import Syncer
-from .connection import TIMEOUT, connect, prefix
+from .connection import TIMEOUT, connect, prefix, trouble
 from .follower import BLOCK_MS, Follower
 from .generations import Generations
 from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot
@@ -252,10 +252,10 @@ class Bus:
         try:
             entry_id, gens = await self._run_purge(self._log.append, self.node, names, purge_prefix)
         except (*REDIS_ERRORS, NotAnswering) as e:
-            why = "not answering" if isinstance(e, NotAnswering) else type(e).__name__
+            why = "Redis is not answering" if isinstance(e, NotAnswering) else trouble(e)
             raise ClusterUnavailable(
-                "the purge could not be put into the cluster's log (Redis is unreachable:"
-                f" {why}): only this node purged; send it again"
+                f"the purge could not be put into the cluster's log ({why}):"
+                " only this node purged; send it again"
             ) from None
         for name in self._news(Entry(entry_id, "names", tuple(names or ()), gens=gens)):
             self._syncer.purge(name)
@@ -275,7 +275,7 @@ class Bus:
             except REDIS_ERRORS as e:
                 raise ClusterUnavailable(
                     f"the purge is in the cluster's log ({entry_id}), but which nodes have"
-                    f" applied it cannot be told (Redis is unreachable: {type(e).__name__})"
+                    f" applied it cannot be told ({trouble(e)})"
                 ) from None
             if not pending or self._clock.seconds() >= deadline:
                 return applied, pending

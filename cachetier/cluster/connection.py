@@ -38,6 +38,18 @@ def connect(settings: Settings, timeout: float = TIMEOUT) -> redis.Redis:
     )
 
 
+def trouble(error: Exception) -> str:
+    """
+    What an error of Redis's means for the operator, in words fit for
+    C{/healthz} and a JSON error: the kind of failure, never Redis's
+    address; a refused password or permission names the flag to check.
+    """
+    kind = type(error).__name__
+    if isinstance(error, redis.AuthenticationError | redis.exceptions.NoPermissionError):
+        return f"Redis refused this node ({kind}): check --cluster-password-file"
+    return f"Redis is unreachable ({kind})"
+
+
 def prefix(settings: Settings) -> str:
     """
     The prefix of every key of the cluster: C{"<cluster-name>:"}.

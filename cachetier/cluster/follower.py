@@ -15,6 +15,7 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
 from . import position
+from .connection import trouble
 from .log import REDIS_ERRORS, Entry, PurgeLog, Snapshot
 from .position import Position
 
@@ -93,7 +94,7 @@ class Follower:
                     log.warn("cluster: Redis failed: {why}; retrying", why=str(e))
                 last = str(e)
                 # No address in what /healthz shows: the kind of failure.
-                self._call(self._receiver.lost, f"Redis is unreachable ({type(e).__name__})")
+                self._call(self._receiver.lost, trouble(e))
                 self._stop.wait(delay)
                 delay = min(delay * 2, BACKOFF[1])
             except Exception as e:
