@@ -806,3 +806,45 @@ class VersionOrderTests(SynchronousTestCase):
         # Nothing to tell them apart by (or no date): not older.
         self.assertFalse(older(self.answer(None, None), self.copy(None, late)))
         self.assertFalse(older(self.answer(None, "yesterday"), self.copy(None, late)))
+
+
+class ForgottenShieldTests(TestCase):
+    """
+    Rule 9 (every table bounded): a shield no longer followed is dropped
+    with its metric series; a request to it that was in flight then must
+    not bring them back when it fails.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+        self.shield_url = self.origin_url + "shield/"
+
+    async def test_a_shield_forgotten_mid_request_leaves_no_series(self) -> None:
+        self.origin.put("slow.mp3", body_of(100, "slow"))
+        self.origin.hang.add("shield/files/slow.mp3")
+        cache, url = start_cachetier(
+            self,
+            self.origin_url,
+            shields=(self.shield_url,),
+            shield_timeout=0.3,
+            origin_timeout=0.5,
+        )
+        asked = self.client.get(url + "files/slow.mp3")
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(self.origin.counts["shield/files/slow.mp3"], 1)
+        # The shield leaves the cluster (--shield=cluster): forgotten.
+        assert cache.upstreams is not None
+        cache.upstreams.follow(["http://127.0.0.1:9/"])
+        code, _, body = await read_response(await asked)
+        self.assertEqual((code, body), (200, body_of(100, "slow")))
+        _, _, metrics = await read_response(await self.client.get(url + "metrics"))
+        left = [
+            line
+            for line in metrics.decode().splitlines()
+            if not line.startswith("#") and f'upstream="{self.shield_url}"' in line
+        ]
+        self.assertEqual(left, [], "a forgotten shield's series came back")
+        self.assertNotIn(self.shield_url, cache.upstreams.shields)

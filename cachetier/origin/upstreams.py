@@ -161,7 +161,7 @@ class Upstreams:
         failed: OriginError | None = None
         failed_url = None
         for shield in self.ranked(name):
-            self._tally(shield.url, "requests", 1)
+            self._count(shield.url, "requests", 1)
             try:
                 response = await shield.origin.get(name, validators, byte_range)
             except OriginError as e:
@@ -169,7 +169,7 @@ class Upstreams:
                     raise
                 failed, failed_url = e, shield.url
                 shield.health.down(e.label)
-                self._tally(shield.url, e.label, 1)
+                self._count(shield.url, e.label, 1)
                 log.warn(
                     "shield {shield} failed for {name} ({reason}): asking the next upstream",
                     shield=shield.url,
