@@ -848,3 +848,88 @@ class ForgottenShieldTests(TestCase):
         ]
         self.assertEqual(left, [], "a forgotten shield's series came back")
         self.assertNotIn(self.shield_url, cache.upstreams.shields)
+
+
+class ListenerLoopTests(TestCase):
+    """
+    A listener whose C{CDN-Loop} names the shield: the shield's 508 is
+    the answer to its request alone (review 3).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.origin, self.origin_url = start_origin(self)
+        self.client = http_client(self)
+
+    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
+        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+        return await read_response(await self.client.get(url, headers=sent))
+
+    async def test_a_listeners_loop_at_the_shield_is_no_origin_failure(self) -> None:
+        """
+        Rule 11 (stale only with permission: the origin's directives, an
+        operator's choice, or the origin unreachable within
+        stale-if-error): one listener whose C{CDN-Loop} names the shield
+        gets the shield's 508 for its revalidation.  That answer is to its
+        request alone: it must not count as the origin failing, so the
+        next listener's request revalidates and gets the origin's v2, not
+        v1 served stale "under stale-if-error" while the origin is up.
+        """
+        v1, v2 = body_of(1000, "v1"), body_of(1000, "v2")
+        self.origin.put("s.mp3", v1, extra_headers={"Cache-Control": "max-age=1"})
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        code, _, got = await self.get(edge_url + "files/s.mp3")
+        self.assertEqual((code, got), (200, v1))
+        self.origin.put(
+            "s.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
+        )
+        await deferLater(reactor, 2.2, lambda: None)
+        code, headers, _ = await self.get(
+            edge_url + "files/s.mp3", cdn_loop="cachetier; node=shield1"
+        )
+        looped = (code, header(headers, "cache-status"))
+        self.assertEqual(code, 508, "the looping listener is told of its loop")
+        code, headers, got = await self.get(edge_url + "files/s.mp3")
+        self.assertEqual(code, 200)
+        self.assertTrue(
+            got == v2,
+            f"after a listener's loop ({looped}), the next listener got v1 stale:"
+            f" {header(headers, 'cache-status')}",
+        )
+        _, _, health = await self.get(edge_url + "healthz")
+        self.assertNotIn("origin", json.dumps(json.loads(health).get("reasons", [])))
+
+
+class LoopHealthTests(TestCase):
+    """
+    The same loop, as /healthz sees it (review 3).
+    """
+
+    timeout = 60
+
+    async def test_a_listeners_loop_is_no_origin_error_in_healthz(self) -> None:
+        """
+        Rule 12 / the HTTP contract (/healthz degraded when the origin
+        fails): the shield's 508 to a listener whose C{CDN-Loop} names it
+        is that listener's answer; the origin was never asked, so the
+        edge's /healthz must not report origin errors.
+        """
+        origin, origin_url = start_origin(self)
+        client = http_client(self)
+        origin.put("a.mp3", body_of(1000, "a"))
+        _, shield_url = start_cachetier(self, origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
+        response = await client.get(
+            edge_url + "files/a.mp3", headers={"CDN-Loop": ["cachetier; node=shield1"]}
+        )
+        code, _, _ = await read_response(response)
+        self.assertEqual(code, 508)
+        self.assertEqual(origin.counts["a.mp3"], 0)
+        await deferLater(reactor, 1.1, lambda: None)  # past the cached verdict
+        _, _, health = await read_response(await client.get(edge_url + "healthz"))
+        verdict = json.loads(health)
+        self.assertEqual((verdict["status"], verdict["reasons"]), ("ok", []))

@@ -172,5 +172,15 @@ def origin_failed(error: Exception | None) -> bool:
     if not isinstance(error, OriginError):
         return False
     if error.status is not None:
-        return error.status >= 500
+        return error.status >= 500 and not looped(error)
     return error.reason.value not in NOT_ORIGIN_FAILURES
+
+
+def looped(error: Exception) -> bool:
+    """
+    Whether C{error} is a 508 from upstream: the answer to the request
+    whose C{CDN-Loop} named a node up there (a listener's may), passed on
+    to it, but neither the origin's failure (no stale-if-error, nothing
+    in C{/healthz}) nor the name's (not remembered for the next request).
+    """
+    return isinstance(error, OriginAnswer) and error.status == 508

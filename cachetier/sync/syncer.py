@@ -22,7 +22,7 @@ from .download import Download, RunInThread
 from .fill import Fill, Headers
 from .flights import Flights
 from .freshness import Freshness
-from .outcomes import FileStatus, Lookup, OriginHealth, Outcome, origin_failed
+from .outcomes import FileStatus, Lookup, OriginHealth, Outcome, looped, origin_failed
 from .variants import Variants
 from .warming import Warming
 
@@ -414,12 +414,13 @@ class Syncer:
         if reason is Reason.too_large or not_found:
             ttl = self._negative_ttl
         self.metrics.sync_failures.labels(reason=label).inc()
-        if not ((isinstance(error, OriginAnswer) and error.status < 500) or error.shield):
+        passing = error.shield or looped(error)  # neither the origin's failure nor the name's
+        if not ((isinstance(error, OriginAnswer) and error.status < 500) or passing):
             self.last_failed[label] = self.clock.seconds()  # the origin's, for /healthz
         if fill.revalidating is not None:
             self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.current(fill)
-        if reason not in (Reason.cancelled, Reason.changed) and current and not error.shield:
+        if reason not in (Reason.cancelled, Reason.changed) and current and not passing:
             # Listeners get an answer's body from the fill; remembered (for
             # the status API and stale-if-error), it needs none.
             remembered = error
