@@ -933,3 +933,71 @@ class LoopHealthTests(TestCase):
         _, _, health = await read_response(await client.get(edge_url + "healthz"))
         verdict = json.loads(health)
         self.assertEqual((verdict["status"], verdict["reasons"]), ("ok", []))
+
+
+class OlderVersionByRefetchTests(TestCase):
+    """
+    An older version from a shield, by way of a 304 (review 3).
+    """
+
+    timeout = 60
+
+    async def test_a_refetch_after_a_shields_304_of_another_version_is_checked_too(
+        self,
+    ) -> None:
+        """
+        Rule 2 (a cached file is replaced only by a complete newer
+        version): as in test_tiers' test of an older version from the
+        shield, but the origin sends no ETag (Last-Modified only).  The
+        shield holds v1, fresh; the edge holds v2 (fetched from the origin
+        while the shield was away).  The edge's revalidation
+        (If-Modified-Since v2's date) gets the shield's 304 naming v1's
+        Last-Modified: another version, so the edge fetches the file whole
+        from the shield, and that 200 of v1 must not replace v2.
+        """
+        origin, origin_url = start_origin(self)
+        client = http_client(self)
+
+        async def get(url: str) -> tuple[int, Any, bytes]:
+            return await read_response(await client.get(url))
+
+        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
+        origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
+        shield = assemble(
+            Settings(origin=origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"),
+            reactor,
+        )
+        self.addCleanup(shield.stop)
+        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
+        number = port.getHost().port
+        shield_url = f"http://127.0.0.1:{number}/"
+        code, _, got = await get(shield_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v1))
+        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
+        origin.put(
+            "r.mp3",
+            v2,
+            etag=None,
+            last_modified=1_700_000_100,
+            extra_headers={"Cache-Control": "max-age=1"},
+        )
+        await port.stopListening()
+        code, _, got = await get(edge_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        async def shield_back() -> bool:
+            _, _, body = await get(edge_url + "healthz")
+            return json.loads(body)["shields_down"] == []
+
+        await until(shield_back, within=15)
+        await deferLater(reactor, 1.1, lambda: None)
+        code, headers, got = await get(edge_url + "files/r.mp3")
+        self.assertEqual(code, 200)
+        code, headers, got = await get(edge_url + "files/r.mp3")
+        self.assertTrue(
+            got == v2,
+            f"the edge went back to v1, older than its v2: {header(headers, 'cache-status')}"
+            f" last-modified {header(headers, 'last-modified')}",
+        )

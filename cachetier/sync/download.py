@@ -29,7 +29,7 @@ from .fill import Fill
 from .freshness import aged
 from .progress import Saver
 from .sparse import SLICE, SparseFill
-from .versions import not_older
+from .versions import settled
 
 RunInThread = Callable[..., "Deferred[Any]"]
 T = TypeVar("T")
@@ -96,12 +96,9 @@ class Download:
         try:
             response, resume = await self._first_answer()
             old = self.fill.revalidating
-            response = await self._interruptible(not_older(self._origin, name, response, old))
+            response = await settled(self._origin, name, response, old, self._interruptible)
             if response.not_modified and old is not None:
-                if old.confirmed_by(response.headers):
-                    return await self._renew(response)
-                log.info("a 304 for {name} names another version: fetching it whole", name=name)
-                response = await self._interruptible(self._origin.get(name))
+                return await self._renew(response)
         except OriginAnswer as answer:
             if not self._keeps(name, answer.headers.extra, self._sent()):
                 self.fill.publish = False

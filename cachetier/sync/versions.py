@@ -8,10 +8,12 @@ from the origin while that shield was down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
+from ..errors import OriginError, Reason
 from ..objects import ObjectHeaders, StoredObject
 from ..origin import OriginResponse, Upstreams
 from ..origin.freshness import http_date
@@ -62,3 +64,34 @@ async def not_older(
     )
     answer: OriginResponse = await upstreams.from_origin(name, old, response.upstream.url)
     return answer
+
+
+async def settled(
+    upstreams: Any,
+    name: str,
+    response: OriginResponse,
+    old: StoredObject | None,
+    interruptible: Callable[[Any], Any],
+) -> OriginResponse:
+    """
+    What a revalidation of C{old} goes on with, from its first answer
+    C{response}: a 304 that confirms C{old}, or a 200 not older than it
+    (L{not_older}).  A 304 that names another version (a shield holding an
+    older one, asked with C{If-Modified-Since}, says it has not changed
+    since) is followed by a fetch of the file whole, checked the same
+    way, so that the older version does not come in by that door either.
+
+    @param interruptible: awaits a call to the upstreams in a way a purge
+        may stop (the download's).
+    @raise OriginError: C{changed}, when the origin itself, asked with
+        C{old}'s validators, answers a 304 naming a third version.
+    """
+    response = await interruptible(not_older(upstreams, name, response, old))
+    if old is None or not response.not_modified or old.confirmed_by(response.headers):
+        return response
+    log.info("a 304 for {name} names another version: fetching it whole", name=name)
+    whole = await interruptible(upstreams.get(name))
+    response = await interruptible(not_older(upstreams, name, whole, old))
+    if response.not_modified and not old.confirmed_by(response.headers):
+        raise OriginError(Reason.changed, "a 304 of the origin's names another version")
+    return response
