@@ -11,9 +11,11 @@ import signal
 from typing import Any
 
 from treq import content
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseFailed
 
 from cachetier.cluster import position
 from cachetier.cluster.bus import Bus
@@ -25,7 +27,7 @@ from cachetier.config import SettingError, Settings, from_json, to_json
 from cachetier.config.tiers import cluster_settings
 from cachetier.hops import GENERATION, generation, upstream
 
-from .helpers import CacheTestCase, http_client, start_origin
+from .helpers import CacheTestCase, body_of, header, http_client, read_response, start_origin
 from .nodes import Node, restart_node, start_node, until
 from .redis_server import start_redis
 
@@ -857,3 +859,163 @@ class HungRedisTests(TestCase):
         # The fill needed no Redis: it is done long before the purges,
         # which each wait for Redis's timeout, are answered.
         self.assertLessEqual(len(answered), 20)
+
+
+class CrossEpochGenerationTests(TestCase):
+    """
+    Rule 10 (a node that missed part of the log resyncs before it serves):
+    a copy's C{cluster_generation} is of the log's epoch it was fetched in;
+    a 304 that renews it after the log came back empty keeps that old
+    number, which a resync in the new epoch then compares with the new
+    epoch's (smaller) generations.
+    """
+
+    timeout = 120
+
+    async def test_a_copy_renewed_after_an_epoch_change_survives_a_resync_of_its_purge(
+        self,
+    ) -> None:
+        token = "admin-token-" + "t" * 20
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        meddle = redis.client()
+        self.addCleanup(meddle.close)
+        token_file = self.mktemp()
+        with open(token_file, "w") as f:
+            f.write(token)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={os.path.abspath(token_file)}")
+        node = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        client = http_client(self)
+
+        async def health(n: Any) -> dict[str, Any]:
+            return dict(json.loads(await content(await client.get(n.url + "healthz"))))
+
+        async def purge(name: str) -> str:
+            response = await client.delete(
+                taker.url + "api/v1/files/" + name, headers={"Authorization": [f"Bearer {token}"]}
+            )
+            self.assertEqual(response.code, 200)
+            return str(json.loads(await content(response))["cluster"]["id"])
+
+        async def applied(n: Any, entry: str) -> bool:
+            cluster = (await health(n))["cluster"]
+            return cluster["status"] == "ok" and stream_id(
+                cluster["applied"] or "0-0"
+            ) >= stream_id(entry)
+
+        async def get(n: Any, name: str) -> tuple[bytes, list[str]]:
+            code, headers, body = await read_response(await client.get(n.url + "files/" + name))
+            self.assertEqual(code, 200)
+            return body, header(headers, "cache-status")
+
+        # Epoch 1: three purges of ep.mp3 (generation 3), then a copy.
+        for _ in range(3):
+            entry = await purge("ep.mp3")
+        await until(lambda: applied(node, entry), within=15.0)
+        origin.put("ep.mp3", b"version one")
+        self.assertEqual((await get(node, "ep.mp3"))[0], b"version one")
+        # The cluster's Redis comes back empty: epoch 2; the node doubts
+        # its copies and revalidates ep.mp3 (a 304: unchanged).
+        await deferToThread(meddle.flushall)
+
+        async def resynced() -> bool:
+            cluster = (await health(node))["cluster"]
+            return cluster["status"] == "ok" and cluster["applied"] == "0-0"
+
+        await until(resynced, within=15.0)
+        body, status = await get(node, "ep.mp3")
+        self.assertEqual(body, b"version one")
+        self.assertEqual(origin.counts["ep.mp3"], 2)  # the revalidation
+        # The node stops; ep.mp3 changes and is purged (generation 1 of
+        # epoch 2); the log is trimmed past that purge before it returns.
+        await node.stop()
+        origin.put("ep.mp3", b"version two")
+        await purge("ep.mp3")
+        await deferToThread(meddle.xtrim, "cachetier:purges", maxlen=0, approximate=False)
+        node = await restart_node(self, node, origin_url)
+
+        async def level() -> bool:
+            return (await health(node))["cluster"]["status"] == "ok"
+
+        await until(level, within=20.0)
+        body, status = await get(node, "ep.mp3")
+        self.assertTrue(
+            body == b"version two",
+            f"after resyncing past the purge, the node served the purged copy: {body!r} {status}",
+        )
+
+
+class DownloadAcrossEpochTests(TestCase):
+    timeout = 120
+
+    async def test_a_download_under_way_when_the_log_is_emptied_is_doubted_too(self) -> None:
+        """
+        Rule 10 (once a purge's API call has answered, no node serves the
+        purged version): a node that finds the cluster's log emptied
+        (another epoch) doubts every copy fetched before it found out,
+        since purges it never read are lost.  A download of ep.mp3 that
+        began before a lost purge of it and is published after the resync
+        is as much in doubt as a copy held then; it must not be served as
+        fresh.
+        """
+        token = "admin-token-" + "t" * 20
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        meddle = redis.client()
+        self.addCleanup(meddle.close)
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(token)
+        cluster = (f"--cluster={redis.url}", f"--admin-token-file={token_file}")
+        node = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
+        taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
+        client = http_client(self)
+
+        async def status(n: Any) -> dict[str, Any]:
+            return dict(json.loads(await content(await client.get(n.url + "healthz"))))["cluster"]
+
+        async def level() -> bool:
+            return (await status(node))["status"] == "ok"
+
+        await until(level, within=15.0)
+        v1, v2 = body_of(400_000, "v1"), body_of(400_000, "v2")
+        origin.put("ep.mp3", v1)
+        origin.rate = 100_000
+        first = client.get(node.url + "files/ep.mp3")
+        first.addCallback(content)
+        await deferLater(reactor, 0.5, lambda: None)
+        # The node is cut off (stopped) while ep.mp3 changes and is purged,
+        # and the cluster's Redis then comes back empty: that purge is lost.
+        node.kill(signal.SIGSTOP)
+        self.addCleanup(lambda: node.kill(signal.SIGCONT))
+        await deferLater(reactor, 1.0, lambda: None)
+        origin.put("ep.mp3", v2)
+        response = await client.delete(
+            taker.url + "api/v1/files/ep.mp3", headers={"Authorization": [f"Bearer {token}"]}
+        )
+        self.assertEqual(response.code, 200)
+        await content(response)
+        await deferToThread(meddle.flushall)
+        node.kill(signal.SIGCONT)
+
+        async def resynced() -> bool:
+            cluster = await status(node)
+            return cluster["status"] == "ok" and cluster["applied"] == "0-0"
+
+        await until(resynced, within=15.0)
+        # The download that began before is dropped: its listener sees a
+        # clean abort, never a short 200 (or the whole v1, had it ended).
+        try:
+            self.assertEqual(await first, v1)
+        except ResponseFailed:
+            pass
+        await deferLater(reactor, 0.5, lambda: None)
+        origin.rate = None
+        code, headers, got = await read_response(await client.get(node.url + "files/ep.mp3"))
+        self.assertEqual(code, 200)
+        self.assertTrue(
+            got == v2,
+            f"the purged v1, downloaded across the lost purge, is served: "
+            f"{header(headers, 'cache-status')}",
+        )

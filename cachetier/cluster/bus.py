@@ -191,13 +191,16 @@ class Bus:
         """
         downloading = self._downloading()
         self.generations.replace(snapshot.gens, snapshot.epoch)
+        doubted, self._doubt_base = doubt > self._doubt_base, max(self._doubt_base, doubt)
         # A download whose generation the resync raised started before
         # purges never applied here: it would publish the old bytes stamped
-        # with the new generation.
+        # with the new generation.  Once the log came back empty, any
+        # download under way may be such a one, and would be published
+        # after the doubt's time, as if fetched since: it goes too.
         dropped = sum(
             self._syncer.purge(name)
             for name, generation in downloading.items()
-            if generation < self.generations.of(name)
+            if doubted or generation < self.generations.of(name)
         )
         for key in list(self._syncer.store.names()):
             stored = self._syncer.store.get(key)
@@ -206,7 +209,6 @@ class Bus:
         dropped += sum(self._syncer.purge(name) for name in snapshot.unreadable)
         for purged_prefix in snapshot.prefixes_after(since):
             dropped += len(self._syncer.purge_prefix(purged_prefix))
-        doubted, self._doubt_base = doubt > self._doubt_base, max(self._doubt_base, doubt)
         self.problem = "catching up with the cluster's purge log"
         # Joining (no position, nothing doubted) is no news; the rest is.
         report = log.warn if since != "0-0" or doubted else log.info

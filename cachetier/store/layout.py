@@ -325,16 +325,13 @@ class Layout:
         """
         Durably record that the origin confirmed C{obj} with a 304 carrying
         C{headers}: its stored headers updated by them, fresh for
-        C{lifetime} more seconds, as old as the 304 was, body untouched.
-        Blocking, like L{commit}; install the result.
+        C{lifetime} more seconds, as old as the 304 was, body untouched,
+        confirmed at the cluster's generation of its name now (that of its
+        fetch may be of a log since lost).  Blocking, like L{commit}.
         """
-        now = self._now()
-        new = evolve(
-            obj.updated_by(headers),
-            fetched_at=now,
-            expires_at=now + lifetime,
-            initial_age=headers.initial_age,
-        )
+        now, generation = self._now(), self.generation_of(obj.name)
+        new = evolve(obj.updated_by(headers), fetched_at=now, expires_at=now + lifetime)
+        new = evolve(new, initial_age=headers.initial_age, cluster_generation=generation)
         self.write_meta(new)
         return new
 
