@@ -639,6 +639,27 @@ class ClusterNodes:
         self.test.assertEqual(response.code, 200)
         return str(json.loads(await content(response))["cluster"]["id"])
 
+    def flags(self, redis: Any) -> tuple[str, str]:
+        """
+        A node's flags for the cluster in C{redis}, with the admin token.
+        """
+        return (f"--cluster={redis.url}", f"--admin-token-file={self.token_file}")
+
+    async def until_level(self, node: Node, entry: str | None = None) -> None:
+        """
+        Wait until C{node} is level with the log (and has applied C{entry},
+        or resynced into a new log's start when C{entry} is C{"0-0"}).
+        """
+
+        async def level() -> bool:
+            cluster = (await self.health(node))["cluster"]
+            if entry == "0-0":
+                return cluster["status"] == "ok" and cluster["applied"] == "0-0"
+            applied = stream_id(cluster["applied"] or "0-0")
+            return cluster["status"] == "ok" and (entry is None or applied >= stream_id(entry))
+
+        await until(level, within=20.0)
+
 
 class EmptyPrefixEntryTests(TestCase):
     """
@@ -654,9 +675,7 @@ class EmptyPrefixEntryTests(TestCase):
         origin, origin_url = start_origin(self)
         redis = await start_redis(self)
         nodes = ClusterNodes(self)
-        node = await start_node(
-            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
-        )
+        node = await start_node(self, origin_url, *nodes.flags(redis))
         origin.put("ep.mp3", b"version one")
         self.assertEqual(await nodes.get(node, "ep.mp3"), b"version one")
         fields = {"kind": "prefix", "prefix": "", "node": "someone"}
@@ -684,14 +703,8 @@ class MalformedSnapshotTests(TestCase):
         await deferToThread(client.hset, "cachetier:gens", "other.mp3", "3")
         await deferToThread(client.hset, "cachetier:prefixes", "show/", "not-an-id")
         nodes = ClusterNodes(self)
-        node = await start_node(
-            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
-        )
-
-        async def level() -> bool:
-            return (await nodes.health(node))["cluster"]["status"] == "ok"
-
-        await until(level, within=20.0)
+        node = await start_node(self, origin_url, *nodes.flags(redis))
+        await nodes.until_level(node)
 
     def test_what_cannot_be_read_is_purged(self) -> None:
         snapshot = Snapshot(
@@ -714,13 +727,9 @@ class DoubtAcrossRestartTests(TestCase):
         origin, origin_url = start_origin(self)
         redis = await start_redis(self)
         nodes = ClusterNodes(self)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        cluster = nodes.flags(redis)
         edge = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
         taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
-
-        async def level() -> bool:
-            return (await nodes.health(edge))["cluster"]["status"] == "ok"
-
         origin.put("ep.mp3", b"version one")
         self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version one")
         await edge.stop()
@@ -731,11 +740,11 @@ class DoubtAcrossRestartTests(TestCase):
         await redis.kill()
         await redis.start()
         edge = await restart_node(self, edge, origin_url)
-        await until(level, within=20.0)
+        await nodes.until_level(edge)
         # Restarted once more before anyone asked for ep.mp3.
         await edge.stop()
         edge = await restart_node(self, edge, origin_url)
-        await until(level, within=20.0)
+        await nodes.until_level(edge)
         self.assertEqual(await nodes.get(edge, "ep.mp3"), b"version two")
 
     def test_the_doubt_is_kept_with_the_position(self) -> None:
@@ -762,7 +771,7 @@ class StaleGenerationTests(TestCase):
         origin, origin_url = start_origin(self)
         redis = await start_redis(self)
         nodes = ClusterNodes(self)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}")
+        cluster = nodes.flags(redis)
         shield = await start_node(
             self,
             origin_url,
@@ -831,14 +840,8 @@ class HungRedisTests(TestCase):
         origin, origin_url = start_origin(self)
         redis = await start_redis(self)
         nodes = ClusterNodes(self)
-        node = await start_node(
-            self, origin_url, f"--cluster={redis.url}", f"--admin-token-file={nodes.token_file}"
-        )
-
-        async def level() -> bool:
-            return (await nodes.health(node))["cluster"]["status"] == "ok"
-
-        await until(level, within=20.0)
+        node = await start_node(self, origin_url, *nodes.flags(redis))
+        await nodes.until_level(node)
         origin.put("new.mp3", b"x" * 65536)
         redis._process.signalProcess(signal.SIGSTOP)
         self.addCleanup(redis._process.signalProcess, signal.SIGCONT)
@@ -875,55 +878,31 @@ class CrossEpochGenerationTests(TestCase):
     async def test_a_copy_renewed_after_an_epoch_change_survives_a_resync_of_its_purge(
         self,
     ) -> None:
-        token = "admin-token-" + "t" * 20
         origin, origin_url = start_origin(self)
         redis = await start_redis(self)
         meddle = redis.client()
         self.addCleanup(meddle.close)
-        token_file = self.mktemp()
-        with open(token_file, "w") as f:
-            f.write(token)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={os.path.abspath(token_file)}")
+        nodes = ClusterNodes(self)
+        cluster = nodes.flags(redis)
         node = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
         taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
-        client = http_client(self)
 
-        async def health(n: Any) -> dict[str, Any]:
-            return dict(json.loads(await content(await client.get(n.url + "healthz"))))
-
-        async def purge(name: str) -> str:
-            response = await client.delete(
-                taker.url + "api/v1/files/" + name, headers={"Authorization": [f"Bearer {token}"]}
-            )
-            self.assertEqual(response.code, 200)
-            return str(json.loads(await content(response))["cluster"]["id"])
-
-        async def applied(n: Any, entry: str) -> bool:
-            cluster = (await health(n))["cluster"]
-            return cluster["status"] == "ok" and stream_id(
-                cluster["applied"] or "0-0"
-            ) >= stream_id(entry)
-
-        async def get(n: Any, name: str) -> tuple[bytes, list[str]]:
-            code, headers, body = await read_response(await client.get(n.url + "files/" + name))
+        async def get(n: Node, name: str) -> tuple[bytes, list[str]]:
+            response = await nodes.client.get(n.url + "files/" + name)
+            code, headers, body = await read_response(response)
             self.assertEqual(code, 200)
             return body, header(headers, "cache-status")
 
         # Epoch 1: three purges of ep.mp3 (generation 3), then a copy.
         for _ in range(3):
-            entry = await purge("ep.mp3")
-        await until(lambda: applied(node, entry), within=15.0)
+            entry = await nodes.purge(taker, "ep.mp3")
+        await nodes.until_level(node, entry)
         origin.put("ep.mp3", b"version one")
         self.assertEqual((await get(node, "ep.mp3"))[0], b"version one")
         # The cluster's Redis comes back empty: epoch 2; the node doubts
         # its copies and revalidates ep.mp3 (a 304: unchanged).
         await deferToThread(meddle.flushall)
-
-        async def resynced() -> bool:
-            cluster = (await health(node))["cluster"]
-            return cluster["status"] == "ok" and cluster["applied"] == "0-0"
-
-        await until(resynced, within=15.0)
+        await nodes.until_level(node, "0-0")
         body, status = await get(node, "ep.mp3")
         self.assertEqual(body, b"version one")
         self.assertEqual(origin.counts["ep.mp3"], 2)  # the revalidation
@@ -931,14 +910,10 @@ class CrossEpochGenerationTests(TestCase):
         # epoch 2); the log is trimmed past that purge before it returns.
         await node.stop()
         origin.put("ep.mp3", b"version two")
-        await purge("ep.mp3")
+        await nodes.purge(taker, "ep.mp3")
         await deferToThread(meddle.xtrim, "cachetier:purges", maxlen=0, approximate=False)
         node = await restart_node(self, node, origin_url)
-
-        async def level() -> bool:
-            return (await health(node))["cluster"]["status"] == "ok"
-
-        await until(level, within=20.0)
+        await nodes.until_level(node)
         body, status = await get(node, "ep.mp3")
         self.assertTrue(
             body == b"version two",
@@ -947,6 +922,10 @@ class CrossEpochGenerationTests(TestCase):
 
 
 class DownloadAcrossEpochTests(TestCase):
+    """
+    A download under way when the log comes back empty (review 3).
+    """
+
     timeout = 120
 
     async def test_a_download_under_way_when_the_log_is_emptied_is_doubted_too(self) -> None:
@@ -959,26 +938,15 @@ class DownloadAcrossEpochTests(TestCase):
         is as much in doubt as a copy held then; it must not be served as
         fresh.
         """
-        token = "admin-token-" + "t" * 20
         origin, origin_url = start_origin(self)
         redis = await start_redis(self)
         meddle = redis.client()
         self.addCleanup(meddle.close)
-        token_file = os.path.abspath(self.mktemp())
-        with open(token_file, "w") as f:
-            f.write(token)
-        cluster = (f"--cluster={redis.url}", f"--admin-token-file={token_file}")
+        nodes = ClusterNodes(self)
+        cluster, client = nodes.flags(redis), nodes.client
         node = await start_node(self, origin_url, *cluster, name="edge1", host="127.0.0.2")
         taker = await start_node(self, origin_url, *cluster, name="taker1", host="127.0.0.4")
-        client = http_client(self)
-
-        async def status(n: Any) -> dict[str, Any]:
-            return dict(json.loads(await content(await client.get(n.url + "healthz"))))["cluster"]
-
-        async def level() -> bool:
-            return (await status(node))["status"] == "ok"
-
-        await until(level, within=15.0)
+        await nodes.until_level(node)
         v1, v2 = body_of(400_000, "v1"), body_of(400_000, "v2")
         origin.put("ep.mp3", v1)
         origin.rate = 100_000
@@ -991,19 +959,10 @@ class DownloadAcrossEpochTests(TestCase):
         self.addCleanup(lambda: node.kill(signal.SIGCONT))
         await deferLater(reactor, 1.0, lambda: None)
         origin.put("ep.mp3", v2)
-        response = await client.delete(
-            taker.url + "api/v1/files/ep.mp3", headers={"Authorization": [f"Bearer {token}"]}
-        )
-        self.assertEqual(response.code, 200)
-        await content(response)
+        await nodes.purge(taker, "ep.mp3")
         await deferToThread(meddle.flushall)
         node.kill(signal.SIGCONT)
-
-        async def resynced() -> bool:
-            cluster = await status(node)
-            return cluster["status"] == "ok" and cluster["applied"] == "0-0"
-
-        await until(resynced, within=15.0)
+        await nodes.until_level(node, "0-0")
         # The download that began before is dropped: its listener sees a
         # clean abort, never a short 200 (or the whole v1, had it ended).
         try:

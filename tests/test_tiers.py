@@ -671,6 +671,126 @@ class InProcessTierTests(TestCase):
         self.assertEqual(named, {"http://10.0.0.100:8080/"})
         self.assertEqual(list(edge.upstreams.shields), ["http://10.0.0.100:8080/"])
 
+    async def test_a_listeners_loop_at_the_shield_is_no_origin_failure(self) -> None:
+        """
+        Rule 11 (stale only with permission: the origin's directives, an
+        operator's choice, or the origin unreachable within
+        stale-if-error): one listener whose C{CDN-Loop} names the shield
+        gets the shield's 508 for its revalidation.  That answer is to its
+        request alone: it must not count as the origin failing, so the
+        next listener's request revalidates and gets the origin's v2, not
+        v1 served stale "under stale-if-error" while the origin is up.
+        """
+        v1, v2 = body_of(1000, "v1"), body_of(1000, "v2")
+        self.origin.put("s.mp3", v1, extra_headers={"Cache-Control": "max-age=1"})
+        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        code, _, got = await self.get(edge_url + "files/s.mp3")
+        self.assertEqual((code, got), (200, v1))
+        self.origin.put(
+            "s.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
+        )
+        await deferLater(reactor, 2.2, lambda: None)
+        code, headers, _ = await self.get(
+            edge_url + "files/s.mp3", cdn_loop="cachetier; node=shield1"
+        )
+        looped = (code, header(headers, "cache-status"))
+        self.assertEqual(code, 508, "the looping listener is told of its loop")
+        code, headers, got = await self.get(edge_url + "files/s.mp3")
+        self.assertEqual(code, 200)
+        self.assertTrue(
+            got == v2,
+            f"after a listener's loop ({looped}), the next listener got v1 stale:"
+            f" {header(headers, 'cache-status')}",
+        )
+        _, _, health = await self.get(edge_url + "healthz")
+        self.assertNotIn("origin", json.dumps(json.loads(health).get("reasons", [])))
+
+    async def test_a_listeners_loop_is_no_origin_error_in_healthz(self) -> None:
+        """
+        Rule 12 / the HTTP contract (/healthz degraded when the origin
+        fails): the shield's 508 to a listener whose C{CDN-Loop} names it
+        is that listener's answer; the origin was never asked, so the
+        edge's /healthz must not report origin errors.
+        """
+        origin, origin_url = self.origin, self.origin_url
+        client = self.client
+        origin.put("a.mp3", body_of(1000, "a"))
+        _, shield_url = start_cachetier(self, origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
+        response = await client.get(
+            edge_url + "files/a.mp3", headers={"CDN-Loop": ["cachetier; node=shield1"]}
+        )
+        code, _, _ = await read_response(response)
+        self.assertEqual(code, 508)
+        self.assertEqual(origin.counts["a.mp3"], 0)
+        await deferLater(reactor, 1.1, lambda: None)  # past the cached verdict
+        _, _, health = await read_response(await client.get(edge_url + "healthz"))
+        verdict = json.loads(health)
+        self.assertEqual((verdict["status"], verdict["reasons"]), ("ok", []))
+
+    async def test_a_refetch_after_a_shields_304_of_another_version_is_checked_too(
+        self,
+    ) -> None:
+        """
+        Rule 2 (a cached file is replaced only by a complete newer
+        version): as in test_tiers' test of an older version from the
+        shield, but the origin sends no ETag (Last-Modified only).  The
+        shield holds v1, fresh; the edge holds v2 (fetched from the origin
+        while the shield was away).  The edge's revalidation
+        (If-Modified-Since v2's date) gets the shield's 304 naming v1's
+        Last-Modified: another version, so the edge fetches the file whole
+        from the shield, and that 200 of v1 must not replace v2.
+        """
+        origin, origin_url = self.origin, self.origin_url
+        client = self.client
+
+        async def get(url: str) -> tuple[int, Any, bytes]:
+            return await read_response(await client.get(url))
+
+        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
+        origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
+        shield = assemble(
+            Settings(origin=origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"),
+            reactor,
+        )
+        self.addCleanup(shield.stop)
+        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
+        number = port.getHost().port
+        shield_url = f"http://127.0.0.1:{number}/"
+        code, _, got = await get(shield_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v1))
+        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
+        origin.put(
+            "r.mp3",
+            v2,
+            etag=None,
+            last_modified=1_700_000_100,
+            extra_headers={"Cache-Control": "max-age=1"},
+        )
+        await port.stopListening()
+        code, _, got = await get(edge_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        async def shield_back() -> bool:
+            _, _, body = await get(edge_url + "healthz")
+            return json.loads(body)["shields_down"] == []
+
+        await until(shield_back, within=15)
+        await deferLater(reactor, 1.1, lambda: None)
+        code, headers, got = await get(edge_url + "files/r.mp3")
+        self.assertEqual(code, 200)
+        code, headers, got = await get(edge_url + "files/r.mp3")
+        self.assertTrue(
+            got == v2,
+            f"the edge went back to v1, older than its v2: {header(headers, 'cache-status')}"
+            f" last-modified {header(headers, 'last-modified')}",
+        )
+
 
 class ShieldSettingsTests(SynchronousTestCase):
     """
@@ -848,156 +968,3 @@ class ForgottenShieldTests(TestCase):
         ]
         self.assertEqual(left, [], "a forgotten shield's series came back")
         self.assertNotIn(self.shield_url, cache.upstreams.shields)
-
-
-class ListenerLoopTests(TestCase):
-    """
-    A listener whose C{CDN-Loop} names the shield: the shield's 508 is
-    the answer to its request alone (review 3).
-    """
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        self.origin, self.origin_url = start_origin(self)
-        self.client = http_client(self)
-
-    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
-        sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
-        return await read_response(await self.client.get(url, headers=sent))
-
-    async def test_a_listeners_loop_at_the_shield_is_no_origin_failure(self) -> None:
-        """
-        Rule 11 (stale only with permission: the origin's directives, an
-        operator's choice, or the origin unreachable within
-        stale-if-error): one listener whose C{CDN-Loop} names the shield
-        gets the shield's 508 for its revalidation.  That answer is to its
-        request alone: it must not count as the origin failing, so the
-        next listener's request revalidates and gets the origin's v2, not
-        v1 served stale "under stale-if-error" while the origin is up.
-        """
-        v1, v2 = body_of(1000, "v1"), body_of(1000, "v2")
-        self.origin.put("s.mp3", v1, extra_headers={"Cache-Control": "max-age=1"})
-        _, shield_url = start_cachetier(self, self.origin_url, node_name="shield1")
-        _, edge_url = start_cachetier(
-            self, self.origin_url, node_name="edge1", shields=(shield_url,)
-        )
-        code, _, got = await self.get(edge_url + "files/s.mp3")
-        self.assertEqual((code, got), (200, v1))
-        self.origin.put(
-            "s.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
-        )
-        await deferLater(reactor, 2.2, lambda: None)
-        code, headers, _ = await self.get(
-            edge_url + "files/s.mp3", cdn_loop="cachetier; node=shield1"
-        )
-        looped = (code, header(headers, "cache-status"))
-        self.assertEqual(code, 508, "the looping listener is told of its loop")
-        code, headers, got = await self.get(edge_url + "files/s.mp3")
-        self.assertEqual(code, 200)
-        self.assertTrue(
-            got == v2,
-            f"after a listener's loop ({looped}), the next listener got v1 stale:"
-            f" {header(headers, 'cache-status')}",
-        )
-        _, _, health = await self.get(edge_url + "healthz")
-        self.assertNotIn("origin", json.dumps(json.loads(health).get("reasons", [])))
-
-
-class LoopHealthTests(TestCase):
-    """
-    The same loop, as /healthz sees it (review 3).
-    """
-
-    timeout = 60
-
-    async def test_a_listeners_loop_is_no_origin_error_in_healthz(self) -> None:
-        """
-        Rule 12 / the HTTP contract (/healthz degraded when the origin
-        fails): the shield's 508 to a listener whose C{CDN-Loop} names it
-        is that listener's answer; the origin was never asked, so the
-        edge's /healthz must not report origin errors.
-        """
-        origin, origin_url = start_origin(self)
-        client = http_client(self)
-        origin.put("a.mp3", body_of(1000, "a"))
-        _, shield_url = start_cachetier(self, origin_url, node_name="shield1")
-        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
-        response = await client.get(
-            edge_url + "files/a.mp3", headers={"CDN-Loop": ["cachetier; node=shield1"]}
-        )
-        code, _, _ = await read_response(response)
-        self.assertEqual(code, 508)
-        self.assertEqual(origin.counts["a.mp3"], 0)
-        await deferLater(reactor, 1.1, lambda: None)  # past the cached verdict
-        _, _, health = await read_response(await client.get(edge_url + "healthz"))
-        verdict = json.loads(health)
-        self.assertEqual((verdict["status"], verdict["reasons"]), ("ok", []))
-
-
-class OlderVersionByRefetchTests(TestCase):
-    """
-    An older version from a shield, by way of a 304 (review 3).
-    """
-
-    timeout = 60
-
-    async def test_a_refetch_after_a_shields_304_of_another_version_is_checked_too(
-        self,
-    ) -> None:
-        """
-        Rule 2 (a cached file is replaced only by a complete newer
-        version): as in test_tiers' test of an older version from the
-        shield, but the origin sends no ETag (Last-Modified only).  The
-        shield holds v1, fresh; the edge holds v2 (fetched from the origin
-        while the shield was away).  The edge's revalidation
-        (If-Modified-Since v2's date) gets the shield's 304 naming v1's
-        Last-Modified: another version, so the edge fetches the file whole
-        from the shield, and that 200 of v1 must not replace v2.
-        """
-        origin, origin_url = start_origin(self)
-        client = http_client(self)
-
-        async def get(url: str) -> tuple[int, Any, bytes]:
-            return await read_response(await client.get(url))
-
-        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
-        origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
-        shield = assemble(
-            Settings(origin=origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"),
-            reactor,
-        )
-        self.addCleanup(shield.stop)
-        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
-        number = port.getHost().port
-        shield_url = f"http://127.0.0.1:{number}/"
-        code, _, got = await get(shield_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v1))
-        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
-        origin.put(
-            "r.mp3",
-            v2,
-            etag=None,
-            last_modified=1_700_000_100,
-            extra_headers={"Cache-Control": "max-age=1"},
-        )
-        await port.stopListening()
-        code, _, got = await get(edge_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v2))
-        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-
-        async def shield_back() -> bool:
-            _, _, body = await get(edge_url + "healthz")
-            return json.loads(body)["shields_down"] == []
-
-        await until(shield_back, within=15)
-        await deferLater(reactor, 1.1, lambda: None)
-        code, headers, got = await get(edge_url + "files/r.mp3")
-        self.assertEqual(code, 200)
-        code, headers, got = await get(edge_url + "files/r.mp3")
-        self.assertTrue(
-            got == v2,
-            f"the edge went back to v1, older than its v2: {header(headers, 'cache-status')}"
-            f" last-modified {header(headers, 'last-modified')}",
-        )
