@@ -17,6 +17,9 @@ rule                                                     test
 4.2.1 lifetime: s-maxage, then max-age                   FreshnessOrderTests.test_s_maxage_over_max_age
 4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
 4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
+4.2.1 of several Expires lines, the first counts          TwoExpiresLinesTests
+4.2.1 a Cache-Control member that is no directive means   MalformedCacheControlTests
+     stale, and not stored if it says private/no-store
 4.2.1 invalid max-age (quoted, negative) means stale     StaleOnlyWithPermissionTests
 4.2.2 heuristic: 10% of Date - Last-Modified, <= --ttl   HeuristicFreshnessTests
 4.2.3 Age: the origin's Age counts                       AgeTests.test_age_includes_the_origins_age
@@ -59,6 +62,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -970,3 +974,90 @@ class UpdatedByTests(SynchronousTestCase):
         sent = tuple((name, "changed") for name, _ in kept) + (("x-note", "new"),)
         updated = stored.updated_by(ObjectHeaders("audio/mpeg", extra=sent))
         self.assertEqual(sorted(updated.extra), sorted((*kept, ("x-note", "new"))))
+
+
+class MalformedCacheControlTests(CacheTestCase):
+    """
+    A Cache-Control that does not parse (review of issue 21).
+    """
+
+    settings = {"ttl": 3600.0, "origin_retries": 1}
+
+    async def test_a_max_age_not_followed_by_a_comma_is_not_replaced_by_the_heuristic(
+        self,
+    ) -> None:
+        """
+        S3 object metadata is free text, and "max-age=1; public" (a
+        semicolon for a comma) is a common mistake.  The field has an
+        invalid max-age: RFC 9111 section 4.2.1 (and the README: "a quoted,
+        negative or otherwise invalid value means stale") says stale, or
+        at most the 1 s the origin meant; cachetier drops the member and
+        makes the file fresh for the heuristic --ttl (an hour here).
+        """
+        data = body_of(10_000, "m")
+        self.origin.put("m.mp3", data, extra_headers={"Cache-Control": "max-age=1; public"})
+        await self.get("m.mp3")
+        await self.settle("m.mp3")
+        await deferLater(reactor, 1.2, lambda: None)
+        code, _, body = await self.get("m.mp3")
+        await self.settle("m.mp3")
+        self.assertEqual((code, body), (200, data))
+        stored = self.cache.store.get("m.mp3")
+        self.assertLessEqual(
+            stored.lifetime,
+            1,
+            "an invalid max-age made the file fresh for the heuristic lifetime",
+        )
+        self.assertEqual(self.origin.counts["m.mp3"], 2, "the stale copy was served unrevalidated")
+
+    async def test_private_followed_by_a_semicolon_is_not_stored(self) -> None:
+        """
+        "private; max-age=600": the member that names private is not one
+        token, and cachetier drops it, so the shared cache keeps and
+        shares what the origin marked private (RFC 9111 section 5.2.2.7;
+        nginx finds "private" anywhere in the field and does not cache).
+        """
+        data = body_of(10_000, "p")
+        self.origin.put("p.mp3", data, extra_headers={"Cache-Control": "private; max-age=600"})
+        await self.get("p.mp3")
+        await self.settle("p.mp3")
+        self.assertIsNone(
+            self.cache.syncer.store.get("p.mp3"),
+            "a response marked private (with a semicolon) was kept by the shared cache",
+        )
+
+
+class TwoExpiresLinesTests(CacheTestCase):
+    """
+    Two Expires field lines (review of issue 21).
+    """
+
+    settings = {"ttl": 3600.0, "origin_retries": 1}
+
+    async def test_of_two_expires_field_lines_the_first_counts_or_it_is_stale(self) -> None:
+        """
+        Two Expires field lines (nginx's "expires" with an upstream's own
+        Expires passed on): RFC 9111 section 4.2.1 says use the first, or
+        consider the response stale.  cachetier takes the last (here, an
+        hour ahead), so a response that expired a day ago is fresh.
+        """
+        now = time.time()
+        data = body_of(10_000, "e")
+        self.origin.put("e.mp3", data)
+        render = self.origin.render_GET
+
+        def render_GET(request: Any) -> Any:
+            request.responseHeaders.addRawHeader(b"expires", http_date(now - 86400))
+            request.responseHeaders.addRawHeader(b"expires", http_date(now + 3600))
+            return render(request)
+
+        self.origin.render_GET = render_GET
+        await self.get("e.mp3")
+        await self.settle("e.mp3")
+        await self.get("e.mp3")
+        await self.settle("e.mp3")
+        self.assertEqual(
+            self.origin.counts["e.mp3"],
+            2,
+            "a response whose first Expires is a day past was served unrevalidated",
+        )

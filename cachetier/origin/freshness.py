@@ -17,6 +17,9 @@ from ..objects import ObjectHeaders
 # a token or a quoted string (kept as sent, quotes and all).
 _DIRECTIVE = re.compile(r'\s*([^\s=,]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?\s*(?:,|$)')
 _DELTA_SECONDS = re.compile(r"[0-9]+\Z")
+# no-store or private as a word anywhere in a Cache-Control that did not
+# parse.
+_FORBIDS = re.compile(r"(?<![\w-])(?:no-store|private)(?![\w-])", re.IGNORECASE)
 # RFC 9111 section 1.2.2: the largest delta-seconds a cache need represent.
 _MAX_DELTA = 2147483648.0
 # RFC 9111 section 4.2.2's typical heuristic: a tenth of the time since the
@@ -28,21 +31,32 @@ def directives(value: str | None) -> dict[str, str | None]:
     """
     A Cache-Control header's directives, names lower-cased, arguments as
     sent (a quoted one keeps its quotes; L{None} for none).  Of a directive
-    given twice, the first counts (RFC 9111 section 4.2.1).
+    given twice, the first counts (RFC 9111 section 4.2.1).  A member that
+    is not a directive (C{max-age=60; public}) is left out.
+    """
+    return _members(value)[0]
+
+
+def _members(value: str | None) -> tuple[dict[str, str | None], bool]:
+    """
+    L{directives}, and whether a member was left out as not one (empty
+    members aside, which a list may have).
     """
     found: dict[str, str | None] = {}
-    text = value or ""
+    text, bad = value or "", False
     position = 0
     while position < len(text):
         match = _DIRECTIVE.match(text, position)
         if match is None or match.end() == position:
             # Not a directive: skip to the next comma.
             comma = text.find(",", position)
-            position = len(text) if comma < 0 else comma + 1
+            end = len(text) if comma < 0 else comma
+            bad = bad or bool(text[position:end].strip())
+            position = end + 1
             continue
         found.setdefault(match.group(1).lower(), match.group(2))
         position = match.end()
-    return found
+    return found, bad
 
 
 def delta_seconds(text: str | None) -> float | None:
@@ -62,10 +76,15 @@ def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
 
     @return: C{(s-maxage or max-age or None, no_store)}; C{no-cache}, and
         an invalid s-maxage or max-age (C{max-age="60"}, C{max-age=-1}),
-        are a lifetime of 0: stored, but revalidated every time.
+        are a lifetime of 0: stored, but revalidated every time.  So is a
+        header with a member that is not a directive (C{max-age=60;
+        public}): what it meant cannot be known, so it means stale, and
+        never stored where C{no-store} or C{private} stands anywhere in it.
     """
-    found = directives(value)
+    found, bad = _members(value)
     no_store = "no-store" in found or "private" in found
+    if bad:
+        return 0.0, no_store or bool(_FORBIDS.search(value or ""))
     if "no-cache" in found:
         return 0.0, no_store
     for key in ("s-maxage", "max-age"):

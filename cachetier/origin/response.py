@@ -124,17 +124,23 @@ def joined(response: Any, name: bytes) -> str | None:
     return ", ".join(v.decode("latin-1") for v in values) if values else None
 
 
+def first(response: Any, name: bytes) -> str | None:
+    """
+    The first field line of the singleton header C{name}, or L{None}: of
+    several C{Expires} or C{Date} lines, the first is used (RFC 9111
+    section 5.3, RFC 9110 section 6.6.1).
+    """
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
+
+
 def _date(response: Any) -> str | None:
     """
-    The origin's Date: its first field line, when it is a date (a
-    singleton field, RFC 9110 section 6.6.1); else L{None}, and the cache
-    sends its own.
+    The origin's Date, when its first field line is a date; else L{None},
+    and the cache sends its own.
     """
-    values = response.headers.getRawHeaders(b"date")
-    if not values:
-        return None
-    first = values[0].decode("latin-1")
-    return first if http_date(first) is not None else None
+    date = first(response, b"date")
+    return date if http_date(date) is not None else None
 
 
 # Asked for on every origin request: S3 then sends the object's full
@@ -227,7 +233,7 @@ def parse_response(
     cache_control = joined(response, b"cache-control")
     _, no_store = parse_cache_control(cache_control)
     date = _date(response)
-    lifetime = freshness_lifetime(cache_control, header(response, b"expires"), date, received)
+    lifetime = freshness_lifetime(cache_control, first(response, b"expires"), date, received)
     # A response that sets a cookie is somebody's, and one whose Vary has a
     # "*" matches no later request (RFC 9111 4.1): streamed, never stored.
     no_store = no_store or response.headers.hasHeader(b"set-cookie") or _varies_by_all(response)
