@@ -16,7 +16,7 @@ from twisted.web.http_headers import Headers
 from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.sync import variants as variants_module
 
-from .helpers import CacheTestCase, body_of, header, start_cachetier, stored_object
+from .helpers import CacheTestCase, body_of, header, read_response, start_cachetier, stored_object
 
 BROWSER = "https://app.example"
 TOKEN = "d" * 32
@@ -321,3 +321,80 @@ class StoredVaryTests(SynchronousTestCase):
         again = StoredObject.from_json("/", obj.to_json())
         self.assertEqual((again, again.vary), (obj, obj.vary))
         self.assertIsNone(evolve(obj, extra=()).vary)
+
+
+class NoLongerVariesTests(CacheTestCase):
+    """
+    A name whose newest answer no longer varies (review of issue 21).
+    """
+
+    settings = {"ttl": 3600.0, "origin_retries": 1}
+
+    async def test_a_name_that_no_longer_varies_drops_its_old_variants(self) -> None:
+        """
+        The plain copy of a name is replaced by a newer response without
+        Vary (the bucket's CORS rule removed, the object replaced).  That
+        response matches every request; of the stored responses a request
+        matches, the most recent is used (RFC 9111 section 4.1), and
+        Variants.installed says it drops "the variants of a name that no
+        longer varies".  cachetier keeps answering requests with an
+        Origin from the old variant: the old body, with the old CORS
+        header.
+        """
+        v1, v2 = body_of(10_000, "v1"), body_of(10_000, "v2")
+        stale = {"Cache-Control": "max-age=1", "Age": "5"}
+        self.origin.put("v.mp3", v1, cors=True, extra_headers=stale)
+        self.assertEqual((await self.get("v.mp3"))[::2], (200, v1))  # kept, stale
+        await self.settle("v.mp3")
+        self.origin.put("v.mp3", v1, cors=True, extra_headers={"Cache-Control": "max-age=600"})
+        code, headers, body = await self.get("v.mp3", origin="https://app.example")
+        self.assertEqual((code, body), (200, v1))
+        await self.settle("v.mp3")
+        # The object is replaced, and no longer varies.
+        self.origin.put("v.mp3", v2, extra_headers={"Cache-Control": "max-age=600"})
+        self.assertEqual((await self.get("v.mp3"))[::2], (200, v2))
+        await self.settle("v.mp3")
+        code, headers, body = await self.get("v.mp3", origin="https://app.example")
+        self.assertEqual(
+            (code, body == v2, header(headers, "access-control-allow-origin")),
+            (200, True, []),
+            "a request with Origin got the old variant of a name that no longer varies",
+        )
+
+
+class EvictedVariantsTests(CacheTestCase):
+    """
+    Variants the store evicts are forgotten (review of issue 21).
+    """
+
+    settings = {"max_size": 16 << 20}
+
+    async def test_evicted_variants_are_not_counted_or_remembered(self) -> None:
+        """
+        Variants remembers the kept variants of every name that varies
+        (S3 with CORS: every object) and is told of installs and purges,
+        never of evictions: what the store evicted stays in its table
+        (no bound, rule 9) and the status API's "variants" counts copies
+        no longer kept (README, Vary).
+        """
+        size = 5 << 20
+        self.origin.put("a.mp3", body_of(size, "a"), cors=True)
+        await self.get("a.mp3")
+        await self.settle("a.mp3")
+        await self.get("a.mp3", origin="https://app.example")
+        for fill in self.cache.syncer.syncs():
+            await fill.when_done().addErrback(lambda _: None)
+        self.assertEqual(len(self.cache.syncer.variants.keys_of("a.mp3")), 2)
+        for other in ("b.mp3", "c.mp3", "d.mp3"):
+            self.origin.put(other, body_of(size, other))
+            await self.get(other)
+            await self.settle(other)
+        store = self.cache.syncer.store
+        self.assertIsNone(store.get("a.mp3"), "not evicted: the test needs it to be")
+        response = await self.client.get(self.url + "api/v1/files/a.mp3?sync=0")
+        _, _, body = await read_response(response)
+        self.assertEqual(
+            json.loads(body)["variants"],
+            0,
+            "the status API counts variants the store evicted",
+        )

@@ -93,7 +93,7 @@ class CacheStore:
             min_free,
             free_bytes,
         )
-        self._on_evict = on_evict
+        self._evicted = [] if on_evict is None else [on_evict]
         self.generation: Generation | None = None
 
     @classmethod
@@ -193,9 +193,16 @@ class CacheStore:
 
     def _evict(self, name: str) -> StoredObject | None:
         obj = self.remove(name)
-        if obj is not None and self._on_evict is not None:
-            self._on_evict(obj)
+        if obj is not None:
+            for observer in self._evicted:
+                observer(obj)
         return obj
+
+    def on_evict(self, observer: Callable[[StoredObject], None]) -> None:
+        """
+        Call C{observer} too with each object evicted to make room.
+        """
+        self._evicted.append(observer)
 
     # --- downloads (blocking file work may run in a thread) ----------------
 

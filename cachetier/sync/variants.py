@@ -77,6 +77,7 @@ class Variants:
             if store.get(name) is not None:
                 kept[name] = None
                 kept.move_to_end(name, last=False)
+        store.on_evict(lambda obj: self._forget(obj.name))
 
     def key(self, name: str, headers: Any = None) -> str:
         """
@@ -157,6 +158,15 @@ class Variants:
         """
         name, selecting = split_variant(key)
         vary = self._vary.get(name)
+        plain = None if selecting else self.store.get(key)
+        if plain is not None:
+            # The most recent answer to a plain request says how the name
+            # varies now, whatever was learned meanwhile from the old copy.
+            vary = plain.vary
+            if vary is None:
+                self._vary.pop(name, None)
+            else:
+                self._learn(name, vary)
         if vary is None:
             for old in self.keys_of(name):
                 if old != key:
@@ -179,6 +189,12 @@ class Variants:
         Stop keeping the variant C{key}.
         """
         self.store.remove(key)
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """
+        The variant C{key} is no longer kept (dropped, or evicted).
+        """
         name = split_variant(key)[0]
         kept = self._kept.get(name)
         if kept is not None:
