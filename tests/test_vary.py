@@ -10,6 +10,7 @@ import json
 
 from attrs import evolve
 from treq import content
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
@@ -17,6 +18,7 @@ from cachetier.objects import ObjectHeaders, StoredObject
 from cachetier.sync import variants as variants_module
 
 from .helpers import CacheTestCase, body_of, header, read_response, start_cachetier, stored_object
+from .nodes import until
 
 BROWSER = "https://app.example"
 TOKEN = "d" * 32
@@ -397,4 +399,42 @@ class EvictedVariantsTests(CacheTestCase):
             json.loads(body)["variants"],
             0,
             "the status API counts variants the store evicted",
+        )
+
+
+class ForwardedVaryJoinerTests(CacheTestCase):
+    """
+    A fill whose answer varies by a header it forwarded is its starter's
+    variant (review of issue 21).
+    """
+
+    settings = {"forward_request_headers": ("origin",)}
+
+    async def test_a_joiner_without_the_header_does_not_get_anothers_variant(self) -> None:
+        """
+        A listener's forwarded Origin starts the plain name's fill; S3 with
+        a CORS rule answers with Vary: Origin and that listener's
+        Access-Control-Allow-Origin.  A listener without an Origin who
+        joins that fill while it runs must not get that variant (RFC 9111
+        section 4.1; README: "Never with a download another listener
+        started").
+        """
+        data = body_of(3_000_000, "j")
+        self.origin.put("j.mp3", data, cors=True)
+        self.origin.rate = 3_000_000
+        first = Deferred.fromCoroutine(self.get("j.mp3", origin="https://app.example"))
+        syncer = self.cache.syncer
+
+        async def answered() -> bool:
+            fill = syncer.fill_for("j.mp3")
+            return fill is not None and fill.headers is not None
+
+        await until(answered, within=5.0, every=0.01)
+        code, headers, body = await self.get("j.mp3")
+        await first
+        self.assertEqual((code, len(body)), (200, len(data)))
+        self.assertEqual(
+            header(headers, "access-control-allow-origin"),
+            [],
+            "a listener without Origin got the variant another listener's forwarded Origin selected",
         )

@@ -55,6 +55,27 @@ def selects_plain(obj: StoredObject, headers: Any) -> bool:
     return vary is None or not any(headers.hasHeader(h.encode("latin-1")) for h in vary)
 
 
+def forwarded_elsewise(forwarded: Any, extra: tuple[tuple[str, str], ...], headers: Any) -> bool:
+    """
+    Whether the answer (its headers C{extra}) to a fill that sent the
+    listener's headers C{forwarded} (C{--forward-request-header}) varies by
+    one of them whose value in a request with C{headers} is another: the
+    answer is then the variant its starter's headers selected, not this
+    request's (RFC 9111 section 4.1).
+    """
+    vary = vary_names(extra)
+    if not vary or not forwarded:
+        return False
+    sent: dict[str, list[bytes]] = {}
+    for key, value in forwarded:
+        sent.setdefault(key.decode("latin-1").lower(), []).append(value)
+    return any(
+        normalised(headers.getRawHeaders(h.encode("latin-1"))) != normalised(sent[h])
+        for h in vary
+        if h in sent
+    )
+
+
 class Variants:
     """
     Which request headers select each name's variants, and the variants

@@ -19,6 +19,7 @@ from ..names import VARIANT_MARK, InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore
 from ..sync import Fill, Lookup, Outcome, Syncer
+from ..sync.variants import forwarded_elsewise
 from ._json import EndWatch, JSONResource, answer, answerable, render_error
 from .access import OncePerSecond
 from .addresses import client_address, name_of
@@ -202,6 +203,14 @@ class FilesResource(JSONResource):
             # The first answer for the name varies, and this request has
             # some of its headers: it gets the variant they select, from a
             # fill that sends them.
+            answer(request, watch, self.render_GET(request))
+            return
+        headers = fill.headers
+        if headers and forwarded_elsewise(fill.forwarded, headers.extra, request.requestHeaders):
+            # Its answer is the variant of the listener whose headers it
+            # forwarded: this request gets a fill of its own, as will those
+            # that come from now on.
+            fill.joinable = False
             answer(request, watch, self.render_GET(request))
             return
         fetched(request, fill)
