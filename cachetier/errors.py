@@ -80,14 +80,18 @@ class OriginAnswer(OriginError):
 
     @ivar headers: what the origin said, its status among it.
     @ivar body: the whole body (at most L{MAX_ANSWER_BODY} bytes).
+    @ivar looped: whether it is a shield's 508 to the request, whose
+        C{CDN-Loop} named the shield: neither the origin's answer nor a
+        failure (see L{cachetier.sync.outcomes.looped}).
     """
 
-    def __init__(self, headers: ObjectHeaders, body: bytes) -> None:
+    def __init__(self, headers: ObjectHeaders, body: bytes, looped: bool = False) -> None:
         super().__init__(
             Reason.http_status, f"the origin answered {headers.status}", headers.status
         )
         self.headers = headers
         self.body = body
+        self.looped = looped
 
     @property
     def not_found(self) -> bool:

@@ -791,6 +791,35 @@ class InProcessTierTests(TestCase):
             f" last-modified {header(headers, 'last-modified')}",
         )
 
+    async def test_an_origins_own_508_is_an_origin_failure_within_stale_if_error(self) -> None:
+        """
+        Rule 11 / the HTTP contract (stale-if-error: the origin failing
+        with a 5xx): no shield here, and the listener's request names no
+        node; the origin itself answers 508.  That is the origin failing,
+        as any 5xx is: the copy, within its stale-if-error window, is
+        served, and /healthz reports origin errors.  C{looped} takes any
+        508 for a shield's answer to a listener's loop.
+        """
+        origin, origin_url = self.origin, self.origin_url
+        client = self.client
+        v1 = body_of(1000, "v1")
+        origin.put("s.mp3", v1, extra_headers={"Cache-Control": "max-age=1, stale-if-error=600"})
+        _, edge_url = start_cachetier(self, origin_url, node_name="edge1")
+        code, _, got = await read_response(await client.get(edge_url + "files/s.mp3"))
+        self.assertEqual((code, got), (200, v1))
+        await deferLater(reactor, 1.2, lambda: None)
+        origin.status["s.mp3"] = 508
+        code, headers, got = await read_response(await client.get(edge_url + "files/s.mp3"))
+        await deferLater(reactor, 1.1, lambda: None)  # past the cached verdict
+        _, _, health = await read_response(await client.get(edge_url + "healthz"))
+        verdict = json.loads(health)
+        self.assertEqual(
+            (code, got == v1, verdict["status"]),
+            (200, True, "degraded"),
+            f"the origin's own 508 is no origin failure: {header(headers, 'cache-status')},"
+            f" healthz {verdict}",
+        )
+
 
 class ShieldSettingsTests(SynchronousTestCase):
     """

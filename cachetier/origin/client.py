@@ -62,6 +62,8 @@ class Origin:
         it differs from C{timeout} (a shield's).
     @param own_failure: whether a 5xx answer is this upstream's own failure
         (counted against its breaker), not one it passes on.
+    @param loop: whether an answer is this upstream's 508 to a request that
+        named it in C{CDN-Loop} (a shield's; never the origin's).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Origin:
         secret: bytes | None = None,
         body_timeout: float | None = None,
         own_failure: Callable[[Any], bool] = lambda response: True,
+        loop: Callable[[Any], bool] = lambda response: False,
         generation_of: Callable[[str], tuple[str, int]] = lambda name: ("", 0),
     ) -> None:
         self._node = node_name
@@ -89,6 +92,7 @@ class Origin:
         self._generation_of = generation_of
         self._body_timeout = timeout if body_timeout is None else body_timeout
         self._own_failure = own_failure
+        self._loop = loop
         self._forward_headers = [name.lower().encode("ascii") for name in forward_headers]
         self._min_rate = min_rate
         self._rate_window = rate_window
@@ -246,7 +250,8 @@ class Origin:
             )
         parsed = parse_response(response, self._clock.seconds()).headers
         headers = evolve(parsed, status=response.code)
-        raise OriginAnswer(headers, await read_answer(response, self._clock, self._body_timeout))
+        body = await read_answer(response, self._clock, self._body_timeout)
+        raise OriginAnswer(headers, body, looped=self._loop(response))
 
     def abandon(self, response: OriginResponse) -> None:
         """

@@ -43,14 +43,23 @@ def own_failure(response: Any) -> bool:
     listener's may), never a failure of the shield's: it is passed on, and
     the request is not sent on to the origin to loop there.
     """
-    if response.code == 508:
-        return False
+    return response.code != 508 and not _relayed(response)
+
+
+def loop(response: Any) -> bool:
+    """
+    Whether a shield's answer is its own 508 (not the origin's, relayed).
+    """
+    return response.code == 508 and not _relayed(response)
+
+
+def _relayed(response: Any) -> bool:
     lines = response.headers.getRawHeaders(b"cache-status") or []
     entries = _ENTRY.findall(b",".join(lines).decode("latin-1"))
     if not entries:
-        return True
+        return False
     parameters = [p.strip().partition("=")[0] for p in entries[-1].split(";")[1:]]
-    return "fwd-status" not in parameters
+    return "fwd-status" in parameters
 
 
 class ShieldHealth(Breaker):
@@ -209,6 +218,7 @@ def shield(
         retry=RetryPolicy(attempts=1),
         body_timeout=origin_timeout,
         own_failure=own_failure,
+        loop=loop,
         **origin_options,
     )
     return Shield(url, origin, health)

@@ -178,9 +178,9 @@ def origin_failed(error: Exception | None) -> bool:
 
 def looped(error: Exception) -> bool:
     """
-    Whether C{error} is a 508 from upstream: the answer to the request
+    Whether C{error} is a shield's own 508: the answer to the request
     whose C{CDN-Loop} named a node up there (a listener's may), passed on
     to it, but neither the origin's failure (no stale-if-error, nothing
     in C{/healthz}) nor the name's (not remembered for the next request).
     """
-    return isinstance(error, OriginAnswer) and error.status == 508
+    return isinstance(error, OriginAnswer) and error.looped
