@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import http
 from twisted.web.http_headers import Headers
 
 from cachetier.assembly import assemble
@@ -818,6 +819,77 @@ class InProcessTierTests(TestCase):
             (200, True, "degraded"),
             f"the origin's own 508 is no origin failure: {header(headers, 'cache-status')},"
             f" healthz {verdict}",
+        )
+
+    async def test_a_304_of_the_origins_naming_another_version_does_not_loop(self) -> None:
+        """
+        Rule 9 (downloads have deadlines; every resource a bound) and rule
+        7: the shield holds v1 (Last-Modified t1), fresh; the edge holds v2
+        (t2), fetched from the origin while the shield was away; the
+        origin has since gone back to v1 (t1, a restore), so asked
+        If-Modified-Since t2 it says 304 with t1.  The edge's revalidation
+        gets the shield's 304 (t1), refetches whole from the shield (v1,
+        older), asks the origin (304, t1): C{changed}, and the syncer
+        starts the fill over, which runs the same course, without end:
+        the origin and the shield are asked again and again.
+        """
+        origin, origin_url = self.origin, self.origin_url
+        client = self.client
+
+        async def get(url: str) -> tuple[int, Any, bytes]:
+            return await read_response(await client.get(url))
+
+        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
+        origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
+        shield = assemble(
+            Settings(origin=origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"),
+            reactor,
+        )
+        self.addCleanup(shield.stop)
+        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
+        number = port.getHost().port
+        shield_url = f"http://127.0.0.1:{number}/"
+        code, _, got = await get(shield_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v1))
+        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
+        origin.put(
+            "r.mp3",
+            v2,
+            etag=None,
+            last_modified=1_700_000_100,
+            extra_headers={"Cache-Control": "max-age=1"},
+        )
+        await port.stopListening()
+        code, _, got = await get(edge_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        async def shield_back() -> bool:
+            _, _, body = await get(edge_url + "healthz")
+            return json.loads(body)["shields_down"] == []
+
+        await until(shield_back, within=15)
+        await deferLater(reactor, 1.1, lambda: None)
+        # The origin went back to v1: asked If-Modified-Since t2, a 304 (t1).
+        origin.answers["r.mp3"] = (
+            304,
+            {"Last-Modified": http.datetimeToString(1_700_000_000).decode()},
+            b"",
+        )
+        before = origin.counts["r.mp3"]
+        asked = client.get(edge_url + "files/r.mp3")
+        asked.addCallback(content)
+        asked.addTimeout(4, reactor)
+        asked.addErrback(lambda _: None)
+        await deferLater(reactor, 3.0, lambda: None)
+        after = origin.counts["r.mp3"]
+        await asked
+        self.assertLessEqual(
+            after - before,
+            3,
+            f"one listener's request made the edge ask the origin {after - before} times"
+            " in 3 seconds (the fill restarts without end)",
         )
 
 

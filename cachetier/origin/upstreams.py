@@ -242,17 +242,20 @@ class Upstreams:
         for shield in self.shields.values():
             shield.health.stop()
 
-    async def from_origin(self, name: str, validators: StoredObject, shield: str) -> OriginResponse:
+    async def from_origin(
+        self, name: str, validators: StoredObject | None, shield: str
+    ) -> OriginResponse:
         """
         L{Origin.get} from the origin itself, past the shields: for a
         revalidation of C{validators} that C{shield} answered with an older
         version (see L{cachetier.sync.versions}).  Without the origin to
         fall back on (C{--shield-fallback=none}) the fill fails instead, as
-        when no shield answers, naming C{shield}.
+        when no shield answers, naming C{shield} (a failure, not a change
+        at the origin: the fill is not started again).
         """
         if not self._fallback:
             message = f"shield {shield} sent a version older than the copy"
-            raise OriginError(Reason.changed, message, shield=shield)
+            raise OriginError(Reason.connection, message, shield=shield)
         past = copy.copy(self)
         past._followed = set()  # no shield ranks: L{get} asks the origin
         return await past.get(name, validators)

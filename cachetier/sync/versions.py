@@ -83,8 +83,6 @@ async def settled(
 
     @param interruptible: awaits a call to the upstreams in a way a purge
         may stop (the download's).
-    @raise OriginError: C{changed}, when the origin itself, asked with
-        C{old}'s validators, answers a 304 naming a third version.
     """
     response = await interruptible(not_older(upstreams, name, response, old))
     if old is None or not response.not_modified or old.confirmed_by(response.headers):
@@ -93,5 +91,11 @@ async def settled(
     whole = await interruptible(upstreams.get(name))
     response = await interruptible(not_older(upstreams, name, whole, old))
     if response.not_modified and not old.confirmed_by(response.headers):
-        raise OriginError(Reason.changed, "a 304 of the origin's names another version")
+        if not isinstance(upstreams, Upstreams):
+            raise OriginError(Reason.http_status, "a 304 to a request without validators", 304)
+        # The origin itself, asked with the copy's validators, names yet
+        # another version (it went back to an older one): its own whole
+        # answer stands, whatever its age.
+        upstream = "" if response.upstream is None else response.upstream.url
+        response = await interruptible(upstreams.from_origin(name, None, upstream))
     return response
