@@ -978,3 +978,57 @@ class DownloadAcrossEpochTests(TestCase):
             f"the purged v1, downloaded across the lost purge, is served: "
             f"{header(headers, 'cache-status')}",
         )
+
+
+class ResyncKeepsHeldCopiesTests(TestCase):
+    """
+    A revalidation under way when the log comes back empty is stopped,
+    its copy kept (review 4).
+    """
+
+    timeout = 120
+
+    async def test_a_revalidation_under_way_at_an_epoch_change_keeps_its_copy(self) -> None:
+        """
+        Rule 7 (every byte is fetched from the origin at most once per
+        version): the node holds ep.mp3 (stale) and is revalidating it
+        when the cluster's log comes back empty.  The copy is in doubt and
+        is to be revalidated before it is served, as every other copy
+        held then is; the revalidation may be dropped, but not the copy.
+        The next request then revalidates it (a 304, the file unchanged)
+        instead of fetching its every byte from the origin again.
+        """
+        origin, origin_url = start_origin(self)
+        redis = await start_redis(self)
+        meddle = redis.client()
+        self.addCleanup(meddle.close)
+        nodes = ClusterNodes(self)
+        node = await start_node(self, origin_url, *nodes.flags(redis))
+        await nodes.until_level(node)
+        body = body_of(300_000, "held")
+        origin.put("ep.mp3", body, extra_headers={"Cache-Control": "max-age=1"})
+        self.assertEqual(await nodes.get(node, "ep.mp3"), body)
+        await deferLater(reactor, 1.2, lambda: None)
+        # A revalidation under way (the origin slow to answer it)...
+        origin.hang.add("ep.mp3")
+        waiting = nodes.client.get(node.url + "files/ep.mp3")
+        waiting.addCallback(content)
+        waiting.addErrback(lambda _: None)
+
+        async def asked() -> bool:
+            return origin.counts["ep.mp3"] >= 2
+
+        await until(asked, within=5.0)
+        # ...when the cluster's Redis comes back empty (another epoch).
+        await deferToThread(meddle.flushall)
+        await nodes.until_level(node, "0-0")
+        origin.hang.discard("ep.mp3")
+        await waiting.addTimeout(5, reactor)
+        code, headers, got = await read_response(await nodes.client.get(node.url + "files/ep.mp3"))
+        self.assertEqual((code, got), (200, body))
+        self.assertEqual(
+            origin.sent["ep.mp3"],
+            len(body),
+            f"the unchanged file was fetched whole again after the resync:"
+            f" {header(headers, 'cache-status')}",
+        )

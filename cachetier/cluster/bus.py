@@ -196,9 +196,10 @@ class Bus:
         # purges never applied here: it would publish the old bytes stamped
         # with the new generation.  Once the log came back empty, any
         # download under way may be such a one, and would be published
-        # after the doubt's time, as if fetched since: it goes too.
+        # after the doubt's time, as if fetched since: it is stopped too,
+        # but the copy it revalidates stays, doubted like the rest.
         dropped = sum(
-            self._syncer.purge(name)
+            self._syncer.purge(name, copies=generation < self.generations.of(name))
             for name, generation in downloading.items()
             if doubted or generation < self.generations.of(name)
         )

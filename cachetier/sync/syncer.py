@@ -104,9 +104,7 @@ class Syncer:
         return len(self._slots.waiting)
 
     def fill_for(self, name: str) -> Fill | None:
-        """
-        The download of C{name} under way, if there is one.
-        """
+        """The download of C{name} under way, if there is one."""
         return self._fills.newest(name)
 
     def fresh_for(self, headers: ObjectHeaders) -> float:
@@ -117,9 +115,7 @@ class Syncer:
         return self._freshness.lifetime(headers, self.clock.seconds())
 
     def recent_failure(self, name: str) -> Exception | None:
-        """
-        Why the last sync of C{name} failed, while that is still remembered.
-        """
+        """Why the last sync of C{name} failed, while that is remembered."""
         return self._failures.get(name)
 
     def origin_url(self, name: str) -> str:
@@ -274,29 +270,29 @@ class Syncer:
         return self.warming.warm(self.variants.key(name))
 
     def syncs(self) -> list[Fill]:
-        """
-        The downloads under way or waiting for a slot.
-        """
+        """The downloads under way or waiting for a slot."""
         return self._fills.under_way()
 
-    def purge(self, name: str) -> bool:
+    def purge(self, name: str, copies: bool = True) -> bool:
         """
         Forget C{name}: its cached copies and downloads (every variant's;
         a download is cancelled: its readers are aborted, nothing is
-        published, its temp files go) and any remembered failure.
+        published, its temp files go) and any remembered failure.  Without
+        C{copies}, the copies stay: only the downloads stop.
 
         @return: whether there was anything to forget, once that is durable.
         """
         keys = {name, *self.variants.keys_of(name)}
         keys.update(key for key in self._fills.names() if split_variant(key)[0] == name)
-        return any([self._purge_key(key) for key in sorted(keys)])
+        return any([self._purge_key(key, copies) for key in sorted(keys)])
 
-    def _purge_key(self, name: str) -> bool:
+    def _purge_key(self, name: str, copies: bool) -> bool:
         self.warming.discard(name)
         stopped = self._fills.purge(name)
         forgot = self._failures.forget(name)
-        removed = self.store.remove(name, durable=True) is not None
-        self.variants.drop(name)
+        removed = copies and self.store.remove(name, durable=True) is not None
+        if copies:
+            self.variants.drop(name)
         if removed or stopped or forgot:
             log.info("purged {name}", name=name)
             self.metrics.purges.inc()
