@@ -892,6 +892,52 @@ class InProcessTierTests(TestCase):
             " in 3 seconds (the fill restarts without end)",
         )
 
+    async def test_a_listener_joining_a_looping_listeners_fill_is_not_told_of_a_loop(
+        self,
+    ) -> None:
+        """
+        Rule 12 (a request naming its own node is a loop, 508) / the HTTP
+        contract: listener A's request names the shield in its
+        C{CDN-Loop}; listener B's names nothing.  Both ask the edge for
+        a.mp3 while the edge's one download slot is busy, so B joins A's
+        queued fill, which goes to the shield with A's hops.  B's request
+        does not loop: it must get the file, not the shield's 508.
+        """
+        origin, origin_url = self.origin, self.origin_url
+        client = self.client
+        body = body_of(1000, "a")
+        origin.put("a.mp3", body)
+        origin.put("busy.mp3", body_of(1000, "busy"))
+        origin.hang.add("busy.mp3")
+        _, shield_url = start_cachetier(self, origin_url, node_name="shield1")
+        _, edge_url = start_cachetier(
+            self, origin_url, node_name="edge1", shields=(shield_url,), max_concurrent_syncs=1
+        )
+        busy = client.get(edge_url + "files/busy.mp3")
+        busy.addErrback(lambda _: None)
+
+        async def busy_asked() -> bool:
+            return origin.counts["busy.mp3"] >= 1
+
+        await until(busy_asked, within=5.0)
+        looping = client.get(
+            edge_url + "files/a.mp3", headers={"CDN-Loop": ["cachetier; node=shield1"]}
+        )
+        await deferLater(reactor, 0.3, lambda: None)
+        plain = client.get(edge_url + "files/a.mp3")
+        await deferLater(reactor, 0.3, lambda: None)
+        origin.hang.discard("busy.mp3")
+        origin.release_hanging()  # busy.mp3 fails: the slot is free
+        code_a, _, _ = await read_response(await looping)
+        code, headers, got = await read_response(await plain)
+        await busy
+        self.assertEqual(code_a, 508)
+        self.assertTrue(
+            (code, got) == (200, body),
+            f"a listener whose request named no node got {code}:"
+            f" {header(headers, 'cache-status')} {got[:80]!r}",
+        )
+
 
 class ShieldSettingsTests(SynchronousTestCase):
     """

@@ -15,6 +15,7 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 
 from ..errors import OriginAnswer, OriginError, Overloaded, Reason
+from ..hops import CDN_LOOP
 from ..names import VARIANT_MARK, InvalidName
 from ..objects import StoredObject
 from ..store import CacheStore
@@ -156,7 +157,7 @@ class FilesResource(JSONResource):
         started.addBoth(_cancelling, deadline)
         request.notifyFinish().addErrback(lambda _: started.cancel())
         started.addCallbacks(
-            self._follow, self._start_failed, (request, watch), None, (request, watch)
+            self._follow, self._start_failed, (request, watch), None, (request, watch, fill)
         )
         started.addErrback(self._broken, request, watch)
         return server.NOT_DONE_YET
@@ -220,7 +221,7 @@ class FilesResource(JSONResource):
             body = FillResponse(fill, self.default_max_age, fresh, now).render(request)
         elif fill.state == "publishing":  # an answer being kept: wait for it
             follow, failed = (lambda _: self._follow(fill, request, watch)), self._start_failed
-            d = fill.when_done().addCallbacks(follow, failed, errbackArgs=(request, watch))
+            d = fill.when_done().addCallbacks(follow, failed, errbackArgs=(request, watch, fill))
             d.addErrback(self._broken, request, watch)
             return
         elif fill.stored is not None:
@@ -241,10 +242,16 @@ class FilesResource(JSONResource):
         if answerable(request, watch):
             request.transport.abortConnection()
 
-    def _start_failed(self, failure: Failure, request: Any, watch: EndWatch) -> None:
+    def _start_failed(self, failure: Failure, request: Any, watch: EndWatch, fill: Fill) -> None:
         if failure.check(CancelledError) or not answerable(request, watch):
             return
         headers = request.requestHeaders
+        error = failure.value
+        if isinstance(error, OriginAnswer) and error.looped and not same_loop(fill, headers):
+            # A shield's 508 to the listener whose CDN-Loop named it, not to
+            # this one, who joined its fill: a fill of its own.
+            answer(request, watch, self.render_GET(request))
+            return
         lookup = self.syncer.after_failure(request.cache_name, failure.value, headers)
         answer(request, watch, self._render(request, lookup, self.clock.seconds()))
 
@@ -282,3 +289,12 @@ class FilesResource(JSONResource):
             return render_error(request, 504, "shield_timeout", str(error))
         reason = error.label if isinstance(error, OriginError) else "error"
         return render_error(request, 502, "origin_error", f"{reason}: {error}")
+
+
+def same_loop(fill: Fill, headers: Any) -> bool:
+    """
+    Whether a request with C{headers} carries the C{CDN-Loop} that C{fill}
+    forwarded (that of the listener who started it).
+    """
+    sent = [value for key, value in fill.forwarded if key == CDN_LOOP]
+    return headers.getRawHeaders(CDN_LOOP, []) == sent
