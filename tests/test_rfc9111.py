@@ -18,6 +18,8 @@ rule                                                     test
 4.2.1 lifetime: Expires minus Date                       FreshnessOrderTests.test_expires_minus_date
 4.2.1 an invalid or past Expires means stale             ExpiresTests.test_a_past_expires_gets_new_content
 4.2.1 of several Expires lines, the first counts          TwoExpiresLinesTests
+5.3  an Expires that is no HTTP-date (RFC 9110 5.6.7:     HTTPDateTests
+     three forms, GMT only) means stale
 4.2.1 a Cache-Control member that is no directive means   MalformedCacheControlTests
      stale, and not stored if it says private/no-store
 4.2.1 invalid max-age (quoted, negative) means stale     StaleOnlyWithPermissionTests
@@ -74,6 +76,7 @@ from cachetier.origin.freshness import (
     initial_age,
     stale_policy,
 )
+from cachetier.origin.freshness import http_date as parse_http_date
 
 from .helpers import CacheTestCase, MemoryCacheTestCase, body_of, header, stored_object
 
@@ -1061,3 +1064,38 @@ class TwoExpiresLinesTests(CacheTestCase):
             2,
             "a response whose first Expires is a day past was served unrevalidated",
         )
+
+
+class HTTPDateTests(SynchronousTestCase):
+    """
+    RFC 9110 section 5.6.7: an HTTP-date is an IMF-fixdate, or one of the
+    two obsolete forms; anything else is no date, so an Expires of that
+    kind means stale (RFC 9111 section 5.3).
+    """
+
+    def test_the_three_forms(self) -> None:
+        for text in (
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "SUN, 06 NOV 1994 08:49:37 gmt",  # names in any case, as most caches
+        ):
+            self.assertEqual(parse_http_date(text), 784111777.0, text)
+
+    def test_what_is_no_http_date(self) -> None:
+        for text in (
+            "Thu, 18 Aug 2050 02:01:18 UTC",
+            "Thu, 18 Aug 2050 02:01:18 AEST",
+            "Thu, 18 Aug 50 02:01:18 GMT",
+            "Thu 18 Aug 2050 02:01:18 GMT",
+            "Thu, 18  Aug  2050 02:01:18 GMT",
+            "Thu, 18-Aug-2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 02.01.18 GMT",
+            "Thu, 18 Aug 2050 2:01:18 GMT",
+            "Thu, 31 Feb 2050 02:01:18 GMT",
+            "0",
+        ):
+            self.assertIsNone(parse_http_date(text), text)
+
+    def test_an_expires_that_is_no_http_date_means_stale(self) -> None:
+        self.assertEqual(freshness_lifetime(None, "Thu, 18 Aug 2050 2:01:18 GMT", None, 0), 0.0)

@@ -7,9 +7,9 @@ stale, never fresh.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from attrs import frozen
-from twisted.web.http import stringToDatetime
 
 from ..objects import ObjectHeaders
 
@@ -96,18 +96,54 @@ def parse_cache_control(value: str | None) -> tuple[float | None, bool]:
 # The latest time an HTTP date may name here: 9999-12-31T23:59:59Z, which
 # every time_t and datetime can hold.
 _LAST_DATE = 253402300799.0
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 section 5.6.7: IMF-fixdate, and the two obsolete forms a
+# recipient must accept (names in any case, as most caches take them).
+_IMF_FIXDATE = re.compile(rf"{_DAY}, (\d\d) ([a-z]{{3}}) (\d{{4}}) {_TIME} gmt\Z", re.I)
+_RFC850 = re.compile(rf"{_DAY}[a-z]{{3,6}}, (\d\d)-([a-z]{{3}})-(\d\d) {_TIME} gmt\Z", re.I)
+_ASCTIME = re.compile(rf"{_DAY} ([a-z]{{3}}) ([ \d]\d) {_TIME} (\d{{4}})\Z", re.I)
 
 
 def http_date(text: str | None) -> float | None:
     """
-    An HTTP-date as a POSIX time, or L{None} when it is not one, or names
-    a time no time_t can hold.
+    An HTTP-date (RFC 9110 section 5.6.7) as a POSIX time, or L{None} when
+    it is not one (another zone than GMT, a one-digit hour, dashes in an
+    IMF-fixdate...), or names a time no time_t can hold.  A two-digit year
+    more than 50 years ahead is the century before's.
     """
     if not text:
         return None
+    fields: tuple[str, ...]
+    if match := _IMF_FIXDATE.match(text):
+        fields = match.groups()
+    elif match := _RFC850.match(text):
+        day, month, yy, *clock = match.groups()
+        now = datetime.now(UTC).year
+        year = now // 100 * 100 + int(yy)
+        if year > now + 50:
+            year -= 100
+        fields = (day, month, str(year), *clock)
+    elif match := _ASCTIME.match(text):
+        month, day, *clock, year = match.groups()
+        fields = (day, month, year, *clock)
+    else:
+        return None
+    day, month, year, hour, minute, second = fields
+    if month.lower() not in _MONTHS:
+        return None
     try:
-        when = float(stringToDatetime(text.encode("latin-1")))
-    except (ValueError, UnicodeEncodeError, IndexError, OverflowError):
+        when = datetime(
+            int(year),
+            _MONTHS.index(month.lower()) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            min(int(second), 59),
+            tzinfo=UTC,
+        ).timestamp()
+    except ValueError:
         return None
     return when if 0 <= when <= _LAST_DATE else None
 
