@@ -109,6 +109,16 @@ class PassedOnTests(AnswerTestCase):
         remembered = self.cache.syncer.recent_failure("down.mp3")
         self.assertEqual((remembered.status, remembered.body), (503, b""))
 
+    async def test_a_redirect_without_location_is_passed_on(self) -> None:
+        # Nothing to follow: the origin's answer, as it came (and a 301 kept).
+        for status in (301, 302, 303, 307, 308):
+            name = f"nowhere{status}.mp3"
+            self.answer(name, status, b"moved, but where?")
+            code, headers, body = await self.fetch(name)
+            self.assertEqual((code, body), (status, b"moved, but where?"))
+            self.assertEqual(header(headers, "location"), [])
+            self.assertEqual(self.origin.counts[name], 1)
+
     async def test_a_redirect_within_the_origin_is_still_followed(self) -> None:
         self.origin.put("new.mp3", body_of(1000))
         self.answer("old.mp3", 301, Location=self.origin_url + "new.mp3")

@@ -227,13 +227,13 @@ class WithinOrigin(CoroutineAgent):
             response = await self._agent.request(method, url.encode("utf-8"), headers, body)
             if response.code not in _REDIRECTS:
                 return response
-            location = header(response, b"location") or ""
-            target = self._within_origin(url, location)
+            location = header(response, b"location")
+            target = None if not location else self._within_origin(url, location)
             if target is None:
                 log.info(
                     "the origin redirected {name} to {location}, outside the origin: passed on",
                     name=self._name,
-                    location=location,
+                    location=location or "nowhere (no Location)",
                 )
                 return response
             await read_body(response, 0, self._clock, self._timeout)
