@@ -313,9 +313,8 @@ class StaleIfErrorWindowTests(FreshnessTestCase):
         self.cached("a.mp3", b"x" * 1000)
         self.origin.status["a.mp3"] = 503
         self.wait(0.45)
-        code, _, body = self.get("a.mp3")
-        self.assertEqual(code, 504)
-        self.assertIn("the origin answered 503", json.loads(body)["message"])
+        code, _, _ = self.get("a.mp3")
+        self.assertEqual(code, 503, "the origin's answer, passed on")
 
 
 class CacheControlTests(SynchronousTestCase):

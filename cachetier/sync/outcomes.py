@@ -116,10 +116,11 @@ class Lookup:
             return cls(outcome, stored=status.stored)
         if status.fill is not None:
             return cls(Outcome.MUST_WAIT if cached else Outcome.FILL, fill=status.fill)
-        if cached and not isinstance(status.error, Overloaded):
+        if cached and not isinstance(status.error, Overloaded | OriginAnswer):
             return cls(Outcome.WITHHELD, error=status.error)
         # The caps refusing a revalidation is the cache overloaded, not the
-        # origin unavailable: the listener gets 503 and Retry-After.
+        # origin unavailable: the listener gets 503 and Retry-After; and the
+        # origin's answer to it is passed on (RFC 9111 section 4.3.3).
         return cls(Outcome.ERROR, error=status.error)
 
     @property

@@ -163,7 +163,7 @@ class Syncer:
         status = self.status(name, start=False)
         if status.stored is not None:
             return Lookup(Outcome.STALE, stored=status.stored)
-        if isinstance(error, OriginAnswer) and not origin_failed(error):
+        if isinstance(error, OriginAnswer):
             return Lookup(Outcome.ERROR, error=error)  # the origin's answer, passed on
         return Lookup(Outcome.WITHHELD, error=error)
 
