@@ -26,7 +26,8 @@ rule                                                     test
 4.2.2 heuristic: 10% of Date - Last-Modified, <= --ttl   HeuristicFreshnessTests
 4.2.3 Age: the origin's Age counts                       AgeTests.test_age_includes_the_origins_age
 4.2.3 Age: corrected for the request's round trip        CorrectedAgeTests
-4.2.3 an Age not one delta-seconds means stale           StaleOnlyWithPermissionTests
+5.1  Age: a list counts by its first member; an invalid  StaleOnlyWithPermissionTests
+     one is ignored
 4.2.4 stale: revalidated before it is served, one        StaleOnlyWithPermissionTests
      revalidation for all, unless a window allows        .test_concurrent_requests_wait_on_one_revalidation
 3.1  Date and Expires stored and replayed                DateExpiresAgeTests
@@ -121,7 +122,7 @@ class FreshnessOrderTests(SynchronousTestCase):
         self.assertEqual(initial_age("30", http_date(now - 5), now), 30)
         self.assertEqual(initial_age(None, http_date(now - 5), now), 5)
         self.assertEqual(initial_age(None, None, now), 0)
-        self.assertEqual(initial_age("bogus", None, now), 2**31, "invalid: as old as can be")
+        self.assertEqual(initial_age("bogus", None, now), 0, "invalid: ignored (RFC 9111 5.1)")
 
 
 class StalePolicyUnitTests(SynchronousTestCase):
@@ -312,21 +313,41 @@ class StaleOnlyWithPermissionTests(LoopbackRFCTestCase):
         # Two seconds old on arrival: expired at once, no waiting needed.
         await self.assert_revalidated_first({"Cache-Control": "max-age=1", "Age": "2"})
 
-    async def test_an_age_that_is_not_one_delta_seconds_is_stale(self) -> None:
+    async def test_an_age_list_counts_by_its_first_member(self) -> None:
         """
-        An Age that is not one delta-seconds (non-numeric, negative,
-        fractional, a list, with a parameter) says nothing a cache can
-        trust of how old the answer is: it is taken as stale on arrival,
-        as RFC 9111 4.2.1 says of invalid freshness directives.
+        RFC 9111 section 5.1: of an Age that is a list, the first member
+        counts, the rest discarded.
         """
-        for age in ("abc", "-7200", "7200.0", "0, 0", "3600, 3600", "7200;foo=bar"):
+        for age in ("20000, 0", "20000,0"):
             self.origin.counts.clear()
             self.cache.syncer.purge("a.mp3")
             await self.settle("a.mp3")
             await self.assert_revalidated_first({"Cache-Control": "max-age=10000", "Age": age})
+        for age in ("0, 20000", "0,20000"):
+            self.origin.counts.clear()
+            self.cache.syncer.purge("a.mp3")
+            await self.settle("a.mp3")
+            self.assertEqual(
+                await self.second_answer({"Cache-Control": "max-age=10000", "Age": age}), V1
+            )
 
-    async def test_two_age_field_lines_are_stale(self) -> None:
-        _send_also(self.origin, (b"age", b"0"), (b"age", b"0"))
+    async def test_an_age_that_is_not_a_delta_seconds_is_ignored(self) -> None:
+        """
+        RFC 9111 section 5.1: an Age that is then not a delta-seconds
+        (non-numeric, negative, fractional, with a parameter) is ignored:
+        the answer is as old as its Date says.
+        """
+        for age in ("abc", "-7200", "7200.0", "7200;foo=bar"):
+            self.origin.counts.clear()
+            self.cache.syncer.purge("a.mp3")
+            await self.settle("a.mp3")
+            self.assertEqual(
+                await self.second_answer({"Cache-Control": "max-age=10000", "Age": age}), V1
+            )
+            self.assertEqual(self.origin.counts["a.mp3"], 1, age)
+
+    async def test_of_two_age_field_lines_the_first_counts(self) -> None:
+        _send_also(self.origin, (b"age", b"20000"), (b"age", b"0"))
         await self.assert_revalidated_first({"Cache-Control": "max-age=10000"})
 
     async def test_stale_if_error_is_no_permission_while_the_origin_answers(self) -> None:
@@ -610,7 +631,7 @@ class CorrectedAgeTests(SynchronousTestCase):
         now = 1_700_000_000.0
         self.assertEqual(initial_age("30", http_date(now), now, requested=now - 4), 34)
         self.assertEqual(initial_age("30", http_date(now - 60), now, requested=now - 4), 60)
-        self.assertEqual(initial_age('"30"', None, now), 2**31, "quoted: invalid, so stale")
+        self.assertEqual(initial_age('"30"', None, now), 0, "quoted: invalid, ignored")
 
 
 class ForwardedHeaderVaryTests(CacheTestCase):

@@ -193,17 +193,16 @@ def initial_age(
     arrived (its corrected initial age): the larger of the time since its
     Date and its Age header plus the time the request took.
 
-    An Age that is not one delta-seconds (C{abc}, C{-1}, C{1.5}, a list,
-    several field lines) says nothing to trust: the response is taken as
-    stale on arrival, as old as a cache can count (as RFC 9111 4.2.1 does
-    with invalid freshness directives).
+    Of an Age that is a list (or several field lines), the first member
+    counts; one that is then not a delta-seconds (C{abc}, C{-1}, C{1.5}) is
+    ignored (RFC 9111 section 5.1), and the time since Date still counts.
 
     @param age: the Age field, its lines joined (L{None}: none).
     @param requested: when the request was sent (L{None}: C{received}).
     """
-    age_value = 0.0 if age is None else delta_seconds(age.strip())
+    age_value = None if age is None else delta_seconds(age.split(",")[0].strip())
     if age_value is None:
-        age_value = _MAX_DELTA
+        age_value = 0.0
     date_value = http_date(date)
     # Date has a resolution of one second: compared at that resolution,
     # its rounding down is not mistaken for age.
