@@ -1117,8 +1117,74 @@ class HTTPDateTests(SynchronousTestCase):
             "Thu, 18 Aug 2050 2:01:18 GMT",
             "Thu, 31 Feb 2050 02:01:18 GMT",
             "0",
+            "Thu, 01 Jan 2099 00:00:99 GMT",
         ):
-            self.assertIsNone(parse_http_date(text), text)
+            self.assertIsNone(parse_http_date(text, strict=True), text)
+
+    def test_elsewhere_a_recipient_is_lenient(self) -> None:
+        # Java's RFC 1123 formatter writes a one-digit day (Last-Modified).
+        self.assertEqual(parse_http_date("Wed, 1 Oct 2025 07:28:00 GMT"), 1759303680.0)
+        self.assertIsNone(parse_http_date("Wed, 1 Oct 2025 07:28:00 GMT", strict=True))
 
     def test_an_expires_that_is_no_http_date_means_stale(self) -> None:
         self.assertEqual(freshness_lifetime(None, "Thu, 18 Aug 2050 2:01:18 GMT", None, 0), 0.0)
+
+
+class InvalidExpiresTests(CacheTestCase):
+    """
+    http_date (93565f2) is to take only RFC 9110 section 5.6.7 dates.
+    """
+
+    async def test_an_expires_with_second_99_is_invalid(self) -> None:
+        """
+        C{second = 2DIGIT} is 00..60 (60 for a leap second); 99 is no
+        HTTP-date, so the Expires means already stale (RFC 9111 section
+        5.3) and the second request revalidates; http_date reads it as
+        second 59 of 2099, and the copy is fresh for 73 years.
+        """
+        self.origin.put(
+            "e.mp3", body_of(1000, "e"), extra_headers={"Expires": "Thu, 01 Jan 2099 00:00:99 GMT"}
+        )
+        await self.get("e.mp3")
+        await self.settle("e.mp3")
+        code, headers, _ = await self.get("e.mp3")
+        self.assertEqual(
+            (code, self.origin.counts["e.mp3"]),
+            (200, 2),
+            f"an invalid Expires made the copy fresh: {header(headers, 'cache-status')}",
+        )
+
+
+class LenientLastModifiedTests(CacheTestCase):
+    """
+    http_date (93565f2) is strict for every field, Last-Modified too.
+    """
+
+    async def test_a_java_style_last_modified_is_passed_on_and_validates(self) -> None:
+        """
+        Java's DateTimeFormatter.RFC_1123_DATE_TIME writes a one-digit day
+        (C{Wed, 1 Oct 2025 07:28:00 GMT}); Twisted's parser took it.  Now
+        it is no date at all: the Last-Modified the origin sent never
+        reaches the listener (the HTTP contract: every end-to-end header
+        replayed; it is stored only as the parsed time), and a file with
+        no other validator has no heuristic freshness (RFC 9111 section
+        4.2.2), so every request fetches it whole again (rule 7).  RFC
+        9110 section 5.6.7: recipients are encouraged to be robust in
+        parsing timestamps where the field does not say otherwise.
+        """
+        self.origin.put(
+            "lm.mp3",
+            body_of(100_000, "l"),
+            etag=None,
+            last_modified=None,
+            extra_headers={"Last-Modified": "Wed, 1 Oct 2025 07:28:00 GMT"},
+        )
+        _, headers, _ = await self.get("lm.mp3")
+        await self.settle("lm.mp3")
+        await self.get("lm.mp3")
+        await self.settle("lm.mp3")
+        self.assertEqual(
+            (header(headers, "last-modified"), self.origin.counts["lm.mp3"]),
+            (["Wed, 01 Oct 2025 07:28:00 GMT"], 1),
+            "the origin's Last-Modified was dropped, and the file fetched again",
+        )

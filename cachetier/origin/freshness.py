@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime
 
 from attrs import frozen
+from twisted.web.http import stringToDatetime
 
 from ..objects import ObjectHeaders
 
@@ -106,15 +107,29 @@ _RFC850 = re.compile(rf"{_DAY}[a-z]{{3,6}}, (\d\d)-([a-z]{{3}})-(\d\d) {_TIME} g
 _ASCTIME = re.compile(rf"{_DAY} ([a-z]{{3}}) ([ \d]\d) {_TIME} (\d{{4}})\Z", re.I)
 
 
-def http_date(text: str | None) -> float | None:
+def http_date(text: str | None, strict: bool = False) -> float | None:
     """
     An HTTP-date (RFC 9110 section 5.6.7) as a POSIX time, or L{None} when
-    it is not one (another zone than GMT, a one-digit hour, dashes in an
-    IMF-fixdate...), or names a time no time_t can hold.  A two-digit year
+    it is not one, or names a time no time_t can hold.  A two-digit year
     more than 50 years ahead is the century before's.
+
+    @param strict: only the three forms, in GMT (for C{Expires}, where what
+        is no date means stale); else, as RFC 9110 asks of a recipient,
+        whatever else Twisted reads as a date too (a one-digit day, as
+        Java's RFC 1123 formatter writes in C{Last-Modified}).
     """
     if not text:
         return None
+    when = _strict_date(text)
+    if when is None and not strict:
+        try:
+            when = float(stringToDatetime(text.encode("latin-1")))
+        except (ValueError, UnicodeEncodeError, IndexError, OverflowError):
+            return None
+    return when if when is not None and 0 <= when <= _LAST_DATE else None
+
+
+def _strict_date(text: str) -> float | None:
     fields: tuple[str, ...]
     if match := _IMF_FIXDATE.match(text):
         fields = match.groups()
@@ -131,21 +146,20 @@ def http_date(text: str | None) -> float | None:
     else:
         return None
     day, month, year, hour, minute, second = fields
-    if month.lower() not in _MONTHS:
+    if month.lower() not in _MONTHS or int(second) > 60:
         return None
     try:
-        when = datetime(
+        return datetime(
             int(year),
             _MONTHS.index(month.lower()) + 1,
             int(day),
             int(hour),
             int(minute),
-            min(int(second), 59),
+            min(int(second), 59),  # a leap second
             tzinfo=UTC,
         ).timestamp()
     except ValueError:
         return None
-    return when if 0 <= when <= _LAST_DATE else None
 
 
 def freshness_lifetime(
@@ -164,7 +178,7 @@ def freshness_lifetime(
         return lifetime
     if expires is None:
         return None
-    expires_at = http_date(expires)
+    expires_at = http_date(expires, strict=True)
     if expires_at is None:
         return 0.0
     return max(0.0, expires_at - (http_date(date) or received))
