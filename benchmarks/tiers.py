@@ -31,6 +31,9 @@ which the request goes upstream itself, uncached, and a fill that has
 run C{proxy_cache_lock_age} (5 s) lets one more request through: with
 fills that last longer, C{--nginx-lock 60s} sets both.
 
+Before them, the same load against one cachetier node alone
+(C{single}): the first byte through two tiers is compared with it.
+
 Everything listens on 127.0.0.1; each run's caches are removed after it,
 its logs kept in the printed temp directory; every process is stopped by
 PID, on an error or Ctrl-C too.  Installs Debian's nginx when missing.
@@ -59,7 +62,7 @@ from .__main__ import ensure_tools, nginx
 
 MiB = 1 << 20
 EDGES, SHIELDS = 4, 2
-RUNS = ("cachetier", "nginx", "cachetier-kill", "nginx-kill")
+RUNS = ("single", "cachetier", "nginx", "cachetier-kill", "nginx-kill")
 
 ORIGIN = """
   log_format sent '$status $body_bytes_sent $uri "$http_range" $request_time';
@@ -186,6 +189,17 @@ def cachetier_tiers(root: str, origin_url: str, syncs: int) -> Iterator[Tier]:
             stack.enter_context(_node(root, name, port, origin_url, *common, *shields))
             edges.append(("127.0.0.1", port))
         yield Tier(edges, upper)
+
+
+@contextmanager
+def single_node(root: str, origin_url: str, syncs: int) -> Iterator[Tier]:
+    """
+    One cachetier node in front of the origin, every listener's: the
+    first byte a tier is measured against.
+    """
+    port = _procs.free_port()
+    with _node(root, "single", port, origin_url, f"--max-concurrent-syncs={syncs}"):
+        yield Tier([("127.0.0.1", port)] * EDGES, [])
 
 
 def _node(root: str, name: str, port: int, origin_url: str, *extra: str) -> Any:
@@ -337,6 +351,8 @@ def run_all(args: argparse.Namespace, only: list[str], size: int, root: str) -> 
             tiers: Callable[[], AbstractContextManager[Tier]]
             if label.startswith("nginx"):
                 tiers = partial(nginx_tiers, run_dir, origin_port, args.nginx_lock)
+            elif label == "single":
+                tiers = partial(single_node, run_dir, origin_url, syncs)
             else:
                 tiers = partial(cachetier_tiers, run_dir, origin_url, syncs)
             kill_at = kill_time if label.endswith("-kill") else None

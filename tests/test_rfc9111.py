@@ -1132,7 +1132,7 @@ class HTTPDateTests(SynchronousTestCase):
 
 class InvalidExpiresTests(CacheTestCase):
     """
-    http_date (93565f2) is to take only RFC 9110 section 5.6.7 dates.
+    An Expires is an RFC 9110 section 5.6.7 date or means stale (review 5).
     """
 
     async def test_an_expires_with_second_99_is_invalid(self) -> None:
@@ -1157,7 +1157,7 @@ class InvalidExpiresTests(CacheTestCase):
 
 class LenientLastModifiedTests(CacheTestCase):
     """
-    http_date (93565f2) is strict for every field, Last-Modified too.
+    Last-Modified is read leniently: strictness is for Expires (review 5).
     """
 
     async def test_a_java_style_last_modified_is_passed_on_and_validates(self) -> None:
