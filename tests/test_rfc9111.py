@@ -1188,3 +1188,35 @@ class LenientLastModifiedTests(CacheTestCase):
             (["Wed, 01 Oct 2025 07:28:00 GMT"], 1),
             "the origin's Last-Modified was dropped, and the file fetched again",
         )
+
+
+class MalformedMustRevalidateTests(CacheTestCase):
+    """
+    A Cache-Control with a member that is no directive means stale
+    (f78f199), and no-store or private anywhere in it is honoured; a
+    must-revalidate in it is not.
+    """
+
+    async def test_a_malformed_must_revalidate_is_not_served_stale_on_error(self) -> None:
+        """
+        C{max-age=1; must-revalidate}: what the field meant cannot be known,
+        yet it is read as having no must-revalidate at all, so the default
+        --stale-if-error (7 days) serves the copy stale when the origin
+        fails (RFC 9111 section 4.2.4 and 5.2.2.2; rule 11: stale only with
+        permission).
+        """
+        data = body_of(20_000, "r")
+        await self.cached(
+            "r.mp3", data, extra_headers={"Cache-Control": "max-age=1; must-revalidate"}
+        )
+        stored = self.cache.store.get("r.mp3")
+        await deferLater(
+            reactor, stored.expires_at - self.cache.syncer.clock.seconds() + 0.1, lambda: None
+        )
+        self.origin.status["r.mp3"] = 503
+        code, headers, body = await self.get("r.mp3")
+        self.assertEqual(
+            (code, len(body)),
+            (503, len(b"origin says no")),
+            f"a copy whose Cache-Control says must-revalidate was served stale: {header(headers, 'cache-status')}",
+        )

@@ -254,9 +254,11 @@ def stale_policy(
         revalidate}) where the origin allows stale copies but names none.
     @param if_error: the operator's window (C{--stale-if-error}), likewise.
     """
-    found = directives(cache_control)
+    found, bad = _members(cache_control)
     forbidden = {"must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"} & found.keys()
-    if forbidden:
+    if forbidden or bad:
+        # A field with a member that is no directive: what it allowed
+        # cannot be known, and stale needs the origin's permission.
         return StalePolicy(False, 0.0, 0.0)
 
     def window(key: str, default: float) -> float:
