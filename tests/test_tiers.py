@@ -1115,3 +1115,52 @@ class ForgottenShieldTests(TestCase):
         ]
         self.assertEqual(left, [], "a forgotten shield's series came back")
         self.assertNotIn(self.shield_url, cache.upstreams.shields)
+
+
+class ThreeTierLoopTests(TestCase):
+    """
+    Only a shield's own 508 is a listener's loop (0887f2d: no fwd-status
+    in the last Cache-Status entry).
+    """
+
+    timeout = 60
+
+    async def test_a_loop_at_the_shields_shield_is_no_origin_failure(self) -> None:
+        """
+        edge1 -> shield1 -> shield2 -> origin.  A listener whose CDN-Loop
+        names shield2 gets shield2's own 508, relayed by shield1, whose
+        entry carries fwd-status=508 as every relayed answer's does: edge1
+        takes that for the origin's 508, an origin failure, and serves its
+        stale copy under stale-if-error instead of telling the listener of
+        its loop (README "Hops and Cache-Status": a loop is no failure of
+        the origin's; rule 11, rule 12).
+        """
+        origin, origin_url = start_origin(self)
+        client = http_client(self)
+
+        async def get(url: str, **headers: str) -> tuple[int, object, bytes]:
+            sent = {k.replace("_", "-"): [v] for k, v in headers.items()}
+            return await read_response(await client.get(url, headers=sent))
+
+        v1, v2 = body_of(1000, "v1"), body_of(1000, "v2")
+        origin.put("s.mp3", v1, extra_headers={"Cache-Control": "max-age=1"})
+        _, shield2 = start_cachetier(self, origin_url, node_name="shield2")
+        _, shield1 = start_cachetier(self, origin_url, node_name="shield1", shields=(shield2,))
+        _, edge = start_cachetier(self, origin_url, node_name="edge1", shields=(shield1,))
+        code, _, got = await get(edge + "files/s.mp3")
+        self.assertEqual((code, got), (200, v1))
+        origin.put(
+            "s.mp3", v2, last_modified=1_700_000_100, extra_headers={"Cache-Control": "max-age=1"}
+        )
+        await deferLater(reactor, 2.2, lambda: None)
+        code, headers, got = await get(edge + "files/s.mp3", cdn_loop="cachetier; node=shield2")
+        _, next_headers, next_got = await get(edge + "files/s.mp3")
+        _, _, health = await get(edge + "healthz")
+        verdict = json.loads(health)
+        self.assertEqual(
+            (code, next_got == v2, verdict["status"]),
+            (508, True, "ok"),
+            f"a listener whose CDN-Loop names shield2 got {code}"
+            f" ({'v1 stale' if got == v1 else got[:60]!r}), the next listener"
+            f" {'v2' if next_got == v2 else 'v1 stale'}, healthz {verdict['reasons']}",
+        )

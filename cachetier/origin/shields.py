@@ -48,18 +48,27 @@ def own_failure(response: Any) -> bool:
 
 def loop(response: Any) -> bool:
     """
-    Whether a shield's answer is its own 508 (not the origin's, relayed).
+    Whether a shield's answer is a 508 that a node up there made for a
+    request naming it (its entry says C{detail=loop_detected}), by the
+    shield itself or relayed from a shield behind it: not the origin's.
     """
-    return response.code == 508 and not _relayed(response)
+    return response.code == 508 and any(
+        "detail=loop_detected" in (p.strip() for p in entry.split(";")[1:])
+        for entry in _entries(response)
+    )
 
 
 def _relayed(response: Any) -> bool:
-    lines = response.headers.getRawHeaders(b"cache-status") or []
-    entries = _ENTRY.findall(b",".join(lines).decode("latin-1"))
+    entries = _entries(response)
     if not entries:
         return False
     parameters = [p.strip().partition("=")[0] for p in entries[-1].split(";")[1:]]
     return "fwd-status" in parameters
+
+
+def _entries(response: Any) -> list[str]:
+    lines = response.headers.getRawHeaders(b"cache-status") or []
+    return list(_ENTRY.findall(b",".join(lines).decode("latin-1")))
 
 
 class ShieldHealth(Breaker):
