@@ -7,6 +7,7 @@ name; a C{*} never matches; S3's CORS Vary.
 from __future__ import annotations
 
 import json
+import time
 
 from attrs import evolve
 from treq import content
@@ -437,4 +438,43 @@ class ForwardedVaryJoinerTests(CacheTestCase):
             header(headers, "access-control-allow-origin"),
             [],
             "a listener without Origin got the variant another listener's forwarded Origin selected",
+        )
+
+
+class ForwardedVaryStarvationTests(CacheTestCase):
+    """
+    A joiner sent off a fill whose forwarded Vary header differs
+    (web/files.py _follow, fill.joinable = False) gets a fill of its own.
+    """
+
+    settings = {"forward_request_headers": ("origin",), "queue_timeout": 1.0}
+
+    async def test_the_joiners_own_fill_does_not_wait_for_the_others_download(self) -> None:
+        """
+        A joiner without Origin is sent to a fill of its own while the
+        other listener's fill still transfers; that fill waits for the whole download (Flights:
+        a name's next fill waits for the one leaving), so on large media
+        the joiner gets 503 'no download slot' with every slot free
+        (rule 9: downloads have deadlines, not a wait on someone else's
+        transfer).
+        """
+        data = body_of(3_000_000, "s")
+        self.origin.put("s.mp3", data, cors=True)
+        self.origin.rate = 1_000_000  # the first listener's download takes 3 s
+        first = Deferred.fromCoroutine(self.get("s.mp3", origin="https://app.example"))
+        syncer = self.cache.syncer
+
+        async def answered() -> bool:
+            fill = syncer.fill_for("s.mp3")
+            return fill is not None and fill.headers is not None
+
+        await until(answered, within=5.0, every=0.01)
+        began = time.monotonic()
+        code, headers, body = await self.get("s.mp3")
+        took = time.monotonic() - began
+        await first
+        self.assertEqual(
+            (code, header(headers, "access-control-allow-origin")),
+            (200, []),
+            f"a joiner without Origin got {code} {body[:120]!r} after {took:.1f}s",
         )

@@ -143,10 +143,13 @@ class Download:
             self._origin.abandon(response)
             raise OriginError(Reason.no_space, f"no room in the cache for {length} more bytes")
         try:
-            sparse = resume is not None or self._sparse(response)
+            # Not kept: in order, in a temp file of its own, never the
+            # name's leftover (a fill after it may run meanwhile).
+            sparse = resume is not None or (fill.publish and self._sparse(response))
             try:
                 if sparse:
                     assert response.validator is not None
+                    fill.sparse = True
                     fd, temp_path = store.open_partial(name, response.validator, resume is None)
                 else:
                     fd, temp_path = store.new_temp()

@@ -68,6 +68,8 @@ class Fill:
         still get every byte and nothing is kept.
     @ivar joinable: whether a request may still follow it (see
         L{body_received}).
+    @ivar sparse: whether its body is the name's partial file (see
+        L{cachetier.store.CacheStore.open_partial}).
     """
 
     def __init__(self, name: str, used_at: float, revalidating: StoredObject | None = None) -> None:
@@ -77,6 +79,7 @@ class Fill:
         self.forwarded: Headers = ()
         self.publish = True
         self.joinable = True
+        self.sparse = False
         self.state = "queued"
         # Stops what the fill waits on from the queue or the origin, while
         # it waits on one of them (never its disk work, which runs in
@@ -107,6 +110,15 @@ class Fill:
         self._waiting: set[Follower] = set()
 
     # --- for readers -----------------------------------------------------
+
+    @property
+    def leaves_nothing(self) -> bool:
+        """
+        Whether the name's next fill need not wait for this one to end: it
+        keeps nothing (not to be published, nor purged with disk work to
+        undo) and uses no file of the name's (an in-order temp file).
+        """
+        return not (self.publish or self.purged or self.sparse)
 
     @property
     def readable(self) -> bool:

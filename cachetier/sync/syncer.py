@@ -324,7 +324,7 @@ class Syncer:
 
     async def _run(self, fill: Fill, leaving: Fill | None) -> None:
         try:
-            if leaving is not None:
+            if leaving is not None and not leaving.leaves_nothing:
                 await leaving.when_done().addErrback(lambda _: None)
                 fill.revalidating = self.store.get(fill.name)  # what it left
             acquiring = self._slots.acquire()
