@@ -11,7 +11,9 @@ import time
 
 from attrs import evolve
 from treq import content
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
@@ -477,4 +479,59 @@ class ForwardedVaryStarvationTests(CacheTestCase):
             (code, header(headers, "access-control-allow-origin")),
             (200, []),
             f"a joiner without Origin got {code} {body[:120]!r} after {took:.1f}s",
+        )
+
+
+class ForwardedVaryRenewalTests(CacheTestCase):
+    """
+    An answer that varies by a forwarded header is that listener's
+    variant, not kept (README --forward-request-header; ca89181).
+    """
+
+    settings = {"forward_request_headers": ("origin",)}
+
+    async def test_a_304_to_a_forwarded_origin_does_not_rewrite_the_plain_copy(self) -> None:
+        """
+        S3 with a CORS rule sends Vary: Origin and Access-Control-Allow-Origin
+        only to requests with an Origin: the plain copy has neither.  A
+        listener with an Origin asks for it once stale; its revalidation
+        forwards that Origin, and S3's 304 carries Vary: Origin and that
+        listener's Access-Control-Allow-Origin.  The 304 renews the plain
+        copy with them (Download.run renews before asking Variants.keeps),
+        so a listener without Origin is then served another listener's
+        CORS header from the cache (RFC 9111 section 4.1; README: "is that
+        listener's variant: it is not kept").
+        """
+        data = body_of(20_000, "c")
+        await self.cached("c.mp3", data, extra_headers={"Cache-Control": "max-age=1"})
+        stored = self.cache.store.get("c.mp3")
+        await deferLater(
+            reactor, stored.expires_at - self.cache.syncer.clock.seconds() + 0.1, lambda: None
+        )
+        # As S3 does: CORS headers, and Vary, only to a request with Origin.
+        served = self.origin.files["c.mp3"]
+        plain = dict(served.extra_headers)
+        render = self.origin.render_GET
+
+        def as_s3(request):  # type: ignore[no-untyped-def]
+            origin = request.getHeader(b"origin")
+            if origin is not None:
+                served.extra_headers = {
+                    **plain,
+                    "Vary": "Origin",
+                    "Access-Control-Allow-Origin": origin.decode(),
+                }
+            try:
+                return render(request)
+            finally:
+                served.extra_headers = plain
+
+        self.origin.render_GET = as_s3  # type: ignore[method-assign]
+        await self.get("c.mp3", origin="https://app.example")
+        code, headers, body = await self.get("c.mp3")
+        self.assertEqual(
+            (code, len(body), header(headers, "access-control-allow-origin")),
+            (200, len(data), []),
+            f"a listener without Origin got another listener's CORS header:"
+            f" {header(headers, 'cache-status')}",
         )

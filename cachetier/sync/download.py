@@ -88,9 +88,7 @@ class Download:
         self._limit = max_object_size
 
     async def run(self) -> StoredObject | None:
-        """
-        @return: the object now cached, or L{None} if nothing was kept.
-        """
+        """@return: the object now cached, or L{None} if nothing was kept."""
         name = self.fill.name
         self._metrics.origin_requests.inc()
         try:
@@ -98,7 +96,10 @@ class Download:
             old = self.fill.revalidating
             response = await settled(self._origin, name, response, old, self._interruptible)
             if response.not_modified and old is not None:
-                return await self._renew(response)
+                if self._keeps(name, response.headers.extra, self._sent()):
+                    return await self._renew(response)
+                # It varies by a header forwarded: that listener's variant.
+                response = await self._interruptible(self._origin.get(name))
         except OriginAnswer as answer:
             if not self._keeps(name, answer.headers.extra, self._sent()):
                 self.fill.publish = False
@@ -110,9 +111,7 @@ class Download:
         return await self._receive(response, resume)
 
     def _sent(self) -> frozenset[str]:
-        """
-        The names of the listener's headers this fill sent the origin.
-        """
+        """The names of the listener's headers this fill sent the origin."""
         return frozenset(name.decode("latin-1").lower() for name, _ in self.fill.forwarded)
 
     async def _receive(
