@@ -100,14 +100,21 @@ class PassedOnTests(AnswerTestCase):
         self.assertEqual(header(headers, "x-origin-says"), [])
         self.assertIn("over 1048576 bytes", json.loads(body)["message"])
 
-    async def test_an_answer_is_remembered_without_its_body(self) -> None:
-        # Up to 100,000 names are remembered: 1 MiB each would be no bound.
+    async def test_an_answer_is_remembered_with_its_body_or_not_at_all(self) -> None:
+        # Up to 100,000 names are remembered: 1 MiB each would be no bound,
+        # and a body-less answer is not what the origin said.
         self.answer("down.mp3", 503, body_of(MAX_ANSWER_BODY))
-        code, _, body = await self.fetch("down.mp3")
-        self.assertEqual((code, body), (503, body_of(MAX_ANSWER_BODY)))
-        await self.settle("down.mp3")
-        remembered = self.cache.syncer.recent_failure("down.mp3")
-        self.assertEqual((remembered.status, remembered.body), (503, b""))
+        self.answer("busy.mp3", 503, b"<Error>SlowDown</Error>")
+        for name in ("down.mp3", "busy.mp3"):
+            code, _, body = await self.fetch(name)
+            self.assertEqual(code, 503)
+            await self.settle(name)
+        self.assertIsNone(self.cache.syncer.recent_failure("down.mp3"))
+        remembered = self.cache.syncer.recent_failure("busy.mp3")
+        self.assertEqual((remembered.status, remembered.body), (503, b"<Error>SlowDown</Error>"))
+        code, headers, body = await self.fetch("busy.mp3")  # the remembered answer, whole
+        self.assertEqual((code, body), (503, b"<Error>SlowDown</Error>"))
+        self.assertEqual(header(headers, "content-length"), ["23"])
 
     async def test_a_redirect_without_location_is_passed_on(self) -> None:
         # Nothing to follow: the origin's answer, as it came (and a 301 kept).
@@ -308,3 +315,48 @@ class KeptAnswerCommitWindowTests(VaryTestCase):
             [Deferred.fromCoroutine(first), Deferred.fromCoroutine(later())]
         )
         self.assertEqual([code for code, _, _ in results], [404, 404], results[1][2])
+
+
+class RememberedAnswerTests(CacheTestCase):
+    """
+    The origin's 5xx to a revalidation of a copy that may not be served
+    stale is passed on (c9880f2, RFC 9111 section 4.3.3).
+    """
+
+    async def test_the_second_listener_gets_the_origins_answer_too(self) -> None:
+        """
+        The first listener gets the origin's 500 and its body; the second,
+        answered from the remembered failure, got a 500 with an empty body
+        and Content-Length: 0 (the remembered answer kept no body), an
+        answer the origin never gave (review 5).
+        """
+        data = body_of(20_000, "m")
+        await self.cached(
+            "m.mp3", data, extra_headers={"Cache-Control": "max-age=1, must-revalidate"}
+        )
+        stored = self.cache.store.get("m.mp3")
+        await deferLater(
+            reactor, stored.expires_at - self.cache.syncer.clock.seconds() + 0.1, lambda: None
+        )
+        self.origin.status["m.mp3"] = 500
+        first = await self.get("m.mp3")
+        second = await self.get("m.mp3")
+        head = await self.get("m.mp3", method="HEAD")
+        seen = [
+            (code, header(headers, "content-length"), body)
+            for code, headers, body in (first, second, head)
+        ]
+        self.assertEqual(
+            seen,
+            [
+                (500, ["14"], b"origin says no"),
+                (500, ["14"], b"origin says no"),
+                (500, ["14"], b""),
+            ],
+            "the origin's 500 to a revalidation, passed on to three listeners in turn",
+        )
+
+
+async def _later(syncer, name: str) -> bool:
+    stored = syncer.store.get(name)
+    return stored is not None and syncer.clock.seconds() > stored.expires_at + 0.1

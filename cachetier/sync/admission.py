@@ -10,12 +10,18 @@ from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
-from ..errors import Overloaded
+from ..errors import OriginAnswer, Overloaded
 from ..metrics import Metrics
 
 # How many failed names to remember at most; a flood of random names must
 # not grow memory without bound.
 _MAX_REMEMBERED = 100_000
+# The origin's answers are remembered with their bodies, so that a listener
+# told of one gets what the origin said: one body at most this big, and all
+# of them at most this much; an answer past either is not remembered (the
+# next request asks the origin again).
+_MAX_BODY = 64 << 10
+_MAX_BODIES = 16 << 20
 # How many client addresses have a bucket of their own at most.
 _MAX_CLIENTS = 10_000
 
@@ -101,34 +107,48 @@ class Admission:
 class FailureMemory:
     """
     Why recent syncs failed, by name, each for its own time to live; at
-    most C{_MAX_REMEMBERED} names, the oldest forgotten first.
+    most C{_MAX_REMEMBERED} names, the oldest forgotten first, and the
+    origin's answers with their bodies, within C{_MAX_BODIES} in all.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._failures: OrderedDict[str, tuple[float, Exception]] = OrderedDict()
+        self.body_bytes = 0
 
     def get(self, name: str) -> Exception | None:
         entry = self._failures.get(name)
         if entry is None:
             return None
         if entry[0] <= self._clock.seconds():
-            del self._failures[name]
+            self.forget(name)
             return None
         return entry[1]
 
     def remember(self, name: str, error: Exception, ttl: float) -> None:
         now = self._clock.seconds()
-        self._failures.pop(name, None)
+        self.forget(name)
+        size = _body_size(error)
+        if size > _MAX_BODY or self.body_bytes + size > _MAX_BODIES:
+            return
         self._failures[name] = (now + ttl, error)
+        self.body_bytes += size
         while self._failures:
             oldest_name, (expires, _) = next(iter(self._failures.items()))
             if expires > now and len(self._failures) <= _MAX_REMEMBERED:
                 break
-            del self._failures[oldest_name]
+            self.forget(oldest_name)
 
     def forget(self, name: str) -> bool:
-        return self._failures.pop(name, None) is not None
+        entry = self._failures.pop(name, None)
+        if entry is None:
+            return False
+        self.body_bytes -= _body_size(entry[1])
+        return True
 
     def names(self) -> list[str]:
         return list(self._failures)
+
+
+def _body_size(error: Exception) -> int:
+    return len(error.body) if isinstance(error, OriginAnswer) else 0

@@ -417,12 +417,7 @@ class Syncer:
             self.metrics.revalidations.labels(result="not_found" if not_found else "error").inc()
         current = self._fills.current(fill)
         if reason not in (Reason.cancelled, Reason.changed) and current and not passing:
-            # Listeners get an answer's body from the fill; remembered (for
-            # the status API and stale-if-error), it needs none.
-            remembered = error
-            if isinstance(error, OriginAnswer):
-                remembered = OriginAnswer(error.headers, b"")
-            self._failures.remember(fill.name, remembered, ttl)
+            self._failures.remember(fill.name, error, ttl)
         log.info(
             "sync of {name} failed: {reason}: {why}",
             name=fill.name,
