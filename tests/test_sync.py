@@ -265,14 +265,20 @@ class LookupTests(SynchronousTestCase):
             (lookup.outcome, lookup.fill), (Outcome.MUST_WAIT, syncer.fill_for("a.mp3"))
         )
 
-    def test_a_copy_that_must_revalidate_is_withheld_while_the_origin_fails(self) -> None:
+    def test_a_copy_that_must_revalidate_is_not_served_while_the_origin_fails(self) -> None:
         origin, syncer = self.cached("max-age=10, must-revalidate")
         origin.status["a.mp3"] = 503
         lookup = syncer.lookup("a.mp3")
         assert isinstance(lookup.error, OriginError)
-        self.assertEqual((lookup.outcome, lookup.error.label), (Outcome.WITHHELD, "http_503"))
+        # The origin's answer is passed on (RFC 9111 section 4.3.3)...
+        self.assertEqual((lookup.outcome, lookup.error.label), (Outcome.ERROR, "http_503"))
         again = syncer.after_failure("a.mp3", lookup.error)
-        self.assertEqual(again, Lookup(Outcome.WITHHELD, error=lookup.error))
+        self.assertEqual(again, Lookup(Outcome.ERROR, error=lookup.error))
+        # ...and no answer at all withholds the copy (a 504).
+        silent = OriginError(Reason.timeout, "no answer")
+        self.assertEqual(
+            syncer.after_failure("a.mp3", silent), Lookup(Outcome.WITHHELD, error=silent)
+        )
 
     def test_a_stale_copy_is_served_while_the_origin_fails(self) -> None:
         origin, syncer = self.cached("max-age=10", stale_if_error=60)
@@ -284,7 +290,7 @@ class LookupTests(SynchronousTestCase):
         assert error is not None
         self.assertEqual(syncer.after_failure("a.mp3", error), Lookup(Outcome.STALE, stored))
         self.clock.advance(60)
-        self.assertIs(syncer.lookup("a.mp3").outcome, Outcome.WITHHELD)
+        self.assertIs(syncer.lookup("a.mp3").outcome, Outcome.ERROR, "the origin's 503, passed on")
 
     def test_after_a_failed_miss_there_is_nothing_to_serve(self) -> None:
         syncer = self.make(TestOrigin())
