@@ -613,6 +613,51 @@ class InProcessTierTests(TestCase):
         )
         self.assertTrue(got == v2, "the edge served v1, older than the v2 it had")
 
+    async def edge_newer_than_its_shield(self, get: Any) -> tuple[str, bytes, bytes]:
+        """
+        A shield (in this process) holding v1 of r.mp3 without ETag, fresh
+        for ten minutes, and an edge holding v2, fetched from the origin
+        while the shield was away, now stale, the shield back: the edge's
+        URL, v1 and v2.
+        """
+        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
+        self.origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
+        shield = assemble(
+            Settings(
+                origin=self.origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"
+            ),
+            reactor,
+        )
+        self.addCleanup(shield.stop)
+        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
+        number = port.getHost().port
+        shield_url = f"http://127.0.0.1:{number}/"
+        code, _, got = await get(shield_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v1))
+        _, edge_url = start_cachetier(
+            self, self.origin_url, node_name="edge1", shields=(shield_url,)
+        )
+        self.origin.put(
+            "r.mp3",
+            v2,
+            etag=None,
+            last_modified=1_700_000_100,
+            extra_headers={"Cache-Control": "max-age=1"},
+        )
+        await port.stopListening()
+        code, _, got = await get(edge_url + "files/r.mp3")
+        self.assertEqual((code, got), (200, v2))
+        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        async def shield_back() -> bool:
+            _, _, body = await get(edge_url + "healthz")
+            return json.loads(body)["shields_down"] == []
+
+        await until(shield_back, within=15)
+        await deferLater(reactor, 1.1, lambda: None)
+        return edge_url, v1, v2
+
     async def test_a_listeners_cdn_loop_does_not_take_the_shield_down(self) -> None:
         """
         Rule 12 (a shield's health is the shield's; edges are known by the
@@ -745,44 +790,12 @@ class InProcessTierTests(TestCase):
         Last-Modified: another version, so the edge fetches the file whole
         from the shield, and that 200 of v1 must not replace v2.
         """
-        origin, origin_url = self.origin, self.origin_url
         client = self.client
 
         async def get(url: str) -> tuple[int, Any, bytes]:
             return await read_response(await client.get(url))
 
-        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
-        origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
-        shield = assemble(
-            Settings(origin=origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"),
-            reactor,
-        )
-        self.addCleanup(shield.stop)
-        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
-        number = port.getHost().port
-        shield_url = f"http://127.0.0.1:{number}/"
-        code, _, got = await get(shield_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v1))
-        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
-        origin.put(
-            "r.mp3",
-            v2,
-            etag=None,
-            last_modified=1_700_000_100,
-            extra_headers={"Cache-Control": "max-age=1"},
-        )
-        await port.stopListening()
-        code, _, got = await get(edge_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v2))
-        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-
-        async def shield_back() -> bool:
-            _, _, body = await get(edge_url + "healthz")
-            return json.loads(body)["shields_down"] == []
-
-        await until(shield_back, within=15)
-        await deferLater(reactor, 1.1, lambda: None)
+        edge_url, v1, v2 = await self.edge_newer_than_its_shield(get)
         code, headers, got = await get(edge_url + "files/r.mp3")
         self.assertEqual(code, 200)
         code, headers, got = await get(edge_url + "files/r.mp3")
@@ -833,44 +846,13 @@ class InProcessTierTests(TestCase):
         starts the fill over, which runs the same course, without end:
         the origin and the shield are asked again and again.
         """
-        origin, origin_url = self.origin, self.origin_url
+        origin = self.origin
         client = self.client
 
         async def get(url: str) -> tuple[int, Any, bytes]:
             return await read_response(await client.get(url))
 
-        v1, v2 = body_of(2000, "v1"), body_of(2000, "v2")
-        origin.put("r.mp3", v1, etag=None, extra_headers={"Cache-Control": "max-age=600"})
-        shield = assemble(
-            Settings(origin=origin_url, cache_dir=tempfile.mkdtemp(dir="."), node_name="shield1"),
-            reactor,
-        )
-        self.addCleanup(shield.stop)
-        port = reactor.listenTCP(0, shield.site, interface="127.0.0.1")
-        number = port.getHost().port
-        shield_url = f"http://127.0.0.1:{number}/"
-        code, _, got = await get(shield_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v1))
-        _, edge_url = start_cachetier(self, origin_url, node_name="edge1", shields=(shield_url,))
-        origin.put(
-            "r.mp3",
-            v2,
-            etag=None,
-            last_modified=1_700_000_100,
-            extra_headers={"Cache-Control": "max-age=1"},
-        )
-        await port.stopListening()
-        code, _, got = await get(edge_url + "files/r.mp3")
-        self.assertEqual((code, got), (200, v2))
-        port = reactor.listenTCP(number, shield.site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-
-        async def shield_back() -> bool:
-            _, _, body = await get(edge_url + "healthz")
-            return json.loads(body)["shields_down"] == []
-
-        await until(shield_back, within=15)
-        await deferLater(reactor, 1.1, lambda: None)
+        edge_url, v1, v2 = await self.edge_newer_than_its_shield(get)
         # The origin went back to v1: asked If-Modified-Since t2, a 304 (t1).
         origin.answers["r.mp3"] = (
             304,
